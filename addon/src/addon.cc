@@ -1,0 +1,12 @@
+// dpsr's native addon: BPF tracking objects, ring buffer delivery, and the
+// block-device syscalls Node lacks. Mechanism only; policy lives in src/.
+#include "exports.h"
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+	InitTracking(env, exports);
+	InitRingReader(env, exports);
+	InitSyscalls(env, exports);
+	return exports;
+}
+
+NODE_API_MODULE(dpsr, Init)

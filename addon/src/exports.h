@@ -1,0 +1,7 @@
+// The addon's surface, one Init per source file.
+#pragma once
+#include <napi.h>
+
+void InitTracking(Napi::Env env, Napi::Object exports);
+void InitRingReader(Napi::Env env, Napi::Object exports);
+void InitSyscalls(Napi::Env env, Napi::Object exports);

@@ -1,0 +1,292 @@
+// The pinned tracking objects: load and attach the BPF programs once, pin
+// their maps and links so tracking outlives every process, reopen them
+// later, detach; plus raw map access, consumer rings, membarrier and flock.
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/magic.h>
+#include <linux/membarrier.h>
+#include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "dpsr.skel.h"
+#include "errors.h"
+#include "exports.h"
+
+namespace {
+
+// The maps user space needs, by their names in bpf/dpsr.bpf.c.
+const char *const kMapNames[] = {"disks",     "slots",       "slot_stats", "bitmaps",
+				 "control",   "ring_stats",  "epoch_drops", "rings"};
+// The complete link is pinned last: its pin means the set is whole.
+const char kLinkIssue[] = "link_issue";
+const char kLinkComplete[] = "link_complete";
+
+std::string Join(const std::string &dir, const char *name) { return dir + "/" + name; }
+
+bool Exists(const std::string &path) { return access(path.c_str(), F_OK) == 0; }
+
+void UnpinAll(const std::string &dir) {
+	unlink(Join(dir, kLinkComplete).c_str());
+	unlink(Join(dir, kLinkIssue).c_str());
+	for (const char *name : kMapNames) unlink(Join(dir, name).c_str());
+}
+
+// Loads, pins the maps, attaches and pins the links. Returns 0 or -errno,
+// with `what` naming the step that failed.
+int LoadAndPin(const std::string &dir, uint32_t skip_every_n, std::string &what) {
+	struct dpsr *skel = nullptr;
+	struct bpf_link *issue = nullptr, *complete = nullptr;
+	int err = 0;
+
+	what = "open BPF object";
+	skel = dpsr__open();
+	if (!skel) return -errno;
+	skel->rodata->skip_every_n = skip_every_n;
+
+	what = "load BPF programs";
+	err = dpsr__load(skel);
+	if (err) goto cleanup;
+
+	what = "pin BPF maps";
+	for (const char *name : kMapNames) {
+		struct bpf_map *map = bpf_object__find_map_by_name(skel->obj, name);
+		err = map ? bpf_map__pin(map, Join(dir, name).c_str()) : -ENOENT;
+		if (err) goto cleanup;
+	}
+
+	what = "attach tp_btf/block_rq_issue";
+	issue = bpf_program__attach(skel->progs.dpsr_issue);
+	if (!issue) { err = -errno; goto cleanup; }
+	err = bpf_link__pin(issue, Join(dir, kLinkIssue).c_str());
+	if (err) goto cleanup;
+
+	what = "attach tp_btf/block_rq_complete";
+	complete = bpf_program__attach(skel->progs.dpsr_complete);
+	if (!complete) { err = -errno; goto cleanup; }
+	err = bpf_link__pin(complete, Join(dir, kLinkComplete).c_str());
+
+cleanup:
+	if (err) UnpinAll(dir);
+	bpf_link__destroy(complete);
+	bpf_link__destroy(issue);
+	dpsr__destroy(skel);
+	return err;
+}
+
+Napi::Value EnsureBpffs(const Napi::CallbackInfo &info) {
+	Napi::Env env = info.Env();
+	if (info.Length() < 1 || !info[0].IsString()) return ThrowUsage(env, "ensureBpffs(mountPoint)");
+	std::string path = info[0].As<Napi::String>();
+	struct statfs st;
+	if (statfs(path.c_str(), &st)) return ThrowErrno(env, errno, "statfs " + path);
+	if ((unsigned long)st.f_type == BPF_FS_MAGIC) return Napi::Boolean::New(env, false);
+	if (mount("bpf", path.c_str(), "bpf", 0, nullptr))
+		return ThrowErrno(env, errno, "mount -t bpf bpf " + path);
+	return Napi::Boolean::New(env, true);
+}
+
+// open(pinDir, skipEveryN) -> { created, maps: { name: fd } }
+// The caller holds the pin directory's flock.
+Napi::Value Open(const Napi::CallbackInfo &info) {
+	Napi::Env env = info.Env();
+	int64_t skip = 0;
+	if (info.Length() < 2 || !info[0].IsString() || !ArgInt(info, 1, skip))
+		return ThrowUsage(env, "open(pinDir, skipEveryN)");
+	std::string dir = info[0].As<Napi::String>();
+	struct statfs st;
+	if (statfs(dir.c_str(), &st)) return ThrowErrno(env, errno, "statfs " + dir);
+	if ((unsigned long)st.f_type != BPF_FS_MAGIC)
+		return ThrowErrno(env, EXDEV, dir + " is not on a bpf file system");
+
+	bool created = false;
+	if (!Exists(Join(dir, kLinkComplete))) {
+		UnpinAll(dir);  // leftovers of a load that died half-way
+		std::string what;
+		int err = LoadAndPin(dir, (uint32_t)skip, what);
+		if (err) return ThrowErrno(env, err, what);
+		created = true;
+	}
+
+	Napi::Object maps = Napi::Object::New(env);
+	std::vector<int> fds;
+	for (const char *name : kMapNames) {
+		int fd = bpf_obj_get(Join(dir, name).c_str());
+		if (fd < 0) {
+			int err = errno;
+			for (int f : fds) close(f);
+			return ThrowErrno(env, err, "reopen pinned map " + Join(dir, name));
+		}
+		fds.push_back(fd);
+		maps.Set(name, Napi::Number::New(env, fd));
+	}
+	Napi::Object result = Napi::Object::New(env);
+	result.Set("created", Napi::Boolean::New(env, created));
+	result.Set("maps", maps);
+	return result;
+}
+
+// detach(pinDir): unpins links (the programs stop) and maps, removes the dir.
+Napi::Value Detach(const Napi::CallbackInfo &info) {
+	Napi::Env env = info.Env();
+	if (info.Length() < 1 || !info[0].IsString()) return ThrowUsage(env, "detach(pinDir)");
+	std::string dir = info[0].As<Napi::String>();
+	UnpinAll(dir);
+	if (rmdir(dir.c_str()) && errno != ENOENT) return ThrowErrno(env, errno, "rmdir " + dir);
+	return env.Undefined();
+}
+
+Napi::Value CloseFd(const Napi::CallbackInfo &info) {
+	int64_t fd;
+	if (!ArgInt(info, 0, fd)) return ThrowUsage(info.Env(), "closeFd(fd)");
+	close((int)fd);
+	return info.Env().Undefined();
+}
+
+Napi::Value MapInfo(const Napi::CallbackInfo &info) {
+	Napi::Env env = info.Env();
+	int64_t fd;
+	if (!ArgInt(info, 0, fd)) return ThrowUsage(env, "mapInfo(fd)");
+	struct bpf_map_info mi = {};
+	__u32 len = sizeof(mi);
+	int err = bpf_obj_get_info_by_fd((int)fd, &mi, &len);
+	if (err) return ThrowErrno(env, err, "bpf_obj_get_info_by_fd");
+	Napi::Object o = Napi::Object::New(env);
+	o.Set("type", mi.type);
+	o.Set("id", mi.id);
+	o.Set("keySize", mi.key_size);
+	o.Set("valueSize", mi.value_size);
+	o.Set("maxEntries", mi.max_entries);
+	o.Set("name", std::string(mi.name));
+	return o;
+}
+
+// mapLookup(fd, key, valueSize) -> Buffer | null. For per-CPU maps the
+// caller passes round_up(value, 8) * possibleCpus().
+Napi::Value MapLookup(const Napi::CallbackInfo &info) {
+	Napi::Env env = info.Env();
+	int64_t fd, size;
+	Napi::Buffer<uint8_t> key;
+	if (!ArgInt(info, 0, fd) || !ArgBuffer(info, 1, key) || !ArgInt(info, 2, size) || size <= 0)
+		return ThrowUsage(env, "mapLookup(fd, key, valueSize)");
+	Napi::Buffer<uint8_t> value = Napi::Buffer<uint8_t>::New(env, (size_t)size);
+	if (bpf_map_lookup_elem((int)fd, key.Data(), value.Data())) {
+		if (errno == ENOENT) return env.Null();
+		return ThrowErrno(env, errno, "bpf_map_lookup_elem");
+	}
+	return value;
+}
+
+Napi::Value MapUpdate(const Napi::CallbackInfo &info) {
+	Napi::Env env = info.Env();
+	int64_t fd, flags = BPF_ANY;
+	Napi::Buffer<uint8_t> key, value;
+	if (!ArgInt(info, 0, fd) || !ArgBuffer(info, 1, key) || !ArgBuffer(info, 2, value))
+		return ThrowUsage(env, "mapUpdate(fd, key, value[, flags])");
+	if (info.Length() > 3) ArgInt(info, 3, flags);
+	if (bpf_map_update_elem((int)fd, key.Data(), value.Data(), (__u64)flags))
+		return ThrowErrno(env, errno, "bpf_map_update_elem");
+	return env.Undefined();
+}
+
+Napi::Value MapDelete(const Napi::CallbackInfo &info) {
+	Napi::Env env = info.Env();
+	int64_t fd;
+	Napi::Buffer<uint8_t> key;
+	if (!ArgInt(info, 0, fd) || !ArgBuffer(info, 1, key)) return ThrowUsage(env, "mapDelete(fd, key)");
+	if (bpf_map_delete_elem((int)fd, key.Data())) {
+		if (errno == ENOENT) return Napi::Boolean::New(env, false);
+		return ThrowErrno(env, errno, "bpf_map_delete_elem");
+	}
+	return Napi::Boolean::New(env, true);
+}
+
+// mapKeys(fd, keySize) -> Buffer[]
+Napi::Value MapKeys(const Napi::CallbackInfo &info) {
+	Napi::Env env = info.Env();
+	int64_t fd, size;
+	if (!ArgInt(info, 0, fd) || !ArgInt(info, 1, size) || size <= 0 || size > 64)
+		return ThrowUsage(env, "mapKeys(fd, keySize)");
+	Napi::Array keys = Napi::Array::New(env);
+	std::vector<uint8_t> cur(size), next(size);
+	bool first = true;
+	uint32_t n = 0;
+	for (;;) {
+		if (bpf_map_get_next_key((int)fd, first ? nullptr : cur.data(), next.data())) {
+			if (errno == ENOENT) break;
+			return ThrowErrno(env, errno, "bpf_map_get_next_key");
+		}
+		keys.Set(n++, Napi::Buffer<uint8_t>::Copy(env, next.data(), next.size()));
+		cur.swap(next);
+		first = false;
+	}
+	return keys;
+}
+
+Napi::Value PossibleCpus(const Napi::CallbackInfo &info) {
+	int n = libbpf_num_possible_cpus();
+	if (n < 0) return ThrowErrno(info.Env(), n, "libbpf_num_possible_cpus");
+	return Napi::Number::New(info.Env(), n);
+}
+
+// ringCreate(outerFd, index, bytes): a new ring buffer for one consumer.
+Napi::Value RingCreate(const Napi::CallbackInfo &info) {
+	Napi::Env env = info.Env();
+	int64_t outer, index, bytes;
+	if (!ArgInt(info, 0, outer) || !ArgInt(info, 1, index) || !ArgInt(info, 2, bytes))
+		return ThrowUsage(env, "ringCreate(outerFd, index, bytes)");
+	int fd = bpf_map_create(BPF_MAP_TYPE_RINGBUF, "dpsr_ring", 0, 0, (__u32)bytes, nullptr);
+	if (fd < 0) return ThrowErrno(env, errno, "create ring buffer of " + std::to_string(bytes) + " bytes");
+	__u32 key = (__u32)index;
+	int err = bpf_map_update_elem((int)outer, &key, &fd, BPF_ANY) ? errno : 0;
+	close(fd);
+	if (err) return ThrowErrno(env, err, "insert ring buffer");
+	return env.Undefined();
+}
+
+Napi::Value Membarrier(const Napi::CallbackInfo &info) {
+	// MEMBARRIER_CMD_GLOBAL waits for an RCU grace period (membarrier(2)):
+	// every BPF program run that began before it has finished.
+	if (syscall(__NR_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0))
+		return ThrowErrno(info.Env(), errno, "membarrier(MEMBARRIER_CMD_GLOBAL)");
+	return info.Env().Undefined();
+}
+
+// flock(fd, exclusive, wait) -> true, or false if it would block.
+Napi::Value Flock(const Napi::CallbackInfo &info) {
+	Napi::Env env = info.Env();
+	int64_t fd;
+	if (!ArgInt(info, 0, fd) || info.Length() < 3) return ThrowUsage(env, "flock(fd, mode: 'ex'|'sh'|'un', wait)");
+	std::string mode = info[1].ToString();
+	int op = mode == "ex" ? LOCK_EX : mode == "sh" ? LOCK_SH : LOCK_UN;
+	if (!info[2].ToBoolean()) op |= LOCK_NB;
+	if (flock((int)fd, op)) {
+		if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+		return ThrowErrno(env, errno, "flock");
+	}
+	return Napi::Boolean::New(env, true);
+}
+
+}  // namespace
+
+void InitTracking(Napi::Env env, Napi::Object exports) {
+	exports.Set("ensureBpffs", Napi::Function::New(env, EnsureBpffs));
+	exports.Set("open", Napi::Function::New(env, Open));
+	exports.Set("detach", Napi::Function::New(env, Detach));
+	exports.Set("closeFd", Napi::Function::New(env, CloseFd));
+	exports.Set("mapInfo", Napi::Function::New(env, MapInfo));
+	exports.Set("mapLookup", Napi::Function::New(env, MapLookup));
+	exports.Set("mapUpdate", Napi::Function::New(env, MapUpdate));
+	exports.Set("mapDelete", Napi::Function::New(env, MapDelete));
+	exports.Set("mapKeys", Napi::Function::New(env, MapKeys));
+	exports.Set("possibleCpus", Napi::Function::New(env, PossibleCpus));
+	exports.Set("ringCreate", Napi::Function::New(env, RingCreate));
+	exports.Set("membarrier", Napi::Function::New(env, Membarrier));
+	exports.Set("flock", Napi::Function::New(env, Flock));
+}

@@ -1,0 +1,311 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Write tracking on the block layer: for tracked disks, every completed
+ * write becomes a record in each interested consumer's ring buffer, and
+ * every issued or completed write sets bits in the current epoch's coarse
+ * bitmap, so a record that is dropped or never made still leaves a trace.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include "core_fixes.bpf.h"
+#include "dpsr.h"
+
+#define REQ_OP_MASK ((1 << 8) - 1)	/* a macro in blk_types.h, so not in BTF */
+#define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+#define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Test-only: skip every Nth completion on a tracked disk, as the kernel was
+ * seen to skip a program now and then. Zero in production: the verifier
+ * removes the branch. */
+const volatile __u32 skip_every_n = 0;
+__u64 completions_seen = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DPSR_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct dpsr_disk);
+} disks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DPSR_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct dpsr_slot);
+} slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DPSR_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct dpsr_slot_stats);
+} slot_stats SEC(".maps");
+
+/* Key: slot * 2 + epoch. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DPSR_MAX_SLOTS * 2);
+	__type(key, __u32);
+	__type(value, struct dpsr_bitmap);
+} bitmaps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dpsr_control);
+} control SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DPSR_MAX_RINGS);
+	__type(key, __u32);
+	__type(value, struct dpsr_ring_stats);
+} ring_stats SEC(".maps");
+
+/* Drops per ring and epoch (key: ring * 2 + epoch), cleared by the owner
+ * once no program can still count into that epoch. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DPSR_MAX_RINGS * 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} epoch_drops SEC(".maps");
+
+/* One ring buffer per consumer, created by user space at any size. */
+struct ring {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, DPSR_MAX_RINGS);
+	__type(key, __u32);
+	__array(values, struct ring);
+} rings SEC(".maps");
+
+static __always_inline bool is_ranged_write(__u32 op)
+{
+	return op == REQ_OP_WRITE || op == REQ_OP_DISCARD ||
+	       op == REQ_OP_SECURE_ERASE || op == REQ_OP_WRITE_ZEROES ||
+	       op == REQ_OP_ZONE_APPEND;
+}
+
+static __always_inline __u32 current_epoch(void)
+{
+	__u32 zero = 0;
+	struct dpsr_control *ctl = bpf_map_lookup_elem(&control, &zero);
+
+	return ctl ? READ_ONCE(ctl->epoch) & 1 : 0;
+}
+
+/* Sets the bits of [start, end) (absolute sectors, inside the slot). */
+static __always_inline void mark_chunks(const struct dpsr_slot *slot, __u32 index,
+					__u32 epoch, __u64 start, __u64 end)
+{
+	__u32 key = index * 2 + epoch;
+	struct dpsr_bitmap *bm = bpf_map_lookup_elem(&bitmaps, &key);
+	__u64 first, last;
+	__u32 k;
+
+	if (!bm)
+		return;
+	if (end <= start) {
+		WRITE_ONCE(bm->whole, 1);
+		return;
+	}
+	first = (start - slot->start_sector) >> (slot->chunk_shift & 63);
+	last = (end - 1 - slot->start_sector) >> (slot->chunk_shift & 63);
+	if ((last >> 6) - (first >> 6) >= DPSR_SPAN_WORDS ||
+	    last >= DPSR_BITMAP_WORDS * 64) {
+		WRITE_ONCE(bm->whole, 1);
+		return;
+	}
+	for (k = 0; k <= DPSR_SPAN_WORDS; k++) {
+		__u64 w = (first >> 6) + k;
+		__u64 lo, hi, mask;
+
+		if (w > (last >> 6))
+			break;
+		lo = w == (first >> 6) ? first & 63 : 0;
+		hi = w == (last >> 6) ? last & 63 : 63;
+		mask = (~0ULL >> (63 - hi)) & (~0ULL << lo);
+		/* the mask bounds the index for the verifier; `last` was checked */
+		__sync_fetch_and_or(&bm->words[w & (DPSR_BITMAP_WORDS - 1)], mask);
+	}
+}
+
+struct visit_ctx {
+	__u64 start;		/* the write, absolute sectors */
+	__u64 end;
+	__u32 slot_mask;	/* the disk's slots */
+	__u32 epoch;
+	__u32 touched;		/* out: slots whose range the write touched */
+	__u32 ring_mask;	/* out: their consumers */
+	bool unknown;		/* a write without a range */
+	bool completed;		/* at completion (count), not at issue */
+};
+
+/* bpf_loop callback, once per slot index: the verifier checks the body once
+ * instead of once per unrolled iteration and state. */
+static long visit_slot(__u32 i, struct visit_ctx *c)
+{
+	struct dpsr_slot_stats *st = NULL;
+	struct dpsr_slot *slot;
+	__u64 s, e;
+
+	if (i >= DPSR_MAX_SLOTS || !(c->slot_mask >> i))
+		return 1;	/* no slot left */
+	if (!(c->slot_mask & (1U << i)))
+		return 0;
+	slot = bpf_map_lookup_elem(&slots, &i);
+	if (!slot)
+		return 0;
+	if (c->completed)
+		st = bpf_map_lookup_elem(&slot_stats, &i);
+	if (c->unknown) {
+		mark_chunks(slot, i, c->epoch, 0, 0);
+		if (st)
+			st->unknown++;
+	} else {
+		if (st)
+			st->disk_sectors += c->end - c->start;
+		s = c->start > slot->start_sector ? c->start : slot->start_sector;
+		e = c->end < slot->end_sector ? c->end : slot->end_sector;
+		if (s >= e)
+			return 0;
+		mark_chunks(slot, i, c->epoch, s, e);
+		if (st) {
+			st->records++;
+			st->sectors += e - s;
+		}
+	}
+	c->touched |= 1U << i;
+	c->ring_mask |= slot->ring_mask;
+	return 0;
+}
+
+static __always_inline struct dpsr_disk *tracked_disk(struct request *rq, __u32 *dev)
+{
+	struct gendisk *disk = request_disk(rq);
+
+	if (!disk)
+		return NULL;
+	*dev = ((__u32)BPF_CORE_READ(disk, major) << 20) | (__u32)BPF_CORE_READ(disk, first_minor);
+	return bpf_map_lookup_elem(&disks, dev);
+}
+
+struct emit_ctx {
+	struct dpsr_record rec;
+	__u32 ring_mask;
+	__u32 epoch;
+};
+
+static long emit_one(__u32 r, struct emit_ctx *c)
+{
+	struct dpsr_ring_stats *rs;
+	struct dpsr_record *out;
+	__u32 drop_key;
+	void *ring;
+	__u64 flags;
+
+	if (r >= DPSR_MAX_RINGS || !(c->ring_mask >> r))
+		return 1;
+	if (!(c->ring_mask & (1U << r)))
+		return 0;
+	ring = bpf_map_lookup_elem(&rings, &r);
+	if (!ring)
+		return 0;	/* the consumer went away */
+	rs = bpf_map_lookup_elem(&ring_stats, &r);
+	out = bpf_ringbuf_reserve(ring, sizeof(*out), 0);
+	if (!out) {
+		__u64 *drops;
+
+		drop_key = r * 2 + c->epoch;
+		drops = bpf_map_lookup_elem(&epoch_drops, &drop_key);
+		if (drops)
+			(*drops)++;
+		if (rs)
+			rs->drops++;
+		return 0;
+	}
+	*out = c->rec;
+	/* Wake the consumer only when the ring is filling; it polls on a
+	 * short timer otherwise: waking per record costs more than the
+	 * tracking itself. */
+	flags = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >=
+			bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 4 ?
+		BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(out, flags);
+	if (rs)
+		rs->records++;
+	return 0;
+}
+
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(dpsr_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
+{
+	__u32 op = BPF_CORE_READ(rq, cmd_flags) & REQ_OP_MASK;
+	struct visit_ctx v = {};
+	struct emit_ctx em = {};
+	struct dpsr_disk *disk;
+	__u32 dev;
+
+	if (!(op & 1))		/* op_is_write() */
+		return 0;
+	disk = tracked_disk(rq, &dev);
+	if (!disk)
+		return 0;
+	if (skip_every_n &&
+	    __sync_fetch_and_add(&completions_seen, 1) % skip_every_n == skip_every_n - 1)
+		return 0;
+
+	v.start = BPF_CORE_READ(rq, __sector);
+	v.end = v.start + (nr_bytes >> 9);	/* this completion's bytes, not the request's */
+	v.slot_mask = READ_ONCE(disk->slot_mask);
+	v.epoch = current_epoch();
+	v.unknown = !is_ranged_write(op);
+	v.completed = true;
+	bpf_loop(DPSR_MAX_SLOTS, visit_slot, &v, 0);
+	if (!v.touched || (v.end == v.start && !v.unknown))
+		return 0;
+
+	em.rec.sector = v.start;
+	em.rec.sectors = nr_bytes >> 9;
+	em.rec.dev = dev;
+	em.rec.op = op;
+	em.rec.flags = (v.unknown ? DPSR_REC_UNKNOWN : 0) | (error ? DPSR_REC_ERROR : 0);
+	em.rec.slot_mask = v.touched;
+	em.ring_mask = v.ring_mask;
+	em.epoch = v.epoch;
+	bpf_loop(DPSR_MAX_RINGS, emit_one, &em, 0);
+	return 0;
+}
+
+/* At issue only the bitmaps: if the completion's run is skipped, the
+ * issue's bits still localize the write. */
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(dpsr_issue, struct request *rq)
+{
+	__u32 op = BPF_CORE_READ(rq, cmd_flags) & REQ_OP_MASK;
+	struct visit_ctx v = {};
+	struct dpsr_disk *disk;
+	__u32 dev;
+
+	if (!(op & 1))
+		return 0;
+	disk = tracked_disk(rq, &dev);
+	if (!disk)
+		return 0;
+	v.start = BPF_CORE_READ(rq, __sector);
+	v.end = v.start + (BPF_CORE_READ(rq, __data_len) >> 9);
+	v.slot_mask = READ_ONCE(disk->slot_mask);
+	v.epoch = current_epoch();
+	v.unknown = !is_ranged_write(op);
+	bpf_loop(DPSR_MAX_SLOTS, visit_slot, &v, 0);
+	return 0;
+}

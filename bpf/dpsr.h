@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Layouts shared by the BPF programs and user space: the ring record, the
+ * map values and their limits. Fixed-width types only; src/kernel-abi.ts
+ * mirrors them and a test pins every size and offset.
+ */
+#ifndef DPSR_H
+#define DPSR_H
+
+#define DPSR_MAX_SLOTS		32	/* tracked ranges; bit i of a disk's mask */
+#define DPSR_MAX_RINGS		8	/* consumers; bit r of a slot's ring mask */
+#define DPSR_BITMAP_WORDS	1024	/* 65,536 chunks per slot and epoch */
+#define DPSR_SPAN_WORDS		16	/* a wider write marks the whole slot */
+
+/* dpsr_record.flags */
+#define DPSR_REC_UNKNOWN	1	/* a write without a range (REQ_OP_DRV_OUT) */
+#define DPSR_REC_ERROR		2	/* completed with an error status */
+
+/* One completed write, as seen at block_rq_complete. */
+struct dpsr_record {
+	__u64 sector;		/* absolute on the disk, 512-byte units */
+	__u32 sectors;		/* completed by this call: partial completions happen */
+	__u32 dev;		/* the disk's dev_t, kernel encoding (major << 20 | minor) */
+	__u16 op;		/* REQ_OP_* */
+	__u16 flags;		/* DPSR_REC_* */
+	__u32 slot_mask;	/* slots whose range the write touched */
+};
+
+/* A tracked range of one disk: the whole disk or one partition. */
+struct dpsr_slot {
+	__u64 start_sector;	/* absolute on the disk */
+	__u64 end_sector;	/* exclusive */
+	__u32 disk_dev;
+	__u32 ring_mask;	/* consumers that receive its records; 0 = free */
+	__u32 chunk_shift;	/* log2 of the sectors one bitmap bit covers */
+	__u32 pad;
+};
+
+/* The slots of one disk, keyed by the disk's dev_t. */
+struct dpsr_disk {
+	__u32 slot_mask;
+	__u32 pad;
+};
+
+/* Monotonic per slot (per-CPU; user space sums). */
+struct dpsr_slot_stats {
+	__u64 records;		/* completions that touched the range */
+	__u64 sectors;		/* their sectors, clipped to the range */
+	__u64 disk_sectors;	/* every completed write sector on the disk: */
+				/* compared with the disk's /sys stat */
+	__u64 unknown;		/* writes without a range */
+};
+
+/* Monotonic per consumer ring (per-CPU). */
+struct dpsr_ring_stats {
+	__u64 records;
+	__u64 drops;
+};
+
+/* One epoch's coarse bitmap of one slot. */
+struct dpsr_bitmap {
+	__u64 whole;		/* a write too wide for the words, or without a range */
+	__u64 words[DPSR_BITMAP_WORDS];
+};
+
+struct dpsr_control {
+	__u32 epoch;		/* 0 or 1: the bitmaps and drop counters in use */
+	__u32 owner_clean;	/* the last owner persisted all it consumed, then left */
+};
+
+#endif /* DPSR_H */

@@ -1,0 +1,87 @@
+/** Benchmarks ExtentSet ingest rate and memory footprint: node dist/tools/bench/extents.js */
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { ExtentSet } from '../../src/extents.js';
+
+const DEVICE_SECTORS = 2 ** 31; // 1 TiB of 512-byte sectors
+const RECORD_SECTORS = 8; // 4 KiB writes
+const MiB = 2 ** 20;
+
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A gc() even without --expose-gc: the flag can be turned on at runtime and gc fetched from a fresh context. */
+function findGc(): (() => void) | undefined {
+  const exposed = (globalThis as { gc?: () => void }).gc;
+  if (exposed) return exposed;
+  try {
+    setFlagsFromString('--expose-gc');
+    return runInNewContext('gc') as () => void;
+  } catch {
+    return undefined;
+  }
+}
+
+function memoryUsed(gc: (() => void) | undefined): number {
+  if (gc) {
+    gc();
+    gc();
+  }
+  const usage = process.memoryUsage();
+  return usage.heapUsed + usage.arrayBuffers;
+}
+
+function randomAlignedStarts(count: number, seed: number): Float64Array {
+  const rng = mulberry32(seed);
+  const slots = DEVICE_SECTORS / RECORD_SECTORS;
+  const starts = new Float64Array(count);
+  for (let i = 0; i < count; i++) starts[i] = Math.floor(rng() * slots) * RECORD_SECTORS;
+  return starts;
+}
+
+function benchIngest(records: number, batch: number): void {
+  const starts = randomAlignedStarts(records, 1);
+  const set = new ExtentSet();
+  const t0 = process.hrtime.bigint();
+  for (let base = 0; base < records; base += batch) {
+    const stop = Math.min(records, base + batch);
+    for (let i = base; i < stop; i++) set.add(starts[i], starts[i] + RECORD_SECTORS);
+  }
+  const extents = set.count; // forces the last merge so it is timed too
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const rate = records / seconds / 1e6;
+  console.log(
+    `extents: ingest ${rate.toFixed(1)}M records/s (target >= 2M)` +
+      ` [${records} records in batches of ${batch}, ${seconds.toFixed(2)} s, ${extents} extents]`,
+  );
+}
+
+function benchMemory(extentsWanted: number, gc: (() => void) | undefined): void {
+  const rng = mulberry32(2);
+  const slots = DEVICE_SECTORS / RECORD_SECTORS;
+  const before = memoryUsed(gc);
+  const set = new ExtentSet();
+  for (let i = 0; i < extentsWanted; i++) {
+    const start = Math.floor(rng() * slots) * RECORD_SECTORS;
+    set.add(start, start + RECORD_SECTORS);
+  }
+  const extents = set.count;
+  const used = (memoryUsed(gc) - before) / MiB;
+  const note = gc ? '' : ' (no gc available, figure includes garbage)';
+  console.log(
+    `extents: ${extentsWanted} extents use ${used.toFixed(1)} MiB (target < 64 MiB)` +
+      ` [${extents} after coalescing, arrays ${(set.allocatedBytes / MiB).toFixed(1)} MiB]${note}`,
+  );
+}
+
+const gc = findGc();
+benchMemory(1_000_000, gc);
+benchIngest(10_000_000, 4096);
