@@ -75,6 +75,14 @@ struct {
 	__type(value, __u64);
 } epoch_drops SEC(".maps");
 
+/* Used by user space only; pinned with the rest. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DPSR_MAX_RINGS);
+	__type(key, __u32);
+	__type(value, struct dpsr_consumer);
+} consumers SEC(".maps");
+
 /* One ring buffer per consumer, created by user space at any size. */
 struct ring {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -63,6 +63,16 @@ struct dpsr_bitmap {
 	__u64 words[DPSR_BITMAP_WORDS];
 };
 
+/* Who reads a ring (user space only): lets a successor reclaim the ring of
+ * a consumer that died. */
+struct dpsr_consumer {
+	__u32 pid;		/* 0: free */
+	__u32 flags;		/* DPSR_CONSUMER_* */
+	__u64 start_time;	/* /proc/PID/stat starttime: guards against pid reuse */
+};
+
+#define DPSR_CONSUMER_OWNER	1	/* the tracker's ring: outlives its processes */
+
 struct dpsr_control {
 	__u32 epoch;		/* 0 or 1: the bitmaps and drop counters in use */
 	__u32 owner_clean;	/* the last owner persisted all it consumed, then left */

@@ -23,7 +23,7 @@ namespace {
 
 // The maps user space needs, by their names in bpf/dpsr.bpf.c.
 const char *const kMapNames[] = {"disks",     "slots",       "slot_stats", "bitmaps",
-				 "control",   "ring_stats",  "epoch_drops", "rings"};
+				 "control",   "ring_stats",  "epoch_drops", "rings", "consumers"};
 // The complete link is pinned last: its pin means the set is whole.
 const char kLinkIssue[] = "link_issue";
 const char kLinkComplete[] = "link_complete";

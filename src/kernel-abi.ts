@@ -1,0 +1,196 @@
+// The layouts of bpf/dpsr.h, mirrored for user space; tests/kernel-abi.test.ts
+// compiles the header and pins every size and offset against these.
+
+export const MAX_SLOTS = 32;
+export const MAX_RINGS = 8;
+export const BITMAP_WORDS = 1024;
+export const BITMAP_BITS = BITMAP_WORDS * 64;
+export const OWNER_RING = 0; // the tracker's ring; others are ephemeral consumers
+export const CONSUMER_OWNER = 1;
+
+export const REC_UNKNOWN = 1;
+export const REC_ERROR = 2;
+
+export const Layout = {
+  record: { size: 24, sector: 0, sectors: 8, dev: 12, op: 16, flags: 18, slotMask: 20 },
+  slot: { size: 32, startSector: 0, endSector: 8, diskDev: 16, ringMask: 20, chunkShift: 24 },
+  disk: { size: 8, slotMask: 0 },
+  slotStats: { size: 32, records: 0, sectors: 8, diskSectors: 16, unknown: 24 },
+  ringStats: { size: 16, records: 0, drops: 8 },
+  bitmap: { size: 8 + BITMAP_WORDS * 8, whole: 0, words: 8 },
+  consumer: { size: 16, pid: 0, flags: 4, startTime: 8 },
+  control: { size: 8, epoch: 0, ownerClean: 4 },
+} as const;
+
+/** REQ_OP_* values (include/linux/blk_types.h), for display. */
+export const OpNames: Record<number, string> = {
+  1: 'write', 3: 'discard', 5: 'secure-erase', 7: 'zone-append', 9: 'write-zeroes', 35: 'drv-out',
+};
+
+export interface WriteRecord {
+  startSector: number; // absolute on the disk
+  endSector: number;
+  dev: number; // kernel dev_t of the disk
+  op: number;
+  flags: number;
+  slotMask: number;
+}
+
+export interface Slot {
+  startSector: number;
+  endSector: number;
+  diskDev: number;
+  ringMask: number;
+  chunkShift: number;
+}
+
+export interface SlotStats {
+  records: number;
+  sectors: number;
+  diskSectors: number;
+  unknown: number;
+}
+
+export interface Consumer {
+  pid: number;
+  flags: number;
+  startTime: number;
+}
+
+const u64 = (b: Buffer, off: number) => b.readUInt32LE(off) + b.readUInt32LE(off + 4) * 0x1_0000_0000;
+
+function putU64(b: Buffer, off: number, v: number): void {
+  b.writeUInt32LE(v % 0x1_0000_0000, off);
+  b.writeUInt32LE(Math.floor(v / 0x1_0000_0000), off + 4);
+}
+
+export function u32Key(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n);
+  return b;
+}
+
+/** Calls `each` for every record of a batch, without allocating per record. */
+export function forEachRecord(batch: Buffer, each: (r: WriteRecord) => void): void {
+  const L = Layout.record;
+  const r: WriteRecord = { startSector: 0, endSector: 0, dev: 0, op: 0, flags: 0, slotMask: 0 };
+  for (let off = 0; off + L.size <= batch.length; off += L.size) {
+    r.startSector = u64(batch, off + L.sector);
+    r.endSector = r.startSector + batch.readUInt32LE(off + L.sectors);
+    r.dev = batch.readUInt32LE(off + L.dev);
+    r.op = batch.readUInt16LE(off + L.op);
+    r.flags = batch.readUInt16LE(off + L.flags);
+    r.slotMask = batch.readUInt32LE(off + L.slotMask);
+    each(r);
+  }
+}
+
+export function encodeSlot(s: Slot): Buffer {
+  const L = Layout.slot;
+  const b = Buffer.alloc(L.size);
+  putU64(b, L.startSector, s.startSector);
+  putU64(b, L.endSector, s.endSector);
+  b.writeUInt32LE(s.diskDev, L.diskDev);
+  b.writeUInt32LE(s.ringMask >>> 0, L.ringMask);
+  b.writeUInt32LE(s.chunkShift, L.chunkShift);
+  return b;
+}
+
+export function decodeSlot(b: Buffer): Slot {
+  const L = Layout.slot;
+  return {
+    startSector: u64(b, L.startSector),
+    endSector: u64(b, L.endSector),
+    diskDev: b.readUInt32LE(L.diskDev),
+    ringMask: b.readUInt32LE(L.ringMask),
+    chunkShift: b.readUInt32LE(L.chunkShift),
+  };
+}
+
+export function encodeDisk(slotMask: number): Buffer {
+  const b = Buffer.alloc(Layout.disk.size);
+  b.writeUInt32LE(slotMask >>> 0, Layout.disk.slotMask);
+  return b;
+}
+
+export function decodeDisk(b: Buffer): number {
+  return b.readUInt32LE(Layout.disk.slotMask);
+}
+
+/** Per-CPU map values are each padded to 8 bytes. */
+export function perCpuStride(valueSize: number): number {
+  return Math.ceil(valueSize / 8) * 8;
+}
+
+/** Sums the u64 fields of a per-CPU value. */
+export function sumPerCpu(b: Buffer, valueSize: number, cpus: number, fieldOffsets: readonly number[]): number[] {
+  const stride = perCpuStride(valueSize);
+  const sums = fieldOffsets.map(() => 0);
+  for (let c = 0; c < cpus; c++) {
+    fieldOffsets.forEach((off, i) => { sums[i] += u64(b, c * stride + off); });
+  }
+  return sums;
+}
+
+export function decodeSlotStats(b: Buffer, cpus: number): SlotStats {
+  const L = Layout.slotStats;
+  const [records, sectors, diskSectors, unknown] = sumPerCpu(b, L.size, cpus,
+    [L.records, L.sectors, L.diskSectors, L.unknown]);
+  return { records, sectors, diskSectors, unknown };
+}
+
+export function encodeConsumer(c: Consumer): Buffer {
+  const L = Layout.consumer;
+  const b = Buffer.alloc(L.size);
+  b.writeUInt32LE(c.pid, L.pid);
+  b.writeUInt32LE(c.flags, L.flags);
+  putU64(b, L.startTime, c.startTime);
+  return b;
+}
+
+export function decodeConsumer(b: Buffer): Consumer {
+  const L = Layout.consumer;
+  return { pid: b.readUInt32LE(L.pid), flags: b.readUInt32LE(L.flags), startTime: u64(b, L.startTime) };
+}
+
+export interface Control {
+  epoch: number;
+  ownerClean: boolean;
+}
+
+export function encodeControl(c: Control): Buffer {
+  const b = Buffer.alloc(Layout.control.size);
+  b.writeUInt32LE(c.epoch & 1, Layout.control.epoch);
+  b.writeUInt32LE(c.ownerClean ? 1 : 0, Layout.control.ownerClean);
+  return b;
+}
+
+export function decodeControl(b: Buffer): Control {
+  return { epoch: b.readUInt32LE(Layout.control.epoch) & 1, ownerClean: b.readUInt32LE(Layout.control.ownerClean) !== 0 };
+}
+
+/** The chunks set in one epoch bitmap, or 'whole' if the whole slot is touched. */
+export function decodeBitmap(b: Buffer): { whole: boolean; chunks: number[] } {
+  const L = Layout.bitmap;
+  if (u64(b, L.whole) !== 0) return { whole: true, chunks: [] };
+  const chunks: number[] = [];
+  for (let w = 0; w < BITMAP_WORDS; w++) {
+    const lo = b.readUInt32LE(L.words + w * 8);
+    const hi = b.readUInt32LE(L.words + w * 8 + 4);
+    if (lo === 0 && hi === 0) continue;
+    for (let bit = 0; bit < 32; bit++) {
+      if (lo & (1 << bit)) chunks.push(w * 64 + bit);
+    }
+    for (let bit = 0; bit < 32; bit++) {
+      if (hi & (1 << bit)) chunks.push(w * 64 + 32 + bit);
+    }
+  }
+  return { whole: false, chunks };
+}
+
+/** Smallest chunk (in sectors, a power of two, at least 64 KiB) that fits the range in the bitmap. */
+export function chunkShiftFor(lengthSectors: number): number {
+  let shift = 7;
+  while (Math.ceil(lengthSectors / 2 ** shift) > BITMAP_BITS) shift++;
+  return shift;
+}

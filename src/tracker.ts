@@ -1,0 +1,289 @@
+// The one owner's tracker: turns the owner ring's records into per-range
+// dirty sets, runs the epoch protocol of invariant 3 (flip, wait, drain,
+// persist, then clear) and the reconciliation of invariant 2, and records
+// every gap with its cause.
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { type BlockDevice, readDiskCounters } from './devices.js';
+import { DpsrError } from './errors.js';
+import { ExtentSet } from './extents.js';
+import { MAX_SLOTS, OWNER_RING, REC_UNKNOWN, forEachRecord } from './kernel-abi.js';
+import { native, type RingReader } from './native.js';
+import { type Baseline, type Reading, type Verdict, baselineFrom, judge } from './reconcile.js';
+import { type KernelTracking, bitsToExtents } from './tracking.js';
+
+export type GapCause =
+  | 'ring-drops' // the ring was full: records lost, their epoch's bits taken instead
+  | 'shortfall' // the kernel counted writes the programs never saw
+  | 'uncertain-baseline' // the counts' starting point was taken under load
+  | 'unknown-write' // a write without a range (SG_IO, NVMe passthrough)
+  | 'unclean-handoff' // the previous owner died: whatever it consumed may be lost
+  | 'unknown-history'; // a range tracked before this tracker knew it
+
+export interface Gap {
+  cause: GapCause;
+  atMs: number; // epoch milliseconds
+  sectors?: number; // how much went unseen, when known
+  detail: string;
+}
+
+/** One tracked range (a disk, or a partition of one), as the owner keeps it. */
+export interface RangeState {
+  slot: number; // kernel slot index
+  device: string; // the node it was tracked as, for messages
+  disk: string; // kernel name of the whole disk
+  diskDev: number;
+  startSector: number; // absolute on the disk
+  endSector: number;
+  /** Sectors (relative to startSector) written since the last cut. */
+  dirty: ExtentSet;
+  /** Sectors from retired epochs not yet confirmed by an exact reconciliation. */
+  unreconciled: ExtentSet;
+  receivedSectors: number;
+  baseline: Baseline;
+  gaps: Gap[];
+}
+
+/** Makes the tracker's state durable; awaited before the kernel's copy is cleared. */
+export interface TrackerStore {
+  persist(ranges: readonly RangeState[]): Promise<void>;
+}
+
+export interface TrackerOptions {
+  ownerLockPath: string;
+  ringBytes?: number;
+  timerMs?: number;
+  store?: TrackerStore;
+  /** Called after each batch of records is ingested (for watch-like displays). */
+  onRecords?: (count: number) => void;
+}
+
+export interface CycleReport {
+  epoch: number; // the epoch retired
+  records: number; // drained in this cycle
+  drops: number; // ring drops in the retired epoch
+}
+
+const DEFAULT_RING_BYTES = 8 << 20;
+const noStore: TrackerStore = { persist: async () => {} };
+
+export class Tracker {
+  private readonly bySlot: Array<RangeState | undefined> = new Array(MAX_SLOTS);
+  private readonly reader: RingReader;
+  private firstCycle = true;
+  private handoffWasClean: boolean;
+  private stopped = false;
+  private drained = 0;
+  private persistedDrained = 0; // `drained` when the store last persisted
+
+  private constructor(
+    private readonly kt: KernelTracking,
+    private readonly lockFd: number,
+    private readonly store: TrackerStore,
+    private readonly onRecords: ((count: number) => void) | undefined,
+    timerMs: number,
+    firstOwner: boolean,
+  ) {
+    const ctl = kt.control();
+    this.handoffWasClean = firstOwner || ctl.ownerClean;
+    kt.setControl({ ...ctl, ownerClean: false });
+    this.reader = kt.reader(OWNER_RING, (batch) => this.ingest(batch), timerMs);
+  }
+
+  /** Becomes the one owner (a lock) and takes over the owner's ring. */
+  static start(kt: KernelTracking, opts: TrackerOptions): Tracker {
+    fs.mkdirSync(path.dirname(opts.ownerLockPath), { recursive: true, mode: 0o700 });
+    const fd = fs.openSync(opts.ownerLockPath, 'a+', 0o600);
+    if (!native().flock(fd, 'ex', false)) {
+      fs.closeSync(fd);
+      throw new DpsrError(`another dpsr process owns tracking (lock ${opts.ownerLockPath} is held)`, 'EBUSY');
+    }
+    try {
+      const firstOwner = !kt.hasRing(OWNER_RING); // no predecessor whose records could be lost
+      kt.registerConsumer({ ringBytes: opts.ringBytes ?? DEFAULT_RING_BYTES, ownerIndex: OWNER_RING });
+      return new Tracker(kt, fd, opts.store ?? noStore, opts.onRecords, opts.timerMs ?? 50, firstOwner);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
+  get ranges(): RangeState[] {
+    return this.bySlot.filter((s): s is RangeState => s !== undefined);
+  }
+
+  /** Ranges the owner ring already tracks in the kernel, with no state here yet. */
+  orphanSlots(): number[] {
+    return this.kt.slotsOf(OWNER_RING).map((s) => s.index).filter((i) => !this.bySlot[i]);
+  }
+
+  /**
+   * Adopts a range whose state was persisted earlier (slot still tracked in
+   * the kernel), or starts tracking a device afresh.
+   */
+  async track(dev: BlockDevice, restored?: Omit<RangeState, 'slot'>): Promise<RangeState> {
+    const range = { diskDev: dev.diskDev, startSector: dev.startSector, endSector: dev.startSector + dev.sizeSectors };
+    const slot = this.kt.addSlot(range, OWNER_RING);
+    const state: RangeState = restored ? { ...restored, slot } : {
+      slot,
+      device: dev.path,
+      disk: dev.disk,
+      ...range,
+      dirty: new ExtentSet(),
+      unreconciled: new ExtentSet(),
+      receivedSectors: 0,
+      baseline: { offsetSectors: 0, exact: false },
+      gaps: [],
+    };
+    this.bySlot[slot] = state;
+    if (!restored) state.baseline = await this.measureBaseline(state);
+    return state;
+  }
+
+  untrack(state: RangeState): void {
+    this.kt.removeSlot(state.slot, OWNER_RING);
+    this.bySlot[state.slot] = undefined;
+  }
+
+  private ingest(batch: Buffer): void {
+    let n = 0;
+    forEachRecord(batch, (r) => {
+      n++;
+      for (let mask = r.slotMask, i = 0; mask !== 0; i++, mask >>>= 1) {
+        const st = mask & 1 ? this.bySlot[i] : undefined;
+        if (!st) continue;
+        if (r.flags & REC_UNKNOWN) {
+          st.dirty.add(0, st.endSector - st.startSector);
+          this.gap(st, 'unknown-write', `a write without a range (op ${r.op}) on ${st.disk}`);
+          continue;
+        }
+        const s = Math.max(r.startSector, st.startSector);
+        const e = Math.min(r.endSector, st.endSector);
+        if (s >= e) continue;
+        st.dirty.add(s - st.startSector, e - st.startSector);
+        st.receivedSectors += e - s;
+      }
+    });
+    this.drained += n;
+    this.onRecords?.(n);
+  }
+
+  /** Consumes what the ring holds now. */
+  drain(): number {
+    return this.reader.consume();
+  }
+
+  private gap(st: RangeState, cause: GapCause, detail: string, sectors?: number): void {
+    st.gaps.push({ cause, atMs: Date.now(), detail, ...(sectors !== undefined ? { sectors } : {}) });
+  }
+
+  /**
+   * Invariant 3: flip the epoch, wait until no program counts into the old
+   * one, drain the ring, fold the old epoch's bits in (dirty if records were
+   * dropped or the last owner died, else unreconciled), persist, and only
+   * then clear the kernel's copy.
+   */
+  async cycle(): Promise<CycleReport> {
+    const before = this.drained;
+    const old = this.kt.flipEpoch();
+    this.drain();
+    const drops = this.kt.takeEpochDrops(OWNER_RING, old);
+    const distrust = this.firstCycle && !this.handoffWasClean;
+    for (const st of this.ranges) {
+      const slot = this.kt.slot(st.slot)!;
+      const oldBits = bitsToExtents(this.kt.epochBits(st.slot, old, false), slot);
+      const into = drops > 0 || distrust ? st.dirty : st.unreconciled;
+      for (const [s, e] of oldBits) into.add(s, e);
+      if (distrust) {
+        // The dead owner may have consumed records of the current epoch too.
+        for (const [s, e] of bitsToExtents(this.kt.epochBits(st.slot, old ^ 1, false), slot)) st.dirty.add(s, e);
+        this.gap(st, 'unclean-handoff', 'the previous owner stopped without handing over: its epochs are taken as dirty');
+      }
+      if (drops > 0) this.gap(st, 'ring-drops', `${drops} records dropped (ring full): their epoch's regions are dirty`);
+    }
+    await this.persist();
+    for (const st of this.ranges) this.kt.epochBits(st.slot, old, true);
+    this.firstCycle = false;
+    return { epoch: old, records: this.drained - before, drops };
+  }
+
+  private async persist(): Promise<void> {
+    const drained = this.drained;
+    await this.store.persist(this.ranges);
+    this.persistedDrained = drained;
+  }
+
+  private read(st: RangeState): Reading {
+    const k = readDiskCounters(st.disk); // kernel first: a positive deficit is then certain
+    return { kernelSectors: k.writtenSectors, programSectors: this.kt.slotStats(st.slot).diskSectors, inFlightWrites: k.inFlightWrites };
+  }
+
+  private async measureBaseline(st: RangeState): Promise<Baseline> {
+    let base: Baseline = { offsetSectors: 0, exact: false };
+    for (let attempt = 0; attempt < 5 && !base.exact; attempt++) {
+      const first = this.read(st);
+      await sleep(5);
+      base = baselineFrom(first, this.read(st));
+    }
+    return base;
+  }
+
+  /**
+   * Invariant 2: compares each range's counts with the kernel's. A shortfall
+   * (or a baseline that proved uncertain) turns the unreconciled regions,
+   * including those of the current epoch, dirty; an exact match confirms them.
+   */
+  async reconcile(): Promise<Map<RangeState, Verdict>> {
+    const verdicts = new Map<RangeState, Verdict>();
+    const firsts = new Map(this.ranges.map((st) => [st, this.read(st)]));
+    await sleep(5);
+    const distrusted: RangeState[] = [];
+    for (const [st, first] of firsts) {
+      const { verdict, baseline } = judge(st.baseline, first, this.read(st));
+      st.baseline = baseline;
+      verdicts.set(st, verdict);
+      if (verdict.kind === 'exact') st.unreconciled.clear();
+      if (verdict.kind === 'shortfall') {
+        this.gap(st, 'shortfall', `the kernel counted ${verdict.sectors} written sectors on ${st.disk} that tracking never saw`, verdict.sectors);
+        distrusted.push(st);
+      }
+      if (verdict.kind === 'rebaselined') {
+        this.gap(st, 'uncertain-baseline', `counts on ${st.disk} could not be confirmed from the start: unconfirmed regions are dirty`);
+        distrusted.push(st);
+      }
+    }
+    if (distrusted.length > 0) {
+      await this.cycle(); // the missed writes may be in the current epoch
+      for (const st of distrusted) {
+        st.dirty.addSet(st.unreconciled);
+        st.unreconciled.clear();
+      }
+      await this.persist();
+    }
+    return verdicts;
+  }
+
+  /**
+   * Hands over cleanly: a last cycle persists everything consumed, then the
+   * flag tells the next owner that unconsumed records are all still in the ring.
+   */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    await this.cycle();
+    this.reader.close();
+    // The timer may have delivered records while the cycle awaited the store.
+    if (this.drained !== this.persistedDrained) await this.persist();
+    this.kt.setControl({ ...this.kt.control(), ownerClean: true });
+    fs.closeSync(this.lockFd);
+  }
+
+  /** Stops without a handover, as a crash would (tests). */
+  abandon(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.reader.close();
+    fs.closeSync(this.lockFd);
+  }
+}

@@ -1,0 +1,137 @@
+// Owns every image, loop device, mount and pinned BPF object a test makes,
+// and releases them in reverse order: in `after`, and on exit or signal even
+// when a test failed.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { KernelTracking, processStartTime } from '../../src/tracking.js';
+import { native } from '../../src/native.js';
+
+export const TEST_PIN_PREFIX = '/sys/fs/bpf/dpsr-test-';
+
+export function sh(cmd: string, args: string[], opts: { input?: string } = {}): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], input: opts.input });
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`${cmd} ${args.join(' ')}: ${(e.stderr || e.message).trim()}`);
+  }
+}
+
+let live: Fixture[] = [];
+let hooked = false;
+
+function hookExit(): void {
+  if (hooked) return;
+  hooked = true;
+  process.on('exit', () => { for (const f of live) f.cleanup(); });
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(sig, () => { for (const f of live) f.cleanup(); process.exit(130); });
+  }
+}
+
+/** Detaches pinned test objects left by test processes that died. */
+export function sweepStaleTestPins(): void {
+  const root = '/sys/fs/bpf';
+  if (!fs.existsSync(root)) return;
+  for (const name of fs.readdirSync(root)) {
+    const full = path.join(root, name);
+    if (!full.startsWith(TEST_PIN_PREFIX)) continue;
+    const pid = Number(name.slice(TEST_PIN_PREFIX.length - root.length - 1).split('-')[0]);
+    if (pid && processStartTime(pid) !== null) continue;
+    try { native().detach(full); } catch { /* best effort */ }
+  }
+}
+
+export class Fixture {
+  readonly dir: string;
+  private cleanups: Array<{ what: string; fn: () => void }> = [];
+  private pins = 0;
+
+  constructor() {
+    hookExit();
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dpsr-test-'));
+    this.defer(`rm ${this.dir}`, () => fs.rmSync(this.dir, { recursive: true, force: true }));
+    live.push(this);
+  }
+
+  defer(what: string, fn: () => void): void {
+    this.cleanups.push({ what, fn });
+  }
+
+  cleanup(): void {
+    while (this.cleanups.length > 0) {
+      const { what, fn } = this.cleanups.pop()!;
+      try {
+        fn();
+      } catch (err) {
+        console.error(`cleanup: ${what}: ${(err as Error).message}`);
+      }
+    }
+    live = live.filter((f) => f !== this);
+  }
+
+  image(name: string, sizeMiB: number): string {
+    const file = path.join(this.dir, name);
+    fs.closeSync(fs.openSync(file, 'w'));
+    fs.truncateSync(file, sizeMiB * 1024 * 1024);
+    return file;
+  }
+
+  /** A loop device over a new image (direct I/O by default, as a disk would behave). */
+  loop(sizeMiB: number, opts: { directIo?: boolean; sectorSize?: number } = {}): string {
+    const img = this.image(`disk${this.cleanups.length}.img`, sizeMiB);
+    const args = ['-f', '--show', `--direct-io=${opts.directIo === false ? 'off' : 'on'}`];
+    if (opts.sectorSize) args.push('-b', String(opts.sectorSize));
+    const dev = sh('losetup', [...args, img]).trim();
+    this.defer(`losetup -d ${dev}`, () => sh('losetup', ['-d', dev]));
+    return dev;
+  }
+
+  /** A loop disk with a GPT and partitions of the given sizes (MiB); returns disk and partition nodes. */
+  partitionedLoop(sizeMiB: number, partsMiB: number[]): { disk: string; parts: string[] } {
+    const disk = this.loop(sizeMiB);
+    const script = ['label: gpt', ...partsMiB.map((mib) => `size=${mib}MiB`)].join('\n');
+    sh('sfdisk', ['--quiet', disk], { input: `${script}\n` });
+    sh('partx', ['-a', disk]);
+    this.defer(`partx -d ${disk}`, () => sh('partx', ['-d', disk]));
+    return { disk, parts: partsMiB.map((_, i) => `${disk}p${i + 1}`) };
+  }
+
+  mkfs(dev: string, type: 'ext4' | 'xfs'): void {
+    if (type === 'ext4') sh('mkfs.ext4', ['-q', '-F', dev]);
+    else sh('mkfs.xfs', ['-q', '-f', dev]);
+  }
+
+  mount(dev: string, opts: string[] = []): string {
+    const mnt = fs.mkdtempSync(path.join(this.dir, 'mnt-'));
+    sh('mount', [...opts, dev, mnt]);
+    this.defer(`umount ${mnt}`, () => sh('umount', [mnt]));
+    return mnt;
+  }
+
+  /** A private pin directory, so tests never touch a user's real tracking. */
+  pinDir(): string {
+    const dir = `${TEST_PIN_PREFIX}${process.pid}-${this.pins++}`;
+    this.defer(`detach ${dir}`, () => { if (fs.existsSync(dir)) native().detach(dir); });
+    return dir;
+  }
+
+  /** Opens (loading) the programs in a private pin directory. */
+  tracking(opts: { skipEveryN?: number; pinDir?: string } = {}): KernelTracking {
+    const kt = KernelTracking.open({ pinDir: opts.pinDir ?? this.pinDir(), skipEveryN: opts.skipEveryN });
+    this.defer('close tracking', () => kt.close());
+    return kt;
+  }
+
+  lockPath(): string {
+    return path.join(this.dir, `owner-${this.pins}.lock`);
+  }
+}
+
+/** dd with O_DIRECT at a 512-byte sector offset: returns the half-open extent written. */
+export function ddDirect(dev: string, startSector: number, sectors: number): [number, number] {
+  sh('dd', ['if=/dev/urandom', `of=${dev}`, 'bs=512', `seek=${startSector}`, `count=${sectors}`, 'oflag=direct', 'conv=notrunc', 'status=none']);
+  return [startSector, startSector + sectors];
+}
