@@ -1,0 +1,22 @@
+// Every default in one place. Only the CLI reads the environment, through here.
+export interface Settings {
+  stateDir: string;
+  socketPath: string;
+  ownerLockPath: string;
+  pinDir: string; // versioned: a dpsr whose maps change shape pins elsewhere
+  kernelBtfPath: string;
+}
+
+export function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
+  const socketPath = env.DPSR_SOCKET ?? '/run/dpsr/dpsr.sock';
+  return {
+    stateDir: env.DPSR_STATE_DIR ?? '/var/lib/dpsr',
+    socketPath,
+    ownerLockPath: env.DPSR_LOCK ?? socketPath.replace(/[^/]*$/, 'owner.lock'),
+    pinDir: env.DPSR_BPF_DIR ?? '/sys/fs/bpf/dpsr/v1',
+    kernelBtfPath: env.DPSR_KERNEL_BTF ?? '/sys/kernel/btf/vmlinux',
+  };
+}
+
+export const WATCH_RING_BYTES = 4 << 20;
+export const OWNER_RING_BYTES = 8 << 20;
