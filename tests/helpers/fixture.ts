@@ -130,8 +130,9 @@ export class Fixture {
   }
 }
 
-/** dd with O_DIRECT at a 512-byte sector offset: returns the half-open extent written. */
+/** One dd write with O_DIRECT at a 512-byte sector offset: returns the half-open extent written. */
 export function ddDirect(dev: string, startSector: number, sectors: number): [number, number] {
-  sh('dd', ['if=/dev/urandom', `of=${dev}`, 'bs=512', `seek=${startSector}`, `count=${sectors}`, 'oflag=direct', 'conv=notrunc', 'status=none']);
+  sh('dd', ['if=/dev/urandom', `of=${dev}`, `bs=${sectors * 512}`, `seek=${startSector * 512}`, 'count=1',
+    'oflag=direct,seek_bytes', 'conv=notrunc', 'status=none']);
   return [startSector, startSector + sectors];
 }
