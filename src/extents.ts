@@ -332,7 +332,8 @@ export class ExtentSet {
     while (i >= keep || j >= 0) {
       let start: number;
       let end: number;
-      if (j < 0 || (i >= keep && s[i] > srcStarts[j])) {
+      // Descending by end: then nothing seen later can reach past a run already written.
+      if (j < 0 || (i >= keep && e[i] > srcEnds[j])) {
         start = s[i];
         end = e[i];
         i--;
@@ -342,8 +343,7 @@ export class ExtentSet {
         j--;
       }
       if (runStart >= 0 && end >= runStart) {
-        runStart = start;
-        if (end > runEnd) runEnd = end;
+        if (start < runStart) runStart = start;
       } else {
         if (runStart >= 0) {
           write--;

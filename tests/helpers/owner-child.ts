@@ -1,0 +1,16 @@
+// A separate owner process for the reopen tests: tracks a device in a pin
+// directory, writes, then leaves cleanly (`stop`) or as a crash would (`crash`).
+import { resolveBlockDevice } from '../../src/devices.js';
+import { Tracker } from '../../src/tracker.js';
+import { KernelTracking } from '../../src/tracking.js';
+import { ddDirect } from './fixture.js';
+
+const [pinDir, lockPath, dev, how] = process.argv.slice(2);
+const kt = KernelTracking.open({ pinDir });
+const tracker = Tracker.start(kt, { ownerLockPath: lockPath, ringBytes: 1 << 20 });
+const range = await tracker.track(resolveBlockDevice(dev));
+ddDirect(dev, 64, 8);
+await tracker.cycle();
+if (how === 'stop') await tracker.stop();
+process.stdout.write(JSON.stringify({ created: kt.created, dirty: range.dirty.toArray() }));
+process.exit(0); // without detaching: the pins must outlive this process
