@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what dpsr needs on Debian/Ubuntu (as root), the npm dependencies,
+# and builds everything. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "setup: run as root (apt-get and BPF need it)" >&2; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
+packages=(
+	clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev   # BPF object, skeleton, addon
+	make g++ python3                                       # node-gyp
+	util-linux fdisk e2fsprogs xfsprogs kmod fio           # devices, file systems; tests and benchmarks
+)
+echo "setup: apt-get install ${packages[*]}"
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+echo "setup: npm ci"
+npm ci --no-audit --no-fund
+bash tools/build.sh
