@@ -2,11 +2,13 @@
 
 // Sector numbers go up to 2^48, so they live in float64 (exact to 2^53); never one object per extent.
 const INITIAL_PENDING = 256;
-const MAX_PENDING = 65536;
+const MIN_BATCH = 65536;
+// Each merge rewrites the whole set, so batches grow with it (up to 1/8 of its size) to keep the
+// merge cost per added record constant instead of proportional to the set size.
+const BATCH_FRACTION = 1 / 8;
 const MAGIC = Buffer.from('DPX1', 'latin1');
-// magic + u32 count + u32 crc
-const HEADER_BYTES = 8;
-const TRAILER_BYTES = 4;
+const HEADER_BYTES = 8; // magic + u32 count
+const TRAILER_BYTES = 4; // CRC-32, so a corrupt row is an error rather than a wrong copy plan
 
 export class ExtentSet {
   // Sorted, non-overlapping, non-adjacent extents; only indices [0, size) are meaningful.
@@ -274,7 +276,7 @@ export class ExtentSet {
 
   private makePendingRoom(): void {
     const current = this.pendingStarts;
-    if (current !== null && current.length >= MAX_PENDING) {
+    if (current !== null && current.length >= Math.max(MIN_BATCH, this.size * BATCH_FRACTION)) {
       this.flush();
       return;
     }

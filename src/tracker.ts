@@ -30,14 +30,17 @@ export interface Gap {
 
 /** One tracked range (a disk, or a partition of one), as the owner keeps it. */
 export interface RangeState {
+  id: string; // the caller's name for it (a pair's name)
   slot: number; // kernel slot index
   device: string; // the node it was tracked as, for messages
   disk: string; // kernel name of the whole disk
   diskDev: number;
   startSector: number; // absolute on the disk
   endSector: number;
-  /** Sectors (relative to startSector) written since the last cut. */
+  /** Sectors (relative to startSector) written since the last cut, from records. */
   dirty: ExtentSet;
+  /** Regions where writes may have gone unseen (gaps): to be compared, not blindly copied. */
+  suspect: ExtentSet;
   /** Sectors from retired epochs not yet confirmed by an exact reconciliation. */
   unreconciled: ExtentSet;
   receivedSectors: number;
@@ -119,25 +122,32 @@ export class Tracker {
   }
 
   /**
-   * Adopts a range whose state was persisted earlier (slot still tracked in
-   * the kernel), or starts tracking a device afresh.
+   * Starts tracking a device afresh, or adopts a range whose state was
+   * persisted earlier. If the kernel no longer had that range (reboot,
+   * detach), what happened meanwhile is unknown: the whole range is suspect.
    */
-  async track(dev: BlockDevice, restored?: Omit<RangeState, 'slot'>): Promise<RangeState> {
+  async track(dev: BlockDevice, id: string, restored?: Omit<RangeState, 'slot'>): Promise<RangeState> {
     const range = { diskDev: dev.diskDev, startSector: dev.startSector, endSector: dev.startSector + dev.sizeSectors };
-    const slot = this.kt.addSlot(range, OWNER_RING);
+    const { index: slot, created } = this.kt.addSlot(range, OWNER_RING);
     const state: RangeState = restored ? { ...restored, slot } : {
+      id,
       slot,
       device: dev.path,
       disk: dev.disk,
       ...range,
       dirty: new ExtentSet(),
+      suspect: new ExtentSet(),
       unreconciled: new ExtentSet(),
       receivedSectors: 0,
       baseline: { offsetSectors: 0, exact: false },
       gaps: [],
     };
     this.bySlot[slot] = state;
-    if (!restored) state.baseline = await this.measureBaseline(state);
+    if (created) state.baseline = await this.measureBaseline(state);
+    if (created && restored) {
+      state.suspect.add(0, state.endSector - state.startSector);
+      this.gap(state, 'unknown-history', `${state.device} was not being tracked for a while (reboot or detach): the whole range is suspect`);
+    }
     return state;
   }
 
@@ -154,7 +164,7 @@ export class Tracker {
         const st = mask & 1 ? this.bySlot[i] : undefined;
         if (!st) continue;
         if (r.flags & REC_UNKNOWN) {
-          st.dirty.add(0, st.endSector - st.startSector);
+          st.suspect.add(0, st.endSector - st.startSector);
           this.gap(st, 'unknown-write', `a write without a range (op ${r.op}) on ${st.disk}`);
           continue;
         }
@@ -180,7 +190,7 @@ export class Tracker {
 
   /**
    * Invariant 3: flip the epoch, wait until no program counts into the old
-   * one, drain the ring, fold the old epoch's bits in (dirty if records were
+   * one, drain the ring, fold the old epoch's bits in (suspect if records were
    * dropped or the last owner died, else unreconciled), persist, and only
    * then clear the kernel's copy.
    */
@@ -193,14 +203,14 @@ export class Tracker {
     for (const st of this.ranges) {
       const slot = this.kt.slot(st.slot)!;
       const oldBits = bitsToExtents(this.kt.epochBits(st.slot, old, false), slot);
-      const into = drops > 0 || distrust ? st.dirty : st.unreconciled;
+      const into = drops > 0 || distrust ? st.suspect : st.unreconciled;
       for (const [s, e] of oldBits) into.add(s, e);
       if (distrust) {
         // The dead owner may have consumed records of the current epoch too.
-        for (const [s, e] of bitsToExtents(this.kt.epochBits(st.slot, old ^ 1, false), slot)) st.dirty.add(s, e);
-        this.gap(st, 'unclean-handoff', 'the previous owner stopped without handing over: its epochs are taken as dirty');
+        for (const [s, e] of bitsToExtents(this.kt.epochBits(st.slot, old ^ 1, false), slot)) st.suspect.add(s, e);
+        this.gap(st, 'unclean-handoff', 'the previous owner stopped without handing over: its epochs are suspect');
       }
-      if (drops > 0) this.gap(st, 'ring-drops', `${drops} records dropped (ring full): their epoch's regions are dirty`);
+      if (drops > 0) this.gap(st, 'ring-drops', `${drops} records dropped (ring full): their epoch's regions are suspect`);
     }
     await this.persist();
     for (const st of this.ranges) this.kt.epochBits(st.slot, old, true);
@@ -232,7 +242,7 @@ export class Tracker {
   /**
    * Invariant 2: compares each range's counts with the kernel's. A shortfall
    * (or a baseline that proved uncertain) turns the unreconciled regions,
-   * including those of the current epoch, dirty; an exact match confirms them.
+   * including those of the current epoch, suspect; an exact match confirms them.
    */
   async reconcile(): Promise<Map<RangeState, Verdict>> {
     const verdicts = new Map<RangeState, Verdict>();
@@ -249,14 +259,14 @@ export class Tracker {
         distrusted.push(st);
       }
       if (verdict.kind === 'rebaselined') {
-        this.gap(st, 'uncertain-baseline', `counts on ${st.disk} could not be confirmed from the start: unconfirmed regions are dirty`);
+        this.gap(st, 'uncertain-baseline', `counts on ${st.disk} could not be confirmed from the start: unconfirmed regions are suspect`);
         distrusted.push(st);
       }
     }
     if (distrusted.length > 0) {
       await this.cycle(); // the missed writes may be in the current epoch
       for (const st of distrusted) {
-        st.dirty.addSet(st.unreconciled);
+        st.suspect.addSet(st.unreconciled);
         st.unreconciled.clear();
       }
       await this.persist();

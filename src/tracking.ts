@@ -227,7 +227,7 @@ export class KernelTracking {
    * same range. A new slot starts with zeroed counters and bitmaps and is
    * published in its disk's mask last, so the programs never see it half-made.
    */
-  addSlot(range: RangeOnDisk, ring: number): number {
+  addSlot(range: RangeOnDisk, ring: number): { index: number; created: boolean } {
     return this.withLock(() => {
       let free = -1;
       for (let i = 0; i < MAX_SLOTS; i++) {
@@ -238,7 +238,7 @@ export class KernelTracking {
         }
         if (s.diskDev === range.diskDev && s.startSector === range.startSector && s.endSector === range.endSector) {
           this.update('slots', i, encodeSlot({ ...s, ringMask: s.ringMask | (1 << ring) }));
-          return i;
+          return { index: i, created: false };
         }
       }
       if (free < 0) throw new DpsrError(`all ${MAX_SLOTS} tracking slots are in use`, 'EBUSY');
@@ -249,7 +249,7 @@ export class KernelTracking {
         ...range, ringMask: 1 << ring, chunkShift: chunkShiftFor(range.endSector - range.startSector),
       }));
       native().mapUpdate(this.maps.disks, u32Key(range.diskDev), encodeDisk(this.diskMask(range.diskDev) | (1 << free)));
-      return free;
+      return { index: free, created: true };
     });
   }
 

@@ -83,7 +83,7 @@ test('watch shares tracking: the owner keeps its slot and its records, and the p
   fx.defer('close kt', () => kt.close());
   const tracker = Tracker.start(kt, { ownerLockPath: fx.lockPath(), ringBytes: 1 << 20 });
   fx.defer('abandon tracker', () => tracker.abandon());
-  const range = await tracker.track(resolveBlockDevice(dev));
+  const range = await tracker.track(resolveBlockDevice(dev), 'test');
   const w1 = await startWatch([dev, '--json']);
   const w2 = await startWatch([dev, '--json']);
   const written = [ddDirect(dev, 16, 8)];

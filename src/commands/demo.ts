@@ -42,7 +42,7 @@ export async function demoCommand(settings: Settings, log: (line: string) => voi
     cleanups.push(() => { kt.close(); native().detach(pinDir); });
     const tracker = Tracker.start(kt, { ownerLockPath: path.join(dir, 'owner.lock') });
     cleanups.push(() => tracker.abandon());
-    const range = await tracker.track(dev);
+    const range = await tracker.track(dev, 'demo');
     log(`2. tracking ${loop}: BPF programs attached at block_rq_issue/block_rq_complete, pinned in ${pinDir}`);
 
     const written = new ExtentSet();

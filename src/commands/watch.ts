@@ -39,7 +39,7 @@ export async function watchCommand(opts: WatchOptions, settings: Settings): Prom
   try {
     ring = kt.registerConsumer({ ringBytes: WATCH_RING_BYTES });
     const end = dev.startSector + dev.sizeSectors;
-    slot = kt.addSlot({ diskDev: dev.diskDev, startSector: dev.startSector, endSector: end }, ring);
+    slot = kt.addSlot({ diskDev: dev.diskDev, startSector: dev.startSector, endSector: end }, ring).index;
     const bit = 1 << slot;
     let lastDrops = 0;
     const checkDrops = () => {

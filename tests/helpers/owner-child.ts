@@ -8,7 +8,7 @@ import { ddDirect } from './fixture.js';
 const [pinDir, lockPath, dev, how] = process.argv.slice(2);
 const kt = KernelTracking.open({ pinDir });
 const tracker = Tracker.start(kt, { ownerLockPath: lockPath, ringBytes: 1 << 20 });
-const range = await tracker.track(resolveBlockDevice(dev));
+const range = await tracker.track(resolveBlockDevice(dev), 'test');
 ddDirect(dev, 64, 8);
 await tracker.cycle();
 if (how === 'stop') await tracker.stop();
