@@ -2,7 +2,7 @@
 // status in one place. User-facing errors print one line, no stack.
 import { Command, CommanderError } from 'commander';
 import { settingsFromEnv } from './defaults.js';
-import { DpsrError, ExitStatus } from './errors.js';
+import { DpsrError, ExitStatus, UsageError } from './errors.js';
 import type { ErrnoError } from './native.js';
 
 const EXIT_CODES_HELP = `
@@ -27,6 +27,69 @@ function program(): Command {
     .addHelpText('after', EXIT_CODES_HELP)
     .exitOverride();
 
+  const log = (line: string) => console.log(line);
+
+  cli.command('pair')
+    .description('check both devices, label the DPSR drive, start tracking, and copy the whole source')
+    .argument('<SOURCE>', 'the disk or partition to protect')
+    .argument('<DPSR_DRIVE>', 'the disk that becomes its copy (everything on it is overwritten)')
+    .option('--name <NAME>', 'the pair\'s name (default: the source\'s kernel name)')
+    .option('--force', 'overwrite a DPSR drive that carries a file system or partition table')
+    .option('--reserve <SIZE>', 'room after the copy for dpsr\'s label and journal, e.g. 64M, 1G', '64M')
+    .option('--no-reserve', 'no tail: for a drive exactly the source\'s size with a hardware identity (WWN/serial)')
+    .addHelpText('after', `
+Refuses (exit 3, nothing written) a drive that is mounted, swap, the running
+system's disk, smaller than the source plus the reserve, of another sector
+size, or that carries data (without --force). Tracking starts before the copy,
+so writes during it are caught; an interrupted copy resumes when the same
+command is run again (or at the next sync). The drive is left read-only.`)
+    .action(async (source: string, drive: string, opts: { name?: string; force?: boolean; reserve: string | boolean }) => {
+      const { pairCommand } = await import('./commands/pair.js');
+      const noReserve = opts.reserve === false;
+      await pairCommand({
+        source, drive, name: opts.name, force: opts.force === true, noReserve,
+        reserveBytes: noReserve ? 0 : parseSize(String(opts.reserve)),
+      }, settings, log);
+    });
+
+  cli.command('unpair')
+    .description('stop tracking a pair, make its DPSR drive writable again and remove its label')
+    .argument('<NAME>')
+    .action(async (name: string) => {
+      const { unpairCommand } = await import('./commands/unpair.js');
+      await unpairCommand({ name }, settings, log);
+    });
+
+  cli.command('sync')
+    .description('bring the DPSR drive up to date, copying only what changed; returns when done (a flush)')
+    .argument('[NAME]')
+    .option('--all', 'every pair')
+    .option('--json', 'one JSON document on stdout')
+    .action(async (name: string | undefined, opts: { all?: boolean; json?: boolean }) => {
+      const { syncCommand } = await import('./commands/sync.js');
+      await syncCommand({ name, all: opts.all === true, json: opts.json === true }, settings, log);
+    });
+
+  cli.command('status')
+    .description('per pair: state, the image\'s point in time and age (RPO), dirty data, gaps')
+    .argument('[NAME]')
+    .option('--json', 'one JSON document on stdout')
+    .option('--max-age <AGE>', 'exit 4 if an image is older than AGE (e.g. 15m, 1h, 2d)')
+    .option('--drive <DEV>', 'read a DPSR drive\'s own label, without the state directory')
+    .action(async (name: string | undefined, opts: { json?: boolean; maxAge?: string; drive?: string }) => {
+      const { statusCommand } = await import('./commands/status.js');
+      process.exitCode = await statusCommand({ name, json: opts.json === true, maxAge: opts.maxAge, drive: opts.drive }, settings, log);
+    });
+
+  cli.command('verify')
+    .description('compare the source with its DPSR drive, sector for sector; exit 1 if they differ')
+    .argument('<NAME>')
+    .option('--json', 'one JSON document on stdout')
+    .action(async (name: string, opts: { json?: boolean }) => {
+      const { verifyCommand } = await import('./commands/verify.js');
+      process.exitCode = await verifyCommand({ name, json: opts.json === true }, settings, log);
+    });
+
   cli.command('watch')
     .description('print every completed write on DEVICE as it happens, until Ctrl-C')
     .argument('<DEVICE>', 'a disk or partition, e.g. /dev/sda or /dev/nvme0n1p2')
@@ -48,6 +111,14 @@ writes without a range (SG_IO, NVMe passthrough) as UNKNOWN WRITE (event "unknow
     });
 
   return cli;
+}
+
+/** "64M", "1G", "512K" or bytes. */
+export function parseSize(text: string): number {
+  const m = text.trim().match(/^(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?$/i);
+  if (!m) throw new UsageError(`size "${text}": use a number with K, M, G or T (e.g. 64M)`);
+  const exp = ' KMGT'.indexOf((m[2] || ' ').toUpperCase());
+  return Math.round(Number(m[1]) * 1024 ** exp);
 }
 
 /** Maps an error to its exit status and one line on stderr. */

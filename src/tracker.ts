@@ -19,7 +19,8 @@ export type GapCause =
   | 'uncertain-baseline' // the counts' starting point was taken under load
   | 'unknown-write' // a write without a range (SG_IO, NVMe passthrough)
   | 'unclean-handoff' // the previous owner died: whatever it consumed may be lost
-  | 'unknown-history'; // a range tracked before this tracker knew it
+  | 'unknown-history' // a range tracked before this tracker knew it
+  | 'identity-changed'; // the device was re-attached or changed media meanwhile
 
 export interface Gap {
   cause: GapCause;
@@ -145,8 +146,7 @@ export class Tracker {
     this.bySlot[slot] = state;
     if (created) state.baseline = await this.measureBaseline(state);
     if (created && restored) {
-      state.suspect.add(0, state.endSector - state.startSector);
-      this.gap(state, 'unknown-history', `${state.device} was not being tracked for a while (reboot or detach): the whole range is suspect`);
+      this.suspectAll(state, 'unknown-history', `${state.device} was not being tracked for a while (reboot or detach): the whole range is suspect`);
     }
     return state;
   }
@@ -182,6 +182,12 @@ export class Tracker {
   /** Consumes what the ring holds now. */
   drain(): number {
     return this.reader.consume();
+  }
+
+  /** Everything in the range may have changed unseen: compare it all at the next sync. */
+  suspectAll(st: RangeState, cause: GapCause, detail: string): void {
+    st.suspect.add(0, st.endSector - st.startSector);
+    this.gap(st, cause, detail);
   }
 
   private gap(st: RangeState, cause: GapCause, detail: string, sectors?: number): void {

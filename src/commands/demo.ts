@@ -1,95 +1,111 @@
-// dpsr demo: a loop-backed disk, tracked with the real programs, a small
-// workload, and what was seen set against what was written. Leaves nothing.
+// dpsr demo: two loop-backed disks, an ext4 source, pair, a workload,
+// incremental syncs (what each copied against the disk size), verification
+// with cmp and fsck -n on the DPSR drive, status; then everything is removed,
+// also on Ctrl-C. Runs in its own state directory, lock and pin directory.
 import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { checkTrackable, resolveBlockDevice } from '../devices.js';
-import { type Settings } from '../defaults.js';
-import { ExtentSet } from '../extents.js';
+import type { Settings } from '../defaults.js';
 import { native } from '../native.js';
 import { checkTrackingSupport } from '../preflight.js';
-import { Tracker } from '../tracker.js';
-import { KernelTracking } from '../tracking.js';
+import { pairCommand } from './pair.js';
+import { statusCommand } from './status.js';
+import { describeSync, syncCommand } from './sync.js';
+import { unpairCommand } from './unpair.js';
 
 const run = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+const MiB = 1 << 20;
 
-const fmtExtents = (s: ExtentSet, max = 6) => {
-  const a = s.toArray();
-  const shown = a.slice(0, max).map(([x, y]) => `[${x}, ${y})`).join(' ');
-  return a.length > max ? `${shown} … (${a.length} extents)` : shown || '(none)';
-};
-
-export async function demoCommand(settings: Settings, log: (line: string) => void = console.log): Promise<boolean> {
-  checkTrackingSupport(settings.kernelBtfPath);
-  const cleanups: Array<() => void> = [];
+export async function demoCommand(base: Settings, log: (line: string) => void = console.log): Promise<boolean> {
+  checkTrackingSupport(base.kernelBtfPath);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dpsr-demo-'));
-  cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
-  let ok = true;
-  try {
-    const img = path.join(dir, 'system.img');
-    fs.closeSync(fs.openSync(img, 'w'));
-    fs.truncateSync(img, 256 << 20);
-    const loop = run('losetup', ['-f', '--show', '--direct-io=on', img]).trim();
-    cleanups.push(() => run('losetup', ['-d', loop]));
-    const dev = resolveBlockDevice(loop);
-    checkTrackable(dev);
-    log(`1. system drive: ${loop} (256 MiB loop device over ${img})`);
-
-    // A private pin directory: the demo never touches real tracking.
-    const pinDir = `/sys/fs/bpf/dpsr-demo-${process.pid}`;
-    const kt = KernelTracking.open({ pinDir });
-    cleanups.push(() => { kt.close(); native().detach(pinDir); });
-    const tracker = Tracker.start(kt, { ownerLockPath: path.join(dir, 'owner.lock') });
-    cleanups.push(() => tracker.abandon());
-    const range = await tracker.track(dev, 'demo');
-    log(`2. tracking ${loop}: BPF programs attached at block_rq_issue/block_rq_complete, pinned in ${pinDir}`);
-
-    const written = new ExtentSet();
-    const fd = fs.openSync(loop, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
-    const buf = native().alignedBuffer(256 << 10, 4096);
-    buf.fill(0xd5);
-    for (const [sector, sectors] of [[0, 8], [2048, 128], [100_000, 24], [300_000, 8], [524_000, 288]]) {
-      fs.writeSync(fd, buf, 0, sectors * 512, sector * 512);
-      written.add(sector, sector + sectors);
-    }
-    fs.closeSync(fd);
-    await tracker.cycle();
-    const exact = range.dirty.toArray().join() === written.toArray().join();
-    log(`3. five O_DIRECT writes at known offsets:\n     written: ${fmtExtents(written)}\n     seen:    ${fmtExtents(range.dirty)}  ${exact ? '= exact' : '≠ MISMATCH'}`);
-    ok &&= exact;
-
-    range.dirty.clear();
-    run('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', loop]);
-    const mnt = fs.mkdtempSync(path.join(dir, 'mnt-'));
-    run('mount', [loop, mnt]);
-    cleanups.push(() => { try { run('umount', [mnt]); } catch { /* already unmounted */ } });
-    for (let i = 0; i < 20; i++) fs.writeFileSync(path.join(mnt, `file${i}`), Buffer.alloc(64 << 10, i));
-    run('sync', ['-f', mnt]);
-    const frag = run('filefrag', ['-e', path.join(mnt, 'file7')]);
-    const blockSectors = Number(frag.match(/blocks of (\d+) bytes/)?.[1] ?? 4096) / 512;
-    const m = frag.match(/^\s*0:\s+\d+\.\.\s*\d+:\s+(\d+)\.\.\s*(\d+):/m);
-    run('umount', [mnt]);
-    await tracker.cycle();
-    log(`4. mkfs.ext4, mount, 20 files of 64 KiB, sync, umount: ${range.dirty.count} dirty extents, ${(range.dirty.totalSectors / 2048).toFixed(1)} MiB of 256 MiB`);
-    if (m) {
-      const [s, e] = [Number(m[1]) * blockSectors, (Number(m[2]) + 1) * blockSectors];
-      const covered = range.dirty.covers(s, e);
-      log(`     file7's blocks [${s}, ${e}) ${covered ? 'are covered' : 'are NOT covered'}`);
-      ok &&= covered;
-    }
-
-    const verdict = (await tracker.reconcile()).get(range);
-    log(`5. reconciliation with the kernel's own count (/sys/block/${dev.disk}/stat): ${verdict?.kind}${range.gaps.length ? `; gaps: ${range.gaps.map((g) => g.cause).join(', ')}` : '; no gaps'}`);
-    ok &&= verdict?.kind === 'exact' || verdict?.kind === 'busy';
-    const rs = kt.ringStats(0);
-    log(`6. ring: ${rs.records} records delivered, ${rs.drops} dropped`);
-    await tracker.stop();
-    log(ok ? 'demo: every write was seen. (Sync, verify and status arrive with pairing.)' : 'demo: MISMATCH between writes and tracking');
-    return ok;
-  } finally {
-    for (const fn of cleanups.reverse()) {
+  const settings: Settings = {
+    ...base,
+    stateDir: path.join(dir, 'state'),
+    socketPath: path.join(dir, 'dpsr.sock'),
+    ownerLockPath: path.join(dir, 'owner.lock'),
+    pinDir: `/sys/fs/bpf/dpsr-demo-${process.pid}`,
+  };
+  const cleanups: Array<() => void> = [() => fs.rmSync(dir, { recursive: true, force: true })];
+  const cleanup = () => {
+    for (const fn of cleanups.splice(0).reverse()) {
       try { fn(); } catch (err) { log(`cleanup: ${(err as Error).message}`); }
     }
+  };
+  const onSignal = () => { cleanup(); process.exit(130); };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const quiet = () => {}; // the demo prints its own summary lines
+  try {
+    const attach = (name: string, bytes: number) => {
+      const img = path.join(dir, name);
+      fs.closeSync(fs.openSync(img, 'w'));
+      fs.truncateSync(img, bytes);
+      const dev = run('losetup', ['-f', '--show', '--direct-io=on', img]).trim();
+      cleanups.push(() => run('losetup', ['-d', dev]));
+      return dev;
+    };
+    const sourceBytes = 256 * MiB;
+    const source = attach('system.img', sourceBytes);
+    const drive = attach('dpsr-drive.img', sourceBytes + 64 * MiB);
+    cleanups.push(() => { if (fs.existsSync(settings.pinDir)) native().detach(settings.pinDir); });
+    run('mkfs.ext4', ['-q', '-F', source]);
+    log(`1. system drive ${source} (256 MiB, ext4) and DPSR drive ${drive} (256 MiB + 64 MiB reserved tail)`);
+
+    const mnt = fs.mkdtempSync(path.join(dir, 'mnt-'));
+    const mount = () => {
+      run('mount', [source, mnt]);
+      cleanups.push(() => { try { run('umount', [mnt]); } catch { /* not mounted */ } });
+    };
+    mount();
+    for (let i = 0; i < 40; i++) fs.writeFileSync(path.join(mnt, `doc${i}.bin`), crypto.randomBytes(256 << 10));
+    run('umount', [mnt]);
+
+    const pair = await pairCommand({ source, drive, name: 'demo', force: false, noReserve: false, reserveBytes: 64 * MiB }, settings, quiet);
+    log(`2. dpsr pair: full copy of ${source} to ${drive}; tracking every write from now on`);
+    const sync = async (step: string) => {
+      const [report] = await syncCommand({ name: 'demo', all: false, json: false }, settings, quiet);
+      log(`${step} ${describeSync(report, pair.dataSectors * 512)}`);
+    };
+    await sync('3. first sync:');
+
+    const workloads: Array<[string, () => void]> = [
+      ['wrote 8 new files of 256 KiB', () => { for (let i = 0; i < 8; i++) fs.writeFileSync(path.join(mnt, `new${i}.bin`), crypto.randomBytes(256 << 10)); }],
+      ['changed 4 KiB in 10 files', () => {
+        for (let i = 0; i < 10; i++) {
+          const fd = fs.openSync(path.join(mnt, `doc${i}.bin`), 'r+');
+          fs.writeSync(fd, crypto.randomBytes(4096), 0, 4096, 64 << 10);
+          fs.closeSync(fd);
+        }
+      }],
+      ['deleted 12 files, appended to a log', () => {
+        for (let i = 20; i < 32; i++) fs.rmSync(path.join(mnt, `doc${i}.bin`));
+        fs.appendFileSync(path.join(mnt, 'app.log'), 'upgrade finished\n'.repeat(1000));
+      }],
+    ];
+    let step = 4;
+    for (const [what, work] of workloads) {
+      mount();
+      work();
+      run('umount', [mnt]);
+      await sync(`${step++}. ${what}, unmounted, synced:`);
+    }
+
+    const cmp = (() => { try { run('cmp', ['-n', String(sourceBytes), source, drive]); return true; } catch { return false; } })();
+    log(`${step++}. cmp of the first 256 MiB: ${cmp ? 'identical' : 'DIFFERENT'}`);
+    const fsck = (() => { try { run('fsck.ext4', ['-n', '-f', drive]); return true; } catch { return false; } })();
+    log(`${step++}. fsck.ext4 -n on the DPSR drive: ${fsck ? 'clean' : 'ERRORS'}`);
+    log(`${step++}. dpsr status:`);
+    const status = await statusCommand({ name: 'demo', json: false }, settings, (l) => log(`   ${l}`));
+    await unpairCommand({ name: 'demo' }, settings, quiet);
+    const ok = cmp && fsck && status === 0;
+    log(ok ? 'demo: done; everything it made is removed.' : 'demo: FAILED (see above)');
+    return ok;
+  } finally {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    cleanup();
   }
 }

@@ -85,7 +85,8 @@ export class Fixture {
     const args = ['-f', '--show', `--direct-io=${opts.directIo === false ? 'off' : 'on'}`];
     if (opts.sectorSize) args.push('-b', String(opts.sectorSize));
     const dev = sh('losetup', [...args, img]).trim();
-    this.defer(`losetup -d ${dev}`, () => sh('losetup', ['-d', dev]));
+    // BLKROSET outlives a detach: leave the loop number writable for whoever comes next.
+    this.defer(`losetup -d ${dev}`, () => { sh('blockdev', ['--setrw', dev]); sh('losetup', ['-d', dev]); });
     return dev;
   }
 
@@ -107,7 +108,9 @@ export class Fixture {
   mount(dev: string, opts: string[] = []): string {
     const mnt = fs.mkdtempSync(path.join(this.dir, 'mnt-'));
     sh('mount', [...opts, dev, mnt]);
-    this.defer(`umount ${mnt}`, () => sh('umount', [mnt]));
+    this.defer(`umount ${mnt}`, () => {
+      if (fs.readFileSync('/proc/mounts', 'utf8').includes(` ${mnt} `)) sh('umount', [mnt]);
+    });
     return mnt;
   }
 

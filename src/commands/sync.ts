@@ -1,0 +1,39 @@
+// dpsr sync [NAME|--all]: an incremental sync of each pair, returning when it is done.
+import type { Settings } from '../defaults.js';
+import { DpsrError, UsageError } from '../errors.js';
+import { closeSession, openSession } from '../session.js';
+import { type SyncReport, syncPair } from '../sync.js';
+
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+
+export function describeSync(r: SyncReport, dataBytes: number): string {
+  const parts = [`${r.name}: generation ${r.generation}`, `copied ${mib(r.copiedBytes)} of ${mib(dataBytes)}`];
+  if (r.fullCopyBytes) parts.push(`full copy ${mib(r.fullCopyBytes)}`);
+  if (r.comparedBytes) parts.push(`compared ${mib(r.comparedBytes)}, repaired ${mib(r.repairedBytes)}`);
+  parts.push(`in ${(r.durationMs / 1000).toFixed(2)} s`);
+  const image = r.image === 'crash-consistent'
+    ? `image crash-consistent only (${r.sourceMounted.join(', ')} mounted; point-in-time syncs of mounted sources are not built yet)`
+    : r.image === 'fuzzy' ? 'image fuzzy: the source was written during the sync; the next sync catches up' : `image ${r.image}`;
+  const gaps = r.gaps.length ? `; gaps: ${[...new Set(r.gaps.map((g) => g.cause))].join(', ')}` : '';
+  return `${parts.join(', ')}; ${image}${gaps}`;
+}
+
+export async function syncCommand(opts: { name?: string; all: boolean; json: boolean }, settings: Settings,
+  log: (s: string) => void): Promise<SyncReport[]> {
+  if (!opts.name && !opts.all) throw new UsageError('dpsr sync: name a pair or give --all');
+  const s = await openSession(settings);
+  try {
+    const names = opts.all ? s.store.pairs().map((p) => p.name) : [opts.name!];
+    if (opts.name && !s.store.pair(opts.name)) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');
+    const reports: SyncReport[] = [];
+    for (const name of names) {
+      const r = await syncPair(s, name);
+      reports.push(r);
+      if (!opts.json) log(describeSync(r, s.store.pair(name)!.dataSectors * 512));
+    }
+    if (opts.json) process.stdout.write(`${JSON.stringify({ syncs: reports })}\n`);
+    return reports;
+  } finally {
+    await closeSession(s);
+  }
+}

@@ -1,0 +1,193 @@
+// Who a block device is, beyond its name: what later commands compare to be
+// sure the device they open is still the one that was paired (DESIGN.md
+// invariants 1 and 7). Device names and numbers are not identities: sdb can
+// become sdc, and a loop number is reused by the next attach.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { formatDev, type BlockDevice } from './devices.js';
+
+export interface DeviceIdentity {
+  path: string;
+  name: string;
+  disk: string;
+  major: number;
+  minor: number;
+  diskDev: number;
+  isPartition: boolean;
+  startSector: number;
+  sizeSectors: number;
+  logicalBlockBytes: number;
+  /** /sys/block/DISK/diskseq: changes on every loop attach, media change and boot. */
+  diskseq: number | null;
+  /** /sys/block/DISK/wwid or device/wwid (WWN, EUI-64, NGUID...). */
+  wwid: string | null;
+  /** device/serial (NVMe controller, some SCSI), /sys/block/DISK/serial (virtio), or SCSI VPD page 0x80. */
+  serial: string | null;
+  /** /sys/block/loopN/loop/backing_file (may end in " (deleted)"). */
+  loopBackingFile: string | null;
+  /** "MAJ:MIN:INO" of the backing file, as the loop driver holds it: a re-created file of the same name differs. */
+  loopBackingInode: string | null;
+  /** /sys/block/loopN/loop/offset, bytes. */
+  loopOffset: number | null;
+  /** GPT/MBR partition entry UUID (blkid PART_ENTRY_UUID); null for a disk or without one. */
+  partUuid: string | null;
+}
+
+function readText(file: string): string | null {
+  try {
+    return fs.readFileSync(file, 'utf8').trim();
+  } catch {
+    return null;
+  }
+}
+
+/** A non-empty, printable identifier, or null (absent, blank, or all zeros as some firmware reports). */
+function cleanId(raw: string | null): string | null {
+  if (raw === null) return null;
+  const s = raw.replace(/[\x00-\x1f\x7f]/g, '').trim();
+  if (s === '' || /^[0\s.:-]*$/.test(s)) return null;
+  return s;
+}
+
+/** SCSI VPD page 0x80 (unit serial number): 4-byte header, then ASCII. */
+function vpdSerial(file: string): string | null {
+  try {
+    const buf = fs.readFileSync(file);
+    if (buf.length < 4 || buf[1] !== 0x80) return null;
+    const len = buf.readUInt16BE(2);
+    return cleanId(buf.subarray(4, 4 + len).toString('latin1'));
+  } catch {
+    return null;
+  }
+}
+
+interface LoopInfo { backingFile: string | null; backingInode: string | null; offset: number | null }
+
+/** The backing file's device and inode as the loop driver reports them (LOOP_GET_STATUS64, via losetup). */
+function loopBackingInode(disk: string, backingFile: string | null): string | null {
+  try {
+    const out = execFileSync('losetup', ['--list', '--json', '-O', 'NAME,BACK-INO,BACK-MAJ:MIN', `/dev/${disk}`],
+      { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    const dev = (JSON.parse(out) as { loopdevices?: Array<Record<string, unknown>> }).loopdevices?.[0];
+    const ino = dev?.['back-ino'];
+    const majMin = String(dev?.['back-maj:min'] ?? '').replace(/\s+/g, '');
+    if (ino !== undefined && ino !== null && /^\d+:\d+$/.test(majMin)) return `${majMin}:${ino}`;
+  } catch {
+    // fall through: no /dev node, or an old losetup
+  }
+  // Without the driver's own answer, the file by name (not when the name no longer refers to it).
+  if (backingFile === null || backingFile.endsWith(' (deleted)')) return null;
+  try {
+    const st = fs.statSync(backingFile, { bigint: true });
+    const major = Number(((st.dev >> 8n) & 0xfffn) | ((st.dev >> 32n) & ~0xfffn));
+    const minor = Number((st.dev & 0xffn) | ((st.dev >> 12n) & ~0xffn));
+    return `${major}:${minor}:${st.ino}`;
+  } catch {
+    return null;
+  }
+}
+
+function loopInfo(disk: string): LoopInfo | null {
+  const dir = `/sys/block/${disk}/loop`;
+  if (!/^loop\d+$/.test(disk) || !fs.existsSync(dir)) return null;
+  const backingFile = readText(path.join(dir, 'backing_file'));
+  const offset = readText(path.join(dir, 'offset'));
+  return {
+    backingFile: backingFile === '' ? null : backingFile,
+    backingInode: loopBackingInode(disk, backingFile),
+    offset: offset === null ? null : Number(offset),
+  };
+}
+
+function partEntryUuid(dev: BlockDevice): string | null {
+  if (!dev.isPartition) return null;
+  try {
+    const out = execFileSync('blkid', ['-p', '-s', 'PART_ENTRY_UUID', '-o', 'value', dev.path],
+      { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    return cleanId(out);
+  } catch {
+    return null; // exit 2: nothing found
+  }
+}
+
+/** Reads everything that tells this device apart from another (only reads: sysfs, losetup, blkid -p). */
+export function identify(dev: BlockDevice): DeviceIdentity {
+  const sys = `/sys/block/${dev.disk}`;
+  const seq = readText(path.join(sys, 'diskseq'));
+  const wwid = cleanId(readText(path.join(sys, 'wwid'))) ?? cleanId(readText(path.join(sys, 'device/wwid')));
+  const serial = cleanId(readText(path.join(sys, 'device/serial'))) ?? cleanId(readText(path.join(sys, 'serial'))) ??
+    vpdSerial(path.join(sys, 'device/vpd_pg80'));
+  const loop = loopInfo(dev.disk);
+  return {
+    path: dev.path,
+    name: dev.name,
+    disk: dev.disk,
+    major: dev.major,
+    minor: dev.minor,
+    diskDev: dev.diskDev,
+    isPartition: dev.isPartition,
+    startSector: dev.startSector,
+    sizeSectors: dev.sizeSectors,
+    logicalBlockBytes: dev.logicalBlockBytes,
+    diskseq: seq !== null && /^\d+$/.test(seq) ? Number(seq) : null,
+    wwid,
+    serial,
+    loopBackingFile: loop?.backingFile ?? null,
+    loopBackingInode: loop?.backingInode ?? null,
+    loopOffset: loop?.offset ?? null,
+    partUuid: partEntryUuid(dev),
+  };
+}
+
+/** A WWN or serial number: an identity that survives a reboot and re-enumeration. */
+export function hasHardwareIdentity(id: DeviceIdentity): boolean {
+  return id.wwid !== null || id.serial !== null;
+}
+
+const show = (v: string | number | null) => (v === null ? 'none' : typeof v === 'string' ? `'${v}'` : String(v));
+
+/**
+ * What makes `now` not the device that was `recorded`, one human-readable item
+ * each; empty when it is the same. A new path or kernel name alone is not a
+ * change (nodes are renamed), but a new device number is: tracking is by dev_t.
+ */
+export function identityChanges(recorded: DeviceIdentity, now: DeviceIdentity): string[] {
+  const changes: string[] = [];
+  const differ = <T>(a: T, b: T) => a !== b;
+
+  if (differ(recorded.sizeSectors, now.sizeSectors)) {
+    changes.push(`size changed from ${recorded.sizeSectors} to ${now.sizeSectors} sectors`);
+  }
+  if (differ(recorded.isPartition, now.isPartition)) {
+    changes.push(recorded.isPartition ? 'was a partition, is now a whole disk' : 'was a whole disk, is now a partition');
+  } else if (differ(recorded.startSector, now.startSector)) {
+    changes.push(`partition start moved from sector ${recorded.startSector} to ${now.startSector}`);
+  }
+  if (differ(recorded.logicalBlockBytes, now.logicalBlockBytes)) {
+    changes.push(`logical sector size changed from ${recorded.logicalBlockBytes} to ${now.logicalBlockBytes} bytes`);
+  }
+  if (recorded.diskseq !== null && differ(recorded.diskseq, now.diskseq)) {
+    changes.push(`disk sequence number changed from ${recorded.diskseq} to ${show(now.diskseq)} (re-attached, new media or reboot)`);
+  }
+  if (differ(recorded.wwid, now.wwid)) changes.push(`WWID changed from ${show(recorded.wwid)} to ${show(now.wwid)}`);
+  if (differ(recorded.serial, now.serial)) changes.push(`serial number changed from ${show(recorded.serial)} to ${show(now.serial)}`);
+  if (differ(recorded.loopBackingFile, now.loopBackingFile)) {
+    changes.push(`loop backing file changed from ${show(recorded.loopBackingFile)} to ${show(now.loopBackingFile)}`);
+  }
+  if (recorded.loopBackingInode !== null && differ(recorded.loopBackingInode, now.loopBackingInode)) {
+    changes.push(`loop backing file is another file (device:inode ${show(recorded.loopBackingInode)} now ${show(now.loopBackingInode)})`);
+  }
+  if (differ(recorded.loopOffset, now.loopOffset)) {
+    changes.push(`loop offset changed from ${show(recorded.loopOffset)} to ${show(now.loopOffset)} bytes`);
+  }
+  if (recorded.partUuid !== null && differ(recorded.partUuid, now.partUuid)) {
+    changes.push(`partition UUID changed from ${show(recorded.partUuid)} to ${show(now.partUuid)}`);
+  }
+  if (differ(recorded.major, now.major) || differ(recorded.minor, now.minor)) {
+    changes.push(`device number changed from ${recorded.major}:${recorded.minor} to ${now.major}:${now.minor}`);
+  } else if (differ(recorded.diskDev, now.diskDev)) {
+    changes.push(`disk device number changed from ${formatDev(recorded.diskDev)} to ${formatDev(now.diskDev)}`);
+  }
+  return changes;
+}

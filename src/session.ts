@@ -1,0 +1,95 @@
+// The one owner for the length of a command (DESIGN.md invariant 4): the
+// store, the kernel's tracking and the tracker, with every pair's range
+// adopted and its devices checked against what was recorded.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { type Settings, OWNER_RING_BYTES } from './defaults.js';
+import { resolveBlockDevice } from './devices.js';
+import { DpsrError, RefusedError } from './errors.js';
+import { identify, identityChanges } from './identity.js';
+import { OWNER_RING } from './kernel-abi.js';
+import { checkTrackingSupport } from './preflight.js';
+import { type PairRecord, Store } from './store.js';
+import { type RangeState, Tracker } from './tracker.js';
+import { KernelTracking } from './tracking.js';
+
+export interface Session {
+  settings: Settings;
+  store: Store;
+  kt: KernelTracking;
+  tracker: Tracker;
+  ranges: Map<string, RangeState>;
+  /** Pairs that could not be adopted, and why (device missing or replaced). */
+  problems: Map<string, string>;
+}
+
+async function startTracker(kt: KernelTracking, settings: Settings, store: Store, waitMs: number): Promise<Tracker> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try {
+      return Tracker.start(kt, { ownerLockPath: settings.ownerLockPath, ringBytes: OWNER_RING_BYTES, store });
+    } catch (err) {
+      if ((err as DpsrError).code !== 'EBUSY' || Date.now() > deadline) throw err;
+      await sleep(200);
+    }
+  }
+}
+
+/** Tracks a pair's source again, after checking it is still the same device. */
+export async function adoptPair(s: Session, pair: PairRecord): Promise<RangeState> {
+  const dev = resolveBlockDevice(pair.source.path);
+  const now = identify(dev);
+  const changes = identityChanges(pair.source, now);
+  const replaced = dev.sizeSectors !== pair.source.sizeSectors || dev.startSector !== pair.source.startSector ||
+    now.loopBackingFile !== pair.source.loopBackingFile || now.loopBackingInode !== pair.source.loopBackingInode ||
+    now.wwid !== pair.source.wwid || now.serial !== pair.source.serial;
+  if (replaced) {
+    throw new RefusedError(`pair ${pair.name}: ${pair.source.path} is not the paired source any more (${changes.join('; ')}); unpair and pair again`, 'ESOURCECHANGED');
+  }
+  const range = await s.tracker.track(dev, pair.name, s.store.range(pair.name));
+  if (changes.length > 0) {
+    s.tracker.suspectAll(range, 'identity-changed', `${pair.source.path} changed (${changes.join('; ')}): writes may have gone unseen`);
+    pair.source = { ...now, path: pair.source.path };
+    await s.store.putPairAndRange(pair, range);
+  }
+  s.ranges.set(pair.name, range);
+  return range;
+}
+
+export async function openSession(settings: Settings, opts: { waitMs?: number } = {}): Promise<Session> {
+  checkTrackingSupport(settings.kernelBtfPath);
+  const store = Store.open(settings.stateDir);
+  let kt: KernelTracking | undefined;
+  try {
+    kt = KernelTracking.open({ pinDir: settings.pinDir });
+    const tracker = await startTracker(kt, settings, store, opts.waitMs ?? 10_000);
+    const s: Session = { settings, store, kt, tracker, ranges: new Map(), problems: new Map() };
+    for (const pair of store.pairs()) {
+      try {
+        await adoptPair(s, pair);
+      } catch (err) {
+        s.problems.set(pair.name, (err as Error).message);
+      }
+    }
+    await tracker.cycle();
+    return s;
+  } catch (err) {
+    kt?.close();
+    await store.close();
+    throw err;
+  }
+}
+
+/** Hands tracking over cleanly and closes everything. */
+export async function closeSession(s: Session): Promise<void> {
+  try {
+    await s.tracker.stop();
+    if (s.tracker.ranges.length === 0 && s.problems.size === 0) {
+      // No pair left: release the owner's ring; the programs go if nobody else needs them.
+      s.kt.unregisterConsumer(OWNER_RING);
+      s.kt.detachIfUnused();
+    }
+  } finally {
+    s.kt.close();
+    await s.store.close();
+  }
+}

@@ -1,0 +1,218 @@
+// pair, sync, status, verify, unpair: the real CLI on real loop devices,
+// judged by sha256 of the devices and fsck -n on the DPSR drive.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawn, spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Fixture, ddDirect, sh, sweepStaleTestPins } from './helpers/fixture.js';
+
+const bin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin/dpsr.js');
+const MiB = 1 << 20;
+
+let fx: Fixture;
+let env: NodeJS.ProcessEnv;
+test.before.each(() => {
+  sweepStaleTestPins();
+  fx = new Fixture();
+  env = {
+    ...process.env,
+    DPSR_STATE_DIR: path.join(fx.dir, 'state'),
+    DPSR_BPF_DIR: fx.pinDir(),
+    DPSR_LOCK: path.join(fx.dir, 'owner.lock'),
+    DPSR_SOCKET: path.join(fx.dir, 'dpsr.sock'),
+  };
+});
+test.after.each(() => fx.cleanup());
+
+function dpsr(...args: string[]) {
+  const res = spawnSync(process.execPath, [bin, ...args], { env, encoding: 'utf8', timeout: 120_000 });
+  return { status: res.status, stdout: res.stdout, stderr: res.stderr };
+}
+
+function ok(...args: string[]): string {
+  const r = dpsr(...args);
+  assert.is(r.status, 0, `dpsr ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** sha256 of the first `bytes` of a device. */
+function hash(dev: string, bytes?: number): string {
+  const fd = fs.openSync(dev, 'r');
+  const h = crypto.createHash('sha256');
+  const buf = Buffer.alloc(4 * MiB);
+  let pos = 0;
+  const end = bytes ?? Infinity;
+  for (;;) {
+    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, end - pos), pos);
+    if (n <= 0) break;
+    h.update(buf.subarray(0, n));
+    pos += n;
+    if (pos >= end) break;
+  }
+  fs.closeSync(fd);
+  return h.digest('hex');
+}
+
+function randomFill(dev: string, mib: number): void {
+  sh('dd', ['if=/dev/urandom', `of=${dev}`, 'bs=1M', `count=${mib}`, 'oflag=direct', 'status=none']);
+}
+
+/** Source and drive (with room for the 64 MiB default reserve). */
+function devices(sourceMiB: number) {
+  const source = fx.loop(sourceMiB);
+  const drive = fx.loop(sourceMiB + 64);
+  return { source, drive, bytes: sourceMiB * MiB };
+}
+
+const syncJson = (name: string) => JSON.parse(ok('sync', name, '--json')).syncs[0];
+
+test('pair, then sync: an exact copy; verify agrees; the drive is read-only', () => {
+  const { source, drive, bytes } = devices(64);
+  randomFill(source, 64);
+  ok('pair', source, drive, '--name', 'p');
+  const r = syncJson('p');
+  assert.is(r.image, 'point-in-time');
+  assert.is(hash(source), hash(drive, bytes));
+  ok('verify', 'p');
+  assert.is(sh('blockdev', ['--getro', drive]).trim(), '1');
+  const st = JSON.parse(ok('status', 'p', '--json')).pairs[0];
+  assert.is(st.state, 'consistent');
+  assert.ok(st.usable);
+  assert.is(dpsr('status', '--drive', drive).status, 0, 'the label is readable from the drive alone');
+});
+
+test('an incremental sync copies about what was written', () => {
+  const { source, drive, bytes } = devices(128);
+  randomFill(source, 128);
+  ok('pair', source, drive, '--name', 'p');
+  syncJson('p');
+  let written = 0;
+  for (let i = 0; i < 64; i++) {
+    ddDirect(source, ((i * 104729) % 32000) * 8, 8);
+    written += 4096;
+  }
+  const r = syncJson('p');
+  assert.ok(r.copiedBytes >= written && r.copiedBytes <= 4 * written, `copied ${r.copiedBytes} for ${written} written`);
+  assert.is(r.comparedBytes, 0);
+  assert.is(hash(source), hash(drive, bytes));
+});
+
+test('an ext4 source: fsck -n on the DPSR drive is clean after syncs', () => {
+  const { source, drive } = devices(96);
+  fx.mkfs(source, 'ext4');
+  ok('pair', source, drive, '--name', 'p');
+  for (let round = 0; round < 2; round++) {
+    const mnt = fx.mount(source);
+    for (let i = 0; i < 10; i++) fs.writeFileSync(path.join(mnt, `f${round}-${i}`), crypto.randomBytes(100_000));
+    sh('umount', [mnt]);
+    syncJson('p');
+  }
+  sh('fsck.ext4', ['-n', '-f', drive]);
+  assert.is(dpsr('verify', 'p').status, 0);
+});
+
+test('writes during a sync land in the next generation; the next sync makes the copy exact', async () => {
+  const { source, drive, bytes } = devices(256);
+  ok('pair', source, drive, '--name', 'p');
+  syncJson('p');
+  // Dirty much of the disk so the sync takes a while, then write during it.
+  randomFill(source, 192);
+  const child = spawn(process.execPath, [bin, 'sync', 'p', '--json'], { env });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  const done = new Promise<number | null>((resolve) => child.on('exit', resolve));
+  for (let i = 0; i < 50; i++) ddDirect(source, 300_000 + i * 64, 8);
+  assert.is(await done, 0);
+  const during = JSON.parse(out).syncs[0];
+  const after = syncJson('p');
+  assert.ok(after.copiedBytes > 0 || during.image === 'point-in-time', 'writes during the sync were carried to the next one');
+  assert.is(hash(source), hash(drive, bytes));
+  assert.is(after.image, 'point-in-time');
+});
+
+test('kill -9 of a pair mid-copy and of a sync mid-copy: the next sync resumes and ends exact', async () => {
+  const { source, drive, bytes } = devices(512);
+  randomFill(source, 512);
+  const killAfter = async (args: string[], ms: number) => {
+    const child = spawn(process.execPath, [bin, ...args], { env });
+    const exited = new Promise((resolve) => child.on('exit', resolve));
+    await new Promise((r) => setTimeout(r, ms));
+    child.kill('SIGKILL');
+    await exited;
+  };
+  await killAfter(['pair', source, drive, '--name', 'p'], 700);
+  ddDirect(source, 8, 8); // written while nobody runs
+  const status = dpsr('status', 'p', '--json');
+  assert.is(status.status, 4, 'an interrupted full copy is not usable: exit 4');
+  assert.not.ok(JSON.parse(status.stdout).pairs[0].usable);
+  syncJson('p');
+  assert.is(hash(source), hash(drive, bytes));
+  randomFill(source, 400);
+  await killAfter(['sync', 'p'], 500);
+  ddDirect(source, 16, 8);
+  assert.is(dpsr('status', 'p').status, 4, 'an interrupted sync leaves a partial image: exit 4');
+  syncJson('p');
+  assert.is(hash(source), hash(drive, bytes));
+});
+
+test('a shortfall forced with the skip knob ends in an exact copy through a compare pass', () => {
+  const { source, drive, bytes } = devices(64);
+  // Load the programs with the test-only knob into this test's pin directory first.
+  fx.tracking({ pinDir: env.DPSR_BPF_DIR, skipEveryN: 3 });
+  ok('pair', source, drive, '--name', 'p');
+  syncJson('p');
+  for (let i = 0; i < 30; i++) ddDirect(source, i * 4096, 8);
+  const r = syncJson('p');
+  assert.ok(r.gaps.some((g: { cause: string }) => g.cause === 'shortfall'), JSON.stringify(r.gaps));
+  assert.ok(r.comparedBytes > 0 && r.repairedBytes > 0, 'the compare pass repaired what records missed');
+  assert.is(hash(source), hash(drive, bytes));
+});
+
+test('refusals leave both devices byte-for-byte unchanged', () => {
+  const { source, drive } = devices(32);
+  const small = fx.loop(32);
+  randomFill(source, 32);
+  fx.mkfs(drive, 'ext4');
+  const before = [hash(source), hash(drive), hash(small)];
+  const cases: Array<[string[], RegExp]> = [
+    [['pair', source, drive], /ext4/],
+    [['pair', source, small], /short|smaller|MiB/],
+    [['pair', source, source], /same/],
+    [['pair', '/etc/hostname', drive], /not a block device/],
+  ];
+  for (const [args, why] of cases) {
+    const r = dpsr(...args);
+    assert.is(r.status, 3, `${args.join(' ')}: ${r.stderr}`);
+    assert.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr, why);
+  }
+  assert.equal([hash(source), hash(drive), hash(small)], before);
+});
+
+test('a re-attached loop device with another backing file is caught, and nothing is written', () => {
+  const { source, drive } = devices(32);
+  ok('pair', source, drive, '--name', 'p');
+  syncJson('p');
+  const other = fx.image('other.img', 32);
+  sh('losetup', ['-d', source]);
+  sh('losetup', ['--direct-io=on', source, other]);
+  const before = hash(drive);
+  const r = dpsr('sync', 'p');
+  assert.is(r.status, 3, r.stderr);
+  assert.match(r.stderr, /not the paired source/);
+  assert.is(hash(drive), before);
+});
+
+test('unpair removes the label and the read-only flag, and detaches tracking', () => {
+  const { source, drive } = devices(32);
+  ok('pair', source, drive, '--name', 'p');
+  ok('unpair', 'p');
+  assert.is(sh('blockdev', ['--getro', drive]).trim(), '0');
+  assert.is(dpsr('status', '--drive', drive).status, 4);
+  assert.not.ok(fs.existsSync(env.DPSR_BPF_DIR!), 'no pair left: programs detached');
+});
+
+test.run();
