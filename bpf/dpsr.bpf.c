@@ -142,8 +142,13 @@ static __always_inline void mark_chunks(const struct dpsr_slot *slot, __u32 inde
 		lo = w == (first >> 6) ? first & 63 : 0;
 		hi = w == (last >> 6) ? last & 63 : 63;
 		mask = (~0ULL >> (63 - hi)) & (~0ULL << lo);
-		/* the mask bounds the index for the verifier; `last` was checked */
-		__sync_fetch_and_or(&bm->words[w & (DPSR_BITMAP_WORDS - 1)], mask);
+		/* the mask bounds the index for the verifier; `last` was checked.
+		 * A plain read first: hot chunks are mostly set already, and an
+		 * atomic would bounce the cache line between CPUs for nothing. */
+		__u64 *word = &bm->words[w & (DPSR_BITMAP_WORDS - 1)];
+
+		if ((READ_ONCE(*word) & mask) != mask)
+			__sync_fetch_and_or(word, mask);
 	}
 }
 
@@ -195,6 +200,28 @@ static long visit_slot(__u32 i, struct visit_ctx *c)
 	c->touched |= 1U << i;
 	c->ring_mask |= slot->ring_mask;
 	return 0;
+}
+
+/* Index of the only bit set in a non-zero mask (BPF has no ctz). */
+static __always_inline __u32 only_bit(__u32 mask)
+{
+	__u32 i = 0;
+
+	if (mask & 0xffff0000) i += 16;
+	if (mask & 0xff00ff00) i += 8;
+	if (mask & 0xf0f0f0f0) i += 4;
+	if (mask & 0xcccccccc) i += 2;
+	if (mask & 0xaaaaaaaa) i += 1;
+	return i;
+}
+
+/* Most disks have one slot, most slots one consumer: skip the loop then. */
+static __always_inline void visit_all(struct visit_ctx *v)
+{
+	if (v->slot_mask && !(v->slot_mask & (v->slot_mask - 1)))
+		visit_slot(only_bit(v->slot_mask), v);
+	else
+		bpf_loop(DPSR_MAX_SLOTS, visit_slot, v, 0);
 }
 
 static __always_inline struct dpsr_disk *tracked_disk(struct request *rq, __u32 *dev)
@@ -278,7 +305,7 @@ int BPF_PROG(dpsr_complete, struct request *rq, blk_status_t error, unsigned int
 	v.epoch = current_epoch();
 	v.unknown = !is_ranged_write(op);
 	v.completed = true;
-	bpf_loop(DPSR_MAX_SLOTS, visit_slot, &v, 0);
+	visit_all(&v);
 	if (!v.touched || (v.end == v.start && !v.unknown))
 		return 0;
 
@@ -290,7 +317,10 @@ int BPF_PROG(dpsr_complete, struct request *rq, blk_status_t error, unsigned int
 	em.rec.slot_mask = v.touched;
 	em.ring_mask = v.ring_mask;
 	em.epoch = v.epoch;
-	bpf_loop(DPSR_MAX_RINGS, emit_one, &em, 0);
+	if (!(em.ring_mask & (em.ring_mask - 1)))
+		emit_one(only_bit(em.ring_mask), &em);
+	else
+		bpf_loop(DPSR_MAX_RINGS, emit_one, &em, 0);
 	return 0;
 }
 
@@ -314,6 +344,6 @@ int BPF_PROG(dpsr_issue, struct request *rq)
 	v.slot_mask = READ_ONCE(disk->slot_mask);
 	v.epoch = current_epoch();
 	v.unknown = !is_ranged_write(op);
-	bpf_loop(DPSR_MAX_SLOTS, visit_slot, &v, 0);
+	visit_all(&v);
 	return 0;
 }

@@ -24,7 +24,7 @@ export function progressBar(label: string, totalBytes: number,
     const elapsedS = Math.max((now() - startMs) / 1000, 1e-3);
     const fraction = totalBytes > 0 ? Math.min(doneBytes / totalBytes, 1) : 1;
     const rate = doneBytes / elapsedS;
-    const eta = rate > 0 && fraction < 1 ? clock((totalBytes - doneBytes) / rate) : '--:--';
+    const eta = fraction >= 1 ? '00:00' : rate > 0 ? clock((totalBytes - doneBytes) / rate) : '--:--';
     const tail = ` ${(fraction * 100).toFixed(1).padStart(5)}%  ${(rate / MiB).toFixed(1).padStart(7)} MiB/s  ETA ${eta}`;
     const columns = stream.columns || 80;
     const barWidth = Math.max(0, Math.min(40, columns - 1 - label.length - tail.length - 3));
