@@ -1,25 +1,67 @@
-// What is mounted or swapping from a block device (a disk counts with its partitions).
+// What is mounted from a block device: the device itself, its partitions
+// (for a disk) and its disk (for a partition, which the disk overlaps).
 import fs from 'node:fs';
+import path from 'node:path';
 import type { BlockDevice } from './devices.js';
 
-/** major:minor of the device and, for a whole disk, of every partition on it. */
-export function devNumbersOf(dev: BlockDevice): Set<string> {
-  const nums = new Set([`${dev.major}:${dev.minor}`]);
-  if (!dev.isPartition) {
-    const dir = `/sys/block/${dev.disk}`;
-    for (const entry of fs.readdirSync(dir)) {
-      const devFile = `${dir}/${entry}/dev`;
-      if (entry.startsWith(dev.disk) && fs.existsSync(`${dir}/${entry}/partition`)) nums.add(fs.readFileSync(devFile, 'utf8').trim());
+const readSys = (file: string): string | null => {
+  try {
+    return fs.readFileSync(file, 'utf8').trim();
+  } catch {
+    return null;
+  }
+};
+
+const devOf = (dev: BlockDevice) => `${dev.major}:${dev.minor}`;
+
+/** Kernel names of the disk's partitions (/sys/block/DISK/DISKpN). */
+export function partitionsOf(disk: string): string[] {
+  const dir = `/sys/block/${disk}`;
+  try {
+    return fs.readdirSync(dir).filter((e) => fs.existsSync(path.join(dir, e, 'partition'))).sort();
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * The device numbers of everything the drive is made of, seen from its
+ * users: the device itself, its partitions (for a disk) and its disk (for a
+ * partition, which the disk overlaps).
+ */
+export function coveredDevNumbers(dev: BlockDevice): Map<string, string> {
+  const nums = new Map<string, string>([[devOf(dev), dev.name]]);
+  if (dev.isPartition) {
+    const d = readSys(`/sys/block/${dev.disk}/dev`);
+    if (d) nums.set(d, dev.disk);
+  } else {
+    for (const p of partitionsOf(dev.disk)) {
+      const d = readSys(`/sys/block/${dev.disk}/${p}/dev`);
+      if (d) nums.set(d, p);
     }
   }
   return nums;
 }
 
-/** Mount points whose source is the device (or one of its partitions). */
+export interface MountEntry { devNum: string; mountPoint: string; source: string }
+
+export const unescapeMount = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+
+export function readMounts(): MountEntry[] {
+  const text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
+  const out: MountEntry[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const f = line.split(' ');
+    const sep = f.indexOf('-');
+    if (f.length < 5 || sep < 0) continue;
+    out.push({ devNum: f[2], mountPoint: unescapeMount(f[4]), source: unescapeMount(f[sep + 2] ?? '') });
+  }
+  return out;
+}
+
+/** Mount points whose source overlaps the device. */
 export function mountsOf(dev: BlockDevice): string[] {
-  const nums = devNumbersOf(dev);
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')
-    .map((line) => line.split(' '))
-    .filter((f) => f.length > 4 && nums.has(f[2]))
-    .map((f) => f[4].replace(/\\040/g, ' '));
+  const nums = coveredDevNumbers(dev);
+  return readMounts().filter((m) => nums.has(m.devNum)).map((m) => m.mountPoint);
 }

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { checkTrackable, resolveBlockDevice, type BlockDevice } from './devices.js';
 import { RefusedError, UsageError } from './errors.js';
 import { hasHardwareIdentity, identify, type DeviceIdentity } from './identity.js';
+import { coveredDevNumbers, partitionsOf, readMounts, unescapeMount } from './mounts.js';
 
 export interface PairRequest {
   source: string;
@@ -55,16 +56,6 @@ const readSys = (file: string): string | null => {
 
 const devOf = (dev: BlockDevice) => `${dev.major}:${dev.minor}`;
 
-/** Kernel names of the disk's partitions (/sys/block/DISK/DISKpN). */
-function partitionsOf(disk: string): string[] {
-  const dir = `/sys/block/${disk}`;
-  try {
-    return fs.readdirSync(dir).filter((e) => fs.existsSync(path.join(dir, e, 'partition'))).sort();
-  } catch {
-    return [];
-  }
-}
-
 /** sysfs directory of a kernel block device name (disk or partition). */
 function sysDirOf(name: string): string | null {
   try {
@@ -72,25 +63,6 @@ function sysDirOf(name: string): string | null {
   } catch {
     return null;
   }
-}
-
-/**
- * The device numbers of everything the drive is made of, seen from its
- * users: the device itself, its partitions (for a disk) and its disk (for a
- * partition, which the disk overlaps).
- */
-function coveredDevNumbers(dev: BlockDevice): Map<string, string> {
-  const nums = new Map<string, string>([[devOf(dev), dev.name]]);
-  if (dev.isPartition) {
-    const d = readSys(`/sys/block/${dev.disk}/dev`);
-    if (d) nums.set(d, dev.disk);
-  } else {
-    for (const p of partitionsOf(dev.disk)) {
-      const d = readSys(`/sys/block/${dev.disk}/${p}/dev`);
-      if (d) nums.set(d, p);
-    }
-  }
-  return nums;
 }
 
 /** Whole disks under a kernel block device, through dm/md stacking (slaves/), itself included when it is a disk. */
@@ -110,23 +82,6 @@ function underlyingDisks(name: string, seen = new Set<string>()): Set<string> {
   seen.add(disk); // a dm/md device is a disk of its own too
   for (const s of slaves) underlyingDisks(s, seen);
   return seen;
-}
-
-interface MountEntry { devNum: string; mountPoint: string; source: string }
-
-const unescapeMount = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-
-function readMounts(): MountEntry[] {
-  const text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
-  const out: MountEntry[] = [];
-  for (const line of text.split('\n')) {
-    if (!line) continue;
-    const f = line.split(' ');
-    const sep = f.indexOf('-');
-    if (f.length < 5 || sep < 0) continue;
-    out.push({ devNum: f[2], mountPoint: unescapeMount(f[4]), source: unescapeMount(f[sep + 2] ?? '') });
-  }
-  return out;
 }
 
 function rdevOf(file: string): string | null {
