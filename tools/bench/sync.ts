@@ -117,4 +117,5 @@ async function main(): Promise<void> {
   console.log(`BENCH_JSON ${JSON.stringify(summary)}`);
 }
 
+process.env.UV_THREADPOOL_SIZE ??= '32'; // as bin/dpsr.js does, before the pool's first use
 main().then(cleanup, (err) => { console.error(err); cleanup(); process.exit(1); });
