@@ -16,6 +16,7 @@ Exit status:
 Environment:
   DPSR_STATE_DIR   state directory (default /var/lib/dpsr)
   DPSR_SOCKET      control socket (default /run/dpsr/dpsr.sock); the owner lock sits beside it
+  DPSR_LOCK        the one-owner lock (default owner.lock beside the socket)
   DPSR_BPF_DIR     where the tracking programs are pinned (default /sys/fs/bpf/dpsr/v1)`;
 
 function program(): Command {

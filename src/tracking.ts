@@ -202,12 +202,14 @@ export class KernelTracking {
     } catch (err) {
       if ((err as DpsrError).code !== 'ESTALE') throw err;
     }
+    if (detached) removeEmptyParent(this.pinDir);
     return detached;
   }
 
   /** Detaches whatever uses remain (tests, uninstall). */
   detach(): void {
     lockDir(this.pinDir, () => native().detach(this.pinDir));
+    removeEmptyParent(this.pinDir);
   }
 
   // --- slots -----------------------------------------------------------
@@ -352,6 +354,17 @@ export function bitsToExtents(bits: EpochBits, slot: Slot): Array<[number, numbe
   if (bits.whole) return [[0, length]];
   const size = 2 ** slot.chunkShift;
   return bits.chunks.filter((c) => c < BITMAP_BITS).map((c) => [c * size, Math.min((c + 1) * size, length)]);
+}
+
+/** The versioned pin dir's parent (/sys/fs/bpf/dpsr) goes when its last version does. */
+function removeEmptyParent(pinDir: string): void {
+  const parent = path.dirname(pinDir);
+  if (path.basename(parent) !== 'dpsr') return;
+  try {
+    fs.rmdirSync(parent);
+  } catch {
+    // not empty (another version pinned), or not ours to remove
+  }
 }
 
 function lockDir<T>(dir: string, fn: () => T): T {

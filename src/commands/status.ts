@@ -93,12 +93,18 @@ export async function statusCommand(opts: { name?: string; json: boolean; maxAge
     return ok ? ExitStatus.ok : ExitStatus.notUsable;
   }
 
-  // Owner if nobody else is (drain, reconcile: live numbers); else read the store only.
+  // Owner if there is something to track and nobody else owns it (drain,
+  // reconcile: live numbers); else read the store only.
   let session: Session | undefined;
-  try {
-    session = await openSession(settings, { waitMs: 0 });
-  } catch (err) {
-    if ((err as DpsrError).code !== 'EBUSY') throw err;
+  const peek = Store.open(settings.stateDir);
+  const anyPairs = peek.pairs().length > 0;
+  await peek.close();
+  if (anyPairs) {
+    try {
+      session = await openSession(settings, { waitMs: 0 });
+    } catch (err) {
+      if ((err as DpsrError).code !== 'EBUSY') throw err;
+    }
   }
   const store = session?.store ?? Store.open(settings.stateDir);
   try {
