@@ -1,0 +1,72 @@
+// Freezes are always thawed: by dpsr, at the watchdog's deadline, or when
+// dpsr is killed with -9 in the middle of one.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freeze } from '../src/freeze.js';
+import { Fixture, sh } from './helpers/fixture.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+let fx: Fixture;
+test.before.each(() => { fx = new Fixture(); });
+test.after.each(() => fx.cleanup());
+
+/** Whether a write to the mount completes within `ms` (a frozen file system blocks writers). */
+function writable(mnt: string, ms = 1500): Promise<boolean> {
+  return new Promise((resolve) => {
+    const child = spawn('sh', ['-c', `echo x > ${mnt}/probe && sync -f ${mnt}`]);
+    const timer = setTimeout(() => resolve(false), ms);
+    child.on('exit', () => { clearTimeout(timer); resolve(true); });
+    fx.defer('probe', () => child.kill('SIGKILL'));
+  });
+}
+
+function mounted(type: 'ext4' | 'xfs', mib: number): string {
+  const dev = fx.loop(mib);
+  fx.mkfs(dev, type);
+  const mnt = fx.mount(dev);
+  fx.defer(`thaw ${mnt}`, () => { try { sh('fsfreeze', ['-u', mnt]); } catch { /* not frozen */ } });
+  return mnt;
+}
+
+test('freeze blocks writers, thaw releases them (ext4 and xfs)', async () => {
+  const a = mounted('ext4', 64);
+  const b = mounted('xfs', 320);
+  const f = await freeze([a, b], 10_000);
+  assert.not.ok(await writable(a, 500), 'ext4 frozen');
+  const r = await f.thaw();
+  assert.not.ok(r.thawedByWatchdog);
+  assert.ok(r.durationMs < 5000);
+  assert.ok(await writable(a));
+  assert.ok(await writable(b));
+});
+
+test('the watchdog thaws at its deadline, and the thaw reports it', async () => {
+  const a = mounted('ext4', 64);
+  const f = await freeze([a], 300);
+  await new Promise((r) => setTimeout(r, 800));
+  assert.ok(await writable(a), 'thawed by the watchdog');
+  const r = await f.thaw();
+  assert.ok(r.thawedByWatchdog, 'a pass during which the watchdog thawed is rejected');
+});
+
+test('kill -9 of the freezing process: the watchdog thaws at once', async () => {
+  const a = mounted('ext4', 64);
+  const script = path.join(fx.dir, 'freezer.mjs');
+  fs.writeFileSync(script, `import { freeze } from ${JSON.stringify(path.resolve(here, '../src/freeze.js'))};
+await freeze([${JSON.stringify(a)}], 60000);
+process.stdout.write('frozen\\n');
+setInterval(() => {}, 1000);
+`);
+  const child = spawn(process.execPath, [script]);
+  fx.defer('kill freezer', () => child.kill('SIGKILL'));
+  await new Promise<void>((resolve) => child.stdout.on('data', (d) => { if (String(d).includes('frozen')) resolve(); }));
+  assert.not.ok(await writable(a, 500), 'frozen');
+  child.kill('SIGKILL');
+  assert.ok(await writable(a, 3000), 'thawed after the freezer died');
+});
+
+test.run();
