@@ -66,9 +66,14 @@ command is run again (or at the next sync). The drive is left read-only.`)
     .argument('[NAME]')
     .option('--all', 'every pair')
     .option('--json', 'one JSON document on stdout')
-    .action(async (name: string | undefined, opts: { all?: boolean; json?: boolean }) => {
+    .option('--no-freeze', 'do not freeze a mounted source for the final pass (the image is then crash-consistent at best)')
+    .addHelpText('after', `
+A mounted source is copied in converging passes, then its file systems are
+frozen (FIFREEZE, at most 5 s, a watchdog process thaws them whatever happens)
+for the final pass: the image is then one point in time.`)
+    .action(async (name: string | undefined, opts: { all?: boolean; json?: boolean; freeze: boolean }) => {
       const { syncCommand } = await import('./commands/sync.js');
-      await syncCommand({ name, all: opts.all === true, json: opts.json === true }, settings, log);
+      await syncCommand({ name, all: opts.all === true, json: opts.json === true, freeze: opts.freeze }, settings, log);
     });
 
   cli.command('status')

@@ -18,6 +18,8 @@ export interface SyncRecord {
   comparedBytes: number;
   repairedBytes: number;
   image: ImageState;
+  passBytes?: number[];
+  freezeMs?: number | null;
 }
 
 /** A generation cut but not yet completely applied: a later sync redoes it. */

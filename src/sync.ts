@@ -8,6 +8,7 @@ import { DpsrError, RefusedError } from './errors.js';
 import { ExtentSet } from './extents.js';
 import { identify, identityChanges } from './identity.js';
 import { type ImageState, readLabel, writeLabel } from './label.js';
+import { freeze, type ThawReport } from './freeze.js';
 import { mountsOf } from './mounts.js';
 import { native } from './native.js';
 import { progressBar } from './progress.js';
@@ -24,9 +25,15 @@ const FULL_COPY_SEGMENT_SECTORS = (1 << 30) / SECTOR;
 // in flight (the CLI sizes libuv's pool to match), and gaps merged only when
 // reading them costs less than another I/O (about bandwidth / IOPS).
 const SCATTERED_IO = { chunkBytes: 512 << 10, inFlight: 32, mergeGapSectors: 32 };
+const MAX_PASSES = 5;
+const FREEZE_READ_LIMIT_BYTES = 256 << 20; // what the final pass may hold in memory
+const FREEZE_DEADLINE_MS = 5000; // the watchdog thaws after this
 
 export interface SyncReport {
   name: string;
+  passBytes: number[]; // written by each pass, the frozen final pass last
+  freezeMs: number | null; // how long the file systems were frozen
+  notConsistent?: string; // why a mounted source's image is not one point in time
   generation: number;
   image: ImageState;
   imageTimeMs: number;
@@ -128,12 +135,104 @@ export async function fullCopy(s: Session, pair: PairRecord, range: RangeState, 
   return copied;
 }
 
+/** Data read from the source, held in memory across a thaw. */
+interface HeldBlock { position: number; length: number; buf: Buffer }
+
+/** Reads extents (rounded out to 4 KiB, clipped to the image) into memory, synchronously: used under a freeze. */
+function readIntoMemory(fd: number, extents: ExtentSet, limitSectors: number): HeldBlock[] {
+  const held: HeldBlock[] = [];
+  extents.forEach((start, end) => {
+    const a = Math.floor(start / 8) * 8;
+    const b = Math.min(Math.ceil(end / 8) * 8, limitSectors);
+    if (b <= a) return;
+    const length = (b - a) * SECTOR;
+    const buf = native().alignedBuffer(Math.ceil(length / 4096) * 4096, 4096);
+    for (let done = 0; done < length;) {
+      const n = fs.readSync(fd, buf, done, length - done, a * SECTOR + done);
+      if (n <= 0) throw new DpsrError(`reading the source at byte ${a * SECTOR + done}: unexpected end`, 'ESHORT');
+      done += n;
+    }
+    held.push({ position: a * SECTOR, length, buf });
+  });
+  return held;
+}
+
+/** The cut: what the tracker recorded until now, taken out of it. */
+function takeCut(range: RangeState): { copy: ExtentSet; compare: ExtentSet } {
+  const copy = range.dirty;
+  const compare = range.suspect;
+  range.dirty = new ExtentSet();
+  range.suspect = new ExtentSet();
+  compare.subtractSet(copy);
+  return { copy, compare };
+}
+
+/** Remembers what this generation has cut so far, so a crash makes the next sync redo all of it. */
+async function savePending(s: Session, pair: PairRecord, range: RangeState, generation: number, cutMs: number,
+  cut: { copy: ExtentSet; compare: ExtentSet }): Promise<void> {
+  const copy = pair.pending ? ExtentSet.fromBuffer(pair.pending.copy) : new ExtentSet();
+  const compare = pair.pending ? ExtentSet.fromBuffer(pair.pending.compare) : new ExtentSet();
+  copy.addSet(cut.copy);
+  compare.addSet(cut.compare);
+  pair.pending = { generation, cutMs, copy: copy.toBuffer(), compare: compare.toBuffer() };
+  await s.store.putPairAndRange(pair, range);
+}
+
 /**
- * One incremental sync of a pair. Writes completing during it stay in the
- * tracker for the next generation; the image is point-in-time only if
- * nothing was written meanwhile and the counts reconcile exactly.
+ * The final pass of a mounted source: freeze its file systems, flip and
+ * drain, judge the counts, read what remains into memory, thaw; only then
+ * write it. Nothing is written to any file system and nothing is logged
+ * while frozen. A pass during which the watchdog thawed is rejected.
  */
-export async function syncPair(s: Session, name: string): Promise<SyncReport> {
+async function frozenFinalPass(s: Session, pair: PairRecord, range: RangeState, srcFd: number, driveFd: number,
+  mounts: string[], generation: number): Promise<{ ok: boolean; cutMs: number; bytes: number; freezeMs: number; why?: string }> {
+  const frozen = await freeze(mounts, FREEZE_DEADLINE_MS);
+  let held: HeldBlock[] = [];
+  let epoch = -1;
+  let cutMs = 0;
+  let cut: ExtentSet | null = null;
+  let why: string | undefined;
+  let report: ThawReport;
+  try {
+    epoch = s.tracker.flip().epoch;
+    const { verdicts, distrusted } = await s.tracker.judge();
+    const verdict = verdicts.get(range);
+    // Frozen, nothing can be written: a missed write lies in the unreconciled regions.
+    if (distrusted.includes(range) || verdict?.kind !== 'exact') {
+      range.suspect.addSet(range.unreconciled);
+      range.unreconciled.clear();
+    }
+    cutMs = Date.now();
+    const { copy, compare } = takeCut(range);
+    copy.addSet(compare); // no time to compare under a freeze: read it all
+    cut = copy;
+    if (copy.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) why = `${(copy.totalSectors * SECTOR / 2 ** 20).toFixed(0)} MiB left to read: too much to hold under a freeze`;
+    else held = readIntoMemory(srcFd, copy, pair.dataSectors);
+  } finally {
+    report = await frozen.thaw();
+  }
+  if (report.thawedByWatchdog) why = `the freeze outlived its ${FREEZE_DEADLINE_MS} ms deadline and the watchdog thawed`;
+  if (why) {
+    if (cut) range.dirty.addSet(cut); // nothing of it was written: the next sync takes it
+    await s.tracker.settle(epoch);
+    return { ok: false, cutMs, bytes: 0, freezeMs: report.durationMs, why };
+  }
+  await savePending(s, pair, range, generation, cutMs, { copy: cut!, compare: new ExtentSet() });
+  let bytes = 0;
+  for (const h of held) bytes += fs.writeSync(driveFd, h.buf, 0, h.length, h.position);
+  flush(driveFd);
+  await s.tracker.settle(epoch);
+  return { ok: true, cutMs, bytes, freezeMs: report.durationMs };
+}
+
+/**
+ * One incremental sync of a pair: converging passes (copy what was cut,
+ * then what became dirty meanwhile) until the remainder is small; then,
+ * for a mounted source, a final pass under a freeze that makes the image
+ * one point in time. Without a freeze the image is point-in-time only if
+ * nothing was written during the sync and the counts reconcile exactly.
+ */
+export async function syncPair(s: Session, name: string, opts: { freeze?: boolean } = {}): Promise<SyncReport> {
   const pair = s.store.pair(name);
   if (!pair) throw new DpsrError(`no pair named ${name}`, 'ENOPAIR');
   const problem = s.problems.get(name);
@@ -147,57 +246,89 @@ export async function syncPair(s: Session, name: string): Promise<SyncReport> {
     const fullCopyBytes = pair.fullCopy.complete ? 0 : await fullCopy(s, pair, range, srcFd, drive.fd);
     await s.tracker.cycle();
     await s.tracker.reconcile();
-
-    // The cut: what was recorded until now is this generation (with any
-    // generation an interrupted sync left), saved before the drive is touched.
-    const copy = range.dirty;
-    const compare = range.suspect;
-    range.dirty = new ExtentSet();
-    range.suspect = new ExtentSet();
-    if (pair.pending) {
-      copy.addSet(ExtentSet.fromBuffer(pair.pending.copy));
-      compare.addSet(ExtentSet.fromBuffer(pair.pending.compare));
-    }
-    compare.subtractSet(copy);
     const generation = pair.generation + 1;
-    const cutMs = Date.now();
-    pair.pending = { generation, cutMs, copy: copy.toBuffer(), compare: compare.toBuffer() };
-    const changes = !copy.isEmpty || !compare.isEmpty;
-    if (changes) pair.image = 'partial';
-    await s.store.putPairAndRange(pair, range);
-    if (changes) updateLabel(drive.fd, pair);
-
+    const mounts = mountsOf(resolveBlockDevice(pair.source.path));
+    const useFreeze = mounts.length > 0 && opts.freeze !== false;
     const limitSectors = pair.dataSectors;
-    const bar = progressBar(`${name}: sync`, (copy.totalSectors + compare.totalSectors) * SECTOR);
-    const copied = await copyExtents(srcFd, drive.fd, copy, {
-      ...SCATTERED_IO, limitSectors, onProgress: (p) => bar.update(p.doneSectors * SECTOR),
-    });
-    const compared = await compareExtents(srcFd, drive.fd, compare, {
-      ...SCATTERED_IO, limitSectors, write: true, onProgress: (p) => bar.update((copy.totalSectors + p.doneSectors) * SECTOR),
-    });
-    bar.done();
+    const totals = { copied: 0, compared: 0, repaired: 0 };
+    const passBytes: number[] = [];
+    let cutMs = Date.now();
+
+    // A generation an interrupted sync left is redone with the first pass.
+    const carried = pair.pending
+      ? { copy: ExtentSet.fromBuffer(pair.pending.copy), compare: ExtentSet.fromBuffer(pair.pending.compare) }
+      : null;
+    for (let pass = 1; ; pass++) {
+      cutMs = Date.now();
+      const cut = takeCut(range);
+      if (carried && pass === 1) {
+        cut.copy.addSet(carried.copy);
+        cut.compare.addSet(carried.compare);
+        cut.compare.subtractSet(cut.copy);
+      }
+      const changes = !cut.copy.isEmpty || !cut.compare.isEmpty;
+      if (changes && pair.image !== 'partial') {
+        pair.image = 'partial';
+        await savePending(s, pair, range, generation, cutMs, cut);
+        updateLabel(drive.fd, pair);
+      } else {
+        await savePending(s, pair, range, generation, cutMs, cut);
+      }
+      const bar = progressBar(`${name}: sync pass ${pass}`, (cut.copy.totalSectors + cut.compare.totalSectors) * SECTOR);
+      const copied = await copyExtents(srcFd, drive.fd, cut.copy, {
+        ...SCATTERED_IO, limitSectors, onProgress: (p) => bar.update(p.doneSectors * SECTOR),
+      });
+      const compared = await compareExtents(srcFd, drive.fd, cut.compare, {
+        ...SCATTERED_IO, limitSectors, write: true, onProgress: (p) => bar.update((cut.copy.totalSectors + p.doneSectors) * SECTOR),
+      });
+      bar.done();
+      totals.copied += copied.bytesWritten;
+      totals.compared += compared.comparedSectors * SECTOR;
+      totals.repaired += compared.bytesWritten;
+      passBytes.push(copied.bytesWritten + compared.bytesWritten);
+      await s.tracker.cycle();
+      const remainder = (range.dirty.totalSectors + range.suspect.totalSectors) * SECTOR;
+      if (!useFreeze || remainder <= FREEZE_READ_LIMIT_BYTES / 4 || pass >= MAX_PASSES) break;
+    }
     flush(drive.fd);
 
-    // Did anything land while we copied? Then this image is not one point in time.
-    await s.tracker.cycle();
-    const verdict = (await s.tracker.reconcile()).get(range);
-    const quiet = range.dirty.isEmpty && range.suspect.isEmpty && verdict?.kind === 'exact';
-    const sourceMounted = mountsOf(resolveBlockDevice(pair.source.path));
-    const image: ImageState = !quiet ? 'fuzzy' : sourceMounted.length > 0 ? 'crash-consistent' : 'point-in-time';
+    let image: ImageState;
+    let freezeMs: number | null = null;
+    let notConsistent: string | undefined;
+    if (useFreeze) {
+      const final = await frozenFinalPass(s, pair, range, srcFd, drive.fd, mounts, generation);
+      freezeMs = final.freezeMs;
+      if (final.ok) {
+        cutMs = final.cutMs;
+        totals.copied += final.bytes;
+        passBytes.push(final.bytes);
+        image = 'point-in-time';
+      } else {
+        image = 'fuzzy';
+        notConsistent = final.why;
+      }
+    } else {
+      // Did anything land while we copied? Then this image is not one point in time.
+      await s.tracker.cycle();
+      const verdict = (await s.tracker.reconcile()).get(range);
+      const quiet = range.dirty.isEmpty && range.suspect.isEmpty && verdict?.kind === 'exact';
+      image = !quiet ? 'fuzzy' : mounts.length > 0 ? 'crash-consistent' : 'point-in-time';
+    }
     const durationMs = Date.now() - startedMs;
     Object.assign(pair, {
       generation, pending: null, image, imageTimeMs: cutMs,
       lastGoodTimeMs: image === 'point-in-time' ? cutMs : pair.lastGoodTimeMs,
       lastSync: {
-        generation, atMs: cutMs, durationMs, image,
-        copiedBytes: copied.bytesWritten, comparedBytes: compared.comparedSectors * SECTOR, repairedBytes: compared.bytesWritten,
+        generation, atMs: cutMs, durationMs, image, passBytes, freezeMs,
+        copiedBytes: totals.copied, comparedBytes: totals.compared, repairedBytes: totals.repaired,
       },
     });
     updateLabel(drive.fd, pair);
     await s.store.putPairAndRange(pair, range);
     return {
-      name, generation, image, imageTimeMs: cutMs, fullCopyBytes, durationMs, sourceMounted,
-      copiedBytes: copied.bytesWritten, comparedBytes: compared.comparedSectors * SECTOR, repairedBytes: compared.bytesWritten,
+      name, generation, image, imageTimeMs: cutMs, fullCopyBytes, durationMs, sourceMounted: mounts, passBytes, freezeMs,
+      ...(notConsistent ? { notConsistent } : {}),
+      copiedBytes: totals.copied, comparedBytes: totals.compared, repairedBytes: totals.repaired,
       gaps: range.gaps.slice(gapsBefore),
     };
   } finally {

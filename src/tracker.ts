@@ -201,6 +201,17 @@ export class Tracker {
    * then clear the kernel's copy.
    */
   async cycle(): Promise<CycleReport> {
+    const report = this.flip();
+    await this.settle(report.epoch);
+    return report;
+  }
+
+  /**
+   * The first half of a cycle, in memory only (safe while file systems are
+   * frozen): flip, wait out the programs, drain, fold the old epoch's bits
+   * in. The kernel's copy is cleared by settle(), after the state is persisted.
+   */
+  flip(): CycleReport {
     const before = this.drained;
     const old = this.kt.flipEpoch();
     this.drain();
@@ -218,10 +229,14 @@ export class Tracker {
       }
       if (drops > 0) this.gap(st, 'ring-drops', `${drops} records dropped (ring full): their epoch's regions are suspect`);
     }
-    await this.persist();
-    for (const st of this.ranges) this.kt.epochBits(st.slot, old, true);
     this.firstCycle = false;
     return { epoch: old, records: this.drained - before, drops };
+  }
+
+  /** The second half of a cycle: persist, then clear the retired epoch's bits. */
+  async settle(epoch: number): Promise<void> {
+    await this.persist();
+    for (const st of this.ranges) this.kt.epochBits(st.slot, epoch, true);
   }
 
   private async persist(): Promise<void> {
@@ -251,6 +266,25 @@ export class Tracker {
    * including those of the current epoch, suspect; an exact match confirms them.
    */
   async reconcile(): Promise<Map<RangeState, Verdict>> {
+    const { verdicts, distrusted } = await this.judge();
+    if (distrusted.length > 0) {
+      await this.cycle(); // the missed writes may be in the current epoch
+      for (const st of distrusted) {
+        st.suspect.addSet(st.unreconciled);
+        st.unreconciled.clear();
+      }
+      await this.persist();
+    }
+    return verdicts;
+  }
+
+  /**
+   * Judges the counts (memory only, so also under a freeze). With nothing in
+   * flight and no writer able to run (frozen), the current epoch holds no
+   * missed write: the caller may move the unreconciled regions of the
+   * distrusted ranges to suspect at once.
+   */
+  async judge(): Promise<{ verdicts: Map<RangeState, Verdict>; distrusted: RangeState[] }> {
     const verdicts = new Map<RangeState, Verdict>();
     const firsts = new Map(this.ranges.map((st) => [st, this.read(st)]));
     await sleep(5);
@@ -269,15 +303,7 @@ export class Tracker {
         distrusted.push(st);
       }
     }
-    if (distrusted.length > 0) {
-      await this.cycle(); // the missed writes may be in the current epoch
-      for (const st of distrusted) {
-        st.suspect.addSet(st.unreconciled);
-        st.unreconciled.clear();
-      }
-      await this.persist();
-    }
-    return verdicts;
+    return { verdicts, distrusted };
   }
 
   /**

@@ -10,15 +10,17 @@ export function describeSync(r: SyncReport, dataBytes: number): string {
   const parts = [`${r.name}: generation ${r.generation}`, `copied ${mib(r.copiedBytes)} of ${mib(dataBytes)}`];
   if (r.fullCopyBytes) parts.push(`full copy ${mib(r.fullCopyBytes)}`);
   if (r.comparedBytes) parts.push(`compared ${mib(r.comparedBytes)}, repaired ${mib(r.repairedBytes)}`);
+  if (r.passBytes.length > 1) parts.push(`${r.passBytes.length} passes (${r.passBytes.map(mib).join(', ')})`);
+  if (r.freezeMs !== null) parts.push(`${r.sourceMounted.join(', ')} frozen ${r.freezeMs.toFixed(0)} ms`);
   parts.push(`in ${(r.durationMs / 1000).toFixed(2)} s`);
   const image = r.image === 'crash-consistent'
-    ? `image crash-consistent only (${r.sourceMounted.join(', ')} mounted; point-in-time syncs of mounted sources are not built yet)`
-    : r.image === 'fuzzy' ? 'image fuzzy: the source was written during the sync; the next sync catches up' : `image ${r.image}`;
+    ? `image crash-consistent only (${r.sourceMounted.join(', ')} mounted, --no-freeze)`
+    : r.image === 'fuzzy' ? `image fuzzy: ${r.notConsistent ?? 'the source was written during the sync'}; the next sync catches up` : `image ${r.image}`;
   const gaps = r.gaps.length ? `; gaps: ${[...new Set(r.gaps.map((g) => g.cause))].join(', ')}` : '';
   return `${parts.join(', ')}; ${image}${gaps}`;
 }
 
-export async function syncCommand(opts: { name?: string; all: boolean; json: boolean }, settings: Settings,
+export async function syncCommand(opts: { name?: string; all: boolean; json: boolean; freeze?: boolean }, settings: Settings,
   log: (s: string) => void): Promise<SyncReport[]> {
   if (!opts.name && !opts.all) throw new UsageError('dpsr sync: name a pair or give --all');
   const s = await openSession(settings);
@@ -27,7 +29,7 @@ export async function syncCommand(opts: { name?: string; all: boolean; json: boo
     if (opts.name && !s.store.pair(opts.name)) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');
     const reports: SyncReport[] = [];
     for (const name of names) {
-      const r = await syncPair(s, name);
+      const r = await syncPair(s, name, { freeze: opts.freeze });
       reports.push(r);
       if (!opts.json) log(describeSync(r, s.store.pair(name)!.dataSectors * 512));
     }
