@@ -140,12 +140,13 @@ export class CommittedTransaction {
 
 /**
  * Writes a whole transaction at the region start: head (open), entries, fdatasync, head (commit),
- * fdatasync. Throws (EJOURNALFULL) if it does not fit: before writing anything when given an
+ * fdatasync. Returns its size and, once committed, a handle to apply it at once without reading it
+ * back to verify (what was just written; after a crash, use readCommitted). Throws (EJOURNALFULL) if it does not fit: before writing anything when given an
  * array, else as soon as the entries seen so far overflow (leaving no committed transaction).
  */
 export async function writeTransaction(region: JournalRegion, seq: number,
   entries: JournalEntry[] | Iterable<JournalEntry> | AsyncIterable<JournalEntry>,
-  opts: WriteOptions = {}): Promise<{ bytes: number }> {
+  opts: WriteOptions = {}): Promise<{ bytes: number; committed: CommittedTransaction | null }> {
   checkRegion(region);
   checkSeq(seq);
   const { chunkBytes, inFlight } = ioOptions(opts);
@@ -192,11 +193,12 @@ export async function writeTransaction(region: JournalRegion, seq: number,
     throw new Error(`journal: wrote ${writer.position - region.startBytes} bytes, expected ${totalBytes}`); // a bug
   }
   await fdatasync(region.fd);
-  if (opts.commit === false) return { bytes: totalBytes };
+  if (opts.commit === false) return { bytes: totalBytes, committed: null };
   encodeHead(head, { type: TYPE_COMMIT, seq, nonce, entryCount: table.count, dataBytes, totalBytes, txnHash: hash.digest() });
   await fullIo('write', region.fd, head, 0, JOURNAL_BLOCK, region.startBytes);
   await fdatasync(region.fd);
-  return { bytes: totalBytes };
+  const descriptors = Buffer.concat(table.blocks.map((b) => b.subarray(DESC_HEADER, DESC_HEADER + b.readUInt32LE(40) * DESC_BYTES)));
+  return { bytes: totalBytes, committed: new CommittedTransaction(region, seq, table.count, dataBytes, totalBytes, descriptors) };
 }
 
 /** Makes any transaction in the region unreplayable (zeroes its head block), durably. */

@@ -31,8 +31,10 @@ export interface DriveLabel {
   image: ImageState;
   imageTimeMs: number | null; // the point in time of the image, when it has one
   lastGoodTimeMs: number | null; // the last time the image was whole and consistent
-  journal: 'none'; // the redo journal arrives with point-in-time syncs
-  journalSeq: number;
+  journal: 'none' | 'tail';
+  journalSeq: number; // the last transaction applied
+  /** A transaction being written: once committed, it makes the image this one (replayed from the drive alone). */
+  pendingTxn?: { seq: number; image: ImageState; imageTimeMs: number } | null;
   updatedMs: number;
 }
 

@@ -20,6 +20,7 @@ export interface SyncRecord {
   image: ImageState;
   passBytes?: number[];
   freezeMs?: number | null;
+  journaled?: boolean;
 }
 
 /** A generation cut but not yet completely applied: a later sync redoes it. */
@@ -46,6 +47,8 @@ export interface PairRecord {
   imageTimeMs: number | null;
   lastGoodTimeMs: number | null;
   lastSync: SyncRecord | null;
+  journalSeq?: number; // the last journal transaction applied to the drive
+  pendingTxn?: { seq: number; image: ImageState; imageTimeMs: number } | null; // being written
 }
 
 interface StoredRange {

@@ -7,7 +7,9 @@ import { resolveBlockDevice } from './devices.js';
 import { DpsrError, RefusedError } from './errors.js';
 import { ExtentSet } from './extents.js';
 import { identify, identityChanges } from './identity.js';
-import { type ImageState, readLabel, writeLabel } from './label.js';
+import { type ImageState, LABEL_AREA_BYTES, readLabel, writeLabel } from './label.js';
+import { type JournalEntry, type JournalRegion, applyTransaction, journalBytesFor, readCommitted, writeTransaction } from './journal.js';
+import { copyEntries, differingEntries } from './pass-source.js';
 import { freeze, type ThawReport } from './freeze.js';
 import { mountsOf } from './mounts.js';
 import { native } from './native.js';
@@ -28,12 +30,14 @@ const SCATTERED_IO = { chunkBytes: 512 << 10, inFlight: 32, mergeGapSectors: 32 
 const MAX_PASSES = 5;
 const FREEZE_READ_LIMIT_BYTES = 256 << 20; // what the final pass may hold in memory
 const FREEZE_DEADLINE_MS = 5000; // the watchdog thaws after this
+const MIN_JOURNAL_BYTES = 1 << 20;
 
 export interface SyncReport {
   name: string;
   passBytes: number[]; // written by each pass, the frozen final pass last
   freezeMs: number | null; // how long the file systems were frozen
   notConsistent?: string; // why a mounted source's image is not one point in time
+  journaled: boolean; // through the redo journal (else written in place)
   generation: number;
   image: ImageState;
   imageTimeMs: number;
@@ -101,8 +105,9 @@ function labelFor(pair: PairRecord): Parameters<typeof writeLabel>[1] {
     image: pair.image,
     imageTimeMs: pair.imageTimeMs,
     lastGoodTimeMs: pair.lastGoodTimeMs,
-    journal: 'none',
-    journalSeq: 0,
+    journal: pair.reservedSectors > 0 ? 'tail' : 'none',
+    journalSeq: pair.journalSeq ?? 0,
+    pendingTxn: pair.pendingTxn ?? null,
   };
 }
 
@@ -178,51 +183,261 @@ async function savePending(s: Session, pair: PairRecord, range: RangeState, gene
   await s.store.putPairAndRange(pair, range);
 }
 
+interface FrozenCut {
+  ok: boolean;
+  held: HeldBlock[];
+  cut: ExtentSet;
+  cutMs: number;
+  freezeMs: number;
+  epoch: number;
+  why?: string;
+}
+
 /**
  * The final pass of a mounted source: freeze its file systems, flip and
- * drain, judge the counts, read what remains into memory, thaw; only then
- * write it. Nothing is written to any file system and nothing is logged
- * while frozen. A pass during which the watchdog thawed is rejected.
+ * drain, judge the counts, read what remains into memory, thaw. Nothing is
+ * written to any file system and nothing is logged while frozen. A pass
+ * during which the watchdog thawed is rejected (its cut goes back to the
+ * tracker). The caller writes the held data, then settles the epoch.
  */
-async function frozenFinalPass(s: Session, pair: PairRecord, range: RangeState, srcFd: number, driveFd: number,
-  mounts: string[], generation: number): Promise<{ ok: boolean; cutMs: number; bytes: number; freezeMs: number; why?: string }> {
+async function frozenCut(s: Session, pair: PairRecord, range: RangeState, srcFd: number, mounts: string[]): Promise<FrozenCut> {
   const frozen = await freeze(mounts, FREEZE_DEADLINE_MS);
   let held: HeldBlock[] = [];
   let epoch = -1;
   let cutMs = 0;
-  let cut: ExtentSet | null = null;
+  let cut = new ExtentSet();
   let why: string | undefined;
   let report: ThawReport;
   try {
     epoch = s.tracker.flip().epoch;
     const { verdicts, distrusted } = await s.tracker.judge();
-    const verdict = verdicts.get(range);
     // Frozen, nothing can be written: a missed write lies in the unreconciled regions.
-    if (distrusted.includes(range) || verdict?.kind !== 'exact') {
+    if (distrusted.includes(range) || verdicts.get(range)?.kind !== 'exact') {
       range.suspect.addSet(range.unreconciled);
       range.unreconciled.clear();
     }
     cutMs = Date.now();
-    const { copy, compare } = takeCut(range);
-    copy.addSet(compare); // no time to compare under a freeze: read it all
-    cut = copy;
-    if (copy.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) why = `${(copy.totalSectors * SECTOR / 2 ** 20).toFixed(0)} MiB left to read: too much to hold under a freeze`;
-    else held = readIntoMemory(srcFd, copy, pair.dataSectors);
+    const taken = takeCut(range);
+    cut = taken.copy;
+    cut.addSet(taken.compare); // no time to compare under a freeze: read it all
+    if (cut.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) why = `${(cut.totalSectors * SECTOR / 2 ** 20).toFixed(0)} MiB left to read: too much to hold under a freeze`;
+    else held = readIntoMemory(srcFd, cut, pair.dataSectors);
   } finally {
     report = await frozen.thaw();
   }
   if (report.thawedByWatchdog) why = `the freeze outlived its ${FREEZE_DEADLINE_MS} ms deadline and the watchdog thawed`;
   if (why) {
-    if (cut) range.dirty.addSet(cut); // nothing of it was written: the next sync takes it
-    await s.tracker.settle(epoch);
-    return { ok: false, cutMs, bytes: 0, freezeMs: report.durationMs, why };
+    range.dirty.addSet(cut); // nothing of it was written: the next sync takes it
+    held = [];
   }
-  await savePending(s, pair, range, generation, cutMs, { copy: cut!, compare: new ExtentSet() });
-  let bytes = 0;
-  for (const h of held) bytes += fs.writeSync(driveFd, h.buf, 0, h.length, h.position);
-  flush(driveFd);
-  await s.tracker.settle(epoch);
-  return { ok: true, cutMs, bytes, freezeMs: report.durationMs };
+  return { ok: !why, held, cut, cutMs, freezeMs: report.durationMs, epoch, ...(why ? { why } : {}) };
+}
+
+/** Where the redo journal lives: the reserved tail between the image and the label. */
+export function journalRegionOf(fd: number, pair: PairRecord): JournalRegion | null {
+  if (pair.reservedSectors === 0) return null;
+  const driveBytes = native().blkGetSize64(fd);
+  const startBytes = Math.ceil((pair.dataSectors * SECTOR) / 4096) * 4096;
+  const endBytes = Math.floor((driveBytes - LABEL_AREA_BYTES) / 4096) * 4096;
+  return endBytes - startBytes >= MIN_JOURNAL_BYTES ? { fd, startBytes, lengthBytes: endBytes - startBytes } : null;
+}
+
+/**
+ * Finishes what a crash interrupted: a transaction committed in the journal
+ * but maybe not applied is applied again (it needs only the drive); one
+ * never committed is forgotten (the image is still the previous one).
+ */
+export async function recoverJournal(s: Session, pair: PairRecord, fd: number): Promise<boolean> {
+  const region = journalRegionOf(fd, pair);
+  if (!region) return false;
+  const label = readLabel(fd);
+  const applied = Math.max(pair.journalSeq ?? 0, label?.pairId === pair.id ? label.journalSeq : 0);
+  const txn = await readCommitted(region, applied + 1);
+  const pendingTxn = pair.pendingTxn ?? (label?.pairId === pair.id ? label.pendingTxn : null) ?? null;
+  if (txn) {
+    await applyTransaction(fd, txn);
+    pair.journalSeq = txn.seq;
+    if (pendingTxn?.seq === txn.seq) Object.assign(pair, finishedImage(pair, pendingTxn.image, pendingTxn.imageTimeMs));
+    if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
+    pair.pending = null;
+  } else {
+    pair.journalSeq = applied;
+  }
+  pair.pendingTxn = null;
+  updateLabel(fd, pair);
+  await s.store.putPair(pair);
+  return txn !== null;
+}
+
+function finishedImage(pair: PairRecord, image: ImageState, imageTimeMs: number): Partial<PairRecord> {
+  return { image, imageTimeMs, lastGoodTimeMs: image === 'point-in-time' ? imageTimeMs : pair.lastGoodTimeMs };
+}
+
+interface GenerationResult {
+  image: ImageState;
+  cutMs: number;
+  freezeMs: number | null;
+  notConsistent?: string;
+  copied: number;
+  compared: number;
+  repaired: number;
+  passBytes: number[];
+}
+
+/** Everything one sync needs, shared by the journaled and the direct way of writing. */
+interface SyncContext {
+  s: Session;
+  pair: PairRecord;
+  range: RangeState;
+  srcFd: number;
+  driveFd: number;
+  mounts: string[];
+  useFreeze: boolean;
+  generation: number;
+}
+
+/** After the last pass without a freeze: was it one point in time? */
+async function imageWithoutFreeze(c: SyncContext): Promise<ImageState> {
+  await c.s.tracker.cycle();
+  const verdict = (await c.s.tracker.reconcile()).get(c.range);
+  const quiet = c.range.dirty.isEmpty && c.range.suspect.isEmpty && verdict?.kind === 'exact';
+  return !quiet ? 'fuzzy' : c.mounts.length > 0 ? 'crash-consistent' : 'point-in-time';
+}
+
+/** Whether the converging passes are done. */
+function remainderSmall(c: SyncContext, pass: number): boolean {
+  const remainder = (c.range.dirty.totalSectors + c.range.suspect.totalSectors) * SECTOR;
+  return !c.useFreeze || remainder <= FREEZE_READ_LIMIT_BYTES / 4 || pass >= MAX_PASSES;
+}
+
+/** The cut of one pass, with what an interrupted sync left on the first. */
+function passCut(c: SyncContext, pass: number, carried: { copy: ExtentSet; compare: ExtentSet } | null) {
+  const cut = takeCut(c.range);
+  if (carried && pass === 1) {
+    cut.copy.addSet(carried.copy);
+    cut.compare.addSet(carried.compare);
+    cut.compare.subtractSet(cut.copy);
+  }
+  return cut;
+}
+
+/**
+ * The journaled way (invariant 5): every pass, the compare repairs and the
+ * frozen final pass go into one transaction in the drive's tail; the label
+ * names the image it will make; it is committed, then applied. Until the
+ * commit the drive holds the previous image; after it, the new one
+ * (replayed from the drive alone if we die while applying).
+ */
+async function journaledGeneration(c: SyncContext, region: JournalRegion,
+  carried: { copy: ExtentSet; compare: ExtentSet } | null): Promise<GenerationResult> {
+  const { s, pair, range } = c;
+  const limit = pair.dataSectors;
+  const seq = (pair.journalSeq ?? 0) + 1;
+  const counters = { bytesRead: 0, entryBytes: 0, comparedBytes: 0 };
+  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
+  let settleEpoch = -1;
+  async function* entries(): AsyncGenerator<JournalEntry> {
+    for (let pass = 1; ; pass++) {
+      result.cutMs = Date.now();
+      const cut = passCut(c, pass, carried);
+      await savePending(s, pair, range, c.generation, result.cutMs, cut);
+      const before = counters.entryBytes;
+      yield* copyEntries(c.srcFd, cut.copy, limit, counters);
+      result.copied = counters.entryBytes;
+      yield* differingEntries(c.srcFd, c.driveFd, cut.compare, limit, counters);
+      result.repaired += counters.entryBytes - result.copied;
+      result.copied = counters.entryBytes - result.repaired;
+      result.passBytes.push(counters.entryBytes - before);
+      await s.tracker.cycle();
+      if (remainderSmall(c, pass)) break;
+    }
+    if (c.useFreeze) {
+      const f = await frozenCut(s, pair, range, c.srcFd, c.mounts);
+      result.freezeMs = f.freezeMs;
+      settleEpoch = f.epoch;
+      if (f.ok) {
+        await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet() });
+        for (const h of f.held) yield { kind: 'data', targetSector: h.position / SECTOR, data: h.buf.subarray(0, h.length) };
+        const bytes = f.held.reduce((n, h) => n + h.length, 0);
+        result.copied += bytes;
+        result.passBytes.push(bytes);
+        result.cutMs = f.cutMs;
+        result.image = 'point-in-time';
+      } else {
+        result.notConsistent = f.why;
+      }
+    } else {
+      result.image = await imageWithoutFreeze(c);
+    }
+    // Before the commit: the label names the image this transaction makes.
+    pair.pendingTxn = { seq, image: result.image, imageTimeMs: result.cutMs };
+    updateLabel(c.driveFd, pair);
+  }
+  const { committed } = await writeTransaction(region, seq, entries());
+  if (settleEpoch >= 0) await s.tracker.settle(settleEpoch);
+  if (!committed) throw new DpsrError(`pair ${pair.name}: journal transaction ${seq} was not committed`, 'EJOURNAL');
+  await applyTransaction(c.driveFd, committed);
+  pair.journalSeq = seq;
+  pair.pendingTxn = null;
+  result.compared = counters.comparedBytes;
+  return result;
+}
+
+/**
+ * The direct way, when there is no journal (no reserved tail) or the
+ * generation is too big for it: writes in place, the label says "partial"
+ * (naming the last good point in time) until the last pass lands.
+ */
+async function directGeneration(c: SyncContext, carried: { copy: ExtentSet; compare: ExtentSet } | null): Promise<GenerationResult> {
+  const { s, pair, range } = c;
+  const limitSectors = pair.dataSectors;
+  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
+  for (let pass = 1; ; pass++) {
+    result.cutMs = Date.now();
+    const cut = passCut(c, pass, carried);
+    if ((!cut.copy.isEmpty || !cut.compare.isEmpty) && pair.image !== 'partial') {
+      pair.image = 'partial';
+      await savePending(s, pair, range, c.generation, result.cutMs, cut);
+      updateLabel(c.driveFd, pair);
+    } else {
+      await savePending(s, pair, range, c.generation, result.cutMs, cut);
+    }
+    const bar = progressBar(`${pair.name}: sync pass ${pass}`, (cut.copy.totalSectors + cut.compare.totalSectors) * SECTOR);
+    const copied = await copyExtents(c.srcFd, c.driveFd, cut.copy, {
+      ...SCATTERED_IO, limitSectors, onProgress: (p) => bar.update(p.doneSectors * SECTOR),
+    });
+    const compared = await compareExtents(c.srcFd, c.driveFd, cut.compare, {
+      ...SCATTERED_IO, limitSectors, write: true, onProgress: (p) => bar.update((cut.copy.totalSectors + p.doneSectors) * SECTOR),
+    });
+    bar.done();
+    result.copied += copied.bytesWritten;
+    result.compared += compared.comparedSectors * SECTOR;
+    result.repaired += compared.bytesWritten;
+    result.passBytes.push(copied.bytesWritten + compared.bytesWritten);
+    await s.tracker.cycle();
+    if (remainderSmall(c, pass)) break;
+  }
+  flush(c.driveFd);
+  if (c.useFreeze) {
+    const f = await frozenCut(s, pair, range, c.srcFd, c.mounts);
+    result.freezeMs = f.freezeMs;
+    if (f.ok) {
+      await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet() });
+      let bytes = 0;
+      for (const h of f.held) bytes += fs.writeSync(c.driveFd, h.buf, 0, h.length, h.position);
+      flush(c.driveFd);
+      result.copied += bytes;
+      result.passBytes.push(bytes);
+      result.cutMs = f.cutMs;
+      result.image = 'point-in-time';
+    } else {
+      result.notConsistent = f.why;
+    }
+    await s.tracker.settle(f.epoch);
+  } else {
+    result.image = await imageWithoutFreeze(c);
+  }
+  return result;
 }
 
 /**
@@ -231,6 +446,7 @@ async function frozenFinalPass(s: Session, pair: PairRecord, range: RangeState, 
  * for a mounted source, a final pass under a freeze that makes the image
  * one point in time. Without a freeze the image is point-in-time only if
  * nothing was written during the sync and the counts reconcile exactly.
+ * Through the journal when the generation fits, else directly.
  */
 export async function syncPair(s: Session, name: string, opts: { freeze?: boolean } = {}): Promise<SyncReport> {
   const pair = s.store.pair(name);
@@ -243,92 +459,39 @@ export async function syncPair(s: Session, name: string, opts: { freeze?: boolea
   const drive = openPairedDrive(s, pair, range);
   const srcFd = openDirect(pair.source.path, false);
   try {
+    await recoverJournal(s, pair, drive.fd);
     const fullCopyBytes = pair.fullCopy.complete ? 0 : await fullCopy(s, pair, range, srcFd, drive.fd);
     await s.tracker.cycle();
     await s.tracker.reconcile();
-    const generation = pair.generation + 1;
     const mounts = mountsOf(resolveBlockDevice(pair.source.path));
-    const useFreeze = mounts.length > 0 && opts.freeze !== false;
-    const limitSectors = pair.dataSectors;
-    const totals = { copied: 0, compared: 0, repaired: 0 };
-    const passBytes: number[] = [];
-    let cutMs = Date.now();
-
-    // A generation an interrupted sync left is redone with the first pass.
+    const c: SyncContext = {
+      s, pair, range, srcFd, driveFd: drive.fd, mounts,
+      useFreeze: mounts.length > 0 && opts.freeze !== false, generation: pair.generation + 1,
+    };
     const carried = pair.pending
       ? { copy: ExtentSet.fromBuffer(pair.pending.copy), compare: ExtentSet.fromBuffer(pair.pending.compare) }
       : null;
-    for (let pass = 1; ; pass++) {
-      cutMs = Date.now();
-      const cut = takeCut(range);
-      if (carried && pass === 1) {
-        cut.copy.addSet(carried.copy);
-        cut.compare.addSet(carried.compare);
-        cut.compare.subtractSet(cut.copy);
-      }
-      const changes = !cut.copy.isEmpty || !cut.compare.isEmpty;
-      if (changes && pair.image !== 'partial') {
-        pair.image = 'partial';
-        await savePending(s, pair, range, generation, cutMs, cut);
-        updateLabel(drive.fd, pair);
-      } else {
-        await savePending(s, pair, range, generation, cutMs, cut);
-      }
-      const bar = progressBar(`${name}: sync pass ${pass}`, (cut.copy.totalSectors + cut.compare.totalSectors) * SECTOR);
-      const copied = await copyExtents(srcFd, drive.fd, cut.copy, {
-        ...SCATTERED_IO, limitSectors, onProgress: (p) => bar.update(p.doneSectors * SECTOR),
-      });
-      const compared = await compareExtents(srcFd, drive.fd, cut.compare, {
-        ...SCATTERED_IO, limitSectors, write: true, onProgress: (p) => bar.update((cut.copy.totalSectors + p.doneSectors) * SECTOR),
-      });
-      bar.done();
-      totals.copied += copied.bytesWritten;
-      totals.compared += compared.comparedSectors * SECTOR;
-      totals.repaired += compared.bytesWritten;
-      passBytes.push(copied.bytesWritten + compared.bytesWritten);
-      await s.tracker.cycle();
-      const remainder = (range.dirty.totalSectors + range.suspect.totalSectors) * SECTOR;
-      if (!useFreeze || remainder <= FREEZE_READ_LIMIT_BYTES / 4 || pass >= MAX_PASSES) break;
-    }
-    flush(drive.fd);
-
-    let image: ImageState;
-    let freezeMs: number | null = null;
-    let notConsistent: string | undefined;
-    if (useFreeze) {
-      const final = await frozenFinalPass(s, pair, range, srcFd, drive.fd, mounts, generation);
-      freezeMs = final.freezeMs;
-      if (final.ok) {
-        cutMs = final.cutMs;
-        totals.copied += final.bytes;
-        passBytes.push(final.bytes);
-        image = 'point-in-time';
-      } else {
-        image = 'fuzzy';
-        notConsistent = final.why;
-      }
-    } else {
-      // Did anything land while we copied? Then this image is not one point in time.
-      await s.tracker.cycle();
-      const verdict = (await s.tracker.reconcile()).get(range);
-      const quiet = range.dirty.isEmpty && range.suspect.isEmpty && verdict?.kind === 'exact';
-      image = !quiet ? 'fuzzy' : mounts.length > 0 ? 'crash-consistent' : 'point-in-time';
-    }
+    // The journal must hold this generation: what is known now, with room for what comes during the passes.
+    const knownBytes = (range.dirty.totalSectors + range.suspect.totalSectors +
+      (carried ? carried.copy.totalSectors + carried.compare.totalSectors : 0)) * SECTOR;
+    const region = journalRegionOf(drive.fd, pair);
+    const fits = region !== null && journalBytesFor(knownBytes * 2 + FREEZE_READ_LIMIT_BYTES / 4, knownBytes / 2048 + 4096) <= region.lengthBytes;
+    const r = fits ? await journaledGeneration(c, region!, carried) : await directGeneration(c, carried);
     const durationMs = Date.now() - startedMs;
     Object.assign(pair, {
-      generation, pending: null, image, imageTimeMs: cutMs,
-      lastGoodTimeMs: image === 'point-in-time' ? cutMs : pair.lastGoodTimeMs,
+      generation: c.generation, pending: null, ...finishedImage(pair, r.image, r.cutMs),
       lastSync: {
-        generation, atMs: cutMs, durationMs, image, passBytes, freezeMs,
-        copiedBytes: totals.copied, comparedBytes: totals.compared, repairedBytes: totals.repaired,
+        generation: c.generation, atMs: r.cutMs, durationMs, image: r.image, passBytes: r.passBytes, freezeMs: r.freezeMs,
+        copiedBytes: r.copied, comparedBytes: r.compared, repairedBytes: r.repaired, journaled: fits,
       },
     });
     updateLabel(drive.fd, pair);
     await s.store.putPairAndRange(pair, range);
     return {
-      name, generation, image, imageTimeMs: cutMs, fullCopyBytes, durationMs, sourceMounted: mounts, passBytes, freezeMs,
-      ...(notConsistent ? { notConsistent } : {}),
-      copiedBytes: totals.copied, comparedBytes: totals.compared, repairedBytes: totals.repaired,
+      name, generation: c.generation, image: r.image, imageTimeMs: r.cutMs, fullCopyBytes, durationMs, sourceMounted: mounts,
+      passBytes: r.passBytes, freezeMs: r.freezeMs, journaled: fits,
+      ...(r.notConsistent ? { notConsistent: r.notConsistent } : {}),
+      copiedBytes: r.copied, comparedBytes: r.compared, repairedBytes: r.repaired,
       gaps: range.gaps.slice(gapsBefore),
     };
   } finally {

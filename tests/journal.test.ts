@@ -295,8 +295,15 @@ test('idempotent apply, and invalidate makes the transaction unreplayable', asyn
   const again = await readCommitted(region, 11); // as after a crash mid-apply: read and apply again
   await applyTransaction(fd, again!);
   assert.is(sha256(readAt(fd, 0, IMAGE_BYTES)), once);
+  // The handle writeTransaction returns applies the same, without a verify pass.
+  const { committed } = await writeTransaction(region, 12, entries);
+  assert.ok(committed);
+  assert.is(committed!.seq, 12);
+  assert.equal(committed!.descriptors, (await readCommitted(region, 12))!.descriptors);
+  await applyTransaction(fd, committed!);
+  assert.is(sha256(readAt(fd, 0, IMAGE_BYTES)), once);
   await invalidate(region);
-  assert.is(await readCommitted(region, 11), null);
+  assert.is(await readCommitted(region, 12), null);
 });
 
 test('an entry aimed at the journal region itself is refused at apply', async () => {
