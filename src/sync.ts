@@ -373,8 +373,12 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
     pair.pendingTxn = { seq, image: result.image, imageTimeMs: result.cutMs };
     updateLabel(c.driveFd, pair);
   }
-  const { committed } = await writeTransaction(region, seq, entries());
-  if (settleEpoch >= 0) await s.tracker.settle(settleEpoch);
+  let committed;
+  try {
+    ({ committed } = await writeTransaction(region, seq, entries()));
+  } finally {
+    if (settleEpoch >= 0) await s.tracker.settle(settleEpoch);
+  }
   if (!committed) throw new DpsrError(`pair ${pair.name}: journal transaction ${seq} was not committed`, 'EJOURNAL');
   await applyTransaction(c.driveFd, committed);
   pair.journalSeq = seq;
@@ -475,8 +479,19 @@ export async function syncPair(s: Session, name: string, opts: { freeze?: boolea
     const knownBytes = (range.dirty.totalSectors + range.suspect.totalSectors +
       (carried ? carried.copy.totalSectors + carried.compare.totalSectors : 0)) * SECTOR;
     const region = journalRegionOf(drive.fd, pair);
-    const fits = region !== null && journalBytesFor(knownBytes * 2 + FREEZE_READ_LIMIT_BYTES / 4, knownBytes / 2048 + 4096) <= region.lengthBytes;
-    const r = fits ? await journaledGeneration(c, region!, carried) : await directGeneration(c, carried);
+    let journaled = region !== null && journalBytesFor(knownBytes, Math.ceil(knownBytes / 4096) + 1) <= region.lengthBytes / 2;
+    let r: GenerationResult;
+    try {
+      r = journaled ? await journaledGeneration(c, region!, carried) : await directGeneration(c, carried);
+    } catch (err) {
+      if ((err as DpsrError).code !== 'EJOURNALFULL') throw err;
+      // More was written during the passes than the journal holds: no transaction was
+      // committed, the drive is still the previous image; write this generation in place.
+      journaled = false;
+      const pending = pair.pending!;
+      r = await directGeneration(c, { copy: ExtentSet.fromBuffer(pending.copy), compare: ExtentSet.fromBuffer(pending.compare) });
+    }
+    const fits = journaled;
     const durationMs = Date.now() - startedMs;
     Object.assign(pair, {
       generation: c.generation, pending: null, ...finishedImage(pair, r.image, r.cutMs),

@@ -171,6 +171,31 @@ test('a shortfall forced with the skip knob ends in an exact copy through a comp
   assert.is(hash(source), hash(drive, bytes));
 });
 
+test('kill -9 at many points of a journaled sync: the drive is the old or the new image, then the next sync makes it the new one', async () => {
+  const { source, drive, bytes } = devices(64);
+  randomFill(source, 64);
+  ok('pair', source, drive, '--name', 'p');
+  assert.ok(syncJson('p').journaled, 'the generation went through the journal');
+  const outcomes: string[] = [];
+  for (const delayMs of [120, 200, 280, 360, 440, 520, 650, 800]) {
+    const oldHash = hash(drive, bytes);
+    for (let i = 0; i < 12; i++) ddDirect(source, ((i * 7919 + delayMs) % 120) * 1024, 2048);
+    const newHash = hash(source);
+    const child = spawn(process.execPath, [bin, 'sync', 'p'], { env });
+    const exited = new Promise((resolve) => child.on('exit', resolve));
+    await new Promise((r) => setTimeout(r, delayMs));
+    child.kill('SIGKILL');
+    await exited;
+    dpsr('status', 'p'); // the owner replays a committed transaction, as mounting replays a log
+    const h = hash(drive, bytes);
+    assert.ok(h === oldHash || h === newHash, `killed after ${delayMs} ms: the drive is a mix`);
+    outcomes.push(h === oldHash ? 'old' : 'new');
+    syncJson('p');
+    assert.is(hash(drive, bytes), newHash);
+  }
+  console.log(`  kill -9 outcomes: ${outcomes.join(' ')}`);
+});
+
 test('refusals leave both devices byte-for-byte unchanged', () => {
   const { source, drive } = devices(32);
   const small = fx.loop(32);

@@ -6,6 +6,7 @@ import { DpsrError, ExitStatus, type ExitStatusValue } from '../errors.js';
 import { openDirect } from '../copy.js';
 import { readLabel } from '../label.js';
 import { closeSession, openSession, type Session } from '../session.js';
+import { openPairedDrive, recoverJournal } from '../sync.js';
 import { type PairRecord, Store } from '../store.js';
 import type { Gap, RangeState } from '../tracker.js';
 
@@ -62,7 +63,9 @@ function statusOf(pair: PairRecord, range: RangeState | undefined, problem: stri
     suspectBytes: live && range ? suspect : null,
     gapsSinceSync: gaps,
     lastSync: pair.lastSync,
-    journal: pair.reservedSectors > 0 ? 'none yet (not crash-safe during a sync)' : 'none: no reserved tail (not crash-safe during a sync)',
+    journal: pair.reservedSectors > 0
+      ? `redo journal in the reserved tail (last transaction ${pair.journalSeq ?? 0}${pair.lastSync && pair.lastSync.journaled === false ? '; the last sync was too big for it and wrote in place' : ''})`
+      : 'none: no reserved tail (not crash-safe during a sync)',
     ...(problem ? { problem } : {}),
   };
 }
@@ -108,7 +111,24 @@ export async function statusCommand(opts: { name?: string; json: boolean; maxAge
   }
   const store = session?.store ?? Store.open(settings.stateDir);
   try {
-    if (session) await session.tracker.reconcile();
+    if (session) {
+      await session.tracker.reconcile();
+      // As mounting replays a file system's log: finish a committed journal transaction first.
+      for (const p of session.store.pairs()) {
+        const range = session.ranges.get(p.name);
+        if (!range || (opts.name && p.name !== opts.name)) continue;
+        try {
+          const drive = openPairedDrive(session, p, range);
+          try {
+            await recoverJournal(session, p, drive.fd);
+          } finally {
+            drive.release();
+          }
+        } catch (err) {
+          session.problems.set(p.name, (err as Error).message);
+        }
+      }
+    }
     const pairs = store.pairs().filter((p) => !opts.name || p.name === opts.name);
     if (opts.name && pairs.length === 0) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');
     const statuses = pairs.map((p) => statusOf(p, session?.ranges.get(p.name) ?? store.range(p.name) as RangeState | undefined,
