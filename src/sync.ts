@@ -452,7 +452,7 @@ async function directGeneration(c: SyncContext, carried: { copy: ExtentSet; comp
  * nothing was written during the sync and the counts reconcile exactly.
  * Through the journal when the generation fits, else directly.
  */
-export async function syncPair(s: Session, name: string, opts: { freeze?: boolean } = {}): Promise<SyncReport> {
+export async function syncPair(s: Session, name: string, opts: { freeze?: boolean; journal?: boolean } = {}): Promise<SyncReport> {
   const pair = s.store.pair(name);
   if (!pair) throw new DpsrError(`no pair named ${name}`, 'ENOPAIR');
   const problem = s.problems.get(name);
@@ -479,7 +479,7 @@ export async function syncPair(s: Session, name: string, opts: { freeze?: boolea
     const knownBytes = (range.dirty.totalSectors + range.suspect.totalSectors +
       (carried ? carried.copy.totalSectors + carried.compare.totalSectors : 0)) * SECTOR;
     const region = journalRegionOf(drive.fd, pair);
-    let journaled = region !== null && journalBytesFor(knownBytes, Math.ceil(knownBytes / 4096) + 1) <= region.lengthBytes / 2;
+    let journaled = opts.journal !== false && region !== null && journalBytesFor(knownBytes, Math.ceil(knownBytes / 4096) + 1) <= region.lengthBytes / 2;
     let r: GenerationResult;
     try {
       r = journaled ? await journaledGeneration(c, region!, carried) : await directGeneration(c, carried);
