@@ -22,6 +22,9 @@ export const Layout = {
   control: { size: 8, epoch: 0, ownerClean: 4 },
 } as const;
 
+export const REQ_OP_DISCARD = 3;
+export const REQ_OP_SECURE_ERASE = 5;
+
 /** REQ_OP_* values (include/linux/blk_types.h), for display. */
 export const OpNames: Record<number, string> = {
   1: 'write', 3: 'discard', 5: 'secure-erase', 7: 'zone-append', 9: 'write-zeroes', 35: 'drv-out',

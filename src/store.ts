@@ -29,6 +29,7 @@ export interface PendingGeneration {
   cutMs: number;
   copy: Buffer; // ExtentSet.toBuffer()
   compare: Buffer;
+  discard?: Buffer;
 }
 
 export interface PairRecord {
@@ -60,6 +61,7 @@ interface StoredRange {
   endSector: number;
   dirty: Buffer;
   suspect: Buffer;
+  discarded?: Buffer;
   unreconciled: Buffer;
   receivedSectors: number;
   baseline: Baseline;
@@ -71,7 +73,7 @@ const MAX_GAPS_KEPT = 200;
 function toStored(r: RangeState): StoredRange {
   return {
     id: r.id, device: r.device, disk: r.disk, diskDev: r.diskDev, startSector: r.startSector, endSector: r.endSector,
-    dirty: r.dirty.toBuffer(), suspect: r.suspect.toBuffer(), unreconciled: r.unreconciled.toBuffer(),
+    dirty: r.dirty.toBuffer(), suspect: r.suspect.toBuffer(), discarded: r.discarded.toBuffer(), unreconciled: r.unreconciled.toBuffer(),
     receivedSectors: r.receivedSectors, baseline: r.baseline, gaps: r.gaps.slice(-MAX_GAPS_KEPT),
   };
 }
@@ -106,6 +108,7 @@ export class Store implements TrackerStore {
       ...s,
       dirty: ExtentSet.fromBuffer(s.dirty),
       suspect: ExtentSet.fromBuffer(s.suspect),
+      discarded: s.discarded ? ExtentSet.fromBuffer(s.discarded) : new ExtentSet(),
       unreconciled: ExtentSet.fromBuffer(s.unreconciled),
       gaps: s.gaps ?? [],
     };

@@ -162,25 +162,38 @@ function readIntoMemory(fd: number, extents: ExtentSet, limitSectors: number): H
   return held;
 }
 
+/** What one pass takes: data to copy, regions to compare, ranges discarded (data-less). */
+interface Cut { copy: ExtentSet; compare: ExtentSet; discard: ExtentSet }
+
 /** The cut: what the tracker recorded until now, taken out of it. */
-function takeCut(range: RangeState): { copy: ExtentSet; compare: ExtentSet } {
-  const copy = range.dirty;
-  const compare = range.suspect;
+function takeCut(range: RangeState): Cut {
+  const cut = { copy: range.dirty, compare: range.suspect, discard: range.discarded };
   range.dirty = new ExtentSet();
   range.suspect = new ExtentSet();
-  compare.subtractSet(copy);
-  return { copy, compare };
+  range.discarded = new ExtentSet();
+  cut.compare.subtractSet(cut.copy);
+  return cut;
 }
 
 /** Remembers what this generation has cut so far, so a crash makes the next sync redo all of it. */
 async function savePending(s: Session, pair: PairRecord, range: RangeState, generation: number, cutMs: number,
-  cut: { copy: ExtentSet; compare: ExtentSet }): Promise<void> {
-  const copy = pair.pending ? ExtentSet.fromBuffer(pair.pending.copy) : new ExtentSet();
-  const compare = pair.pending ? ExtentSet.fromBuffer(pair.pending.compare) : new ExtentSet();
-  copy.addSet(cut.copy);
-  compare.addSet(cut.compare);
-  pair.pending = { generation, cutMs, copy: copy.toBuffer(), compare: compare.toBuffer() };
+  cut: Cut): Promise<void> {
+  const was = pendingCut(pair) ?? { copy: new ExtentSet(), compare: new ExtentSet(), discard: new ExtentSet() };
+  was.copy.addSet(cut.copy);
+  was.compare.addSet(cut.compare);
+  was.discard.addSet(cut.discard);
+  pair.pending = { generation, cutMs, copy: was.copy.toBuffer(), compare: was.compare.toBuffer(), discard: was.discard.toBuffer() };
   await s.store.putPairAndRange(pair, range);
+}
+
+/** What an interrupted sync had cut (redone, all of it, by the next one). */
+function pendingCut(pair: PairRecord): Cut | null {
+  if (!pair.pending) return null;
+  return {
+    copy: ExtentSet.fromBuffer(pair.pending.copy),
+    compare: ExtentSet.fromBuffer(pair.pending.compare),
+    discard: pair.pending.discard ? ExtentSet.fromBuffer(pair.pending.discard) : new ExtentSet(),
+  };
 }
 
 interface FrozenCut {
@@ -220,6 +233,7 @@ async function frozenCut(s: Session, pair: PairRecord, range: RangeState, srcFd:
     const taken = takeCut(range);
     cut = taken.copy;
     cut.addSet(taken.compare); // no time to compare under a freeze: read it all
+    cut.addSet(taken.discard);
     if (cut.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) why = `${(cut.totalSectors * SECTOR / 2 ** 20).toFixed(0)} MiB left to read: too much to hold under a freeze`;
     else held = readIntoMemory(srcFd, cut, pair.dataSectors);
   } finally {
@@ -311,11 +325,15 @@ function remainderSmall(c: SyncContext, pass: number): boolean {
 }
 
 /** The cut of one pass, with what an interrupted sync left on the first. */
-function passCut(c: SyncContext, pass: number, carried: { copy: ExtentSet; compare: ExtentSet } | null) {
+function passCut(c: SyncContext, pass: number, carried: Cut | null): Cut {
   const cut = takeCut(c.range);
   if (carried && pass === 1) {
+    // The carried data is older than what was recorded since: it goes first, and the newer cut wins.
+    carried.copy.subtractSet(cut.discard);
+    carried.discard.subtractSet(cut.copy);
     cut.copy.addSet(carried.copy);
     cut.compare.addSet(carried.compare);
+    cut.discard.addSet(carried.discard);
     cut.compare.subtractSet(cut.copy);
   }
   return cut;
@@ -329,7 +347,7 @@ function passCut(c: SyncContext, pass: number, carried: { copy: ExtentSet; compa
  * (replayed from the drive alone if we die while applying).
  */
 async function journaledGeneration(c: SyncContext, region: JournalRegion,
-  carried: { copy: ExtentSet; compare: ExtentSet } | null): Promise<GenerationResult> {
+  carried: Cut | null): Promise<GenerationResult> {
   const { s, pair, range } = c;
   const limit = pair.dataSectors;
   const seq = (pair.journalSeq ?? 0) + 1;
@@ -342,6 +360,9 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
       const cut = passCut(c, pass, carried);
       await savePending(s, pair, range, c.generation, result.cutMs, cut);
       const before = counters.entryBytes;
+      for (const [start, end] of cut.discard) {
+        if (start < limit) yield { kind: 'discard', targetSector: start, sectors: Math.min(end, limit) - start };
+      }
       yield* copyEntries(c.srcFd, cut.copy, limit, counters);
       result.copied = counters.entryBytes;
       yield* differingEntries(c.srcFd, c.driveFd, cut.compare, limit, counters);
@@ -356,7 +377,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
       result.freezeMs = f.freezeMs;
       settleEpoch = f.epoch;
       if (f.ok) {
-        await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet() });
+        await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet(), discard: new ExtentSet() });
         for (const h of f.held) yield { kind: 'data', targetSector: h.position / SECTOR, data: h.buf.subarray(0, h.length) };
         const bytes = f.held.reduce((n, h) => n + h.length, 0);
         result.copied += bytes;
@@ -392,13 +413,14 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
  * generation is too big for it: writes in place, the label says "partial"
  * (naming the last good point in time) until the last pass lands.
  */
-async function directGeneration(c: SyncContext, carried: { copy: ExtentSet; compare: ExtentSet } | null): Promise<GenerationResult> {
+async function directGeneration(c: SyncContext, carried: Cut | null): Promise<GenerationResult> {
   const { s, pair, range } = c;
   const limitSectors = pair.dataSectors;
   const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
   for (let pass = 1; ; pass++) {
     result.cutMs = Date.now();
     const cut = passCut(c, pass, carried);
+    cut.copy.addSet(cut.discard); // without a journal a discard is copied like data (what the source reads back)
     if ((!cut.copy.isEmpty || !cut.compare.isEmpty) && pair.image !== 'partial') {
       pair.image = 'partial';
       await savePending(s, pair, range, c.generation, result.cutMs, cut);
@@ -426,7 +448,7 @@ async function directGeneration(c: SyncContext, carried: { copy: ExtentSet; comp
     const f = await frozenCut(s, pair, range, c.srcFd, c.mounts);
     result.freezeMs = f.freezeMs;
     if (f.ok) {
-      await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet() });
+      await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet(), discard: new ExtentSet() });
       let bytes = 0;
       for (const h of f.held) bytes += fs.writeSync(c.driveFd, h.buf, 0, h.length, h.position);
       flush(c.driveFd);
@@ -472,12 +494,10 @@ export async function syncPair(s: Session, name: string, opts: { freeze?: boolea
       s, pair, range, srcFd, driveFd: drive.fd, mounts,
       useFreeze: mounts.length > 0 && opts.freeze !== false, generation: pair.generation + 1,
     };
-    const carried = pair.pending
-      ? { copy: ExtentSet.fromBuffer(pair.pending.copy), compare: ExtentSet.fromBuffer(pair.pending.compare) }
-      : null;
+    const carried = pendingCut(pair);
     // The journal must hold this generation: what is known now, with room for what comes during the passes.
     const knownBytes = (range.dirty.totalSectors + range.suspect.totalSectors +
-      (carried ? carried.copy.totalSectors + carried.compare.totalSectors : 0)) * SECTOR;
+      (carried ? carried.copy.totalSectors + carried.compare.totalSectors : 0)) * SECTOR; // discards take no data
     const region = journalRegionOf(drive.fd, pair);
     let journaled = opts.journal !== false && region !== null && journalBytesFor(knownBytes, Math.ceil(knownBytes / 4096) + 1) <= region.lengthBytes / 2;
     let r: GenerationResult;
@@ -488,8 +508,7 @@ export async function syncPair(s: Session, name: string, opts: { freeze?: boolea
       // More was written during the passes than the journal holds: no transaction was
       // committed, the drive is still the previous image; write this generation in place.
       journaled = false;
-      const pending = pair.pending!;
-      r = await directGeneration(c, { copy: ExtentSet.fromBuffer(pending.copy), compare: ExtentSet.fromBuffer(pending.compare) });
+      r = await directGeneration(c, pendingCut(pair));
     }
     const fits = journaled;
     const durationMs = Date.now() - startedMs;

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type BlockDevice, readDiskCounters } from './devices.js';
 import { DpsrError } from './errors.js';
 import { ExtentSet } from './extents.js';
-import { MAX_SLOTS, OWNER_RING, REC_UNKNOWN, forEachRecord } from './kernel-abi.js';
+import { MAX_SLOTS, OWNER_RING, REC_UNKNOWN, REQ_OP_DISCARD, REQ_OP_SECURE_ERASE, forEachRecord } from './kernel-abi.js';
 import { native, type RingReader } from './native.js';
 import { type Baseline, type Reading, type Verdict, baselineFrom, judge } from './reconcile.js';
 import { type KernelTracking, bitsToExtents } from './tracking.js';
@@ -42,6 +42,8 @@ export interface RangeState {
   dirty: ExtentSet;
   /** Regions where writes may have gone unseen (gaps): to be compared, not blindly copied. */
   suspect: ExtentSet;
+  /** Sectors discarded since the last cut (and not written after): journaled without data. */
+  discarded: ExtentSet;
   /** Sectors from retired epochs not yet confirmed by an exact reconciliation. */
   unreconciled: ExtentSet;
   receivedSectors: number;
@@ -138,6 +140,7 @@ export class Tracker {
       ...range,
       dirty: new ExtentSet(),
       suspect: new ExtentSet(),
+      discarded: new ExtentSet(),
       unreconciled: new ExtentSet(),
       receivedSectors: 0,
       baseline: { offsetSectors: 0, exact: false },
@@ -168,10 +171,17 @@ export class Tracker {
           this.gap(st, 'unknown-write', `a write without a range (op ${r.op}) on ${st.disk}`);
           continue;
         }
-        const s = Math.max(r.startSector, st.startSector);
-        const e = Math.min(r.endSector, st.endSector);
+        const s = Math.max(r.startSector, st.startSector) - st.startSector;
+        const e = Math.min(r.endSector, st.endSector) - st.startSector;
         if (s >= e) continue;
-        st.dirty.add(s - st.startSector, e - st.startSector);
+        // Records come in completion order: the later of a write and a discard wins.
+        if (r.op === REQ_OP_DISCARD || r.op === REQ_OP_SECURE_ERASE) {
+          st.discarded.add(s, e);
+          if (st.dirty.overlaps(s, e)) st.dirty.subtract(s, e);
+        } else {
+          st.dirty.add(s, e);
+          if (!st.discarded.isEmpty) st.discarded.subtract(s, e);
+        }
         st.receivedSectors += e - s;
       }
     });

@@ -110,4 +110,22 @@ test('the state directory on the frozen source: nothing is written to it while f
   await liveSync('ext4', true);
 });
 
+test('an fstrim is journaled as data-less discards, not copied', () => {
+  const source = fx.loop(256);
+  const drive = fx.loop(320);
+  fx.mkfs(source, 'ext4');
+  dpsr('pair', source, drive, '--name', 't');
+  const mnt = fx.mount(source);
+  sh('dd', ['if=/dev/urandom', `of=${mnt}/big`, 'bs=1M', 'count=100', 'conv=fsync', 'status=none']);
+  JSON.parse(dpsr('sync', 't', '--json'));
+  fs.rmSync(path.join(mnt, 'big'));
+  sh('fstrim', [mnt]);
+  const r = JSON.parse(dpsr('sync', 't', '--json')).syncs[0];
+  assert.ok(r.journaled, 'through the journal');
+  assert.ok(r.copiedBytes < 16 * 2 ** 20, `copied ${r.copiedBytes} bytes after trimming a 100 MiB file`);
+  sh('umount', [mnt]);
+  JSON.parse(dpsr('sync', 't', '--json'));
+  sh('cmp', ['-n', String(256 * 2 ** 20), source, drive]);
+});
+
 test.run();
