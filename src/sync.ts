@@ -61,7 +61,7 @@ interface OpenDrive {
  * its label (once written) and its identity. A drive that changed under us
  * (re-attached, new media) may hold anything: its whole image becomes suspect.
  */
-export function openPairedDrive(s: Session, pair: PairRecord, range: RangeState): OpenDrive {
+export function openPairedDrive(s: Session, pair: PairRecord, range: RangeState | undefined): OpenDrive {
   const dev = resolveBlockDevice(pair.drive.path);
   const now = identify(dev);
   const changes = identityChanges(pair.drive, now);
@@ -77,7 +77,7 @@ export function openPairedDrive(s: Session, pair: PairRecord, range: RangeState)
     if (pair.labelSeq > 0 && pair.reservedSectors > 0 && label?.pairId !== pair.id) {
       throw new RefusedError(`pair ${pair.name}: ${dev.path} does not carry this pair's label${label ? ` (it belongs to pair ${label.pairName})` : ''}; nothing written`, 'ELABEL');
     }
-    if (changes.length > 0) {
+    if (changes.length > 0 && range) {
       s.tracker.suspectAll(range, 'identity-changed', `the DPSR drive ${dev.path} changed (${changes.join('; ')}): its image is compared in full`);
       pair.drive = { ...now, path: pair.drive.path };
     }

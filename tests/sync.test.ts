@@ -196,6 +196,34 @@ test('kill -9 at many points of a journaled sync: the drive is the old or the ne
   console.log(`  kill -9 outcomes: ${outcomes.join(' ')}`);
 });
 
+test('the source gone after a kill -9: a committed transaction is applied from the DPSR drive alone', async () => {
+  const { source, drive, bytes } = devices(64);
+  randomFill(source, 64);
+  ok('pair', source, drive, '--name', 'p');
+  syncJson('p');
+  const img = sh('losetup', ['-n', '-O', 'BACK-FILE', source]).trim();
+  const outcomes: string[] = [];
+  for (const delayMs of [250, 400, 550]) {
+    const oldHash = hash(drive, bytes);
+    for (let i = 0; i < 12; i++) ddDirect(source, ((i * 4099 + delayMs) % 120) * 1024, 2048);
+    const newHash = hash(source);
+    const child = spawn(process.execPath, [bin, 'sync', 'p'], { env });
+    const exited = new Promise((resolve) => child.on('exit', resolve));
+    await new Promise((r) => setTimeout(r, delayMs));
+    child.kill('SIGKILL');
+    await exited;
+    sh('losetup', ['-d', source]); // the system disk dies
+    dpsr('status', 'p');
+    const h = hash(drive, bytes);
+    assert.ok(h === oldHash || h === newHash, `killed after ${delayMs} ms, source gone: the drive is a mix`);
+    outcomes.push(h === oldHash ? 'old' : 'new');
+    sh('losetup', ['--direct-io=on', source, img]); // back, for the next round
+    syncJson('p');
+    assert.is(hash(drive, bytes), newHash);
+  }
+  console.log(`  source-gone outcomes: ${outcomes.join(' ')}`);
+});
+
 test('refusals leave both devices byte-for-byte unchanged', () => {
   const { source, drive } = devices(32);
   const small = fx.loop(32);

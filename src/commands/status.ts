@@ -115,8 +115,8 @@ export async function statusCommand(opts: { name?: string; json: boolean; maxAge
       await session.tracker.reconcile();
       // As mounting replays a file system's log: finish a committed journal transaction first.
       for (const p of session.store.pairs()) {
-        const range = session.ranges.get(p.name);
-        if (!range || (opts.name && p.name !== opts.name)) continue;
+        if (opts.name && p.name !== opts.name) continue;
+        const range = session.ranges.get(p.name); // none if the source is gone: the journal needs only the drive
         try {
           const drive = openPairedDrive(session, p, range);
           try {
@@ -125,7 +125,7 @@ export async function statusCommand(opts: { name?: string; json: boolean; maxAge
             drive.release();
           }
         } catch (err) {
-          session.problems.set(p.name, (err as Error).message);
+          if (!session.problems.has(p.name)) session.problems.set(p.name, (err as Error).message);
         }
       }
     }
