@@ -67,13 +67,19 @@ command is run again (or at the next sync). The drive is left read-only.`)
     .option('--all', 'every pair')
     .option('--json', 'one JSON document on stdout')
     .option('--no-freeze', 'do not freeze a mounted source for the final pass (the image is then crash-consistent at best)')
+    .option('--quiet-period <SECONDS>', 'an unmounted source must be idle this long before the final pass', '2')
     .addHelpText('after', `
 A mounted source is copied in converging passes, then its file systems are
 frozen (FIFREEZE, at most 5 s, a watchdog process thaws them whatever happens)
-for the final pass: the image is then one point in time.`)
-    .action(async (name: string | undefined, opts: { all?: boolean; json?: boolean; freeze: boolean }) => {
+for the final pass: the image is then one point in time. An unmounted source
+must be idle for the quiet period; the final pass is accepted only if nothing
+was written meanwhile, else retried, then the sync fails "not quiescent" and
+the DPSR drive keeps its previous image.`)
+    .action(async (name: string | undefined, opts: { all?: boolean; json?: boolean; freeze: boolean; quietPeriod: string }) => {
       const { syncCommand } = await import('./commands/sync.js');
-      await syncCommand({ name, all: opts.all === true, json: opts.json === true, freeze: opts.freeze }, settings, log);
+      const quietMs = Number(opts.quietPeriod) * 1000;
+      if (!Number.isFinite(quietMs) || quietMs < 0) throw new UsageError(`--quiet-period ${opts.quietPeriod}: seconds, e.g. 2 or 0.5`);
+      await syncCommand({ name, all: opts.all === true, json: opts.json === true, freeze: opts.freeze, quietMs }, settings, log);
     });
 
   cli.command('status')

@@ -3,7 +3,8 @@
 // compare what may have been written unseen, record the new image.
 import fs from 'node:fs';
 import { compareExtents, copyExtents, flush, openDirect } from './copy.js';
-import { resolveBlockDevice } from './devices.js';
+import { type DiskCounters, readDiskCounters, resolveBlockDevice } from './devices.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError } from './errors.js';
 import { ExtentSet } from './extents.js';
 import { identify, identityChanges } from './identity.js';
@@ -31,6 +32,8 @@ const MAX_PASSES = 5;
 const FREEZE_READ_LIMIT_BYTES = 256 << 20; // what the final pass may hold in memory
 const FREEZE_DEADLINE_MS = 5000; // the watchdog thaws after this
 const MIN_JOURNAL_BYTES = 1 << 20;
+const DEFAULT_QUIET_MS = 2000; // a raw source must be idle this long for its final pass
+const QUIET_ATTEMPTS = 3;
 
 export interface SyncReport {
   name: string;
@@ -247,6 +250,70 @@ async function frozenCut(s: Session, pair: PairRecord, range: RangeState, srcFd:
   return { ok: !why, held, cut, cutMs, freezeMs: report.durationMs, epoch, ...(why ? { why } : {}) };
 }
 
+/** Polls the disk's counters until nothing was written and nothing is in flight for quietMs. */
+async function waitQuiet(disk: string, quietMs: number, timeoutMs: number): Promise<DiskCounters | null> {
+  const deadline = Date.now() + timeoutMs;
+  let last = readDiskCounters(disk);
+  let since = Date.now();
+  while (Date.now() < deadline) {
+    await sleep(Math.min(100, quietMs));
+    const now = readDiskCounters(disk);
+    if (now.writtenSectors !== last.writtenSectors || now.inFlightWrites !== 0) since = Date.now();
+    last = now;
+    if (Date.now() - since >= quietMs) return now;
+  }
+  return null;
+}
+
+/**
+ * The final pass of a source without a file system to freeze: wait for a
+ * quiet period, cut, read the remainder into memory, and accept it only if
+ * the kernel counted no write meanwhile and nothing is in flight. Retried a
+ * few times; then "not quiescent".
+ */
+async function quietCut(s: Session, pair: PairRecord, range: RangeState, srcFd: number, quietMs: number): Promise<FrozenCut> {
+  let why = 'not quiescent';
+  for (let attempt = 1; attempt <= QUIET_ATTEMPTS; attempt++) {
+    const quiet = await waitQuiet(range.disk, quietMs, quietMs * 4 + 2000);
+    if (!quiet) {
+      why = `not quiescent: ${pair.source.path} was never idle for ${quietMs} ms`;
+      continue;
+    }
+    const epoch = s.tracker.flip().epoch;
+    const { verdicts, distrusted } = await s.tracker.judge();
+    if (distrusted.includes(range) || verdicts.get(range)?.kind !== 'exact') {
+      range.suspect.addSet(range.unreconciled);
+      range.unreconciled.clear();
+    }
+    const cutMs = Date.now();
+    const taken = takeCut(range);
+    const cut = taken.copy;
+    cut.addSet(taken.compare);
+    cut.addSet(taken.discard);
+    if (cut.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) {
+      range.dirty.addSet(cut);
+      await s.tracker.settle(epoch);
+      return { ok: false, held: [], cut: new ExtentSet(), cutMs, freezeMs: 0, epoch: -1, why: 'too much left for a final pass' };
+    }
+    const held = readIntoMemory(srcFd, cut, pair.dataSectors);
+    const after = readDiskCounters(range.disk);
+    if (after.writtenSectors === quiet.writtenSectors && after.inFlightWrites === 0) {
+      return { ok: true, held, cut, cutMs, freezeMs: 0, epoch };
+    }
+    range.dirty.addSet(cut); // written while we read: try again
+    await s.tracker.settle(epoch);
+    why = `not quiescent: ${pair.source.path} was written during the final pass ${attempt} times`;
+  }
+  return { ok: false, held: [], cut: new ExtentSet(), cutMs: Date.now(), freezeMs: 0, epoch: -1, why };
+}
+
+/** The final pass that makes the image one point in time, or why it could not. */
+function finalCut(c: SyncContext): Promise<FrozenCut> | null {
+  if (c.finalMode === 'freeze') return frozenCut(c.s, c.pair, c.range, c.srcFd, c.mounts);
+  if (c.finalMode === 'quiet') return quietCut(c.s, c.pair, c.range, c.srcFd, c.quietMs);
+  return null;
+}
+
 /** Where the redo journal lives: the reserved tail between the image and the label. */
 export function journalRegionOf(fd: number, pair: PairRecord): JournalRegion | null {
   if (pair.reservedSectors === 0) return null;
@@ -306,7 +373,9 @@ interface SyncContext {
   srcFd: number;
   driveFd: number;
   mounts: string[];
-  useFreeze: boolean;
+  /** How the last pass is made one point in time: a freeze (mounted), a quiet period (raw), or not at all (--no-freeze). */
+  finalMode: 'freeze' | 'quiet' | 'none';
+  quietMs: number;
   generation: number;
 }
 
@@ -321,7 +390,7 @@ async function imageWithoutFreeze(c: SyncContext): Promise<ImageState> {
 /** Whether the converging passes are done. */
 function remainderSmall(c: SyncContext, pass: number): boolean {
   const remainder = (c.range.dirty.totalSectors + c.range.suspect.totalSectors) * SECTOR;
-  return !c.useFreeze || remainder <= FREEZE_READ_LIMIT_BYTES / 4 || pass >= MAX_PASSES;
+  return c.finalMode === 'none' || remainder <= FREEZE_READ_LIMIT_BYTES / 4 || pass >= MAX_PASSES;
 }
 
 /** The cut of one pass, with what an interrupted sync left on the first. */
@@ -372,9 +441,10 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
       await s.tracker.cycle();
       if (remainderSmall(c, pass)) break;
     }
-    if (c.useFreeze) {
-      const f = await frozenCut(s, pair, range, c.srcFd, c.mounts);
-      result.freezeMs = f.freezeMs;
+    const final = finalCut(c);
+    if (final) {
+      const f = await final;
+      if (c.finalMode === 'freeze') result.freezeMs = f.freezeMs;
       settleEpoch = f.epoch;
       if (f.ok) {
         await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet(), discard: new ExtentSet() });
@@ -384,6 +454,9 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
         result.passBytes.push(bytes);
         result.cutMs = f.cutMs;
         result.image = 'point-in-time';
+      } else if (c.finalMode === 'quiet') {
+        // Keep the previous image as the consistent one: no commit.
+        throw new DpsrError(`pair ${pair.name}: ${f.why}; the DPSR drive keeps its previous image`, 'ENOTQUIESCENT');
       } else {
         result.notConsistent = f.why;
       }
@@ -444,9 +517,10 @@ async function directGeneration(c: SyncContext, carried: Cut | null): Promise<Ge
     if (remainderSmall(c, pass)) break;
   }
   flush(c.driveFd);
-  if (c.useFreeze) {
-    const f = await frozenCut(s, pair, range, c.srcFd, c.mounts);
-    result.freezeMs = f.freezeMs;
+  const final = finalCut(c);
+  if (final) {
+    const f = await final;
+    if (c.finalMode === 'freeze') result.freezeMs = f.freezeMs;
     if (f.ok) {
       await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet(), discard: new ExtentSet() });
       let bytes = 0;
@@ -459,7 +533,7 @@ async function directGeneration(c: SyncContext, carried: Cut | null): Promise<Ge
     } else {
       result.notConsistent = f.why;
     }
-    await s.tracker.settle(f.epoch);
+    if (f.epoch >= 0) await s.tracker.settle(f.epoch);
   } else {
     result.image = await imageWithoutFreeze(c);
   }
@@ -474,7 +548,7 @@ async function directGeneration(c: SyncContext, carried: Cut | null): Promise<Ge
  * nothing was written during the sync and the counts reconcile exactly.
  * Through the journal when the generation fits, else directly.
  */
-export async function syncPair(s: Session, name: string, opts: { freeze?: boolean; journal?: boolean } = {}): Promise<SyncReport> {
+export async function syncPair(s: Session, name: string, opts: { freeze?: boolean; journal?: boolean; quietMs?: number } = {}): Promise<SyncReport> {
   const pair = s.store.pair(name);
   if (!pair) throw new DpsrError(`no pair named ${name}`, 'ENOPAIR');
   const problem = s.problems.get(name);
@@ -492,7 +566,8 @@ export async function syncPair(s: Session, name: string, opts: { freeze?: boolea
     const mounts = mountsOf(resolveBlockDevice(pair.source.path));
     const c: SyncContext = {
       s, pair, range, srcFd, driveFd: drive.fd, mounts,
-      useFreeze: mounts.length > 0 && opts.freeze !== false, generation: pair.generation + 1,
+      finalMode: mounts.length === 0 ? 'quiet' : opts.freeze === false ? 'none' : 'freeze',
+      quietMs: opts.quietMs ?? DEFAULT_QUIET_MS, generation: pair.generation + 1,
     };
     const carried = pendingCut(pair);
     // The journal must hold this generation: what is known now, with room for what comes during the passes.

@@ -67,7 +67,7 @@ function devices(sourceMiB: number) {
   return { source, drive, bytes: sourceMiB * MiB };
 }
 
-const syncJson = (name: string) => JSON.parse(ok('sync', name, '--json')).syncs[0];
+const syncJson = (name: string) => JSON.parse(ok('sync', name, '--json', '--quiet-period', '0.2')).syncs[0];
 
 test('pair, then sync: an exact copy; verify agrees; the drive is read-only', () => {
   const { source, drive, bytes } = devices(64);
@@ -120,7 +120,7 @@ test('writes during a sync land in the next generation; the next sync makes the 
   syncJson('p');
   // Dirty much of the disk so the sync takes a while, then write during it.
   randomFill(source, 192);
-  const child = spawn(process.execPath, [bin, 'sync', 'p', '--json'], { env });
+  const child = spawn(process.execPath, [bin, 'sync', 'p', '--json', '--quiet-period', '0.2'], { env });
   let out = '';
   child.stdout.on('data', (d) => { out += d; });
   const done = new Promise<number | null>((resolve) => child.on('exit', resolve));
@@ -151,7 +151,7 @@ test('kill -9 of a pair mid-copy and of a sync mid-copy: the next sync resumes a
   syncJson('p');
   assert.is(hash(source), hash(drive, bytes));
   randomFill(source, 400);
-  await killAfter(['sync', 'p'], 500);
+  await killAfter(['sync', 'p', '--quiet-period', '0.2'], 500);
   ddDirect(source, 16, 8);
   assert.is(dpsr('status', 'p').status, 4, 'an interrupted sync leaves a partial image: exit 4');
   syncJson('p');
@@ -181,7 +181,7 @@ test('kill -9 at many points of a journaled sync: the drive is the old or the ne
     const oldHash = hash(drive, bytes);
     for (let i = 0; i < 12; i++) ddDirect(source, ((i * 7919 + delayMs) % 120) * 1024, 2048);
     const newHash = hash(source);
-    const child = spawn(process.execPath, [bin, 'sync', 'p'], { env });
+    const child = spawn(process.execPath, [bin, 'sync', 'p', '--quiet-period', '0.2'], { env });
     const exited = new Promise((resolve) => child.on('exit', resolve));
     await new Promise((r) => setTimeout(r, delayMs));
     child.kill('SIGKILL');
@@ -207,7 +207,7 @@ test('the source gone after a kill -9: a committed transaction is applied from t
     const oldHash = hash(drive, bytes);
     for (let i = 0; i < 12; i++) ddDirect(source, ((i * 4099 + delayMs) % 120) * 1024, 2048);
     const newHash = hash(source);
-    const child = spawn(process.execPath, [bin, 'sync', 'p'], { env });
+    const child = spawn(process.execPath, [bin, 'sync', 'p', '--quiet-period', '0.2'], { env });
     const exited = new Promise((resolve) => child.on('exit', resolve));
     await new Promise((r) => setTimeout(r, delayMs));
     child.kill('SIGKILL');
@@ -222,6 +222,24 @@ test('the source gone after a kill -9: a committed transaction is applied from t
     assert.is(hash(drive, bytes), newHash);
   }
   console.log(`  source-gone outcomes: ${outcomes.join(' ')}`);
+});
+
+test('a raw source that never goes quiet: "not quiescent", and the DPSR drive keeps its previous image', async () => {
+  const { source, drive, bytes } = devices(64);
+  randomFill(source, 64);
+  ok('pair', source, drive, '--name', 'p');
+  syncJson('p');
+  const before = hash(drive, bytes);
+  const writer = spawn('sh', ['-c', `i=0; while :; do dd if=/dev/urandom of=${source} bs=64k count=1 seek=$((i % 900)) oflag=direct conv=notrunc status=none; i=$((i+1)); done`]);
+  fx.defer('stop writer', () => writer.kill('SIGKILL'));
+  await new Promise((r) => setTimeout(r, 200));
+  const r = dpsr('sync', 'p', '--quiet-period', '0.3');
+  await new Promise((resolve) => { writer.on('exit', resolve); writer.kill('SIGKILL'); });
+  assert.is(r.status, 1, r.stderr);
+  assert.match(r.stderr, /not quiescent/);
+  assert.is(hash(drive, bytes), before, 'the previous image, untouched');
+  syncJson('p');
+  assert.is(hash(source), hash(drive, bytes));
 });
 
 test('refusals leave both devices byte-for-byte unchanged', () => {
@@ -253,7 +271,7 @@ test('a re-attached loop device with another backing file is caught, and nothing
   sh('losetup', ['-d', source]);
   sh('losetup', ['--direct-io=on', source, other]);
   const before = hash(drive);
-  const r = dpsr('sync', 'p');
+  const r = dpsr('sync', 'p', '--quiet-period', '0.2');
   assert.is(r.status, 3, r.stderr);
   assert.match(r.stderr, /not the paired source/);
   assert.is(hash(drive), before);

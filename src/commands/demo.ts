@@ -66,7 +66,7 @@ export async function demoCommand(base: Settings, log: (line: string) => void = 
     const pair = await pairCommand({ source, drive, name: 'demo', force: false, noReserve: false, reserveBytes: 64 * MiB }, settings, quiet);
     log(`2. dpsr pair: full copy of ${source} to ${drive}; tracking every write from now on`);
     const sync = async (step: string) => {
-      const [report] = await syncCommand({ name: 'demo', all: false, json: false }, settings, quiet);
+      const [report] = await syncCommand({ name: 'demo', all: false, json: false, quietMs: 300 }, settings, quiet);
       log(`${step} ${describeSync(report, pair.dataSectors * 512)}`);
     };
     await sync('3. first sync:');

@@ -20,7 +20,7 @@ export function describeSync(r: SyncReport, dataBytes: number): string {
   return `${parts.join(', ')}; ${image}${gaps}`;
 }
 
-export async function syncCommand(opts: { name?: string; all: boolean; json: boolean; freeze?: boolean }, settings: Settings,
+export async function syncCommand(opts: { name?: string; all: boolean; json: boolean; freeze?: boolean; quietMs?: number }, settings: Settings,
   log: (s: string) => void): Promise<SyncReport[]> {
   if (!opts.name && !opts.all) throw new UsageError('dpsr sync: name a pair or give --all');
   const s = await openSession(settings);
@@ -29,7 +29,7 @@ export async function syncCommand(opts: { name?: string; all: boolean; json: boo
     if (opts.name && !s.store.pair(opts.name)) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');
     const reports: SyncReport[] = [];
     for (const name of names) {
-      const r = await syncPair(s, name, { freeze: opts.freeze });
+      const r = await syncPair(s, name, { freeze: opts.freeze, quietMs: opts.quietMs });
       reports.push(r);
       if (!opts.json) log(describeSync(r, s.store.pair(name)!.dataSectors * 512));
     }

@@ -42,7 +42,7 @@ const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(
 async function syncOnce(settings: Settings, name: string, opts: { journal?: boolean }) {
   const s = await openSession(settings);
   try {
-    return await syncPair(s, name, opts);
+    return await syncPair(s, name, { quietMs: 200, ...opts });
   } finally {
     await closeSession(s);
   }

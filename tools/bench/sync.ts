@@ -72,7 +72,7 @@ async function main(): Promise<void> {
   const t = now();
   await pairCommand({ source, drive, name: 'bench', force: true, noReserve: false, reserveBytes: 64 * MiB }, settings, () => {});
   const pairSeconds = (now() - t) / 1000;
-  await syncCommand({ name: 'bench', all: false, json: false }, settings, () => {});
+  await syncCommand({ name: 'bench', all: false, json: false, quietMs: 200 }, settings, () => {});
   const mbps = (s: number) => (sizeGiB * 1024) / s;
   console.log(`full copy: dd ${mbps(ddFullSeconds).toFixed(0)} MiB/s, dpsr pair ${mbps(pairSeconds).toFixed(0)} MiB/s: ratio ${(ddFullSeconds / pairSeconds).toFixed(3)} (target >= 0.90)`);
 
@@ -81,7 +81,7 @@ async function main(): Promise<void> {
     // (1) dpsr sync after 1% changed.
     const written = changeOnePercent(source, 1000 + r * 3);
     let t0 = now();
-    const [rep] = await syncCommand({ name: 'bench', all: false, json: false }, settings, () => {});
+    const [rep] = await syncCommand({ name: 'bench', all: false, json: false, quietMs: 200 }, settings, () => {});
     const sync = (now() - t0) / 1000;
     // (2) what a tool without tracking must do: read both devices whole, write what differs.
     changeOnePercent(source, 1001 + r * 3);
@@ -96,7 +96,7 @@ async function main(): Promise<void> {
     changeOnePercent(source, 1002 + r * 3);
     const ddCopy = dd(source, drive);
     // The compare and dd wrote the drive behind dpsr's back: a sync with no change of its own brings tracking in line.
-    await syncCommand({ name: 'bench', all: false, json: false }, settings, () => {});
+    await syncCommand({ name: 'bench', all: false, json: false, quietMs: 200 }, settings, () => {});
     results.push({ sync, copied: rep.copiedBytes, written, compare, ddCopy });
     console.log(`round ${r + 1}: 1% changed (${(written / MiB).toFixed(1)} MiB in 4 KiB writes): dpsr sync ${sync.toFixed(2)} s ` +
       `(copied ${(rep.copiedBytes / MiB).toFixed(1)} MiB) | full compare-and-copy ${compare.toFixed(2)} s | dd full copy ${ddCopy.toFixed(2)} s | ` +
