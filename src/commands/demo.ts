@@ -2,7 +2,7 @@
 // incremental syncs (what each copied against the disk size), verification
 // with cmp and fsck -n on the DPSR drive, status; then everything is removed,
 // also on Ctrl-C. Runs in its own state directory, lock and pin directory.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -86,6 +86,26 @@ export async function demoCommand(base: Settings, log: (line: string) => void = 
       }],
     ];
     let step = 4;
+    // A live, busy file system: synced while mounted and being written, under a freeze.
+    // The writer is another process: a frozen file system blocks its writers.
+    mount();
+    const busy = spawn('sh', ['-c', `while :; do dd if=/dev/urandom of=${mnt}/busy.log bs=64k count=1 oflag=append conv=notrunc,fsync status=none; done`],
+      { detached: true, stdio: 'ignore' });
+    const stopBusy = () => new Promise((resolve) => {
+      if (busy.exitCode !== null || busy.signalCode !== null) return resolve(null);
+      busy.on('exit', resolve);
+      process.kill(-busy.pid!, 'SIGKILL'); // the shell and its dd
+    });
+    cleanups.push(() => { try { process.kill(-busy.pid!, 'SIGKILL'); } catch { /* gone */ } });
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      await sync(`${step++}. mounted and being written (64 KiB appends with fsync, nonstop), synced live:`);
+    } finally {
+      await stopBusy();
+    }
+    for (let i = 0; i < 50; i++) {
+      try { run('umount', [mnt]); break; } catch { await new Promise((r) => setTimeout(r, 100)); } // dd may still hold the file a moment
+    }
     for (const [what, work] of workloads) {
       mount();
       work();
