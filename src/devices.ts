@@ -29,6 +29,18 @@ export function formatDev(dev: number): string {
 
 const readSys = (file: string) => fs.readFileSync(file, 'utf8').trim();
 
+/** A sysfs attribute, or null where the file does not exist. */
+export function readSysOrNull(file: string): string | null {
+  try {
+    return readSys(file);
+  } catch {
+    return null;
+  }
+}
+
+/** "major:minor", as sysfs and /proc/self/mountinfo write it. */
+export const devNumber = (dev: BlockDevice) => `${dev.major}:${dev.minor}`;
+
 /** Resolves a device node to its identity; refuses what is not a block device. */
 export function resolveBlockDevice(devPath: string): BlockDevice {
   let st: fs.BigIntStats;

@@ -2,17 +2,8 @@
 // (for a disk) and its disk (for a partition, which the disk overlaps).
 import fs from 'node:fs';
 import path from 'node:path';
-import type { BlockDevice } from './devices.js';
+import { type BlockDevice, devNumber, readSysOrNull } from './devices.js';
 
-const readSys = (file: string): string | null => {
-  try {
-    return fs.readFileSync(file, 'utf8').trim();
-  } catch {
-    return null;
-  }
-};
-
-const devOf = (dev: BlockDevice) => `${dev.major}:${dev.minor}`;
 
 /** Kernel names of the disk's partitions (/sys/block/DISK/DISKpN). */
 export function partitionsOf(disk: string): string[] {
@@ -30,13 +21,13 @@ export function partitionsOf(disk: string): string[] {
  * partition, which the disk overlaps).
  */
 export function coveredDevNumbers(dev: BlockDevice): Map<string, string> {
-  const nums = new Map<string, string>([[devOf(dev), dev.name]]);
+  const nums = new Map<string, string>([[devNumber(dev), dev.name]]);
   if (dev.isPartition) {
-    const d = readSys(`/sys/block/${dev.disk}/dev`);
+    const d = readSysOrNull(`/sys/block/${dev.disk}/dev`);
     if (d) nums.set(d, dev.disk);
   } else {
     for (const p of partitionsOf(dev.disk)) {
-      const d = readSys(`/sys/block/${dev.disk}/${p}/dev`);
+      const d = readSysOrNull(`/sys/block/${dev.disk}/${p}/dev`);
       if (d) nums.set(d, p);
     }
   }

@@ -6,7 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { checkTrackable, resolveBlockDevice, type BlockDevice } from './devices.js';
+import { checkTrackable, devNumber, readSysOrNull, resolveBlockDevice, type BlockDevice } from './devices.js';
 import { RefusedError, UsageError } from './errors.js';
 import { hasHardwareIdentity, identify, type DeviceIdentity } from './identity.js';
 import { coveredDevNumbers, partitionsOf, readMounts, unescapeMount } from './mounts.js';
@@ -46,15 +46,6 @@ export function formatBytes(bytes: number): string {
   return u === 0 ? `${v} bytes` : `${v.toFixed(1)} ${units[u]}`;
 }
 
-const readSys = (file: string): string | null => {
-  try {
-    return fs.readFileSync(file, 'utf8').trim();
-  } catch {
-    return null;
-  }
-};
-
-const devOf = (dev: BlockDevice) => `${dev.major}:${dev.minor}`;
 
 /** sysfs directory of a kernel block device name (disk or partition). */
 function sysDirOf(name: string): string | null {
@@ -104,7 +95,7 @@ export function systemDisks(): Set<string> {
   let num = root.devNum;
   // btrfs and others report an anonymous 0:N: take the device the mount names.
   if (num.startsWith('0:') && root.source.startsWith('/dev/')) num = rdevOf(root.source) ?? num;
-  const dir = readSys(`/sys/dev/block/${num}/dev`) !== null ? fs.realpathSync(`/sys/dev/block/${num}`) : null;
+  const dir = readSysOrNull(`/sys/dev/block/${num}/dev`) !== null ? fs.realpathSync(`/sys/dev/block/${num}`) : null;
   return dir ? underlyingDisks(path.basename(dir)) : new Set();
 }
 
@@ -184,8 +175,8 @@ function signaturesOf(dev: BlockDevice): string[] {
   // For a disk with partitions, say what they hold.
   if (!dev.isPartition && sigs.some((s) => s.isTable)) {
     const parts = partitionsOf(dev.disk).map((p) => {
-      const start = Number(readSys(`/sys/block/${dev.disk}/${p}/start`));
-      const size = Number(readSys(`/sys/block/${dev.disk}/${p}/size`));
+      const start = Number(readSysOrNull(`/sys/block/${dev.disk}/${p}/start`));
+      const size = Number(readSysOrNull(`/sys/block/${dev.disk}/${p}/size`));
       const inner = blkidProbe(dev.path, { offset: start * SECTOR, size: size * SECTOR }).sigs.filter((s) => !s.isTable);
       return inner.length > 0 ? `${p}: ${inner.map(describeSignature).join(', ')}` : p;
     });
@@ -210,8 +201,8 @@ function sourceWarnings(source: BlockDevice): string[] {
   for (const s of blkidProbe(source.path).sigs) if (!s.isTable) found.push({ where: source.path, type: s.type });
   if (!source.isPartition) {
     for (const p of partitionsOf(source.disk)) {
-      const start = Number(readSys(`/sys/block/${source.disk}/${p}/start`));
-      const size = Number(readSys(`/sys/block/${source.disk}/${p}/size`));
+      const start = Number(readSysOrNull(`/sys/block/${source.disk}/${p}/start`));
+      const size = Number(readSysOrNull(`/sys/block/${source.disk}/${p}/size`));
       for (const s of blkidProbe(source.path, { offset: start * SECTOR, size: size * SECTOR }).sigs) {
         if (!s.isTable) found.push({ where: `${source.path} (partition ${p})`, type: s.type });
       }
@@ -236,7 +227,7 @@ export function checkPairable(req: PairRequest): PairPlan {
   const D = drive.path;
 
   // 1. Two different devices that do not overlap.
-  if (devOf(source) === devOf(drive)) {
+  if (devNumber(source) === devNumber(drive)) {
     refuse(`${S} and ${D} are the same device (${source.name}): the DPSR drive must be another disk`, 'ESAMEDEV');
   }
   if (source.diskDev === drive.diskDev) {
@@ -272,7 +263,7 @@ export function checkPairable(req: PairRequest): PairPlan {
       refuse(`the DPSR drive ${D} is in use: ${name === drive.name ? 'it' : what} is mounted on ${m.mountPoint}; unmount it first`, 'EMOUNTED');
     }
   }
-  const swaps = (readSys('/proc/swaps') ?? '').split('\n').slice(1).filter(Boolean).map((l) => unescapeMount(l.split(/\s+/)[0]));
+  const swaps = (readSysOrNull('/proc/swaps') ?? '').split('\n').slice(1).filter(Boolean).map((l) => unescapeMount(l.split(/\s+/)[0]));
   for (const file of swaps) {
     const num = rdevOf(file);
     const name = num !== null ? covered.get(num) : undefined;

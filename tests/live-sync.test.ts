@@ -7,22 +7,16 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { Fixture, sh, sweepStaleTestPins } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, sh, sweepStaleTestPins } from './helpers/fixture.js';
 
-const bin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin/dpsr.js');
+const bin = DPSR_BIN;
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
 test.before.each(() => {
   sweepStaleTestPins();
   fx = new Fixture();
-  env = {
-    ...process.env,
-    DPSR_STATE_DIR: path.join(fx.dir, 'state'),
-    DPSR_BPF_DIR: fx.pinDir(),
-    DPSR_LOCK: path.join(fx.dir, 'owner.lock'),
-  };
+  env = fx.cliEnv();
 });
 test.after.each(() => fx.cleanup());
 

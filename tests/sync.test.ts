@@ -6,10 +6,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { Fixture, ddDirect, sh, sweepStaleTestPins } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, sh, sweepStaleTestPins } from './helpers/fixture.js';
 
-const bin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin/dpsr.js');
+const bin = DPSR_BIN;
 const MiB = 1 << 20;
 
 let fx: Fixture;
@@ -17,13 +16,7 @@ let env: NodeJS.ProcessEnv;
 test.before.each(() => {
   sweepStaleTestPins();
   fx = new Fixture();
-  env = {
-    ...process.env,
-    DPSR_STATE_DIR: path.join(fx.dir, 'state'),
-    DPSR_BPF_DIR: fx.pinDir(),
-    DPSR_LOCK: path.join(fx.dir, 'owner.lock'),
-    DPSR_SOCKET: path.join(fx.dir, 'dpsr.sock'),
-  };
+  env = fx.cliEnv();
 });
 test.after.each(() => fx.cleanup());
 
@@ -171,13 +164,20 @@ test('a shortfall forced with the skip knob ends in an exact copy through a comp
   assert.is(hash(source), hash(drive, bytes));
 });
 
-test('kill -9 at many points of a journaled sync: the drive is the old or the new image, then the next sync makes it the new one', async () => {
+/**
+ * Changes the source, kills a sync after each delay, lets `dpsr status` replay
+ * a committed transaction (with the source detached first if `sourceDies`),
+ * and checks the drive is exactly the old or the new image; then a sync makes
+ * it the new one. Returns which it was, per delay.
+ */
+async function killSyncsAt(delaysMs: number[], sourceDies: boolean): Promise<string[]> {
   const { source, drive, bytes } = devices(64);
   randomFill(source, 64);
   ok('pair', source, drive, '--name', 'p');
   assert.ok(syncJson('p').journaled, 'the generation went through the journal');
+  const img = sh('losetup', ['-n', '-O', 'BACK-FILE', source]).trim();
   const outcomes: string[] = [];
-  for (const delayMs of [120, 200, 280, 360, 440, 520, 650, 800]) {
+  for (const delayMs of delaysMs) {
     const oldHash = hash(drive, bytes);
     for (let i = 0; i < 12; i++) ddDirect(source, ((i * 7919 + delayMs) % 120) * 1024, 2048);
     const newHash = hash(source);
@@ -186,41 +186,25 @@ test('kill -9 at many points of a journaled sync: the drive is the old or the ne
     await new Promise((r) => setTimeout(r, delayMs));
     child.kill('SIGKILL');
     await exited;
+    if (sourceDies) sh('losetup', ['-d', source]);
     dpsr('status', 'p'); // the owner replays a committed transaction, as mounting replays a log
     const h = hash(drive, bytes);
-    assert.ok(h === oldHash || h === newHash, `killed after ${delayMs} ms: the drive is a mix`);
+    assert.ok(h === oldHash || h === newHash, `killed after ${delayMs} ms${sourceDies ? ', source gone' : ''}: the drive is a mix`);
     outcomes.push(h === oldHash ? 'old' : 'new');
+    if (sourceDies) sh('losetup', ['--direct-io=on', source, img]); // back, for the next round
     syncJson('p');
     assert.is(hash(drive, bytes), newHash);
   }
+  return outcomes;
+}
+
+test('kill -9 at many points of a journaled sync: the drive is the old or the new image, then the next sync makes it the new one', async () => {
+  const outcomes = await killSyncsAt([120, 200, 280, 360, 440, 520, 650, 800], false);
   console.log(`  kill -9 outcomes: ${outcomes.join(' ')}`);
 });
 
 test('the source gone after a kill -9: a committed transaction is applied from the DPSR drive alone', async () => {
-  const { source, drive, bytes } = devices(64);
-  randomFill(source, 64);
-  ok('pair', source, drive, '--name', 'p');
-  syncJson('p');
-  const img = sh('losetup', ['-n', '-O', 'BACK-FILE', source]).trim();
-  const outcomes: string[] = [];
-  for (const delayMs of [250, 400, 550]) {
-    const oldHash = hash(drive, bytes);
-    for (let i = 0; i < 12; i++) ddDirect(source, ((i * 4099 + delayMs) % 120) * 1024, 2048);
-    const newHash = hash(source);
-    const child = spawn(process.execPath, [bin, 'sync', 'p', '--quiet-period', '0.2'], { env });
-    const exited = new Promise((resolve) => child.on('exit', resolve));
-    await new Promise((r) => setTimeout(r, delayMs));
-    child.kill('SIGKILL');
-    await exited;
-    sh('losetup', ['-d', source]); // the system disk dies
-    dpsr('status', 'p');
-    const h = hash(drive, bytes);
-    assert.ok(h === oldHash || h === newHash, `killed after ${delayMs} ms, source gone: the drive is a mix`);
-    outcomes.push(h === oldHash ? 'old' : 'new');
-    sh('losetup', ['--direct-io=on', source, img]); // back, for the next round
-    syncJson('p');
-    assert.is(hash(drive, bytes), newHash);
-  }
+  const outcomes = await killSyncsAt([250, 400, 550], true);
   console.log(`  source-gone outcomes: ${outcomes.join(' ')}`);
 });
 

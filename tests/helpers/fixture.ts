@@ -5,10 +5,13 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { KernelTracking, processStartTime } from '../../src/tracking.js';
 import { native } from '../../src/native.js';
 
 export const TEST_PIN_PREFIX = '/sys/fs/bpf/dpsr-test-';
+/** The built CLI (tests run from dist/tests). */
+export const DPSR_BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/dpsr.js');
 
 export function sh(cmd: string, args: string[], opts: { input?: string } = {}): string {
   try {
@@ -126,6 +129,17 @@ export class Fixture {
     const kt = KernelTracking.open({ pinDir: opts.pinDir ?? this.pinDir(), skipEveryN: opts.skipEveryN });
     this.defer('close tracking', () => kt.close());
     return kt;
+  }
+
+  /** An environment for the CLI that keeps every piece of its state inside this fixture. */
+  cliEnv(): NodeJS.ProcessEnv {
+    return {
+      ...process.env,
+      DPSR_STATE_DIR: path.join(this.dir, 'state'),
+      DPSR_BPF_DIR: this.pinDir(),
+      DPSR_LOCK: path.join(this.dir, 'owner.lock'),
+      DPSR_SOCKET: path.join(this.dir, 'dpsr.sock'),
+    };
   }
 
   lockPath(): string {

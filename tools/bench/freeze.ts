@@ -3,12 +3,12 @@
 // journal costs: the same small generations synced through the journal and
 // written in place, side by side.
 // Run: node dist/tools/bench/freeze.js [--syncs N] [--rate MBps]
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import type { Settings } from '../../src/defaults.js';
 import { native } from '../../src/native.js';
+import { run, scratchSpace } from './scratch.js';
 import { pairCommand } from '../../src/commands/pair.js';
 import { unpairCommand } from '../../src/commands/unpair.js';
 import { closeSession, openSession } from '../../src/session.js';
@@ -21,28 +21,14 @@ const arg = (name: string, dflt: number) => {
 const syncs = arg('syncs', 20);
 const rateMBps = arg('rate', 50);
 const MiB = 1 << 20;
-const run = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dpsr-bench-freeze-'));
-const cleanups: Array<() => void> = [() => fs.rmSync(dir, { recursive: true, force: true })];
-const cleanup = () => { for (const fn of cleanups.splice(0).reverse()) { try { fn(); } catch (e) { console.error(`cleanup: ${(e as Error).message}`); } } };
-process.on('exit', cleanup);
-process.on('SIGINT', () => { cleanup(); process.exit(130); });
-
-function attach(name: string, bytes: number): string {
-  const img = path.join(dir, name);
-  fs.closeSync(fs.openSync(img, 'w'));
-  fs.truncateSync(img, bytes);
-  const dev = run('losetup', ['-f', '--show', '--direct-io=on', img]).trim();
-  cleanups.push(() => { run('blockdev', ['--setrw', dev]); run('losetup', ['-d', dev]); });
-  return dev;
-}
+const { dir, cleanups, cleanup, attach } = scratchSpace('dpsr-bench-freeze-');
 
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
 
 async function syncOnce(settings: Settings, name: string, opts: { journal?: boolean }) {
   const s = await openSession(settings);
   try {
-    return await syncPair(s, name, { quietMs: 200, ...opts });
+    return await syncPair(s, name, { quietMs: 0, ...opts });
   } finally {
     await closeSession(s);
   }

@@ -2,7 +2,6 @@
 // writes, `dpsr sync` against (a) a full compare-and-copy of the devices and
 // (b) a full dd copy, side by side; and the full copy of `dpsr pair` against
 // dd between the same devices. Run: node dist/tools/bench/sync.js [--gib N] [--rounds N]
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,6 +9,7 @@ import { compareExtents, openDirect } from '../../src/copy.js';
 import type { Settings } from '../../src/defaults.js';
 import { ExtentSet } from '../../src/extents.js';
 import { native } from '../../src/native.js';
+import { run, scratchSpace } from './scratch.js';
 import { pairCommand } from '../../src/commands/pair.js';
 import { syncCommand } from '../../src/commands/sync.js';
 import { unpairCommand } from '../../src/commands/unpair.js';
@@ -21,23 +21,8 @@ const arg = (name: string, dflt: number) => {
 const GiB = 1 << 30, MiB = 1 << 20;
 const sizeGiB = arg('gib', 4);
 const rounds = arg('rounds', 2);
-const run = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 const now = () => performance.now();
-
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dpsr-bench-sync-'));
-const cleanups: Array<() => void> = [() => fs.rmSync(dir, { recursive: true, force: true })];
-const cleanup = () => { for (const fn of cleanups.splice(0).reverse()) { try { fn(); } catch (e) { console.error(`cleanup: ${(e as Error).message}`); } } };
-process.on('exit', cleanup);
-process.on('SIGINT', () => { cleanup(); process.exit(130); });
-
-function attach(name: string, bytes: number): string {
-  const img = path.join(dir, name);
-  fs.closeSync(fs.openSync(img, 'w'));
-  fs.truncateSync(img, bytes);
-  const dev = run('losetup', ['-f', '--show', '--direct-io=on', img]).trim();
-  cleanups.push(() => { run('blockdev', ['--setrw', dev]); run('losetup', ['-d', dev]); });
-  return dev;
-}
+const { dir, cleanups, cleanup, attach } = scratchSpace('dpsr-bench-sync-');
 
 /** 1% of the device in random 4 KiB O_DIRECT writes (fio, so the writes are real block I/O). */
 function changeOnePercent(dev: string, seed: number): number {
@@ -72,7 +57,7 @@ async function main(): Promise<void> {
   const t = now();
   await pairCommand({ source, drive, name: 'bench', force: true, noReserve: false, reserveBytes: 64 * MiB }, settings, () => {});
   const pairSeconds = (now() - t) / 1000;
-  await syncCommand({ name: 'bench', all: false, json: false, quietMs: 200 }, settings, () => {});
+  await syncCommand({ name: 'bench', all: false, json: false, quietMs: 0 }, settings, () => {});
   const mbps = (s: number) => (sizeGiB * 1024) / s;
   console.log(`full copy: dd ${mbps(ddFullSeconds).toFixed(0)} MiB/s, dpsr pair ${mbps(pairSeconds).toFixed(0)} MiB/s: ratio ${(ddFullSeconds / pairSeconds).toFixed(3)} (target >= 0.90)`);
 
@@ -81,7 +66,7 @@ async function main(): Promise<void> {
     // (1) dpsr sync after 1% changed.
     const written = changeOnePercent(source, 1000 + r * 3);
     let t0 = now();
-    const [rep] = await syncCommand({ name: 'bench', all: false, json: false, quietMs: 200 }, settings, () => {});
+    const [rep] = await syncCommand({ name: 'bench', all: false, json: false, quietMs: 0 }, settings, () => {});
     const sync = (now() - t0) / 1000;
     // (2) what a tool without tracking must do: read both devices whole, write what differs.
     changeOnePercent(source, 1001 + r * 3);
@@ -96,7 +81,7 @@ async function main(): Promise<void> {
     changeOnePercent(source, 1002 + r * 3);
     const ddCopy = dd(source, drive);
     // The compare and dd wrote the drive behind dpsr's back: a sync with no change of its own brings tracking in line.
-    await syncCommand({ name: 'bench', all: false, json: false, quietMs: 200 }, settings, () => {});
+    await syncCommand({ name: 'bench', all: false, json: false, quietMs: 0 }, settings, () => {});
     results.push({ sync, copied: rep.copiedBytes, written, compare, ddCopy });
     console.log(`round ${r + 1}: 1% changed (${(written / MiB).toFixed(1)} MiB in 4 KiB writes): dpsr sync ${sync.toFixed(2)} s ` +
       `(copied ${(rep.copiedBytes / MiB).toFixed(1)} MiB) | full compare-and-copy ${compare.toFixed(2)} s | dd full copy ${ddCopy.toFixed(2)} s | ` +

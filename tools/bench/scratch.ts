@@ -1,0 +1,29 @@
+// A benchmark's scratch space: a temp dir, loop devices over image files in
+// it (direct I/O), and cleanups run on exit or Ctrl-C, whatever happened.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export const run = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+
+export function scratchSpace(prefix: string) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const cleanups: Array<() => void> = [() => fs.rmSync(dir, { recursive: true, force: true })];
+  const cleanup = () => {
+    for (const fn of cleanups.splice(0).reverse()) {
+      try { fn(); } catch (e) { console.error(`cleanup: ${(e as Error).message}`); }
+    }
+  };
+  process.on('exit', cleanup);
+  process.on('SIGINT', () => { cleanup(); process.exit(130); });
+  const attach = (name: string, bytes: number): string => {
+    const img = path.join(dir, name);
+    fs.closeSync(fs.openSync(img, 'w'));
+    fs.truncateSync(img, bytes);
+    const dev = run('losetup', ['-f', '--show', '--direct-io=on', img]).trim();
+    cleanups.push(() => { run('blockdev', ['--setrw', dev]); run('losetup', ['-d', dev]); });
+    return dev;
+  };
+  return { dir, cleanups, cleanup, attach };
+}
