@@ -29,6 +29,7 @@ const FULL_COPY_SEGMENT_SECTORS = (1 << 30) / SECTOR;
 // reading them costs less than another I/O (about bandwidth / IOPS).
 const SCATTERED_IO = { chunkBytes: 512 << 10, inFlight: 32, mergeGapSectors: 32 };
 const MAX_PASSES = 5;
+const CONVERGED_BYTES = 4 << 20; // passes stop when this little is left: the final pass (frozen) reads it
 const FREEZE_READ_LIMIT_BYTES = 256 << 20; // what the final pass may hold in memory
 const FREEZE_DEADLINE_MS = 5000; // the watchdog thaws after this
 const MIN_JOURNAL_BYTES = 1 << 20;
@@ -390,7 +391,7 @@ async function imageWithoutFreeze(c: SyncContext): Promise<ImageState> {
 /** Whether the converging passes are done. */
 function remainderSmall(c: SyncContext, pass: number): boolean {
   const remainder = (c.range.dirty.totalSectors + c.range.suspect.totalSectors) * SECTOR;
-  return c.finalMode === 'none' || remainder <= FREEZE_READ_LIMIT_BYTES / 4 || pass >= MAX_PASSES;
+  return c.finalMode === 'none' || remainder <= CONVERGED_BYTES || pass >= MAX_PASSES;
 }
 
 /** The cut of one pass, with what an interrupted sync left on the first. */
