@@ -50,10 +50,11 @@ function lines(child: { stdout: Readable }): () => Promise<Record<string, unknow
  * watchdog, then FIFREEZE them in order. On any failure what was frozen is
  * thawed again before the error is thrown.
  */
-export async function freeze(mounts: string[], deadlineMs: number): Promise<FrozenSet> {
-  if (mounts.length === 0) throw new DpsrError('nothing to freeze', 'EINVAL');
-  execFileSync('sync', ['-f', ...mounts]); // syncfs(2)
-  const child = spawn(process.execPath, [watchdogScript, String(deadlineMs), ...mounts], { stdio: ['pipe', 'pipe', 'inherit'] });
+export async function freeze(mounts: string[], deadlineMs: number, readOnlyMounts: string[] = []): Promise<FrozenSet> {
+  if (mounts.length + readOnlyMounts.length === 0) throw new DpsrError('nothing to freeze', 'EINVAL');
+  execFileSync('sync', ['-f', ...mounts, ...readOnlyMounts]); // syncfs(2)
+  const args = [watchdogScript, String(deadlineMs), ...mounts, ...(readOnlyMounts.length ? ['--ro', ...readOnlyMounts] : [])];
+  const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'inherit'] });
   const next = lines(child);
   const ready = await next();
   if (ready?.event !== 'ready') throw new DpsrError('the freeze watchdog did not start', 'EWATCHDOG');
@@ -71,20 +72,28 @@ export async function freeze(mounts: string[], deadlineMs: number): Promise<Froz
       }
     }
     const durationMs = performance.now() - started;
+    for (const m of remounted) execFileSync('mount', ['-o', 'remount,rw', m]);
     child.stdin.end('thawed\n');
     const last = await next();
     if (last?.event === 'thawed') thawedByWatchdog = true;
     fds.forEach((fd) => fs.closeSync(fd));
     return { durationMs, thawedByWatchdog };
   };
+  const remounted: string[] = [];
   try {
+    // Before any freeze: `mount` itself must not meet a frozen file system.
+    for (const m of readOnlyMounts) {
+      execFileSync('mount', ['-o', 'remount,ro', m], { stdio: ['ignore', 'ignore', 'pipe'] });
+      remounted.push(m);
+    }
     for (const fd of fds) {
       native().fiFreeze(fd);
       frozen.push(fd);
     }
   } catch (err) {
     await release();
-    throw new DpsrError(`cannot freeze ${mounts[frozen.length]}: ${(err as Error).message}`, (err as { code?: string }).code ?? 'EFREEZE');
+    const what = remounted.length < readOnlyMounts.length ? `remount ${readOnlyMounts[remounted.length]} read-only` : `freeze ${mounts[frozen.length]}`;
+    throw new DpsrError(`cannot ${what}: ${(err as Error).message.split('\n')[0]}`, (err as { code?: string }).code ?? 'EFREEZE');
   }
   return { mounts, thaw: release };
 }

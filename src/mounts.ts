@@ -34,7 +34,13 @@ export function coveredDevNumbers(dev: BlockDevice): Map<string, string> {
   return nums;
 }
 
-export interface MountEntry { devNum: string; mountPoint: string; source: string }
+export interface MountEntry {
+  devNum: string;
+  mountPoint: string;
+  source: string;
+  fsType: string;
+  readOnly: boolean;
+}
 
 export const unescapeMount = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 
@@ -46,13 +52,24 @@ export function readMounts(): MountEntry[] {
     const f = line.split(' ');
     const sep = f.indexOf('-');
     if (f.length < 5 || sep < 0) continue;
-    out.push({ devNum: f[2], mountPoint: unescapeMount(f[4]), source: unescapeMount(f[sep + 2] ?? '') });
+    out.push({
+      devNum: f[2], mountPoint: unescapeMount(f[4]), source: unescapeMount(f[sep + 2] ?? ''), fsType: f[sep + 1] ?? '',
+      readOnly: f[5].split(',').includes('ro'),
+    });
   }
   return out;
 }
 
+/** Mounts whose source overlaps the device. */
+export function mountEntriesOf(dev: BlockDevice): MountEntry[] {
+  const nums = coveredDevNumbers(dev);
+  return readMounts().filter((m) => nums.has(m.devNum));
+}
+
 /** Mount points whose source overlaps the device. */
 export function mountsOf(dev: BlockDevice): string[] {
-  const nums = coveredDevNumbers(dev);
-  return readMounts().filter((m) => nums.has(m.devNum)).map((m) => m.mountPoint);
+  return mountEntriesOf(dev).map((m) => m.mountPoint);
 }
+
+/** File systems without FIFREEZE: they are remounted read-only around a cut instead. */
+export const CANNOT_FREEZE = new Set(['vfat', 'msdos', 'exfat', 'fat']);

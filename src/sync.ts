@@ -12,7 +12,7 @@ import { type ImageState, LABEL_AREA_BYTES, readLabel, writeLabel } from './labe
 import { type JournalEntry, type JournalRegion, applyTransaction, journalBytesFor, readCommitted, writeTransaction } from './journal.js';
 import { copyEntries, differingEntries } from './pass-source.js';
 import { freeze, type ThawReport } from './freeze.js';
-import { mountsOf } from './mounts.js';
+import { CANNOT_FREEZE, mountEntriesOf, mountsOf } from './mounts.js';
 import { native } from './native.js';
 import { progressBar } from './progress.js';
 import type { Session } from './session.js';
@@ -217,8 +217,14 @@ interface FrozenCut {
  * during which the watchdog thawed is rejected (its cut goes back to the
  * tracker). The caller writes the held data, then settles the epoch.
  */
-async function frozenCut(s: Session, pair: PairRecord, range: RangeState, srcFd: number, mounts: string[]): Promise<FrozenCut> {
-  const frozen = await freeze(mounts, FREEZE_DEADLINE_MS);
+async function frozenCut(s: Session, pair: PairRecord, range: RangeState, srcFd: number): Promise<FrozenCut> {
+  // Writable mounts of the source: frozen, or (vfat, an EFI system partition) remounted read-only.
+  const writable = mountEntriesOf(resolveBlockDevice(pair.source.path)).filter((m) => !m.readOnly);
+  const frozen = await freeze(
+    writable.filter((m) => !CANNOT_FREEZE.has(m.fsType)).map((m) => m.mountPoint),
+    FREEZE_DEADLINE_MS,
+    writable.filter((m) => CANNOT_FREEZE.has(m.fsType)).map((m) => m.mountPoint),
+  );
   let held: HeldBlock[] = [];
   let epoch = -1;
   let cutMs = 0;
@@ -310,7 +316,7 @@ async function quietCut(s: Session, pair: PairRecord, range: RangeState, srcFd: 
 
 /** The final pass that makes the image one point in time, or why it could not. */
 function finalCut(c: SyncContext): Promise<FrozenCut> | null {
-  if (c.finalMode === 'freeze') return frozenCut(c.s, c.pair, c.range, c.srcFd, c.mounts);
+  if (c.finalMode === 'freeze') return frozenCut(c.s, c.pair, c.range, c.srcFd);
   if (c.finalMode === 'quiet') return quietCut(c.s, c.pair, c.range, c.srcFd, c.quietMs);
   return null;
 }
@@ -564,7 +570,7 @@ export async function syncPair(s: Session, name: string, opts: { freeze?: boolea
     const fullCopyBytes = pair.fullCopy.complete ? 0 : await fullCopy(s, pair, range, srcFd, drive.fd);
     await s.tracker.cycle();
     await s.tracker.reconcile();
-    const mounts = mountsOf(resolveBlockDevice(pair.source.path));
+    const mounts = mountEntriesOf(resolveBlockDevice(pair.source.path)).filter((m) => !m.readOnly).map((m) => m.mountPoint);
     const c: SyncContext = {
       s, pair, range, srcFd, driveFd: drive.fd, mounts,
       finalMode: mounts.length === 0 ? 'quiet' : opts.freeze === false ? 'none' : 'freeze',

@@ -9,7 +9,7 @@ packages=(
 	clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev   # BPF object, skeleton, addon
 	make g++ python3                                       # node-gyp
 	util-linux fdisk e2fsprogs xfsprogs kmod fio           # devices, file systems; tests and benchmarks
-	lvm2 cryptsetup-bin btrfs-progs                        # signatures the pair checks warn about
+	lvm2 cryptsetup-bin btrfs-progs dosfstools             # signatures the pair checks warn about; vfat tools
 )
 echo "setup: apt-get install ${packages[*]}"
 apt-get update -qq
