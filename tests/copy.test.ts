@@ -121,13 +121,19 @@ function scatteredExtents(limit: number): Array<[number, number]> {
   return extents;
 }
 
-test('a full copy makes the destination identical', async () => {
-  const src = loop(64);
-  const dst = loop(64);
+
+/** A random-filled source and an empty destination of the same size, opened for O_DIRECT. */
+function filledPair(mib: number) {
+  const src = loop(mib);
+  const dst = loop(mib);
   fillRandom(src);
   const srcFd = open(src, false);
   const dstFd = open(dst, true);
-  const limit = sizeSectors(srcFd);
+  return { src, dst, srcFd, dstFd, limit: sizeSectors(srcFd) };
+}
+
+test('a full copy makes the destination identical', async () => {
+  const { src, dst, srcFd, dstFd, limit } = filledPair(64);
   const seen: CopyProgress[] = [];
   const r = await copyExtents(srcFd, dstFd, ExtentSet.from([[0, limit]]), { limitSectors: limit, onProgress: (p) => seen.push(p) });
   flush(dstFd);
@@ -143,12 +149,7 @@ test('a full copy makes the destination identical', async () => {
 });
 
 test('scattered, unaligned extents: exactly their 4 KiB blocks change', async () => {
-  const src = loop(32);
-  const dst = loop(32);
-  fillRandom(src);
-  const srcFd = open(src, false);
-  const dstFd = open(dst, true);
-  const limit = sizeSectors(srcFd);
+  const { src, dst, srcFd, dstFd, limit } = filledPair(32);
   const extents = scatteredExtents(limit);
   const set = ExtentSet.from(extents);
   const seen: CopyProgress[] = [];
@@ -165,12 +166,7 @@ test('scattered, unaligned extents: exactly their 4 KiB blocks change', async ()
 });
 
 test('merging nearby extents copies the gaps too, never past the merged runs', async () => {
-  const src = loop(32);
-  const dst = loop(32);
-  fillRandom(src);
-  const srcFd = open(src, false);
-  const dstFd = open(dst, true);
-  const limit = sizeSectors(srcFd);
+  const { src, dst, srcFd, dstFd, limit } = filledPair(32);
   const extents = scatteredExtents(limit);
   // Small chunks and odd parallelism so runs are cut into several chunks.
   const r = await copyExtents(srcFd, dstFd, ExtentSet.from(extents), {
@@ -192,12 +188,7 @@ test('merging nearby extents copies the gaps too, never past the merged runs', a
 });
 
 test('compareExtents finds and repairs exactly the differing 4 KiB blocks', async () => {
-  const src = loop(32);
-  const dst = loop(32);
-  fillRandom(src);
-  const srcFd = open(src, false);
-  const dstFd = open(dst, true);
-  const limit = sizeSectors(srcFd);
+  const { src, dst, srcFd, dstFd, limit } = filledPair(32);
   await copyExtents(srcFd, dstFd, ExtentSet.from([[0, limit]]), { limitSectors: limit });
   // Damage: whole blocks, one sector inside a block, two adjacent blocks, and the last block.
   const damaged: Array<[number, number]> = [ddDirect(dst, 800, 8), ddDirect(dst, 7000 * 8 + 5, 1), ddDirect(dst, 20000, 16),
@@ -225,12 +216,7 @@ test('compareExtents finds and repairs exactly the differing 4 KiB blocks', asyn
 });
 
 test('compareExtents over a few unaligned extents compares only their blocks', async () => {
-  const src = loop(32);
-  const dst = loop(32);
-  fillRandom(src);
-  const srcFd = open(src, false);
-  const dstFd = open(dst, true);
-  const limit = sizeSectors(srcFd);
+  const { src, dst, srcFd, dstFd, limit } = filledPair(32);
   // dst is zeros: every compared block differs.
   const extents: Array<[number, number]> = [[3, 5], [5000, 5001], [limit - 2, limit]];
   const r = await compareExtents(srcFd, dstFd, ExtentSet.from(extents), { limitSectors: limit, write: true, mergeGapSectors: 0 });
