@@ -115,6 +115,25 @@ writes without a range (SG_IO, NVMe passthrough) as UNKNOWN WRITE (event "unknow
       await watchCommand({ device, json: opts.json === true }, settings);
     });
 
+  cli.command('daemon')
+    .description('own tracking, answer the control socket (dpsr sync through it returns when committed), sync changed pairs')
+    .option('--interval <SECONDS>', 'sync every pair that changed, at most this often (default: only on request)')
+    .option('--tick <SECONDS>', 'how often the kernel\'s records are drained and persisted', '1')
+    .addHelpText('after', `
+Stops cleanly on SIGTERM or SIGINT (a clean handover: the next owner trusts the ring).`)
+    .action(async (opts: { interval?: string; tick: string }) => {
+      const { runDaemon } = await import('./daemon.js');
+      const seconds = (v: string, what: string) => {
+        const n = Number(v);
+        if (!Number.isFinite(n) || n <= 0) throw new UsageError(`${what} ${v}: seconds, e.g. 30`);
+        return n * 1000;
+      };
+      await runDaemon(settings, {
+        tickMs: seconds(opts.tick, '--tick'),
+        intervalMs: opts.interval !== undefined ? seconds(opts.interval, '--interval') : null,
+      }, log);
+    });
+
   cli.command('demo')
     .description('the built-in demo: a loop-backed disk, tracked with the real programs, a workload, what was seen vs written; cleans up after itself')
     .action(async () => {

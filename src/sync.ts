@@ -38,6 +38,7 @@ const QUIET_ATTEMPTS = 3;
 
 export interface SyncReport {
   name: string;
+  dataBytes: number; // the size of the image
   passBytes: number[]; // written by each pass, the frozen final pass last
   freezeMs: number | null; // how long the file systems were frozen
   notConsistent?: string; // why a mounted source's image is not one point in time
@@ -604,7 +605,7 @@ export async function syncPair(s: Session, name: string, opts: { freeze?: boolea
     updateLabel(drive.fd, pair);
     await s.store.putPairAndRange(pair, range);
     return {
-      name, generation: c.generation, image: r.image, imageTimeMs: r.cutMs, fullCopyBytes, durationMs, sourceMounted: mounts,
+      name, dataBytes: pair.dataSectors * SECTOR, generation: c.generation, image: r.image, imageTimeMs: r.cutMs, fullCopyBytes, durationMs, sourceMounted: mounts,
       passBytes: r.passBytes, freezeMs: r.freezeMs, journaled: fits,
       ...(r.notConsistent ? { notConsistent: r.notConsistent } : {}),
       copiedBytes: r.copied, comparedBytes: r.compared, repairedBytes: r.repaired,

@@ -67,7 +67,7 @@ export async function demoCommand(base: Settings, log: (line: string) => void = 
     log(`2. dpsr pair: full copy of ${source} to ${drive}; tracking every write from now on`);
     const sync = async (step: string) => {
       const [report] = await syncCommand({ name: 'demo', all: false, json: false, quietMs: 300 }, settings, quiet);
-      log(`${step} ${describeSync(report, pair.dataSectors * 512)}`);
+      log(`${step} ${describeSync(report)}`);
     };
     await sync('3. first sync:');
 

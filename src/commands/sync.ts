@@ -1,13 +1,14 @@
 // dpsr sync [NAME|--all]: an incremental sync of each pair, returning when it is done.
 import type { Settings } from '../defaults.js';
 import { DpsrError, UsageError } from '../errors.js';
+import { ControlClient } from '../protocol.js';
 import { closeSession, openSession } from '../session.js';
 import { type SyncReport, syncPair } from '../sync.js';
 
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
-export function describeSync(r: SyncReport, dataBytes: number): string {
-  const parts = [`${r.name}: generation ${r.generation}`, `copied ${mib(r.copiedBytes)} of ${mib(dataBytes)}`];
+export function describeSync(r: SyncReport): string {
+  const parts = [`${r.name}: generation ${r.generation}`, `copied ${mib(r.copiedBytes)} of ${mib(r.dataBytes)}`];
   if (r.fullCopyBytes) parts.push(`full copy ${mib(r.fullCopyBytes)}`);
   if (r.comparedBytes) parts.push(`compared ${mib(r.comparedBytes)}, repaired ${mib(r.repairedBytes)}`);
   if (r.passBytes.length > 1) parts.push(`${r.passBytes.length} passes (${r.passBytes.map(mib).join(', ')})`);
@@ -23,6 +24,20 @@ export function describeSync(r: SyncReport, dataBytes: number): string {
 export async function syncCommand(opts: { name?: string; all: boolean; json: boolean; freeze?: boolean; quietMs?: number }, settings: Settings,
   log: (s: string) => void): Promise<SyncReport[]> {
   if (!opts.name && !opts.all) throw new UsageError('dpsr sync: name a pair or give --all');
+  // A running daemon owns tracking: the flush goes through it and returns when committed.
+  const daemon = await ControlClient.connect(settings.socketPath);
+  if (daemon) {
+    try {
+      const reports = await daemon.request({
+        command: 'sync', names: opts.name ? [opts.name] : [], all: opts.all, freeze: opts.freeze, quietMs: opts.quietMs,
+      }) as SyncReport[];
+      if (opts.json) process.stdout.write(`${JSON.stringify({ syncs: reports })}\n`);
+      else for (const r of reports) log(describeSync(r));
+      return reports;
+    } finally {
+      daemon.close();
+    }
+  }
   const s = await openSession(settings);
   try {
     const names = opts.all ? s.store.pairs().map((p) => p.name) : [opts.name!];
@@ -31,7 +46,7 @@ export async function syncCommand(opts: { name?: string; all: boolean; json: boo
     for (const name of names) {
       const r = await syncPair(s, name, { freeze: opts.freeze, quietMs: opts.quietMs });
       reports.push(r);
-      if (!opts.json) log(describeSync(r, s.store.pair(name)!.dataSectors * 512));
+      if (!opts.json) log(describeSync(r));
     }
     if (opts.json) process.stdout.write(`${JSON.stringify({ syncs: reports })}\n`);
     return reports;
