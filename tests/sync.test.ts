@@ -214,7 +214,9 @@ test('a raw source that never goes quiet: "not quiescent", and the DPSR drive ke
   ok('pair', source, drive, '--name', 'p');
   syncJson('p');
   const before = hash(drive, bytes);
-  const writer = spawn('sh', ['-c', `i=0; while :; do dd if=/dev/urandom of=${source} bs=64k count=1 seek=$((i % 900)) oflag=direct conv=notrunc status=none; i=$((i+1)); done`]);
+  // fio writes without pauses (a shell loop of dd can stall long enough to look quiet).
+  const writer = spawn('fio', ['--name=busy', `--filename=${source}`, '--rw=randwrite', '--bs=64k', '--direct=1',
+    '--ioengine=psync', '--thread', '--rate=20m', '--time_based', '--runtime=120', '--output=/dev/null']);
   fx.defer('stop writer', () => writer.kill('SIGKILL'));
   await new Promise((r) => setTimeout(r, 200));
   const r = dpsr('sync', 'p', '--quiet-period', '0.3');
