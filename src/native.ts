@@ -15,6 +15,10 @@ export type MapName =
 export interface RingReader {
   /** Drains the ring now, delivering batches to the callback; returns records. */
   consume(): number;
+  /** How far records have been read (a ring offset). */
+  position(): number;
+  /** With a deferred release: the records before `position` are persisted; their space may be reused. */
+  release(position: number): void;
   close(): void;
 }
 
@@ -33,7 +37,7 @@ export interface Native {
   membarrier(): void;
   flock(fd: number, mode: 'ex' | 'sh' | 'un', wait: boolean): boolean;
   RingReader: new (outerFd: number, index: number, onBatch: (records: Buffer) => void,
-    timerMs: number, maxBatchRecords: number) => RingReader;
+    timerMs: number, maxBatchRecords: number, deferRelease?: boolean) => RingReader;
   blkGetSize64(fd: number): number;
   blkSszGet(fd: number): number;
   blkPbszGet(fd: number): number;

@@ -18,7 +18,6 @@ export type GapCause =
   | 'shortfall' // the kernel counted writes the programs never saw
   | 'uncertain-baseline' // the counts' starting point was taken under load
   | 'unknown-write' // a write without a range (SG_IO, NVMe passthrough)
-  | 'unclean-handoff' // the previous owner died: whatever it consumed may be lost
   | 'unknown-history' // a range tracked before this tracker knew it
   | 'identity-changed'; // the device was re-attached or changed media meanwhile
 
@@ -77,8 +76,6 @@ const noStore: TrackerStore = { persist: async () => {} };
 export class Tracker {
   private readonly bySlot: Array<RangeState | undefined> = new Array(MAX_SLOTS);
   private readonly reader: RingReader;
-  private firstCycle = true;
-  private handoffWasClean: boolean;
   private stopped = false;
   private drained = 0;
   private persistedDrained = 0; // `drained` when the store last persisted
@@ -89,12 +86,8 @@ export class Tracker {
     private readonly store: TrackerStore,
     private readonly onRecords: ((count: number) => void) | undefined,
     timerMs: number,
-    firstOwner: boolean,
   ) {
-    const ctl = kt.control();
-    this.handoffWasClean = firstOwner || ctl.ownerClean;
-    kt.setControl({ ...ctl, ownerClean: false });
-    this.reader = kt.reader(OWNER_RING, (batch) => this.ingest(batch), timerMs);
+    this.reader = kt.reader(OWNER_RING, (batch) => this.ingest(batch), timerMs, true);
   }
 
   /** Becomes the one owner (a lock) and takes over the owner's ring. */
@@ -106,9 +99,8 @@ export class Tracker {
       throw new DpsrError(`another dpsr process owns tracking (lock ${opts.ownerLockPath} is held)`, 'EBUSY');
     }
     try {
-      const firstOwner = !kt.hasRing(OWNER_RING); // no predecessor whose records could be lost
       kt.registerConsumer({ ringBytes: opts.ringBytes ?? DEFAULT_RING_BYTES, ownerIndex: OWNER_RING });
-      return new Tracker(kt, fd, opts.store ?? noStore, opts.onRecords, opts.timerMs ?? 50, firstOwner);
+      return new Tracker(kt, fd, opts.store ?? noStore, opts.onRecords, opts.timerMs ?? 50);
     } catch (err) {
       fs.closeSync(fd);
       throw err;
@@ -226,20 +218,12 @@ export class Tracker {
     const old = this.kt.flipEpoch();
     this.drain();
     const drops = this.kt.takeEpochDrops(OWNER_RING, old);
-    const distrust = this.firstCycle && !this.handoffWasClean;
     for (const st of this.ranges) {
       const slot = this.kt.slot(st.slot)!;
-      const oldBits = bitsToExtents(this.kt.epochBits(st.slot, old, false), slot);
-      const into = drops > 0 || distrust ? st.suspect : st.unreconciled;
-      for (const [s, e] of oldBits) into.add(s, e);
-      if (distrust) {
-        // The dead owner may have consumed records of the current epoch too.
-        for (const [s, e] of bitsToExtents(this.kt.epochBits(st.slot, old ^ 1, false), slot)) st.suspect.add(s, e);
-        this.gap(st, 'unclean-handoff', 'the previous owner stopped without handing over: its epochs are suspect');
-      }
+      const into = drops > 0 ? st.suspect : st.unreconciled;
+      for (const [s, e] of bitsToExtents(this.kt.epochBits(st.slot, old, false), slot)) into.add(s, e);
       if (drops > 0) this.gap(st, 'ring-drops', `${drops} records dropped (ring full): their epoch's regions are suspect`);
     }
-    this.firstCycle = false;
     return { epoch: old, records: this.drained - before, drops };
   }
 
@@ -249,10 +233,13 @@ export class Tracker {
     for (const st of this.ranges) this.kt.epochBits(st.slot, epoch, true);
   }
 
+  /** Saves the state, then lets the ring reuse the space of the records it holds. */
   private async persist(): Promise<void> {
     const drained = this.drained;
+    const position = this.reader.position();
     await this.store.persist(this.ranges);
     this.persistedDrained = drained;
+    this.reader.release(position);
   }
 
   private read(st: RangeState): Reading {
@@ -317,8 +304,8 @@ export class Tracker {
   }
 
   /**
-   * Hands over cleanly: a last cycle persists everything consumed, then the
-   * flag tells the next owner that unconsumed records are all still in the ring.
+   * Hands over: a last cycle persists what was read and releases it; what
+   * arrives later stays in the ring for the next owner.
    */
   async stop(): Promise<void> {
     if (this.stopped) return;
@@ -327,11 +314,10 @@ export class Tracker {
     this.reader.close();
     // The timer may have delivered records while the cycle awaited the store.
     if (this.drained !== this.persistedDrained) await this.persist();
-    this.kt.setControl({ ...this.kt.control(), ownerClean: true });
     fs.closeSync(this.lockFd);
   }
 
-  /** Stops without a handover, as a crash would (tests). */
+  /** Stops without a last cycle, as a crash would (tests): unreleased records stay in the ring. */
   abandon(): void {
     if (this.stopped) return;
     this.stopped = true;

@@ -342,9 +342,13 @@ export class KernelTracking {
     return drops;
   }
 
-  /** Delivers the ring's records in batches on the event loop. */
-  reader(ring: number, onBatch: (records: Buffer) => void, timerMs = 50): RingReader {
-    return new (native().RingReader)(this.maps.rings, ring, onBatch, timerMs, 65536);
+  /**
+   * Delivers the ring's records in batches on the event loop. With
+   * `deferRelease` the records stay in the ring until release(): a process
+   * that dies before persisting them leaves them to the next one.
+   */
+  reader(ring: number, onBatch: (records: Buffer) => void, timerMs = 50, deferRelease = false): RingReader {
+    return new (native().RingReader)(this.maps.rings, ring, onBatch, timerMs, 65536, deferRelease);
   }
 }
 

@@ -1,8 +1,15 @@
 // Delivers one consumer ring's records to a JS callback, in batches, on the
-// libuv loop: a poll handle on the ring's epoll fd (the programs wake it only
-// when the ring is filling) and a short timer for the rest. No thread.
+// libuv loop: a poll handle on the ring's fd (the programs wake it only when
+// the ring is filling) and a short timer for the rest. No thread.
+//
+// Its own consumer over the mmap'ed ring (the layout libbpf's ringbuf.c
+// reads), because the owner needs what libbpf cannot do: read records
+// without releasing them, and release only what it has persisted
+// (`deferRelease`). Whatever was read but not released is read again by the
+// next process to open the ring: a kill -9 loses nothing.
 #include <bpf/bpf.h>
-#include <bpf/libbpf.h>
+#include <linux/bpf.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -14,26 +21,29 @@
 
 namespace {
 
-const int kBatchFull = -1000;  // our sample callback's "stop here" (libbpf keeps the sample consumed)
+const uint32_t kHeaderBytes = 8;  // BPF_RINGBUF_HDR_SZ
 
 class RingReader : public Napi::ObjectWrap<RingReader> {
 public:
 	static Napi::Function Define(Napi::Env env) {
 		return DefineClass(env, "RingReader",
 				   {InstanceMethod("consume", &RingReader::Consume),
+				    InstanceMethod("position", &RingReader::Position),
+				    InstanceMethod("release", &RingReader::ReleaseTo),
 				    InstanceMethod("close", &RingReader::Close)});
 	}
 
-	// new RingReader(outerFd, index, callback(Buffer), timerMs, maxBatchRecords)
+	// new RingReader(outerFd, index, callback(Buffer), timerMs, maxBatchRecords[, deferRelease])
 	RingReader(const Napi::CallbackInfo &info) : Napi::ObjectWrap<RingReader>(info) {
 		Napi::Env env = info.Env();
 		int64_t outer, index, timer_ms, max_batch;
 		if (!ArgInt(info, 0, outer) || !ArgInt(info, 1, index) || info.Length() < 3 ||
 		    !info[2].IsFunction() || !ArgInt(info, 3, timer_ms) || !ArgInt(info, 4, max_batch) ||
 		    max_batch < 1) {
-			ThrowUsage(env, "new RingReader(outerFd, index, callback, timerMs, maxBatchRecords)");
+			ThrowUsage(env, "new RingReader(outerFd, index, callback, timerMs, maxBatchRecords[, deferRelease])");
 			return;
 		}
+		defer_release_ = info.Length() > 5 && info[5].ToBoolean();
 		max_records_ = (size_t)max_batch;
 		__u32 key = (__u32)index, id = 0;
 		if (bpf_map_lookup_elem((int)outer, &key, &id)) {
@@ -45,48 +55,76 @@ public:
 			ThrowErrno(env, errno, "bpf_map_get_fd_by_id");
 			return;
 		}
-		rb_ = ring_buffer__new(ring_fd_, OnSample, this, nullptr);
-		if (!rb_) {
-			ThrowErrno(env, errno, "ring_buffer__new");
+		struct bpf_map_info mi = {};
+		__u32 len = sizeof(mi);
+		if (bpf_obj_get_info_by_fd(ring_fd_, &mi, &len)) {
+			ThrowErrno(env, errno, "bpf_obj_get_info_by_fd (ring)");
 			return;
 		}
+		page_ = (size_t)sysconf(_SC_PAGESIZE);
+		mask_ = mi.max_entries - 1;
+		// The consumer page is ours to write; producer page and data (mapped
+		// twice, so a record never wraps) are read-only.
+		void *cons = mmap(nullptr, page_, PROT_READ | PROT_WRITE, MAP_SHARED, ring_fd_, 0);
+		if (cons == MAP_FAILED) {
+			ThrowErrno(env, errno, "mmap ring consumer page");
+			return;
+		}
+		consumer_pos_ = static_cast<unsigned long *>(cons);
+		prod_len_ = page_ + 2 * (size_t)mi.max_entries;
+		void *prod = mmap(nullptr, prod_len_, PROT_READ, MAP_SHARED, ring_fd_, page_);
+		if (prod == MAP_FAILED) {
+			ThrowErrno(env, errno, "mmap ring data");
+			return;
+		}
+		producer_pos_ = static_cast<unsigned long *>(prod);
+		data_ = static_cast<uint8_t *>(prod) + page_;
+		read_pos_ = __atomic_load_n(consumer_pos_, __ATOMIC_ACQUIRE);
+
 		callback_ = Napi::Persistent(info[2].As<Napi::Function>());
 		context_ = new Napi::AsyncContext(env, "dpsr:ring");
 		uv_loop_t *loop = nullptr;
 		napi_get_uv_event_loop(env, &loop);
+		// The ring's fd polls readable while anything is unreleased: with a
+		// deferred release that is always, so then the timer alone drives.
 		poll_ = new uv_poll_t;
-		uv_poll_init(loop, poll_, ring_buffer__epoll_fd(rb_));
+		uv_poll_init(loop, poll_, ring_fd_);
 		poll_->data = this;
-		uv_poll_start(poll_, UV_READABLE, OnReadable);
+		if (!defer_release_) uv_poll_start(poll_, UV_READABLE, OnReadable);
 		timer_ = new uv_timer_t;
 		uv_timer_init(loop, timer_);
 		timer_->data = this;
 		uv_timer_start(timer_, OnTimer, timer_ms, timer_ms);
+		open_ = true;
 		Ref();  // alive while the handles are
 	}
 
 	~RingReader() {
 		Release();
-		if (ring_fd_ >= 0) close(ring_fd_);
+		Unmap();
 	}
 
 private:
-	static int OnSample(void *ctx, void *data, size_t size) {
-		auto *self = static_cast<RingReader *>(ctx);
-		if (size != sizeof(struct dpsr_record)) {
-			self->bad_++;
-			return 0;
-		}
-		const uint8_t *p = static_cast<const uint8_t *>(data);
-		self->batch_.insert(self->batch_.end(), p, p + size);
-		return self->batch_.size() >= self->max_records_ * sizeof(struct dpsr_record) ? kBatchFull : 0;
-	}
-
-	// Consumes up to one batch; returns records taken, or -errno.
+	// Reads up to one batch from read_pos_; returns records taken.
 	int Fill() {
 		batch_.clear();
-		int n = ring_buffer__consume(rb_);
-		if (n < 0 && n != kBatchFull) return n;
+		unsigned long prod = __atomic_load_n(producer_pos_, __ATOMIC_ACQUIRE);
+		while (read_pos_ < prod && batch_.size() < max_records_ * sizeof(struct dpsr_record)) {
+			uint32_t *hdr = reinterpret_cast<uint32_t *>(data_ + (read_pos_ & mask_));
+			uint32_t len = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
+			if (len & BPF_RINGBUF_BUSY_BIT) break;  // still being written
+			uint32_t size = len & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+			if (!(len & BPF_RINGBUF_DISCARD_BIT)) {
+				if (size == sizeof(struct dpsr_record)) {
+					const uint8_t *p = reinterpret_cast<const uint8_t *>(hdr) + kHeaderBytes;
+					batch_.insert(batch_.end(), p, p + size);
+				} else {
+					bad_++;
+				}
+			}
+			read_pos_ += (size + kHeaderBytes + 7) & ~7UL;
+		}
+		if (!defer_release_) __atomic_store_n(consumer_pos_, read_pos_, __ATOMIC_RELEASE);
 		return (int)(batch_.size() / sizeof(struct dpsr_record));
 	}
 
@@ -94,7 +132,7 @@ private:
 	void Pump() {
 		Napi::Env env = Env();
 		Napi::HandleScope scope(env);
-		while (rb_) {
+		while (open_) {
 			int n = Fill();
 			if (n <= 0) break;
 			Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::Copy(env, batch_.data(), batch_.size());
@@ -113,11 +151,10 @@ private:
 	// consume() -> records delivered: drains the ring now, synchronously.
 	Napi::Value Consume(const Napi::CallbackInfo &info) {
 		Napi::Env env = info.Env();
-		if (!rb_) return ThrowErrno(env, EBADF, "ring reader is closed");
+		if (!open_) return ThrowErrno(env, EBADF, "ring reader is closed");
 		int total = 0;
 		for (;;) {
 			int n = Fill();
-			if (n < 0) return ThrowErrno(env, n, "ring_buffer__consume");
 			if (n == 0) break;
 			total += n;
 			callback_.Call(Value(), {Napi::Buffer<uint8_t>::Copy(env, batch_.data(), batch_.size())});
@@ -127,27 +164,57 @@ private:
 		return Napi::Number::New(env, total);
 	}
 
+	// position() -> how far records have been read (a ring offset).
+	Napi::Value Position(const Napi::CallbackInfo &info) {
+		return Napi::Number::New(info.Env(), (double)read_pos_);
+	}
+
+	// release(position): the records before it are persisted; the ring may reuse their space.
+	Napi::Value ReleaseTo(const Napi::CallbackInfo &info) {
+		int64_t pos;
+		if (!ArgInt(info, 0, pos) || pos < 0) return ThrowUsage(info.Env(), "release(position)");
+		if (open_ && (unsigned long)pos <= read_pos_ && (unsigned long)pos > *consumer_pos_)
+			__atomic_store_n(consumer_pos_, (unsigned long)pos, __ATOMIC_RELEASE);
+		return info.Env().Undefined();
+	}
+
 	Napi::Value Close(const Napi::CallbackInfo &info) {
 		Release();
 		return info.Env().Undefined();
 	}
 
 	void Release() {
-		if (!rb_) return;
+		if (!open_) return;
+		open_ = false;
 		uv_poll_stop(poll_);
 		uv_timer_stop(timer_);
 		uv_close(reinterpret_cast<uv_handle_t *>(poll_), [](uv_handle_t *h) { delete reinterpret_cast<uv_poll_t *>(h); });
 		uv_close(reinterpret_cast<uv_handle_t *>(timer_), [](uv_handle_t *h) { delete reinterpret_cast<uv_timer_t *>(h); });
-		ring_buffer__free(rb_);
-		rb_ = nullptr;
 		delete context_;
 		context_ = nullptr;
 		callback_.Reset();
 		Unref();
 	}
 
-	struct ring_buffer *rb_ = nullptr;
+	void Unmap() {
+		if (producer_pos_) munmap(producer_pos_, prod_len_);
+		if (consumer_pos_) munmap(consumer_pos_, page_);
+		producer_pos_ = nullptr;
+		consumer_pos_ = nullptr;
+		if (ring_fd_ >= 0) close(ring_fd_);
+		ring_fd_ = -1;
+	}
+
+	bool open_ = false;
+	bool defer_release_ = false;
 	int ring_fd_ = -1;
+	size_t page_ = 4096;
+	size_t prod_len_ = 0;
+	unsigned long mask_ = 0;
+	unsigned long *consumer_pos_ = nullptr;
+	unsigned long *producer_pos_ = nullptr;
+	uint8_t *data_ = nullptr;
+	unsigned long read_pos_ = 0;
 	uv_poll_t *poll_ = nullptr;
 	uv_timer_t *timer_ = nullptr;
 	Napi::FunctionReference callback_;

@@ -10,7 +10,11 @@ const kt = KernelTracking.open({ pinDir });
 const tracker = Tracker.start(kt, { ownerLockPath: lockPath, ringBytes: 1 << 20 });
 const range = await tracker.track(resolveBlockDevice(dev), 'test');
 ddDirect(dev, 64, 8);
-await tracker.cycle();
-if (how === 'stop') await tracker.stop();
+if (how === 'stop') {
+  await tracker.cycle();
+  await tracker.stop();
+} else {
+  tracker.drain(); // read, never persisted: a crash right here
+}
 process.stdout.write(JSON.stringify({ created: kt.created, dirty: range.dirty.toArray() }));
 process.exit(0); // without detaching: the pins must outlive this process
