@@ -75,7 +75,7 @@ struct dpsr_consumer {
 
 struct dpsr_control {
 	__u32 epoch;		/* 0 or 1: the bitmaps and drop counters in use */
-	__u32 owner_clean;	/* the last owner persisted all it consumed, then left */
+	__u32 owner_clean;	/* reserved (unused since the owner releases ring records only once persisted) */
 };
 
 #endif /* DPSR_H */
