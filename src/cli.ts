@@ -17,6 +17,7 @@ Environment:
   DPSR_STATE_DIR   state directory (default /var/lib/dpsr)
   DPSR_SOCKET      control socket (default /run/dpsr/dpsr.sock); the owner lock sits beside it
   DPSR_LOCK        the one-owner lock (default owner.lock beside the socket)
+  DPSR_CONFIG      the daemon's configuration (default /etc/dpsr/dpsr.toml)
   DPSR_BPF_DIR     where the tracking programs are pinned (default /sys/fs/bpf/dpsr/v1)`;
 
 function program(): Command {
@@ -117,11 +118,18 @@ writes without a range (SG_IO, NVMe passthrough) as UNKNOWN WRITE (event "unknow
 
   cli.command('daemon')
     .description('own tracking, answer the control socket (dpsr sync through it returns when committed), sync changed pairs')
-    .option('--interval <SECONDS>', 'sync every pair that changed, at most this often (default: only on request)')
-    .option('--tick <SECONDS>', 'how often the kernel\'s records are drained and persisted', '1')
+    .option('--interval <SECONDS>', 'every pair continuous, synced at most this often (overrides the config file)')
+    .option('--tick <SECONDS>', 'how often the kernel\'s records are drained and persisted (default: the config\'s, 1 s)')
     .addHelpText('after', `
-Stops cleanly on SIGTERM or SIGINT (a clean handover: the next owner trusts the ring).`)
-    .action(async (opts: { interval?: string; tick: string }) => {
+Policies per pair come from /etc/dpsr/dpsr.toml (DPSR_CONFIG overrides):
+  [pairs.NAME] policy = "continuous", rpo = "30s", min_interval = "10s"
+  [pairs.NAME] policy = "scheduled", every = "1h"
+  [pairs.NAME] policy = "manual"          (the default: never written behind your back)
+Continuous replication protects against a dying disk, not against a broken
+system it faithfully copies: keep the system disk's pair scheduled or manual.
+A bad file exits 2 with the key at fault; SIGHUP reloads it. Stops cleanly on
+SIGTERM or SIGINT.`)
+    .action(async (opts: { interval?: string; tick?: string }) => {
       const { runDaemon } = await import('./daemon.js');
       const seconds = (v: string, what: string) => {
         const n = Number(v);
@@ -129,7 +137,7 @@ Stops cleanly on SIGTERM or SIGINT (a clean handover: the next owner trusts the 
         return n * 1000;
       };
       await runDaemon(settings, {
-        tickMs: seconds(opts.tick, '--tick'),
+        tickMs: opts.tick !== undefined ? seconds(opts.tick, '--tick') : null,
         intervalMs: opts.interval !== undefined ? seconds(opts.interval, '--interval') : null,
       }, log);
     });

@@ -8,12 +8,13 @@ import path from 'node:path';
 import type { Settings } from './defaults.js';
 import { DpsrError, ExitStatus } from './errors.js';
 import { ControlClient, PROTOCOL_VERSION, type Reply, type Request, frameReader, writeFrame } from './protocol.js';
+import { type DaemonConfig, type Policy, due, loadConfig } from './config.js';
 import { closeSession, openSession, type Session } from './session.js';
 import { type SyncReport, syncPair } from './sync.js';
 
 export interface DaemonOptions {
-  tickMs: number; // how often the ring is drained and the tracker's state persisted
-  intervalMs: number | null; // continuous policy: sync changed pairs at most this often; null = manual
+  tickMs: number | null; // how often the ring is drained and persisted (null: the config's)
+  intervalMs: number | null; // every pair continuous, synced at most this often (overrides the config)
   quietMs?: number;
 }
 
@@ -53,7 +54,17 @@ async function listen(socketPath: string): Promise<net.Server> {
   return server;
 }
 
+function withOverrides(config: DaemonConfig, opts: DaemonOptions): DaemonConfig {
+  const c = { ...config, tickMs: opts.tickMs ?? config.tickMs };
+  if (opts.intervalMs) {
+    const every: Policy = { policy: 'continuous', rpoMs: 2 * opts.intervalMs, minIntervalMs: opts.intervalMs };
+    return { ...c, pairs: {}, defaultPolicy: every };
+  }
+  return c;
+}
+
 export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (line: string) => void): Promise<void> {
+  let config = withOverrides(loadConfig(settings.configPath), opts); // bad config: exit 2 before anything
   const s = await openSession(settings, { waitMs: 0 });
   const serial = serializer();
   let server: net.Server;
@@ -63,8 +74,8 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     await closeSession(s);
     throw err;
   }
-  log(`dpsr daemon: listening on ${settings.socketPath}; ${s.ranges.size} pair(s); ` +
-    (opts.intervalMs ? `syncing changed pairs every ${opts.intervalMs / 1000} s` : 'syncing on request only'));
+  const describe = (c: DaemonConfig) => s.store.pairs().map((p) => `${p.name} ${(c.pairs[p.name] ?? c.defaultPolicy).policy}`).join(', ');
+  log(`dpsr daemon: listening on ${settings.socketPath}; pairs: ${describe(config) || 'none'}`);
 
   const handle = async (req: Request): Promise<unknown> => {
     switch (req.command) {
@@ -99,25 +110,39 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     sock.on('error', () => {});
   });
 
-  const timers: NodeJS.Timeout[] = [];
-  timers.push(setInterval(() => { void serial(() => s.tracker.cycle()).catch((e) => log(`dpsr daemon: ${e.message}`)); }, opts.tickMs));
-  if (opts.intervalMs) {
-    timers.push(setInterval(() => {
-      void serial(async () => {
-        for (const [name, range] of s.ranges) {
-          if (range.dirty.isEmpty && range.suspect.isEmpty && range.discarded.isEmpty) continue;
-          const r = await syncPair(s, name, { quietMs: opts.quietMs });
-          log(`dpsr daemon: ${name}: generation ${r.generation}, ${r.copiedBytes} bytes, image ${r.image}`);
-        }
-      }).catch((e) => log(`dpsr daemon: sync failed: ${e.message}`));
-    }, opts.intervalMs));
-  }
+  const lastSyncStart = new Map<string, number>();
+  const syncDue = async () => {
+    for (const [name, range] of s.ranges) {
+      const pair = s.store.pair(name);
+      if (!pair) continue;
+      const changed = !range.dirty.isEmpty || !range.suspect.isEmpty || !range.discarded.isEmpty;
+      const state = { changed, lastSyncStartMs: lastSyncStart.get(name) ?? pair.lastSync?.atMs ?? 0, imageTimeMs: pair.imageTimeMs };
+      if (!due(config.pairs[name] ?? config.defaultPolicy, state, Date.now())) continue;
+      lastSyncStart.set(name, Date.now());
+      const r = await syncPair(s, name, { quietMs: opts.quietMs });
+      log(`dpsr daemon: ${name}: generation ${r.generation}, ${r.copiedBytes} bytes, image ${r.image}`);
+    }
+  };
+  const tick = setInterval(() => {
+    void serial(async () => {
+      await s.tracker.cycle();
+      await syncDue();
+    }).catch((e) => log(`dpsr daemon: ${e.message}`));
+  }, config.tickMs);
+  process.on('SIGHUP', () => {
+    try {
+      config = withOverrides(loadConfig(settings.configPath), opts);
+      log(`dpsr daemon: reloaded ${settings.configPath}; pairs: ${describe(config) || 'none'}`);
+    } catch (err) {
+      log(`dpsr daemon: ${(err as Error).message}; keeping the previous configuration`);
+    }
+  });
 
   await new Promise<void>((resolve) => {
     for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => resolve());
   });
   log('dpsr daemon: stopping');
-  timers.forEach((t) => clearInterval(t));
+  clearInterval(tick);
   server.close();
   await serial(() => closeSession(s));
   fs.rmSync(settings.socketPath, { force: true });

@@ -5,6 +5,7 @@ export interface Settings {
   ownerLockPath: string;
   pinDir: string; // versioned: a dpsr whose maps change shape pins elsewhere
   kernelBtfPath: string;
+  configPath: string;
 }
 
 export function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
@@ -15,6 +16,7 @@ export function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
     ownerLockPath: env.DPSR_LOCK ?? socketPath.replace(/[^/]*$/, 'owner.lock'),
     pinDir: env.DPSR_BPF_DIR ?? '/sys/fs/bpf/dpsr/v1',
     kernelBtfPath: env.DPSR_KERNEL_BTF ?? '/sys/kernel/btf/vmlinux',
+    configPath: env.DPSR_CONFIG ?? '/etc/dpsr/dpsr.toml',
   };
 }
 

@@ -101,4 +101,26 @@ test('the socket refuses a client that is not root', async () => {
   assert.match(r.stderr, /permission denied|needs root/);
 });
 
+test('a bad configuration: exit 2 with the key at fault, nothing loaded', () => {
+  fs.writeFileSync(env.DPSR_CONFIG!, '[pairs.p]\npolicy = "sometimes"\n');
+  const r = dpsr('daemon');
+  assert.is(r.status, 2, r.stderr);
+  assert.match(r.stderr, /pairs\.p\.policy/);
+  assert.is(r.stderr.trim().split('\n').length, 1);
+  assert.not.ok(fs.existsSync(env.DPSR_BPF_DIR!), 'nothing loaded');
+});
+
+test('a continuous policy from the configuration keeps the copy current', async () => {
+  const { source, drive, bytes } = pairOf(32);
+  fs.writeFileSync(env.DPSR_CONFIG!, 'tick = "200ms"\n[pairs.p]\npolicy = "continuous"\nrpo = "2s"\nmin_interval = "500ms"\n');
+  await startDaemon();
+  for (let i = 0; i < 10; i++) ddDirect(source, 7000 + i * 64, 8);
+  let equal = false;
+  for (let i = 0; i < 40 && !equal; i++) {
+    await new Promise((r) => setTimeout(r, 250));
+    equal = hash(drive, bytes) === hash(source, bytes);
+  }
+  assert.ok(equal, 'synced by policy within 10 s');
+});
+
 test.run();

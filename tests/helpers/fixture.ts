@@ -139,6 +139,7 @@ export class Fixture {
       DPSR_BPF_DIR: this.pinDir(),
       DPSR_LOCK: path.join(this.dir, 'owner.lock'),
       DPSR_SOCKET: path.join(this.dir, 'dpsr.sock'),
+      DPSR_CONFIG: path.join(this.dir, 'dpsr.toml'),
     };
   }
 

@@ -37,7 +37,7 @@ async function syncOnce(settings: Settings, name: string, opts: { journal?: bool
 async function main(): Promise<void> {
   const settings: Settings = {
     stateDir: path.join(dir, 'state'), socketPath: path.join(dir, 'dpsr.sock'), ownerLockPath: path.join(dir, 'owner.lock'),
-    pinDir: `/sys/fs/bpf/dpsr-bench-freeze-${process.pid}`, kernelBtfPath: '/sys/kernel/btf/vmlinux',
+    pinDir: `/sys/fs/bpf/dpsr-bench-freeze-${process.pid}`, kernelBtfPath: '/sys/kernel/btf/vmlinux', configPath: '/nonexistent',
   };
   cleanups.push(() => { if (fs.existsSync(settings.pinDir)) native().detach(settings.pinDir); });
   console.log(`# command: node ${path.relative(process.cwd(), process.argv[1])} ${process.argv.slice(2).join(' ')}`);

@@ -44,7 +44,7 @@ async function main(): Promise<void> {
   const drive = attach('drive.img', sizeGiB * GiB + 64 * MiB);
   const settings: Settings = {
     stateDir: path.join(dir, 'state'), socketPath: path.join(dir, 'dpsr.sock'), ownerLockPath: path.join(dir, 'owner.lock'),
-    pinDir: `/sys/fs/bpf/dpsr-bench-sync-${process.pid}`, kernelBtfPath: '/sys/kernel/btf/vmlinux',
+    pinDir: `/sys/fs/bpf/dpsr-bench-sync-${process.pid}`, kernelBtfPath: '/sys/kernel/btf/vmlinux', configPath: '/nonexistent',
   };
   cleanups.push(() => { if (fs.existsSync(settings.pinDir)) native().detach(settings.pinDir); });
   console.log(`# dpsr sync benchmark: ${sizeGiB} GiB loop devices over files in ${os.tmpdir()} (direct I/O), ${rounds} rounds`);
