@@ -3,9 +3,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { DPSR_BIN, Fixture, ddDirect, sh, sweepStaleTestPins } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, sweepStaleTestPins } from './helpers/fixture.js';
 
 const MiB = 1 << 20;
 let fx: Fixture;
@@ -17,17 +16,8 @@ test.before.each(() => {
 });
 test.after.each(() => fx.cleanup());
 
-function dpsr(...args: string[]) {
-  return spawnSync(process.execPath, [DPSR_BIN, ...args], { env, encoding: 'utf8', timeout: 60_000 });
-}
-
-function hash(dev: string, bytes: number): string {
-  const fd = fs.openSync(dev, 'r');
-  const buf = Buffer.alloc(bytes);
-  fs.readSync(fd, buf, 0, bytes, 0);
-  fs.closeSync(fd);
-  return crypto.createHash('sha256').update(buf).digest('hex');
-}
+const dpsr = (...args: string[]) => runDpsr(env, args, 60_000);
+const hash = sha256Of;
 
 async function startDaemon(...args: string[]): Promise<ChildProcess> {
   const child = spawn(process.execPath, [DPSR_BIN, 'daemon', ...args], { env });

@@ -7,9 +7,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, sh, sweepStaleTestPins } from './helpers/fixture.js';
+import { Fixture, runDpsr, sh, sweepStaleTestPins } from './helpers/fixture.js';
 
-const bin = DPSR_BIN;
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
@@ -21,7 +20,7 @@ test.before.each(() => {
 test.after.each(() => fx.cleanup());
 
 function dpsr(...args: string[]) {
-  const r = spawnSync(process.execPath, [bin, ...args], { env, encoding: 'utf8', timeout: 120_000 });
+  const r = runDpsr(env, args);
   assert.is(r.status, 0, `dpsr ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
 }

@@ -6,7 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, ddDirect, sh, sweepStaleTestPins } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, sweepStaleTestPins } from './helpers/fixture.js';
 
 const bin = DPSR_BIN;
 const MiB = 1 << 20;
@@ -20,10 +20,7 @@ test.before.each(() => {
 });
 test.after.each(() => fx.cleanup());
 
-function dpsr(...args: string[]) {
-  const res = spawnSync(process.execPath, [bin, ...args], { env, encoding: 'utf8', timeout: 120_000 });
-  return { status: res.status, stdout: res.stdout, stderr: res.stderr };
-}
+const dpsr = (...args: string[]) => runDpsr(env, args);
 
 function ok(...args: string[]): string {
   const r = dpsr(...args);
@@ -31,23 +28,7 @@ function ok(...args: string[]): string {
   return r.stdout;
 }
 
-/** sha256 of the first `bytes` of a device. */
-function hash(dev: string, bytes?: number): string {
-  const fd = fs.openSync(dev, 'r');
-  const h = crypto.createHash('sha256');
-  const buf = Buffer.alloc(4 * MiB);
-  let pos = 0;
-  const end = bytes ?? Infinity;
-  for (;;) {
-    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, end - pos), pos);
-    if (n <= 0) break;
-    h.update(buf.subarray(0, n));
-    pos += n;
-    if (pos >= end) break;
-  }
-  fs.closeSync(fd);
-  return h.digest('hex');
-}
+const hash = sha256Of;
 
 function randomFill(dev: string, mib: number): void {
   sh('dd', ['if=/dev/urandom', `of=${dev}`, 'bs=1M', `count=${mib}`, 'oflag=direct', 'status=none']);

@@ -1,7 +1,8 @@
 // Owns every image, loop device, mount and pinned BPF object a test makes,
 // and releases them in reverse order: in `after`, and on exit or signal even
 // when a test failed.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -153,4 +154,29 @@ export function ddDirect(dev: string, startSector: number, sectors: number): [nu
   sh('dd', ['if=/dev/urandom', `of=${dev}`, `bs=${sectors * 512}`, `seek=${startSector * 512}`, 'count=1',
     'oflag=direct,seek_bytes', 'conv=notrunc', 'status=none']);
   return [startSector, startSector + sectors];
+}
+
+/** sha256 of a device, or of its first `bytes`. */
+export function sha256Of(dev: string, bytes?: number): string {
+  const fd = fs.openSync(dev, 'r');
+  const h = crypto.createHash('sha256');
+  const buf = Buffer.alloc(4 << 20);
+  const end = bytes ?? Infinity;
+  try {
+    for (let pos = 0; pos < end;) {
+      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, end - pos), pos);
+      if (n <= 0) break;
+      h.update(buf.subarray(0, n));
+      pos += n;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return h.digest('hex');
+}
+
+/** Runs the built CLI with an environment (usually Fixture.cliEnv()). */
+export function runDpsr(env: NodeJS.ProcessEnv, args: string[], timeoutMs = 120_000) {
+  const r = spawnSync(process.execPath, [DPSR_BIN, ...args], { env, encoding: 'utf8', timeout: timeoutMs });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
