@@ -103,11 +103,3 @@ export function readDiskCounters(disk: string): DiskCounters {
   const [, writes] = readSys(`/sys/block/${disk}/inflight`).split(/\s+/).map(Number);
   return { writtenSectors, inFlightWrites: writes };
 }
-
-export function iostatsEnabled(disk: string): boolean {
-  try {
-    return readSys(`/sys/block/${disk}/queue/iostats`) === '1';
-  } catch {
-    return false;
-  }
-}

@@ -111,11 +111,6 @@ export class Tracker {
     return this.bySlot.filter((s): s is RangeState => s !== undefined);
   }
 
-  /** Ranges the owner ring already tracks in the kernel, with no state here yet. */
-  orphanSlots(): number[] {
-    return this.kt.slotsOf(OWNER_RING).map((s) => s.index).filter((i) => !this.bySlot[i]);
-  }
-
   /**
    * Starts tracking a device afresh, or adopts a range whose state was
    * persisted earlier. If the kernel no longer had that range (reboot,

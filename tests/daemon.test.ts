@@ -4,15 +4,13 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import { DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, sweepStaleTestPins } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
 
 const MiB = 1 << 20;
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
 test.before.each(() => {
-  sweepStaleTestPins();
-  fx = new Fixture();
-  env = fx.cliEnv();
+  ({ fx, env } = freshCliFixture());
 });
 test.after.each(() => fx.cleanup());
 

@@ -7,15 +7,13 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Fixture, runDpsr, sh, sweepStaleTestPins } from './helpers/fixture.js';
+import { Fixture, runDpsr, sh, freshCliFixture } from './helpers/fixture.js';
 
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
 test.before.each(() => {
-  sweepStaleTestPins();
-  fx = new Fixture();
-  env = fx.cliEnv();
+  ({ fx, env } = freshCliFixture());
 });
 test.after.each(() => fx.cleanup());
 

@@ -6,7 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, sweepStaleTestPins } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
 
 const bin = DPSR_BIN;
 const MiB = 1 << 20;
@@ -14,9 +14,7 @@ const MiB = 1 << 20;
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
 test.before.each(() => {
-  sweepStaleTestPins();
-  fx = new Fixture();
-  env = fx.cliEnv();
+  ({ fx, env } = freshCliFixture());
 });
 test.after.each(() => fx.cleanup());
 

@@ -180,3 +180,10 @@ export function runDpsr(env: NodeJS.ProcessEnv, args: string[], timeoutMs = 120_
   const r = spawnSync(process.execPath, [DPSR_BIN, ...args], { env, encoding: 'utf8', timeout: timeoutMs });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
+
+/** A fresh fixture and a CLI environment inside it, after sweeping what dead test processes left. */
+export function freshCliFixture(): { fx: Fixture; env: NodeJS.ProcessEnv } {
+  sweepStaleTestPins();
+  const fx = new Fixture();
+  return { fx, env: fx.cliEnv() };
+}
