@@ -2,9 +2,14 @@
 // that name the file and the key. The only module that imports smol-toml.
 //
 //   tick = "1s"                      # how often records are drained and persisted
+//   compare_bandwidth = "64M"        # regions to compare (after a reboot, a gap) are read in the background at most this fast (per second)
+//   scrub_every = "7d"               # a full scrub round this often ("off": none)
+//   scrub_bandwidth = "16M"          # the scrub reads at most this much per second
+//   on_failure = "/usr/local/bin/dpsr-alert"   # run (sh -c) on a failed sync, a scrub mismatch, a gap
+//   metrics_file = "/var/lib/prometheus/node-exporter/dpsr.prom"
 //   [pairs.system]
-//   policy = "scheduled"             # sync every `every` if anything changed
-//   every = "1h"
+//   policy = "scheduled"             # sync at each calendar event (systemd OnCalendar= syntax) if anything changed
+//   on_calendar = "Mon..Sat 03:00"   # or: every = "1h"
 //   [pairs.data]
 //   policy = "continuous"            # keep the image younger than `rpo`,
 //   rpo = "30s"                      # but never sync more often than
@@ -13,15 +18,22 @@
 //   policy = "manual"                # never written behind the admin's back
 import fs from 'node:fs';
 import { parse } from 'smol-toml';
+import { type Calendar, CalendarError, parseCalendar } from './calendar.js';
 import { DpsrError, ExitStatus } from './errors.js';
 
 export type Policy =
   | { policy: 'manual' }
   | { policy: 'continuous'; rpoMs: number; minIntervalMs: number }
-  | { policy: 'scheduled'; everyMs: number };
+  | { policy: 'scheduled'; everyMs: number }
+  | { policy: 'scheduled'; calendar: Calendar };
 
 export interface DaemonConfig {
   tickMs: number;
+  compareBytesPerSec: number;
+  scrubEveryMs: number; // 0: no scrub
+  scrubBytesPerSec: number;
+  onFailure: string | null;
+  metricsFile: string | null;
   pairs: Record<string, Policy>;
   /** Pairs the file does not name. */
   defaultPolicy: Policy;
@@ -34,20 +46,37 @@ export class ConfigError extends DpsrError {
   }
 }
 
-export const DEFAULT_CONFIG: DaemonConfig = { tickMs: 1000, pairs: {}, defaultPolicy: { policy: 'manual' } };
+export const DEFAULT_CONFIG: DaemonConfig = {
+  tickMs: 1000, compareBytesPerSec: 64 << 20, scrubEveryMs: 7 * 86_400_000, scrubBytesPerSec: 16 << 20,
+  onFailure: null, metricsFile: null, pairs: {}, defaultPolicy: { policy: 'manual' },
+};
+const TOP_KEYS = ['tick', 'compare_bandwidth', 'scrub_every', 'scrub_bandwidth', 'on_failure', 'metrics_file', 'default', 'pairs'];
 
 /** "30s", "5m", "1h", "1d", "500ms" or a number of seconds. */
 export function durationMs(value: unknown, where: string): number {
   if (typeof value === 'number' && value > 0) return value * 1000;
-  const m = typeof value === 'string' ? value.trim().match(/^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/) : null;
+  const m = typeof value === 'string' ? value.trim().match(/^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$/) : null;
   if (!m) throw new ConfigError(`${where}: ${JSON.stringify(value)} is not a duration (use e.g. "30s", "5m", "1h")`);
-  return Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms'];
+  return Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 }[m[2] as 'ms'];
+}
+
+/** "16M", "1G", "512K" (bytes per second for bandwidths). */
+export function sizeBytes(value: unknown, where: string): number {
+  const m = typeof value === 'string' ? value.trim().match(/^(\d+(?:\.\d+)?)\s*([KMGT])(i?B)?(\/s)?$/i) : null;
+  if (!m) throw new ConfigError(`${where}: ${JSON.stringify(value)} is not a size (use e.g. "16M", "1G")`);
+  return Math.round(Number(m[1]) * 1024 ** (' KMGT'.indexOf(m[2].toUpperCase())));
+}
+
+function stringOrNull(value: unknown, where: string): string | null {
+  if (value === undefined) return null;
+  if (typeof value !== 'string' || value.trim() === '') throw new ConfigError(`${where}: expected a non-empty string`);
+  return value;
 }
 
 function policyOf(table: unknown, where: string): Policy {
   if (typeof table !== 'object' || table === null || Array.isArray(table)) throw new ConfigError(`${where}: expected a table`);
   const t = table as Record<string, unknown>;
-  const known = new Set(['policy', 'rpo', 'min_interval', 'every']);
+  const known = new Set(['policy', 'rpo', 'min_interval', 'every', 'on_calendar']);
   for (const k of Object.keys(t)) if (!known.has(k)) throw new ConfigError(`${where}.${k}: unknown key (known: ${[...known].join(', ')})`);
   switch (t.policy) {
     case 'manual':
@@ -59,6 +88,15 @@ function policyOf(table: unknown, where: string): Policy {
       return { policy: 'continuous', rpoMs, minIntervalMs };
     }
     case 'scheduled':
+      if (t.every !== undefined && t.on_calendar !== undefined) throw new ConfigError(`${where}: give either every or on_calendar, not both`);
+      if (t.on_calendar !== undefined) {
+        try {
+          return { policy: 'scheduled', calendar: parseCalendar(String(t.on_calendar)) };
+        } catch (err) {
+          if (err instanceof CalendarError) throw new ConfigError(`${where}.on_calendar: ${err.message}`);
+          throw err;
+        }
+      }
       return { policy: 'scheduled', everyMs: durationMs(t.every ?? '1h', `${where}.every`) };
     default:
       throw new ConfigError(`${where}.policy: ${JSON.stringify(t.policy)} (use "manual", "continuous" or "scheduled")`);
@@ -73,13 +111,19 @@ export function parseConfig(text: string, file: string): DaemonConfig {
     throw new ConfigError(`${file}: ${(err as Error).message.split('\n')[0]}`);
   }
   for (const k of Object.keys(doc)) {
-    if (!['tick', 'pairs', 'default'].includes(k)) throw new ConfigError(`${file}: ${k}: unknown key (known: tick, default, pairs)`);
+    if (!TOP_KEYS.includes(k)) throw new ConfigError(`${file}: ${k}: unknown key (known: ${TOP_KEYS.join(', ')})`);
   }
   const pairs: Record<string, Policy> = {};
   const table = (doc.pairs ?? {}) as Record<string, unknown>;
   for (const [name, p] of Object.entries(table)) pairs[name] = policyOf(p, `${file}: pairs.${name}`);
   return {
     tickMs: doc.tick === undefined ? DEFAULT_CONFIG.tickMs : durationMs(doc.tick, `${file}: tick`),
+    compareBytesPerSec: doc.compare_bandwidth === undefined ? DEFAULT_CONFIG.compareBytesPerSec : sizeBytes(doc.compare_bandwidth, `${file}: compare_bandwidth`),
+    scrubEveryMs: doc.scrub_every === undefined ? DEFAULT_CONFIG.scrubEveryMs
+      : doc.scrub_every === 'off' ? 0 : durationMs(doc.scrub_every, `${file}: scrub_every`),
+    scrubBytesPerSec: doc.scrub_bandwidth === undefined ? DEFAULT_CONFIG.scrubBytesPerSec : sizeBytes(doc.scrub_bandwidth, `${file}: scrub_bandwidth`),
+    onFailure: stringOrNull(doc.on_failure, `${file}: on_failure`),
+    metricsFile: stringOrNull(doc.metrics_file, `${file}: metrics_file`),
     pairs,
     defaultPolicy: doc.default === undefined ? DEFAULT_CONFIG.defaultPolicy : policyOf(doc.default, `${file}: default`),
   };
@@ -97,17 +141,34 @@ export function loadConfig(file: string): DaemonConfig {
   return parseConfig(text, file);
 }
 
-/** Whether a pair is due for a sync now. */
-export function due(policy: Policy, state: { changed: boolean; lastSyncStartMs: number; imageTimeMs: number | null }, nowMs: number): boolean {
-  if (!state.changed) return false;
+export interface PairTiming {
+  changed: boolean;
+  lastSyncStartMs: number;
+  imageTimeMs: number | null;
+  /** The dirty data is near what the journal holds: sync before it outgrows it. */
+  journalPressure?: boolean;
+}
+
+/** When the pair's next sync is due (null: never by itself; manual). */
+export function nextSyncMs(policy: Policy, state: PairTiming, nowMs: number): number | null {
   switch (policy.policy) {
     case 'manual':
-      return false;
-    case 'continuous':
-      // Sync early enough that the image stays younger than the target, never back to back.
-      return nowMs - state.lastSyncStartMs >= policy.minIntervalMs &&
-        (state.imageTimeMs === null || nowMs - state.imageTimeMs >= policy.rpoMs / 2);
+      return null;
+    case 'continuous': {
+      // Early enough that the image stays younger than the target, never back to back.
+      const at = Math.max(state.lastSyncStartMs + policy.minIntervalMs, (state.imageTimeMs ?? 0) + policy.rpoMs / 2);
+      return state.changed ? at : Math.max(at, nowMs);
+    }
     case 'scheduled':
-      return Math.floor(nowMs / policy.everyMs) > Math.floor(state.lastSyncStartMs / policy.everyMs);
+      if ('calendar' in policy) return policy.calendar.next(state.lastSyncStartMs);
+      return (Math.floor(state.lastSyncStartMs / policy.everyMs) + 1) * policy.everyMs;
   }
+}
+
+/** Whether a pair is due for a sync now. A manual pair never is: the admin decides when its drive is written. */
+export function due(policy: Policy, state: PairTiming, nowMs: number): boolean {
+  if (!state.changed || policy.policy === 'manual') return false;
+  if (state.journalPressure) return true;
+  const at = nextSyncMs(policy, state, nowMs);
+  return at !== null && at <= nowMs;
 }

@@ -1,7 +1,8 @@
 // The daemon's configuration and its policies, as pure logic.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { ConfigError, due, parseConfig } from '../src/config.js';
+import { parseCalendar } from '../src/calendar.js';
+import { ConfigError, due, nextSyncMs, parseConfig } from '../src/config.js';
 
 test('policies parse with defaults, durations in units', () => {
   const c = parseConfig('tick = "250ms"\n[pairs.sys]\npolicy = "scheduled"\nevery = "1h"\n[pairs.data]\npolicy = "continuous"\nrpo = "30s"\n', 'x.toml');
@@ -42,6 +43,53 @@ test('due: manual never, continuous keeps the RPO without syncing back to back, 
   const hourly = { policy: 'scheduled' as const, everyMs: 3_600_000 };
   assert.not.ok(due(hourly, { changed: true, lastSyncStartMs: 3_600_000, imageTimeMs: 0 }, 3_700_000));
   assert.ok(due(hourly, { changed: true, lastSyncStartMs: 3_500_000, imageTimeMs: 0 }, 3_700_000));
+});
+
+test('calendars: systemd OnCalendar forms, local time', () => {
+  const at = (y: number, mo: number, d: number, h = 0, mi = 0, s = 0) => new Date(y, mo - 1, d, h, mi, s).getTime();
+  const t0 = at(2026, 11, 24, 22, 7, 30); // a Tuesday
+  const cases: Array<[string, number]> = [
+    ['hourly', at(2026, 11, 24, 23)],
+    ['daily', at(2026, 11, 25)],
+    ['weekly', at(2026, 11, 30)],
+    ['monthly', at(2026, 12, 1)],
+    ['minutely', at(2026, 11, 24, 22, 8)],
+    ['*:0/15', at(2026, 11, 24, 22, 15)],
+    ['*-*-* *:00/20:00', at(2026, 11, 24, 22, 20)],
+    ['Mon..Fri 02:00', at(2026, 11, 25, 2)],
+    ['Sat,Sun 04:30:15', at(2026, 11, 28, 4, 30, 15)],
+    ['Fri..Mon 01:00', at(2026, 11, 27, 1)],
+    ['*-01-01 00:00', at(2027, 1, 1)],
+    ['2030-03-01 12:00:05', at(2030, 3, 1, 12, 0, 5)],
+    ['12-25 06:00', at(2026, 12, 25, 6)],
+  ];
+  for (const [text, want] of cases) assert.is(new Date(parseCalendar(text).next(t0)!).toString(), new Date(want).toString(), text);
+  for (const bad of ['sometimes', 'Mon..Fry 02:00', '25:00', '*-13-01', '2001-01-01 00:00', '*:0/0']) {
+    assert.throws(() => parseCalendar(bad), undefined, bad);
+  }
+});
+
+test('a scheduled pair with on_calendar: due at the first event after its last sync; journal pressure syncs early', () => {
+  const c = parseConfig('[pairs.sys]\npolicy = "scheduled"\non_calendar = "*:0/10"\n', 'x.toml');
+  const sys = c.pairs.sys;
+  const t = new Date(2026, 10, 24, 10, 3).getTime();
+  assert.is(nextSyncMs(sys, { changed: true, lastSyncStartMs: t, imageTimeMs: t }, t), new Date(2026, 10, 24, 10, 10).getTime());
+  assert.not.ok(due(sys, { changed: true, lastSyncStartMs: t, imageTimeMs: t }, t + 6 * 60_000));
+  assert.ok(due(sys, { changed: true, lastSyncStartMs: t, imageTimeMs: t }, t + 7 * 60_000));
+  assert.ok(due(sys, { changed: true, lastSyncStartMs: t, imageTimeMs: t, journalPressure: true }, t + 1000), 'early');
+  assert.not.ok(due({ policy: 'manual' }, { changed: true, lastSyncStartMs: 0, imageTimeMs: 0, journalPressure: true }, t), 'manual: never');
+  assert.throws(() => parseConfig('[pairs.a]\npolicy = "scheduled"\non_calendar = "Mon 25:00"\n', 'x.toml'), /pairs\.a\.on_calendar/);
+  assert.throws(() => parseConfig('[pairs.a]\npolicy = "scheduled"\non_calendar = "daily"\nevery = "1h"\n', 'x.toml'), /either every or on_calendar/);
+});
+
+test('daemon-wide keys: bandwidths, scrub, hook, metrics file', () => {
+  const c = parseConfig('scrub_every = "1w"\nscrub_bandwidth = "8M"\ncompare_bandwidth = "1G"\non_failure = "/bin/true"\n', 'x.toml');
+  assert.is(c.scrubEveryMs, 604_800_000);
+  assert.is(c.scrubBytesPerSec, 8 << 20);
+  assert.is(c.compareBytesPerSec, 1 << 30);
+  assert.is(c.onFailure, '/bin/true');
+  assert.is(parseConfig('scrub_every = "off"\n', 'x.toml').scrubEveryMs, 0);
+  assert.throws(() => parseConfig('scrub_bandwidth = "fast"\n', 'x.toml'), /scrub_bandwidth: "fast" is not a size/);
 });
 
 test.run();
