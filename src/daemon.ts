@@ -1,7 +1,9 @@
-// dpsr daemon: the one owner while it runs. It keeps draining the ring
-// (flip, persist, clear every tick), answers the control socket (a flush:
-// `dpsr sync` returns when the image is committed), and, with an interval,
-// syncs every pair that has changed, at most that often.
+// dpsr daemon: the one owner while it runs. Every tick it drains the ring
+// (flip, persist, clear), syncs the pairs their policy says are due (a
+// manual pair never), compares suspect regions and scrubs in the
+// background within a bandwidth budget, runs the failure hook on failures,
+// mismatches and gaps, and writes the metrics file. It answers the control
+// socket: a flush (`dpsr sync`) returns when the image is committed.
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -9,8 +11,14 @@ import type { Settings } from './defaults.js';
 import { DpsrError, ExitStatus } from './errors.js';
 import { ControlClient, PROTOCOL_VERSION, type Reply, type Request, frameReader, writeFrame } from './protocol.js';
 import { type DaemonConfig, type Policy, due, loadConfig } from './config.js';
+import { type Schedule, hasChanges, percentile, policyOf, statusOf } from './pair-status.js';
+import { type HookEventKind, runFailureHook } from './failure-hook.js';
+import { type MetricsSnapshot, writeMetricsFile } from './metrics.js';
+import { describeExtents, scrubStep, scrubWanted } from './scrub.js';
 import { closeSession, openSession, type Session } from './session.js';
 import { type SyncReport, syncPair } from './sync.js';
+import { LABEL_AREA_BYTES } from './label.js';
+import type { Gap } from './tracker.js';
 
 export interface DaemonOptions {
   tickMs: number | null; // how often the ring is drained and persisted (null: the config's)
@@ -28,10 +36,46 @@ function serializer() {
   };
 }
 
-async function syncNames(s: Session, names: string[], opts: { freeze?: boolean; quietMs?: number }): Promise<SyncReport[]> {
+type SyncOutcome = (name: string, startedMs: number, result: SyncReport | Error) => void;
+
+async function syncNames(s: Session, names: string[], opts: { freeze?: boolean; quietMs?: number }, outcome: SyncOutcome): Promise<SyncReport[]> {
   const reports: SyncReport[] = [];
-  for (const name of names) reports.push(await syncPair(s, name, opts));
+  for (const name of names) {
+    const started = Date.now();
+    try {
+      const r = await syncPair(s, name, { ...opts, lockWaitMs: 0 });
+      outcome(name, started, r);
+      reports.push(r);
+    } catch (err) {
+      outcome(name, started, err as Error);
+      throw err;
+    }
+  }
   return reports;
+}
+
+/** What the daemon knows of each pair beyond the store: for status, metrics and the hook. */
+export interface PairRuntime {
+  lastSyncStartMs: number;
+  lastError: string | null;
+  syncsTotal: number;
+  syncsFailed: number;
+  bytesSyncedTotal: number;
+  gapsNotified: number; // gaps already passed to the failure hook
+  scrubComparedTotal: number;
+  lastSyncDurationMs: number | null;
+  lastSyncEndMs: number | null;
+  freezesMs: number[]; // since the daemon started
+  gapsTotal: Record<string, number>; // since the daemon started, by cause
+  ringDropGaps: number;
+  shortfallSectors: number;
+}
+
+/** The journal's room (the reserved tail less the label) and whether the dirty data nears what one transaction may take. */
+function journalPressure(reservedSectors: number, pendingBytes: number): boolean {
+  const journalBytes = reservedSectors * 512 - LABEL_AREA_BYTES;
+  // A sync journals a generation while it fits in half the tail; start one well before.
+  return journalBytes > 0 && pendingBytes >= journalBytes / 4;
 }
 
 async function listen(socketPath: string): Promise<net.Server> {
@@ -65,6 +109,7 @@ function withOverrides(config: DaemonConfig, opts: DaemonOptions): DaemonConfig 
 
 export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (line: string) => void): Promise<void> {
   let config = withOverrides(loadConfig(settings.configPath), opts); // bad config: exit 2 before anything
+  const startedMs = Date.now();
   const s = await openSession(settings, { waitMs: 0 });
   const serial = serializer();
   let server: net.Server;
@@ -84,13 +129,11 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       case 'sync': {
         const names = req.all ? s.store.pairs().map((p) => p.name) : req.names;
         for (const n of names) if (!s.store.pair(n)) throw new DpsrError(`no pair named ${n}`, 'ENOPAIR');
-        return serial(() => syncNames(s, names, { freeze: req.freeze, quietMs: req.quietMs ?? opts.quietMs }));
+        return serial(() => syncNames(s, names, { freeze: req.freeze, quietMs: req.quietMs ?? opts.quietMs }, afterSync));
       }
       case 'status':
-        return serial(async () => s.store.pairs().filter((p) => !req.name || p.name === req.name).map((p) => ({
-          name: p.name, image: p.image, imageTimeMs: p.imageTimeMs, generation: p.generation,
-          dirtyBytes: (s.ranges.get(p.name)?.dirty.totalSectors ?? 0) * 512,
-        })));
+        return serial(async () => s.store.pairs().filter((p) => !req.name || p.name === req.name).map((p) =>
+          statusOf(p, s.ranges.get(p.name), s.problems.get(p.name), true, policyOf(config, p.name), scheduleOf(p.name))));
       default:
         throw new DpsrError(`unknown request ${(req as { command: string }).command}`, 'EPROTO');
     }
@@ -110,23 +153,90 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     sock.on('error', () => {});
   });
 
-  const lastSyncStart = new Map<string, number>();
+  const runtime = new Map<string, PairRuntime>();
+  const runtimeOf = (name: string): PairRuntime => {
+    let r = runtime.get(name);
+    if (!r) {
+      r = { lastSyncStartMs: s.store.pair(name)?.lastSync?.atMs ?? 0, lastError: null, syncsTotal: 0, syncsFailed: 0, bytesSyncedTotal: 0, gapsNotified: s.ranges.get(name)?.gaps.filter((g) => g.atMs < startedMs).length ?? 0, scrubComparedTotal: 0,
+        lastSyncDurationMs: null, lastSyncEndMs: null, freezesMs: [], gapsTotal: {}, ringDropGaps: 0, shortfallSectors: 0 };
+      runtime.set(name, r);
+    }
+    return r;
+  };
+  function scheduleOf(name: string): Schedule {
+    const r = runtimeOf(name);
+    return { policy: policyOf(config, name), lastSyncStartMs: r.lastSyncStartMs, lastError: r.lastError };
+  }
+  const alarm = (kind: AlarmKind, pair: string, reason: string) => {
+    log(`dpsr daemon: ${pair}: ${kind}: ${reason}`);
+    void raiseAlarm(config, { kind, pair, reason, atMs: Date.now() }).catch((e) => log(`dpsr daemon: failure hook: ${(e as Error).message}`));
+  };
+  function afterSync(name: string, startedMs: number, result: SyncReport | Error): void {
+    const r = runtimeOf(name);
+    r.lastSyncStartMs = startedMs;
+    r.syncsTotal++;
+    if (result instanceof Error) {
+      r.syncsFailed++;
+      r.lastError = result.message;
+      alarm('sync-failed', name, result.message);
+      return;
+    }
+    r.lastError = null;
+    r.bytesSyncedTotal += result.copiedBytes + result.repairedBytes + result.fullCopyBytes;
+    r.lastSyncDurationMs = result.durationMs;
+    r.lastSyncEndMs = Date.now();
+    if (result.freezeMs !== null) r.freezesMs.push(result.freezeMs);
+    log(`dpsr daemon: ${name}: generation ${result.generation}, ${result.copiedBytes + result.repairedBytes} bytes, image ${result.image}`);
+  }
   const syncDue = async () => {
     for (const [name, range] of s.ranges) {
       const pair = s.store.pair(name);
-      if (!pair) continue;
-      const changed = !range.dirty.isEmpty || !range.suspect.isEmpty || !range.discarded.isEmpty;
-      const state = { changed, lastSyncStartMs: lastSyncStart.get(name) ?? pair.lastSync?.atMs ?? 0, imageTimeMs: pair.imageTimeMs };
-      if (!due(config.pairs[name] ?? config.defaultPolicy, state, Date.now())) continue;
-      lastSyncStart.set(name, Date.now());
-      const r = await syncPair(s, name, { quietMs: opts.quietMs });
-      log(`dpsr daemon: ${name}: generation ${r.generation}, ${r.copiedBytes} bytes, image ${r.image}`);
+      if (!pair || s.problems.has(name)) continue;
+      const pending = (range.dirty.totalSectors + range.suspect.totalSectors) * 512;
+      const timing = {
+        changed: hasChanges(range), lastSyncStartMs: runtimeOf(name).lastSyncStartMs, imageTimeMs: pair.imageTimeMs,
+        journalPressure: journalPressure(pair.reservedSectors, pending),
+      };
+      if (!due(policyOf(config, name), timing, Date.now())) continue;
+      await syncNames(s, [name], { quietMs: opts.quietMs }, afterSync).catch(() => {}); // reported by afterSync
+    }
+  };
+  // Background comparison: suspect regions at the compare bandwidth, then the scrub at its own.
+  const background = async () => {
+    for (const [name, range] of s.ranges) {
+      const pair = s.store.pair(name);
+      if (!pair || s.problems.has(name)) continue;
+      const policy = { roundEveryMs: config.scrubEveryMs };
+      if (!scrubWanted(pair, range, policy, Date.now())) continue;
+      const rate = range.suspect.isEmpty ? config.scrubBytesPerSec : config.compareBytesPerSec;
+      const step = await scrubStep(s, pair, range, (rate * config.tickMs) / 1000, policy);
+      runtimeOf(name).scrubComparedTotal += step.comparedBytes;
+      if (!step.mismatches.isEmpty) alarm('scrub-mismatch', name, `the DPSR drive differs from the source where no write was seen: ${describeExtents(step.mismatches)}`);
+      if (step.roundDone) log(`dpsr daemon: ${name}: scrub round complete, ${pair.scrub?.mismatchesTotal ?? 0} mismatches in total`);
+    }
+  };
+  // Gaps the tracker recorded since the last look (drops, shortfalls, unknown writes): the hook hears of each.
+  const newGaps = () => {
+    for (const [name, range] of s.ranges) {
+      const r = runtimeOf(name);
+      const fresh: Gap[] = range.gaps.slice(r.gapsNotified);
+      r.gapsNotified = range.gaps.length;
+      for (const g of fresh) {
+        r.gapsTotal[g.cause] = (r.gapsTotal[g.cause] ?? 0) + 1;
+        if (g.cause === 'ring-drops') r.ringDropGaps++;
+        if (g.cause === 'shortfall') r.shortfallSectors += g.sectors ?? 0;
+        if (g.cause !== 'scrub-mismatch') alarm('gap', name, `${g.cause}: ${g.detail}`);
+      }
     }
   };
   const tick = setInterval(() => {
     void serial(async () => {
       await s.tracker.cycle();
+      newGaps();
       await syncDue();
+      await background();
+      newGaps();
+      await publishMetrics(config, () => metricsSnapshot(s, runtimeOf));
     }).catch((e) => log(`dpsr daemon: ${e.message}`));
   }, config.tickMs);
   process.on('SIGHUP', () => {
@@ -146,4 +256,47 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
   server.close();
   await serial(() => closeSession(s));
   fs.rmSync(settings.socketPath, { force: true });
+}
+
+type AlarmKind = HookEventKind;
+const HOOK_TIMEOUT_MS = 60_000;
+
+/** The admin's failure hook (on_failure), if any; it never breaks the daemon. */
+async function raiseAlarm(config: DaemonConfig, event: { kind: AlarmKind; pair: string; reason: string; atMs: number }): Promise<void> {
+  if (!config.onFailure) return;
+  const result = await runFailureHook(config.onFailure, event, HOOK_TIMEOUT_MS);
+  if (result.error) throw new Error(result.error);
+}
+
+/** The metrics file (metrics_file), rewritten every tick for node_exporter's textfile collector. */
+async function publishMetrics(config: DaemonConfig, snapshot: () => MetricsSnapshot): Promise<void> {
+  if (!config.metricsFile) return;
+  writeMetricsFile(config.metricsFile, snapshot());
+}
+
+function metricsSnapshot(s: Session, runtimeOf: (name: string) => PairRuntime): MetricsSnapshot {
+  return {
+    atMs: Date.now(),
+    pairs: s.store.pairs().map((p) => {
+      const r = runtimeOf(p.name);
+      const range = s.ranges.get(p.name);
+      return {
+        pair: p.name,
+        imageTimeMs: p.imageTimeMs,
+        imageConsistent: p.generation > 0 && !p.pending && (p.image === 'point-in-time' || p.image === 'crash-consistent'),
+        dirtyBytes: range ? (range.dirty.totalSectors + range.discarded.totalSectors) * 512 : 0,
+        suspectBytes: range ? range.suspect.totalSectors * 512 : 0,
+        syncedBytesTotal: r.bytesSyncedTotal,
+        syncsTotal: r.syncsTotal,
+        syncsFailedTotal: r.syncsFailed,
+        lastSyncDurationMs: r.lastSyncDurationMs,
+        lastSyncEndMs: r.lastSyncEndMs,
+        freeze: { count: r.freezesMs.length, sumMs: r.freezesMs.reduce((a, b) => a + b, 0), p50Ms: percentile(r.freezesMs, 50), p99Ms: percentile(r.freezesMs, 99) },
+        ringDropsTotal: r.ringDropGaps,
+        reconcileShortfallSectorsTotal: r.shortfallSectors,
+        gapsTotal: r.gapsTotal,
+        scrubMismatchesTotal: p.scrub?.mismatchesTotal ?? 0,
+      };
+    }),
+  };
 }

@@ -11,6 +11,7 @@ import { checkTrackingSupport } from './preflight.js';
 import { type PairRecord, Store } from './store.js';
 import { type RangeState, Tracker } from './tracker.js';
 import { KernelTracking } from './tracking.js';
+import { inheritFromOtherVersions, otherPinVersions } from './pin-upgrade.js';
 
 export interface Session {
   settings: Settings;
@@ -35,7 +36,7 @@ async function startTracker(kt: KernelTracking, settings: Settings, store: Store
 }
 
 /** Tracks a pair's source again, after checking it is still the same device. */
-export async function adoptPair(s: Session, pair: PairRecord): Promise<RangeState> {
+export async function adoptPair(s: Session, pair: PairRecord, opts: { inheritable?: boolean } = {}): Promise<RangeState> {
   const dev = resolveBlockDevice(pair.source.path);
   const now = identify(dev);
   const changes = identityChanges(pair.source, now);
@@ -45,7 +46,7 @@ export async function adoptPair(s: Session, pair: PairRecord): Promise<RangeStat
   if (replaced) {
     throw new RefusedError(`pair ${pair.name}: ${pair.source.path} is not the paired source any more (${changes.join('; ')}); unpair and pair again`, 'ESOURCECHANGED');
   }
-  const range = await s.tracker.track(dev, pair.name, s.store.range(pair.name));
+  const range = await s.tracker.track(dev, pair.name, s.store.range(pair.name), opts);
   if (changes.length > 0) {
     s.tracker.suspectAll(range, 'identity-changed', `${pair.source.path} changed (${changes.join('; ')}): writes may have gone unseen`);
     pair.source = { ...now, path: pair.source.path };
@@ -63,13 +64,16 @@ export async function openSession(settings: Settings, opts: { waitMs?: number } 
     kt = KernelTracking.open({ pinDir: settings.pinDir });
     const tracker = await startTracker(kt, settings, store, opts.waitMs ?? 10_000);
     const s: Session = { settings, store, kt, tracker, ranges: new Map(), problems: new Map() };
+    // Another version's programs still attached (an upgrade): ours are attached now, theirs hold the history since.
+    const others = otherPinVersions(settings.pinDir);
     for (const pair of store.pairs()) {
       try {
-        await adoptPair(s, pair);
+        await adoptPair(s, pair, { inheritable: others.length > 0 });
       } catch (err) {
         s.problems.set(pair.name, (err as Error).message);
       }
     }
+    if (others.length > 0) await inheritFromOtherVersions(s, others, tracker.takeAwaitingHistory());
     await tracker.cycle();
     return s;
   } catch (err) {

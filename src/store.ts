@@ -8,6 +8,7 @@ import { ExtentSet } from './extents.js';
 import type { DeviceIdentity } from './identity.js';
 import type { ImageState } from './label.js';
 import type { Baseline } from './reconcile.js';
+import type { ScrubProgress } from './scrub.js';
 import type { Gap, RangeState, TrackerStore } from './tracker.js';
 
 export interface SyncRecord {
@@ -50,6 +51,9 @@ export interface PairRecord {
   lastSync: SyncRecord | null;
   journalSeq?: number; // the last journal transaction applied to the drive
   pendingTxn?: { seq: number; image: ImageState; imageTimeMs: number } | null; // being written
+  scrub?: ScrubProgress;
+  /** Freeze durations of the last syncs (ms), newest last: status shows their p99. */
+  freezeHistoryMs?: number[];
 }
 
 interface StoredRange {

@@ -11,6 +11,8 @@ import { identify, identityChanges } from './identity.js';
 import { type ImageState, LABEL_AREA_BYTES, readLabel, writeLabel } from './label.js';
 import { type JournalEntry, type JournalRegion, applyTransaction, journalBytesFor, readCommitted, writeTransaction } from './journal.js';
 import { copyEntries, differingEntries } from './pass-source.js';
+import { withDriveLock } from './drive-lock.js';
+import { recordFreeze } from './pair-status.js';
 import { freeze, type ThawReport } from './freeze.js';
 import { CANNOT_FREEZE, mountEntriesOf, mountsOf } from './mounts.js';
 import { native } from './native.js';
@@ -556,7 +558,23 @@ async function directGeneration(c: SyncContext, carried: Cut | null): Promise<Ge
  * nothing was written during the sync and the counts reconcile exactly.
  * Through the journal when the generation fits, else directly.
  */
-export async function syncPair(s: Session, name: string, opts: { freeze?: boolean; journal?: boolean; quietMs?: number } = {}): Promise<SyncReport> {
+export async function syncPair(s: Session, name: string, opts: SyncOptions = {}): Promise<SyncReport> {
+  // A diff or restore may have the drive's image mounted: wait for it, the image must not change under it.
+  return withDriveLock(s.settings, name, () => syncPairLocked(s, name, opts), {
+    waitMs: opts.lockWaitMs,
+    onWait: () => process.stderr.write(`dpsr: pair ${name}: waiting for another dpsr command using its DPSR drive\n`),
+  });
+}
+
+export interface SyncOptions {
+  freeze?: boolean;
+  journal?: boolean;
+  quietMs?: number;
+  /** How long to wait for a diff or restore holding the drive (the daemon: 0, its ticks must go on). */
+  lockWaitMs?: number;
+}
+
+async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Promise<SyncReport> {
   const pair = s.store.pair(name);
   if (!pair) throw new DpsrError(`no pair named ${name}`, 'ENOPAIR');
   const problem = s.problems.get(name);
@@ -595,6 +613,7 @@ export async function syncPair(s: Session, name: string, opts: { freeze?: boolea
     }
     const fits = journaled;
     const durationMs = Date.now() - startedMs;
+    recordFreeze(pair, r.freezeMs);
     Object.assign(pair, {
       generation: c.generation, pending: null, ...finishedImage(pair, r.image, r.cutMs),
       lastSync: {

@@ -19,7 +19,8 @@ export type GapCause =
   | 'uncertain-baseline' // the counts' starting point was taken under load
   | 'unknown-write' // a write without a range (SG_IO, NVMe passthrough)
   | 'unknown-history' // a range tracked before this tracker knew it
-  | 'identity-changed'; // the device was re-attached or changed media meanwhile
+  | 'identity-changed' // the device was re-attached or changed media meanwhile
+  | 'scrub-mismatch'; // the scrub found a difference where the tracker saw no write
 
 export interface Gap {
   cause: GapCause;
@@ -78,6 +79,7 @@ export class Tracker {
   private readonly reader: RingReader;
   private stopped = false;
   private drained = 0;
+  private awaitingHistory: RangeState[] = [];
   private persistedDrained = 0; // `drained` when the store last persisted
 
   private constructor(
@@ -116,7 +118,7 @@ export class Tracker {
    * persisted earlier. If the kernel no longer had that range (reboot,
    * detach), what happened meanwhile is unknown: the whole range is suspect.
    */
-  async track(dev: BlockDevice, id: string, restored?: Omit<RangeState, 'slot'>): Promise<RangeState> {
+  async track(dev: BlockDevice, id: string, restored?: Omit<RangeState, 'slot'>, opts: { inheritable?: boolean } = {}): Promise<RangeState> {
     const range = { diskDev: dev.diskDev, startSector: dev.startSector, endSector: dev.startSector + dev.sizeSectors };
     const { index: slot, created } = this.kt.addSlot(range, OWNER_RING);
     const state: RangeState = restored ? { ...restored, slot } : {
@@ -135,10 +137,22 @@ export class Tracker {
     };
     this.bySlot[slot] = state;
     if (created) state.baseline = await this.measureBaseline(state);
+    // Another version's programs may still hold its history (an upgrade): the caller inherits it or calls lostHistory().
     if (created && restored) {
-      this.suspectAll(state, 'unknown-history', `${state.device} was not being tracked for a while (reboot or detach): the whole range is suspect`);
+      if (opts.inheritable) this.awaitingHistory.push(state);
+      else this.lostHistory(state);
     }
     return state;
+  }
+
+  /** Ranges tracked afresh here whose history another version's programs may hold (see pin-upgrade.ts). */
+  takeAwaitingHistory(): RangeState[] {
+    return this.awaitingHistory.splice(0);
+  }
+
+  /** Nothing tracked the range for a while (reboot, detach): what happened meanwhile is unknown. */
+  lostHistory(state: RangeState, why = `${state.device} was not being tracked for a while (reboot or detach)`): void {
+    this.suspectAll(state, 'unknown-history', `${why}: the whole range is suspect`);
   }
 
   untrack(state: RangeState): void {
@@ -147,15 +161,24 @@ export class Tracker {
   }
 
   private ingest(batch: Buffer): void {
+    this.drained += this.ingestInto(batch, (slot) => this.bySlot[slot]);
+  }
+
+  /** Records read from another version's ring (an upgrade), whose slot numbers are its own. */
+  ingestForeign(batch: Buffer, rangeOfSlot: (slot: number) => RangeState | undefined): void {
+    this.ingestInto(batch, rangeOfSlot);
+  }
+
+  private ingestInto(batch: Buffer, rangeOfSlot: (slot: number) => RangeState | undefined): number {
     let n = 0;
     forEachRecord(batch, (r) => {
       n++;
       for (let mask = r.slotMask, i = 0; mask !== 0; i++, mask >>>= 1) {
-        const st = mask & 1 ? this.bySlot[i] : undefined;
+        const st = mask & 1 ? rangeOfSlot(i) : undefined;
         if (!st) continue;
         if (r.flags & REC_UNKNOWN) {
           st.suspect.add(0, st.endSector - st.startSector);
-          this.gap(st, 'unknown-write', `a write without a range (op ${r.op}) on ${st.disk}`);
+          this.recordGap(st, 'unknown-write', `a write without a range (op ${r.op}) on ${st.disk}`);
           continue;
         }
         const s = Math.max(r.startSector, st.startSector) - st.startSector;
@@ -172,8 +195,8 @@ export class Tracker {
         st.receivedSectors += e - s;
       }
     });
-    this.drained += n;
     this.onRecords?.(n);
+    return n;
   }
 
   /** Consumes what the ring holds now. */
@@ -184,10 +207,10 @@ export class Tracker {
   /** Everything in the range may have changed unseen: compare it all at the next sync. */
   suspectAll(st: RangeState, cause: GapCause, detail: string): void {
     st.suspect.add(0, st.endSector - st.startSector);
-    this.gap(st, cause, detail);
+    this.recordGap(st, cause, detail);
   }
 
-  private gap(st: RangeState, cause: GapCause, detail: string, sectors?: number): void {
+  recordGap(st: RangeState, cause: GapCause, detail: string, sectors?: number): void {
     st.gaps.push({ cause, atMs: Date.now(), detail, ...(sectors !== undefined ? { sectors } : {}) });
   }
 
@@ -217,7 +240,7 @@ export class Tracker {
       const slot = this.kt.slot(st.slot)!;
       const into = drops > 0 ? st.suspect : st.unreconciled;
       for (const [s, e] of bitsToExtents(this.kt.epochBits(st.slot, old, false), slot)) into.add(s, e);
-      if (drops > 0) this.gap(st, 'ring-drops', `${drops} records dropped (ring full): their epoch's regions are suspect`);
+      if (drops > 0) this.recordGap(st, 'ring-drops', `${drops} records dropped (ring full): their epoch's regions are suspect`);
     }
     return { epoch: old, records: this.drained - before, drops };
   }
@@ -287,11 +310,11 @@ export class Tracker {
       verdicts.set(st, verdict);
       if (verdict.kind === 'exact') st.unreconciled.clear();
       if (verdict.kind === 'shortfall') {
-        this.gap(st, 'shortfall', `the kernel counted ${verdict.sectors} written sectors on ${st.disk} that tracking never saw`, verdict.sectors);
+        this.recordGap(st, 'shortfall', `the kernel counted ${verdict.sectors} written sectors on ${st.disk} that tracking never saw`, verdict.sectors);
         distrusted.push(st);
       }
       if (verdict.kind === 'rebaselined') {
-        this.gap(st, 'uncertain-baseline', `counts on ${st.disk} could not be confirmed from the start: unconfirmed regions are suspect`);
+        this.recordGap(st, 'uncertain-baseline', `counts on ${st.disk} could not be confirmed from the start: unconfirmed regions are suspect`);
         distrusted.push(st);
       }
     }

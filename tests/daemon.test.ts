@@ -4,7 +4,12 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
+import { native } from '../src/native.js';
+import type { PairStatus } from '../src/pair-status.js';
 
 const MiB = 1 << 20;
 let fx: Fixture;
@@ -15,6 +20,21 @@ test.before.each(() => {
 test.after.each(() => fx.cleanup());
 
 const dpsr = (...args: string[]) => runDpsr(env, args, 60_000);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Status through the running daemon, without blocking this process (the daemon's output pipes are read here). */
+async function statusOf(name: string): Promise<PairStatus> {
+  const { stdout } = await promisify(execFile)(process.execPath, [DPSR_BIN, 'status', name, '--json'], { env }).catch((e) => e);
+  return JSON.parse(stdout).pairs[0];
+}
+async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(200);
+  }
+}
 const hash = sha256Of;
 
 async function startDaemon(...args: string[]): Promise<ChildProcess> {
@@ -29,13 +49,29 @@ async function startDaemon(...args: string[]): Promise<ChildProcess> {
   return child;
 }
 
-function pairOf(mib: number) {
+function pairOf(mib: number, name = 'p') {
   const source = fx.loop(mib);
   const drive = fx.loop(mib + 64);
   sh('dd', ['if=/dev/urandom', `of=${source}`, 'bs=1M', `count=${mib}`, 'oflag=direct', 'status=none']);
-  const r = dpsr('pair', source, drive, '--name', 'p');
+  const r = dpsr('pair', source, drive, '--name', name);
   assert.is(r.status, 0, r.stderr);
   return { source, drive, bytes: mib * MiB };
+}
+
+/** A pair synced once: its image is a whole point in time. */
+function syncedPair(mib: number, name = 'p') {
+  const p = pairOf(mib, name);
+  const r = dpsr('sync', name, '--quiet-period', '0.2');
+  assert.is(r.status, 0, r.stderr);
+  return p;
+}
+
+/** A failure hook that appends its environment to a file. */
+function hookScript(): { command: string; log: string } {
+  const log = path.join(fx.dir, 'hook.log');
+  const script = path.join(fx.dir, 'hook.sh');
+  fs.writeFileSync(script, `#!/bin/sh\necho "$DPSR_EVENT $DPSR_PAIR $DPSR_REASON" >> ${log}\n`, { mode: 0o755 });
+  return { command: script, log };
 }
 
 test('a flush through the daemon returns when committed: the copy is exact', async () => {
@@ -109,6 +145,123 @@ test('a continuous policy from the configuration keeps the copy current', async 
     equal = hash(drive, bytes) === hash(source, bytes);
   }
   assert.ok(equal, 'synced by policy within 10 s');
+});
+
+test('a manual pair is never written behind the admin\'s back: status warns instead', async () => {
+  const { source, drive, bytes } = syncedPair(16);
+  await startDaemon('--tick', '0.2');
+  const before = hash(drive, bytes);
+  for (let i = 0; i < 5; i++) ddDirect(source, 3000 + i * 64, 8);
+  await sleep(1500);
+  assert.is(hash(drive, bytes), before, 'the drive was not written');
+  const st = await statusOf('p');
+  assert.is(st.policy, 'manual');
+  assert.is(st.dirtyBytes, 5 * 4096);
+  assert.match(st.warnings.join('\n'), /manual: dpsr sync p/);
+  const table = dpsr('status');
+  assert.match(table.stdout, /^PAIR\s+STATE\s+AGE/m);
+  assert.match(table.stdout, /^p\s+consistent\s/m, 'one line per pair');
+});
+
+test('the scrub finds a block changed behind dpsr\'s back, raises the hook, and the next sync repairs it', async () => {
+  const { drive, source, bytes } = syncedPair(32);
+  const hook = hookScript();
+  fs.writeFileSync(env.DPSR_CONFIG!, `tick = "200ms"\nscrub_every = "1s"\nscrub_bandwidth = "64M"\non_failure = "${hook.command}"\n`);
+  // Behind dpsr's back: clear the drive's read-only flag and change one 4 KiB block at 20 MiB.
+  sh('blockdev', ['--setrw', drive]);
+  sh('dd', ['if=/dev/urandom', `of=${drive}`, 'bs=4096', `seek=${(20 * MiB) / 4096}`, 'count=1', 'oflag=direct', 'conv=notrunc', 'status=none']);
+  assert.is.not(hash(drive, bytes), hash(source, bytes));
+  await startDaemon();
+  const st = await waitFor('the scrub mismatch', async () => {
+    const s = await statusOf('p');
+    return s.gapsSinceSync.some((g) => g.cause === 'scrub-mismatch') && s;
+  });
+  const gap = st.gapsSinceSync.find((g) => g.cause === 'scrub-mismatch')!;
+  assert.match(gap.detail, new RegExp(`bytes ${20 * MiB}-${20 * MiB + 4095}`), 'the location is reported');
+  assert.is(st.dirtyBytes, 4096, 'exactly the changed block is to be repaired');
+  await waitFor('the hook', async () => fs.existsSync(hook.log) && /^scrub-mismatch p /m.test(fs.readFileSync(hook.log, 'utf8')));
+  const r = dpsr('sync', 'p', '--json', '--quiet-period', '0.2');
+  assert.is(r.status, 0, r.stderr);
+  assert.is(JSON.parse(r.stdout).syncs[0].copiedBytes, 4096);
+  assert.is(hash(drive, bytes), hash(source, bytes), 'repaired');
+});
+
+test('after a reboot (tracking gone) the daemon says so and compares in the background; the sync then writes only the differences', async () => {
+  const { source, drive, bytes } = syncedPair(32);
+  // A reboot: the pinned programs and maps are gone, and the source was written meanwhile.
+  native().detach(env.DPSR_BPF_DIR!);
+  for (let i = 0; i < 6; i++) ddDirect(source, 1000 + i * 4096, 16);
+  fs.writeFileSync(env.DPSR_CONFIG!, 'tick = "200ms"\ncompare_bandwidth = "32M"\nscrub_every = "off"\n');
+  await startDaemon();
+  const first = await statusOf('p');
+  assert.ok(first.gapsSinceSync.some((g) => g.cause === 'unknown-history'), 'status shows the gap');
+  assert.not.ok(first.usable);
+  const st = await waitFor('the background compare', async () => {
+    const s = await statusOf('p');
+    return s.suspectBytes === 0 && s;
+  });
+  assert.is(st.dirtyBytes, 6 * 16 * 512, 'exactly the blocks written while untracked');
+  const r = dpsr('sync', 'p', '--json', '--quiet-period', '0.2');
+  assert.is(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout).syncs[0];
+  assert.is(report.comparedBytes, 0, 'nothing left to compare in the sync');
+  assert.is(report.copiedBytes, 6 * 16 * 512);
+  assert.is(hash(drive, bytes), hash(source, bytes));
+});
+
+test('two pairs, continuous policy under a file workload: the image age stays under the RPO target', async () => {
+  const disks = ['a', 'b'].map((name) => {
+    const source = fx.loop(64);
+    const drive = fx.loop(128);
+    fx.mkfs(source, 'ext4');
+    const r = dpsr('pair', source, drive, '--name', name);
+    assert.is(r.status, 0, r.stderr);
+    return { name, source, drive, mnt: fx.mount(source) };
+  });
+  fs.writeFileSync(env.DPSR_CONFIG!, 'tick = "200ms"\n[default]\npolicy = "continuous"\nrpo = "4s"\nmin_interval = "500ms"\n');
+  await startDaemon();
+  const writers = disks.map((d) => {
+    const w = spawn('sh', ['-c', `i=0; while :; do dd if=/dev/urandom of=${d.mnt}/f$((i % 20)) bs=64k count=4 conv=fsync status=none; i=$((i+1)); sleep 0.05; done`]);
+    fx.defer('stop writer', () => w.kill('SIGKILL'));
+    return w;
+  });
+  await waitFor('first images', async () => (await Promise.all(disks.map((d) => statusOf(d.name)))).every((s) => s.imageTime !== null), 30_000);
+  const ages: number[] = [];
+  const until = Date.now() + 8000;
+  while (Date.now() < until) {
+    for (const d of disks) {
+      const s = await statusOf(d.name);
+      ages.push(Date.now() - Date.parse(s.imageTime!));
+    }
+    await sleep(250);
+  }
+  for (const w of writers) w.kill('SIGKILL');
+  ages.sort((x, y) => x - y);
+  const pct = (p: number) => ages[Math.min(ages.length - 1, Math.ceil((p / 100) * ages.length) - 1)];
+  console.log(`  image age under load (rpo 4 s): p50 ${pct(50)} ms, p99 ${pct(99)} ms, max ${ages[ages.length - 1]} ms over ${ages.length} samples`);
+  assert.ok(ages[ages.length - 1] < 4000, `max age ${ages[ages.length - 1]} ms`);
+  for (const d of disks) sh('umount', [d.mnt]);
+  for (const d of disks) {
+    const r = dpsr('sync', d.name, '--quiet-period', '0.2');
+    assert.is(r.status, 0, r.stderr);
+    assert.is(hash(d.drive, 64 * MiB), hash(d.source, 64 * MiB), `${d.name} exact after the last sync`);
+    sh('fsck.ext4', ['-n', '-f', d.drive]);
+  }
+});
+
+test('sync --timeout gives up waiting with exit 1; the drive keeps a whole image', async () => {
+  const { source, drive, bytes } = syncedPair(16);
+  await startDaemon('--tick', '0.2');
+  const writer = spawn('sh', ['-c', `while :; do dd if=/dev/urandom of=${source} bs=4k count=1 seek=100 oflag=direct conv=notrunc status=none; done`]);
+  fx.defer('stop writer', () => writer.kill('SIGKILL'));
+  const before = hash(drive, bytes);
+  const t0 = Date.now();
+  const r = dpsr('sync', 'p', '--timeout', '1s', '--quiet-period', '5');
+  assert.is(r.status, 1, r.stderr);
+  assert.match(r.stderr, /not done after 1 s \(--timeout\)/);
+  assert.ok(Date.now() - t0 < 5000);
+  writer.kill('SIGKILL');
+  assert.is(hash(drive, bytes), before, 'nothing was committed: the previous image');
 });
 
 test.run();

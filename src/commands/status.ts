@@ -8,82 +8,82 @@ import { readLabel } from '../label.js';
 import { closeSession, openSession, type Session } from '../session.js';
 import { openPairedDrive, recoverJournal } from '../sync.js';
 import { type PairRecord, Store } from '../store.js';
-import type { Gap, RangeState } from '../tracker.js';
+import type { RangeState } from '../tracker.js';
+import { styleText } from 'node:util';
+import { DEFAULT_CONFIG, loadConfig } from '../config.js';
+import { ControlClient } from '../protocol.js';
+import { type PairState, type PairStatus, humanBytes, humanDuration, policyOf, statusOf } from '../pair-status.js';
 
-export type PairState = 'copying' | 'inconsistent' | 'syncing' | 'needs-compare' | 'gap' | 'consistent' | 'crash-consistent' | 'fuzzy' | 'error';
-
-export interface PairStatus {
-  name: string;
-  source: string;
-  drive: string;
-  state: PairState;
-  usable: boolean; // the drive holds a whole image that can be booted or restored from
-  image: string;
-  imageTime: string | null;
-  rpoSeconds: number | null;
-  generation: number;
-  dirtyBytes: number | null; // null when another process owns the live numbers
-  suspectBytes: number | null;
-  gapsSinceSync: Gap[];
-  lastSync: PairRecord['lastSync'];
-  journal: string;
-  problem?: string;
-}
-
-export function parseDuration(text: string): number {
+export function parseDuration(text: string, what = '--max-age'): number {
   const m = text.match(/^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?$/);
-  if (!m) throw new DpsrError(`--max-age ${text}: use a number with s, m, h, d or w (e.g. 15m)`, 'EUSAGE', ExitStatus.usage);
+  if (!m) throw new DpsrError(`${what} ${text}: use a number with s, m, h, d or w (e.g. 15m)`, 'EUSAGE', ExitStatus.usage);
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 }[(m[2] ?? 's') as 'ms'];
   return Number(m[1]) * unit;
 }
 
-function statusOf(pair: PairRecord, range: RangeState | undefined, problem: string | undefined, live: boolean): PairStatus {
-  const sinceMs = pair.lastSync?.atMs ?? 0;
-  const gaps = range ? range.gaps.filter((g) => g.atMs > sinceMs) : [];
-  const suspect = range ? range.suspect.totalSectors * 512 : 0;
-  const state: PairState = problem ? 'error'
-    : !pair.fullCopy.complete ? 'copying'
-      : pair.pending ? 'syncing'
-        : pair.generation === 0 ? 'inconsistent'
-          : suspect > 0 ? 'needs-compare'
-            : gaps.length > 0 ? 'gap'
-              : pair.image === 'point-in-time' ? 'consistent' : (pair.image as PairState);
-  const usable = !problem && pair.generation > 0 && !pair.pending && suspect === 0 && pair.fullCopy.complete;
-  return {
-    name: pair.name,
-    source: pair.source.path,
-    drive: pair.drive.path,
-    state,
-    usable,
-    image: pair.image,
-    imageTime: pair.imageTimeMs ? new Date(pair.imageTimeMs).toISOString() : null,
-    rpoSeconds: pair.imageTimeMs ? Math.round((Date.now() - pair.imageTimeMs) / 1000) : null,
-    generation: pair.generation,
-    dirtyBytes: live && range ? range.dirty.totalSectors * 512 : null,
-    suspectBytes: live && range ? suspect : null,
-    gapsSinceSync: gaps,
-    lastSync: pair.lastSync,
-    journal: pair.reservedSectors > 0
-      ? `redo journal in the reserved tail (last transaction ${pair.journalSeq ?? 0}${pair.lastSync && pair.lastSync.journaled === false ? '; the last sync was too big for it and wrote in place' : ''})`
-      : 'none: no reserved tail (not crash-safe during a sync)',
-    ...(problem ? { problem } : {}),
-  };
-}
+const shown = (b: number | null) => (b === null ? 'unknown (owned by another dpsr process)' : humanBytes(b));
 
-const human = (b: number | null) => (b === null ? 'unknown (owned by another dpsr process)' : b < 2 ** 20 ? `${(b / 1024).toFixed(1)} KiB` : `${(b / 2 ** 20).toFixed(1)} MiB`);
-
-function printStatus(st: PairStatus, log: (s: string) => void): void {
+function printLong(st: PairStatus, log: (s: string) => void): void {
   log(`${st.name}: ${st.source} → ${st.drive}`);
   log(`  state      ${st.state}${st.usable ? '' : ' (not a usable image right now)'}${st.problem ? `: ${st.problem}` : ''}`);
   log(`  image      ${st.image}, generation ${st.generation}${st.imageTime ? `, taken ${st.imageTime} (RPO ${st.rpoSeconds} s)` : ''}`);
-  log(`  dirty      ${human(st.dirtyBytes)} since the image${st.suspectBytes ? `; ${human(st.suspectBytes)} to compare` : ''}`);
-  if (st.lastSync) log(`  last sync  copied ${human(st.lastSync.copiedBytes)}, compared ${human(st.lastSync.comparedBytes)} in ${(st.lastSync.durationMs / 1000).toFixed(2)} s`);
+  log(`  dirty      ${shown(st.dirtyBytes)} since the image${st.suspectBytes ? `; ${shown(st.suspectBytes)} to compare` : ''}`);
+  log(`  policy     ${st.policy}${st.nextSync ? `, next sync ${st.nextSync}` : ''}`);
+  if (st.lastSync) log(`  last sync  copied ${shown(st.lastSync.copiedBytes)}, compared ${shown(st.lastSync.comparedBytes)} in ${(st.lastSync.durationMs / 1000).toFixed(2)} s`);
+  if (st.freezeP99Ms !== null) log(`  freeze     p99 ${st.freezeP99Ms.toFixed(1)} ms over the recent syncs`);
   log(`  journal    ${st.journal}`);
+  log(`  scrub      ${st.scrub.progressPercent !== null ? `round ${st.scrub.progressPercent}% done; ` : ''}last full round ${st.scrub.lastRoundDone ?? 'never'}; ${st.scrub.mismatchesTotal} mismatches found`);
   for (const g of st.gapsSinceSync) log(`  gap        ${new Date(g.atMs).toISOString()} ${g.cause}: ${g.detail}`);
+  for (const w of st.warnings) log(`  warning    ${w}`);
 }
 
-export async function statusCommand(opts: { name?: string; json: boolean; maxAge?: string; drive?: string },
-  settings: Settings, log: (s: string) => void): Promise<ExitStatusValue> {
+const STATE_COLOUR: Record<PairState, 'green' | 'yellow' | 'red'> = {
+  consistent: 'green', 'crash-consistent': 'yellow', fuzzy: 'yellow', copying: 'yellow', syncing: 'yellow',
+  'needs-compare': 'yellow', gap: 'yellow', inconsistent: 'red', error: 'red',
+};
+
+/** One line per pair, aligned; colour on a terminal (not with NO_COLOR or when piped). */
+function printTable(statuses: PairStatus[], log: (s: string) => void, colour: boolean): void {
+  const paint = (c: 'green' | 'yellow' | 'red' | 'dim', text: string) => (colour ? styleText(c, text) : text);
+  const ago = (iso: string | null, now: number) => (iso ? humanDuration(now - Date.parse(iso)) : '-');
+  const now = Date.now();
+  const header = ['PAIR', 'STATE', 'AGE', 'DIRTY', 'LAST SYNC', 'NEXT SYNC', 'GAPS', 'JOURNAL', 'FREEZE p99', 'POLICY'];
+  const rows = statuses.map((st) => [
+    st.name, st.state, st.rpoSeconds === null ? '-' : humanDuration(st.rpoSeconds * 1000),
+    st.dirtyBytes === null ? '?' : humanBytes(st.dirtyBytes + (st.suspectBytes ?? 0)),
+    st.lastSync ? `${ago(new Date(st.lastSync.atMs).toISOString(), now)} ago` : 'never',
+    st.nextSync ? (Date.parse(st.nextSync) <= now ? 'now' : `in ${humanDuration(Date.parse(st.nextSync) - now)}`) : '-',
+    String(st.gapsSinceSync.length), st.journal.startsWith('redo') ? 'tail' : 'none',
+    st.freezeP99Ms === null ? '-' : `${st.freezeP99Ms.toFixed(0)} ms`, st.policy,
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
+  log(paint('dim', line(header)));
+  rows.forEach((r, i) => {
+    const text = line(r);
+    const st = statuses[i];
+    // Colour the state cell only: padding is computed on the plain text.
+    const at = widths[0] + 2;
+    log(colour ? text.slice(0, at) + paint(STATE_COLOUR[st.state], r[1]) + text.slice(at + r[1].length) : text);
+  });
+  for (const st of statuses) {
+    if (st.problem) log(paint('red', `${st.name}: ${st.problem}`));
+    for (const w of st.warnings) log(paint('yellow', `${st.name}: ${w}`));
+  }
+}
+
+function report(statuses: PairStatus[], opts: StatusOptions, log: (s: string) => void, maxAgeMs: number | undefined): ExitStatusValue {
+  if (opts.json) process.stdout.write(`${JSON.stringify({ pairs: statuses })}\n`);
+  else if (statuses.length === 0) log('no pairs (dpsr pair SOURCE DPSR_DRIVE)');
+  else if (opts.long) statuses.forEach((st) => printLong(st, log));
+  else printTable(statuses, log, process.stdout.isTTY === true && !process.env.NO_COLOR);
+  const stale = maxAgeMs !== undefined && statuses.some((st) => st.rpoSeconds === null || st.rpoSeconds * 1000 > maxAgeMs);
+  return statuses.some((st) => !st.usable) || stale ? ExitStatus.notUsable : ExitStatus.ok;
+}
+
+interface StatusOptions { name?: string; json: boolean; long?: boolean; maxAge?: string; drive?: string }
+
+export async function statusCommand(opts: StatusOptions, settings: Settings, log: (s: string) => void): Promise<ExitStatusValue> {
   const maxAgeMs = opts.maxAge !== undefined ? parseDuration(opts.maxAge) : undefined;
   if (opts.drive) {
     const fd = openDirect(opts.drive, false);
@@ -95,6 +95,20 @@ export async function statusCommand(opts: { name?: string; json: boolean; maxAge
     const ok = ['point-in-time', 'crash-consistent', 'fuzzy'].includes(label.image);
     return ok ? ExitStatus.ok : ExitStatus.notUsable;
   }
+
+  // A running daemon owns the live numbers and knows the schedule.
+  const daemon = await ControlClient.connect(settings.socketPath);
+  if (daemon) {
+    try {
+      const statuses = await daemon.request({ command: 'status', name: opts.name }) as PairStatus[];
+      if (opts.name && statuses.length === 0) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');
+      return report(statuses, opts, log, maxAgeMs);
+    } finally {
+      daemon.close();
+    }
+  }
+  let config = DEFAULT_CONFIG;
+  try { config = loadConfig(settings.configPath); } catch { /* the daemon reports a bad file; status still works */ }
 
   // Owner if there is something to track and nobody else owns it (drain,
   // reconcile: live numbers); else read the store only.
@@ -132,12 +146,8 @@ export async function statusCommand(opts: { name?: string; json: boolean; maxAge
     const pairs = store.pairs().filter((p) => !opts.name || p.name === opts.name);
     if (opts.name && pairs.length === 0) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');
     const statuses = pairs.map((p) => statusOf(p, session?.ranges.get(p.name) ?? store.range(p.name) as RangeState | undefined,
-      session?.problems.get(p.name), session !== undefined));
-    if (opts.json) process.stdout.write(`${JSON.stringify({ pairs: statuses })}\n`);
-    else if (statuses.length === 0) log('no pairs (dpsr pair SOURCE DPSR_DRIVE)');
-    else statuses.forEach((st) => printStatus(st, log));
-    const stale = maxAgeMs !== undefined && statuses.some((st) => st.rpoSeconds === null || st.rpoSeconds * 1000 > maxAgeMs);
-    return statuses.some((st) => !st.usable) || stale ? ExitStatus.notUsable : ExitStatus.ok;
+      session?.problems.get(p.name), session !== undefined, policyOf(config, p.name), null));
+    return report(statuses, opts, log, maxAgeMs);
   } finally {
     if (session) await closeSession(session);
     else await store.close();

@@ -21,22 +21,42 @@ export function describeSync(r: SyncReport): string {
   return `${parts.join(', ')}; ${image}${gaps}`;
 }
 
-export async function syncCommand(opts: { name?: string; all: boolean; json: boolean; freeze?: boolean; quietMs?: number }, settings: Settings,
+const timedOut = (ms: number, rest: string) =>
+  new DpsrError(`dpsr sync: not done after ${(ms / 1000).toFixed(0)} s (--timeout); ${rest}; the DPSR drive holds a whole image either way (dpsr status tells which)`, 'ETIMEDOUT');
+
+/** Rejects after ms (unless settled first); the timer never keeps the process alive. */
+function deadline<T>(work: Promise<T>, ms: number | undefined, onTimeout: () => Error): Promise<T> {
+  if (ms === undefined) return work;
+  let timer: NodeJS.Timeout;
+  const expiry = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(onTimeout()), ms); timer.unref(); });
+  return Promise.race([work, expiry]).finally(() => clearTimeout(timer));
+}
+
+export async function syncCommand(opts: { name?: string; all: boolean; json: boolean; freeze?: boolean; quietMs?: number; timeoutMs?: number }, settings: Settings,
   log: (s: string) => void): Promise<SyncReport[]> {
   if (!opts.name && !opts.all) throw new UsageError('dpsr sync: name a pair or give --all');
   // A running daemon owns tracking: the flush goes through it and returns when committed.
   const daemon = await ControlClient.connect(settings.socketPath);
   if (daemon) {
     try {
-      const reports = await daemon.request({
+      const reports = await deadline(daemon.request({
         command: 'sync', names: opts.name ? [opts.name] : [], all: opts.all, freeze: opts.freeze, quietMs: opts.quietMs,
-      }) as SyncReport[];
+      }), opts.timeoutMs, () => timedOut(opts.timeoutMs!, 'the daemon goes on with it')) as SyncReport[];
       if (opts.json) process.stdout.write(`${JSON.stringify({ syncs: reports })}\n`);
       else for (const r of reports) log(describeSync(r));
       return reports;
     } finally {
       daemon.close();
     }
+  }
+  if (opts.timeoutMs !== undefined) {
+    // Alone, a sync cut short is the crash the journal is made for: the watchdog thaws,
+    // an uncommitted transaction is ignored and the next sync redoes the generation.
+    const t = setTimeout(() => {
+      process.stderr.write(`dpsr: ${timedOut(opts.timeoutMs!, 'stopped; the next sync redoes it').message}\n`);
+      process.exit(1);
+    }, opts.timeoutMs);
+    t.unref();
   }
   const s = await openSession(settings);
   try {

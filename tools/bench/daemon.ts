@@ -1,0 +1,165 @@
+/**
+ * The daemon under load, as an admin runs it (the real CLI, its own state
+ * dir, socket and pin dir):
+ *
+ *   node dist/tools/bench/daemon.js [--seconds S] [--rate IOPS] [--rpo SECONDS]
+ *
+ * (1) RPO over time: an ext4 source (loop over /dev/shm) with a continuous
+ *     policy, fio writing files steadily (--rate IOPS of 4 KiB, direct, with
+ *     an fsync every 64 writes); the image's age is sampled every 250 ms over
+ *     the control socket: percentiles against the target.
+ * (2) Cost of tracking: a raw source written by fio at 100k 4 KiB writes/s
+ *     for S seconds, without (A) and with (B) the daemon tracking it (manual
+ *     policy: it only drains and persists). The daemon's CPU (utime+stime
+ *     from /proc) per second and per write, its peak RSS, and fio's IOPS
+ *     B/A side by side.
+ * Needs root, fio. See tools/bench/README.md.
+ */
+import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { native } from '../../src/native.js';
+import { run, scratchSpace } from './scratch.js';
+
+const MiB = 1 << 20;
+const DPSR_BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/dpsr.js');
+const CLK_TCK = 100;
+
+function option(name: string, fallback: number): number {
+  const i = process.argv.indexOf(name);
+  if (i < 0) return fallback;
+  const n = Number(process.argv[i + 1]);
+  if (!Number.isFinite(n) || n <= 0) { console.error(`bench: ${name} needs a positive number`); process.exit(2); }
+  return n;
+}
+
+const seconds = option('--seconds', 20);
+const rate = option('--rate', 2000);
+const rpoS = option('--rpo', 10);
+
+const space = scratchSpace('dpsr-bench-daemon-');
+const shmDir = fs.mkdtempSync('/dev/shm/dpsr-bench-daemon-');
+space.cleanups.push(() => fs.rmSync(shmDir, { recursive: true, force: true }));
+const pinRoot = `/sys/fs/bpf/dpsr-bench-${process.pid}`;
+space.cleanups.push(() => { try { native().detach(path.join(pinRoot, 'v1')); } catch { /* not loaded */ } fs.rmSync(pinRoot, { recursive: true, force: true }); });
+
+function shmLoop(name: string, bytes: number): string {
+  const img = path.join(shmDir, name);
+  fs.closeSync(fs.openSync(img, 'w'));
+  fs.truncateSync(img, bytes);
+  const dev = run('losetup', ['-f', '--show', img]).trim();
+  space.cleanups.push(() => { run('blockdev', ['--setrw', dev]); run('losetup', ['-d', dev]); });
+  return dev;
+}
+
+function envFor(tag: string): NodeJS.ProcessEnv {
+  const dir = path.join(space.dir, tag);
+  fs.mkdirSync(dir, { recursive: true });
+  return {
+    ...process.env, DPSR_STATE_DIR: path.join(dir, 'state'), DPSR_SOCKET: path.join(dir, 'run', 'dpsr.sock'),
+    DPSR_CONFIG: path.join(dir, 'dpsr.toml'), DPSR_BPF_DIR: path.join(pinRoot, 'v1'),
+  };
+}
+
+const dpsr = (env: NodeJS.ProcessEnv, ...args: string[]) => execFileSync(process.execPath, [DPSR_BIN, ...args], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+
+async function startDaemon(env: NodeJS.ProcessEnv): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [DPSR_BIN, 'daemon'], { env, stdio: ['ignore', 'pipe', 'inherit'] });
+  space.cleanups.push(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d) => { out += d; if (out.includes('listening')) resolve(); });
+    child.on('exit', () => reject(new Error(`daemon exited: ${out}`)));
+  });
+  return child;
+}
+
+async function stopDaemon(child: ChildProcess): Promise<void> {
+  const gone = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await gone;
+}
+
+function cpuTicks(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return Number(fields[11]) + Number(fields[12]); // utime, stime
+}
+
+const memKiB = (pid: number, key: string) => Number(fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(new RegExp(`${key}:\\s+(\\d+)`))![1]);
+
+function pct(values: number[], p: number): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+}
+
+function fio(args: string[]): Promise<{ iops: number }> {
+  return promisify(execFile)('fio', ['--output-format=json', '--thread', ...args], { maxBuffer: 64 * MiB }).then(({ stdout }) => {
+    const job = JSON.parse(stdout).jobs[0];
+    return { iops: job.write.iops };
+  });
+}
+
+async function rpoOverTime(): Promise<void> {
+  const env = envFor('rpo');
+  const source = shmLoop('rpo-source.img', 256 * MiB);
+  const drive = shmLoop('rpo-drive.img', 320 * MiB);
+  run('mkfs.ext4', ['-q', '-F', source]);
+  dpsr(env, 'pair', source, drive, '--name', 'data');
+  const mnt = path.join(space.dir, 'mnt');
+  fs.mkdirSync(mnt);
+  run('mount', [source, mnt]);
+  space.cleanups.push(() => run('umount', [mnt]));
+  fs.writeFileSync(env.DPSR_CONFIG!, `tick = "1s"\n[pairs.data]\npolicy = "continuous"\nrpo = "${rpoS}s"\nmin_interval = "${Math.max(1, rpoS / 5)}s"\n`);
+  dpsr(env, 'sync', 'data');
+  const daemon = await startDaemon(env);
+  const load = fio(['--name=steady', `--directory=${mnt}`, '--rw=randwrite', '--bs=4k', '--size=64M', '--direct=1', '--ioengine=psync',
+    `--rate_iops=${rate}`, '--fsync=64', '--time_based', `--runtime=${seconds * 2}`]);
+  const ages: number[] = [];
+  const t0 = Date.now();
+  const syncsBefore = JSON.parse(dpsr(env, 'status', 'data', '--json')).pairs[0].generation;
+  while (Date.now() - t0 < seconds * 2000) {
+    const st = JSON.parse((await promisify(execFile)(process.execPath, [DPSR_BIN, 'status', 'data', '--json'], { env })).stdout).pairs[0];
+    ages.push((Date.now() - Date.parse(st.imageTime)) / 1000);
+    await sleep(250);
+  }
+  await load;
+  const st = JSON.parse(dpsr(env, 'status', 'data', '--json')).pairs[0];
+  await stopDaemon(daemon);
+  console.log(`(1) RPO over ${seconds * 2} s of ${rate} writes/s on a mounted ext4 (continuous, target ${rpoS} s), ${ages.length} samples:`);
+  console.log(`    image age p50 ${pct(ages, 50).toFixed(2)} s, p90 ${pct(ages, 90).toFixed(2)} s, p99 ${pct(ages, 99).toFixed(2)} s, max ${Math.max(...ages).toFixed(2)} s: ${Math.max(...ages) <= rpoS ? 'within' : 'OVER'} the target; ${st.generation - syncsBefore} syncs, freeze p99 ${st.freezeP99Ms} ms`);
+}
+
+async function trackingCost(): Promise<void> {
+  const env = envFor('cost');
+  const source = shmLoop('cost-source.img', 1024 * MiB);
+  const drive = shmLoop('cost-drive.img', 1100 * MiB);
+  const job = ['--name=cost', `--filename=${source}`, '--rw=randwrite', '--bs=4k', '--direct=1', '--ioengine=libaio', '--iodepth=32',
+    '--rate_iops=100000', '--time_based', `--runtime=${seconds}`];
+  const a0 = await fio(job); // A: nothing attached
+  dpsr(env, 'pair', source, drive, '--name', 'raw');
+  fs.writeFileSync(env.DPSR_CONFIG!, 'tick = "1s"\nscrub_every = "off"\n[pairs.raw]\npolicy = "manual"\n');
+  const daemon = await startDaemon(env);
+  await sleep(1000);
+  const pid = daemon.pid!;
+  const ticks0 = cpuTicks(pid);
+  const b = await fio(job);
+  const cpuS = (cpuTicks(pid) - ticks0) / CLK_TCK;
+  const rss = memKiB(pid, 'VmRSS');
+  const hwm = memKiB(pid, 'VmHWM');
+  const st = JSON.parse(dpsr(env, 'status', 'raw', '--json')).pairs[0];
+  await stopDaemon(daemon);
+  const writes = b.iops * seconds;
+  console.log(`(2) ${seconds} s of fio 4k randwrite at a 100k IOPS cap, raw loop over /dev/shm:`);
+  console.log(`    IOPS: nothing attached (A) ${a0.iops.toFixed(0)}, daemon tracking (B) ${b.iops.toFixed(0)}: ratio B/A ${(b.iops / a0.iops).toFixed(3)}`);
+  console.log(`    daemon CPU ${(100 * cpuS / seconds).toFixed(1)}% of one CPU (${((cpuS * 1e6) / writes).toFixed(2)} µs per write), RSS ${(rss / 1024).toFixed(0)} MiB (peak ${(hwm / 1024).toFixed(0)} MiB); dirty ${(st.dirtyBytes / MiB).toFixed(0)} MiB tracked`);
+}
+
+try {
+  await rpoOverTime();
+  await trackingCost();
+} finally {
+  space.cleanup();
+}
