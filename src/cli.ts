@@ -69,6 +69,7 @@ command is run again (or at the next sync). The drive is left read-only.`)
     .option('--json', 'one JSON document on stdout')
     .option('--no-freeze', 'do not freeze a mounted source for the final pass (the image is then crash-consistent at best)')
     .option('--quiet-period <SECONDS>', 'an unmounted source must be idle this long before the final pass', '2')
+    .option('--timeout <DURATION>', 'give up waiting after this long (e.g. 90s, 10m): exit 1; the DPSR drive keeps a whole image either way')
     .addHelpText('after', `
 A mounted source is copied in converging passes, then its file systems are
 frozen (FIFREEZE, at most 5 s, a watchdog process thaws them whatever happens)
@@ -76,11 +77,13 @@ for the final pass: the image is then one point in time. An unmounted source
 must be idle for the quiet period; the final pass is accepted only if nothing
 was written meanwhile, else retried, then the sync fails "not quiescent" and
 the DPSR drive keeps its previous image.`)
-    .action(async (name: string | undefined, opts: { all?: boolean; json?: boolean; freeze: boolean; quietPeriod: string }) => {
+    .action(async (name: string | undefined, opts: { all?: boolean; json?: boolean; freeze: boolean; quietPeriod: string; timeout?: string }) => {
       const { syncCommand } = await import('./commands/sync.js');
+      const { parseDuration } = await import('./commands/status.js');
       const quietMs = Number(opts.quietPeriod) * 1000;
       if (!Number.isFinite(quietMs) || quietMs < 0) throw new UsageError(`--quiet-period ${opts.quietPeriod}: seconds, e.g. 2 or 0.5`);
-      await syncCommand({ name, all: opts.all === true, json: opts.json === true, freeze: opts.freeze, quietMs }, settings, log);
+      const timeoutMs = opts.timeout !== undefined ? parseDuration(opts.timeout, '--timeout') : undefined;
+      await syncCommand({ name, all: opts.all === true, json: opts.json === true, freeze: opts.freeze, quietMs, timeoutMs }, settings, log);
     });
 
   cli.command('status')
@@ -88,10 +91,18 @@ the DPSR drive keeps its previous image.`)
     .argument('[NAME]')
     .option('--json', 'one JSON document on stdout')
     .option('--max-age <AGE>', 'exit 4 if an image is older than AGE (e.g. 15m, 1h, 2d)')
+    .option('-l, --long', 'every detail, a block per pair')
     .option('--drive <DEV>', 'read a DPSR drive\'s own label, without the state directory')
-    .action(async (name: string | undefined, opts: { json?: boolean; maxAge?: string; drive?: string }) => {
+    .addHelpText('after', `
+One line per pair: STATE (consistent, crash-consistent, fuzzy, copying, syncing,
+needs-compare, gap, inconsistent, error), AGE of the image (the RPO), DIRTY data
+since it, LAST and NEXT SYNC, GAPS since the last sync, JOURNAL (tail: crash-safe),
+FREEZE p99 over recent syncs, POLICY; then warnings. Colour on a terminal only
+(NO_COLOR turns it off). --json: {"pairs": [PairStatus...]}, see the README.
+Exit 4 when any image is not usable or older than --max-age (for monitoring).`)
+    .action(async (name: string | undefined, opts: { json?: boolean; long?: boolean; maxAge?: string; drive?: string }) => {
       const { statusCommand } = await import('./commands/status.js');
-      process.exitCode = await statusCommand({ name, json: opts.json === true, maxAge: opts.maxAge, drive: opts.drive }, settings, log);
+      process.exitCode = await statusCommand({ name, json: opts.json === true, long: opts.long === true, maxAge: opts.maxAge, drive: opts.drive }, settings, log);
     });
 
   cli.command('verify')
@@ -140,6 +151,173 @@ SIGTERM or SIGINT.`)
         tickMs: opts.tick !== undefined ? seconds(opts.tick, '--tick') : null,
         intervalMs: opts.interval !== undefined ? seconds(opts.interval, '--interval') : null,
       }, log);
+    });
+
+  cli.command('diff')
+    .description('the files that differ between the source\'s file system now and the DPSR drive\'s image: changed, deleted and new since the sync')
+    .argument('<NAME>')
+    .argument('[PATH]', 'a file or folder: absolute under the source\'s mount point, or relative to its file system\'s root (default: all of it)')
+    .option('--in-partition <N>', 'a whole-disk pair: the partition whose file system to compare (default: the one PATH is mounted from, or the only one)')
+    .option('--content', 'also compare the bytes of files whose size and mtime are equal')
+    .option('--force', 'look at an image that is not one point in time (crash-consistent, fuzzy, partial)')
+    .option('--exit-code', 'exit 1 when there are differences (else 0 whenever the comparison ran)')
+    .option('--json', 'one JSON document on stdout: {name, image, source, partition, path, entries: [{path, change, why, source, image}], summary}')
+    .addHelpText('after', `
+Left, the source now; right, the image: ≠ changed (type, size, mtime, mode,
+owner, symlink target; with --content also the bytes), - deleted since the sync
+(only in the image), + new since the sync (only on the source). Directories
+are compared by type, mode and owner; one on one side only is listed once,
+with what it holds. The image is mounted read-only (a read-only loop device;
+ext4 noload, xfs norecovery,nouuid) in a private directory and unmounted
+after; nothing is written to the DPSR drive. The pair's drive lock keeps a
+sync from changing the image meanwhile, and a committed journal transaction
+of an interrupted sync is applied first (refused while a daemon owns the pair).
+Refuses (exit 3) an image that is not one point in time (crash-consistent,
+fuzzy, partly applied: without replaying its journal, noload can show stale
+metadata) unless --force; and a source that is gone.`)
+    .action(async (name: string, pathArg: string | undefined,
+      opts: { inPartition?: string; content?: boolean; force?: boolean; exitCode?: boolean; json?: boolean }) => {
+      const { diffCommand } = await import('./commands/diff.js');
+      process.exitCode = await diffCommand({
+        name, path: pathArg, inPartition: partitionNumber(opts.inPartition, '--in-partition'), content: opts.content === true,
+        force: opts.force === true, json: opts.json === true, exitCode: opts.exitCode === true,
+      }, settings, log);
+    });
+
+  /** A partition number option (1, 2, ...), or undefined when not given. */
+  const partitionNumber = (text: string | undefined, option: string): number | undefined => {
+    if (text === undefined) return undefined;
+    const n = Number(text);
+    if (!Number.isInteger(n) || n < 1) throw new UsageError(`${option} ${text}: a partition number, e.g. 2`);
+    return n;
+  };
+
+  cli.command('restore')
+    .description('copy files or folders back from the DPSR drive\'s image (owner, mode, times, xattrs, ACLs, links kept); with --partition or --whole, write the image back to the source device')
+    .argument('<NAME>')
+    .argument('[PATH...]', 'files or folders: absolute under the source\'s mount point, or relative to its file system\'s root')
+    .option('--to <DIR>', 'restore under DIR (each PATH as DIR/its name) instead of to its place on the source')
+    .option('--overwrite', 'replace files that are newer at the destination than the image\'s copy')
+    .option('--dry-run', 'list what would be created or replaced (with --partition/--whole: what would be written), write nothing')
+    .option('--in-partition <N>', 'a whole-disk pair: the partition whose file system PATH is in (default: the one PATH is mounted from, or the only one)')
+    .option('--force', 'restore from an image that is not one point in time (crash-consistent, fuzzy, partial)')
+    .option('--json', 'one JSON document on stdout: {name, image, partition, to, dryRun, entries: [{path, action, why, newer, image, existing}], summary, durationMs}')
+    .option('--partition <N>', 'device restore: write partition N of the image back to the (unmounted) source partition')
+    .option('--whole', 'device restore: write the whole image back to the (unmounted) source disk')
+    .option('--yes', 'device restore: do not ask for confirmation')
+    .addHelpText('after', `
+Files are copied with rsync -aHAX --numeric-ids from the image, mounted
+read-only in a private directory (nothing is written to the DPSR drive).
+To the original place the source's file system must be mounted read-write.
+Files only at the destination are kept. Refuses (exit 3, nothing written)
+when anything at the destination is newer than the image's copy (naming
+each) unless --overwrite; an image that is not one point in time unless
+--force. PATH and --partition/--whole exclude each other (exit 2).`)
+    .action(async (name: string, paths: string[], opts: {
+      to?: string; overwrite?: boolean; dryRun?: boolean; inPartition?: string; force?: boolean; json?: boolean;
+      partition?: string; whole?: boolean; yes?: boolean;
+    }) => {
+      const device = opts.partition !== undefined || opts.whole === true;
+      if (device) {
+        if (paths.length > 0) throw new UsageError('dpsr restore: give PATHs (files and folders) or --partition/--whole (a device), not both');
+        if (opts.partition !== undefined && opts.whole) throw new UsageError('dpsr restore: --partition or --whole, not both');
+        const fileOnly = (['to', 'overwrite', 'inPartition'] as const).filter((k) => opts[k] !== undefined);
+        if (fileOnly.length > 0) throw new UsageError(`dpsr restore: ${fileOnly.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} restore files, not a device`);
+        const { restoreDeviceCommand } = await import('./commands/restore-device.js');
+        await restoreDeviceCommand({
+          name, partition: partitionNumber(opts.partition, '--partition'), whole: opts.whole === true, yes: opts.yes === true, json: opts.json === true,
+          dryRun: opts.dryRun === true,
+        }, settings, log);
+        return;
+      }
+      if (opts.yes) throw new UsageError('dpsr restore: --yes is for --partition/--whole');
+      const { restoreCommand } = await import('./commands/restore.js');
+      process.exitCode = await restoreCommand({
+        name, paths, to: opts.to, overwrite: opts.overwrite === true, dryRun: opts.dryRun === true,
+        inPartition: partitionNumber(opts.inPartition, '--in-partition'), force: opts.force === true, json: opts.json === true,
+      }, settings, log);
+    });
+
+  cli.command('rollback')
+    .description('return the source to the DPSR drive\'s image, writing back only what changed since it (the source must be unmounted)')
+    .argument('[NAME]')
+    .option('--yes', 'do not ask for confirmation (scripts)')
+    .option('--dry-run', 'print what it would write, and how (tracked or compare), and write nothing')
+    .option('--json', 'one JSON document on stdout: {rollback: {name, source, drive, mode, why, copyBytes, compareBytes, writtenBytes, readBytes, journalSeq, clean, ...}}')
+    .option('--drive <DEV>', 'without the state directory (a rescue shell, the booted DPSR drive): the pair from the drive\'s label; compares the whole source')
+    .option('--source <DEV>', 'with --drive: the source, if it is not at the path the label records (checked against its identity)')
+    .addHelpText('after', `
+Copies back from the DPSR drive the sectors the tracker recorded since the
+image (after a gap that leaves history unknown, or with --drive, it reads both
+and writes only what differs, and says so). A committed journal transaction is
+applied to the drive first. Asks on a terminal (y/N); without one, --yes is
+needed (exit 2). Refuses (exit 3, nothing written) a source that is mounted,
+swap, in use (exclusive open), or the running system's disk: boot the DPSR
+drive or a rescue system and run it there. Exit 4: the image is partial or
+none. Interrupted, the same command run again completes it.`)
+    .action(async (name: string | undefined, opts: { yes?: boolean; dryRun?: boolean; json?: boolean; drive?: string; source?: string }) => {
+      const { rollbackCommand } = await import('./commands/rollback.js');
+      await rollbackCommand({
+        name, drive: opts.drive, source: opts.source, yes: opts.yes === true, dryRun: opts.dryRun === true, json: opts.json === true,
+      }, settings, log);
+    });
+
+  cli.command('install')
+    .description('put the systemd unit, the udev rule (and initramfs hook) and a /usr/local/sbin/dpsr wrapper for this dpsr in place')
+    .option('--root <DIR>', 'install into the system under DIR (an image, a chroot)', '/')
+    .option('--dry-run', 'print what would be written; write nothing')
+    .addHelpText('after', `
+Writes /usr/local/sbin/dpsr, /etc/systemd/system/dpsr.service,
+/etc/udev/rules.d/60-dpsr.rules, /etc/initramfs-tools/hooks/dpsr (when
+/etc/initramfs-tools exists), an example /etc/dpsr/dpsr.toml when there is
+none (never over yours), and a manifest in /var/lib/dpsr for dpsr uninstall;
+then prints the commands to run next. Refuses (exit 3, nothing written) to
+overwrite a file it did not write, or that was changed since it wrote it.`)
+    .action(async (opts: { root: string; dryRun?: boolean }) => {
+      const { installCommand } = await import('./commands/install.js');
+      installCommand({ root: opts.root, dryRun: opts.dryRun === true }, log);
+    });
+
+  cli.command('uninstall')
+    .description('remove what dpsr install put in place; keeps the configuration and the state')
+    .option('--root <DIR>', 'the system under DIR', '/')
+    .addHelpText('after', `
+Removes exactly the files in install's manifest that are as it wrote them
+(a changed one is left and named). Refuses (exit 3, nothing removed) while the
+service is enabled (systemctl disable --now dpsr first) or without a manifest.`)
+    .action(async (opts: { root: string }) => {
+      const { uninstallCommand } = await import('./commands/install.js');
+      uninstallCommand({ root: opts.root }, log);
+    });
+
+  cli.command('udev-probe')
+    .description('what the udev rule runs for a block device: KEY=value lines when it is a DPSR drive or a partition of one')
+    .argument('<DEVNAME>', 'the device node, e.g. /dev/sdb or /dev/sdb1')
+    .option('--set-readonly', 'make a DPSR drive read-only (BLKROSET), as the rule does on "add"')
+    .addHelpText('after', `
+Prints DPSR_DRIVE=1, DPSR_PAIR=NAME, DPSR_SOURCE_PRESENT=0|1, and while the
+source is present the properties that hide the copy (UDISKS_IGNORE=1,
+UDEV_DISABLE_PERSISTENT_STORAGE_BLKID_FLAG=1: no by-uuid links, ...). Never
+for the disk the running system's / is on (DPSR_BOOTED=1). Prints nothing for
+any other device, and on any error: it always exits 0.`)
+    .action((device: string, opts: { setReadonly?: boolean }) => {
+      return import('./commands/udev-probe.js').then(({ udevProbeCommand }) =>
+        udevProbeCommand({ device, setReadOnly: opts.setReadonly === true }, (s) => process.stdout.write(s)));
+    });
+
+  cli.command('recover')
+    .description('finish, from the DPSR drive alone, a sync that was committed but not completely applied when the source died')
+    .argument('<DRIVE>', 'the DPSR drive')
+    .option('--json', 'one JSON document on stdout')
+    .addHelpText('after', `
+For a rescue system whose state directory died with the source: dpsr status
+--drive DRIVE exits 4 and says so when this is needed. It applies the last
+committed journal transaction (it needs only the drive) and records it in the
+drive's label; the drive then holds the image that sync made. Refuses a mounted
+drive (exit 3).`)
+    .action(async (drive: string, opts: { json?: boolean }) => {
+      const { recoverCommand } = await import('./commands/recover.js');
+      await recoverCommand({ drive, json: opts.json === true }, settings, log);
     });
 
   cli.command('demo')

@@ -18,6 +18,7 @@ import { describeExtents, scrubStep, scrubWanted } from './scrub.js';
 import { closeSession, openSession, type Session } from './session.js';
 import { type SyncReport, syncPair } from './sync.js';
 import { LABEL_AREA_BYTES } from './label.js';
+import { rollbackInSession } from './rollback.js';
 import type { Gap } from './tracker.js';
 
 export interface DaemonOptions {
@@ -47,7 +48,8 @@ async function syncNames(s: Session, names: string[], opts: { freeze?: boolean; 
       outcome(name, started, r);
       reports.push(r);
     } catch (err) {
-      outcome(name, started, err as Error);
+      // A diff or restore holds the drive: not a failure, the next tick tries again.
+      if ((err as DpsrError).code !== 'EBUSY') outcome(name, started, err as Error);
       throw err;
     }
   }
@@ -65,7 +67,9 @@ export interface PairRuntime {
   scrubComparedTotal: number;
   lastSyncDurationMs: number | null;
   lastSyncEndMs: number | null;
-  freezesMs: number[]; // since the daemon started
+  freezesMs: number[]; // the last 100, for the percentiles
+  freezeCount: number; // since the daemon started
+  freezeSumMs: number;
   gapsTotal: Record<string, number>; // since the daemon started, by cause
   ringDropGaps: number;
   shortfallSectors: number;
@@ -131,6 +135,8 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
         for (const n of names) if (!s.store.pair(n)) throw new DpsrError(`no pair named ${n}`, 'ENOPAIR');
         return serial(() => syncNames(s, names, { freeze: req.freeze, quietMs: req.quietMs ?? opts.quietMs }, afterSync));
       }
+      case 'rollback':
+        return serial(() => rollbackInSession(s, req));
       case 'status':
         return serial(async () => s.store.pairs().filter((p) => !req.name || p.name === req.name).map((p) =>
           statusOf(p, s.ranges.get(p.name), s.problems.get(p.name), true, policyOf(config, p.name), scheduleOf(p.name))));
@@ -158,7 +164,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     let r = runtime.get(name);
     if (!r) {
       r = { lastSyncStartMs: s.store.pair(name)?.lastSync?.atMs ?? 0, lastError: null, syncsTotal: 0, syncsFailed: 0, bytesSyncedTotal: 0, gapsNotified: s.ranges.get(name)?.gaps.filter((g) => g.atMs < startedMs).length ?? 0, scrubComparedTotal: 0,
-        lastSyncDurationMs: null, lastSyncEndMs: null, freezesMs: [], gapsTotal: {}, ringDropGaps: 0, shortfallSectors: 0 };
+        lastSyncDurationMs: null, lastSyncEndMs: null, freezesMs: [], freezeCount: 0, freezeSumMs: 0, gapsTotal: {}, ringDropGaps: 0, shortfallSectors: 0 };
       runtime.set(name, r);
     }
     return r;
@@ -185,7 +191,11 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     r.bytesSyncedTotal += result.copiedBytes + result.repairedBytes + result.fullCopyBytes;
     r.lastSyncDurationMs = result.durationMs;
     r.lastSyncEndMs = Date.now();
-    if (result.freezeMs !== null) r.freezesMs.push(result.freezeMs);
+    if (result.freezeMs !== null) {
+      r.freezesMs = [...r.freezesMs, result.freezeMs].slice(-100);
+      r.freezeCount++;
+      r.freezeSumMs += result.freezeMs;
+    }
     log(`dpsr daemon: ${name}: generation ${result.generation}, ${result.copiedBytes + result.repairedBytes} bytes, image ${result.image}`);
   }
   const syncDue = async () => {
@@ -236,7 +246,11 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       await syncDue();
       await background();
       newGaps();
-      await publishMetrics(config, () => metricsSnapshot(s, runtimeOf));
+      try {
+        publishMetrics(config, () => metricsSnapshot(s, runtimeOf));
+      } catch (err) {
+        log(`dpsr daemon: metrics file ${config.metricsFile}: ${(err as Error).message}`);
+      }
     }).catch((e) => log(`dpsr daemon: ${e.message}`));
   }, config.tickMs);
   process.on('SIGHUP', () => {
@@ -269,7 +283,7 @@ async function raiseAlarm(config: DaemonConfig, event: { kind: AlarmKind; pair: 
 }
 
 /** The metrics file (metrics_file), rewritten every tick for node_exporter's textfile collector. */
-async function publishMetrics(config: DaemonConfig, snapshot: () => MetricsSnapshot): Promise<void> {
+function publishMetrics(config: DaemonConfig, snapshot: () => MetricsSnapshot): void {
   if (!config.metricsFile) return;
   writeMetricsFile(config.metricsFile, snapshot());
 }
@@ -291,7 +305,7 @@ function metricsSnapshot(s: Session, runtimeOf: (name: string) => PairRuntime): 
         syncsFailedTotal: r.syncsFailed,
         lastSyncDurationMs: r.lastSyncDurationMs,
         lastSyncEndMs: r.lastSyncEndMs,
-        freeze: { count: r.freezesMs.length, sumMs: r.freezesMs.reduce((a, b) => a + b, 0), p50Ms: percentile(r.freezesMs, 50), p99Ms: percentile(r.freezesMs, 99) },
+        freeze: { count: r.freezeCount, sumMs: r.freezeSumMs, p50Ms: percentile(r.freezesMs, 50), p99Ms: percentile(r.freezesMs, 99) },
         ringDropsTotal: r.ringDropGaps,
         reconcileShortfallSectorsTotal: r.shortfallSectors,
         gapsTotal: r.gapsTotal,

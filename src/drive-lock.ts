@@ -24,10 +24,18 @@ export interface DriveLockOptions {
   onWait?: () => void;
 }
 
-/** Runs fn holding the pair's drive lock (exclusive); waits for another holder up to waitMs, then fails EBUSY. */
+// Locks this process holds: a flock taken again through another fd of the same process would wait for itself.
+const held = new Set<string>();
+
+/**
+ * Runs fn holding the pair's drive lock (exclusive); waits for another
+ * holder up to waitMs, then fails EBUSY. Re-entrant within a process (a
+ * diff that finishes an interrupted sync's journal calls code that may take it too).
+ */
 export async function withDriveLock<T>(settings: Settings, pairName: string, fn: () => Promise<T>,
   opts: DriveLockOptions = {}): Promise<T> {
   const file = driveLockPath(settings, pairName);
+  if (held.has(file)) return fn();
   fs.mkdirSync(settings.stateDir, { recursive: true, mode: 0o700 });
   const fd = fs.openSync(file, 'a+', 0o600);
   try {
@@ -41,8 +49,10 @@ export async function withDriveLock<T>(settings: Settings, pairName: string, fn:
       told = true;
       await sleep(POLL_MS);
     }
+    held.add(file);
     return await fn();
   } finally {
+    held.delete(file);
     fs.closeSync(fd); // releases the lock
   }
 }

@@ -5,7 +5,7 @@
 // environment variables and as one JSON document on stdin. A broken, slow or
 // missing hook never breaks what reported the event: it is bounded by a
 // timeout (its whole process group is killed) and runFailureHook never throws.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 
 export type HookEventKind = 'sync-failed' | 'scrub-mismatch' | 'gap' | 'compare-failed' | 'drive-unusable';
 
@@ -27,13 +27,15 @@ export interface HookResult {
 
 /** What the hook may print that is kept, for the daemon's log. */
 const OUTPUT_TAIL_BYTES = 2048;
+const REASON_ENV_CHARS = 4096;
 
 /** The event as the hook sees it: environment variables (on top of the daemon's) and stdin. */
 export function hookEnvironment(event: HookEvent): Record<string, string> {
   return {
     DPSR_PAIR: event.pair,
     DPSR_EVENT: event.kind,
-    DPSR_REASON: event.reason,
+    // One variable may hold at most 128 KiB (MAX_ARG_STRLEN): stdin has the whole reason.
+    DPSR_REASON: event.reason.length > REASON_ENV_CHARS ? `${event.reason.slice(0, REASON_ENV_CHARS)}...` : event.reason,
     DPSR_TIME: new Date(event.atMs).toISOString(),
   };
 }
@@ -49,15 +51,18 @@ export function runFailureHook(command: string, event: HookEvent, timeoutMs: num
   const started = Date.now();
   return new Promise((resolve) => {
     let output = '';
-    let timedOut = false;
     let settled = false;
+    let timer: NodeJS.Timeout | undefined;
+    let child: ChildProcess | undefined;
     const done = (status: number | null, error: string | null) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      // What a background process of the hook still holds open is no concern of the daemon's.
+      child?.stdout?.destroy();
+      child?.stderr?.destroy();
       resolve({ status, error, durationMs: Date.now() - started });
     };
-    let child: ReturnType<typeof spawn>;
     try {
       // Its own process group, so a timeout also ends what the shell started (mail, curl).
       child = spawn('/bin/sh', ['-c', command], {
@@ -69,26 +74,39 @@ export function runFailureHook(command: string, event: HookEvent, timeoutMs: num
       done(null, `the failure hook could not be started: ${(err as Error).message}`);
       return;
     }
-    const timer = setTimeout(() => {
-      timedOut = true;
+    let exited: { code: number | null; signal: NodeJS.Signals | null } | null = null;
+    const finish = () => {
+      const { code, signal } = exited!;
+      if (code === 0) done(0, null);
+      else if (code !== null) done(code, `the failure hook exited ${code}${lastLine(output) ? `: ${lastLine(output)}` : ''}`);
+      else done(null, `the failure hook was killed by ${signal}`);
+    };
+    // The bound, also when the hook exited but something it started in the background holds its output open.
+    timer = setTimeout(() => {
+      if (exited) {
+        finish();
+        return;
+      }
       try {
-        process.kill(-child.pid!, 'SIGKILL');
+        process.kill(-child!.pid!, 'SIGKILL');
       } catch { /* already gone */ }
+      done(null, `the failure hook was killed after ${timeoutMs} ms`);
     }, timeoutMs);
     const keep = (chunk: Buffer) => {
       output = (output + chunk.toString('utf8')).slice(-OUTPUT_TAIL_BYTES);
     };
-    child.stdout!.on('data', keep);
-    child.stderr!.on('data', keep);
+    const c = child;
+    c.stdout!.on('data', keep);
+    c.stderr!.on('data', keep);
     // A hook that does not read stdin closes it: EPIPE is no failure of the hook.
-    child.stdin!.on('error', () => {});
-    child.stdin!.end(hookInput(event));
-    child.on('error', (err) => done(null, `the failure hook could not be started: ${err.message}`));
-    child.on('close', (code, signal) => {
-      if (timedOut) done(null, `the failure hook was killed after ${timeoutMs} ms`);
-      else if (code === 0) done(0, null);
-      else if (code !== null) done(code, `the failure hook exited ${code}${lastLine(output) ? `: ${lastLine(output)}` : ''}`);
-      else done(null, `the failure hook was killed by ${signal}`);
+    c.stdin!.on('error', () => {});
+    c.stdin!.end(hookInput(event));
+    c.on('error', (err) => done(null, `the failure hook could not be started: ${err.message}`));
+    c.on('exit', (code, signal) => { exited = { code, signal }; });
+    // After 'exit' and the end of its output, for the last line of an error.
+    c.on('close', (code, signal) => {
+      exited ??= { code, signal };
+      finish();
     });
   });
 }

@@ -5,6 +5,7 @@
 import net from 'node:net';
 import { pack, unpack } from 'msgpackr';
 import { DpsrError, type ExitStatusValue } from './errors.js';
+import type { RestoreScope } from './rollback.js';
 
 export const PROTOCOL_VERSION = 1;
 const MAX_FRAME_BYTES = 64 << 20;
@@ -12,7 +13,9 @@ const MAX_FRAME_BYTES = 64 << 20;
 export interface HelloRequest { command: 'hello'; version: number }
 export interface SyncRequest { command: 'sync'; names: string[]; all: boolean; freeze?: boolean; quietMs?: number }
 export interface StatusRequest { command: 'status'; name?: string }
-export type Request = HelloRequest | SyncRequest | StatusRequest;
+/** Rollback or device restore by the owner; a dry run plans only (the CLI asks, then sends it again). */
+export interface RollbackRequest { command: 'rollback'; name: string; scope: RestoreScope; dryRun: boolean }
+export type Request = HelloRequest | SyncRequest | StatusRequest | RollbackRequest;
 
 export interface WireError { message: string; code: string; exitStatus: ExitStatusValue }
 export type Reply = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: WireError };

@@ -4,6 +4,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type Settings, OWNER_RING_BYTES } from './defaults.js';
 import { resolveBlockDevice } from './devices.js';
+import { systemDisks } from './pair-checks.js';
 import { DpsrError, RefusedError } from './errors.js';
 import { identify, identityChanges } from './identity.js';
 import { OWNER_RING } from './kernel-abi.js';
@@ -56,6 +57,23 @@ export async function adoptPair(s: Session, pair: PairRecord, opts: { inheritabl
   return range;
 }
 
+/**
+ * A machine booted from its DPSR drive runs on the copy: no sync may write
+ * to it, and its image is the running system, not a point in time to roll
+ * back to. The way back is a new pair in reverse.
+ */
+export function runningFromDrive(pair: PairRecord, system: Set<string>): string | null {
+  let disk: string;
+  try {
+    disk = resolveBlockDevice(pair.drive.path).disk;
+  } catch {
+    return null; // the drive is not here: syncs fail on their own, clearly
+  }
+  if (!system.has(disk)) return null;
+  return `pair ${pair.name}: this system runs from the pair's DPSR drive ${pair.drive.path}: nothing is written to it, and it is no image to roll back to; ` +
+    `to go back, pair it in reverse onto a new or repaired disk (dpsr unpair ${pair.name}; dpsr pair ${pair.drive.path} NEW_DISK), sync, and boot that disk`;
+}
+
 export async function openSession(settings: Settings, opts: { waitMs?: number } = {}): Promise<Session> {
   checkTrackingSupport(settings.kernelBtfPath);
   const store = Store.open(settings.stateDir);
@@ -74,6 +92,10 @@ export async function openSession(settings: Settings, opts: { waitMs?: number } 
       }
     }
     if (others.length > 0) await inheritFromOtherVersions(s, others, tracker.takeAwaitingHistory());
+    for (const pair of store.pairs()) {
+      const why = runningFromDrive(pair, systemDisks());
+      if (why) s.problems.set(pair.name, why);
+    }
     await tracker.cycle();
     return s;
   } catch (err) {

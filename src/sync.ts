@@ -325,7 +325,7 @@ function finalCut(c: SyncContext): Promise<FrozenCut> | null {
 }
 
 /** Where the redo journal lives: the reserved tail between the image and the label. */
-export function journalRegionOf(fd: number, pair: PairRecord): JournalRegion | null {
+export function journalRegionOf(fd: number, pair: Pick<PairRecord, 'dataSectors' | 'reservedSectors'>): JournalRegion | null {
   if (pair.reservedSectors === 0) return null;
   const driveBytes = native().blkGetSize64(fd);
   const startBytes = Math.ceil((pair.dataSectors * SECTOR) / 4096) * 4096;
@@ -342,6 +342,12 @@ export async function recoverJournal(s: Session, pair: PairRecord, fd: number): 
   const region = journalRegionOf(fd, pair);
   if (!region) return false;
   const label = readLabel(fd);
+  if (label?.pairId === pair.id && label.journalSeq > (pair.journalSeq ?? 0)) {
+    // Applied from the drive alone (a rescue system's rollback --drive or recover): the label knows the image.
+    Object.assign(pair, { image: label.image, imageTimeMs: label.imageTimeMs, lastGoodTimeMs: label.lastGoodTimeMs, journalSeq: label.journalSeq });
+    if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
+    pair.pending = null;
+  }
   const applied = Math.max(pair.journalSeq ?? 0, label?.pairId === pair.id ? label.journalSeq : 0);
   const txn = await readCommitted(region, applied + 1);
   const pendingTxn = pair.pendingTxn ?? (label?.pairId === pair.id ? label.pendingTxn : null) ?? null;

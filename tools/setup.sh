@@ -10,6 +10,9 @@ packages=(
 	make g++ python3                                       # node-gyp
 	util-linux fdisk e2fsprogs xfsprogs kmod fio           # devices, file systems; tests and benchmarks
 	lvm2 cryptsetup-bin btrfs-progs dosfstools             # signatures the pair checks warn about; vfat tools
+	rsync attr acl                                        # restore keeps xattrs and ACLs; tests check them
+	systemd udev initramfs-tools-core python3-prometheus-client   # unit, rule, initramfs hook and metrics checks
+	qemu-system-x86 busybox-static extlinux syslinux-common cpio   # boot tests: a real system disk booted under qemu
 )
 echo "setup: apt-get install ${packages[*]}"
 apt-get update -qq

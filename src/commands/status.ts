@@ -5,6 +5,7 @@ import type { Settings } from '../defaults.js';
 import { DpsrError, ExitStatus, type ExitStatusValue } from '../errors.js';
 import { openDirect } from '../copy.js';
 import { readLabel } from '../label.js';
+import { committedOnDrive } from '../drive-journal.js';
 import { closeSession, openSession, type Session } from '../session.js';
 import { openPairedDrive, recoverJournal } from '../sync.js';
 import { type PairRecord, Store } from '../store.js';
@@ -87,12 +88,24 @@ export async function statusCommand(opts: StatusOptions, settings: Settings, log
   const maxAgeMs = opts.maxAge !== undefined ? parseDuration(opts.maxAge) : undefined;
   if (opts.drive) {
     const fd = openDirect(opts.drive, false);
-    const label = (() => { try { return readLabel(fd); } finally { fs.closeSync(fd); } })();
+    const { label, txn } = await (async () => {
+      try {
+        const l = readLabel(fd);
+        return { label: l, txn: l ? await committedOnDrive(fd, l) : null };
+      } finally {
+        fs.closeSync(fd);
+      }
+    })();
     if (!label) throw new DpsrError(`${opts.drive} carries no dpsr label`, 'ENOLABEL', ExitStatus.notUsable);
-    if (opts.json) process.stdout.write(`${JSON.stringify({ drive: opts.drive, label })}\n`);
-    else log(`${opts.drive}: DPSR drive of pair ${label.pairName} (source ${label.source.path}), image ${label.image}` +
-      `${label.imageTimeMs ? ` taken ${new Date(label.imageTimeMs).toISOString()}` : ''}, last good ${label.lastGoodTimeMs ? new Date(label.lastGoodTimeMs).toISOString() : 'never'}`);
-    const ok = ['point-in-time', 'crash-consistent', 'fuzzy'].includes(label.image);
+    // A committed transaction not yet applied: the sync that was landing when the source died.
+    const unapplied = txn ? `a committed sync (journal transaction ${txn.seq}) is not completely applied: run dpsr recover ${opts.drive} before booting or restoring from it` : null;
+    if (opts.json) process.stdout.write(`${JSON.stringify({ drive: opts.drive, label, unappliedTransaction: txn?.seq ?? null })}\n`);
+    else {
+      log(`${opts.drive}: DPSR drive of pair ${label.pairName} (source ${label.source.path}), image ${label.image}` +
+        `${label.imageTimeMs ? ` taken ${new Date(label.imageTimeMs).toISOString()}` : ''}, last good ${label.lastGoodTimeMs ? new Date(label.lastGoodTimeMs).toISOString() : 'never'}`);
+      if (unapplied) log(`  ${unapplied}`);
+    }
+    const ok = !unapplied && ['point-in-time', 'crash-consistent', 'fuzzy'].includes(label.image);
     return ok ? ExitStatus.ok : ExitStatus.notUsable;
   }
 

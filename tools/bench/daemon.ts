@@ -15,7 +15,7 @@
  *     B/A side by side.
  * Needs root, fio. See tools/bench/README.md.
  */
-import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -64,7 +64,12 @@ function envFor(tag: string): NodeJS.ProcessEnv {
   };
 }
 
-const dpsr = (env: NodeJS.ProcessEnv, ...args: string[]) => execFileSync(process.execPath, [DPSR_BIN, ...args], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+/** Runs the CLI; exit 4 (status: an image not usable yet) is an answer, not a failure. */
+function dpsr(env: NodeJS.ProcessEnv, ...args: string[]): string {
+  const r = spawnSync(process.execPath, [DPSR_BIN, ...args], { env, encoding: 'utf8' });
+  if (r.status !== 0 && r.status !== 4) throw new Error(`dpsr ${args.join(' ')}: ${r.stderr.trim()}`);
+  return r.stdout;
+}
 
 async function startDaemon(env: NodeJS.ProcessEnv): Promise<ChildProcess> {
   const child = spawn(process.execPath, [DPSR_BIN, 'daemon'], { env, stdio: ['ignore', 'pipe', 'inherit'] });

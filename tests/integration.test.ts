@@ -1,0 +1,479 @@
+// System integration: the udev probe on real DPSR drives made by `dpsr pair`
+// (and the udev rule run by the real udevadm with systemd's own rules, in a
+// private mount namespace), install/uninstall into a temporary root checked
+// by systemd-analyze verify, the initramfs hook, the failure hook and the
+// metrics file.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { decideProbe, formatProperties, isRecordedSource, rootDeviceNames, type ProbeFacts } from '../src/udev-probe.js';
+import { systemDisks } from '../src/pair-checks.js';
+import { hookEnvironment, runFailureHook, type HookEvent } from '../src/failure-hook.js';
+import { escapeLabelValue, renderMetrics, writeMetricsFile, type MetricsSnapshot, type PairMetrics } from '../src/metrics.js';
+import { wrapperScript } from '../src/commands/install.js';
+import type { DeviceIdentity } from '../src/identity.js';
+import { DPSR_BIN, Fixture, freshCliFixture, runDpsr, sh, sha256Of } from './helpers/fixture.js';
+
+const HOME = path.resolve(path.dirname(DPSR_BIN), '..');
+let fx: Fixture;
+let env: NodeJS.ProcessEnv;
+test.before.each(() => {
+  ({ fx, env } = freshCliFixture());
+});
+test.after.each(() => fx.cleanup());
+
+const dpsr = (...args: string[]) => runDpsr(env, args, 60_000);
+const have = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+
+/** The probe's KEY=value lines as a map; asserts it exited 0 and printed nothing on stderr. */
+function probe(dev: string, ...flags: string[]): Record<string, string> {
+  const r = dpsr('udev-probe', ...flags, dev);
+  assert.is(r.status, 0, r.stderr);
+  assert.is(r.stderr, '');
+  const props: Record<string, string> = {};
+  for (const line of r.stdout.split('\n').filter(Boolean)) {
+    const m = line.match(/^([A-Z_]+)=(.*)$/);
+    assert.ok(m, `not KEY=value: ${line}`);
+    props[m![1]] = m![2];
+  }
+  return props;
+}
+
+const readOnly = (dev: string) => sh('blockdev', ['--getro', dev]).trim() === '1';
+const setWritable = (dev: string) => sh('blockdev', ['--setrw', dev]);
+
+/** A DPSR drive of a 32 MiB ext4 source, made by `dpsr pair`. */
+function pairedLoops(name = 'itest'): { source: string; drive: string } {
+  const source = fx.loop(32);
+  fx.mkfs(source, 'ext4');
+  const drive = fx.loop(40);
+  const r = dpsr('pair', source, drive, '--name', name, '--reserve', '4M');
+  assert.is(r.status, 0, r.stderr);
+  return { source, drive };
+}
+
+const HIDING = ['UDISKS_IGNORE', 'UDISKS_AUTO', 'UDEV_DISABLE_PERSISTENT_STORAGE_BLKID_FLAG', 'DPSR_HIDDEN'];
+
+// ---- the decision (pure) ----
+
+const facts = (f: Partial<ProbeFacts>): ProbeFacts => ({ pairName: 'sys', labelOnParent: false, sourcePresent: true, holdsRoot: false, ...f });
+
+test('decision: a DPSR drive whose source is present is hidden and made read-only', () => {
+  const d = decideProbe(facts({}));
+  assert.is(d.setReadOnly, true);
+  assert.equal(d.properties, {
+    DPSR_DRIVE: '1', DPSR_PAIR: 'sys', DPSR_SOURCE_PRESENT: '1',
+    DPSR_HIDDEN: '1', UDISKS_IGNORE: '1', UDISKS_AUTO: '0', UDISKS_PRESENTATION_HIDE: '1', UDEV_DISABLE_PERSISTENT_STORAGE_BLKID_FLAG: '1',
+  });
+  assert.equal(decideProbe(null), { properties: {}, setReadOnly: false });
+});
+
+test('decision: the disk the running system booted from is never hidden nor made read-only, source present or not', () => {
+  for (const sourcePresent of [true, false]) {
+    for (const labelOnParent of [true, false]) {
+      const d = decideProbe(facts({ holdsRoot: true, sourcePresent, labelOnParent }));
+      assert.is(d.setReadOnly, false);
+      assert.is(d.properties.DPSR_BOOTED, '1');
+      for (const k of HIDING) assert.is(d.properties[k], undefined, k);
+    }
+  }
+});
+
+test('decision: before / is mounted (initramfs), a drive without its source is left alone; with it, hidden', () => {
+  const absent = decideProbe(facts({ holdsRoot: null, sourcePresent: false }));
+  assert.is(absent.setReadOnly, false, 'it may be the disk about to become /');
+  assert.is(absent.properties.DPSR_SOURCE_PRESENT, '0');
+  for (const k of HIDING) assert.is(absent.properties[k], undefined, k);
+  const present = decideProbe(facts({ holdsRoot: null, sourcePresent: true }));
+  assert.is(present.properties.UDEV_DISABLE_PERSISTENT_STORAGE_BLKID_FLAG, '1');
+  assert.is(present.setReadOnly, true);
+  // Once / is known to be elsewhere, a drive without its source is still protected.
+  assert.is(decideProbe(facts({ holdsRoot: false, sourcePresent: false })).setReadOnly, true);
+});
+
+test('decision: a partition of a DPSR drive is hidden, but only the labelled disk is made read-only', () => {
+  const d = decideProbe(facts({ labelOnParent: true }));
+  assert.is(d.properties.UDISKS_IGNORE, '1');
+  assert.is(d.setReadOnly, false);
+  assert.is(formatProperties({ A: '1', B: 'x' }), 'A=1\nB=x\n');
+});
+
+test('the recorded source: same size and the strongest identity recorded', () => {
+  const id = (o: Partial<DeviceIdentity>) => ({ name: 'sda', sizeSectors: 100, wwid: null, serial: null, loopBackingFile: null, ...o }) as DeviceIdentity;
+  const rec = (o: object) => ({ path: '/dev/sda', name: 'sda', sizeSectors: 100, serial: null, wwid: null, loopBackingFile: null, ...o });
+  assert.ok(isRecordedSource(rec({ wwid: 'naa.1' }), id({ wwid: 'naa.1', name: 'sdc' })));
+  assert.not.ok(isRecordedSource(rec({ wwid: 'naa.1' }), id({ wwid: 'naa.2', serial: 'S' })));
+  assert.not.ok(isRecordedSource(rec({ wwid: 'naa.1' }), id({ wwid: 'naa.1', sizeSectors: 101 })));
+  assert.ok(isRecordedSource(rec({ serial: 'S1' }), id({ serial: 'S1', name: 'sdz' })));
+  assert.not.ok(isRecordedSource(rec({ loopBackingFile: '/a.img' }), id({ loopBackingFile: '/b.img' })));
+  assert.ok(isRecordedSource(rec({}), id({})));
+  assert.not.ok(isRecordedSource(rec({}), id({ name: 'sdb' })));
+});
+
+test('the devices / is on: what pair refuses as the system disk, and the partition or dm device itself', () => {
+  const roots = rootDeviceNames();
+  if (roots === null) assert.unreachable('/ is on no block device here');
+  assert.ok(systemDisks().size > 0);
+  for (const d of systemDisks()) assert.ok(roots!.has(d), `${d} in ${[...roots!]}`);
+  const num = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.split(' ')[4] === '/').pop()!.split(' ')[2];
+  if (!num.startsWith('0:')) assert.ok(roots!.has(path.basename(fs.realpathSync(`/sys/dev/block/${num}`))));
+});
+
+// ---- the probe on real devices ----
+
+test('probe: a paired drive is recognised, made read-only on "add" and hidden while its source is present; the source is not', () => {
+  const { source, drive } = pairedLoops();
+  const before = [sha256Of(source), sha256Of(drive)];
+  setWritable(drive);
+  const change = probe(drive);
+  assert.is(change.DPSR_DRIVE, '1');
+  assert.is(change.DPSR_PAIR, 'itest');
+  assert.is(change.DPSR_SOURCE_PRESENT, '1');
+  for (const k of HIDING) assert.ok(change[k] !== undefined, k);
+  assert.is(readOnly(drive), false, 'a "change" event does not touch the read-only flag');
+  const add = probe(drive, '--set-readonly');
+  assert.equal(add, change);
+  assert.is(readOnly(drive), true, 'made read-only on "add"');
+  assert.equal(probe(source, '--set-readonly'), {}, 'the source is no DPSR drive');
+  assert.is(readOnly(source), false);
+  assert.equal([sha256Of(source), sha256Of(drive)], before, 'the probe only reads');
+});
+
+test('probe: without its source the drive is not hidden; after unpair it is nothing', () => {
+  const { source, drive } = pairedLoops();
+  // The loop driver reports its backing file by its current name: renamed, the source is gone for the probe.
+  const backing = sh('cat', [`/sys/block/${path.basename(source)}/loop/backing_file`]).trim();
+  fs.renameSync(backing, `${backing}.away`);
+  fx.defer('rename back', () => { if (fs.existsSync(`${backing}.away`)) fs.renameSync(`${backing}.away`, backing); });
+  const away = probe(drive);
+  assert.is(away.DPSR_DRIVE, '1');
+  assert.is(away.DPSR_SOURCE_PRESENT, '0');
+  for (const k of HIDING) assert.is(away[k], undefined, k);
+  fs.renameSync(`${backing}.away`, backing);
+  assert.is(probe(drive).DPSR_SOURCE_PRESENT, '1');
+
+  const r = dpsr('unpair', 'itest');
+  assert.is(r.status, 0, r.stderr);
+  assert.equal(probe(drive, '--set-readonly'), {});
+  assert.is(readOnly(drive), false);
+});
+
+test('probe: a partition of a whole-disk DPSR drive is recognised and hidden (it carries the source\'s UUIDs)', () => {
+  const { disk, parts } = fx.partitionedLoop(48, [16, 16]);
+  fx.mkfs(parts[0], 'ext4');
+  const drive = fx.loop(56);
+  const r = dpsr('pair', disk, drive, '--name', 'whole', '--reserve', '4M');
+  assert.is(r.status, 0, r.stderr);
+  sh('partx', ['-a', drive]);
+  fx.defer(`partx -d ${drive}`, () => sh('partx', ['-d', drive]));
+  setWritable(drive);
+  const p1 = probe(`${drive}p1`, '--set-readonly');
+  assert.is(p1.DPSR_DRIVE, '1');
+  assert.is(p1.DPSR_PAIR, 'whole');
+  assert.is(p1.UDEV_DISABLE_PERSISTENT_STORAGE_BLKID_FLAG, '1');
+  assert.is(readOnly(drive), false, 'only the labelled disk is made read-only, and only by its own event');
+  assert.equal(probe(parts[0]), {}, 'the source\'s partition is not hidden');
+});
+
+test('probe: errors and strangers print nothing and exit 0', () => {
+  assert.equal(probe('/dev/no-such-device'), {});
+  assert.equal(probe(fx.image('plain.img', 1)), {});
+  const blank = fx.loop(8);
+  assert.equal(probe(blank, '--set-readonly'), {});
+  assert.is(readOnly(blank), false);
+});
+
+// ---- the udev rule, run by the real udevadm ----
+
+test('rule: runs the probe on add (read-only) and change, and sorts before 60-persistent-storage.rules', () => {
+  const rule = fs.readFileSync(path.join(HOME, 'packaging/60-dpsr.rules'), 'utf8');
+  assert.match(rule, /^ACTION=="add", IMPORT\{program\}="\/usr\/local\/sbin\/dpsr udev-probe --set-readonly \$devnode"$/m);
+  assert.match(rule, /^ACTION=="change", IMPORT\{program\}="\/usr\/local\/sbin\/dpsr udev-probe \$devnode"$/m);
+  assert.ok(['60-dpsr.rules', '60-persistent-storage.rules'].sort()[0] === '60-dpsr.rules');
+});
+
+/**
+ * `udevadm test` (systemd 252 has no `udevadm verify`) runs every rule file,
+ * ours among systemd's own, and creates the links: so it runs in a private
+ * mount namespace, over a private /dev, /run and /usr/local/sbin.
+ */
+function udevadmTest(devs: string[]): Array<Record<string, string>> {
+  const dir = fs.mkdtempSync(path.join(fx.dir, 'udev-'));
+  fs.writeFileSync(path.join(dir, 'dpsr'), wrapperScript(process.execPath, HOME), { mode: 0o755 });
+  const nodes = ['/dev/null', '/dev/zero', '/dev/urandom', '/dev/random', ...devs];
+  const script = `set -e
+mkdir "$D/dev"; cp -a ${nodes.join(' ')} "$D/dev/"
+mount -t tmpfs none /run; mkdir -p /run/udev/rules.d; cp "$R" /run/udev/rules.d/
+mount -t tmpfs none /usr/local/sbin; cp "$D/dpsr" /usr/local/sbin/
+mount --bind "$D/dev" /dev
+for d in ${devs.map((d) => path.basename(d)).join(' ')}; do udevadm test --action=add /sys/class/block/$d 2>"$D/$d.log"; echo ---; done`;
+  const out = execFileSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script],
+    { encoding: 'utf8', env: { ...process.env, D: dir, R: path.join(HOME, 'packaging/60-dpsr.rules') } });
+  const logs = devs.map((d) => fs.readFileSync(path.join(dir, `${path.basename(d)}.log`), 'utf8'));
+  for (const log of logs) {
+    const ours = log.split('\n').filter((l) => l.includes('60-dpsr.rules'));
+    assert.ok(ours.some((l) => l.includes("Importing properties from results of '/usr/local/sbin/dpsr udev-probe --set-readonly")), log);
+    for (const l of ours) assert.not.match(l, /invalid|error|failed/i, l); // udevadm reports a bad key or value so
+    assert.not.match(log, /dpsr udev-probe.*(failed|returned [1-9])/, log);
+  }
+  return out.split('---\n').slice(0, devs.length).map((block) =>
+    Object.fromEntries(block.split('\n').filter((l) => /^[A-Z_]+=/.test(l)).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])));
+}
+
+test('rule: with systemd\'s rules, the source gets the by-uuid link and its copy none; the copy is made read-only', () => {
+  if (!have('udevadm') || !fs.existsSync('/lib/udev/rules.d/60-persistent-storage.rules')) {
+    console.log('  (udevadm or 60-persistent-storage.rules missing: apt-get install udev)');
+    assert.unreachable('udev is not installed');
+  }
+  const { source, drive } = pairedLoops();
+  const uuid = sh('blkid', ['-p', '-s', 'UUID', '-o', 'value', source]).trim();
+  setWritable(drive);
+  const [src, drv] = udevadmTest([source, drive]);
+  assert.ok((src.DEVLINKS ?? '').split(' ').includes(`/dev/disk/by-uuid/${uuid}`), `source links: ${src.DEVLINKS}`);
+  assert.is(src.DPSR_DRIVE, undefined);
+  assert.is(drv.DPSR_DRIVE, '1', JSON.stringify(drv));
+  assert.is(drv.UDISKS_IGNORE, '1');
+  assert.is(drv.ID_FS_UUID, undefined, 'not probed by blkid');
+  assert.not.ok((drv.DEVLINKS ?? '').includes('by-uuid'), `drive links: ${drv.DEVLINKS}`);
+  assert.is(readOnly(drive), true);
+  assert.is(fs.existsSync('/dev/disk/by-uuid'), false, 'nothing leaked out of the namespace');
+});
+
+// ---- install / uninstall ----
+
+/** Every file under a directory with its sha256, to prove a refusal wrote nothing. */
+function treeHash(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else out[path.relative(dir, p)] = e.isSymbolicLink() ? `-> ${fs.readlinkSync(p)}` : sha256Of(p);
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+test('install into a root: unit (systemd-analyze verify clean), rule, hook, wrapper, example config; uninstall removes exactly that', () => {
+  const root = fs.mkdtempSync(path.join(fx.dir, 'root-'));
+  fs.mkdirSync(path.join(root, 'etc/initramfs-tools'), { recursive: true });
+  const dry = dpsr('install', '--root', root, '--dry-run');
+  assert.is(dry.status, 0, dry.stderr);
+  assert.match(dry.stdout, /would write .*dpsr\.service/);
+  assert.equal(treeHash(root), {}, 'a dry run writes nothing');
+
+  const r = dpsr('install', '--root', root);
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, /systemctl enable --now dpsr/);
+  assert.match(r.stdout, /update-initramfs -u/);
+  const at = (p: string) => path.join(root, p);
+  assert.is(fs.readFileSync(at('etc/systemd/system/dpsr.service'), 'utf8'), fs.readFileSync(path.join(HOME, 'packaging/dpsr.service'), 'utf8'));
+  assert.is(fs.statSync(at('usr/local/sbin/dpsr')).mode & 0o777, 0o755);
+  assert.is(fs.statSync(at('etc/initramfs-tools/hooks/dpsr')).mode & 0o777, 0o755);
+  assert.ok(fs.existsSync(at('etc/udev/rules.d/60-dpsr.rules')));
+  assert.match(fs.readFileSync(at('etc/dpsr/dpsr.toml'), 'utf8'), /^# on_failure = /m);
+  // The wrapper runs this dpsr.
+  const v = spawnSync(at('usr/local/sbin/dpsr'), ['--version'], { encoding: 'utf8' });
+  assert.is(v.status, 0, v.stderr);
+  assert.match(v.stdout, /^\d+\.\d+\.\d+/);
+
+  // systemd-analyze resolves ExecStart= and ExecReload= inside the root: give it the kill a Debian system has.
+  fs.mkdirSync(at('bin'));
+  fs.copyFileSync('/bin/kill', at('bin/kill'));
+  fs.chmodSync(at('bin/kill'), 0o755);
+  const verify = spawnSync('systemd-analyze', ['verify', `--root=${root}`, at('etc/systemd/system/dpsr.service')], { encoding: 'utf8' });
+  assert.is(verify.status, 0, verify.stderr);
+  assert.is(`${verify.stdout}${verify.stderr}`.trim(), '', 'verify is clean');
+
+  // Again: nothing changes. The admin's config is never overwritten.
+  fs.writeFileSync(at('etc/dpsr/dpsr.toml'), 'tick = "2s"\n');
+  const again = dpsr('install', '--root', root);
+  assert.is(again.status, 0, again.stderr);
+  assert.match(again.stdout, /unchanged .*dpsr\.service/);
+  assert.match(again.stdout, /kept .*dpsr\.toml/);
+
+  // Enabled: uninstall refuses, removing nothing.
+  const link = at('etc/systemd/system/sysinit.target.wants/dpsr.service');
+  fs.mkdirSync(path.dirname(link), { recursive: true });
+  fs.symlinkSync('/etc/systemd/system/dpsr.service', link);
+  const before = treeHash(root);
+  const enabled = dpsr('uninstall', '--root', root);
+  assert.is(enabled.status, 3);
+  assert.match(enabled.stderr, /systemctl disable --now dpsr/);
+  assert.equal(treeHash(root), before);
+  fs.rmSync(link);
+
+  // A changed rule is left; everything else install wrote goes; config and state stay.
+  fs.appendFileSync(at('etc/udev/rules.d/60-dpsr.rules'), '# mine\n');
+  const u = dpsr('uninstall', '--root', root);
+  assert.is(u.status, 0, u.stderr);
+  assert.match(u.stdout, /left .*60-dpsr\.rules: changed/);
+  for (const p of ['usr/local/sbin/dpsr', 'etc/systemd/system/dpsr.service', 'etc/initramfs-tools/hooks/dpsr', 'var/lib/dpsr/install-manifest.json']) {
+    assert.not.ok(fs.existsSync(at(p)), p);
+  }
+  assert.is(fs.readFileSync(at('etc/dpsr/dpsr.toml'), 'utf8'), 'tick = "2s"\n');
+  assert.ok(fs.existsSync(at('etc/udev/rules.d/60-dpsr.rules')));
+  assert.is(dpsr('uninstall', '--root', root).status, 3, 'nothing left to uninstall');
+});
+
+test('install refuses to overwrite a file it did not write (exit 3, nothing written)', () => {
+  const root = fs.mkdtempSync(path.join(fx.dir, 'root-'));
+  fs.mkdirSync(path.join(root, 'etc/systemd/system'), { recursive: true });
+  fs.writeFileSync(path.join(root, 'etc/systemd/system/dpsr.service'), '[Service]\nExecStart=/bin/true\n');
+  const before = treeHash(root);
+  const r = dpsr('install', '--root', root);
+  assert.is(r.status, 3);
+  assert.match(r.stderr, /dpsr\.service exists and was not written by dpsr install/);
+  assert.not.match(r.stderr.trim(), /\n/, 'one line');
+  assert.equal(treeHash(root), before);
+});
+
+test('the initramfs hook puts the rule, the wrapper, node and what the probe loads into the image; the probe runs there', () => {
+  if (!fs.existsSync('/usr/share/initramfs-tools/hook-functions')) {
+    assert.unreachable('initramfs-tools-core is not installed (apt-get install initramfs-tools-core)');
+  }
+  const { drive } = pairedLoops();
+  const dest = fs.mkdtempSync(path.join(fx.dir, 'initramfs-'));
+  // The hook reads the installed wrapper and rule at their fixed paths: run it where they exist, in a namespace.
+  const stage = fs.mkdtempSync(path.join(fx.dir, 'stage-'));
+  fs.writeFileSync(path.join(stage, 'dpsr'), wrapperScript(process.execPath, HOME), { mode: 0o755 });
+  // The usr-merged layout mkinitramfs makes before it runs the hooks.
+  for (const d of ['bin', 'lib', 'lib64', 'sbin']) {
+    fs.mkdirSync(path.join(dest, 'usr', d), { recursive: true });
+    fs.symlinkSync(`usr/${d}`, path.join(dest, d));
+  }
+  const script = `set -e
+mount -t tmpfs none /usr/local/sbin; cp "$S/dpsr" /usr/local/sbin/
+mkdir -p /etc/udev/rules.d; mount -t tmpfs none /etc/udev/rules.d; cp "$R" /etc/udev/rules.d/
+DESTDIR="$DEST" verbose=n sh "$H"`;
+  execFileSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script], {
+    encoding: 'utf8',
+    env: { ...process.env, S: stage, R: path.join(HOME, 'packaging/60-dpsr.rules'), DEST: dest, H: path.join(HOME, 'packaging/initramfs-hook') },
+  });
+  const inImage = (p: string) => fs.existsSync(path.join(dest, p)) || fs.existsSync(path.join(dest, 'usr', p));
+  for (const p of ['/usr/local/sbin/dpsr', '/lib/udev/rules.d/60-dpsr.rules', process.execPath, `${HOME}/bin/dpsr.js`, `${HOME}/dist/src/udev-probe.js`,
+    `${HOME}/addon/build/Release/dpsr.node`, `${HOME}/node_modules/commander/package.json`]) {
+    assert.ok(inImage(p), `${p} in the image`);
+  }
+  assert.ok(fs.readdirSync(path.join(dest, 'usr/lib/x86_64-linux-gnu')).some((f) => f.startsWith('libbpf.so')) ||
+    fs.readdirSync(path.join(dest, 'lib/x86_64-linux-gnu')).some((f) => f.startsWith('libbpf.so')), 'the addon\'s libraries');
+  // The probe, run inside the image's files alone (a chroot with /dev, /proc and /sys), with
+  // the shell that other hooks (busybox, klibc) put into every initramfs.
+  fs.copyFileSync('/bin/dash', path.join(dest, 'usr/bin/sh'));
+  fs.chmodSync(path.join(dest, 'usr/bin/sh'), 0o755);
+  const chroot = `set -e
+for d in dev proc sys; do mkdir -p "$DEST/$d"; mount --rbind /$d "$DEST/$d"; done
+chroot "$DEST" /usr/local/sbin/dpsr udev-probe "$DEV"`;
+  const out = execFileSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', chroot], { encoding: 'utf8', env: { PATH: process.env.PATH, DEST: dest, DEV: drive } });
+  assert.match(out, /^DPSR_DRIVE=1$/m);
+  assert.match(out, /^DPSR_PAIR=itest$/m);
+});
+
+// ---- the failure hook ----
+
+const event: HookEvent = { pair: 'data', kind: 'sync-failed', reason: 'not quiescent: "x" $HOME `y`', atMs: Date.UTC(2025, 0, 2, 3, 4, 5) };
+
+test('failure hook: a shell command line with the event in its environment and as JSON on stdin', async () => {
+  const out = path.join(fx.dir, 'hook.out');
+  const r = await runFailureHook(`env | grep ^DPSR_ | sort > '${out}'; cat >> '${out}'`, event, 10_000);
+  assert.equal({ status: r.status, error: r.error }, { status: 0, error: null });
+  const lines = fs.readFileSync(out, 'utf8').trim().split('\n');
+  assert.equal(lines.slice(0, 4), [
+    'DPSR_EVENT=sync-failed', 'DPSR_PAIR=data', `DPSR_REASON=${event.reason}`, 'DPSR_TIME=2025-01-02T03:04:05.000Z',
+  ]);
+  assert.equal(JSON.parse(lines[4]), { pair: 'data', event: 'sync-failed', reason: event.reason, time: '2025-01-02T03:04:05.000Z', atMs: event.atMs });
+  assert.equal(hookEnvironment(event).DPSR_REASON, event.reason, 'passed as is, no shell expansion');
+});
+
+test('failure hook: a failing, missing or hanging hook is reported, never thrown; a timeout kills what it started', async () => {
+  const failed = await runFailureHook('echo "smtp refused" >&2; exit 7', event, 10_000);
+  assert.is(failed.status, 7);
+  assert.match(failed.error!, /exited 7: smtp refused/);
+  const missing = await runFailureHook('/no/such/alert-command', event, 10_000);
+  assert.is(missing.status, 127);
+  // A 1 MiB reason: too big for one environment variable (cut there), and more than a pipe holds for a hook that never reads it.
+  const big = 'x'.repeat(1 << 20);
+  assert.ok(hookEnvironment({ ...event, reason: big }).DPSR_REASON.length < 5000);
+  const ignoresStdin = await runFailureHook('exit 0', { ...event, reason: big }, 10_000);
+  assert.is(ignoresStdin.status, 0, ignoresStdin.error ?? '');
+  const reads = await runFailureHook('[ "$(wc -c)" -gt 1048576 ]', { ...event, reason: big }, 10_000);
+  assert.is(reads.status, 0, reads.error ?? 'the whole reason on stdin');
+
+  // Exited, but a background child holds its output open: reported at the timeout with its exit status, the child left running.
+  const bgFile = path.join(fx.dir, 'bg.pid');
+  const bg = await runFailureHook(`sleep 30 & echo $! > '${bgFile}'; exit 3`, event, 300);
+  assert.is(bg.status, 3);
+  const bgPid = Number(fs.readFileSync(bgFile, 'utf8'));
+  assert.not.throws(() => process.kill(bgPid, 0), 'a background child is left running');
+  process.kill(bgPid, 'SIGKILL');
+
+  const pidFile = path.join(fx.dir, 'child.pid');
+  const started = Date.now();
+  const hung = await runFailureHook(`sleep 60 & echo $! > '${pidFile}'; wait`, event, 300);
+  assert.ok(Date.now() - started < 5000, 'returned at the timeout');
+  assert.is(hung.status, null);
+  assert.match(hung.error!, /killed after 300 ms/);
+  const child = Number(fs.readFileSync(pidFile, 'utf8'));
+  await new Promise((r) => setTimeout(r, 100));
+  // Dead, or a zombie left to a PID 1 that does not reap.
+  const state = fs.existsSync(`/proc/${child}/stat`) ? fs.readFileSync(`/proc/${child}/stat`, 'utf8').replace(/^.*\) /, '')[0] : 'gone';
+  assert.ok(state === 'gone' || state === 'Z', `the hook's own child was killed too (state ${state})`);
+});
+
+// ---- metrics ----
+
+function pairMetrics(o: Partial<PairMetrics> = {}): PairMetrics {
+  return {
+    pair: 'system', imageTimeMs: 1_700_000_000_000, imageConsistent: true, dirtyBytes: 4096, suspectBytes: 0,
+    syncedBytesTotal: 1 << 30, syncsTotal: 12, syncsFailedTotal: 1, lastSyncDurationMs: 1500, lastSyncEndMs: 1_700_000_001_500,
+    freeze: { count: 11, sumMs: 330, p50Ms: 25, p99Ms: 80 }, ringDropsTotal: 0, reconcileShortfallSectorsTotal: 16,
+    gapsTotal: { reboot: 1, drops: 2 }, scrubMismatchesTotal: 0, ...o,
+  };
+}
+
+test('metrics: Prometheus text with HELP and TYPE, per pair, label values escaped', () => {
+  const snap: MetricsSnapshot = { atMs: 1_700_000_030_000, pairs: [pairMetrics(), pairMetrics({ pair: 'we"ird\\na\nme', imageTimeMs: null, lastSyncDurationMs: null, lastSyncEndMs: null, freeze: { count: 0, sumMs: 0, p50Ms: null, p99Ms: null }, gapsTotal: {} })] };
+  const text = renderMetrics(snap);
+  assert.ok(text.endsWith('\n'));
+  const lines = text.split('\n');
+  assert.ok(lines.includes('# TYPE dpsr_rpo_seconds gauge'));
+  assert.ok(lines.includes('dpsr_rpo_seconds{pair="system"} 30'));
+  assert.ok(lines.includes('dpsr_image_timestamp_seconds{pair="system"} 1700000000'));
+  assert.ok(lines.includes('dpsr_freeze_duration_seconds{pair="system",quantile="0.99"} 0.08'));
+  assert.ok(lines.includes('dpsr_freeze_duration_seconds_count{pair="system"} 11'));
+  assert.ok(lines.includes('dpsr_gaps_total{pair="system",cause="drops"} 2'));
+  assert.ok(lines.includes('dpsr_synced_bytes_total{pair="system"} 1073741824'));
+  assert.ok(lines.includes('dpsr_image_consistent{pair="we\\"ird\\\\na\\nme"} 1'));
+  assert.not.ok(text.includes('dpsr_rpo_seconds{pair="we'), 'no image: no RPO sample');
+  assert.is(escapeLabelValue('a\\b"c\nd'), 'a\\\\b\\"c\\nd');
+  for (const l of lines.filter((x) => x && !x.startsWith('#'))) assert.match(l, /^dpsr_[a-z_]+\{pair="(?:[^"\\]|\\.)*"(?:,[a-z]+="[^"]*")?\} -?[0-9.e+]+$/, l);
+
+  // An independent parser, where installed (Debian python3-prometheus-client).
+  const py = spawnSync('/usr/bin/python3', ['-c', `import sys
+from prometheus_client.parser import text_string_to_metric_families as parse
+fams = list(parse(sys.stdin.read()))
+print(len(fams), sum(len(f.samples) for f in fams), [s.labels['pair'] for f in fams for s in f.samples if f.name == 'dpsr_image_consistent'])`],
+  { input: text, encoding: 'utf8' });
+  if (py.status === 0) assert.is(py.stdout.trim(), `15 ${lines.filter((x) => x && !x.startsWith('#')).length} ['system', 'we"ird\\\\na\\nme']`);
+  else console.log(`  (no prometheus_client to cross-check: ${py.stderr.trim().split('\n').pop()})`);
+});
+
+test('metrics file: written whole by rename, readable by the collector whatever the umask', () => {
+  const dir = fs.mkdtempSync(path.join(fx.dir, 'textfile-'));
+  const file = path.join(dir, 'dpsr.prom');
+  const old = process.umask(0o077);
+  try {
+    writeMetricsFile(file, { atMs: Date.now(), pairs: [pairMetrics()] });
+    writeMetricsFile(file, { atMs: Date.now(), pairs: [pairMetrics({ dirtyBytes: 8192 })] });
+  } finally {
+    process.umask(old);
+  }
+  assert.equal(fs.readdirSync(dir), ['dpsr.prom'], 'no temporary file left');
+  assert.is(fs.statSync(file).mode & 0o777, 0o644);
+  assert.match(fs.readFileSync(file, 'utf8'), /^dpsr_dirty_bytes\{pair="system"\} 8192$/m);
+});
+
+test.run();
