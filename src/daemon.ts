@@ -138,8 +138,9 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       case 'rollback':
         return serial(() => rollbackInSession(s, req));
       case 'status':
-        return serial(async () => s.store.pairs().filter((p) => !req.name || p.name === req.name).map((p) =>
-          statusOf(p, s.ranges.get(p.name), s.problems.get(p.name), true, policyOf(config, p.name), scheduleOf(p.name))));
+        // Not queued behind a sync (a full copy can take an hour): it only reads what is in memory.
+        return s.store.pairs().filter((p) => !req.name || p.name === req.name).map((p) =>
+          statusOf(p, s.ranges.get(p.name), s.problems.get(p.name), true, policyOf(config, p.name), scheduleOf(p.name)));
       default:
         throw new DpsrError(`unknown request ${(req as { command: string }).command}`, 'EPROTO');
     }

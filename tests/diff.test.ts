@@ -11,7 +11,7 @@ import path from 'node:path';
 import { openDirect } from '../src/copy.js';
 import { compareMeta, type FileMeta } from '../src/file-diff.js';
 import { readLabel, writeLabel } from '../src/label.js';
-import { DPSR_BIN, Fixture, runDpsr, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, runDpsr, runDpsrOk, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
@@ -22,11 +22,7 @@ test.after.each(() => fx.cleanup());
 
 const dpsr = (...args: string[]) => runDpsr(env, args);
 
-function ok(...args: string[]): string {
-  const r = dpsr(...args);
-  assert.is(r.status, 0, `dpsr ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const ok = (...args: string[]) => runDpsrOk(env, args);
 
 /** ext4 without lazy init, so nothing but us writes to it once mounted. */
 function mkfs(dev: string, type: 'ext4' | 'xfs'): void {

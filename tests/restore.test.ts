@@ -7,7 +7,7 @@ import * as assert from 'uvu/assert';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Fixture, runDpsr, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
+import { Fixture, runDpsr, runDpsrOk, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
@@ -18,11 +18,7 @@ test.after.each(() => fx.cleanup());
 
 const dpsr = (...args: string[]) => runDpsr(env, args);
 
-function ok(...args: string[]): string {
-  const r = dpsr(...args);
-  assert.is(r.status, 0, `dpsr ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const ok = (...args: string[]) => runDpsrOk(env, args);
 
 function devices(type: 'ext4' | 'xfs') {
   const mib = type === 'xfs' ? 320 : 96; // mkfs.xfs wants over ~300 MB

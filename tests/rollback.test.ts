@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, ddDirect, freshCliFixture, runDpsr, sh, sha256Of } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, freshCliFixture, runDpsr, runDpsrOk, sh, sha256Of } from './helpers/fixture.js';
 import { type JournalEntry, writeTransaction } from '../src/journal.js';
 import { readLabel, writeLabel } from '../src/label.js';
 import { native } from '../src/native.js';
@@ -27,11 +27,7 @@ const dpsr = (...args: string[]) => runDpsr(env, args);
 const hash = sha256Of;
 const mib = (b: number) => `${(b / MiB).toFixed(2)} MiB`;
 
-function ok(...args: string[]): string {
-  const r = dpsr(...args);
-  assert.is(r.status, 0, `dpsr ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const ok = (...args: string[]) => runDpsrOk(env, args);
 
 /** Sectors the kernel counted as written (and discarded) on a loop disk: the bytes a change really cost. */
 function writtenSectors(dev: string): number {
@@ -48,6 +44,15 @@ function devices(sourceMiB: number) {
   const source = fx.loop(sourceMiB);
   const drive = fx.loop(sourceMiB + 64);
   return { source, drive, bytes: sourceMiB * MiB };
+}
+
+/** Random source data, paired and synced once as pair 'p'. */
+function syncedPair(sourceMiB: number) {
+  const d = devices(sourceMiB);
+  randomFill(d.source, sourceMiB);
+  ok('pair', d.source, d.drive, '--name', 'p');
+  ok('sync', 'p', '--quiet-period', '0.2');
+  return d;
 }
 
 const rollbackJson = (...args: string[]) => JSON.parse(ok('rollback', ...args, '--yes', '--json')).rollback;
@@ -121,14 +126,16 @@ async function killOnceWriting(child: ChildProcess, dev: string, afterSectors = 
   assert.ok(killed, 'the child was killed while writing, not after it finished');
 }
 
-test('kill -9 mid-rollback: the source is a mix; the same command run again completes it', async () => {
-  const { source, drive, bytes } = devices(384);
-  randomFill(source, 384);
-  ok('pair', source, drive, '--name', 'p');
-  ok('sync', 'p', '--quiet-period', '0.2');
+/** A synced 384 MiB pair whose source then had 256 MiB rewritten: a rollback long enough to be caught writing. */
+function bigChangeAfterSync() {
+  const { source, drive, bytes } = syncedPair(384);
   const image = hash(drive, bytes);
-  // A big change, so the rollback takes long enough to be caught writing.
   sh('dd', ['if=/dev/urandom', `of=${source}`, 'bs=1M', 'count=256', 'seek=64', 'oflag=direct', 'conv=notrunc', 'status=none']);
+  return { source, drive, bytes, image };
+}
+
+test('kill -9 mid-rollback: the source is a mix; the same command run again completes it', async () => {
+  const { source, image } = bigChangeAfterSync();
   const changed = hash(source);
   const child = spawn(process.execPath, [DPSR_BIN, 'rollback', 'p', '--yes'], { env, stdio: 'ignore' });
   fx.defer('stop rollback', () => { if (child.exitCode === null) child.kill('SIGKILL'); });
@@ -142,12 +149,7 @@ test('kill -9 mid-rollback: the source is a mix; the same command run again comp
 });
 
 test('another writer during the rollback: the regions are not held clean, and the next rollback restores its write too', async () => {
-  const { source, drive, bytes } = devices(384);
-  randomFill(source, 384);
-  ok('pair', source, drive, '--name', 'p');
-  ok('sync', 'p', '--quiet-period', '0.2');
-  const image = hash(drive, bytes);
-  sh('dd', ['if=/dev/urandom', `of=${source}`, 'bs=1M', 'count=256', 'seek=64', 'oflag=direct', 'conv=notrunc', 'status=none']);
+  const { source, drive, bytes, image } = bigChangeAfterSync();
   const child = spawn(process.execPath, [DPSR_BIN, 'rollback', 'p', '--yes', '--json'], { env });
   fx.defer('stop rollback', () => { if (child.exitCode === null) child.kill('SIGKILL'); });
   let out = '';
@@ -278,10 +280,7 @@ test('without the state directory: rollback --drive compares the whole source an
 });
 
 test('after a gap that leaves history unknown, rollback compares the whole source and says so', () => {
-  const { source, drive, bytes } = devices(64);
-  randomFill(source, 64);
-  ok('pair', source, drive, '--name', 'p');
-  ok('sync', 'p', '--quiet-period', '0.2');
+  const { source, drive, bytes } = syncedPair(64);
   const image = hash(drive, bytes);
   native().detach(env.DPSR_BPF_DIR!); // as a reboot does: the programs and their records are gone
   for (let i = 0; i < 10; i++) ddDirect(source, 1000 + i * 9000, 64); // unseen
@@ -298,10 +297,7 @@ test('after a gap that leaves history unknown, rollback compares the whole sourc
 });
 
 test('a sync killed at any point: rollback applies a committed transaction first, or writes back what the sync had cut', async () => {
-  const { source, drive, bytes } = devices(64);
-  randomFill(source, 64);
-  ok('pair', source, drive, '--name', 'p');
-  ok('sync', 'p', '--quiet-period', '0.2');
+  const { source, drive, bytes } = syncedPair(64);
   const outcomes: string[] = [];
   for (const delayMs of [150, 300, 450, 600, 750]) {
     for (let i = 0; i < 12; i++) ddDirect(source, ((i * 7919 + delayMs) % 120) * 1024, 2048);
@@ -349,10 +345,7 @@ async function commitUnapplied(source: string, drive: string, dataSectors: numbe
 }
 
 test('a committed journal transaction is applied to the drive first, with the pair record and from the drive alone', async () => {
-  const { source, drive, bytes } = devices(64);
-  randomFill(source, 64);
-  ok('pair', source, drive, '--name', 'p');
-  ok('sync', 'p', '--quiet-period', '0.2');
+  const { source, drive, bytes } = syncedPair(64);
   const changes = [ddDirect(source, 2048, 256), ddDirect(source, 50_000, 64)];
   const now = hash(source);
   const seq = await commitUnapplied(source, drive, bytes / 512, changes);
@@ -382,10 +375,7 @@ test('a committed journal transaction is applied to the drive first, with the pa
 });
 
 test('the source died while a committed sync was applied: status --drive says so, recover finishes it from the drive alone', async () => {
-  const { source, drive, bytes } = devices(64);
-  randomFill(source, 64);
-  ok('pair', source, drive, '--name', 'p');
-  ok('sync', 'p', '--quiet-period', '0.2');
+  const { source, drive, bytes } = syncedPair(64);
   const changes = [ddDirect(source, 4096, 512), ddDirect(source, 70_000, 8)];
   const now = hash(source);
   const seq = await commitUnapplied(source, drive, bytes / 512, changes);
@@ -408,10 +398,7 @@ test('the source died while a committed sync was applied: status --drive says so
 });
 
 test('through a running daemon: the rollback is planned and run by the owner', async () => {
-  const { source, drive, bytes } = devices(64);
-  randomFill(source, 64);
-  ok('pair', source, drive, '--name', 'p');
-  ok('sync', 'p', '--quiet-period', '0.2');
+  const { source, drive, bytes } = syncedPair(64);
   const image = hash(drive, bytes);
   const daemon = spawn(process.execPath, [DPSR_BIN, 'daemon', '--tick', '0.2'], { env });
   fx.defer('stop daemon', () => { if (daemon.exitCode === null) daemon.kill('SIGKILL'); });

@@ -6,7 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, runDpsr, runDpsrOk, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
 
 const bin = DPSR_BIN;
 const MiB = 1 << 20;
@@ -20,11 +20,7 @@ test.after.each(() => fx.cleanup());
 
 const dpsr = (...args: string[]) => runDpsr(env, args);
 
-function ok(...args: string[]): string {
-  const r = dpsr(...args);
-  assert.is(r.status, 0, `dpsr ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const ok = (...args: string[]) => runDpsrOk(env, args);
 
 const hash = sha256Of;
 

@@ -182,6 +182,13 @@ export function runDpsr(env: NodeJS.ProcessEnv, args: string[], timeoutMs = 120_
 }
 
 /** A fresh fixture and a CLI environment inside it, after sweeping what dead test processes left. */
+/** Runs the CLI and fails the test unless it exits 0; returns its stdout. */
+export function runDpsrOk(env: NodeJS.ProcessEnv, args: string[], timeoutMs?: number): string {
+  const r = runDpsr(env, args, timeoutMs);
+  if (r.status !== 0) throw new Error(`dpsr ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
+  return r.stdout;
+}
+
 export function freshCliFixture(): { fx: Fixture; env: NodeJS.ProcessEnv } {
   sweepStaleTestPins();
   const fx = new Fixture();

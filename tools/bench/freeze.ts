@@ -7,8 +7,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Settings } from '../../src/defaults.js';
-import { native } from '../../src/native.js';
-import { run, scratchSpace } from './scratch.js';
+import { run, scratchSpace, benchSettings } from './scratch.js';
 import { pairCommand } from '../../src/commands/pair.js';
 import { unpairCommand } from '../../src/commands/unpair.js';
 import { closeSession, openSession } from '../../src/session.js';
@@ -35,11 +34,7 @@ async function syncOnce(settings: Settings, name: string, opts: { journal?: bool
 }
 
 async function main(): Promise<void> {
-  const settings: Settings = {
-    stateDir: path.join(dir, 'state'), socketPath: path.join(dir, 'dpsr.sock'), ownerLockPath: path.join(dir, 'owner.lock'),
-    pinDir: `/sys/fs/bpf/dpsr-bench-freeze-${process.pid}`, kernelBtfPath: '/sys/kernel/btf/vmlinux', configPath: '/nonexistent',
-  };
-  cleanups.push(() => { if (fs.existsSync(settings.pinDir)) native().detach(settings.pinDir); });
+  const settings = benchSettings(dir, 'freeze', cleanups);
   console.log(`# command: node ${path.relative(process.cwd(), process.argv[1])} ${process.argv.slice(2).join(' ')}`);
 
   // 1. Freeze durations under a steady writer.

@@ -5,8 +5,6 @@
 // are not what is measured. Run: node dist/tools/bench/rollback.js [--gib N] [--rounds N] [--dir D]
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Settings } from '../../src/defaults.js';
-import { native } from '../../src/native.js';
 import { rollbackCommand } from '../../src/commands/rollback.js';
 import { pairCommand } from '../../src/commands/pair.js';
 import { syncCommand } from '../../src/commands/sync.js';
@@ -21,7 +19,7 @@ const sizeGiB = Number(arg('gib', '4'));
 const rounds = Number(arg('rounds', '3'));
 process.env.UV_THREADPOOL_SIZE ??= '32'; // as bin/dpsr.js does, before the pool's first use
 process.env.TMPDIR = arg('dir', '/dev/shm'); // scratchSpace makes its images under os.tmpdir()
-const { run, scratchSpace } = await import('./scratch.js');
+const { run, scratchSpace, benchSettings } = await import('./scratch.js');
 const { dir, cleanups, cleanup, attach } = scratchSpace('dpsr-bench-rollback-');
 const now = () => performance.now();
 const quiet = () => {};
@@ -44,11 +42,7 @@ function ddRestore(drive: string, source: string): number {
 async function main(): Promise<void> {
   const source = attach('source.img', sizeGiB * GiB);
   const drive = attach('drive.img', sizeGiB * GiB + 64 * MiB);
-  const settings: Settings = {
-    stateDir: path.join(dir, 'state'), socketPath: path.join(dir, 'dpsr.sock'), ownerLockPath: path.join(dir, 'owner.lock'),
-    pinDir: `/sys/fs/bpf/dpsr-bench-rollback-${process.pid}`, kernelBtfPath: '/sys/kernel/btf/vmlinux', configPath: '/nonexistent',
-  };
-  cleanups.push(() => { if (fs.existsSync(settings.pinDir)) native().detach(settings.pinDir); });
+  const settings = benchSettings(dir, 'rollback', cleanups);
   console.log(`# dpsr rollback benchmark: ${sizeGiB} GiB loop devices over files in ${dir} (direct I/O), ${rounds} rounds`);
   console.log(`# command: node ${path.relative(process.cwd(), process.argv[1])} ${process.argv.slice(2).join(' ')}`);
   run('fio', ['--name=fill', `--filename=${source}`, '--rw=write', '--bs=4M', '--direct=1', '--ioengine=libaio', '--iodepth=4',

@@ -4,6 +4,8 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { Settings } from '../../src/defaults.js';
+import { native } from '../../src/native.js';
 
 export const run = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
@@ -26,4 +28,14 @@ export function scratchSpace(prefix: string) {
     return dev;
   };
   return { dir, cleanups, cleanup, attach };
+}
+
+/** A bench's own dpsr state, socket, lock and pin dir (inside `dir`), detached by the cleanups. */
+export function benchSettings(dir: string, tag: string, cleanups: Array<() => void>): Settings {
+  const settings: Settings = {
+    stateDir: path.join(dir, 'state'), socketPath: path.join(dir, 'dpsr.sock'), ownerLockPath: path.join(dir, 'owner.lock'),
+    pinDir: `/sys/fs/bpf/dpsr-bench-${tag}-${process.pid}`, kernelBtfPath: '/sys/kernel/btf/vmlinux', configPath: '/nonexistent',
+  };
+  cleanups.push(() => { if (fs.existsSync(settings.pinDir)) native().detach(settings.pinDir); });
+  return settings;
 }

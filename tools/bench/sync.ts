@@ -6,10 +6,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { compareExtents, openDirect } from '../../src/copy.js';
-import type { Settings } from '../../src/defaults.js';
 import { ExtentSet } from '../../src/extents.js';
 import { native } from '../../src/native.js';
-import { run, scratchSpace } from './scratch.js';
+import { run, scratchSpace, benchSettings } from './scratch.js';
 import { pairCommand } from '../../src/commands/pair.js';
 import { syncCommand } from '../../src/commands/sync.js';
 import { unpairCommand } from '../../src/commands/unpair.js';
@@ -42,11 +41,7 @@ function dd(src: string, dst: string): number {
 async function main(): Promise<void> {
   const source = attach('source.img', sizeGiB * GiB);
   const drive = attach('drive.img', sizeGiB * GiB + 64 * MiB);
-  const settings: Settings = {
-    stateDir: path.join(dir, 'state'), socketPath: path.join(dir, 'dpsr.sock'), ownerLockPath: path.join(dir, 'owner.lock'),
-    pinDir: `/sys/fs/bpf/dpsr-bench-sync-${process.pid}`, kernelBtfPath: '/sys/kernel/btf/vmlinux', configPath: '/nonexistent',
-  };
-  cleanups.push(() => { if (fs.existsSync(settings.pinDir)) native().detach(settings.pinDir); });
+  const settings = benchSettings(dir, 'sync', cleanups);
   console.log(`# dpsr sync benchmark: ${sizeGiB} GiB loop devices over files in ${os.tmpdir()} (direct I/O), ${rounds} rounds`);
   console.log(`# command: node ${path.relative(process.cwd(), process.argv[1])} ${process.argv.slice(2).join(' ')}`);
   run('fio', ['--name=fill', `--filename=${source}`, '--rw=write', '--bs=4M', '--direct=1', '--ioengine=libaio', '--iodepth=4',
