@@ -7,7 +7,7 @@ import { pack, unpack } from 'msgpackr';
 import { DpsrError, type ExitStatusValue } from './errors.js';
 import type { RestoreScope } from './rollback.js';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2; // 2: status replies are PairStatus[], rollback requests
 const MAX_FRAME_BYTES = 64 << 20;
 
 export interface HelloRequest { command: 'hello'; version: number }

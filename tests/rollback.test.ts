@@ -14,6 +14,8 @@ import { readLabel, writeLabel } from '../src/label.js';
 import { native } from '../src/native.js';
 import type { PairRecord } from '../src/store.js';
 import { journalRegionOf } from '../src/sync.js';
+import { runningFromDrive } from '../src/session.js';
+import { systemDisks } from '../src/pair-checks.js';
 
 const MiB = 1 << 20;
 let fx: Fixture;
@@ -277,6 +279,29 @@ test('without the state directory: rollback --drive compares the whole source an
   assert.is(hash(source), image);
   assert.ok(rep.writtenBytes > 0 && rep.writtenBytes <= changedBytes + 512 * 1024, `wrote ${rep.writtenBytes} for ${changedBytes}`);
   assert.not.ok(fs.existsSync(path.join(fx.dir, 'empty-state', 'state.mdb')), 'no state created');
+});
+
+test('running from the DPSR drive: no sync or rollback of that pair, and the way back is named', () => {
+  const { source, drive, bytes } = syncedFs('ext4', 64);
+  const image = hash(drive, bytes);
+  changeFiles(source, 'ext4');
+  const before = hash(source);
+  // The booted copy is mounted (here read-only, as its root would be in use): rollback --drive refuses.
+  const mnt = fx.mount(drive, ['-o', 'ro,noload']);
+  const rescue = { ...env, DPSR_STATE_DIR: path.join(fx.dir, 'empty-state') };
+  const r = runDpsr(rescue, ['rollback', '--drive', drive, '--yes']);
+  assert.is(r.status, 3, r.stderr);
+  assert.match(r.stderr, new RegExp(`pair in reverse \\(dpsr pair ${drive} ${source} --force\\)`));
+  sh('umount', [mnt]);
+  assert.is(hash(source), before, 'nothing written to the source');
+  assert.is(hash(drive, bytes), image, 'nor to the drive');
+  // The session's judgement, with the drive standing in for the disk `/` is on (pure: the root disk cannot be a loop here).
+  const pair = JSON.parse(ok('status', 'p', '--json')).pairs[0];
+  const record = { name: 'p', drive: { path: pair.drive } } as unknown as PairRecord;
+  assert.is(runningFromDrive(record, systemDisks()), null, 'this machine does not run from it');
+  const why = runningFromDrive(record, new Set([path.basename(drive)]));
+  assert.match(why ?? '', /this system runs from the pair's DPSR drive/);
+  assert.match(why ?? '', new RegExp(`dpsr pair ${drive} NEW_DISK`));
 });
 
 test('after a gap that leaves history unknown, rollback compares the whole source and says so', () => {
