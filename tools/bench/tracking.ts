@@ -23,6 +23,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { resolveBlockDevice } from '../../src/devices.js';
 import { native } from '../../src/native.js';
+import { OWNER_RING_BYTES } from '../../src/defaults.js';
 import { type RangeState, Tracker } from '../../src/tracker.js';
 import { KernelTracking } from '../../src/tracking.js';
 
@@ -38,6 +39,7 @@ interface Options {
   retries: number; // repeats of a run disturbed by other load
   noiseCpus: number; // CPUs busy outside the I/O path that make a run disturbed
   nice: number; // niceness of the bench process (the tracker); fio always runs at 0
+  cycleMs: number; // how often the tracker cycles (persists and releases ring space) during a run: the daemon's tick
 }
 
 function usage(msg: string): never {
@@ -47,7 +49,7 @@ function usage(msg: string): never {
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { rounds: 3, seconds: 10, rateCap: 50_000, sizeMiB: 1024, ringMiB: undefined, timerMs: undefined, retries: 2, noiseCpus: 0.25, nice: 0 };
+  const o: Options = { rounds: 3, seconds: 10, rateCap: 50_000, sizeMiB: 1024, ringMiB: undefined, timerMs: undefined, retries: 2, noiseCpus: 0.25, nice: 0, cycleMs: 1000 };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split('=', 2);
     const value = (): number => {
@@ -63,6 +65,7 @@ function parseOptions(argv: string[]): Options {
       case '--size-mib': o.sizeMiB = Math.floor(value()); break;
       case '--ring-mib': o.ringMiB = value(); break;
       case '--timer-ms': o.timerMs = Math.floor(value()); break;
+      case '--cycle-ms': o.cycleMs = Math.floor(value()); break;
       case '--retries': o.retries = Number(inline ?? argv[++i]); if (!(o.retries >= 0)) usage('--retries needs a number'); break;
       case '--noise-cpus': o.noiseCpus = value(); break;
       case '--nice': o.nice = Number(inline ?? argv[++i]); if (!Number.isInteger(o.nice) || o.nice < -20 || o.nice > 19) usage('--nice needs -20..19'); break;
@@ -390,6 +393,8 @@ async function reconcileUntilJudged(t: Tracker, range: RangeState): Promise<stri
   }
 }
 
+let cycleMs = 1000; // set from --cycle-ms
+
 async function measureOnce(round: number, mode: Mode, kind: Kind, dev: string, disk: string, seconds: number,
   rateIops: number | undefined, b: BState | undefined): Promise<Run> {
   if (mode === 'A') {
@@ -412,7 +417,10 @@ async function measureOnce(round: number, mode: Mode, kind: Kind, dev: string, d
   const proc0 = processCpuSeconds();
   const t0 = process.hrtime.bigint();
 
+  // The owner releases ring space only once what it read is persisted: cycle every second, as the daemon's tick does.
+  const ticking = b ? setInterval(() => { void b.tracker.cycle(); }, cycleMs) : undefined;
   const fio = await runFio(fioArgs(dev, seconds, rateIops));
+  clearInterval(ticking);
   // The ring's tail (under one timer period) is drained by the cycle: count it in the window.
   if (b) await b.tracker.cycle();
 
@@ -519,7 +527,7 @@ async function startB(dev: string, opts: Options): Promise<BState> {
   const state: Partial<BState> = { kt: k, records: 0 };
   const t = Tracker.start(k, {
     ownerLockPath: path.join(tmpDir, 'owner.lock'),
-    ...(opts.ringMiB ? { ringBytes: Math.round(opts.ringMiB * 1024 * 1024) } : {}),
+    ringBytes: opts.ringMiB ? Math.round(opts.ringMiB * 1024 * 1024) : OWNER_RING_BYTES, // as the daemon's
     ...(opts.timerMs ? { timerMs: opts.timerMs } : {}),
     onRecords: (n) => { state.records! += n; },
   });
@@ -691,6 +699,7 @@ function summarize(opts: Options, runs: Run[], allRuns: Run[], rate: number, bac
 
 async function main(): Promise<number> {
   const opts = parseOptions(process.argv.slice(2));
+  cycleMs = opts.cycleMs;
   if (process.getuid?.() !== 0) usage('needs root (loop devices, BPF)');
   for (const tool of ['fio', 'bpftool', 'losetup']) {
     try { sh('sh', ['-c', `command -v ${tool}`]); } catch { usage(`${tool} not found (apt-get install -y ${tool === 'losetup' ? 'mount' : tool})`); }
@@ -730,7 +739,7 @@ async function main(): Promise<number> {
   console.log(`warm-up: ${fmtK(warm.iops)} IOPS saturated (untracked, ${warmSeconds} s); fixed rate for (b): ${fmtK(rate)} IOPS`);
   console.log(`fio (a): fio ${fioArgs(loopDev, opts.seconds).join(' ')}`);
   console.log(`fio (b): fio ${fioArgs(loopDev, opts.seconds, rate).join(' ')}`);
-  console.log(`B: tracker in this process (ring ${opts.ringMiB ?? 8} MiB, timer ${opts.timerMs ?? 50} ms, nice ${opts.nice}; fio at nice 0); B+stats = B at the fixed rate with kernel.bpf_stats_enabled=1`);
+  console.log(`B: tracker in this process (ring ${opts.ringMiB ?? OWNER_RING_BYTES / 2 ** 20} MiB, timer ${opts.timerMs ?? 50} ms, nice ${opts.nice}; fio at nice 0); B+stats = B at the fixed rate with kernel.bpf_stats_enabled=1`);
   console.log('');
 
   for (let round = 1; round <= opts.rounds; round++) {
