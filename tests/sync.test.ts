@@ -247,4 +247,19 @@ test('unpair removes the label and the read-only flag, and detaches tracking', (
   assert.not.ok(fs.existsSync(env.DPSR_BPF_DIR!), 'no pair left: programs detached');
 });
 
+test('the source died: status names the problem, unpair still ends the pair and frees the drive', () => {
+  const { source, drive } = devices(32);
+  ok('pair', source, drive, '--name', 'p');
+  ok('sync', 'p', '--quiet-period', '0.2');
+  sh('losetup', ['-d', source]);
+  const st = dpsr('status', 'p', '--json');
+  assert.is(st.status, 4, st.stderr);
+  assert.is(JSON.parse(st.stdout).pairs[0].state, 'error');
+  assert.is(dpsr('status', '--drive', drive).status, 0, 'the drive itself holds a whole image');
+  ok('unpair', 'p');
+  assert.is(sh('blockdev', ['--getro', drive]).trim(), '0');
+  assert.is(dpsr('status', '--drive', drive).status, 4, 'label removed');
+  assert.match(ok('status'), /no pairs/);
+});
+
 test.run();

@@ -90,7 +90,13 @@ export class Fixture {
     if (opts.sectorSize) args.push('-b', String(opts.sectorSize));
     const dev = sh('losetup', [...args, img]).trim();
     // BLKROSET outlives a detach: leave the loop number writable for whoever comes next.
-    this.defer(`losetup -d ${dev}`, () => { sh('blockdev', ['--setrw', dev]); sh('losetup', ['-d', dev]); });
+    this.defer(`losetup -d ${dev}`, () => {
+      // A test may have detached it already (a disk that died): then it may be someone else's by now.
+      const backing = `/sys/block/${path.basename(dev)}/loop/backing_file`;
+      if (!fs.existsSync(backing) || fs.readFileSync(backing, 'utf8').trim() !== img) return;
+      sh('blockdev', ['--setrw', dev]);
+      sh('losetup', ['-d', dev]);
+    });
     return dev;
   }
 
