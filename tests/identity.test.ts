@@ -5,7 +5,7 @@ import * as assert from 'uvu/assert';
 import fs from 'node:fs';
 import { resolveBlockDevice } from '../src/devices.js';
 import { hasHardwareIdentity, identify, identityChanges, type DeviceIdentity } from '../src/identity.js';
-import { Fixture, sh } from './helpers/fixture.js';
+import { Fixture, loopBackingFile, sh } from './helpers/fixture.js';
 
 let fx: Fixture;
 test.before.each(() => {
@@ -14,37 +14,8 @@ test.before.each(() => {
 test.after.each(() => fx.cleanup());
 
 const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-const backingOf = (dev: string) => {
-  try {
-    return fs.readFileSync(`/sys/block/${dev.replace('/dev/', '')}/loop/backing_file`, 'utf8').trim();
-  } catch {
-    return null;
-  }
-};
-
-/**
- * Attaches an image (to a given loop node, or the first free one). Cleanup
- * detaches it only while it is still backed by this image, so a loop number
- * freed by a test and taken by someone else is never detached by mistake.
- */
-function attach(img: string, dev?: string): string {
-  let node = '';
-  for (let i = 0; ; i++) {
-    try {
-      node = dev ? (sh('losetup', ['--direct-io=on', dev, img]), dev) : sh('losetup', ['-f', '--show', '--direct-io=on', img]).trim();
-      break;
-    } catch (err) {
-      // A just-detached loop can stay bound for a moment.
-      if (!dev || i >= 20) throw err;
-      sleep(100);
-    }
-  }
-  fx.defer(`losetup -d ${node}`, () => {
-    const b = backingOf(node);
-    if (b === img || b === `${img} (deleted)`) sh('losetup', ['-d', node]);
-  });
-  return node;
-}
+const backingOf = loopBackingFile;
+const attach = (img: string, dev?: string) => fx.attach(img, dev);
 
 function detach(dev: string): void {
   sh('losetup', ['-d', dev]);

@@ -230,7 +230,7 @@ test('a re-attached loop device with another backing file is caught, and nothing
   syncJson('p');
   const other = fx.image('other.img', 32);
   sh('losetup', ['-d', source]);
-  sh('losetup', ['--direct-io=on', source, other]);
+  fx.attach(other, source);
   const before = hash(drive);
   const r = dpsr('sync', 'p', '--quiet-period', '0.2');
   assert.is(r.status, 3, r.stderr);

@@ -48,6 +48,15 @@ export function sweepStaleTestPins(): void {
   }
 }
 
+/** A loop device's backing file, or null when it is not attached. */
+export function loopBackingFile(dev: string): string | null {
+  try {
+    return fs.readFileSync(`/sys/block/${path.basename(dev)}/loop/backing_file`, 'utf8').trim();
+  } catch {
+    return null;
+  }
+}
+
 export class Fixture {
   readonly dir: string;
   private cleanups: Array<{ what: string; fn: () => void }> = [];
@@ -89,15 +98,35 @@ export class Fixture {
     const args = ['-f', '--show', `--direct-io=${opts.directIo === false ? 'off' : 'on'}`];
     if (opts.sectorSize) args.push('-b', String(opts.sectorSize));
     const dev = sh('losetup', [...args, img]).trim();
-    // BLKROSET outlives a detach: leave the loop number writable for whoever comes next.
+    this.deferDetach(dev, img);
+    return dev;
+  }
+
+  /**
+   * Attaches an image to a given loop node (a disk re-plugged after the test
+   * detached it) or to the first free one. Cleanup detaches it only while it
+   * is still this image's: a number freed meanwhile may be someone else's.
+   */
+  attach(img: string, dev?: string): string {
+    for (let i = 0; ; i++) {
+      try {
+        const node = dev ? (sh('losetup', ['--direct-io=on', dev, img]), dev) : sh('losetup', ['-f', '--show', '--direct-io=on', img]).trim();
+        this.deferDetach(node, img);
+        return node;
+      } catch (err) {
+        if (!dev || i >= 20) throw err; // a just-detached loop can stay bound for a moment
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+      }
+    }
+  }
+
+  private deferDetach(dev: string, img: string): void {
     this.defer(`losetup -d ${dev}`, () => {
-      // A test may have detached it already (a disk that died): then it may be someone else's by now.
-      const backing = `/sys/block/${path.basename(dev)}/loop/backing_file`;
-      if (!fs.existsSync(backing) || fs.readFileSync(backing, 'utf8').trim() !== img) return;
-      sh('blockdev', ['--setrw', dev]);
+      const b = loopBackingFile(dev);
+      if (b !== img && b !== `${img} (deleted)`) return;
+      sh('blockdev', ['--setrw', dev]); // BLKROSET outlives a detach: leave the number writable for the next user
       sh('losetup', ['-d', dev]);
     });
-    return dev;
   }
 
   /** A loop disk with a GPT and partitions of the given sizes (MiB); returns disk and partition nodes. */

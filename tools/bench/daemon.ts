@@ -105,7 +105,9 @@ function pct(values: number[], p: number): number {
 }
 
 function fio(args: string[]): Promise<{ iops: number; p99us: number }> {
-  return promisify(execFile)('fio', ['--output-format=json', '--thread', ...args], { maxBuffer: 64 * MiB }).then(({ stdout }) => {
+  const run = promisify(execFile)('fio', ['--output-format=json', '--thread', ...args], { maxBuffer: 64 * MiB });
+  space.cleanups.push(() => { if (run.child.exitCode === null) run.child.kill('SIGKILL'); }); // before the umount, on an error
+  return run.then(({ stdout }) => {
     const job = JSON.parse(stdout).jobs[0];
     return { iops: job.write.iops, p99us: job.write.clat_ns.percentile['99.000000'] / 1000 };
   });
