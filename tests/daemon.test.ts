@@ -7,17 +7,14 @@ import fs from 'node:fs';
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, eachTestFreshCli } from './helpers/fixture.js';
 import { native } from '../src/native.js';
 import type { PairStatus } from '../src/pair-status.js';
 
 const MiB = 1 << 20;
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
-test.before.each(() => {
-  ({ fx, env } = freshCliFixture());
-});
-test.after.each(() => fx.cleanup());
+eachTestFreshCli(test, (f) => ({ fx, env } = f));
 
 const dpsr = (...args: string[]) => runDpsr(env, args, 60_000);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

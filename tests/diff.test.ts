@@ -11,14 +11,11 @@ import path from 'node:path';
 import { openDirect } from '../src/copy.js';
 import { compareMeta, type FileMeta } from '../src/file-diff.js';
 import { readLabel, writeLabel } from '../src/label.js';
-import { DPSR_BIN, Fixture, runDpsr, runDpsrOk, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, runDpsr, runDpsrOk, sh, sha256Of, eachTestFreshCli } from './helpers/fixture.js';
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
-test.before.each(() => {
-  ({ fx, env } = freshCliFixture());
-});
-test.after.each(() => fx.cleanup());
+eachTestFreshCli(test, (f) => ({ fx, env } = f));
 
 const dpsr = (...args: string[]) => runDpsr(env, args);
 

@@ -14,15 +14,12 @@ import { hookEnvironment, runFailureHook, type HookEvent } from '../src/failure-
 import { escapeLabelValue, renderMetrics, writeMetricsFile, type MetricsSnapshot, type PairMetrics } from '../src/metrics.js';
 import { wrapperScript } from '../src/commands/install.js';
 import type { DeviceIdentity } from '../src/identity.js';
-import { DPSR_BIN, Fixture, freshCliFixture, runDpsr, sh, sha256Of } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, eachTestFreshCli, runDpsr, sh, sha256Of } from './helpers/fixture.js';
 
 const HOME = path.resolve(path.dirname(DPSR_BIN), '..');
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
-test.before.each(() => {
-  ({ fx, env } = freshCliFixture());
-});
-test.after.each(() => fx.cleanup());
+eachTestFreshCli(test, (f) => ({ fx, env } = f));
 
 const dpsr = (...args: string[]) => runDpsr(env, args, 60_000);
 const have = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;

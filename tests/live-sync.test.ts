@@ -7,15 +7,12 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Fixture, runDpsr, sh, freshCliFixture } from './helpers/fixture.js';
+import { Fixture, runDpsr, sh, eachTestFreshCli } from './helpers/fixture.js';
 
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
-test.before.each(() => {
-  ({ fx, env } = freshCliFixture());
-});
-test.after.each(() => fx.cleanup());
+eachTestFreshCli(test, (f) => ({ fx, env } = f));
 
 function dpsr(...args: string[]) {
   const r = runDpsr(env, args);

@@ -7,14 +7,11 @@ import * as assert from 'uvu/assert';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Fixture, runDpsr, runDpsrOk, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
+import { Fixture, runDpsr, runDpsrOk, sh, sha256Of, eachTestFreshCli } from './helpers/fixture.js';
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
-test.before.each(() => {
-  ({ fx, env } = freshCliFixture());
-});
-test.after.each(() => fx.cleanup());
+eachTestFreshCli(test, (f) => ({ fx, env } = f));
 
 const dpsr = (...args: string[]) => runDpsr(env, args);
 

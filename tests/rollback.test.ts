@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, ddDirect, freshCliFixture, runDpsr, runDpsrOk, sh, sha256Of } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, eachTestFreshCli, runDpsr, runDpsrOk, sh, sha256Of } from './helpers/fixture.js';
 import { type JournalEntry, writeTransaction } from '../src/journal.js';
 import { readLabel, writeLabel } from '../src/label.js';
 import { native } from '../src/native.js';
@@ -20,10 +20,7 @@ import { systemDisks } from '../src/pair-checks.js';
 const MiB = 1 << 20;
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
-test.before.each(() => {
-  ({ fx, env } = freshCliFixture());
-});
-test.after.each(() => fx.cleanup());
+eachTestFreshCli(test, (f) => ({ fx, env } = f));
 
 const dpsr = (...args: string[]) => runDpsr(env, args);
 const hash = sha256Of;

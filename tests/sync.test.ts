@@ -6,17 +6,14 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, ddDirect, runDpsr, runDpsrOk, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, runDpsr, runDpsrOk, sh, sha256Of, eachTestFreshCli } from './helpers/fixture.js';
 
 const bin = DPSR_BIN;
 const MiB = 1 << 20;
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
-test.before.each(() => {
-  ({ fx, env } = freshCliFixture());
-});
-test.after.each(() => fx.cleanup());
+eachTestFreshCli(test, (f) => ({ fx, env } = f));
 
 const dpsr = (...args: string[]) => runDpsr(env, args);
 

@@ -224,6 +224,18 @@ export function runDpsrOk(env: NodeJS.ProcessEnv, args: string[], timeoutMs?: nu
   return r.stdout;
 }
 
+/** A fresh CLI fixture before each test of a suite, cleaned up after it (even when the test failed). */
+export function eachTestFreshCli(suite: { before: { each(fn: () => void): void }; after: { each(fn: () => void): void } },
+  set: (f: { fx: Fixture; env: NodeJS.ProcessEnv }) => void): void {
+  let current: Fixture | undefined;
+  suite.before.each(() => {
+    const f = freshCliFixture();
+    current = f.fx;
+    set(f);
+  });
+  suite.after.each(() => current?.cleanup());
+}
+
 export function freshCliFixture(): { fx: Fixture; env: NodeJS.ProcessEnv } {
   sweepStaleTestPins();
   const fx = new Fixture();
