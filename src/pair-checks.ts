@@ -9,6 +9,7 @@ import path from 'node:path';
 import { checkTrackable, devNumber, readSysOrNull, resolveBlockDevice, type BlockDevice } from './devices.js';
 import { RefusedError, UsageError } from './errors.js';
 import { hasHardwareIdentity, identify, type DeviceIdentity } from './identity.js';
+import { type DriveLabel, readLabel } from './label.js';
 import { coveredDevNumbers, partitionsOf, readMounts, unescapeMount } from './mounts.js';
 
 export interface PairRequest {
@@ -24,7 +25,7 @@ export interface PairPlan {
   drive: BlockDevice;
   sourceId: DeviceIdentity;
   driveId: DeviceIdentity;
-  /** = source.sizeSectors: the copy occupies [0, dataSectors) of the drive. */
+  /** The copy occupies [0, dataSectors) of the drive: the whole source, or a former DPSR drive's image. */
   dataSectors: number;
   /** The tail after the copy for dpsr's label and journal (0 with noReserve), a multiple of 1 MiB. */
   reservedSectors: number;
@@ -84,6 +85,23 @@ function rdevOf(file: string): string | null {
     return `${major}:${minor}`;
   } catch {
     return null;
+  }
+}
+
+/** The DPSR label in a device's tail, if it carries one (read-only). */
+function labelOf(devPath: string): DriveLabel | null {
+  let fd: number;
+  try {
+    fd = fs.openSync(devPath, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
+  } catch {
+    return null;
+  }
+  try {
+    return readLabel(fd);
+  } catch {
+    return null;
+  } finally {
+    fs.closeSync(fd);
   }
 }
 
@@ -298,7 +316,10 @@ export function checkPairable(req: PairRequest): PairPlan {
   // 5. Big enough: the copy, then dpsr's tail.
   const sourceId = identify(source);
   const driveId = identify(drive);
-  const dataSectors = source.sizeSectors;
+  // A source that is itself a DPSR drive (a system running from its copy, paired back onto a new disk):
+  // its image is what is copied, not its tail of journal and label, so a disk of the original size will do.
+  const asDrive = labelOf(S);
+  const dataSectors = asDrive && asDrive.dataSectors < source.sizeSectors ? asDrive.dataSectors : source.sizeSectors;
   const reservedSectors = req.noReserve ? 0 : Math.ceil(req.reserveBytes / MIB) * (MIB / SECTOR);
   const needed = dataSectors + reservedSectors;
   const srcSize = formatBytes(dataSectors * SECTOR);
@@ -340,5 +361,8 @@ export function checkPairable(req: PairRequest): PairPlan {
   }
   warnings.push(...sourceWarnings(source));
 
+  if (dataSectors < source.sizeSectors) {
+    warnings.push(`${S} is the DPSR drive of pair ${asDrive!.pairName}: only its image (the first ${formatBytes(dataSectors * SECTOR)}) is copied, not dpsr's tail after it`);
+  }
   return { source, drive, sourceId, driveId, dataSectors, reservedSectors, warnings };
 }

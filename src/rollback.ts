@@ -513,7 +513,7 @@ function labelSource(label: DriveLabel, drivePath: string, given: string | undef
   const id = identify(dev);
   const rec = label.source;
   const differs: string[] = [];
-  if (dev.sizeSectors !== label.dataSectors) differs.push(`${dev.sizeSectors} sectors, the image has ${label.dataSectors}`);
+  if (dev.sizeSectors !== rec.sizeSectors) differs.push(`${dev.sizeSectors} sectors, recorded ${rec.sizeSectors}`);
   if (rec.serial !== null && rec.serial !== id.serial) differs.push(`serial number ${show(id.serial)}, recorded ${show(rec.serial)}`);
   if (rec.wwid !== null && rec.wwid !== id.wwid) differs.push(`WWID ${show(id.wwid)}, recorded ${show(rec.wwid)}`);
   if (rec.loopBackingFile !== null && rec.loopBackingFile !== id.loopBackingFile) differs.push(`loop file ${show(id.loopBackingFile)}, recorded ${show(rec.loopBackingFile)}`);
