@@ -244,7 +244,7 @@ each) unless --overwrite; an image that is not one point in time unless
     .option('--yes', 'do not ask for confirmation (scripts)')
     .option('--dry-run', 'print what it would write, and how (tracked or compare), and write nothing')
     .option('--json', 'one JSON document on stdout: {rollback: {name, source, drive, mode, why, copyBytes, compareBytes, writtenBytes, readBytes, journalSeq, clean, ...}}')
-    .option('--drive <DEV>', 'without the state directory (a rescue shell, the booted DPSR drive): the pair from the drive\'s label; compares the whole source')
+    .option('--drive <DEV>', 'without the state directory (a rescue system): the pair from the drive\'s label; compares the whole source')
     .option('--source <DEV>', 'with --drive: the source, if it is not at the path the label records (checked against its identity)')
     .addHelpText('after', `
 Copies back from the DPSR drive the sectors the tracker recorded since the
@@ -252,9 +252,10 @@ image (after a gap that leaves history unknown, or with --drive, it reads both
 and writes only what differs, and says so). A committed journal transaction is
 applied to the drive first. Asks on a terminal (y/N); without one, --yes is
 needed (exit 2). Refuses (exit 3, nothing written) a source that is mounted,
-swap, in use (exclusive open), or the running system's disk: boot the DPSR
-drive or a rescue system and run it there. Exit 4: the image is partial or
-none. Interrupted, the same command run again completes it.`)
+swap, in use (exclusive open), or the running system's disk (run it from a
+rescue system), and a DPSR drive that is mounted or runs the system (its image
+would change while copied: pair in reverse instead). Exit 4: the image is
+partial or none. Interrupted, the same command run again completes it.`)
     .action(async (name: string | undefined, opts: { yes?: boolean; dryRun?: boolean; json?: boolean; drive?: string; source?: string }) => {
       const { rollbackCommand } = await import('./commands/rollback.js');
       await rollbackCommand({

@@ -490,7 +490,7 @@ async function rollbackLocked(s: Session, req: RollbackRequest): Promise<Rollbac
 }
 
 // ---------------------------------------------------------------------------------------------
-// From the drive alone (rescue shell, the booted DPSR drive: no state, or a stale one)
+// From the drive alone (a rescue system: no state, or a stale one)
 
 export interface DriveRollbackRequest {
   drive: string;
