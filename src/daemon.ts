@@ -21,6 +21,9 @@ import { LABEL_AREA_BYTES } from './label.js';
 import { rollbackInSession } from './rollback.js';
 import type { Gap } from './tracker.js';
 
+const REPEAT_ALARM_MS = 3_600_000; // the same failure again: the hook hears of it at most hourly
+const MAX_BACKOFF_MS = 300_000; // between retries of a pair whose syncs keep failing
+
 export interface DaemonOptions {
   tickMs: number | null; // how often the ring is drained and persisted (null: the config's)
   intervalMs: number | null; // every pair continuous, synced at most this often (overrides the config)
@@ -71,7 +74,9 @@ export interface PairRuntime {
   freezeCount: number; // since the daemon started
   freezeSumMs: number;
   gapsTotal: Record<string, number>; // since the daemon started, by cause
-  ringDropGaps: number;
+  ringDrops: number; // records
+  failuresInARow: number;
+  lastFailureAlarmMs: number;
   shortfallSectors: number;
 }
 
@@ -165,7 +170,8 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     let r = runtime.get(name);
     if (!r) {
       r = { lastSyncStartMs: s.store.pair(name)?.lastSync?.atMs ?? 0, lastError: null, syncsTotal: 0, syncsFailed: 0, bytesSyncedTotal: 0, gapsNotified: s.ranges.get(name)?.gaps.filter((g) => g.atMs < startedMs).length ?? 0, scrubComparedTotal: 0,
-        lastSyncDurationMs: null, lastSyncEndMs: null, freezesMs: [], freezeCount: 0, freezeSumMs: 0, gapsTotal: {}, ringDropGaps: 0, shortfallSectors: 0 };
+        lastSyncDurationMs: null, lastSyncEndMs: null, freezesMs: [], freezeCount: 0, freezeSumMs: 0, gapsTotal: {}, ringDrops: 0, shortfallSectors: 0,
+        failuresInARow: 0, lastFailureAlarmMs: 0 };
       runtime.set(name, r);
     }
     return r;
@@ -184,10 +190,16 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     r.syncsTotal++;
     if (result instanceof Error) {
       r.syncsFailed++;
+      r.failuresInARow++;
+      // The hook hears of a new failure at once, of the same one again at most hourly.
+      if (result.message !== r.lastError || Date.now() - r.lastFailureAlarmMs >= REPEAT_ALARM_MS) {
+        alarm('sync-failed', name, result.message);
+        r.lastFailureAlarmMs = Date.now();
+      }
       r.lastError = result.message;
-      alarm('sync-failed', name, result.message);
       return;
     }
+    r.failuresInARow = 0;
     r.lastError = null;
     r.bytesSyncedTotal += result.copiedBytes + result.repairedBytes + result.fullCopyBytes;
     r.lastSyncDurationMs = result.durationMs;
@@ -209,6 +221,9 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
         journalPressure: journalPressure(pair.reservedSectors, pending),
       };
       if (!due(policyOf(config, name), timing, Date.now())) continue;
+      // After failures, back off (2 s, 4 s, ... 5 min) rather than retry every min_interval.
+      const r = runtimeOf(name);
+      if (r.failuresInARow > 0 && Date.now() - r.lastSyncStartMs < Math.min(MAX_BACKOFF_MS, 1000 * 2 ** r.failuresInARow)) continue;
       await syncNames(s, [name], { quietMs: opts.quietMs }, afterSync).catch(() => {}); // reported by afterSync
     }
   };
@@ -234,7 +249,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       r.gapsNotified = range.gaps.length;
       for (const g of fresh) {
         r.gapsTotal[g.cause] = (r.gapsTotal[g.cause] ?? 0) + 1;
-        if (g.cause === 'ring-drops') r.ringDropGaps++;
+        if (g.cause === 'ring-drops') r.ringDrops += g.records ?? 0;
         if (g.cause === 'shortfall') r.shortfallSectors += g.sectors ?? 0;
         if (g.cause !== 'scrub-mismatch') alarm('gap', name, `${g.cause}: ${g.detail}`);
       }
@@ -307,7 +322,7 @@ function metricsSnapshot(s: Session, runtimeOf: (name: string) => PairRuntime): 
         lastSyncDurationMs: r.lastSyncDurationMs,
         lastSyncEndMs: r.lastSyncEndMs,
         freeze: { count: r.freezeCount, sumMs: r.freezeSumMs, p50Ms: percentile(r.freezesMs, 50), p99Ms: percentile(r.freezesMs, 99) },
-        ringDropsTotal: r.ringDropGaps,
+        ringDropsTotal: r.ringDrops,
         reconcileShortfallSectorsTotal: r.shortfallSectors,
         gapsTotal: r.gapsTotal,
         scrubMismatchesTotal: p.scrub?.mismatchesTotal ?? 0,

@@ -59,7 +59,7 @@ function inherit(s: Session, dir: string, ranges: RangeState[]): RangeState[] {
       const slot = old.slot(index)!;
       const into = drops > 0 ? range.suspect : range.unreconciled;
       for (const epoch of [0, 1]) for (const [a, b] of bitsToExtents(old.epochBits(index, epoch, false), slot)) into.add(a, b);
-      if (drops > 0) s.tracker.recordGap(range, 'ring-drops', `${drops} records dropped by the previous version's ring: its regions are suspect`);
+      if (drops > 0) s.tracker.recordGap(range, 'ring-drops', `${drops} records dropped by the previous version's ring: its regions are suspect`, undefined, drops);
     }
     return [...bySlot.values()];
   } finally {

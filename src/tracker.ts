@@ -26,6 +26,7 @@ export interface Gap {
   cause: GapCause;
   atMs: number; // epoch milliseconds
   sectors?: number; // how much went unseen, when known
+  records?: number; // ring drops: how many records were lost
   detail: string;
 }
 
@@ -210,8 +211,8 @@ export class Tracker {
     this.recordGap(st, cause, detail);
   }
 
-  recordGap(st: RangeState, cause: GapCause, detail: string, sectors?: number): void {
-    st.gaps.push({ cause, atMs: Date.now(), detail, ...(sectors !== undefined ? { sectors } : {}) });
+  recordGap(st: RangeState, cause: GapCause, detail: string, sectors?: number, records?: number): void {
+    st.gaps.push({ cause, atMs: Date.now(), detail, ...(sectors !== undefined ? { sectors } : {}), ...(records !== undefined ? { records } : {}) });
   }
 
   /**
@@ -240,7 +241,7 @@ export class Tracker {
       const slot = this.kt.slot(st.slot)!;
       const into = drops > 0 ? st.suspect : st.unreconciled;
       for (const [s, e] of bitsToExtents(this.kt.epochBits(st.slot, old, false), slot)) into.add(s, e);
-      if (drops > 0) this.recordGap(st, 'ring-drops', `${drops} records dropped (ring full): their epoch's regions are suspect`);
+      if (drops > 0) this.recordGap(st, 'ring-drops', `${drops} records dropped (ring full): their epoch's regions are suspect`, undefined, drops);
     }
     return { epoch: old, records: this.drained - before, drops };
   }

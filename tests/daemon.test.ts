@@ -246,6 +246,34 @@ test('two pairs, continuous policy under a file workload: the image age stays un
   }
 });
 
+test('the metrics file follows the pair; a sync that fails raises the hook and shows in status', async () => {
+  const { source, drive } = syncedPair(16);
+  const hook = hookScript();
+  const metrics = path.join(fx.dir, 'metrics', 'dpsr.prom');
+  fs.mkdirSync(path.dirname(metrics));
+  fs.writeFileSync(env.DPSR_CONFIG!, `tick = "200ms"\nscrub_every = "off"\non_failure = "${hook.command}"\nmetrics_file = "${metrics}"\n` +
+    '[pairs.p]\npolicy = "continuous"\nrpo = "1s"\nmin_interval = "300ms"\n');
+  await startDaemon();
+  for (let i = 0; i < 4; i++) ddDirect(source, 500 + i * 64, 8);
+  const text = await waitFor('a sync in the metrics', async () => {
+    const t = fs.existsSync(metrics) ? fs.readFileSync(metrics, 'utf8') : '';
+    return /^dpsr_syncs_total\{pair="p"\} [1-9]/m.test(t) && t;
+  });
+  assert.match(text, /^# TYPE dpsr_rpo_seconds gauge$/m);
+  assert.match(text, /^dpsr_image_consistent\{pair="p"\} 1$/m);
+  assert.match(text, /^dpsr_synced_bytes_total\{pair="p"\} [1-9]/m);
+  // The DPSR drive goes away: the next sync fails, the hook hears of it, status says so.
+  sh('losetup', ['-d', drive]);
+  ddDirect(source, 9000, 8);
+  await waitFor('the hook', async () => fs.existsSync(hook.log) && /^sync-failed p /m.test(fs.readFileSync(hook.log, 'utf8')));
+  await sleep(2500); // retries back off, and the same failure is not announced again
+  assert.is(fs.readFileSync(hook.log, 'utf8').split('\n').filter((l) => l.startsWith('sync-failed')).length, 1);
+  const st = await statusOf('p');
+  assert.match(st.lastError ?? '', /p/);
+  assert.ok(st.warnings.some((w) => w.startsWith('the last sync failed')), st.warnings.join('; '));
+  await waitFor('the failure in the metrics', async () => /^dpsr_syncs_failed_total\{pair="p"\} [1-9]/m.test(fs.readFileSync(metrics, 'utf8')));
+});
+
 test('sync --timeout gives up waiting with exit 1; the drive keeps a whole image', async () => {
   const { source, drive, bytes } = syncedPair(16);
   await startDaemon('--tick', '0.2');
