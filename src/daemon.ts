@@ -77,6 +77,7 @@ export interface PairRuntime {
   ringDrops: number; // records
   failuresInARow: number;
   lastFailureAlarmMs: number;
+  lastCompareError: string | null;
   shortfallSectors: number;
 }
 
@@ -171,7 +172,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     if (!r) {
       r = { lastSyncStartMs: s.store.pair(name)?.lastSync?.atMs ?? 0, lastError: null, syncsTotal: 0, syncsFailed: 0, bytesSyncedTotal: 0, gapsNotified: s.ranges.get(name)?.gaps.filter((g) => g.atMs < startedMs).length ?? 0, scrubComparedTotal: 0,
         lastSyncDurationMs: null, lastSyncEndMs: null, freezesMs: [], freezeCount: 0, freezeSumMs: 0, gapsTotal: {}, ringDrops: 0, shortfallSectors: 0,
-        failuresInARow: 0, lastFailureAlarmMs: 0 };
+        failuresInARow: 0, lastFailureAlarmMs: 0, lastCompareError: null };
       runtime.set(name, r);
     }
     return r;
@@ -235,8 +236,19 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       const policy = { roundEveryMs: config.scrubEveryMs };
       if (!scrubWanted(pair, range, policy, Date.now())) continue;
       const rate = range.suspect.isEmpty ? config.scrubBytesPerSec : config.compareBytesPerSec;
-      const step = await scrubStep(s, pair, range, (rate * config.tickMs) / 1000, policy);
-      runtimeOf(name).scrubComparedTotal += step.comparedBytes;
+      const r = runtimeOf(name);
+      let step;
+      try {
+        step = await scrubStep(s, pair, range, (rate * config.tickMs) / 1000, policy);
+      } catch (err) {
+        // A device gone or failing: said once (the next sync reports it too), retried next tick.
+        const message = (err as Error).message;
+        if (message !== r.lastCompareError) log(`dpsr daemon: ${name}: background compare: ${message}`);
+        r.lastCompareError = message;
+        continue;
+      }
+      r.lastCompareError = null;
+      r.scrubComparedTotal += step.comparedBytes;
       if (!step.mismatches.isEmpty) alarm('scrub-mismatch', name, `the DPSR drive differs from the source where no write was seen: ${describeExtents(step.mismatches)}`);
       if (step.roundDone) log(`dpsr daemon: ${name}: scrub round complete, ${pair.scrub?.mismatchesTotal ?? 0} mismatches in total`);
     }

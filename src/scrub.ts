@@ -101,7 +101,14 @@ export async function scrubStep(s: Session, pair: PairRecord, range: RangeState,
     if (!suspect.isEmpty) {
       // Taken out before reading: a gap found meanwhile makes its regions suspect again.
       range.suspect.subtractSet(suspect);
-      const { differing, bytes } = await compare(srcFd, driveFd, suspect, limit);
+      let result;
+      try {
+        result = await compare(srcFd, driveFd, suspect, limit);
+      } catch (err) {
+        range.suspect.addSet(suspect); // not compared: still suspect
+        throw err;
+      }
+      const { differing, bytes } = result;
       range.dirty.addSet(differing);
       step.comparedBytes = bytes;
       step.resolvedBytes = suspect.totalSectors * SECTOR;
