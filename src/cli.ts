@@ -128,14 +128,18 @@ writes without a range (SG_IO, NVMe passthrough) as UNKNOWN WRITE (event "unknow
     });
 
   cli.command('daemon')
-    .description('own tracking, answer the control socket (dpsr sync through it returns when committed), sync changed pairs')
+    .description('own tracking, answer the control socket (dpsr sync through it returns when committed), sync pairs by their policy, compare and scrub in the background')
     .option('--interval <SECONDS>', 'every pair continuous, synced at most this often (overrides the config file)')
     .option('--tick <SECONDS>', 'how often the kernel\'s records are drained and persisted (default: the config\'s, 1 s)')
     .addHelpText('after', `
 Policies per pair come from /etc/dpsr/dpsr.toml (DPSR_CONFIG overrides):
   [pairs.NAME] policy = "continuous", rpo = "30s", min_interval = "10s"
-  [pairs.NAME] policy = "scheduled", every = "1h"
+  [pairs.NAME] policy = "scheduled", on_calendar = "Mon..Sat 03:00"   (systemd OnCalendar=; or every = "1h")
   [pairs.NAME] policy = "manual"          (the default: never written behind your back)
+  compare_bandwidth, scrub_every, scrub_bandwidth, on_failure, metrics_file (see the README)
+Regions that may differ unseen (after a reboot, a gap) are compared in the
+background within compare_bandwidth; the scrub compares what is held clean.
+Both only read; a difference is written by the next sync.
 Continuous replication protects against a dying disk, not against a broken
 system it faithfully copies: keep the system disk's pair scheduled or manual.
 A bad file exits 2 with the key at fault; SIGHUP reloads it. Stops cleanly on
@@ -360,6 +364,11 @@ function report(err: unknown): number {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  // `dpsr status | head`: a reader that went away is not an error worth a stack trace.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
   try {
     await program().parseAsync(argv, { from: 'user' });
   } catch (err) {
