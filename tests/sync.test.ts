@@ -259,4 +259,10 @@ test('the source died: status names the problem, unpair still ends the pair and 
   assert.match(ok('status'), /no pairs/);
 });
 
+test('output piped into a reader that stops early: no stack trace, exit 0', () => {
+  const r = spawnSync('sh', ['-c', `"${process.execPath}" "${bin}" --help | head -1; "${process.execPath}" "${bin}" daemon --help | head -1`], { encoding: 'utf8' });
+  assert.is(r.status, 0);
+  assert.not.match(r.stderr, /EPIPE|Unhandled/);
+});
+
 test.run();
