@@ -11,8 +11,8 @@ const SECTOR = 512;
 // flight is just dd's speed; 8-16 MiB chunks were slower.
 const DEFAULT_CHUNK_BYTES = 2 << 20;
 const DEFAULT_IN_FLIGHT = 4;
-const DEFAULT_MERGE_GAP_SECTORS = 128;
-const DEFAULT_ALIGN_SECTORS = 8;
+export const DEFAULT_MERGE_GAP_SECTORS = 128;
+export const DEFAULT_ALIGN_SECTORS = 8;
 const BUFFER_ALIGNMENT = 4096; // page: satisfies every logical block size up to 4 KiB
 
 export interface CopyProgress {

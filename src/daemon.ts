@@ -11,7 +11,7 @@ import type { Settings } from './defaults.js';
 import { DpsrError, ExitStatus } from './errors.js';
 import { ControlClient, PROTOCOL_VERSION, type Reply, type Request, frameReader, writeFrame } from './protocol.js';
 import { type DaemonConfig, type Policy, due, loadConfig } from './config.js';
-import { type Schedule, hasChanges, percentile, policyOf, statusOf } from './pair-status.js';
+import { type Schedule, changedBytes, hasChanges, percentile, policyOf, statusOf } from './pair-status.js';
 import { type HookEventKind, runFailureHook } from './failure-hook.js';
 import { type MetricsSnapshot, writeMetricsFile } from './metrics.js';
 import { describeExtents, scrubStep, scrubWanted } from './scrub.js';
@@ -23,6 +23,7 @@ import type { Gap } from './tracker.js';
 
 const REPEAT_ALARM_MS = 3_600_000; // the same failure again: the hook hears of it at most hourly
 const MAX_BACKOFF_MS = 300_000; // between retries of a pair whose syncs keep failing
+const HOOK_TIMEOUT_MS = 60_000;
 
 export interface DaemonOptions {
   tickMs: number | null; // how often the ring is drained and persisted (null: the config's)
@@ -67,11 +68,8 @@ export interface PairRuntime {
   syncsFailed: number;
   bytesSyncedTotal: number;
   gapsNotified: number; // gaps already passed to the failure hook
-  scrubComparedTotal: number;
-  lastSyncDurationMs: number | null;
   lastSyncEndMs: number | null;
-  freezesMs: number[]; // the last 100, for the percentiles
-  freezeCount: number; // since the daemon started
+  freezeCount: number; // since the daemon started (the percentiles come from the pair's own history)
   freezeSumMs: number;
   gapsTotal: Record<string, number>; // since the daemon started, by cause
   ringDrops: number; // records
@@ -129,7 +127,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     await closeSession(s);
     throw err;
   }
-  const describe = (c: DaemonConfig) => s.store.pairs().map((p) => `${p.name} ${(c.pairs[p.name] ?? c.defaultPolicy).policy}`).join(', ');
+  const describe = (c: DaemonConfig) => s.store.pairs().map((p) => `${p.name} ${policyOf(c, p.name).policy}`).join(', ');
   log(`dpsr daemon: listening on ${settings.socketPath}; pairs: ${describe(config) || 'none'}`);
 
   const handle = async (req: Request): Promise<unknown> => {
@@ -170,8 +168,10 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
   const runtimeOf = (name: string): PairRuntime => {
     let r = runtime.get(name);
     if (!r) {
-      r = { lastSyncStartMs: s.store.pair(name)?.lastSync?.atMs ?? 0, lastError: null, syncsTotal: 0, syncsFailed: 0, bytesSyncedTotal: 0, gapsNotified: s.ranges.get(name)?.gaps.filter((g) => g.atMs < startedMs).length ?? 0, scrubComparedTotal: 0,
-        lastSyncDurationMs: null, lastSyncEndMs: null, freezesMs: [], freezeCount: 0, freezeSumMs: 0, gapsTotal: {}, ringDrops: 0, shortfallSectors: 0,
+      const pair = s.store.pair(name);
+      // Never synced: schedules count from the pair's creation (a calendar searches forward from it).
+      r = { lastSyncStartMs: pair?.lastSync?.atMs ?? pair?.createdMs ?? 0, lastError: null, syncsTotal: 0, syncsFailed: 0, bytesSyncedTotal: 0, gapsNotified: s.ranges.get(name)?.gaps.filter((g) => g.atMs < startedMs).length ?? 0,
+        lastSyncEndMs: null, freezeCount: 0, freezeSumMs: 0, gapsTotal: {}, ringDrops: 0, shortfallSectors: 0,
         failuresInARow: 0, lastFailureAlarmMs: 0, lastCompareError: null };
       runtime.set(name, r);
     }
@@ -179,11 +179,14 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
   };
   function scheduleOf(name: string): Schedule {
     const r = runtimeOf(name);
-    return { policy: policyOf(config, name), lastSyncStartMs: r.lastSyncStartMs, lastError: r.lastError };
+    return { lastSyncStartMs: r.lastSyncStartMs, lastError: r.lastError };
   }
-  const alarm = (kind: AlarmKind, pair: string, reason: string) => {
+  const alarm = (kind: HookEventKind, pair: string, reason: string) => {
     log(`dpsr daemon: ${pair}: ${kind}: ${reason}`);
-    void raiseAlarm(config, { kind, pair, reason, atMs: Date.now() }).catch((e) => log(`dpsr daemon: failure hook: ${(e as Error).message}`));
+    if (!config.onFailure) return;
+    // runFailureHook never rejects: a broken hook is logged, never breaks the daemon.
+    void runFailureHook(config.onFailure, { kind, pair, reason, atMs: Date.now() }, HOOK_TIMEOUT_MS)
+      .then((r) => { if (r.error) log(`dpsr daemon: failure hook: ${r.error}`); });
   };
   function afterSync(name: string, startedMs: number, result: SyncReport | Error): void {
     const r = runtimeOf(name);
@@ -203,10 +206,8 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     r.failuresInARow = 0;
     r.lastError = null;
     r.bytesSyncedTotal += result.copiedBytes + result.repairedBytes + result.fullCopyBytes;
-    r.lastSyncDurationMs = result.durationMs;
     r.lastSyncEndMs = Date.now();
     if (result.freezeMs !== null) {
-      r.freezesMs = [...r.freezesMs, result.freezeMs].slice(-100);
       r.freezeCount++;
       r.freezeSumMs += result.freezeMs;
     }
@@ -216,14 +217,14 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     for (const [name, range] of s.ranges) {
       const pair = s.store.pair(name);
       if (!pair || s.problems.has(name)) continue;
+      const r = runtimeOf(name);
       const pending = (range.dirty.totalSectors + range.suspect.totalSectors) * 512;
       const timing = {
-        changed: hasChanges(range), lastSyncStartMs: runtimeOf(name).lastSyncStartMs, imageTimeMs: pair.imageTimeMs,
+        changed: hasChanges(range), lastSyncStartMs: r.lastSyncStartMs, imageTimeMs: pair.imageTimeMs,
         journalPressure: journalPressure(pair.reservedSectors, pending),
       };
       if (!due(policyOf(config, name), timing, Date.now())) continue;
       // After failures, back off (2 s, 4 s, ... 5 min) rather than retry every min_interval.
-      const r = runtimeOf(name);
       if (r.failuresInARow > 0 && Date.now() - r.lastSyncStartMs < Math.min(MAX_BACKOFF_MS, 1000 * 2 ** r.failuresInARow)) continue;
       await syncNames(s, [name], { quietMs: opts.quietMs }, afterSync).catch(() => {}); // reported by afterSync
     }
@@ -248,7 +249,6 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
         continue;
       }
       r.lastCompareError = null;
-      r.scrubComparedTotal += step.comparedBytes;
       if (!step.mismatches.isEmpty) alarm('scrub-mismatch', name, `the DPSR drive differs from the source where no write was seen: ${describeExtents(step.mismatches)}`);
       if (step.roundDone) log(`dpsr daemon: ${name}: scrub round complete, ${pair.scrub?.mismatchesTotal ?? 0} mismatches in total`);
     }
@@ -267,7 +267,12 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       }
     }
   };
+  // One tick at a time: behind a long sync, missed ticks are skipped, not queued (the
+  // background compare's budget is per tick, and requests would wait behind the backlog).
+  let ticking = false;
   const tick = setInterval(() => {
+    if (ticking) return;
+    ticking = true;
     void serial(async () => {
       await s.tracker.cycle();
       newGaps();
@@ -275,11 +280,12 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       await background();
       newGaps();
       try {
-        publishMetrics(config, () => metricsSnapshot(s, runtimeOf));
+        // For node_exporter's textfile collector, rewritten every tick.
+        if (config.metricsFile) writeMetricsFile(config.metricsFile, metricsSnapshot(s, runtimeOf));
       } catch (err) {
         log(`dpsr daemon: metrics file ${config.metricsFile}: ${(err as Error).message}`);
       }
-    }).catch((e) => log(`dpsr daemon: ${e.message}`));
+    }).catch((e) => log(`dpsr daemon: ${e.message}`)).finally(() => { ticking = false; });
   }, config.tickMs);
   process.on('SIGHUP', () => {
     try {
@@ -300,21 +306,6 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
   fs.rmSync(settings.socketPath, { force: true });
 }
 
-type AlarmKind = HookEventKind;
-const HOOK_TIMEOUT_MS = 60_000;
-
-/** The admin's failure hook (on_failure), if any; it never breaks the daemon. */
-async function raiseAlarm(config: DaemonConfig, event: { kind: AlarmKind; pair: string; reason: string; atMs: number }): Promise<void> {
-  if (!config.onFailure) return;
-  const result = await runFailureHook(config.onFailure, event, HOOK_TIMEOUT_MS);
-  if (result.error) throw new Error(result.error);
-}
-
-/** The metrics file (metrics_file), rewritten every tick for node_exporter's textfile collector. */
-function publishMetrics(config: DaemonConfig, snapshot: () => MetricsSnapshot): void {
-  if (!config.metricsFile) return;
-  writeMetricsFile(config.metricsFile, snapshot());
-}
 
 function metricsSnapshot(s: Session, runtimeOf: (name: string) => PairRuntime): MetricsSnapshot {
   return {
@@ -326,14 +317,14 @@ function metricsSnapshot(s: Session, runtimeOf: (name: string) => PairRuntime): 
         pair: p.name,
         imageTimeMs: p.imageTimeMs,
         imageConsistent: p.generation > 0 && !p.pending && (p.image === 'point-in-time' || p.image === 'crash-consistent'),
-        dirtyBytes: range ? (range.dirty.totalSectors + range.discarded.totalSectors) * 512 : 0,
+        dirtyBytes: range ? changedBytes(range) : 0,
         suspectBytes: range ? range.suspect.totalSectors * 512 : 0,
         syncedBytesTotal: r.bytesSyncedTotal,
         syncsTotal: r.syncsTotal,
         syncsFailedTotal: r.syncsFailed,
-        lastSyncDurationMs: r.lastSyncDurationMs,
+        lastSyncDurationMs: p.lastSync?.durationMs ?? null,
         lastSyncEndMs: r.lastSyncEndMs,
-        freeze: { count: r.freezeCount, sumMs: r.freezeSumMs, p50Ms: percentile(r.freezesMs, 50), p99Ms: percentile(r.freezesMs, 99) },
+        freeze: { count: r.freezeCount, sumMs: r.freezeSumMs, p50Ms: percentile(p.freezeHistoryMs ?? [], 50), p99Ms: percentile(p.freezeHistoryMs ?? [], 99) },
         ringDropsTotal: r.ringDrops,
         reconcileShortfallSectorsTotal: r.shortfallSectors,
         gapsTotal: r.gapsTotal,

@@ -41,6 +41,23 @@ export function readSysOrNull(file: string): string | null {
 /** "major:minor", as sysfs and /proc/self/mountinfo write it. */
 export const devNumber = (dev: BlockDevice) => `${dev.major}:${dev.minor}`;
 
+/** st_rdev in glibc's encoding (sys/sysmacros.h gnu_dev_major/minor). */
+function splitRdev(rdev: bigint): { major: number; minor: number } {
+  return { major: Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn)), minor: Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn)) };
+}
+
+/** "major:minor" of a block device node, or null when it is none (or missing). */
+export function devNumberOfNode(file: string): string | null {
+  try {
+    const st = fs.statSync(file, { bigint: true });
+    if (!st.isBlockDevice()) return null;
+    const { major, minor } = splitRdev(st.rdev);
+    return `${major}:${minor}`;
+  } catch {
+    return null;
+  }
+}
+
 /** Resolves a device node to its identity; refuses what is not a block device. */
 export function resolveBlockDevice(devPath: string): BlockDevice {
   let st: fs.BigIntStats;
@@ -50,10 +67,7 @@ export function resolveBlockDevice(devPath: string): BlockDevice {
     throw new RefusedError(`${devPath}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such device' : (err as Error).message}`, 'ENODEV');
   }
   if (!st.isBlockDevice()) throw new RefusedError(`${devPath}: not a block device`, 'ENOTBLK');
-  // glibc's encoding (sys/sysmacros.h gnu_dev_major/minor).
-  const rdev = st.rdev;
-  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
-  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+  const { major, minor } = splitRdev(st.rdev);
   const sysDir = fs.realpathSync(`/sys/dev/block/${major}:${minor}`);
   const name = path.basename(sysDir);
   const isPartition = fs.existsSync(path.join(sysDir, 'partition'));

@@ -18,7 +18,7 @@ import { mountEntriesOf, readMounts, unescapeMount } from './mounts.js';
 import type { Settings } from './defaults.js';
 import { closeSession, openSession } from './session.js';
 import { type PairRecord, Store } from './store.js';
-import { openPairedDrive, recoverJournal } from './sync.js';
+import { openPairedDrive, pendingTxnOf, recoverJournal } from './sync.js';
 
 const SECTOR = 512;
 
@@ -413,7 +413,7 @@ export async function committedImage(settings: Settings, name: string, opts: { f
   }
   if (!pair) throw new DpsrError(`no pair named ${name}`, 'ENOPAIR');
   const label = checkPairedDrive(pair);
-  const pendingTxn = pair.pendingTxn ?? (label?.pairId === pair.id ? label.pendingTxn : null) ?? null;
+  const pendingTxn = pendingTxnOf(pair, label ?? null);
   if (pendingTxn) {
     let s;
     try {

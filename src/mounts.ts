@@ -73,3 +73,8 @@ export function mountsOf(dev: BlockDevice): string[] {
 
 /** File systems without FIFREEZE: they are remounted read-only around a cut instead. */
 export const CANNOT_FREEZE = new Set(['vfat', 'msdos', 'exfat', 'fat']);
+
+/** The files and devices in use as swap (/proc/swaps). */
+export function activeSwaps(): string[] {
+  return (readSysOrNull('/proc/swaps') ?? '').split('\n').slice(1).filter(Boolean).map((l) => unescapeMount(l.split(/\s+/)[0]));
+}

@@ -6,11 +6,11 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { checkTrackable, devNumber, readSysOrNull, resolveBlockDevice, type BlockDevice } from './devices.js';
+import { checkTrackable, devNumber, devNumberOfNode, readSysOrNull, resolveBlockDevice, type BlockDevice } from './devices.js';
 import { RefusedError, UsageError } from './errors.js';
 import { hasHardwareIdentity, identify, type DeviceIdentity } from './identity.js';
 import { type DriveLabel, readLabel } from './label.js';
-import { coveredDevNumbers, partitionsOf, readMounts, unescapeMount } from './mounts.js';
+import { activeSwaps, coveredDevNumbers, partitionsOf, readMounts } from './mounts.js';
 
 export interface PairRequest {
   source: string;
@@ -76,17 +76,6 @@ function underlyingDisks(name: string, seen = new Set<string>()): Set<string> {
   return seen;
 }
 
-function rdevOf(file: string): string | null {
-  try {
-    const st = fs.statSync(file, { bigint: true });
-    if (!st.isBlockDevice()) return null;
-    const major = Number(((st.rdev >> 8n) & 0xfffn) | ((st.rdev >> 32n) & ~0xfffn));
-    const minor = Number((st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn));
-    return `${major}:${minor}`;
-  } catch {
-    return null;
-  }
-}
 
 /** The DPSR label in a device's tail, if it carries one (read-only). */
 function labelOf(devPath: string): DriveLabel | null {
@@ -112,7 +101,7 @@ export function systemDisks(): Set<string> {
   if (!root) return new Set();
   let num = root.devNum;
   // btrfs and others report an anonymous 0:N: take the device the mount names.
-  if (num.startsWith('0:') && root.source.startsWith('/dev/')) num = rdevOf(root.source) ?? num;
+  if (num.startsWith('0:') && root.source.startsWith('/dev/')) num = devNumberOfNode(root.source) ?? num;
   const dir = readSysOrNull(`/sys/dev/block/${num}/dev`) !== null ? fs.realpathSync(`/sys/dev/block/${num}`) : null;
   return dir ? underlyingDisks(path.basename(dir)) : new Set();
 }
@@ -281,9 +270,8 @@ export function checkPairable(req: PairRequest): PairPlan {
       refuse(`the DPSR drive ${D} is in use: ${name === drive.name ? 'it' : what} is mounted on ${m.mountPoint}; unmount it first`, 'EMOUNTED');
     }
   }
-  const swaps = (readSysOrNull('/proc/swaps') ?? '').split('\n').slice(1).filter(Boolean).map((l) => unescapeMount(l.split(/\s+/)[0]));
-  for (const file of swaps) {
-    const num = rdevOf(file);
+  for (const file of activeSwaps()) {
+    const num = devNumberOfNode(file);
     const name = num !== null ? covered.get(num) : undefined;
     if (name !== undefined) {
       refuse(`the DPSR drive ${D} is in use: ${name === drive.name ? 'it' : `its partition ${name}`} is active swap (${file}); swapoff ${file} first`, 'ESWAP');

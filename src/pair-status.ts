@@ -33,7 +33,6 @@ export interface PairStatus {
 
 /** What the daemon adds: it knows the schedule and the last failures. */
 export interface Schedule {
-  policy: Policy;
   lastSyncStartMs: number;
   lastError: string | null;
 }
@@ -73,6 +72,9 @@ export function percentile(values: number[], p: number): number | null {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
 }
 
+/** Data written (or discarded) since the image: what the next sync copies. */
+export const changedBytes = (range: RangeState) => (range.dirty.totalSectors + range.discarded.totalSectors) * SECTOR;
+
 export const hasChanges = (range: RangeState) => !range.dirty.isEmpty || !range.suspect.isEmpty || !range.discarded.isEmpty;
 
 export function statusOf(pair: PairRecord, range: RangeState | undefined, problem: string | undefined, live: boolean,
@@ -80,7 +82,7 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
   const sinceMs = pair.lastSync?.atMs ?? 0;
   const gaps = range ? range.gaps.filter((g) => g.atMs > sinceMs) : [];
   const suspect = range ? range.suspect.totalSectors * SECTOR : 0;
-  const dirty = range ? (range.dirty.totalSectors + range.discarded.totalSectors) * SECTOR : 0;
+  const dirty = range ? changedBytes(range) : 0;
   const state: PairState = problem ? 'error'
     : !pair.fullCopy.complete ? 'copying'
       : pair.pending ? 'syncing'

@@ -10,29 +10,27 @@
 import fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
-import { type CopyOptions, compareExtents, copyExtents, openDirect } from './copy.js';
-import { type BlockDevice, readSysOrNull, resolveBlockDevice } from './devices.js';
+import { type CopyOptions, DEFAULT_ALIGN_SECTORS as ALIGN_SECTORS, DEFAULT_MERGE_GAP_SECTORS, compareExtents, copyExtents, openDirect } from './copy.js';
+import { type BlockDevice, devNumberOfNode, readSysOrNull, resolveBlockDevice } from './devices.js';
 import { withDriveLock } from './drive-lock.js';
 import { DpsrError, ExitStatus, RefusedError } from './errors.js';
 import { ExtentSet } from './extents.js';
 import { identify, identityChanges } from './identity.js';
-import { type CommittedTransaction, type JournalRegion, applyTransaction, readCommitted } from './journal.js';
-import { type DriveLabel, type ImageState, readLabel, writeLabel } from './label.js';
-import { coveredDevNumbers, mountsOf, partitionsOf, unescapeMount } from './mounts.js';
+import { readCommitted } from './journal.js';
+import { type DriveLabel, type ImageState, readLabel } from './label.js';
+import { activeSwaps, coveredDevNumbers, mountsOf, partitionsOf } from './mounts.js';
 import { native } from './native.js';
 import { formatBytes, systemDisks } from './pair-checks.js';
 import { progressBar } from './progress.js';
 import type { Session } from './session.js';
 import type { PairRecord } from './store.js';
-import { journalRegionOf, openPairedDrive, recoverJournal } from './sync.js';
-import { applyFromDrive } from './drive-journal.js';
+import { journalRegionOf, lastAppliedSeq, openPairedDrive, pendingTxnOf, recoverJournal } from './sync.js';
+import { applyFromDrive, committedOnDrive, imageAfter } from './drive-journal.js';
 import type { RangeState } from './tracker.js';
 
 const SECTOR = 512;
 // Tracked extents are small and scattered: many small I/Os in flight, as an incremental sync does.
 const SCATTERED_IO = { chunkBytes: 512 << 10, inFlight: 32, mergeGapSectors: 32 };
-const DEFAULT_MERGE_GAP_SECTORS = 128; // copy.ts's default, for whole extents
-const ALIGN_SECTORS = 8; // copy.ts rounds every extent out to 4 KiB
 const DRIVE_LOCK_WAIT_MS = 10_000; // a diff or restore using the drive: wait a little, then say so
 
 /** What goes back to the image: what changed since it (rollback), or a whole extent (device restore). */
@@ -82,15 +80,6 @@ const refuse = (message: string, code: string): never => {
   throw new RefusedError(message, code);
 };
 
-function rdevOf(file: string): string | null {
-  try {
-    const st = fs.statSync(file, { bigint: true });
-    if (!st.isBlockDevice()) return null;
-    return `${Number(((st.rdev >> 8n) & 0xfffn) | ((st.rdev >> 32n) & ~0xfffn))}:${Number((st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn))}`;
-  } catch {
-    return null;
-  }
-}
 
 /**
  * Refuses a target something uses: mounted (it, its partitions or its disk), active swap, held
@@ -105,9 +94,8 @@ export function checkTargetFree(dev: BlockDevice, role: string): void {
     refuse(`${what} is the disk the running system's / is on: boot the DPSR drive or a rescue system and run it there; nothing written`, 'ESYSDISK');
   }
   const covered = coveredDevNumbers(dev);
-  const swaps = (readSysOrNull('/proc/swaps') ?? '').split('\n').slice(1).filter(Boolean).map((l) => unescapeMount(l.split(/\s+/)[0]));
-  for (const file of swaps) {
-    const num = rdevOf(file);
+  for (const file of activeSwaps()) {
+    const num = devNumberOfNode(file);
     if (num !== null && covered.has(num)) refuse(`${what} is in use: ${covered.get(num)} is active swap (${file}); swapoff ${file} first; nothing written`, 'ESWAP');
   }
   for (const name of covered.values()) {
@@ -179,7 +167,6 @@ function openDriveToRead(pair: PairRecord): ReadDrive {
   }
 }
 
-const regionOf = journalRegionOf;
 
 // ---------------------------------------------------------------------------------------------
 // What to write
@@ -438,10 +425,9 @@ async function rollbackLocked(s: Session, req: RollbackRequest): Promise<Rollbac
   const drive = openDriveToRead(pair);
   try {
     // As mounting replays a log: a committed transaction is part of the image.
-    const region = regionOf(drive.fd, pair);
-    const applied = Math.max(pair.journalSeq ?? 0, drive.label?.pairId === pair.id ? drive.label.journalSeq : 0);
-    const txn = region ? await readCommitted(region, applied + 1) : null;
-    const pendingTxn = pair.pendingTxn ?? (drive.label?.pairId === pair.id ? drive.label.pendingTxn : null) ?? null;
+    const region = journalRegionOf(drive.fd, pair);
+    const txn = region ? await readCommitted(region, lastAppliedSeq(pair, drive.label ?? null) + 1) : null;
+    const pendingTxn = pendingTxnOf(pair, drive.label ?? null);
     let image = txn && pendingTxn?.seq === txn.seq ? pendingTxn.image : pair.image;
     let imageTimeMs = txn && pendingTxn?.seq === txn.seq ? pendingTxn.imageTimeMs : pair.imageTimeMs;
     if (!req.dryRun && (txn || pair.pendingTxn)) {
@@ -563,10 +549,8 @@ export async function rollbackFromDrive(req: DriveRollbackRequest): Promise<Roll
       refuse(`${source.path} overlaps the DPSR drive ${req.drive}; nothing written`, 'EOVERLAP');
     }
     checkTargetFree(source, 'the source');
-    const region = l.journal === 'tail' ? regionOf(fd, l) : null;
-    const txn = region ? await readCommitted(region, l.journalSeq + 1) : null;
-    const made = txn && l.pendingTxn?.seq === txn.seq ? l.pendingTxn : null;
-    const image = made?.image ?? l.image;
+    const txn = await committedOnDrive(fd, l);
+    const { image, imageTimeMs } = txn ? imageAfter(l, txn) : l;
     const driveMounts = mountsOf(driveDev);
     const warnings = imageWarnings(image);
     if (driveMounts.length > 0) {
@@ -588,7 +572,7 @@ export async function rollbackFromDrive(req: DriveRollbackRequest): Promise<Roll
         name: l.pairName, scope: 'rollback', partition: null, source: source.path, drive: driveDev.path, dryRun: req.dryRun,
         mode: 'compare', why: `no tracker history: comparing the whole source, ${formatBytes(limit * SECTOR)}`,
         startSector: 0, endSector: limit, copyBytes: 0, compareBytes: limit * SECTOR,
-        image, imageTimeMs: made?.imageTimeMs ?? l.imageTimeMs, journalSeq: txn?.seq ?? null, warnings,
+        image, imageTimeMs, journalSeq: txn?.seq ?? null, warnings,
       }),
     };
     if (req.dryRun) return { ...work.report, durationMs: Date.now() - startedMs };

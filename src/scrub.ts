@@ -35,10 +35,6 @@ export interface ScrubProgress {
 }
 
 export interface ScrubStep {
-  comparedBytes: number;
-  /** Suspect regions compared: found equal (now clean) or different (now dirty). */
-  resolvedBytes: number;
-  differingBytes: number;
   /** Scrub findings: clean by the tracker, yet different on the two disks. */
   mismatches: ExtentSet;
   roundDone: boolean;
@@ -78,19 +74,22 @@ export function scrubWanted(pair: PairRecord, range: RangeState, policy: ScrubPo
   if (!scrubbable(pair)) return false;
   if (!range.suspect.isEmpty) return true;
   const p = pair.scrub ?? newScrubProgress();
-  if (policy.roundEveryMs <= 0) return false;
-  return p.roundStartedMs !== null || nowMs - (p.lastRoundDoneMs ?? pair.createdMs) >= policy.roundEveryMs;
+  return policy.roundEveryMs > 0 && (p.roundStartedMs !== null || roundDue(pair, p, policy, nowMs));
 }
 
-async function compare(srcFd: number, driveFd: number, extents: ExtentSet, limitSectors: number): Promise<{ differing: ExtentSet; bytes: number }> {
-  const r = await compareExtents(srcFd, driveFd, extents, { ...GENTLE_IO, limitSectors, write: false });
-  return { differing: r.differing, bytes: r.comparedSectors * SECTOR };
+/** A new round is due; the first comes one period after the pair was made (its full copy was just read and written). */
+function roundDue(pair: PairRecord, p: ScrubProgress, policy: ScrubPolicy, nowMs: number): boolean {
+  return policy.roundEveryMs > 0 && nowMs - (p.lastRoundDoneMs ?? pair.createdMs) >= policy.roundEveryMs;
+}
+
+async function differingBlocks(srcFd: number, driveFd: number, extents: ExtentSet, limitSectors: number): Promise<ExtentSet> {
+  return (await compareExtents(srcFd, driveFd, extents, { ...GENTLE_IO, limitSectors, write: false })).differing;
 }
 
 /** Compares up to budgetBytes of the pair, suspect regions first; updates the range and the pair's progress (persisted by the caller's next cycle). */
 export async function scrubStep(s: Session, pair: PairRecord, range: RangeState, budgetBytes: number,
   policy: ScrubPolicy, nowMs = Date.now()): Promise<ScrubStep> {
-  const step: ScrubStep = { comparedBytes: 0, resolvedBytes: 0, differingBytes: 0, mismatches: new ExtentSet(), roundDone: false };
+  const step: ScrubStep = { mismatches: new ExtentSet(), roundDone: false };
   if (!scrubbable(pair)) return step;
   const limit = pair.dataSectors;
   const budget = Math.max(8, Math.floor(budgetBytes / SECTOR));
@@ -101,43 +100,34 @@ export async function scrubStep(s: Session, pair: PairRecord, range: RangeState,
     if (!suspect.isEmpty) {
       // Taken out before reading: a gap found meanwhile makes its regions suspect again.
       range.suspect.subtractSet(suspect);
-      let result;
       try {
-        result = await compare(srcFd, driveFd, suspect, limit);
+        range.dirty.addSet(await differingBlocks(srcFd, driveFd, suspect, limit)); // the equal ones are clean now
       } catch (err) {
         range.suspect.addSet(suspect); // not compared: still suspect
         throw err;
       }
-      const { differing, bytes } = result;
-      range.dirty.addSet(differing);
-      step.comparedBytes = bytes;
-      step.resolvedBytes = suspect.totalSectors * SECTOR;
-      step.differingBytes = differing.totalSectors * SECTOR;
       await s.tracker.cycle();
       return step;
     }
     const p = pair.scrub ?? newScrubProgress();
     if (p.roundStartedMs === null) {
-      // The first round comes one period after the pair was made (its full copy was just read and written).
-      if (policy.roundEveryMs <= 0 || nowMs - (p.lastRoundDoneMs ?? pair.createdMs) < policy.roundEveryMs) return step;
+      if (!roundDue(pair, p, policy, nowMs)) return step;
       Object.assign(p, { roundStartedMs: nowMs, cursorSector: 0 });
     }
     const end = Math.min(limit, p.cursorSector + budget);
     const window = ExtentSet.from([[p.cursorSector, end]]);
     window.subtractSet(notClean(range));
     if (!window.isEmpty) {
-      const first = await compare(srcFd, driveFd, window, limit);
-      step.comparedBytes = first.bytes;
-      if (!first.differing.isEmpty) {
+      const differing = await differingBlocks(srcFd, driveFd, window, limit);
+      if (!differing.isEmpty) {
         // A write in flight while we read is not recorded yet: drain, wait, and read the blocks again.
         await s.tracker.cycle();
-        first.differing.subtractSet(notClean(range));
+        differing.subtractSet(notClean(range));
         await sleep(RECHECK_DELAY_MS);
         await s.tracker.cycle();
-        if (!first.differing.isEmpty) {
-          const again = await compare(srcFd, driveFd, first.differing, limit);
-          again.differing.subtractSet(notClean(range));
-          step.mismatches = again.differing;
+        if (!differing.isEmpty) {
+          step.mismatches = await differingBlocks(srcFd, driveFd, differing, limit);
+          step.mismatches.subtractSet(notClean(range));
         }
       }
     }
@@ -147,8 +137,7 @@ export async function scrubStep(s: Session, pair: PairRecord, range: RangeState,
     if (!step.mismatches.isEmpty) {
       p.mismatchesTotal += step.mismatches.count;
       range.dirty.addSet(step.mismatches);
-      step.differingBytes = step.mismatches.totalSectors * SECTOR;
-      s.tracker.recordGap(range, 'scrub-mismatch', `the scrub found ${step.differingBytes} bytes that differ from the source in regions tracked as clean (${describeExtents(step.mismatches)}): writes went unseen; the next sync repairs them`, step.mismatches.totalSectors);
+      s.tracker.recordGap(range, 'scrub-mismatch', `the scrub found ${step.mismatches.totalSectors * SECTOR} bytes that differ from the source in regions tracked as clean (${describeExtents(step.mismatches)}): writes went unseen; the next sync repairs them`, step.mismatches.totalSectors);
     }
     pair.scrub = p;
     await s.store.putPair(pair);

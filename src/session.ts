@@ -84,7 +84,8 @@ export async function openSession(settings: Settings, opts: { waitMs?: number } 
     const s: Session = { settings, store, kt, tracker, ranges: new Map(), problems: new Map() };
     // Another version's programs still attached (an upgrade): ours are attached now, theirs hold the history since.
     const others = otherPinVersions(settings.pinDir);
-    for (const pair of store.pairs()) {
+    const pairs = store.pairs();
+    for (const pair of pairs) {
       try {
         await adoptPair(s, pair, { inheritable: others.length > 0 });
       } catch (err) {
@@ -92,8 +93,9 @@ export async function openSession(settings: Settings, opts: { waitMs?: number } 
       }
     }
     if (others.length > 0) await inheritFromOtherVersions(s, others, tracker.takeAwaitingHistory());
-    for (const pair of store.pairs()) {
-      const why = runningFromDrive(pair, systemDisks());
+    const system = systemDisks();
+    for (const pair of pairs) {
+      const why = runningFromDrive(pair, system);
       if (why) s.problems.set(pair.name, why);
     }
     await tracker.cycle();

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError } from './errors.js';
 import { ExtentSet } from './extents.js';
 import { identify, identityChanges } from './identity.js';
-import { type ImageState, LABEL_AREA_BYTES, readLabel, writeLabel } from './label.js';
+import { type DriveLabel, type ImageState, LABEL_AREA_BYTES, readLabel, writeLabel } from './label.js';
 import { type JournalEntry, type JournalRegion, applyTransaction, journalBytesFor, readCommitted, writeTransaction } from './journal.js';
 import { copyEntries, differingEntries } from './pass-source.js';
 import { withDriveLock } from './drive-lock.js';
@@ -203,6 +203,26 @@ function pendingCut(pair: PairRecord): Cut | null {
   };
 }
 
+/**
+ * The cut of a final pass, with the source frozen or quiet: flip, judge the counts (a missed
+ * write can only lie in the unreconciled regions then, which become suspect), take everything
+ * recorded. No time to compare: what is suspect is read whole with the rest.
+ */
+async function finalTake(s: Session, range: RangeState): Promise<{ epoch: number; cutMs: number; cut: ExtentSet }> {
+  const epoch = s.tracker.flip().epoch;
+  const { verdicts, distrusted } = await s.tracker.judge();
+  if (distrusted.includes(range) || verdicts.get(range)?.kind !== 'exact') {
+    range.suspect.addSet(range.unreconciled);
+    range.unreconciled.clear();
+  }
+  const cutMs = Date.now();
+  const taken = takeCut(range);
+  const cut = taken.copy;
+  cut.addSet(taken.compare);
+  cut.addSet(taken.discard);
+  return { epoch, cutMs, cut };
+}
+
 interface FrozenCut {
   ok: boolean;
   held: HeldBlock[];
@@ -235,18 +255,7 @@ async function frozenCut(s: Session, pair: PairRecord, range: RangeState, srcFd:
   let why: string | undefined;
   let report: ThawReport;
   try {
-    epoch = s.tracker.flip().epoch;
-    const { verdicts, distrusted } = await s.tracker.judge();
-    // Frozen, nothing can be written: a missed write lies in the unreconciled regions.
-    if (distrusted.includes(range) || verdicts.get(range)?.kind !== 'exact') {
-      range.suspect.addSet(range.unreconciled);
-      range.unreconciled.clear();
-    }
-    cutMs = Date.now();
-    const taken = takeCut(range);
-    cut = taken.copy;
-    cut.addSet(taken.compare); // no time to compare under a freeze: read it all
-    cut.addSet(taken.discard);
+    ({ epoch, cutMs, cut } = await finalTake(s, range));
     if (cut.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) why = `${(cut.totalSectors * SECTOR / 2 ** 20).toFixed(0)} MiB left to read: too much to hold under a freeze`;
     else held = readIntoMemory(srcFd, cut, pair.dataSectors);
   } finally {
@@ -289,17 +298,7 @@ async function quietCut(s: Session, pair: PairRecord, range: RangeState, srcFd: 
       why = `not quiescent: ${pair.source.path} was never idle for ${quietMs} ms`;
       continue;
     }
-    const epoch = s.tracker.flip().epoch;
-    const { verdicts, distrusted } = await s.tracker.judge();
-    if (distrusted.includes(range) || verdicts.get(range)?.kind !== 'exact') {
-      range.suspect.addSet(range.unreconciled);
-      range.unreconciled.clear();
-    }
-    const cutMs = Date.now();
-    const taken = takeCut(range);
-    const cut = taken.copy;
-    cut.addSet(taken.compare);
-    cut.addSet(taken.discard);
+    const { epoch, cutMs, cut } = await finalTake(s, range);
     if (cut.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) {
       range.dirty.addSet(cut);
       await s.tracker.settle(epoch);
@@ -333,6 +332,16 @@ export function journalRegionOf(fd: number, pair: Pick<PairRecord, 'dataSectors'
   return endBytes - startBytes >= MIN_JOURNAL_BYTES ? { fd, startBytes, lengthBytes: endBytes - startBytes } : null;
 }
 
+/** The last journal transaction applied to the drive, by the pair's record or the drive's own label. */
+export function lastAppliedSeq(pair: PairRecord, label: DriveLabel | null): number {
+  return Math.max(pair.journalSeq ?? 0, label?.pairId === pair.id ? label.journalSeq : 0);
+}
+
+/** The transaction a sync was writing when it stopped (and the image it makes), by the record or the label. */
+export function pendingTxnOf(pair: PairRecord, label: DriveLabel | null): PairRecord['pendingTxn'] {
+  return pair.pendingTxn ?? (label?.pairId === pair.id ? label.pendingTxn : null) ?? null;
+}
+
 /**
  * Finishes what a crash interrupted: a transaction committed in the journal
  * but maybe not applied is applied again (it needs only the drive); one
@@ -348,9 +357,9 @@ export async function recoverJournal(s: Session, pair: PairRecord, fd: number): 
     if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
     pair.pending = null;
   }
-  const applied = Math.max(pair.journalSeq ?? 0, label?.pairId === pair.id ? label.journalSeq : 0);
+  const applied = lastAppliedSeq(pair, label);
   const txn = await readCommitted(region, applied + 1);
-  const pendingTxn = pair.pendingTxn ?? (label?.pairId === pair.id ? label.pendingTxn : null) ?? null;
+  const pendingTxn = pendingTxnOf(pair, label);
   if (txn) {
     await applyTransaction(fd, txn);
     pair.journalSeq = txn.seq;
@@ -617,21 +626,20 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
       journaled = false;
       r = await directGeneration(c, pendingCut(pair));
     }
-    const fits = journaled;
     const durationMs = Date.now() - startedMs;
     recordFreeze(pair, r.freezeMs);
     Object.assign(pair, {
       generation: c.generation, pending: null, ...finishedImage(pair, r.image, r.cutMs),
       lastSync: {
         generation: c.generation, atMs: r.cutMs, durationMs, image: r.image, passBytes: r.passBytes, freezeMs: r.freezeMs,
-        copiedBytes: r.copied, comparedBytes: r.compared, repairedBytes: r.repaired, journaled: fits,
+        copiedBytes: r.copied, comparedBytes: r.compared, repairedBytes: r.repaired, journaled,
       },
     });
     updateLabel(drive.fd, pair);
     await s.store.putPairAndRange(pair, range);
     return {
       name, dataBytes: pair.dataSectors * SECTOR, generation: c.generation, image: r.image, imageTimeMs: r.cutMs, fullCopyBytes, durationMs, sourceMounted: mounts,
-      passBytes: r.passBytes, freezeMs: r.freezeMs, journaled: fits,
+      passBytes: r.passBytes, freezeMs: r.freezeMs, journaled,
       ...(r.notConsistent ? { notConsistent: r.notConsistent } : {}),
       copiedBytes: r.copied, comparedBytes: r.compared, repairedBytes: r.repaired,
       gaps: range.gaps.slice(gapsBefore),

@@ -178,8 +178,7 @@ export class Tracker {
         const st = mask & 1 ? rangeOfSlot(i) : undefined;
         if (!st) continue;
         if (r.flags & REC_UNKNOWN) {
-          st.suspect.add(0, st.endSector - st.startSector);
-          this.recordGap(st, 'unknown-write', `a write without a range (op ${r.op}) on ${st.disk}`);
+          this.suspectAll(st, 'unknown-write', `a write without a range (op ${r.op}) on ${st.disk}`);
           continue;
         }
         const s = Math.max(r.startSector, st.startSector) - st.startSector;

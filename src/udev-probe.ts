@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { openDirect } from './copy.js';
-import { readSysOrNull, resolveBlockDevice, type BlockDevice } from './devices.js';
+import { devNumberOfNode, readSysOrNull, resolveBlockDevice, type BlockDevice } from './devices.js';
 import { identify, type DeviceIdentity } from './identity.js';
 import { readLabel, type DriveLabel } from './label.js';
 import { partitionsOf, readMounts } from './mounts.js';
@@ -143,14 +143,6 @@ function sourcePresent(label: DriveLabel, drive: BlockDevice): boolean {
   return false;
 }
 
-function majMinOf(file: string): string | null {
-  try {
-    const rdev = fs.statSync(file, { bigint: true }).rdev;
-    return `${Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn))}:${Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn))}`;
-  } catch {
-    return null;
-  }
-}
 
 /** A block device's kernel name, the names it is built on (dm/md slaves), and the disks of the partitions among them. */
 function withUnderlying(name: string, into: Set<string>): Set<string> {
@@ -182,7 +174,7 @@ export function rootDeviceNames(): Set<string> | null {
   if (!root) return null;
   let num = root.devNum;
   // btrfs and others report an anonymous 0:N: take the device the mount names.
-  if (num.startsWith('0:') && root.source.startsWith('/dev/')) num = majMinOf(root.source) ?? num;
+  if (num.startsWith('0:') && root.source.startsWith('/dev/')) num = devNumberOfNode(root.source) ?? num;
   let dir: string;
   try {
     dir = fs.realpathSync(`/sys/dev/block/${num}`);

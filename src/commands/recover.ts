@@ -24,11 +24,12 @@ export async function recoverCommand(opts: { drive: string; json: boolean }, set
       label = readLabel(fd);
       if (!label) throw new DpsrError(`${opts.drive} carries no dpsr label: not a DPSR drive`, 'ENOLABEL', ExitStatus.notUsable);
       txn = await committedOnDrive(fd, label);
+      // Applied while `fd` is open: the transaction reads its journal entries through it.
+      if (txn) await applyFromDrive(dev.path, label, txn);
     } finally {
       fs.closeSync(fd);
     }
     const after = txn ? imageAfter(label, txn) : label;
-    if (txn) await applyFromDrive(dev.path, label, txn);
     const when = after.imageTimeMs ? new Date(after.imageTimeMs).toISOString() : 'unknown';
     if (opts.json) process.stdout.write(`${JSON.stringify({ drive: opts.drive, pair: label.pairName, applied: txn?.seq ?? null, image: after.image, imageTime: after.imageTimeMs ? when : null })}\n`);
     else log(txn
