@@ -3,6 +3,7 @@
 import { Command, CommanderError } from 'commander';
 import { settingsFromEnv } from './defaults.js';
 import { DpsrError, ExitStatus, UsageError } from './errors.js';
+import { parseDuration, parseSize } from './units.js';
 import type { ErrnoError } from './native.js';
 
 const EXIT_CODES_HELP = `
@@ -79,7 +80,6 @@ was written meanwhile, else retried, then the sync fails "not quiescent" and
 the DPSR drive keeps its previous image.`)
     .action(async (name: string | undefined, opts: { all?: boolean; json?: boolean; freeze: boolean; quietPeriod: string; timeout?: string }) => {
       const { syncCommand } = await import('./commands/sync.js');
-      const { parseDuration } = await import('./commands/status.js');
       const quietMs = Number(opts.quietPeriod) * 1000;
       if (!Number.isFinite(quietMs) || quietMs < 0) throw new UsageError(`--quiet-period ${opts.quietPeriod}: seconds, e.g. 2 or 0.5`);
       const timeoutMs = opts.timeout !== undefined ? parseDuration(opts.timeout, '--timeout') : undefined;
@@ -335,13 +335,6 @@ drive (exit 3).`)
   return cli;
 }
 
-/** "64M", "1G", "512K" or bytes. */
-export function parseSize(text: string): number {
-  const m = text.trim().match(/^(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?$/i);
-  if (!m) throw new UsageError(`size "${text}": use a number with K, M, G or T (e.g. 64M)`);
-  const exp = ' KMGT'.indexOf((m[2] || ' ').toUpperCase());
-  return Math.round(Number(m[1]) * 1024 ** exp);
-}
 
 /** Maps an error to its exit status and one line on stderr. */
 function report(err: unknown): number {

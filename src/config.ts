@@ -20,6 +20,7 @@ import fs from 'node:fs';
 import { parse } from 'smol-toml';
 import { type Calendar, CalendarError, parseCalendar } from './calendar.js';
 import { DpsrError, ExitStatus } from './errors.js';
+import { durationOf, sizeOf } from './units.js';
 
 export type Policy =
   | { policy: 'manual' }
@@ -55,16 +56,16 @@ const TOP_KEYS = ['tick', 'compare_bandwidth', 'scrub_every', 'scrub_bandwidth',
 /** "30s", "5m", "1h", "1d", "500ms" or a number of seconds. */
 export function durationMs(value: unknown, where: string): number {
   if (typeof value === 'number' && value > 0) return value * 1000;
-  const m = typeof value === 'string' ? value.trim().match(/^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$/) : null;
-  if (!m) throw new ConfigError(`${where}: ${JSON.stringify(value)} is not a duration (use e.g. "30s", "5m", "1h")`);
-  return Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 }[m[2] as 'ms'];
+  const ms = typeof value === 'string' ? durationOf(value.trim(), false) : null;
+  if (ms === null) throw new ConfigError(`${where}: ${JSON.stringify(value)} is not a duration (use e.g. "30s", "5m", "1h")`);
+  return ms;
 }
 
 /** "16M", "1G", "512K" (bytes per second for bandwidths). */
 export function sizeBytes(value: unknown, where: string): number {
-  const m = typeof value === 'string' ? value.trim().match(/^(\d+(?:\.\d+)?)\s*([KMGT])(i?B)?(\/s)?$/i) : null;
-  if (!m) throw new ConfigError(`${where}: ${JSON.stringify(value)} is not a size (use e.g. "16M", "1G")`);
-  return Math.round(Number(m[1]) * 1024 ** (' KMGT'.indexOf(m[2].toUpperCase())));
+  const bytes = typeof value === 'string' ? sizeOf(value.trim(), { bareIsBytes: false, perSecond: true }) : null;
+  if (bytes === null) throw new ConfigError(`${where}: ${JSON.stringify(value)} is not a size (use e.g. "16M", "1G")`);
+  return bytes;
 }
 
 function stringOrNull(value: unknown, where: string): string | null {

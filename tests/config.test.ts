@@ -3,6 +3,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parseCalendar } from '../src/calendar.js';
 import { ConfigError, due, nextSyncMs, parseConfig } from '../src/config.js';
+import { parseDuration, parseSize } from '../src/units.js';
 
 test('policies parse with defaults, durations in units', () => {
   const c = parseConfig('tick = "250ms"\n[pairs.sys]\npolicy = "scheduled"\nevery = "1h"\n[pairs.data]\npolicy = "continuous"\nrpo = "30s"\n', 'x.toml');
@@ -90,6 +91,14 @@ test('daemon-wide keys: bandwidths, scrub, hook, metrics file', () => {
   assert.is(c.onFailure, '/bin/true');
   assert.is(parseConfig('scrub_every = "off"\n', 'x.toml').scrubEveryMs, 0);
   assert.throws(() => parseConfig('scrub_bandwidth = "fast"\n', 'x.toml'), /scrub_bandwidth: "fast" is not a size/);
+});
+
+test('command line units: a bare size is bytes, a bare duration seconds; errors are usage errors', () => {
+  assert.equal([parseSize('64M'), parseSize(' 1G '), parseSize('512'), parseSize('1.5KiB')], [64 << 20, 1 << 30, 512, 1536]);
+  assert.equal([parseDuration('15m'), parseDuration('90'), parseDuration('500ms'), parseDuration('2w')], [900_000, 90_000, 500, 1_209_600_000]);
+  for (const bad of [() => parseSize('abc'), () => parseSize('5X'), () => parseDuration('15 minutes'), () => parseDuration('-1s')]) {
+    assert.throws(bad, (e: { exitStatus: number }) => e.exitStatus === 2);
+  }
 });
 
 test.run();

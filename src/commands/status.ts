@@ -12,15 +12,10 @@ import { type PairRecord, Store } from '../store.js';
 import type { RangeState } from '../tracker.js';
 import { styleText } from 'node:util';
 import { DEFAULT_CONFIG, loadConfig } from '../config.js';
+import { parseDuration } from '../units.js';
 import { ControlClient } from '../protocol.js';
 import { type PairState, type PairStatus, humanBytes, humanDuration, policyOf, statusOf } from '../pair-status.js';
 
-export function parseDuration(text: string, what = '--max-age'): number {
-  const m = text.match(/^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?$/);
-  if (!m) throw new DpsrError(`${what} ${text}: use a number with s, m, h, d or w (e.g. 15m)`, 'EUSAGE', ExitStatus.usage);
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 }[(m[2] ?? 's') as 'ms'];
-  return Number(m[1]) * unit;
-}
 
 const shown = (b: number | null) => (b === null ? 'unknown (owned by another dpsr process)' : humanBytes(b));
 
