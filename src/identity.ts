@@ -148,6 +148,16 @@ export function hasHardwareIdentity(id: DeviceIdentity): boolean {
 const show = (v: string | number | null) => (v === null ? 'none' : typeof v === 'string' ? `'${v}'` : String(v));
 
 /**
+ * Another device than the one recorded (not the same one re-attached or re-read):
+ * its size, partition start, loop file or inode, WWID or serial number differ.
+ */
+export function isReplaced(recorded: DeviceIdentity, now: DeviceIdentity): boolean {
+  return now.sizeSectors !== recorded.sizeSectors || now.startSector !== recorded.startSector ||
+    now.loopBackingFile !== recorded.loopBackingFile || now.loopBackingInode !== recorded.loopBackingInode ||
+    now.wwid !== recorded.wwid || now.serial !== recorded.serial;
+}
+
+/**
  * What makes `now` not the device that was `recorded`, one human-readable item
  * each; empty when it is the same. A new path or kernel name alone is not a
  * change (nodes are renamed), but a new device number is: tracking is by dev_t.

@@ -10,11 +10,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { openDirect } from './copy.js';
-import { resolveBlockDevice, type BlockDevice } from './devices.js';
+import { devNumber, resolveBlockDevice, type BlockDevice } from './devices.js';
 import { DpsrError, RefusedError, UsageError } from './errors.js';
-import { identify, identityChanges } from './identity.js';
+import { identify, identityChanges, isReplaced } from './identity.js';
 import { type DriveLabel, type ImageState, readLabel } from './label.js';
-import { mountEntriesOf, readMounts, unescapeMount } from './mounts.js';
+import { mountEntriesOf, readMounts } from './mounts.js';
 import type { Settings } from './defaults.js';
 import { closeSession, openSession } from './session.js';
 import { type PairRecord, Store } from './store.js';
@@ -175,8 +175,7 @@ export async function withMounts<T>(make: Array<() => PrivateMount>, fn: (mounts
 export function checkPairedDrive(pair: PairRecord): DriveLabel | null {
   const dev = resolveBlockDevice(pair.drive.path);
   const now = identify(dev);
-  if (now.sizeSectors !== pair.drive.sizeSectors || now.loopBackingFile !== pair.drive.loopBackingFile ||
-    now.loopBackingInode !== pair.drive.loopBackingInode || now.wwid !== pair.drive.wwid || now.serial !== pair.drive.serial) {
+  if (isReplaced(pair.drive, now)) {
     throw new RefusedError(`pair ${pair.name}: ${pair.drive.path} is not the paired DPSR drive any more (${identityChanges(pair.drive, now).join('; ')})`, 'EDRIVECHANGED');
   }
   const fd = openDirect(dev.path, false);
@@ -250,16 +249,6 @@ export interface FsLocation {
 
 interface SourceMount { mountPoint: string; root: string; fsType: string; readOnly: boolean; partition: number | null }
 
-/** mountinfo's 4th field: the directory of the file system that is mounted (not '/' for a bind of a subdirectory). */
-function mountRoots(): Map<string, string> {
-  const roots = new Map<string, string>();
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const f = line.split(' ');
-    if (f.length > 4) roots.set(unescapeMount(f[4]), unescapeMount(f[3]));
-  }
-  return roots;
-}
-
 /** The paired source, if it is still there and still the same device (else its mounts say nothing about the pair). */
 function pairedSource(pair: PairRecord): BlockDevice | null {
   let dev: BlockDevice;
@@ -268,22 +257,17 @@ function pairedSource(pair: PairRecord): BlockDevice | null {
   } catch {
     return null;
   }
-  const now = identify(dev);
-  const same = dev.sizeSectors === pair.source.sizeSectors && dev.startSector === pair.source.startSector &&
-    now.loopBackingFile === pair.source.loopBackingFile && now.loopBackingInode === pair.source.loopBackingInode &&
-    now.wwid === pair.source.wwid && now.serial === pair.source.serial;
-  return same ? dev : null;
+  return isReplaced(pair.source, identify(dev)) ? null : dev;
 }
 
 function sourceMounts(pair: PairRecord, dev: BlockDevice): SourceMount[] {
-  const roots = mountRoots();
-  const own = `${dev.major}:${dev.minor}`;
+  const own = devNumber(dev);
   return mountEntriesOf(dev)
     // A partition pair's file system is the partition: a mount of its whole disk is something else.
     .filter((m) => !pair.source.isPartition || m.devNum === own)
     .map((m) => {
       const part = m.devNum === own ? null : Number(fs.readFileSync(`/sys/dev/block/${m.devNum}/partition`, 'utf8').trim());
-      return { mountPoint: m.mountPoint, root: roots.get(m.mountPoint) ?? '/', fsType: m.fsType, readOnly: m.readOnly, partition: part };
+      return { mountPoint: m.mountPoint, root: m.root, fsType: m.fsType, readOnly: m.readOnly, partition: part };
     });
 }
 

@@ -37,6 +37,7 @@ export function coveredDevNumbers(dev: BlockDevice): Map<string, string> {
 export interface MountEntry {
   devNum: string;
   mountPoint: string;
+  root: string; // the directory of the file system that is mounted (not '/' for a bind of a subdirectory)
   source: string;
   fsType: string;
   readOnly: boolean;
@@ -53,7 +54,7 @@ export function readMounts(): MountEntry[] {
     const sep = f.indexOf('-');
     if (f.length < 5 || sep < 0) continue;
     out.push({
-      devNum: f[2], mountPoint: unescapeMount(f[4]), source: unescapeMount(f[sep + 2] ?? ''), fsType: f[sep + 1] ?? '',
+      devNum: f[2], mountPoint: unescapeMount(f[4]), root: unescapeMount(f[3]), source: unescapeMount(f[sep + 2] ?? ''), fsType: f[sep + 1] ?? '',
       readOnly: f[5].split(',').includes('ro'),
     });
   }

@@ -15,7 +15,7 @@ import { type BlockDevice, devNumberOfNode, readSysOrNull, resolveBlockDevice } 
 import { withDriveLock } from './drive-lock.js';
 import { DpsrError, ExitStatus, RefusedError } from './errors.js';
 import { ExtentSet } from './extents.js';
-import { identify, identityChanges } from './identity.js';
+import { identify, identityChanges, isReplaced } from './identity.js';
 import { readCommitted } from './journal.js';
 import { type DriveLabel, type ImageState, readLabel } from './label.js';
 import { activeSwaps, coveredDevNumbers, mountsOf, partitionsOf } from './mounts.js';
@@ -148,8 +148,7 @@ function openDriveToRead(pair: PairRecord): ReadDrive {
   const dev = resolveBlockDevice(pair.drive.path);
   const now = identify(dev);
   const changes = identityChanges(pair.drive, now);
-  if (now.sizeSectors !== pair.drive.sizeSectors || now.loopBackingFile !== pair.drive.loopBackingFile ||
-    now.loopBackingInode !== pair.drive.loopBackingInode || now.wwid !== pair.drive.wwid || now.serial !== pair.drive.serial) {
+  if (isReplaced(pair.drive, now)) {
     refuse(`pair ${pair.name}: ${pair.drive.path} is not the paired DPSR drive any more (${changes.join('; ')}); nothing written`, 'EDRIVECHANGED');
   }
   const mounts = mountsOf(dev);

@@ -6,7 +6,7 @@ import { type Settings, OWNER_RING_BYTES } from './defaults.js';
 import { resolveBlockDevice } from './devices.js';
 import { systemDisks } from './pair-checks.js';
 import { DpsrError, RefusedError } from './errors.js';
-import { identify, identityChanges } from './identity.js';
+import { identify, identityChanges, isReplaced } from './identity.js';
 import { OWNER_RING } from './kernel-abi.js';
 import { checkTrackingSupport } from './preflight.js';
 import { type PairRecord, Store } from './store.js';
@@ -41,10 +41,7 @@ export async function adoptPair(s: Session, pair: PairRecord, opts: { inheritabl
   const dev = resolveBlockDevice(pair.source.path);
   const now = identify(dev);
   const changes = identityChanges(pair.source, now);
-  const replaced = dev.sizeSectors !== pair.source.sizeSectors || dev.startSector !== pair.source.startSector ||
-    now.loopBackingFile !== pair.source.loopBackingFile || now.loopBackingInode !== pair.source.loopBackingInode ||
-    now.wwid !== pair.source.wwid || now.serial !== pair.source.serial;
-  if (replaced) {
+  if (isReplaced(pair.source, now)) {
     throw new RefusedError(`pair ${pair.name}: ${pair.source.path} is not the paired source any more (${changes.join('; ')}); unpair and pair again`, 'ESOURCECHANGED');
   }
   const range = await s.tracker.track(dev, pair.name, s.store.range(pair.name), opts);

@@ -7,7 +7,7 @@ import { type DiskCounters, readDiskCounters, resolveBlockDevice } from './devic
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError } from './errors.js';
 import { ExtentSet } from './extents.js';
-import { identify, identityChanges } from './identity.js';
+import { identify, identityChanges, isReplaced } from './identity.js';
 import { type DriveLabel, type ImageState, LABEL_AREA_BYTES, readLabel, writeLabel } from './label.js';
 import { type JournalEntry, type JournalRegion, applyTransaction, journalBytesFor, readCommitted, writeTransaction } from './journal.js';
 import { copyEntries, differingEntries } from './pass-source.js';
@@ -72,8 +72,7 @@ export function openPairedDrive(s: Session, pair: PairRecord, range: RangeState 
   const dev = resolveBlockDevice(pair.drive.path);
   const now = identify(dev);
   const changes = identityChanges(pair.drive, now);
-  if (now.sizeSectors !== pair.drive.sizeSectors || now.loopBackingFile !== pair.drive.loopBackingFile ||
-    now.loopBackingInode !== pair.drive.loopBackingInode || now.wwid !== pair.drive.wwid || now.serial !== pair.drive.serial) {
+  if (isReplaced(pair.drive, now)) {
     throw new RefusedError(`pair ${pair.name}: ${pair.drive.path} is not the paired DPSR drive any more (${changes.join('; ')}); nothing written`, 'EDRIVECHANGED');
   }
   const mounts = mountsOf(dev);
