@@ -82,6 +82,23 @@ export function readLabel(fd: number): DriveLabel | null {
   return best;
 }
 
+/** The label of the device at `devPath`; null when it has none or cannot be read. Only reads. */
+export function labelAt(devPath: string): DriveLabel | null {
+  let fd: number;
+  try {
+    fd = fs.openSync(devPath, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
+  } catch {
+    return null;
+  }
+  try {
+    return readLabel(fd);
+  } catch {
+    return null;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /**
  * Writes the label with the next sequence number into the older slot and
  * makes it durable. The fd must be open for writing (O_DIRECT).

@@ -2,7 +2,7 @@
 // (for a disk) and its disk (for a partition, which the disk overlaps).
 import fs from 'node:fs';
 import path from 'node:path';
-import { type BlockDevice, devNumber, readSysOrNull } from './devices.js';
+import { type BlockDevice, devNumber, devNumberOfNode, readSysOrNull } from './devices.js';
 
 
 /** Kernel names of the disk's partitions (/sys/block/DISK/DISKpN). */
@@ -78,4 +78,19 @@ export const CANNOT_FREEZE = new Set(['vfat', 'msdos', 'exfat', 'fat']);
 /** The files and devices in use as swap (/proc/swaps). */
 export function activeSwaps(): string[] {
   return (readSysOrNull('/proc/swaps') ?? '').split('\n').slice(1).filter(Boolean).map((l) => unescapeMount(l.split(/\s+/)[0]));
+}
+
+/** The kernel name of the block device the running system's / is on (the mount on top), or null when it is none. */
+export function rootDeviceName(): string | null {
+  const roots = readMounts().filter((m) => m.mountPoint === '/');
+  const root = roots[roots.length - 1];
+  if (!root) return null;
+  let num = root.devNum;
+  // btrfs and others report an anonymous 0:N: take the device the mount names.
+  if (num.startsWith('0:') && root.source.startsWith('/dev/')) num = devNumberOfNode(root.source) ?? num;
+  try {
+    return path.basename(fs.realpathSync(`/sys/dev/block/${num}`));
+  } catch {
+    return null;
+  }
 }

@@ -9,8 +9,8 @@ import path from 'node:path';
 import { checkTrackable, devNumber, devNumberOfNode, readSysOrNull, resolveBlockDevice, type BlockDevice } from './devices.js';
 import { RefusedError, UsageError } from './errors.js';
 import { hasHardwareIdentity, identify, type DeviceIdentity } from './identity.js';
-import { type DriveLabel, readLabel } from './label.js';
-import { activeSwaps, coveredDevNumbers, partitionsOf, readMounts } from './mounts.js';
+import { labelAt } from './label.js';
+import { activeSwaps, coveredDevNumbers, partitionsOf, readMounts, rootDeviceName } from './mounts.js';
 
 export interface PairRequest {
   source: string;
@@ -77,33 +77,10 @@ function underlyingDisks(name: string, seen = new Set<string>()): Set<string> {
 }
 
 
-/** The DPSR label in a device's tail, if it carries one (read-only). */
-function labelOf(devPath: string): DriveLabel | null {
-  let fd: number;
-  try {
-    fd = fs.openSync(devPath, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
-  } catch {
-    return null;
-  }
-  try {
-    return readLabel(fd);
-  } catch {
-    return null;
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /** Kernel names of the disks the running system's `/` lives on (through dm/md). */
 export function systemDisks(): Set<string> {
-  const mounts = readMounts().filter((m) => m.mountPoint === '/');
-  const root = mounts[mounts.length - 1]; // the one on top
-  if (!root) return new Set();
-  let num = root.devNum;
-  // btrfs and others report an anonymous 0:N: take the device the mount names.
-  if (num.startsWith('0:') && root.source.startsWith('/dev/')) num = devNumberOfNode(root.source) ?? num;
-  const dir = readSysOrNull(`/sys/dev/block/${num}/dev`) !== null ? fs.realpathSync(`/sys/dev/block/${num}`) : null;
-  return dir ? underlyingDisks(path.basename(dir)) : new Set();
+  const name = rootDeviceName();
+  return name === null ? new Set() : underlyingDisks(name);
 }
 
 /** One blkid/wipefs signature, described for a person. */
@@ -306,7 +283,7 @@ export function checkPairable(req: PairRequest): PairPlan {
   const driveId = identify(drive);
   // A source that is itself a DPSR drive (a system running from its copy, paired back onto a new disk):
   // its image is what is copied, not its tail of journal and label, so a disk of the original size will do.
-  const asDrive = labelOf(S);
+  const asDrive = labelAt(S);
   const dataSectors = asDrive && asDrive.dataSectors < source.sizeSectors ? asDrive.dataSectors : source.sizeSectors;
   const reservedSectors = req.noReserve ? 0 : Math.ceil(req.reserveBytes / MIB) * (MIB / SECTOR);
   const needed = dataSectors + reservedSectors;

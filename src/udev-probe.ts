@@ -8,10 +8,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { openDirect } from './copy.js';
-import { devNumberOfNode, readSysOrNull, resolveBlockDevice, type BlockDevice } from './devices.js';
+import { readSysOrNull, resolveBlockDevice, type BlockDevice } from './devices.js';
 import { identify, type DeviceIdentity } from './identity.js';
-import { readLabel, type DriveLabel } from './label.js';
-import { partitionsOf, readMounts } from './mounts.js';
+import { labelAt, type DriveLabel } from './label.js';
+import { partitionsOf, rootDeviceName } from './mounts.js';
 import { native } from './native.js';
 
 /** What the decision needs to know about a device, read from the system (or given by a test). */
@@ -102,21 +102,6 @@ export function isRecordedSource(recorded: DriveLabel['source'], candidate: Devi
   return candidate.name === recorded.name; // no identity recorded: the kernel name, the best there is
 }
 
-function labelOf(devPath: string): DriveLabel | null {
-  let fd: number;
-  try {
-    fd = openDirect(devPath, false);
-  } catch {
-    return null;
-  }
-  try {
-    return plausible(readLabel(fd));
-  } catch {
-    return null;
-  } finally {
-    fs.closeSync(fd);
-  }
-}
 
 /**
  * Whether the label's source is present: block devices of its size (cheap,
@@ -169,29 +154,18 @@ function withUnderlying(name: string, into: Set<string>): Set<string> {
  * no block device: an initramfs before the root is mounted (or a network root).
  */
 export function rootDeviceNames(): Set<string> | null {
-  const roots = readMounts().filter((m) => m.mountPoint === '/');
-  const root = roots[roots.length - 1]; // the one on top
-  if (!root) return null;
-  let num = root.devNum;
-  // btrfs and others report an anonymous 0:N: take the device the mount names.
-  if (num.startsWith('0:') && root.source.startsWith('/dev/')) num = devNumberOfNode(root.source) ?? num;
-  let dir: string;
-  try {
-    dir = fs.realpathSync(`/sys/dev/block/${num}`);
-  } catch {
-    return null;
-  }
-  return withUnderlying(path.basename(dir), new Set());
+  const name = rootDeviceName();
+  return name === null ? null : withUnderlying(name, new Set());
 }
 
 /** Reads what the decision needs about a device; null when it is no DPSR drive. Only reads. */
 export function probeFacts(devPath: string): { facts: ProbeFacts; labelled: BlockDevice } | null {
   const dev = resolveBlockDevice(devPath);
   let labelled = dev;
-  let label = labelOf(dev.path);
+  let label = plausible(labelAt(dev.path));
   if (!label && dev.isPartition) {
     labelled = resolveBlockDevice(`/dev/${dev.disk}`);
-    label = labelOf(labelled.path);
+    label = plausible(labelAt(labelled.path));
   }
   if (!label) return null;
   const roots = rootDeviceNames();
