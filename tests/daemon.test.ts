@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, eachTestFreshCli } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, eachTestFreshCli, randomFill } from './helpers/fixture.js';
 import { native } from '../src/native.js';
 import type { PairStatus } from '../src/pair-status.js';
 
@@ -47,12 +47,11 @@ async function startDaemon(...args: string[]): Promise<ChildProcess> {
 }
 
 function pairOf(mib: number, name = 'p') {
-  const source = fx.loop(mib);
-  const drive = fx.loop(mib + 64);
-  sh('dd', ['if=/dev/urandom', `of=${source}`, 'bs=1M', `count=${mib}`, 'oflag=direct', 'status=none']);
-  const r = dpsr('pair', source, drive, '--name', name);
+  const devices = fx.pairDevices(mib);
+  randomFill(devices.source, mib);
+  const r = dpsr('pair', devices.source, devices.drive, '--name', name);
   assert.is(r.status, 0, r.stderr);
-  return { source, drive, bytes: mib * MiB };
+  return devices;
 }
 
 /** A pair synced once: its image is a whole point in time. */
@@ -105,12 +104,7 @@ test('with an interval the daemon keeps the copy current by itself', async () =>
   const { source, drive, bytes } = pairOf(32);
   await startDaemon('--interval', '0.5', '--tick', '0.2');
   for (let i = 0; i < 10; i++) ddDirect(source, 5000 + i * 64, 8);
-  let equal = false;
-  for (let i = 0; i < 40 && !equal; i++) {
-    await new Promise((r) => setTimeout(r, 250));
-    equal = hash(drive, bytes) === hash(source, bytes);
-  }
-  assert.ok(equal, 'the daemon synced the change within 10 s');
+  await waitFor('the daemon synced the change within 10 s', async () => hash(drive, bytes) === hash(source, bytes), 10_000);
 });
 
 test('the socket refuses a client that is not root', async () => {
@@ -136,12 +130,7 @@ test('a continuous policy from the configuration keeps the copy current', async 
   fs.writeFileSync(env.DPSR_CONFIG!, 'tick = "200ms"\n[pairs.p]\npolicy = "continuous"\nrpo = "2s"\nmin_interval = "500ms"\n');
   await startDaemon();
   for (let i = 0; i < 10; i++) ddDirect(source, 7000 + i * 64, 8);
-  let equal = false;
-  for (let i = 0; i < 40 && !equal; i++) {
-    await new Promise((r) => setTimeout(r, 250));
-    equal = hash(drive, bytes) === hash(source, bytes);
-  }
-  assert.ok(equal, 'synced by policy within 10 s');
+  await waitFor('synced by policy within 10 s', async () => hash(drive, bytes) === hash(source, bytes), 10_000);
 });
 
 test('a manual pair is never written behind the admin\'s back: status warns instead', async () => {

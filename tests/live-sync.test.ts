@@ -7,18 +7,14 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Fixture, runDpsr, sh, eachTestFreshCli } from './helpers/fixture.js';
+import { Fixture, runDpsrOk, sh, eachTestFreshCli } from './helpers/fixture.js';
 
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
 eachTestFreshCli(test, (f) => ({ fx, env } = f));
 
-function dpsr(...args: string[]) {
-  const r = runDpsr(env, args);
-  assert.is(r.status, 0, `dpsr ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const dpsr = (...args: string[]) => runDpsrOk(env, args);
 
 /** A writer that keeps creating and rewriting files (with fsync) until stopped. */
 function startWriter(mnt: string): () => Promise<void> {

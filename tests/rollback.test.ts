@@ -8,10 +8,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, ddDirect, eachTestFreshCli, runDpsr, runDpsrOk, sh, sha256Of } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, eachTestFreshCli, runDpsr, runDpsrOk, sh, sha256Of, randomFill } from './helpers/fixture.js';
 import { type JournalEntry, writeTransaction } from '../src/journal.js';
 import { readLabel, writeLabel } from '../src/label.js';
 import { native } from '../src/native.js';
+import { readDiskCounters, resolveBlockDevice } from '../src/devices.js';
 import type { PairRecord } from '../src/store.js';
 import { journalRegionOf } from '../src/sync.js';
 import { runningFromDrive } from '../src/session.js';
@@ -29,21 +30,10 @@ const mib = (b: number) => `${(b / MiB).toFixed(2)} MiB`;
 const ok = (...args: string[]) => runDpsrOk(env, args);
 
 /** Sectors the kernel counted as written (and discarded) on a loop disk: the bytes a change really cost. */
-function writtenSectors(dev: string): number {
-  const f = fs.readFileSync(`/sys/block/${path.basename(dev)}/stat`, 'utf8').trim().split(/\s+/).map(Number);
-  return f[6] + (f.length > 13 ? f[13] : 0);
-}
+const writtenSectors = (dev: string) => readDiskCounters(path.basename(dev)).writtenSectors;
 
-function randomFill(dev: string, mibs: number): void {
-  sh('dd', ['if=/dev/urandom', `of=${dev}`, 'bs=1M', `count=${mibs}`, 'oflag=direct', 'status=none']);
-}
 
-/** A source and a DPSR drive with room for the default 64 MiB reserve. */
-function devices(sourceMiB: number) {
-  const source = fx.loop(sourceMiB);
-  const drive = fx.loop(sourceMiB + 64);
-  return { source, drive, bytes: sourceMiB * MiB };
-}
+const devices = (sourceMiB: number) => fx.pairDevices(sourceMiB);
 
 /** Random source data, paired and synced once as pair 'p'. */
 function syncedPair(sourceMiB: number) {
@@ -183,8 +173,7 @@ test('a whole-disk pair: restore of one partition while another is mounted; then
   ddDirect(parts[0], 4096, 64); // partition 1 changed too: the partition restore must leave it alone
   const p1Changed = hash(parts[0]);
   const p1 = fx.mount(parts[0], ['-o', 'ro']);
-  const start2 = Number(fs.readFileSync(`/sys/block/${path.basename(disk)}/${path.basename(parts[1])}/start`, 'utf8'));
-  const size2 = Number(fs.readFileSync(`/sys/block/${path.basename(disk)}/${path.basename(parts[1])}/size`, 'utf8'));
+  const { startSector: start2, sizeSectors: size2 } = resolveBlockDevice(parts[1]);
 
   // Partition 1 is mounted: restoring it or the whole disk is refused and writes nothing.
   const before = [hash(disk), hash(drive)];

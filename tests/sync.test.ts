@@ -6,7 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, ddDirect, runDpsr, runDpsrOk, sh, sha256Of, eachTestFreshCli } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, runDpsr, runDpsrOk, sh, sha256Of, eachTestFreshCli, randomFill, loopBackingFile } from './helpers/fixture.js';
 
 const bin = DPSR_BIN;
 const MiB = 1 << 20;
@@ -21,16 +21,8 @@ const ok = (...args: string[]) => runDpsrOk(env, args);
 
 const hash = sha256Of;
 
-function randomFill(dev: string, mib: number): void {
-  sh('dd', ['if=/dev/urandom', `of=${dev}`, 'bs=1M', `count=${mib}`, 'oflag=direct', 'status=none']);
-}
 
-/** Source and drive (with room for the 64 MiB default reserve). */
-function devices(sourceMiB: number) {
-  const source = fx.loop(sourceMiB);
-  const drive = fx.loop(sourceMiB + 64);
-  return { source, drive, bytes: sourceMiB * MiB };
-}
+const devices = (sourceMiB: number) => fx.pairDevices(sourceMiB);
 
 const syncJson = (name: string) => JSON.parse(ok('sync', name, '--json', '--quiet-period', '0.2')).syncs[0];
 
@@ -147,7 +139,7 @@ async function killSyncsAt(delaysMs: number[], sourceDies: boolean): Promise<str
   randomFill(source, 64);
   ok('pair', source, drive, '--name', 'p');
   assert.ok(syncJson('p').journaled, 'the generation went through the journal');
-  const img = sh('losetup', ['-n', '-O', 'BACK-FILE', source]).trim();
+  const img = loopBackingFile(source)!;
   const outcomes: string[] = [];
   for (const delayMs of delaysMs) {
     const oldHash = hash(drive, bytes);
@@ -163,7 +155,7 @@ async function killSyncsAt(delaysMs: number[], sourceDies: boolean): Promise<str
     const h = hash(drive, bytes);
     assert.ok(h === oldHash || h === newHash, `killed after ${delayMs} ms${sourceDies ? ', source gone' : ''}: the drive is a mix`);
     outcomes.push(h === oldHash ? 'old' : 'new');
-    if (sourceDies) sh('losetup', ['--direct-io=on', source, img]); // back, for the next round
+    if (sourceDies) fx.attach(img, source); // back, for the next round
     syncJson('p');
     assert.is(hash(drive, bytes), newHash);
   }

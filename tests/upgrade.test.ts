@@ -6,7 +6,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Fixture, ddDirect, runDpsr, sh, sha256Of, freshCliFixture } from './helpers/fixture.js';
+import { Fixture, ddDirect, runDpsr, sha256Of, freshCliFixture, randomFill } from './helpers/fixture.js';
 import { native } from '../src/native.js';
 
 const MiB = 1 << 20;
@@ -25,9 +25,8 @@ test.after.each(() => fx.cleanup());
 const as = (version: string, ...args: string[]) => runDpsr({ ...env, DPSR_BPF_DIR: path.join(root, version) }, args, 60_000);
 
 function syncedPairUnder(version: string) {
-  const source = fx.loop(32);
-  const drive = fx.loop(96);
-  sh('dd', ['if=/dev/urandom', `of=${source}`, 'bs=1M', 'count=32', 'oflag=direct', 'status=none']);
+  const { source, drive } = fx.pairDevices(32);
+  randomFill(source, 32);
   for (const args of [['pair', source, drive, '--name', 'p'], ['sync', 'p', '--quiet-period', '0.2']]) {
     const r = as(version, ...args);
     assert.is(r.status, 0, r.stderr);

@@ -129,6 +129,11 @@ export class Fixture {
     });
   }
 
+  /** A source and a DPSR drive with room for the default 64 MiB reserve. */
+  pairDevices(sourceMiB: number): { source: string; drive: string; bytes: number } {
+    return { source: this.loop(sourceMiB), drive: this.loop(sourceMiB + 64), bytes: sourceMiB * 2 ** 20 };
+  }
+
   /** A loop disk with a GPT and partitions of the given sizes (MiB); returns disk and partition nodes. */
   partitionedLoop(sizeMiB: number, partsMiB: number[]): { disk: string; parts: string[] } {
     const disk = this.loop(sizeMiB);
@@ -185,6 +190,11 @@ export class Fixture {
 }
 
 /** One dd write with O_DIRECT at a 512-byte sector offset: returns the half-open extent written. */
+/** The first `mib` MiB of a device filled with random data (O_DIRECT). */
+export function randomFill(dev: string, mib: number): void {
+  sh('dd', ['if=/dev/urandom', `of=${dev}`, 'bs=1M', `count=${mib}`, 'oflag=direct', 'status=none']);
+}
+
 export function ddDirect(dev: string, startSector: number, sectors: number): [number, number] {
   sh('dd', ['if=/dev/urandom', `of=${dev}`, `bs=${sectors * 512}`, `seek=${startSector * 512}`, 'count=1',
     'oflag=direct,seek_bytes', 'conv=notrunc', 'status=none']);
@@ -216,7 +226,6 @@ export function runDpsr(env: NodeJS.ProcessEnv, args: string[], timeoutMs = 120_
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-/** A fresh fixture and a CLI environment inside it, after sweeping what dead test processes left. */
 /** Runs the CLI and fails the test unless it exits 0; returns its stdout. */
 export function runDpsrOk(env: NodeJS.ProcessEnv, args: string[], timeoutMs?: number): string {
   const r = runDpsr(env, args, timeoutMs);
@@ -236,6 +245,7 @@ export function eachTestFreshCli(suite: { before: { each(fn: () => void): void }
   suite.after.each(() => current?.cleanup());
 }
 
+/** A fresh fixture and a CLI environment inside it, after sweeping what dead test processes left. */
 export function freshCliFixture(): { fx: Fixture; env: NodeJS.ProcessEnv } {
   sweepStaleTestPins();
   const fx = new Fixture();

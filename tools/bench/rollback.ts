@@ -3,7 +3,6 @@
 // the DPSR drive, side by side in each round; and once, a rollback without tracker history
 // (--drive: compares the whole source). Loop devices over images in /dev/shm, so the disks
 // are not what is measured. Run: node dist/tools/bench/rollback.js [--gib N] [--rounds N] [--dir D]
-import fs from 'node:fs';
 import path from 'node:path';
 import { rollbackCommand } from '../../src/commands/rollback.js';
 import { pairCommand } from '../../src/commands/pair.js';
@@ -71,10 +70,9 @@ async function main(): Promise<void> {
 
   // No tracker history (a rescue shell): read both sides in full, write the differences.
   const changed = changeOnePercent(source, 3000);
-  let t = now();
+  const t = now();
   const cmp = await rollbackCommand({ drive, yes: true, dryRun: false, json: false }, settings, quiet);
   const compareSeconds = (now() - t) / 1000;
-  t = now();
   await rollback(); // settles what the compare wrote
   console.log(`no history (--drive): compare rollback ${compareSeconds.toFixed(2)} s, wrote ${(cmp.writtenBytes / MiB).toFixed(1)} MiB for ` +
     `${(changed / MiB).toFixed(1)} MiB changed`);

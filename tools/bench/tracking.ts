@@ -393,10 +393,8 @@ async function reconcileUntilJudged(t: Tracker, range: RangeState): Promise<stri
   }
 }
 
-let cycleMs = 1000; // set from --cycle-ms
-
 async function measureOnce(round: number, mode: Mode, kind: Kind, dev: string, disk: string, seconds: number,
-  rateIops: number | undefined, b: BState | undefined): Promise<Run> {
+  rateIops: number | undefined, b: BState | undefined, cycleMs: number): Promise<Run> {
   if (mode === 'A') {
     const others = dpsrProgramsLoaded();
     if (others.length) console.log(`  warning: A run with ${others.length} dpsr programs loaded by someone else (ids ${others.map((p) => p.id).join(' ')})`);
@@ -479,7 +477,7 @@ const made: Run[] = [];
 async function measure(opts: Options, round: number, mode: Mode, kind: Kind, dev: string, disk: string,
   rateIops: number | undefined, b: BState | undefined): Promise<void> {
   for (let attempt = 0; ; attempt++) {
-    const run = await measureOnce(round, mode, kind, dev, disk, opts.seconds, rateIops, b);
+    const run = await measureOnce(round, mode, kind, dev, disk, opts.seconds, rateIops, b, opts.cycleMs);
     made.push(run);
     const why = disturbance(run, opts);
     run.disturbed = why;
@@ -699,7 +697,6 @@ function summarize(opts: Options, runs: Run[], allRuns: Run[], rate: number, bac
 
 async function main(): Promise<number> {
   const opts = parseOptions(process.argv.slice(2));
-  cycleMs = opts.cycleMs;
   if (process.getuid?.() !== 0) usage('needs root (loop devices, BPF)');
   for (const tool of ['fio', 'bpftool', 'losetup']) {
     try { sh('sh', ['-c', `command -v ${tool}`]); } catch { usage(`${tool} not found (apt-get install -y ${tool === 'losetup' ? 'mount' : tool})`); }
