@@ -8,7 +8,6 @@
 // own writes are recorded as dirty like any other, so a re-run copies them
 // again and completes.
 import fs from 'node:fs';
-import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { type CopyOptions, DEFAULT_ALIGN_SECTORS as ALIGN_SECTORS, DEFAULT_MERGE_GAP_SECTORS, compareExtents, copyExtents, openDirect } from './copy.js';
 import { type BlockDevice, devNumberOfNode, readSysOrNull, resolveBlockDevice } from './devices.js';
@@ -21,6 +20,7 @@ import { type DriveLabel, type ImageState, readLabel } from './label.js';
 import { activeSwaps, coveredDevNumbers, mountsOf, partitionsOf } from './mounts.js';
 import { native } from './native.js';
 import { formatBytes, systemDisks } from './pair-checks.js';
+import { partitionTable } from './image-mount.js';
 import { progressBar } from './progress.js';
 import type { Session } from './session.js';
 import type { PairRecord } from './store.js';
@@ -187,19 +187,15 @@ interface Work {
   io: Partial<CopyOptions>;
 }
 
-/** Partition N of the image, from the partition table in it (sfdisk reads it from the drive). */
+/** Partition N of the image, from the partition table in it (sfdisk reads it from the drive), in the image's sectors. */
 function imagePartition(drivePath: string, n: number, dataSectors: number): [number, number] {
-  let doc: { partitiontable?: { device?: string; partitions?: Array<{ node: string; start: number; size: number }> } };
-  try {
-    doc = JSON.parse(execFileSync('sfdisk', ['--json', drivePath], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
-  } catch {
-    return refuse(`the image on ${drivePath} has no partition table sfdisk can read: restore --whole instead; nothing written`, 'ENOPART');
-  }
-  const table = doc.partitiontable;
-  const p = table?.partitions?.find((q) => q.node.match(/(\d+)$/)?.[1] === String(n));
-  if (!p) refuse(`the image has no partition ${n} (it has ${table?.partitions?.length ?? 0}); nothing written`, 'ENOPART');
-  if (p!.start + p!.size > dataSectors) refuse(`partition ${n} of the image ends past the image; nothing written`, 'ENOPART');
-  return [p!.start, p!.start + p!.size];
+  const table = partitionTable(drivePath);
+  if (table.length === 0) refuse(`the image on ${drivePath} has no partition table sfdisk can read: restore --whole instead; nothing written`, 'ENOPART');
+  const p = table.find((q) => q.number === n);
+  if (!p) refuse(`the image has no partition ${n} (it has ${table.length}); nothing written`, 'ENOPART');
+  const extent: [number, number] = [p!.startBytes / SECTOR, (p!.startBytes + p!.sizeBytes) / SECTOR];
+  if (extent[1] > dataSectors) refuse(`partition ${n} of the image ends past the image; nothing written`, 'ENOPART');
+  return extent;
 }
 
 /** The source's own partition N, which must sit exactly where the image's does. */
