@@ -3,8 +3,7 @@
 // metrics_file). Every metric is per pair (label pair="NAME"). Timestamps are
 // exported beside ages, so an alert on `time() - dpsr_image_timestamp_seconds`
 // stays right even if the daemon stops writing the file.
-import fs from 'node:fs';
-import path from 'node:path';
+import { writeFileAtomic } from './atomic-write.js';
 
 export interface PairMetrics {
   pair: string;
@@ -118,13 +117,5 @@ export function renderMetrics(snapshot: MetricsSnapshot): string {
  * not end in .prom, which the collector would read.
  */
 export function writeMetricsFile(file: string, snapshot: MetricsSnapshot): void {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  try {
-    fs.writeFileSync(tmp, renderMetrics(snapshot));
-    fs.chmodSync(tmp, 0o644); // for node_exporter's user, whatever the daemon's umask
-    fs.renameSync(tmp, file);
-  } catch (err) {
-    fs.rmSync(tmp, { force: true });
-    throw err;
-  }
+  writeFileAtomic(file, renderMetrics(snapshot), 0o644); // 0644: for node_exporter's user, whatever the daemon's umask
 }

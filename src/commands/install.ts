@@ -6,6 +6,7 @@
 // overwritten or removed. Bad input changes nothing: every check comes first.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import { writeFileAtomic } from '../atomic-write.js';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { RefusedError } from '../errors.js';
@@ -119,15 +120,7 @@ function plan(root: string): Planned[] {
 /** Writes a file whole or not at all: a temporary file beside it, then rename. */
 function writeAtomic(file: string, content: string, mode: number): void {
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.dpsr-${process.pid}.tmp`;
-  try {
-    fs.writeFileSync(tmp, content);
-    fs.chmodSync(tmp, mode);
-    fs.renameSync(tmp, file);
-  } catch (err) {
-    fs.rmSync(tmp, { force: true });
-    throw err;
-  }
+  writeFileAtomic(file, content, mode);
 }
 
 export interface InstallOptions { root: string; dryRun: boolean }
