@@ -13,7 +13,7 @@ const POLL_MS = 100;
 // A sync usually ends within seconds, a restore within minutes; past this, say who waits for what.
 const DEFAULT_WAIT_MS = 10 * 60_000;
 
-export function driveLockPath(settings: Settings, pairName: string): string {
+function driveLockPath(settings: Settings, pairName: string): string {
   return path.join(settings.stateDir, `drive-${pairName}.lock`);
 }
 

@@ -40,7 +40,7 @@ export function hookEnvironment(event: HookEvent): Record<string, string> {
   };
 }
 
-export function hookInput(event: HookEvent): string {
+function hookInput(event: HookEvent): string {
   return `${JSON.stringify({ pair: event.pair, event: event.kind, reason: event.reason, time: new Date(event.atMs).toISOString(), atMs: event.atMs })}\n`;
 }
 

@@ -103,7 +103,7 @@ function probeFsType(device: string): string | null {
 }
 
 /** Mount options that read a file system without writing to it, nor replaying its journal or log. */
-export function readOnlyOptions(fsType: string): string {
+function readOnlyOptions(fsType: string): string {
   switch (fsType) {
     case 'ext3': case 'ext4': return 'ro,noload'; // noload: do not replay the journal (it would write)
     case 'xfs': return 'ro,norecovery,nouuid'; // nouuid: the image has the source's UUID, and the source may be mounted
@@ -172,7 +172,7 @@ export async function withMounts<T>(make: Array<() => PrivateMount>, fn: (mounts
 // Where the file system is: the pair's drive proved, its partitions, PATH.
 
 /** Checks, reading only, that the pair's drive is still the paired one; returns its label. */
-export function checkPairedDrive(pair: PairRecord): DriveLabel | null {
+function checkPairedDrive(pair: PairRecord): DriveLabel | null {
   const dev = resolveBlockDevice(pair.drive.path);
   const now = identify(dev);
   if (isReplaced(pair.drive, now)) {
@@ -218,7 +218,7 @@ export function partitionTable(device: string): Partition[] {
 export interface ImagePartition extends Partition { fsType: string | null }
 
 /** The partitions of a whole-disk pair's image, with the file system each holds (through a read-only loop over [0, dataSectors)). */
-export function imagePartitions(pair: PairRecord): ImagePartition[] {
+function imagePartitions(pair: PairRecord): ImagePartition[] {
   const loop = run('losetup', ['-r', '-f', '--show', '--sizelimit', String(pair.dataSectors * SECTOR), pair.drive.path]).trim();
   try {
     return partitionTable(loop).map((p) => {

@@ -34,7 +34,7 @@ import { DpsrError } from './errors.js';
 import { native } from './native.js';
 
 const SECTOR = 512;
-export const JOURNAL_BLOCK = 4096;
+const JOURNAL_BLOCK = 4096;
 const HEAD_MAGIC = Buffer.from('DPSRJNL1');
 const DESC_MAGIC = Buffer.from('DPSRJDS1');
 const VERSION = 1;
@@ -44,7 +44,7 @@ const HEAD_HASHED = 96;
 const DESC_HEADER = 64;
 const DESC_BYTES = 16;
 /** Descriptors in one descriptor block. */
-export const DESCRIPTORS_PER_BLOCK = (JOURNAL_BLOCK - DESC_HEADER) / DESC_BYTES; // 252
+const DESCRIPTORS_PER_BLOCK = (JOURNAL_BLOCK - DESC_HEADER) / DESC_BYTES; // 252
 const KIND_DATA = 1;
 const KIND_DISCARD = 2;
 const MAX_SECTORS = 2 ** 48 - 1;

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import { DpsrError } from './errors.js';
 import { native } from './native.js';
 
-export const LABEL_BYTES = 4096;
+const LABEL_BYTES = 4096;
 export const LABEL_AREA_BYTES = 2 * LABEL_BYTES;
 const MAGIC = Buffer.from('DPSRLBL1');
 const FORMAT = 1;
@@ -38,7 +38,7 @@ export interface DriveLabel {
   updatedMs: number;
 }
 
-export function encodeLabel(label: DriveLabel): Buffer {
+function encodeLabel(label: DriveLabel): Buffer {
   const payload = Buffer.from(JSON.stringify(label));
   if (HEADER + payload.length > LABEL_BYTES) throw new DpsrError('label too large', 'ELABEL');
   const b = Buffer.alloc(LABEL_BYTES);
@@ -51,7 +51,7 @@ export function encodeLabel(label: DriveLabel): Buffer {
 }
 
 /** The label in one slot, or null if the slot holds none (or a torn one). */
-export function decodeLabel(b: Buffer): DriveLabel | null {
+function decodeLabel(b: Buffer): DriveLabel | null {
   if (b.length < HEADER || !b.subarray(0, 8).equals(MAGIC) || b.readUInt32LE(8) !== FORMAT) return null;
   const length = b.readUInt32LE(12);
   if (HEADER + length > b.length) return null;

@@ -50,7 +50,7 @@ export function humanDuration(ms: number): string {
   return `${Math.round(s / 86_400)}d`;
 }
 
-export function describePolicy(p: Policy): string {
+function describePolicy(p: Policy): string {
   switch (p.policy) {
     case 'manual': return 'manual';
     case 'continuous': return `continuous (rpo ${humanDuration(p.rpoMs)})`;

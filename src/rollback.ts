@@ -86,7 +86,7 @@ const refuse = (message: string, code: string): never => {
  * by dm/md, claimed exclusively by anyone; and a whole disk the running system's / lives on
  * (for a partition of it, the mount and holder checks stand guard).
  */
-export function checkTargetFree(dev: BlockDevice, role: string): void {
+function checkTargetFree(dev: BlockDevice, role: string): void {
   const what = `${role} ${dev.path}`;
   const mounts = mountsOf(dev);
   if (mounts.length > 0) refuse(`${what} is mounted on ${mounts.join(', ')}: unmount it first (for the running system, boot the DPSR drive or a rescue system); nothing written`, 'EMOUNTED');

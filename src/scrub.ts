@@ -40,10 +40,10 @@ export interface ScrubStep {
   roundDone: boolean;
 }
 
-export const newScrubProgress = (): ScrubProgress => ({ cursorSector: 0, roundStartedMs: null, lastRoundDoneMs: null, mismatchesTotal: 0 });
+const newScrubProgress = (): ScrubProgress => ({ cursorSector: 0, roundStartedMs: null, lastRoundDoneMs: null, mismatchesTotal: 0 });
 
 /** The first `maxSectors` sectors of a set, below `limit`. */
-export function firstSectors(set: ExtentSet, limit: number, maxSectors: number): ExtentSet {
+function firstSectors(set: ExtentSet, limit: number, maxSectors: number): ExtentSet {
   const out = new ExtentSet();
   let left = maxSectors;
   for (const [s, e] of set) {
@@ -65,7 +65,7 @@ function notClean(range: RangeState): ExtentSet {
 }
 
 /** The pair holds a whole committed image that a comparison means something against. */
-export function scrubbable(pair: PairRecord): boolean {
+function scrubbable(pair: PairRecord): boolean {
   return pair.fullCopy.complete && pair.generation > 0 && !pair.pending && !pair.pendingTxn;
 }
 

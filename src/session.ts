@@ -37,7 +37,7 @@ async function startTracker(kt: KernelTracking, settings: Settings, store: Store
 }
 
 /** Tracks a pair's source again, after checking it is still the same device. */
-export async function adoptPair(s: Session, pair: PairRecord, opts: { inheritable?: boolean } = {}): Promise<RangeState> {
+async function adoptPair(s: Session, pair: PairRecord, opts: { inheritable?: boolean } = {}): Promise<RangeState> {
   const dev = resolveBlockDevice(pair.source.path);
   const now = identify(dev);
   const changes = identityChanges(pair.source, now);

@@ -159,7 +159,7 @@ export function rootDeviceNames(): Set<string> | null {
 }
 
 /** Reads what the decision needs about a device; null when it is no DPSR drive. Only reads. */
-export function probeFacts(devPath: string): { facts: ProbeFacts; labelled: BlockDevice } | null {
+function probeFacts(devPath: string): { facts: ProbeFacts; labelled: BlockDevice } | null {
   const dev = resolveBlockDevice(devPath);
   let labelled = dev;
   let label = plausible(labelAt(dev.path));

@@ -77,7 +77,7 @@ function note(e: DiffEntry): string {
 }
 
 /** The two-panel view: the source now on the left, the image on the right, one line per entry. */
-export function formatPanels(entries: DiffEntry[], imageTimeMs: number | null): string[] {
+function formatPanels(entries: DiffEntry[], imageTimeMs: number | null): string[] {
   const pathWidth = Math.min(MAX_PATH_WIDTH, Math.max(8, ...entries.map((e) => e.path.length + 1)));
   const panelWidth = pathWidth + 1 + SIZE_WIDTH + 2 + TIME_WIDTH;
   const side = (e: DiffEntry, m: FileMeta | null) => m === null ? ' '.repeat(panelWidth)

@@ -14,7 +14,7 @@ import { RefusedError } from '../errors.js';
 /** The dpsr tree this module runs from (dist/src/commands → the top). */
 const HOME = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
-export const WRAPPER_PATH = '/usr/local/sbin/dpsr';
+const WRAPPER_PATH = '/usr/local/sbin/dpsr';
 const UNIT_PATH = '/etc/systemd/system/dpsr.service';
 const RULES_PATH = '/etc/udev/rules.d/60-dpsr.rules';
 const INITRAMFS_HOOK_PATH = '/etc/initramfs-tools/hooks/dpsr';

@@ -51,7 +51,7 @@ async function askOnTerminal(question: string): Promise<boolean> {
  * Plans (a dry run), shows the plan, asks on a terminal unless --yes, then runs.
  * Without a terminal and without --yes nothing is written: a usage error.
  */
-export async function planConfirmRun(run: (dryRun: boolean) => Promise<RollbackReport>, opts: ConfirmOptions,
+async function planConfirmRun(run: (dryRun: boolean) => Promise<RollbackReport>, opts: ConfirmOptions,
   log: (s: string) => void): Promise<RollbackReport> {
   const plan = await run(true);
   const key = plan.scope === 'rollback' ? 'rollback' : 'restore';
