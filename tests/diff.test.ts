@@ -89,14 +89,6 @@ function waitUntilHeld(file: string, held = true): void {
   }
 }
 
-/** A writer that keeps rewriting files (with fsync) until stopped. */
-function startWriter(mnt: string): () => Promise<void> {
-  const dir = path.join(mnt, 'busy');
-  fs.mkdirSync(dir, { recursive: true });
-  const child = spawn('sh', ['-c', `i=0; while :; do dd if=/dev/urandom of=${dir}/f$((i % 8)) bs=64k count=4 conv=fsync status=none; i=$((i+1)); done`]);
-  fx.defer('stop writer', () => child.kill('SIGKILL'));
-  return () => new Promise((resolve) => { child.on('exit', () => resolve()); child.kill('SIGKILL'); });
-}
 
 test('compareMeta: directories by type, mode and owner only; symlinks by target; a type change alone', () => {
   const base: FileMeta = { type: 'file', sizeBytes: 10, mtimeNs: 1n, mode: 0o644, uid: 0, gid: 0 };
@@ -194,7 +186,7 @@ test('xfs synced under a running writer, and unmounted afterwards: diff lists ex
   const mnt = fx.mount(source, ['-o', 'noatime']);
   populate(mnt);
   ok('pair', source, drive, '--name', 'p');
-  const stop = startWriter(mnt);
+  const stop = fx.startWriter(mnt, 8, 4);
   await new Promise((r) => setTimeout(r, 300));
   const r = JSON.parse(ok('sync', 'p', '--json')).syncs[0];
   await stop();
@@ -206,7 +198,7 @@ test('xfs synced under a running writer, and unmounted afterwards: diff lists ex
 
   // Synced again without a freeze under the writer: the image's log is dirty (a plain
   // read-only mount would have to replay it; norecovery must not).
-  const stop2 = startWriter(mnt);
+  const stop2 = fx.startWriter(mnt, 8, 4);
   await new Promise((r) => setTimeout(r, 300));
   const fuzzy = JSON.parse(ok('sync', 'p', '--json', '--no-freeze')).syncs[0];
   await stop2();
@@ -233,7 +225,7 @@ test('an image that is not one point in time (ext4, --no-freeze): refused withou
   populate(mnt);
   ok('pair', source, drive, '--name', 'p');
   ok('sync', 'p');
-  const stop = startWriter(mnt);
+  const stop = fx.startWriter(mnt, 8, 4);
   await new Promise((r) => setTimeout(r, 300));
   await stop(); // its last writes are in the journal, maybe not yet in place
   const r = JSON.parse(ok('sync', 'p', '--json', '--no-freeze')).syncs[0];

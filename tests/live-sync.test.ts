@@ -3,7 +3,7 @@
 // files fsynced before the sync, read back from the drive.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,14 +16,6 @@ eachTestFreshCli(test, (f) => ({ fx, env } = f));
 
 const dpsr = (...args: string[]) => runDpsrOk(env, args);
 
-/** A writer that keeps creating and rewriting files (with fsync) until stopped. */
-function startWriter(mnt: string): () => Promise<void> {
-  const dir = path.join(mnt, 'busy');
-  fs.mkdirSync(dir, { recursive: true });
-  const child = spawn('sh', ['-c', `i=0; while :; do dd if=/dev/urandom of=${dir}/f$((i % 20)) bs=64k count=8 conv=fsync status=none; i=$((i+1)); done`]);
-  fx.defer('stop writer', () => child.kill('SIGKILL'));
-  return () => new Promise((resolve) => { child.on('exit', () => resolve()); child.kill('SIGKILL'); });
-}
 
 function fsyncedFiles(mnt: string, n: number): Map<string, string> {
   const hashes = new Map<string, string>();
@@ -50,7 +42,7 @@ async function liveSync(type: 'ext4' | 'xfs', stateOnSource: boolean): Promise<v
   const mnt = fx.mount(source);
   if (stateOnSource) env.DPSR_STATE_DIR = path.join(mnt, 'var-lib-dpsr'); // frozen with the source
   dpsr('pair', source, drive, '--name', 'live');
-  const stop = startWriter(mnt);
+  const stop = fx.startWriter(mnt, 20, 8);
   await new Promise((r) => setTimeout(r, 300));
   const kept = fsyncedFiles(mnt, 8);
   const report = JSON.parse(dpsr('sync', 'live', '--json')).syncs[0];

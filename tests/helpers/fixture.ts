@@ -1,7 +1,7 @@
 // Owns every image, loop device, mount and pinned BPF object a test makes,
 // and releases them in reverse order: in `after`, and on exit or signal even
 // when a test failed.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -132,6 +132,18 @@ export class Fixture {
   /** A source and a DPSR drive with room for the default 64 MiB reserve. */
   pairDevices(sourceMiB: number): { source: string; drive: string; bytes: number } {
     return { source: this.loop(sourceMiB), drive: this.loop(sourceMiB + 64), bytes: sourceMiB * 2 ** 20 };
+  }
+
+  /**
+   * A writer that keeps rewriting `files` files of `blocks` x 64 KiB (with fsync) under
+   * mnt/busy until stopped; the returned function stops it and waits for it.
+   */
+  startWriter(mnt: string, files: number, blocks: number): () => Promise<void> {
+    const dir = path.join(mnt, 'busy');
+    fs.mkdirSync(dir, { recursive: true });
+    const child = spawn('sh', ['-c', `i=0; while :; do dd if=/dev/urandom of=${dir}/f$((i % ${files})) bs=64k count=${blocks} conv=fsync status=none; i=$((i+1)); done`]);
+    this.defer('stop writer', () => child.kill('SIGKILL'));
+    return () => new Promise((resolve) => { child.on('exit', () => resolve()); child.kill('SIGKILL'); });
   }
 
   /** A loop disk with a GPT and partitions of the given sizes (MiB); returns disk and partition nodes. */
