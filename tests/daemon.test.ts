@@ -88,12 +88,11 @@ test('a flush through the daemon returns when committed: the copy is exact', asy
 test('kill -9 of the daemon under writes, restart: nothing lost, exact after a sync', async () => {
   const { source, drive, bytes } = pairOf(32);
   const first = await startDaemon('--tick', '0.2');
-  const writer = spawn('sh', ['-c', `i=0; while :; do dd if=/dev/urandom of=${source} bs=4k count=1 seek=$((i * 37 % 8000)) oflag=direct conv=notrunc status=none; i=$((i+1)); done`]);
-  fx.defer('stop writer', () => writer.kill('SIGKILL'));
+  const stopWriter = fx.background(`i=0; while :; do dd if=/dev/urandom of=${source} bs=4k count=1 seek=$((i * 37 % 8000)) oflag=direct conv=notrunc status=none; i=$((i+1)); done`);
   await new Promise((r) => setTimeout(r, 800));
   first.kill('SIGKILL');
   await new Promise((r) => setTimeout(r, 300));
-  await new Promise((resolve) => { writer.on('exit', resolve); writer.kill('SIGKILL'); });
+  await stopWriter();
   await startDaemon();
   const r = dpsr('sync', 'p', '--json', '--quiet-period', '0.2');
   assert.is(r.status, 0, r.stderr);
@@ -206,11 +205,7 @@ test('two pairs, continuous policy under a file workload: the image age stays un
   });
   fs.writeFileSync(env.DPSR_CONFIG!, 'tick = "200ms"\n[default]\npolicy = "continuous"\nrpo = "4s"\nmin_interval = "500ms"\n');
   await startDaemon();
-  const writers = disks.map((d) => {
-    const w = spawn('sh', ['-c', `i=0; while :; do dd if=/dev/urandom of=${d.mnt}/f$((i % 20)) bs=64k count=4 conv=fsync status=none; i=$((i+1)); sleep 0.05; done`]);
-    fx.defer('stop writer', () => w.kill('SIGKILL'));
-    return w;
-  });
+  const writers = disks.map((d) => fx.startWriter(d.mnt, 20, 4, '0.05'));
   await waitFor('first images', async () => (await Promise.all(disks.map((d) => statusOf(d.name)))).every((s) => s.imageTime !== null), 30_000);
   const ages: number[] = [];
   const until = Date.now() + 8000;
@@ -221,7 +216,7 @@ test('two pairs, continuous policy under a file workload: the image age stays un
     }
     await sleep(250);
   }
-  for (const w of writers) w.kill('SIGKILL');
+  for (const stop of writers) await stop();
   ages.sort((x, y) => x - y);
   const pct = (p: number) => ages[Math.min(ages.length - 1, Math.ceil((p / 100) * ages.length) - 1)];
   console.log(`  image age under load (rpo 4 s): p50 ${pct(50)} ms, p99 ${pct(99)} ms, max ${ages[ages.length - 1]} ms over ${ages.length} samples`);
@@ -266,15 +261,14 @@ test('the metrics file follows the pair; a sync that fails raises the hook and s
 test('sync --timeout gives up waiting with exit 1; the drive keeps a whole image', async () => {
   const { source, drive, bytes } = syncedPair(16);
   await startDaemon('--tick', '0.2');
-  const writer = spawn('sh', ['-c', `while :; do dd if=/dev/urandom of=${source} bs=4k count=1 seek=100 oflag=direct conv=notrunc status=none; done`]);
-  fx.defer('stop writer', () => writer.kill('SIGKILL'));
+  const stopWriter = fx.background(`while :; do dd if=/dev/urandom of=${source} bs=4k count=1 seek=100 oflag=direct conv=notrunc status=none; done`);
   const before = hash(drive, bytes);
   const t0 = Date.now();
   const r = dpsr('sync', 'p', '--timeout', '1s', '--quiet-period', '5');
   assert.is(r.status, 1, r.stderr);
   assert.match(r.stderr, /not done after 1 s \(--timeout\)/);
   assert.ok(Date.now() - t0 < 5000);
-  writer.kill('SIGKILL');
+  await stopWriter();
   assert.is(hash(drive, bytes), before, 'nothing was committed: the previous image');
 });
 

@@ -57,6 +57,18 @@ export function loopBackingFile(dev: string): string | null {
   }
 }
 
+/** Whether a process group still has a live (not zombie) member. */
+function groupAlive(pgid: number): boolean {
+  for (const pid of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    let stat: string;
+    try { stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8'); } catch { continue; }
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // state ppid pgrp ...
+    if (Number(fields[2]) === pgid && fields[0] !== 'Z') return true;
+  }
+  return false;
+}
+
 export class Fixture {
   readonly dir: string;
   private cleanups: Array<{ what: string; fn: () => void }> = [];
@@ -135,15 +147,31 @@ export class Fixture {
   }
 
   /**
+   * Runs a shell loop in its own process group until stopped. Stopping kills
+   * the whole group and waits until every member has gone: killing only the
+   * shell would leave its running dd writing on (a busy mount, a late write).
+   */
+  background(script: string): () => Promise<void> {
+    const child = spawn('sh', ['-c', script], { detached: true, stdio: 'ignore' });
+    const pgid = child.pid!;
+    const stop = () => {
+      try { process.kill(-pgid, 'SIGKILL'); } catch { /* already gone */ }
+      const deadline = Date.now() + 10_000;
+      while (groupAlive(pgid) && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+    };
+    this.defer('stop background writer', stop);
+    return async () => stop();
+  }
+
+  /**
    * A writer that keeps rewriting `files` files of `blocks` x 64 KiB (with fsync) under
    * mnt/busy until stopped; the returned function stops it and waits for it.
    */
-  startWriter(mnt: string, files: number, blocks: number): () => Promise<void> {
+  startWriter(mnt: string, files: number, blocks: number, pause = ''): () => Promise<void> {
     const dir = path.join(mnt, 'busy');
     fs.mkdirSync(dir, { recursive: true });
-    const child = spawn('sh', ['-c', `i=0; while :; do dd if=/dev/urandom of=${dir}/f$((i % ${files})) bs=64k count=${blocks} conv=fsync status=none; i=$((i+1)); done`]);
-    this.defer('stop writer', () => child.kill('SIGKILL'));
-    return () => new Promise((resolve) => { child.on('exit', () => resolve()); child.kill('SIGKILL'); });
+    const rest = pause ? `sleep ${pause}; ` : '';
+    return this.background(`i=0; while :; do dd if=/dev/urandom of=${dir}/f$((i % ${files})) bs=64k count=${blocks} conv=fsync status=none; i=$((i+1)); ${rest}done`);
   }
 
   /** A loop disk with a GPT and partitions of the given sizes (MiB); returns disk and partition nodes. */
