@@ -202,6 +202,7 @@ metadata) unless --force; and a source that is gone.`)
     .argument('[PATH...]', 'files or folders: absolute under the source\'s mount point, or relative to its file system\'s root')
     .option('--to <DIR>', 'restore under DIR (each PATH as DIR/its name) instead of to its place on the source')
     .option('--overwrite', 'replace files that are newer at the destination than the image\'s copy')
+    .option('--content', 'also compare the bytes of files whose size and mtime are equal, and replace those that differ (finds damage that kept both; reads every such file twice)')
     .option('--dry-run', 'list what would be created or replaced (with --partition/--whole: what would be written), write nothing')
     .option('--in-partition <N>', 'a whole-disk pair: the partition whose file system PATH is in (default: the one PATH is mounted from, or the only one)')
     .option('--force', 'restore from an image that is not one point in time (crash-consistent, fuzzy, partial)')
@@ -216,16 +217,18 @@ To the original place the source's file system must be mounted read-write.
 Files only at the destination are kept. Refuses (exit 3, nothing written)
 when anything at the destination is newer than the image's copy (naming
 each) unless --overwrite; an image that is not one point in time unless
---force. PATH and --partition/--whole exclude each other (exit 2).`)
+--force. PATH and --partition/--whole exclude each other (exit 2).
+A file whose size and modification time equal the image's copy counts as
+unchanged unless --content, which compares the bytes as well.`)
     .action(async (name: string, paths: string[], opts: {
-      to?: string; overwrite?: boolean; dryRun?: boolean; inPartition?: string; force?: boolean; json?: boolean;
+      to?: string; overwrite?: boolean; content?: boolean; dryRun?: boolean; inPartition?: string; force?: boolean; json?: boolean;
       partition?: string; whole?: boolean; yes?: boolean;
     }) => {
       const device = opts.partition !== undefined || opts.whole === true;
       if (device) {
         if (paths.length > 0) throw new UsageError('dpsr restore: give PATHs (files and folders) or --partition/--whole (a device), not both');
         if (opts.partition !== undefined && opts.whole) throw new UsageError('dpsr restore: --partition or --whole, not both');
-        const fileOnly = (['to', 'overwrite', 'inPartition'] as const).filter((k) => opts[k] !== undefined);
+        const fileOnly = (['to', 'overwrite', 'content', 'inPartition'] as const).filter((k) => opts[k] !== undefined);
         if (fileOnly.length > 0) throw new UsageError(`dpsr restore: ${fileOnly.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} restore files, not a device`);
         const { restoreDeviceCommand } = await import('./commands/restore-device.js');
         await restoreDeviceCommand({
@@ -237,7 +240,7 @@ each) unless --overwrite; an image that is not one point in time unless
       if (opts.yes) throw new UsageError('dpsr restore: --yes is for --partition/--whole');
       const { restoreCommand } = await import('./commands/restore.js');
       process.exitCode = await restoreCommand({
-        name, paths, to: opts.to, overwrite: opts.overwrite === true, dryRun: opts.dryRun === true,
+        name, paths, to: opts.to, overwrite: opts.overwrite === true, content: opts.content === true, dryRun: opts.dryRun === true,
         inPartition: partitionNumber(opts.inPartition, '--in-partition'), force: opts.force === true, json: opts.json === true,
       }, settings, log);
     });

@@ -30,6 +30,8 @@ export interface PlannedEntry {
 
 export interface RestorePlan {
   items: RestoreItem[];
+  /** Files of equal size and mtime were compared byte for byte (and are copied by content, not by rsync's quick check). */
+  content: boolean;
   entries: PlannedEntry[];
   conflicts: PlannedEntry[];
 }
@@ -47,19 +49,23 @@ function isNewer(e: DiffEntry): boolean {
   return e.source.type !== 'dir' && e.source.mtimeNs > e.image.mtimeNs;
 }
 
-/** Compares each item's image entry with what is at its destination now; changes nothing. */
-export function planRestore(items: RestoreItem[]): RestorePlan {
+/**
+ * Compares each item's image entry with what is at its destination now;
+ * changes nothing. With `content`, files whose size and mtime match are
+ * compared byte for byte too: damage that kept both is found and replaced.
+ */
+export function planRestore(items: RestoreItem[], opts: { content: boolean }): RestorePlan {
   const entries: PlannedEntry[] = [];
   for (const item of items) {
     pathInside(item.imageBase, item.name, 'the image');
     pathInside(item.destBase, item.name, 'the destination');
-    for (const e of diffTrees(item.destBase, item.imageBase, item.name)) {
+    for (const e of diffTrees(item.destBase, item.imageBase, item.name, { content: opts.content })) {
       entries.push({
         dest: path.join(item.destBase, e.path), action: actionOf(e), why: e.why, newer: isNewer(e), image: e.image, existing: e.source,
       });
     }
   }
-  return { items, entries, conflicts: entries.filter((e) => e.newer) };
+  return { items, entries, conflicts: entries.filter((e) => e.newer), content: opts.content };
 }
 
 /** The deepest directory of `dir` (relative) that exists under base: rsync creates the rest with the image's attributes. */
@@ -113,6 +119,7 @@ export async function runRestore(plan: RestorePlan, opts: { overwrite: boolean }
   for (const g of groups.values()) {
     // -R: the path after '/./' is recreated under dest (implied directories with the image's attributes).
     // --numeric-ids: owners as the image holds them, not mapped through this system's user names.
-    await rsync(['-aHAX', '--numeric-ids', '-R', ...(opts.overwrite ? ['--force'] : []), ...g.sources, g.dest]);
+    // --checksum: a file the plan found different by content alone would pass rsync's size-and-mtime check.
+    await rsync(['-aHAX', '--numeric-ids', '-R', ...(plan.content ? ['--checksum'] : []), ...(opts.overwrite ? ['--force'] : []), ...g.sources, g.dest]);
   }
 }

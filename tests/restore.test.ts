@@ -1,7 +1,8 @@
 // dpsr restore on real pairs (loop devices, ext4 and xfs, made with the CLI):
 // deleted and altered files and folders come back with their content,
 // mode, owner, times, xattrs, ACLs, symlinks and hard links; refusals
-// (newer files, unmounted source, unknown pair) and --dry-run write nothing.
+// (newer files, unmounted source, unknown pair) and --dry-run write nothing;
+// --content finds damage that kept a file's size and mtime.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import crypto from 'node:crypto';
@@ -152,6 +153,17 @@ test('xfs: a folder and a file restored under --to keep links, owners, xattrs an
   // Again: everything matches, nothing to do.
   const again = JSON.parse(ok('restore', 'p', 'docs/tree', '--to', to, '--json'));
   assert.equal(again.entries, []);
+
+  // Damage that keeps size and mtime: invisible to the quick check, found and repaired with --content.
+  const damaged = path.join(to, 'tree/sub/y.txt');
+  const stamp = path.join(fx.dir, 'stamp');
+  sh('touch', ['-r', damaged, stamp]); // keeps the nanoseconds
+  fs.writeFileSync(damaged, 'WHY\n');
+  sh('touch', ['-r', stamp, damaged]);
+  assert.equal(JSON.parse(ok('restore', 'p', 'docs/tree', '--to', to, '--json')).entries, [], 'size and mtime alone see no change');
+  const byContent = JSON.parse(ok('restore', 'p', 'docs/tree', '--to', to, '--content', '--json'));
+  assert.equal(byContent.entries.map((e: { path: string; action: string; why: string[] }) => [e.path, e.action, e.why]), [[damaged, 'replace', ['content']]]);
+  assert.equal(snapshot(to, 'tree'), expectedTree);
 
   // The source unmounted: restoring in place is refused, and nothing is written anywhere.
   sh('umount', [mnt]);

@@ -1,4 +1,4 @@
-// dpsr restore NAME PATH... [--to DIR] [--overwrite] [--dry-run]: copies
+// dpsr restore NAME PATH... [--to DIR] [--overwrite] [--content] [--dry-run]: copies
 // files and folders back out of the DPSR drive's image (mounted read-only),
 // to their place on the source or under DIR. Refuses, changing nothing, to
 // replace anything newer than the image's copy unless --overwrite.
@@ -18,6 +18,7 @@ export interface RestoreOptions {
   paths: string[];
   to?: string;
   overwrite: boolean;
+  content: boolean;
   dryRun: boolean;
   inPartition?: number;
   force: boolean;
@@ -75,7 +76,7 @@ export async function restoreCommand(opts: RestoreOptions, settings: Settings, l
           ? { imageBase: path.join(image.mountPoint, path.posix.dirname(l.relPath)), destBase: destRoot, name: path.posix.basename(l.relPath) }
           : { imageBase: image.mountPoint, destBase: destRoot, name: l.relPath };
       });
-      const plan = planRestore(items);
+      const plan = planRestore(items, { content: opts.content });
       const count = (a: PlannedEntry['action']) => plan.entries.filter((e) => e.action === a).length;
       const summary = { create: count('create'), replace: count('replace'), attributes: count('attributes'), keep: count('keep'), newer: plan.conflicts.length };
       if (!opts.json) {
