@@ -184,6 +184,22 @@ export class Fixture {
     return { disk, parts: partsMiB.map((_, i) => `${disk}p${i + 1}`) };
   }
 
+  /**
+   * umount, again while it says busy: a daemon's sync holds the mount point
+   * open for the moment of its freeze (FIFREEZE needs a file on it).
+   */
+  async unmount(mnt: string): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        sh('umount', [mnt]);
+        return;
+      } catch (err) {
+        if (attempt >= 50 || !/busy/.test((err as Error).message)) throw err;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
   mkfs(dev: string, type: 'ext4' | 'xfs'): void {
     if (type === 'ext4') sh('mkfs.ext4', ['-q', '-F', dev]);
     else sh('mkfs.xfs', ['-q', '-f', dev]);
