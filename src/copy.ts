@@ -62,7 +62,7 @@ export class AbortError extends Error {
 }
 
 /** One I/O unit: sectors [startSector, endSector) of both devices, holding `coveredSectors` of the caller's extents. */
-interface Chunk {
+export interface Chunk {
   startSector: number;
   endSector: number;
   coveredSectors: number;
@@ -217,7 +217,7 @@ function makePlan(given: ExtentSet, opts: CopyOptions): Plan {
  * mergeGapSectors into runs and cuts runs into chunks of at most chunkSectors, lazily, so a
  * set of millions of extents never becomes millions of objects at once.
  */
-function* planChunks(extents: ExtentSet, limitSectors: number, alignSectors: number, mergeGapSectors: number,
+export function* planChunks(extents: ExtentSet, limitSectors: number, alignSectors: number, mergeGapSectors: number,
   chunkSectors: number): Generator<Chunk> {
   let running = false;
   let runEnd = 0; // rounded end of the current run
@@ -312,8 +312,8 @@ function writeAt(fd: number, buf: Buffer, offset: number, length: number, positi
 }
 
 /** One positioned read or write of exactly `length` bytes (continuing after a short transfer). */
-async function fullIo(kind: 'read' | 'write', side: 'source' | 'destination', fd: number, buf: Buffer,
-  offset: number, length: number, position: number, counters: Counters): Promise<void> {
+export async function fullIo(kind: 'read' | 'write', side: 'source' | 'destination', fd: number, buf: Buffer,
+  offset: number, length: number, position: number, counters?: Counters): Promise<void> {
   let done = 0;
   while (done < length) {
     let n: number;
@@ -322,12 +322,13 @@ async function fullIo(kind: 'read' | 'write', side: 'source' | 'destination', fd
     } catch (err) {
       throw ioError(kind, side, fd, position + done, length - done, err as NodeJS.ErrnoException);
     }
-    counters.ios++;
+    if (counters) counters.ios++;
     if (n === 0) {
       throw new DpsrError(`${kind === 'read' ? 'reading' : 'writing'} the ${side} at byte ${position + done}: ` +
         'the device ends there (it is smaller than the copy expects)', 'ESHORT');
     }
     done += n;
+    if (!counters) continue;
     if (kind === 'read') counters.bytesRead += n;
     else counters.bytesWritten += n;
   }

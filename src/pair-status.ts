@@ -2,6 +2,7 @@
 // interface, documented in the README), built from the pair's record, its
 // tracker state and, when a daemon runs, the daemon's schedule.
 import { type DaemonConfig, type Policy, nextSyncMs } from './config.js';
+import { formatBytes } from './pair-checks.js';
 import type { PairRecord } from './store.js';
 import type { Gap, RangeState } from './tracker.js';
 
@@ -39,8 +40,6 @@ export interface Schedule {
 
 const SECTOR = 512;
 const FREEZE_HISTORY = 100;
-
-export const humanBytes = (b: number) => (b < 2 ** 20 ? `${(b / 1024).toFixed(1)} KiB` : b < 2 ** 30 ? `${(b / 2 ** 20).toFixed(1)} MiB` : `${(b / 2 ** 30).toFixed(2)} GiB`);
 
 export function humanDuration(ms: number): string {
   const s = Math.round(ms / 1000);
@@ -94,9 +93,9 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
   const warnings: string[] = [];
   const changed = range ? hasChanges(range) : false;
   if (policy.policy === 'manual' && changed && (live || range)) {
-    warnings.push(`${humanBytes(dirty + suspect)} changed since the image; the pair is manual: dpsr sync ${pair.name} when the source is in a good state`);
+    warnings.push(`${formatBytes(dirty + suspect)} changed since the image; the pair is manual: dpsr sync ${pair.name} when the source is in a good state`);
   }
-  if (suspect > 0) warnings.push(`${humanBytes(suspect)} may differ unseen (${[...new Set(gaps.map((g) => g.cause))].join(', ') || 'gap'}): compared in the background by the daemon, or at the next sync`);
+  if (suspect > 0) warnings.push(`${formatBytes(suspect)} may differ unseen (${[...new Set(gaps.map((g) => g.cause))].join(', ') || 'gap'}): compared in the background by the daemon, or at the next sync`);
   if (schedule?.lastError) warnings.push(`the last sync failed: ${schedule.lastError}`);
   if (pair.reservedSectors === 0) warnings.push('no journal: not crash-safe during a sync');
   const next = schedule ? nextSyncMs(policy, { changed, lastSyncStartMs: schedule.lastSyncStartMs, imageTimeMs: pair.imageTimeMs }, nowMs) : null;

@@ -2,7 +2,7 @@
 // read from the source; and what a compare finds different from the DPSR
 // drive's current image. Reads are rounded out to 4 KiB (clipped to the
 // image) with several in flight; memory stays bounded by the read-ahead.
-import fs from 'node:fs';
+import { type Chunk, fullIo, planChunks } from './copy.js';
 import type { ExtentSet } from './extents.js';
 import type { JournalEntry } from './journal.js';
 import { native } from './native.js';
@@ -10,52 +10,24 @@ import { native } from './native.js';
 const SECTOR = 512;
 const BLOCK_SECTORS = 8;
 const PIECE_SECTORS = (1 << 20) / SECTOR; // largest single read
-const MERGE_GAP_SECTORS = 32; // as for direct copies: a 16 KiB gap costs less than another I/O
+const MERGE_GAP_SECTORS = 32; // a 16 KiB gap costs less than another I/O (and journal bytes are dearer than a direct copy's)
 const READ_AHEAD = 16;
 
-interface Piece { startSector: number; endSector: number }
-
-/** The cut rounded out to 4 KiB blocks, clipped, merged across small gaps, cut into pieces. */
-function* pieces(extents: ExtentSet, limitSectors: number): Generator<Piece> {
-  let runStart = -1;
-  let runEnd = -1;
-  const emit = function* (): Generator<Piece> {
-    for (let s = runStart; s < runEnd; s += PIECE_SECTORS) yield { startSector: s, endSector: Math.min(runEnd, s + PIECE_SECTORS) };
-  };
-  for (const [start, end] of extents) {
-    if (start >= limitSectors) break;
-    const a = Math.floor(start / BLOCK_SECTORS) * BLOCK_SECTORS;
-    const b = Math.min(Math.ceil(end / BLOCK_SECTORS) * BLOCK_SECTORS, limitSectors);
-    if (runEnd >= 0 && a - runEnd < MERGE_GAP_SECTORS) {
-      runEnd = Math.max(runEnd, b);
-      continue;
-    }
-    if (runEnd >= 0) yield* emit();
-    runStart = a;
-    runEnd = b;
-  }
-  if (runEnd >= 0) yield* emit();
+/** The cut rounded out to 4 KiB blocks, clipped, merged across small gaps, cut into pieces (copy.ts's planning). */
+function pieces(extents: ExtentSet, limitSectors: number): Iterator<Chunk> {
+  return planChunks(extents, limitSectors, BLOCK_SECTORS, MERGE_GAP_SECTORS, PIECE_SECTORS);
 }
 
-function readPiece(fd: number, p: Piece): Promise<Buffer> {
+async function readPiece(fd: number, side: 'source' | 'destination', p: Chunk): Promise<Buffer> {
   const length = (p.endSector - p.startSector) * SECTOR;
   const buf = native().alignedBuffer(Math.ceil(length / 4096) * 4096, 4096);
-  return new Promise((resolve, reject) => {
-    const step = (done: number) => {
-      if (done >= length) return resolve(buf.subarray(0, length));
-      fs.read(fd, buf, done, length - done, p.startSector * SECTOR + done, (err, n) => {
-        if (err) return reject(err);
-        if (n === 0) return reject(new Error(`unexpected end of device at byte ${p.startSector * SECTOR + done}`));
-        step(done + n);
-      });
-    };
-    step(0);
-  });
+  await fullIo('read', side, fd, buf, 0, length, p.startSector * SECTOR);
+  return buf.subarray(0, length);
 }
 
 /** Reads pieces in order with up to READ_AHEAD reads in flight. */
-async function* readAhead<T>(items: Iterator<Piece>, read: (p: Piece) => Promise<T>): AsyncGenerator<[Piece, T]> {
-  const queue: Array<[Piece, Promise<T>]> = [];
+async function* readAhead<T>(items: Iterator<Chunk>, read: (p: Chunk) => Promise<T>): AsyncGenerator<[Chunk, T]> {
+  const queue: Array<[Chunk, Promise<T>]> = [];
   const fill = () => {
     while (queue.length < READ_AHEAD) {
       const r = items.next();
@@ -80,7 +52,7 @@ export interface PassCounters { bytesRead: number; entryBytes: number }
 /** Entries copying every extent of the cut from the source. */
 export async function* copyEntries(srcFd: number, extents: ExtentSet, limitSectors: number,
   counters: PassCounters): AsyncGenerator<JournalEntry> {
-  for await (const [p, data] of readAhead(pieces(extents, limitSectors), (q) => readPiece(srcFd, q))) {
+  for await (const [p, data] of readAhead(pieces(extents, limitSectors), (q) => readPiece(srcFd, 'source', q))) {
     counters.bytesRead += data.length;
     counters.entryBytes += data.length;
     yield { kind: 'data', targetSector: p.startSector, data };
@@ -90,7 +62,7 @@ export async function* copyEntries(srcFd: number, extents: ExtentSet, limitSecto
 /** Entries for the 4 KiB blocks where the source differs from the drive's current image. */
 export async function* differingEntries(srcFd: number, driveFd: number, extents: ExtentSet, limitSectors: number,
   counters: PassCounters & { comparedBytes: number }): AsyncGenerator<JournalEntry> {
-  const both = (p: Piece) => Promise.all([readPiece(srcFd, p), readPiece(driveFd, p)]);
+  const both = (p: Chunk) => Promise.all([readPiece(srcFd, 'source', p), readPiece(driveFd, 'destination', p)]);
   for await (const [p, [a, b]] of readAhead(pieces(extents, limitSectors), both)) {
     counters.bytesRead += a.length + b.length;
     counters.comparedBytes += a.length;

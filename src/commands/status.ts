@@ -2,6 +2,7 @@
 // drive holds, how old it is, what is dirty since, and every gap.
 import fs from 'node:fs';
 import type { Settings } from '../defaults.js';
+import { formatBytes } from '../pair-checks.js';
 import { DpsrError, ExitStatus, type ExitStatusValue } from '../errors.js';
 import { openDirect } from '../copy.js';
 import { readLabel } from '../label.js';
@@ -14,10 +15,10 @@ import { styleText } from 'node:util';
 import { DEFAULT_CONFIG, loadConfig } from '../config.js';
 import { parseDuration } from '../units.js';
 import { ControlClient } from '../protocol.js';
-import { type PairState, type PairStatus, humanBytes, humanDuration, policyOf, statusOf } from '../pair-status.js';
+import { type PairState, type PairStatus, humanDuration, policyOf, statusOf } from '../pair-status.js';
 
 
-const shown = (b: number | null) => (b === null ? 'unknown (owned by another dpsr process)' : humanBytes(b));
+const shown = (b: number | null) => (b === null ? 'unknown (owned by another dpsr process)' : formatBytes(b));
 
 function printLong(st: PairStatus, log: (s: string) => void): void {
   log(`${st.name}: ${st.source} → ${st.drive}`);
@@ -46,7 +47,7 @@ function printTable(statuses: PairStatus[], log: (s: string) => void, colour: bo
   const header = ['PAIR', 'STATE', 'AGE', 'DIRTY', 'LAST SYNC', 'NEXT SYNC', 'GAPS', 'JOURNAL', 'FREEZE p99', 'POLICY'];
   const rows = statuses.map((st) => [
     st.name, st.state, st.rpoSeconds === null ? '-' : humanDuration(st.rpoSeconds * 1000),
-    st.dirtyBytes === null ? '?' : humanBytes(st.dirtyBytes + (st.suspectBytes ?? 0)),
+    st.dirtyBytes === null ? '?' : formatBytes(st.dirtyBytes + (st.suspectBytes ?? 0)),
     st.lastSync ? `${ago(new Date(st.lastSync.atMs).toISOString(), now)} ago` : 'never',
     st.nextSync ? (Date.parse(st.nextSync) <= now ? 'now' : `in ${humanDuration(Date.parse(st.nextSync) - now)}`) : '-',
     String(st.gapsSinceSync.length), st.journal.startsWith('redo') ? 'tail' : 'none',
