@@ -3,23 +3,68 @@
 import { Command, CommanderError } from 'commander';
 import { settingsFromEnv } from './defaults.js';
 import { DpsrError, ExitStatus, UsageError } from './errors.js';
+import { manPage } from './man-page.js';
 import { parseDuration, parseSize } from './units.js';
 import type { ErrnoError } from './native.js';
 
+const EXIT_STATUSES = [
+  ['0', 'ok'],
+  ['1', 'failure'],
+  ['2', 'usage error'],
+  ['3', 'refused: unsafe or unsuitable device, missing privilege or kernel support (nothing was changed)'],
+  ['4', 'the DPSR drive is not a usable image right now, or older than --max-age'],
+] as const;
+
+const ENVIRONMENT = [
+  ['DPSR_STATE_DIR', 'state directory (default /var/lib/dpsr)'],
+  ['DPSR_SOCKET', 'control socket (default /run/dpsr/dpsr.sock); the owner lock sits beside it'],
+  ['DPSR_LOCK', 'the one-owner lock (default owner.lock beside the socket)'],
+  ['DPSR_CONFIG', 'the daemon\'s configuration (default /etc/dpsr/dpsr.toml)'],
+  ['DPSR_BPF_DIR', 'where the tracking programs are pinned (default /sys/fs/bpf/dpsr/v1)'],
+] as const;
+
 const EXIT_CODES_HELP = `
 Exit status:
-  0  ok
-  1  failure
-  2  usage error
-  3  refused: unsafe or unsuitable device, missing privilege or kernel support (nothing was changed)
-  4  the DPSR drive is not a usable image right now, or older than --max-age
+${EXIT_STATUSES.map(([code, text]) => `  ${code}  ${text}`).join('\n')}
 
 Environment:
-  DPSR_STATE_DIR   state directory (default /var/lib/dpsr)
-  DPSR_SOCKET      control socket (default /run/dpsr/dpsr.sock); the owner lock sits beside it
-  DPSR_LOCK        the one-owner lock (default owner.lock beside the socket)
-  DPSR_CONFIG      the daemon's configuration (default /etc/dpsr/dpsr.toml)
-  DPSR_BPF_DIR     where the tracking programs are pinned (default /sys/fs/bpf/dpsr/v1)`;
+${ENVIRONMENT.map(([name, text]) => `  ${name.padEnd(16)} ${text}`).join('\n')}`;
+
+/** The manual's DESCRIPTION: what --help's one line cannot say. */
+const MAN_DESCRIPTION = `dpsr keeps a second disk, the DPSR drive, as an identical, bootable,
+sector-by-sector copy of a system disk or partition (a pair), and keeps it
+current by copying only what changed. An eBPF program on the block layer
+records the sectors of every completed write; dpsr keeps them in its state
+directory, so neither a restart of dpsr nor a full re-read is ever needed
+to know what to copy. Writes that could have gone unseen (a reboot, a full
+ring, counts that do not add up) are a gap: dpsr says so and compares
+instead of trusting.
+
+A sync brings the DPSR drive to a new point-in-time image: for a mounted
+source the last pass runs under a brief freeze (FIFREEZE) of its file
+systems, and everything a sync writes goes first through a redo journal in
+the drive's reserved tail, so the drive holds the previous image or the new
+one, never a mix, whatever crashes. dpsr sync returns when the image is
+committed: the flush before a risky change (dpsr sync --all && apt upgrade).
+
+dpsr daemon (the dpsr.service unit) owns tracking while it runs and syncs
+each pair by its policy from /etc/dpsr/dpsr.toml: continuous (within an RPO),
+scheduled (an OnCalendar= calendar) or manual (only when asked). It compares
+in the background after a gap and scrubs what it holds clean. The other
+commands talk to it through its control socket, and work alone when none
+runs.
+
+When the system disk dies, boot the DPSR drive. When an upgrade went wrong,
+dpsr rollback writes back only the sectors changed since the image. Single
+files and folders come back with dpsr diff and dpsr restore.`;
+
+const FILES = [
+  ['/etc/dpsr/dpsr.toml', 'the daemon\'s configuration (policies, scrub, failure hook, metrics file)'],
+  ['/var/lib/dpsr', 'the state: pairs and tracked sectors (LMDB), drive locks, the install manifest'],
+  ['/run/dpsr/dpsr.sock', 'the daemon\'s control socket (root only) and, beside it, the owner lock'],
+  ['/sys/fs/bpf/dpsr', 'the pinned tracking programs and maps (they keep tracking across restarts of dpsr)'],
+  ['/etc/systemd/system/dpsr.service, /etc/udev/rules.d/60-dpsr.rules', 'what dpsr install puts in place'],
+] as const;
 
 function program(): Command {
   const settings = settingsFromEnv(process.env);
@@ -271,19 +316,19 @@ partial or none. Interrupted, the same command run again completes it.`)
     });
 
   cli.command('install')
-    .description('put the systemd unit, the udev rule (and initramfs hook) and a /usr/local/sbin/dpsr wrapper for this dpsr in place')
+    .description('put the systemd unit, the udev rule (and initramfs hook), a /usr/local/sbin/dpsr wrapper for this dpsr and the manual page in place')
     .option('--root <DIR>', 'install into the system under DIR (an image, a chroot)', '/')
     .option('--dry-run', 'print what would be written; write nothing')
     .addHelpText('after', `
 Writes /usr/local/sbin/dpsr, /etc/systemd/system/dpsr.service,
 /etc/udev/rules.d/60-dpsr.rules, /etc/initramfs-tools/hooks/dpsr (when
-/etc/initramfs-tools exists), an example /etc/dpsr/dpsr.toml when there is
-none (never over yours), and a manifest in /var/lib/dpsr for dpsr uninstall;
+/etc/initramfs-tools exists), /usr/local/share/man/man8/dpsr.8, an example
+/etc/dpsr/dpsr.toml when there is none (never over yours), and a manifest in /var/lib/dpsr for dpsr uninstall;
 then prints the commands to run next. Refuses (exit 3, nothing written) to
 overwrite a file it did not write, or that was changed since it wrote it.`)
     .action(async (opts: { root: string; dryRun?: boolean }) => {
       const { installCommand } = await import('./commands/install.js');
-      installCommand({ root: opts.root, dryRun: opts.dryRun === true }, log);
+      installCommand({ root: opts.root, dryRun: opts.dryRun === true, manPage: manual(cli) }, log);
     });
 
   cli.command('uninstall')
@@ -328,6 +373,10 @@ drive (exit 3).`)
       await recoverCommand({ drive, json: opts.json === true }, settings, log);
     });
 
+  cli.command('man', { hidden: true })
+    .description('print this manual page (roff): dpsr man | man -l -')
+    .action(() => { process.stdout.write(manual(cli)); });
+
   cli.command('demo')
     .description('the built-in demo: a loop-backed disk, tracked with the real programs, a workload, what was seen vs written; cleans up after itself')
     .action(async () => {
@@ -338,6 +387,14 @@ drive (exit 3).`)
   return cli;
 }
 
+
+/** dpsr(8), from the command definitions above. */
+function manual(cli: Command): string {
+  return manPage(cli, {
+    version: cli.version() ?? '', description: MAN_DESCRIPTION, exitStatuses: EXIT_STATUSES, environment: ENVIRONMENT, files: FILES,
+    seeAlso: ['systemd.time(7)', 'fsfreeze(8)', 'losetup(8)', 'udev(7)', 'bpftool(8)'],
+  });
+}
 
 /** Maps an error to its exit status and one line on stderr. */
 function report(err: unknown): number {

@@ -272,6 +272,7 @@ test('install into a root: unit (systemd-analyze verify clean), rule, hook, wrap
   assert.is(fs.statSync(at('etc/initramfs-tools/hooks/dpsr')).mode & 0o777, 0o755);
   assert.ok(fs.existsSync(at('etc/udev/rules.d/60-dpsr.rules')));
   assert.match(fs.readFileSync(at('etc/dpsr/dpsr.toml'), 'utf8'), /^# on_failure = /m);
+  assert.is(fs.readFileSync(at('usr/local/share/man/man8/dpsr.8'), 'utf8'), dpsr('man').stdout, 'the manual page');
   // The wrapper runs this dpsr.
   const v = spawnSync(at('usr/local/sbin/dpsr'), ['--version'], { encoding: 'utf8' });
   assert.is(v.status, 0, v.stderr);
@@ -308,12 +309,33 @@ test('install into a root: unit (systemd-analyze verify clean), rule, hook, wrap
   const u = dpsr('uninstall', '--root', root);
   assert.is(u.status, 0, u.stderr);
   assert.match(u.stdout, /left .*60-dpsr\.rules: changed/);
-  for (const p of ['usr/local/sbin/dpsr', 'etc/systemd/system/dpsr.service', 'etc/initramfs-tools/hooks/dpsr', 'var/lib/dpsr/install-manifest.json']) {
+  for (const p of ['usr/local/sbin/dpsr', 'etc/systemd/system/dpsr.service', 'etc/initramfs-tools/hooks/dpsr', 'usr/local/share/man/man8/dpsr.8', 'var/lib/dpsr/install-manifest.json']) {
     assert.not.ok(fs.existsSync(at(p)), p);
   }
   assert.is(fs.readFileSync(at('etc/dpsr/dpsr.toml'), 'utf8'), 'tick = "2s"\n');
   assert.ok(fs.existsSync(at('etc/udev/rules.d/60-dpsr.rules')));
   assert.is(dpsr('uninstall', '--root', root).status, 3, 'nothing left to uninstall');
+});
+
+test('the manual page: clean roff (groff -ww), every command and every option of --help in it, the exit statuses', () => {
+  const roff = dpsr('man');
+  assert.is(roff.status, 0, roff.stderr);
+  const page = path.join(fx.dir, 'dpsr.8');
+  fs.writeFileSync(page, roff.stdout);
+  const lint = spawnSync('groff', ['-man', '-Tutf8', '-ww', '-z', page], { encoding: 'utf8' });
+  assert.is(lint.status, 0, lint.stderr);
+  assert.is(lint.stderr, '', 'groff warns of nothing');
+  const text = sh('groff', ['-man', '-Tascii', '-P', '-cbou', page]);
+  assert.match(text, /^NAME\n\s+dpsr\s+-\s+keep\s+a\s+second\s+disk/m);
+  const commands = [...dpsr('--help').stdout.matchAll(/^ {2}([a-z-]+) /gm)].map((m) => m[1]).filter((c) => c !== 'help');
+  assert.ok(commands.length >= 14, commands.join(' '));
+  for (const c of commands) {
+    assert.match(text, new RegExp(`^ {3}dpsr ${c}$`, 'm'), `a section for dpsr ${c}`);
+    const options = [...dpsr(c, '--help').stdout.matchAll(/^ {2}(?:-\w, )?(--[a-z-]+)/gm)].map((m) => m[1]).filter((o) => o !== '--help');
+    const section = text.slice(text.search(new RegExp(`^ {3}dpsr ${c}$`, 'm'))).split(/^ {3}dpsr [a-z-]+$/m)[1] ?? '';
+    for (const o of options) assert.ok(section.includes(o), `dpsr ${c} ${o} in the manual`);
+  }
+  for (const code of ['0', '1', '2', '3', '4']) assert.match(text.split(/^EXIT STATUS$/m)[1] ?? '', new RegExp(`^ {7}${code} `, 'm'));
 });
 
 test('install refuses to overwrite a file it did not write (exit 3, nothing written)', () => {

@@ -1,7 +1,7 @@
 // dpsr install [--root DIR] [--dry-run] and dpsr uninstall [--root DIR]: put
-// the systemd unit, the udev rule, the initramfs hook and a wrapper that runs
-// this dpsr in place, and take away exactly those again (a manifest of what
-// was written, with checksums). An admin's config and dpsr's state are never
+// the systemd unit, the udev rule, the initramfs hook, a wrapper that runs
+// this dpsr and the manual page in place, and take away exactly those again
+// (a manifest of what was written, with checksums). An admin's config and dpsr's state are never
 // touched; a file install did not write, or that was changed since, is never
 // overwritten or removed. Bad input changes nothing: every check comes first.
 import crypto from 'node:crypto';
@@ -18,6 +18,7 @@ const WRAPPER_PATH = '/usr/local/sbin/dpsr';
 const UNIT_PATH = '/etc/systemd/system/dpsr.service';
 const RULES_PATH = '/etc/udev/rules.d/60-dpsr.rules';
 const INITRAMFS_HOOK_PATH = '/etc/initramfs-tools/hooks/dpsr';
+const MAN_PAGE_PATH = '/usr/local/share/man/man8/dpsr.8';
 const CONFIG_PATH = '/etc/dpsr/dpsr.toml';
 const MANIFEST_PATH = '/var/lib/dpsr/install-manifest.json';
 /** Where `systemctl enable` puts the unit (its [Install] WantedBy=). */
@@ -102,11 +103,12 @@ function packaged(name: string): string {
   }
 }
 
-function plan(root: string): Planned[] {
+function plan(root: string, manPage: string): Planned[] {
   const files: Planned[] = [
     { path: WRAPPER_PATH, content: wrapperScript(process.execPath, HOME), mode: 0o755, what: 'the dpsr command the unit and the udev rule run', tracked: true },
     { path: UNIT_PATH, content: packaged('dpsr.service'), mode: 0o644, what: 'the systemd unit', tracked: true },
     { path: RULES_PATH, content: packaged('60-dpsr.rules'), mode: 0o644, what: 'the udev rule', tracked: true },
+    { path: MAN_PAGE_PATH, content: manPage, mode: 0o644, what: 'the manual page (man 8 dpsr)', tracked: true },
   ];
   if (fs.existsSync(under(root, '/etc/initramfs-tools'))) {
     files.push({ path: INITRAMFS_HOOK_PATH, content: packaged('initramfs-hook'), mode: 0o755, what: 'the initramfs hook', tracked: true });
@@ -123,11 +125,11 @@ function writeAtomic(file: string, content: string, mode: number): void {
   writeFileAtomic(file, content, mode);
 }
 
-export interface InstallOptions { root: string; dryRun: boolean }
+export interface InstallOptions { root: string; dryRun: boolean; manPage: string }
 
 export function installCommand(opts: InstallOptions, log: (s: string) => void): void {
   const root = path.resolve(opts.root);
-  const files = plan(root);
+  const files = plan(root, opts.manPage);
   const manifest = readManifest(root);
   const known = new Map((manifest?.files ?? []).map((e) => [e.path, e.sha256]));
 
