@@ -411,7 +411,7 @@ export async function committedImage(settings: Settings, name: string, opts: { f
       const drive = openPairedDrive(s, p, s.ranges.get(name));
       let applied: boolean;
       try {
-        applied = await recoverJournal(s, p, drive.fd);
+        applied = await recoverJournal(s, p, drive);
       } finally {
         drive.release();
       }

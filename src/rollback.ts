@@ -14,7 +14,7 @@ import { type BlockDevice, devNumberOfNode, readSysOrNull, resolveBlockDevice } 
 import { withDriveLock } from './drive-lock.js';
 import { DpsrError, ExitStatus, RefusedError } from './errors.js';
 import { ExtentSet } from './extents.js';
-import { identify, identityChanges, isReplaced } from './identity.js';
+import { identify } from './identity.js';
 import { readCommitted } from './journal.js';
 import { type DriveLabel, type ImageState, readLabel } from './label.js';
 import { activeSwaps, coveredDevNumbers, mountsOf, partitionsOf } from './mounts.js';
@@ -24,7 +24,7 @@ import { partitionTable } from './image-mount.js';
 import { progressBar } from './progress.js';
 import type { Session } from './session.js';
 import type { PairRecord } from './store.js';
-import { journalRegionOf, lastAppliedSeq, openPairedDrive, pendingTxnOf, recoverJournal } from './sync.js';
+import { journalRegionOf, lastAppliedSeq, openCheckedDrive, openPairedDrive, pendingTxnOf, recoverJournal } from './sync.js';
 import { applyFromDrive, committedOnDrive, imageAfter } from './drive-journal.js';
 import type { RangeState } from './tracker.js';
 
@@ -132,40 +132,6 @@ function imageWarnings(image: ImageState): string[] {
   if (image === 'crash-consistent') return ['the image is crash-consistent (taken without a freeze): its file systems replay their journals at the next mount'];
   return [];
 }
-
-// ---------------------------------------------------------------------------------------------
-// The DPSR drive, read-only
-
-interface ReadDrive {
-  fd: number;
-  label: DriveLabel | null;
-  changes: string[]; // how it differs from what was recorded (re-attached: its image is compared in full)
-  mounts: string[];
-}
-
-/** Opens the paired drive for reading after proving it is the paired one (as openPairedDrive does, without making it writable). */
-function openDriveToRead(pair: PairRecord): ReadDrive {
-  const dev = resolveBlockDevice(pair.drive.path);
-  const now = identify(dev);
-  const changes = identityChanges(pair.drive, now);
-  if (isReplaced(pair.drive, now)) {
-    refuse(`pair ${pair.name}: ${pair.drive.path} is not the paired DPSR drive any more (${changes.join('; ')}); nothing written`, 'EDRIVECHANGED');
-  }
-  const mounts = mountsOf(dev);
-  if (mounts.length > 0) refuse(`pair ${pair.name}: the DPSR drive ${dev.path} is mounted on ${mounts.join(', ')}: its image may be changing; unmount it first; nothing written`, 'EMOUNTED');
-  const fd = openDirect(dev.path, false);
-  try {
-    const label = readLabel(fd);
-    if (pair.labelSeq > 0 && pair.reservedSectors > 0 && label?.pairId !== pair.id) {
-      refuse(`pair ${pair.name}: ${dev.path} does not carry this pair's label${label ? ` (it belongs to pair ${label.pairName})` : ''}; nothing written`, 'ELABEL');
-    }
-    return { fd, label, changes, mounts };
-  } catch (err) {
-    fs.closeSync(fd);
-    throw err;
-  }
-}
-
 
 // ---------------------------------------------------------------------------------------------
 // What to write
@@ -417,18 +383,18 @@ async function rollbackLocked(s: Session, req: RollbackRequest): Promise<Rollbac
   const target = targetOf(pair, req.scope);
   checkTargetFree(target.exclusive, 'the source');
   if (!pair.fullCopy.complete) checkWhole(pair.name, 'none');
-  const drive = openDriveToRead(pair);
+  const drive = openCheckedDrive(pair, false);
   try {
     // As mounting replays a log: a committed transaction is part of the image.
     const region = journalRegionOf(drive.fd, pair);
-    const txn = region ? await readCommitted(region, lastAppliedSeq(pair, drive.label ?? null) + 1) : null;
-    const pendingTxn = pendingTxnOf(pair, drive.label ?? null);
+    const txn = region ? await readCommitted(region, lastAppliedSeq(pair, drive.label) + 1) : null;
+    const pendingTxn = pendingTxnOf(pair, drive.label);
     let image = txn && pendingTxn?.seq === txn.seq ? pendingTxn.image : pair.image;
     let imageTimeMs = txn && pendingTxn?.seq === txn.seq ? pendingTxn.imageTimeMs : pair.imageTimeMs;
     if (!req.dryRun && (txn || pair.pendingTxn)) {
       const rw = openPairedDrive(s, pair, range);
       try {
-        await recoverJournal(s, pair, rw.fd);
+        await recoverJournal(s, pair, rw);
       } finally {
         rw.release();
       }

@@ -7,7 +7,7 @@ import { type DiskCounters, readDiskCounters, resolveBlockDevice } from './devic
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError } from './errors.js';
 import { ExtentSet } from './extents.js';
-import { identify, identityChanges, isReplaced } from './identity.js';
+import { type DeviceIdentity, identify, identityChanges, isReplaced } from './identity.js';
 import { type DriveLabel, type ImageState, LABEL_AREA_BYTES, readLabel, writeLabel } from './label.js';
 import { type JournalEntry, type JournalRegion, applyTransaction, journalBytesFor, readCommitted, writeTransaction } from './journal.js';
 import { copyEntries, differingEntries } from './pass-source.js';
@@ -57,18 +57,20 @@ export interface SyncReport {
   sourceMounted: string[];
 }
 
-/** An open DPSR drive, writable until released (then read-only again). */
-interface OpenDrive {
+/** The paired DPSR drive, opened (O_DIRECT) once proven to be it. */
+export interface CheckedDrive {
   fd: number;
-  release(): void;
+  label: DriveLabel | null;
+  changes: string[]; // how it differs from what was recorded (re-attached: its image is compared in full)
+  now: DeviceIdentity;
 }
 
 /**
- * Opens the paired drive for writing after proving it is the paired one:
- * its label (once written) and its identity. A drive that changed under us
- * (re-attached, new media) may hold anything: its whole image becomes suspect.
+ * Opens the pair's DPSR drive after proving it is the paired one: the same
+ * device (identity), carrying this pair's label (once written), and not
+ * mounted (its image could be changing). Writes nothing.
  */
-export function openPairedDrive(s: Session, pair: PairRecord, range: RangeState | undefined): OpenDrive {
+export function openCheckedDrive(pair: PairRecord, write: boolean): CheckedDrive {
   const dev = resolveBlockDevice(pair.drive.path);
   const now = identify(dev);
   const changes = identityChanges(pair.drive, now);
@@ -76,15 +78,39 @@ export function openPairedDrive(s: Session, pair: PairRecord, range: RangeState 
     throw new RefusedError(`pair ${pair.name}: ${pair.drive.path} is not the paired DPSR drive any more (${changes.join('; ')}); nothing written`, 'EDRIVECHANGED');
   }
   const mounts = mountsOf(dev);
-  if (mounts.length > 0) throw new RefusedError(`pair ${pair.name}: the DPSR drive ${dev.path} is mounted on ${mounts.join(', ')}; unmount it first`, 'EMOUNTED');
-  const fd = openDirect(dev.path, true);
+  if (mounts.length > 0) {
+    throw new RefusedError(`pair ${pair.name}: the DPSR drive ${dev.path} is mounted on ${mounts.join(', ')}: its image may be changing; unmount it first; nothing written`, 'EMOUNTED');
+  }
+  const fd = openDirect(dev.path, write);
   try {
     const label = readLabel(fd);
     if (pair.labelSeq > 0 && pair.reservedSectors > 0 && label?.pairId !== pair.id) {
       throw new RefusedError(`pair ${pair.name}: ${dev.path} does not carry this pair's label${label ? ` (it belongs to pair ${label.pairName})` : ''}; nothing written`, 'ELABEL');
     }
+    return { fd, label, changes, now };
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+}
+
+/** An open DPSR drive, writable until released (then read-only again). */
+export interface OpenDrive {
+  fd: number;
+  label: DriveLabel | null; // as read when opened
+  release(): void;
+}
+
+/**
+ * Opens the paired drive for writing (see openCheckedDrive). A drive that
+ * changed under us (re-attached, new media) may hold anything: its whole
+ * image becomes suspect.
+ */
+export function openPairedDrive(s: Session, pair: PairRecord, range: RangeState | undefined): OpenDrive {
+  const { fd, label, changes, now } = openCheckedDrive(pair, true);
+  try {
     if (changes.length > 0 && range) {
-      s.tracker.suspectAll(range, 'identity-changed', `the DPSR drive ${dev.path} changed (${changes.join('; ')}): its image is compared in full`);
+      s.tracker.suspectAll(range, 'identity-changed', `the DPSR drive ${pair.drive.path} changed (${changes.join('; ')}): its image is compared in full`);
       pair.drive = { ...now, path: pair.drive.path };
     }
     native().blkRoSet(fd, false);
@@ -94,6 +120,7 @@ export function openPairedDrive(s: Session, pair: PairRecord, range: RangeState 
   }
   return {
     fd,
+    label,
     release: () => {
       try { native().blkRoSet(fd, true); } finally { fs.closeSync(fd); }
     },
@@ -346,10 +373,10 @@ export function pendingTxnOf(pair: PairRecord, label: DriveLabel | null): PairRe
  * but maybe not applied is applied again (it needs only the drive); one
  * never committed is forgotten (the image is still the previous one).
  */
-export async function recoverJournal(s: Session, pair: PairRecord, fd: number): Promise<boolean> {
+export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDrive): Promise<boolean> {
+  const { fd, label } = drive;
   const region = journalRegionOf(fd, pair);
   if (!region) return false;
-  const label = readLabel(fd);
   if (label?.pairId === pair.id && label.journalSeq > (pair.journalSeq ?? 0)) {
     // Applied from the drive alone (a rescue system's rollback --drive or recover): the label knows the image.
     Object.assign(pair, { image: label.image, imageTimeMs: label.imageTimeMs, lastGoodTimeMs: label.lastGoodTimeMs, journalSeq: label.journalSeq });
@@ -599,7 +626,7 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
   const drive = openPairedDrive(s, pair, range);
   const srcFd = openDirect(pair.source.path, false);
   try {
-    await recoverJournal(s, pair, drive.fd);
+    await recoverJournal(s, pair, drive);
     const fullCopyBytes = pair.fullCopy.complete ? 0 : await fullCopy(s, pair, range, srcFd, drive.fd);
     await s.tracker.cycle();
     await s.tracker.reconcile();

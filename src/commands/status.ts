@@ -143,7 +143,7 @@ export async function statusCommand(opts: StatusOptions, settings: Settings, log
         try {
           const drive = openPairedDrive(session, p, range);
           try {
-            await recoverJournal(session, p, drive.fd);
+            await recoverJournal(session, p, drive);
           } finally {
             drive.release();
           }
