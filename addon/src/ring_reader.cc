@@ -21,8 +21,6 @@
 
 namespace {
 
-const uint32_t kHeaderBytes = 8;  // BPF_RINGBUF_HDR_SZ
-
 class RingReader : public Napi::ObjectWrap<RingReader> {
 public:
 	static Napi::Function Define(Napi::Env env) {
@@ -116,13 +114,13 @@ private:
 			uint32_t size = len & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
 			if (!(len & BPF_RINGBUF_DISCARD_BIT)) {
 				if (size == sizeof(struct dpsr_record)) {
-					const uint8_t *p = reinterpret_cast<const uint8_t *>(hdr) + kHeaderBytes;
+					const uint8_t *p = reinterpret_cast<const uint8_t *>(hdr) + BPF_RINGBUF_HDR_SZ;
 					batch_.insert(batch_.end(), p, p + size);
 				} else {
 					bad_++;
 				}
 			}
-			read_pos_ += (size + kHeaderBytes + 7) & ~7UL;
+			read_pos_ += (size + BPF_RINGBUF_HDR_SZ + 7) & ~7UL;
 		}
 		if (!defer_release_) __atomic_store_n(consumer_pos_, read_pos_, __ATOMIC_RELEASE);
 		return (int)(batch_.size() / sizeof(struct dpsr_record));

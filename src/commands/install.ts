@@ -133,10 +133,13 @@ export function installCommand(opts: InstallOptions, log: (s: string) => void): 
   const manifest = readManifest(root);
   const known = new Map((manifest?.files ?? []).map((e) => [e.path, e.sha256]));
 
+  // Each file hashed once: what is there now, and what install would write.
+  const hashes = new Map(files.map((f) => [f, { current: fileSha(under(root, f.path)), wanted: sha256(f.content) }]));
+
   // Every refusal before the first write.
   for (const f of files.filter((x) => x.tracked)) {
-    const current = fileSha(under(root, f.path));
-    if (current === null || current === sha256(f.content)) continue;
+    const { current, wanted } = hashes.get(f)!;
+    if (current === null || current === wanted) continue;
     const recorded = known.get(f.path);
     if (recorded === undefined) {
       throw new RefusedError(`${under(root, f.path)} exists and was not written by dpsr install: move it away first`, 'EEXIST');
@@ -149,7 +152,7 @@ export function installCommand(opts: InstallOptions, log: (s: string) => void): 
   const verb = opts.dryRun ? 'would write' : 'wrote';
   for (const f of files) {
     const target = under(root, f.path);
-    if (fileSha(target) === sha256(f.content)) {
+    if (hashes.get(f)!.current === hashes.get(f)!.wanted) {
       log(`unchanged ${target}: ${f.what}`);
       continue;
     }
@@ -162,7 +165,7 @@ export function installCommand(opts: InstallOptions, log: (s: string) => void): 
   const tracked = files.filter((f) => f.tracked);
   // Files an older install wrote that this one no longer does stay listed, so uninstall still removes them.
   const entries = new Map((manifest?.files ?? []).map((e) => [e.path, e.sha256]));
-  for (const f of tracked) entries.set(f.path, sha256(f.content));
+  for (const f of tracked) entries.set(f.path, hashes.get(f)!.wanted);
   const next: Manifest = { format: 1, home: HOME, files: [...entries].map(([p, s]) => ({ path: p, sha256: s })) };
   if (!opts.dryRun) writeAtomic(under(root, MANIFEST_PATH), `${JSON.stringify(next, null, 2)}\n`, 0o600);
   log(`${verb} ${under(root, MANIFEST_PATH)}: what dpsr uninstall removes`);
