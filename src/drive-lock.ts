@@ -1,7 +1,7 @@
 // One pair's DPSR drive, held by one dpsr command at a time: a sync writing
 // it, or a diff or restore reading its mounted image (which must not change
 // under the mount). A flock on <stateDir>/drive-<name>.lock, released when
-// the holder ends or dies.
+// the holder ends or dies. Also the lock files themselves (the owner lock).
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -12,6 +12,20 @@ import { native } from './native.js';
 const POLL_MS = 100;
 // A sync usually ends within seconds, a restore within minutes; past this, say who waits for what.
 const DEFAULT_WAIT_MS = 10 * 60_000;
+
+/** Opens a lock file (making its directory), root's alone. */
+function openLockFile(file: string): number {
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  return fs.openSync(file, 'a+', 0o600);
+}
+
+/** The lock file's fd, held exclusively until closed; null when another process holds it. */
+export function tryLockFile(file: string): number | null {
+  const fd = openLockFile(file);
+  if (native().flock(fd, 'ex', false)) return fd;
+  fs.closeSync(fd);
+  return null;
+}
 
 function driveLockPath(settings: Settings, pairName: string): string {
   return path.join(settings.stateDir, `drive-${pairName}.lock`);
@@ -36,8 +50,7 @@ export async function withDriveLock<T>(settings: Settings, pairName: string, fn:
   opts: DriveLockOptions = {}): Promise<T> {
   const file = driveLockPath(settings, pairName);
   if (held.has(file)) return fn();
-  fs.mkdirSync(settings.stateDir, { recursive: true, mode: 0o700 });
-  const fd = fs.openSync(file, 'a+', 0o600);
+  const fd = openLockFile(file);
   try {
     const deadline = Date.now() + (opts.waitMs ?? DEFAULT_WAIT_MS);
     let told = false;

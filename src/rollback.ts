@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { type CopyOptions, DEFAULT_ALIGN_SECTORS as ALIGN_SECTORS, DEFAULT_MERGE_GAP_SECTORS, compareExtents, copyExtents, openDirect } from './copy.js';
 import { type BlockDevice, devNumberOfNode, readSysOrNull, resolveBlockDevice } from './devices.js';
-import { withDriveLock } from './drive-lock.js';
+import { tryLockFile, withDriveLock } from './drive-lock.js';
 import { DpsrError, ExitStatus, RefusedError } from './errors.js';
 import { ExtentSet } from './extents.js';
 import { identify } from './identity.js';
@@ -478,15 +478,12 @@ function labelSource(label: DriveLabel, drivePath: string, given: string | undef
  * or sync may write the drive while a rollback reads it. Refused when another process holds it.
  */
 export async function withOwnerLock<T>(lockPath: string, fn: () => Promise<T>): Promise<T> {
-  fs.mkdirSync(path.dirname(lockPath), { recursive: true, mode: 0o700 });
-  const fd = fs.openSync(lockPath, 'a+', 0o600);
+  const fd = tryLockFile(lockPath);
+  if (fd === null) refuse(`another dpsr process owns tracking (a daemon or a sync holds ${lockPath}): stop it, or use dpsr rollback NAME; nothing written`, 'EBUSY');
   try {
-    if (!native().flock(fd, 'ex', false)) {
-      refuse(`another dpsr process owns tracking (a daemon or a sync holds ${lockPath}): stop it, or use dpsr rollback NAME; nothing written`, 'EBUSY');
-    }
     return await fn();
   } finally {
-    fs.closeSync(fd);
+    fs.closeSync(fd!);
   }
 }
 

@@ -3,12 +3,12 @@
 // persist, then clear) and the reconciliation of invariant 2, and records
 // every gap with its cause.
 import fs from 'node:fs';
-import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type BlockDevice, readDiskCounters } from './devices.js';
 import { DpsrError } from './errors.js';
 import { ExtentSet } from './extents.js';
 import { MAX_SLOTS, OWNER_RING, REC_UNKNOWN, REQ_OP_DISCARD, REQ_OP_SECURE_ERASE, forEachRecord } from './kernel-abi.js';
+import { tryLockFile } from './drive-lock.js';
 import { native, type RingReader } from './native.js';
 import { type Baseline, type Reading, type Verdict, baselineFrom, judge } from './reconcile.js';
 import { type KernelTracking, bitsToExtents } from './tracking.js';
@@ -95,12 +95,8 @@ export class Tracker {
 
   /** Becomes the one owner (a lock) and takes over the owner's ring. */
   static start(kt: KernelTracking, opts: TrackerOptions): Tracker {
-    fs.mkdirSync(path.dirname(opts.ownerLockPath), { recursive: true, mode: 0o700 });
-    const fd = fs.openSync(opts.ownerLockPath, 'a+', 0o600);
-    if (!native().flock(fd, 'ex', false)) {
-      fs.closeSync(fd);
-      throw new DpsrError(`another dpsr process owns tracking (lock ${opts.ownerLockPath} is held)`, 'EBUSY');
-    }
+    const fd = tryLockFile(opts.ownerLockPath);
+    if (fd === null) throw new DpsrError(`another dpsr process owns tracking (lock ${opts.ownerLockPath} is held)`, 'EBUSY');
     try {
       kt.registerConsumer({ ringBytes: opts.ringBytes ?? DEFAULT_RING_BYTES, ownerIndex: OWNER_RING });
       return new Tracker(kt, fd, opts.store ?? noStore, opts.onRecords, opts.timerMs ?? 50);
