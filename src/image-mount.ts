@@ -285,9 +285,31 @@ function cleanRel(rel: string, what: string): string {
  * whole-disk pair, its partition); otherwise PATH is relative to the root of
  * the file system chosen by `inPartition`, or the only one the image holds.
  */
-export function locate(pair: PairRecord, pathArg: string | undefined, inPartition: number | undefined): FsLocation {
+/** What locating a PATH looks at, read once per command however many PATHs it names. */
+export interface Surroundings {
+  dev: BlockDevice | null; // the source, if it is there
+  mounts: SourceMount[];
+  allMounts: ReturnType<typeof readMounts>;
+  imageParts(): ImagePartition[];
+  sourceParts(): Partition[];
+}
+
+export function surroundingsOf(pair: PairRecord): Surroundings {
   const dev = pairedSource(pair);
-  const mounts = dev ? sourceMounts(pair, dev) : [];
+  let imageParts: ImagePartition[] | undefined;
+  let sourceParts: Partition[] | undefined;
+  return {
+    dev,
+    mounts: dev ? sourceMounts(pair, dev) : [],
+    allMounts: readMounts(),
+    imageParts: () => (imageParts ??= imagePartitions(pair)),
+    sourceParts: () => (sourceParts ??= dev ? partitionTable(dev.path) : []),
+  };
+}
+
+export function locate(pair: PairRecord, pathArg: string | undefined, inPartition: number | undefined,
+  around: Surroundings = surroundingsOf(pair)): FsLocation {
+  const { dev, mounts } = around;
   const wholeDisk = !pair.source.isPartition;
   const given = pathArg ?? '';
   let partition: number | null | undefined;
@@ -298,7 +320,7 @@ export function locate(pair: PairRecord, pathArg: string | undefined, inPartitio
     const longest = <M extends { mountPoint: string }>(ms: M[]) => ms.filter((x) => inside(abs, x.mountPoint)).sort((a, b) => b.mountPoint.length - a.mountPoint.length)[0];
     const m = longest(mounts);
     // Another file system mounted deeper (/home on another disk under the source's /): not the pair's.
-    const top = longest(readMounts());
+    const top = longest(around.allMounts);
     if (m && top && top.mountPoint.length > m.mountPoint.length) {
       throw new UsageError(`${given} is on ${top.source} (mounted on ${top.mountPoint}), not on pair ${pair.name}'s source`);
     }
@@ -313,7 +335,7 @@ export function locate(pair: PairRecord, pathArg: string | undefined, inPartitio
 
   let parts: ImagePartition[] = [];
   if (wholeDisk) {
-    parts = imagePartitions(pair);
+    parts = around.imageParts();
     if (partition === undefined) {
       if (inPartition !== undefined) partition = inPartition;
       else if (parts.length === 0) partition = null;
@@ -349,7 +371,7 @@ export function locate(pair: PairRecord, pathArg: string | undefined, inPartitio
     const p = parts.find((x) => x.number === partition);
     if (!p) throw new UsageError(`pair ${pair.name}'s image has no partition ${partition} (it has ${parts.map((x) => x.number).join(', ') || 'none'})`);
     image = { offsetBytes: p.startBytes, sizeBytes: p.sizeBytes };
-    const q = dev ? partitionTable(dev.path).find((x) => x.number === partition) : undefined;
+    const q = around.sourceParts().find((x) => x.number === partition);
     onSource = q ? { offsetBytes: q.startBytes, sizeBytes: q.sizeBytes } : null;
   }
 

@@ -9,7 +9,7 @@ import { withDriveLock } from '../drive-lock.js';
 import { DpsrError, ExitStatus, type ExitStatusValue, RefusedError, UsageError } from '../errors.js';
 import { pathInside } from '../file-diff.js';
 import { type PlannedEntry, type RestoreItem, planRestore, runRestore } from '../file-restore.js';
-import { committedImage, describeFs, locate, mountReadOnly, withMounts } from '../image-mount.js';
+import { committedImage, describeFs, locate, mountReadOnly, surroundingsOf, withMounts } from '../image-mount.js';
 import { formatBytes } from '../pair-checks.js';
 import { jsonMeta, localTime } from './diff.js';
 
@@ -45,7 +45,8 @@ export async function restoreCommand(opts: RestoreOptions, settings: Settings, l
   return withDriveLock(settings, opts.name, async () => {
     const startedMs = Date.now();
     const pair = await committedImage(settings, opts.name, { force: opts.force, doing: 'restore from it', log: tell });
-    const locs = opts.paths.map((p) => ({ given: p, loc: locate(pair, p, opts.inPartition) }));
+    const around = surroundingsOf(pair);
+    const locs = opts.paths.map((p) => ({ given: p, loc: locate(pair, p, opts.inPartition, around) }));
     const fsOf = new Set(locs.map((l) => l.loc.partition));
     if (fsOf.size > 1) throw new UsageError(`the PATHs are in different partitions (${[...fsOf].join(', ')}): restore one file system per command`);
     const loc = locs[0].loc;
