@@ -2,6 +2,7 @@
 import fs from 'node:fs';
 import { DpsrError, RefusedError } from './errors.js';
 import { ExtentSet } from './extents.js';
+import { type IoOp, batchIo } from './batch-io.js';
 import { native } from './native.js';
 
 const SECTOR = 512;
@@ -71,9 +72,22 @@ export interface Chunk {
 interface Plan {
   chunkSectors: number;
   inFlight: number;
+  batchBytes: number; // the buffer of one batch: at least one whole chunk
   totalSectors: number;
   chunks: Iterator<Chunk>;
 }
+
+/** Chunks done together: one batch of reads, then one of writes (batch-io), from one buffer. */
+interface ChunkBatch {
+  chunks: Chunk[];
+  offsets: number[]; // of each chunk in the buffer, 4 KiB aligned
+  coveredSectors: number;
+}
+
+// Scattered 4 KiB chunks cost an I/O each: a batch takes inFlight of them at once (one JS call
+// for their reads, one for their writes), and two batches run so one reads while the other writes.
+const BATCH_BYTES = 8 << 20;
+const BATCHES_AT_ONCE = 2;
 
 interface Counters {
   bytesRead: number;
@@ -85,15 +99,14 @@ interface Counters {
 export async function copyExtents(srcFd: number, dstFd: number, extents: ExtentSet, opts: CopyOptions): Promise<CopyResult> {
   const plan = makePlan(extents, opts);
   const counters: Counters = { bytesRead: 0, bytesWritten: 0, ios: 0 };
-  const buffers = takeBuffers(plan.inFlight, plan.chunkSectors * SECTOR);
+  const buffers = takeBuffers(BATCHES_AT_ONCE, plan.batchBytes);
   try {
-    await runChunks(plan, opts, async (chunk, slot, checkAbort) => {
+    await runBatches(plan, opts, async (batch, slot, checkAbort) => {
       const buf = buffers[slot];
-      const position = chunk.startSector * SECTOR;
-      const length = (chunk.endSector - chunk.startSector) * SECTOR;
-      await fullIo('read', 'source', srcFd, buf, 0, length, position, counters);
+      const ops = opsOf(batch);
+      await counted(counters, 'read', ops, batchIo('read', 'source', srcFd, buf, ops));
       checkAbort();
-      await fullIo('write', 'destination', dstFd, buf, 0, length, position, counters);
+      await counted(counters, 'write', ops, batchIo('write', 'destination', dstFd, buf, ops));
     });
   } finally {
     giveBuffers(buffers);
@@ -113,38 +126,43 @@ export async function compareExtents(srcFd: number, dstFd: number, extents: Exte
   const counters: Counters = { bytesRead: 0, bytesWritten: 0, ios: 0 };
   const differing = new ExtentSet();
   let comparedSectors = 0;
-  const srcBuffers = takeBuffers(plan.inFlight, plan.chunkSectors * SECTOR);
-  const dstBuffers = takeBuffers(plan.inFlight, plan.chunkSectors * SECTOR);
+  const srcBuffers = takeBuffers(BATCHES_AT_ONCE, plan.batchBytes);
+  const dstBuffers = takeBuffers(BATCHES_AT_ONCE, plan.batchBytes);
   try {
-    await runChunks(plan, opts, async (chunk, slot, checkAbort) => {
+    await runBatches(plan, opts, async (batch, slot, checkAbort) => {
       const a = srcBuffers[slot];
       const b = dstBuffers[slot];
-      const position = chunk.startSector * SECTOR;
-      const length = (chunk.endSector - chunk.startSector) * SECTOR;
+      const ops = opsOf(batch);
       // Both reads at once, but never leave one running on a buffer we are about to give back.
       const reads = await Promise.allSettled([
-        fullIo('read', 'source', srcFd, a, 0, length, position, counters),
-        fullIo('read', 'destination', dstFd, b, 0, length, position, counters),
+        counted(counters, 'read', ops, batchIo('read', 'source', srcFd, a, ops)),
+        counted(counters, 'read', ops, batchIo('read', 'destination', dstFd, b, ops)),
       ]);
       for (const r of reads) if (r.status === 'rejected') throw r.reason;
-      comparedSectors += chunk.endSector - chunk.startSector;
-      if (a.compare(b, 0, length, 0, length) === 0) return;
-      // Chunks start on a block boundary (or at limitSectors' clip), so blocks are [off, off + blockBytes).
-      // One step past the last block closes a run that reaches the end of the chunk.
-      let runStart = -1;
-      for (let off = 0; ; off = Math.min(off + blockBytes, length)) {
-        const end = Math.min(off + blockBytes, length);
-        const differs = off < length && a.compare(b, off, end, off, end) !== 0;
-        if (differs && runStart < 0) runStart = off;
-        if (!differs && runStart >= 0) {
-          differing.add(chunk.startSector + runStart / SECTOR, chunk.startSector + off / SECTOR);
-          if (opts.write) {
-            checkAbort();
-            await fullIo('write', 'destination', dstFd, a, runStart, off - runStart, position + runStart, counters);
+      const writes: IoOp[] = [];
+      for (const op of ops) {
+        const sector = op.position / SECTOR;
+        comparedSectors += op.length / SECTOR;
+        const at = op.bufferOffset;
+        if (a.compare(b, at, at + op.length, at, at + op.length) === 0) continue;
+        // Chunks start on a block boundary (or at limitSectors' clip), so blocks are [off, off + blockBytes).
+        // One step past the last block closes a run that reaches the end of the chunk.
+        let runStart = -1;
+        for (let off = 0; ; off = Math.min(off + blockBytes, op.length)) {
+          const end = Math.min(off + blockBytes, op.length);
+          const differs = off < op.length && a.compare(b, at + off, at + end, at + off, at + end) !== 0;
+          if (differs && runStart < 0) runStart = off;
+          if (!differs && runStart >= 0) {
+            differing.add(sector + runStart / SECTOR, sector + off / SECTOR);
+            writes.push({ bufferOffset: at + runStart, length: off - runStart, position: op.position + runStart });
+            runStart = -1;
           }
-          runStart = -1;
+          if (off === op.length) break;
         }
-        if (off === length) break;
+      }
+      if (opts.write && writes.length > 0) {
+        checkAbort();
+        await counted(counters, 'write', writes, batchIo('write', 'destination', dstFd, a, writes));
       }
     });
   } finally {
@@ -207,7 +225,7 @@ function makePlan(given: ExtentSet, opts: CopyOptions): Plan {
     totalSectors += Math.max(0, Math.min(end, limitSectors) - start);
   });
   return {
-    chunkSectors, inFlight, totalSectors,
+    chunkSectors, inFlight, totalSectors, batchBytes: Math.max(BATCH_BYTES, roundUp(chunkSectors * SECTOR)),
     chunks: planChunks(extents, limitSectors, alignSectors, mergeGapSectors, chunkSectors),
   };
 }
@@ -257,36 +275,80 @@ export function* planChunks(extents: ExtentSet, limitSectors: number, alignSecto
   if (running && cursor < runEnd) yield { startSector: cursor, endSector: runEnd, coveredSectors: covered };
 }
 
+const roundUp = (bytes: number) => Math.ceil(bytes / BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT;
+
+function opsOf(batch: ChunkBatch): IoOp[] {
+  return batch.chunks.map((c, i) => ({ bufferOffset: batch.offsets[i], length: (c.endSector - c.startSector) * SECTOR, position: c.startSector * SECTOR }));
+}
+
+/** Counts a batch's I/Os and bytes once it has succeeded. */
+async function counted(counters: Counters, kind: 'read' | 'write', ops: IoOp[], io: Promise<void>): Promise<void> {
+  await io;
+  const bytes = ops.reduce((sum, o) => sum + o.length, 0);
+  counters.ios += ops.length;
+  if (kind === 'read') counters.bytesRead += bytes;
+  else counters.bytesWritten += bytes;
+}
+
+/** The plan's next chunks (up to inFlight) that fit one batch buffer, or null at the end. */
+function batchTaker(plan: Plan): () => ChunkBatch | null {
+  let held: Chunk | null = null;
+  const maxChunks = plan.inFlight;
+  return () => {
+    const batch: ChunkBatch = { chunks: [], offsets: [], coveredSectors: 0 };
+    let bytes = 0;
+    for (;;) {
+      let chunk = held;
+      held = null;
+      if (!chunk) {
+        const r = plan.chunks.next();
+        if (r.done) break;
+        chunk = r.value;
+      }
+      const room = roundUp((chunk.endSector - chunk.startSector) * SECTOR);
+      if (batch.chunks.length > 0 && (bytes + room > plan.batchBytes || batch.chunks.length >= maxChunks)) {
+        held = chunk;
+        break;
+      }
+      batch.chunks.push(chunk);
+      batch.offsets.push(bytes);
+      batch.coveredSectors += chunk.coveredSectors;
+      bytes += room;
+    }
+    return batch.chunks.length > 0 ? batch : null;
+  };
+}
+
 /**
- * Runs `work` over the plan's chunks with up to inFlight chunks at once, each in its own slot
- * (its own buffers). The first failure stops new work; it is thrown only after every slot has
- * finished, so no I/O is left running on a buffer or fd the caller is about to reuse or close.
+ * Runs `work` over the plan's chunks in batches, BATCHES_AT_ONCE at a time, each in its own
+ * slot (its own buffer). The first failure stops new work; it is thrown only after every slot
+ * has finished, so no I/O is left running on a buffer or fd the caller is about to reuse or close.
  */
-async function runChunks(plan: Plan, opts: CopyOptions,
-  work: (chunk: Chunk, slot: number, checkAbort: () => void) => Promise<void>): Promise<void> {
+async function runBatches(plan: Plan, opts: CopyOptions,
+  work: (batch: ChunkBatch, slot: number, checkAbort: () => void) => Promise<void>): Promise<void> {
   const { signal, onProgress } = opts;
   const totalSectors = plan.totalSectors;
+  const take = batchTaker(plan);
   let doneSectors = 0;
   let failure: { error: unknown } | null = null;
   const checkAbort = (): void => {
     if (signal?.aborted) throw new AbortError('copy aborted', { cause: signal.reason });
   };
-  const next = (): Chunk | null => {
+  const next = (): ChunkBatch | null => {
     if (failure) return null;
     try {
       checkAbort();
-      const r = plan.chunks.next();
-      return r.done ? null : r.value;
+      return take();
     } catch (error) {
       failure ??= { error };
       return null;
     }
   };
   const slot = async (index: number): Promise<void> => {
-    for (let chunk = next(); chunk !== null; chunk = next()) {
+    for (let batch = next(); batch !== null; batch = next()) {
       try {
-        await work(chunk, index, checkAbort);
-        doneSectors += chunk.coveredSectors;
+        await work(batch, index, checkAbort);
+        doneSectors += batch.coveredSectors;
         onProgress?.({ doneSectors, totalSectors }); // a throwing callback also waits for the other slots
       } catch (error) {
         failure ??= { error };
@@ -295,7 +357,7 @@ async function runChunks(plan: Plan, opts: CopyOptions,
     }
   };
   onProgress?.({ doneSectors, totalSectors });
-  await Promise.all(Array.from({ length: plan.inFlight }, (_, i) => slot(i)));
+  await Promise.all(Array.from({ length: BATCHES_AT_ONCE }, (_, i) => slot(i)));
   if (failure) throw (failure as { error: unknown }).error;
 }
 
@@ -312,7 +374,7 @@ function writeAt(fd: number, buf: Buffer, offset: number, length: number, positi
 }
 
 /** One positioned read or write of exactly `length` bytes (continuing after a short transfer). */
-export async function fullIo(kind: 'read' | 'write', side: 'source' | 'destination', fd: number, buf: Buffer,
+export async function fullIo(kind: 'read' | 'write', side: string, fd: number, buf: Buffer,
   offset: number, length: number, position: number, counters?: Counters): Promise<void> {
   let done = 0;
   while (done < length) {
@@ -323,10 +385,7 @@ export async function fullIo(kind: 'read' | 'write', side: 'source' | 'destinati
       throw ioError(kind, side, fd, position + done, length - done, err as NodeJS.ErrnoException);
     }
     if (counters) counters.ios++;
-    if (n === 0) {
-      throw new DpsrError(`${kind === 'read' ? 'reading' : 'writing'} the ${side} at byte ${position + done}: ` +
-        'the device ends there (it is smaller than the copy expects)', 'ESHORT');
-    }
+    if (n === 0) throw shortError(kind, side, position + done);
     done += n;
     if (!counters) continue;
     if (kind === 'read') counters.bytesRead += n;
@@ -334,7 +393,14 @@ export async function fullIo(kind: 'read' | 'write', side: 'source' | 'destinati
   }
 }
 
-function ioError(kind: 'read' | 'write', side: string, fd: number, position: number, length: number,
+/** An I/O that met the device's end. */
+export function shortError(kind: 'read' | 'write', side: string, position: number): DpsrError {
+  return new DpsrError(`${kind === 'read' ? 'reading' : 'writing'} the ${side} at byte ${position}: ` +
+    'the device ends there (it is smaller than the copy expects)', 'ESHORT');
+}
+
+/** A failed I/O as one readable line, with a hint for the usual causes. */
+export function ioError(kind: 'read' | 'write', side: string, fd: number, position: number, length: number,
   err: NodeJS.ErrnoException): DpsrError {
   const code = err.code ?? 'EIO';
   let hint = '';

@@ -30,6 +30,7 @@
 // applyTransaction() copies the data area onto the image in large reads and writes.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import { batchIo } from './batch-io.js';
 import { DpsrError } from './errors.js';
 import { native } from './native.js';
 
@@ -53,8 +54,6 @@ const DEFAULT_CHUNK_BYTES = 4 << 20;
 const DEFAULT_IN_FLIGHT = 4;
 /** Most descriptors one apply batch holds (a batch is one read of the data area, then its writes). */
 const MAX_BATCH_PIECES = 1024;
-/** Concurrent writes within one batch whose pieces are disjoint. */
-const WRITES_PER_BATCH = 4;
 
 export interface JournalRegion {
   fd: number;
@@ -507,11 +506,12 @@ export async function applyTransaction(fd: number, txn: CommittedTransaction, op
         if (batch.pieces.length === 1 || selfOverlaps(batch.ranges)) {
           for (const p of batch.pieces) await one(p); // in order: later pieces win
         } else {
-          // Disjoint pieces (small scattered extents): a few writes at once.
-          let k = 0;
-          const lane = async (): Promise<void> => { while (k < batch!.pieces.length) await one(batch!.pieces[k++]); };
-          const lanes = await Promise.allSettled(Array.from({ length: Math.min(WRITES_PER_BATCH, batch.pieces.length) }, lane));
-          for (const l of lanes) if (l.status === 'rejected') throw l.reason;
+          // Disjoint pieces (small scattered extents): all the data in one batch of writes.
+          const data = batch.pieces.filter((p) => p.kind === KIND_DATA);
+          await batchIo('write', 'DPSR drive', fd, buf, data.map((p) => ({
+            bufferOffset: p.dataOffset - batch!.readFrom, length: p.sectors * SECTOR, position: p.targetSector * SECTOR,
+          })));
+          for (const p of batch.pieces) if (p.kind !== KIND_DATA) await one(p);
         }
       } catch (error) {
         failure ??= { error };

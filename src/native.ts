@@ -48,12 +48,15 @@ export interface Native {
   blkFlsBuf(fd: number): void;
   blkDiscard(fd: number, offsetBytes: number, lengthBytes: number): void;
   alignedBuffer(bytes: number, alignment: number): Buffer;
+  /** Positioned reads or writes of fd through io_uring, up to depth in flight; ops are [bufferOffset, length, position] triples. */
+  batchIo(fd: number, write: boolean, buffer: Buffer, ops: Float64Array, depth: number): Promise<void>;
 }
 
 /** Errors from the addon carry errno's name. */
 export interface ErrnoError extends Error {
   code?: string;
   errno?: number;
+  syscall?: string;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));

@@ -1,49 +1,64 @@
 // The data of a sync pass as journal entries: what the cut says to copy,
 // read from the source; and what a compare finds different from the DPSR
 // drive's current image. Reads are rounded out to 4 KiB (clipped to the
-// image) with several in flight; memory stays bounded by the read-ahead.
-import { type Chunk, fullIo, planChunks } from './copy.js';
+// image) and done in batches (batch-io: thousands of scattered blocks in
+// flight at once), the next batch read while the current one is journaled;
+// memory stays bounded by two batches.
+import { type Chunk, planChunks } from './copy.js';
+import { batchIo } from './batch-io.js';
 import type { ExtentSet } from './extents.js';
 import type { JournalEntry } from './journal.js';
 import { native } from './native.js';
 
 const SECTOR = 512;
-const BLOCK_SECTORS = 8;
+const BLOCK_BYTES = 4096;
 const PIECE_SECTORS = (1 << 20) / SECTOR; // largest single read
 const MERGE_GAP_SECTORS = 32; // a 16 KiB gap costs less than another I/O (and journal bytes are dearer than a direct copy's)
-const READ_AHEAD = 16;
+const BATCH_BYTES = 8 << 20;
+const BATCH_PIECES = 4096;
 
-/** The cut rounded out to 4 KiB blocks, clipped, merged across small gaps, cut into pieces (copy.ts's planning). */
-function pieces(extents: ExtentSet, limitSectors: number): Iterator<Chunk> {
-  return planChunks(extents, limitSectors, BLOCK_SECTORS, MERGE_GAP_SECTORS, PIECE_SECTORS);
-}
+/** Pieces read together into one buffer; piece i at offsets[i] (4 KiB aligned, for O_DIRECT). */
+interface Batch { pieces: Chunk[]; offsets: number[]; bytes: number }
 
-async function readPiece(fd: number, side: 'source' | 'destination', p: Chunk): Promise<Buffer> {
-  const length = (p.endSector - p.startSector) * SECTOR;
-  const buf = native().alignedBuffer(Math.ceil(length / 4096) * 4096, 4096);
-  await fullIo('read', side, fd, buf, 0, length, p.startSector * SECTOR);
-  return buf.subarray(0, length);
-}
+const lengthOf = (p: Chunk) => (p.endSector - p.startSector) * SECTOR;
 
-/** Reads pieces in order with up to READ_AHEAD reads in flight. */
-async function* readAhead<T>(items: Iterator<Chunk>, read: (p: Chunk) => Promise<T>): AsyncGenerator<[Chunk, T]> {
-  const queue: Array<[Chunk, Promise<T>]> = [];
-  const fill = () => {
-    while (queue.length < READ_AHEAD) {
-      const r = items.next();
-      if (r.done) return;
-      const p = r.value;
-      const promise = read(p);
-      promise.catch(() => {}); // surfaced when awaited below
-      queue.push([p, promise]);
+/** The cut rounded out to 4 KiB blocks, clipped, merged across small gaps (copy.ts's planning), in batches. */
+function* batches(extents: ExtentSet, limitSectors: number): Generator<Batch> {
+  let batch: Batch = { pieces: [], offsets: [], bytes: 0 };
+  const pieces = planChunks(extents, limitSectors, BLOCK_BYTES / SECTOR, MERGE_GAP_SECTORS, PIECE_SECTORS);
+  for (let r = pieces.next(); !r.done; r = pieces.next()) {
+    const room = Math.ceil(lengthOf(r.value) / BLOCK_BYTES) * BLOCK_BYTES;
+    if (batch.pieces.length > 0 && (batch.bytes + room > BATCH_BYTES || batch.pieces.length >= BATCH_PIECES)) {
+      yield batch;
+      batch = { pieces: [], offsets: [], bytes: 0 };
     }
+    batch.pieces.push(r.value);
+    batch.offsets.push(batch.bytes);
+    batch.bytes += room;
+  }
+  if (batch.pieces.length > 0) yield batch;
+}
+
+async function readBatch(fd: number, side: 'source' | 'destination', b: Batch): Promise<Buffer> {
+  const buf = native().alignedBuffer(b.bytes, BLOCK_BYTES);
+  await batchIo('read', side, fd, buf, b.pieces.map((p, i) => ({ bufferOffset: b.offsets[i], length: lengthOf(p), position: p.startSector * SECTOR })));
+  return buf;
+}
+
+/** Reads batch after batch, each while the caller works on the one before. */
+async function* readBatches<T>(all: Iterator<Batch>, read: (b: Batch) => Promise<T>): AsyncGenerator<[Batch, T]> {
+  const start = (): [Batch, Promise<T>] | null => {
+    const r = all.next();
+    if (r.done) return null;
+    const promise = read(r.value);
+    promise.catch(() => {}); // surfaced when awaited below
+    return [r.value, promise];
   };
-  fill();
-  while (queue.length > 0) {
-    const [p, promise] = queue.shift()!;
+  for (let pending = start(); pending !== null;) {
+    const [b, promise] = pending;
     const value = await promise;
-    fill();
-    yield [p, value];
+    pending = start();
+    yield [b, value];
   }
 }
 
@@ -52,34 +67,41 @@ export interface PassCounters { bytesRead: number; entryBytes: number }
 /** Entries copying every extent of the cut from the source. */
 export async function* copyEntries(srcFd: number, extents: ExtentSet, limitSectors: number,
   counters: PassCounters): AsyncGenerator<JournalEntry> {
-  for await (const [p, data] of readAhead(pieces(extents, limitSectors), (q) => readPiece(srcFd, 'source', q))) {
-    counters.bytesRead += data.length;
-    counters.entryBytes += data.length;
-    yield { kind: 'data', targetSector: p.startSector, data };
+  for await (const [b, buf] of readBatches(batches(extents, limitSectors), (x) => readBatch(srcFd, 'source', x))) {
+    for (let i = 0; i < b.pieces.length; i++) {
+      const data = buf.subarray(b.offsets[i], b.offsets[i] + lengthOf(b.pieces[i]));
+      counters.bytesRead += data.length;
+      counters.entryBytes += data.length;
+      yield { kind: 'data', targetSector: b.pieces[i].startSector, data };
+    }
   }
 }
 
 /** Entries for the 4 KiB blocks where the source differs from the drive's current image. */
 export async function* differingEntries(srcFd: number, driveFd: number, extents: ExtentSet, limitSectors: number,
   counters: PassCounters & { comparedBytes: number }): AsyncGenerator<JournalEntry> {
-  const both = (p: Chunk) => Promise.all([readPiece(srcFd, 'source', p), readPiece(driveFd, 'destination', p)]);
-  for await (const [p, [a, b]] of readAhead(pieces(extents, limitSectors), both)) {
-    counters.bytesRead += a.length + b.length;
-    counters.comparedBytes += a.length;
-    if (a.equals(b)) continue;
-    const blockBytes = BLOCK_SECTORS * SECTOR;
-    let runStart = -1;
-    for (let off = 0; ; off = Math.min(off + blockBytes, a.length)) {
-      const end = Math.min(off + blockBytes, a.length);
-      const differs = off < a.length && a.compare(b, off, end, off, end) !== 0;
-      if (differs && runStart < 0) runStart = off;
-      if (!differs && runStart >= 0) {
-        const data = Buffer.from(a.subarray(runStart, off));
-        counters.entryBytes += data.length;
-        yield { kind: 'data', targetSector: p.startSector + runStart / SECTOR, data };
-        runStart = -1;
+  const both = (b: Batch) => Promise.all([readBatch(srcFd, 'source', b), readBatch(driveFd, 'destination', b)]);
+  for await (const [b, [src, drv]] of readBatches(batches(extents, limitSectors), both)) {
+    for (let i = 0; i < b.pieces.length; i++) {
+      const p = b.pieces[i];
+      const a = src.subarray(b.offsets[i], b.offsets[i] + lengthOf(p));
+      const d = drv.subarray(b.offsets[i], b.offsets[i] + lengthOf(p));
+      counters.bytesRead += a.length + d.length;
+      counters.comparedBytes += a.length;
+      if (a.equals(d)) continue;
+      let runStart = -1;
+      for (let off = 0; ; off = Math.min(off + BLOCK_BYTES, a.length)) {
+        const end = Math.min(off + BLOCK_BYTES, a.length);
+        const differs = off < a.length && a.compare(d, off, end, off, end) !== 0;
+        if (differs && runStart < 0) runStart = off;
+        if (!differs && runStart >= 0) {
+          const data = Buffer.from(a.subarray(runStart, off));
+          counters.entryBytes += data.length;
+          yield { kind: 'data', targetSector: p.startSector + runStart / SECTOR, data };
+          runStart = -1;
+        }
+        if (off === a.length) break;
       }
-      if (off === a.length) break;
     }
   }
 }

@@ -57,6 +57,25 @@ test('an incremental sync copies about what was written', () => {
   assert.is(hash(source), hash(drive, bytes));
 });
 
+test('io_uring refused (kernel.io_uring_disabled=2, as under a container\'s seccomp): the plain I/O path makes the same exact copies', () => {
+  const knob = '/proc/sys/kernel/io_uring_disabled';
+  const was = fs.readFileSync(knob, 'utf8').trim();
+  fs.writeFileSync(knob, '2');
+  fx.defer(`io_uring_disabled=${was}`, () => fs.writeFileSync(knob, was));
+  const { source, drive, bytes } = devices(128);
+  randomFill(source, 128);
+  ok('pair', source, drive, '--name', 'p');
+  syncJson('p');
+  for (let i = 0; i < 64; i++) ddDirect(source, ((i * 104729) % 32000) * 8, 8);
+  const small = syncJson('p');
+  assert.ok(small.journaled, 'a small generation goes through the journal');
+  randomFill(source, 100); // more than half the journal: copied directly
+  const big = syncJson('p');
+  assert.not.ok(big.journaled);
+  assert.is(hash(source), hash(drive, bytes));
+  assert.is(dpsr('verify', 'p').status, 0);
+});
+
 test('an ext4 source: fsck -n on the DPSR drive is clean after syncs', () => {
   const { source, drive } = devices(96);
   fx.mkfs(source, 'ext4');

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 packages=(
 	clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev   # BPF object, skeleton, addon
+	liburing-dev                                           # the addon's batched I/O (io_uring)
 	make g++ python3                                       # node-gyp
 	util-linux fdisk e2fsprogs xfsprogs kmod fio           # devices, file systems; tests and benchmarks
 	lvm2 cryptsetup-bin btrfs-progs dosfstools             # signatures the pair checks warn about; vfat tools

@@ -1,11 +1,12 @@
 // dpsr's native addon: BPF tracking objects, ring buffer delivery, and the
-// block-device syscalls Node lacks. Mechanism only; policy lives in src/.
+// block-device syscalls Node lacks, batched I/O. Mechanism only; policy lives in src/.
 #include "exports.h"
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
 	InitTracking(env, exports);
 	InitRingReader(env, exports);
 	InitSyscalls(env, exports);
+	InitBatchIo(env, exports);
 	return exports;
 }
 

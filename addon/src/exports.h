@@ -5,3 +5,4 @@
 void InitTracking(Napi::Env env, Napi::Object exports);
 void InitRingReader(Napi::Env env, Napi::Object exports);
 void InitSyscalls(Napi::Env env, Napi::Object exports);
+void InitBatchIo(Napi::Env env, Napi::Object exports);
