@@ -16,7 +16,7 @@ let uringRefused = false;
 export async function batchIo(kind: 'read' | 'write', side: string, fd: number, buffer: Buffer,
   ops: readonly IoOp[]): Promise<void> {
   if (ops.length === 0) return;
-  if (!uringRefused) {
+  if (!uringRefused && ops.length > 1) { // one I/O gains nothing from a ring
     const flat = new Float64Array(ops.length * 3);
     ops.forEach((o, i) => { flat[i * 3] = o.bufferOffset; flat[i * 3 + 1] = o.length; flat[i * 3 + 2] = o.position; });
     try {

@@ -72,6 +72,8 @@ export interface Chunk {
 interface Plan {
   chunkSectors: number;
   inFlight: number;
+  chunksPerBatch: number;
+  batchesAtOnce: number;
   batchBytes: number; // the buffer of one batch: at least one whole chunk
   totalSectors: number;
   chunks: Iterator<Chunk>;
@@ -84,10 +86,12 @@ interface ChunkBatch {
   coveredSectors: number;
 }
 
-// Scattered 4 KiB chunks cost an I/O each: a batch takes inFlight of them at once (one JS call
-// for their reads, one for their writes), and two batches run so one reads while the other writes.
+// Small chunks (scattered 4 KiB blocks) cost a JS round trip each: then a batch takes inFlight
+// of them at once (one call for their reads, one for their writes), and two batches run so one
+// reads while the other writes. Large chunks (a full copy or compare) gain nothing from it:
+// each is its own batch, inFlight of them at once, each slot reading, then writing or comparing.
 const BATCH_BYTES = 8 << 20;
-const BATCHES_AT_ONCE = 2;
+const LARGE_CHUNK_BYTES = 1 << 20;
 
 interface Counters {
   bytesRead: number;
@@ -99,7 +103,7 @@ interface Counters {
 export async function copyExtents(srcFd: number, dstFd: number, extents: ExtentSet, opts: CopyOptions): Promise<CopyResult> {
   const plan = makePlan(extents, opts);
   const counters: Counters = { bytesRead: 0, bytesWritten: 0, ios: 0 };
-  const buffers = takeBuffers(BATCHES_AT_ONCE, plan.batchBytes);
+  const buffers = takeBuffers(plan.batchesAtOnce, plan.batchBytes);
   try {
     await runBatches(plan, opts, async (batch, slot, checkAbort) => {
       const buf = buffers[slot];
@@ -126,8 +130,8 @@ export async function compareExtents(srcFd: number, dstFd: number, extents: Exte
   const counters: Counters = { bytesRead: 0, bytesWritten: 0, ios: 0 };
   const differing = new ExtentSet();
   let comparedSectors = 0;
-  const srcBuffers = takeBuffers(BATCHES_AT_ONCE, plan.batchBytes);
-  const dstBuffers = takeBuffers(BATCHES_AT_ONCE, plan.batchBytes);
+  const srcBuffers = takeBuffers(plan.batchesAtOnce, plan.batchBytes);
+  const dstBuffers = takeBuffers(plan.batchesAtOnce, plan.batchBytes);
   try {
     await runBatches(plan, opts, async (batch, slot, checkAbort) => {
       const a = srcBuffers[slot];
@@ -224,8 +228,12 @@ function makePlan(given: ExtentSet, opts: CopyOptions): Plan {
   extents.forEach((start, end) => {
     totalSectors += Math.max(0, Math.min(end, limitSectors) - start);
   });
+  const large = chunkSectors * SECTOR >= LARGE_CHUNK_BYTES;
   return {
-    chunkSectors, inFlight, totalSectors, batchBytes: Math.max(BATCH_BYTES, roundUp(chunkSectors * SECTOR)),
+    chunkSectors, inFlight, totalSectors,
+    chunksPerBatch: large ? 1 : inFlight,
+    batchesAtOnce: large ? inFlight : 2,
+    batchBytes: large ? roundUp(chunkSectors * SECTOR) : Math.max(BATCH_BYTES, roundUp(chunkSectors * SECTOR)),
     chunks: planChunks(extents, limitSectors, alignSectors, mergeGapSectors, chunkSectors),
   };
 }
@@ -290,10 +298,10 @@ async function counted(counters: Counters, kind: 'read' | 'write', ops: IoOp[], 
   else counters.bytesWritten += bytes;
 }
 
-/** The plan's next chunks (up to inFlight) that fit one batch buffer, or null at the end. */
+/** The plan's next chunks (up to chunksPerBatch) that fit one batch buffer, or null at the end. */
 function batchTaker(plan: Plan): () => ChunkBatch | null {
   let held: Chunk | null = null;
-  const maxChunks = plan.inFlight;
+  const maxChunks = plan.chunksPerBatch;
   return () => {
     const batch: ChunkBatch = { chunks: [], offsets: [], coveredSectors: 0 };
     let bytes = 0;
@@ -320,7 +328,7 @@ function batchTaker(plan: Plan): () => ChunkBatch | null {
 }
 
 /**
- * Runs `work` over the plan's chunks in batches, BATCHES_AT_ONCE at a time, each in its own
+ * Runs `work` over the plan's chunks in batches, batchesAtOnce at a time, each in its own
  * slot (its own buffer). The first failure stops new work; it is thrown only after every slot
  * has finished, so no I/O is left running on a buffer or fd the caller is about to reuse or close.
  */
@@ -357,7 +365,7 @@ async function runBatches(plan: Plan, opts: CopyOptions,
     }
   };
   onProgress?.({ doneSectors, totalSectors });
-  await Promise.all(Array.from({ length: BATCHES_AT_ONCE }, (_, i) => slot(i)));
+  await Promise.all(Array.from({ length: plan.batchesAtOnce }, (_, i) => slot(i)));
   if (failure) throw (failure as { error: unknown }).error;
 }
 
