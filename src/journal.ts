@@ -31,6 +31,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { batchIo } from './batch-io.js';
+import { fullIo as copyFullIo } from './copy.js';
 import { DpsrError } from './errors.js';
 import { native } from './native.js';
 
@@ -678,20 +679,7 @@ function fdatasync(fd: number): Promise<void> {
   });
 }
 
-/** One positioned read or write of exactly `length` bytes (continuing after a short transfer). */
-async function fullIo(kind: 'read' | 'write', fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
-  let done = 0;
-  while (done < length) {
-    const n = await new Promise<number>((resolve, reject) => {
-      const cb = (err: NodeJS.ErrnoException | null, n: number): void => {
-        if (!err) return resolve(n);
-        reject(new DpsrError(`${kind === 'read' ? 'reading' : 'writing'} the DPSR drive at byte ${position + done} ` +
-          `(${length - done} bytes) failed: ${err.message}`, err.code ?? 'EIO'));
-      };
-      if (kind === 'read') fs.read(fd, buf, offset + done, length - done, position + done, cb);
-      else fs.write(fd, buf, offset + done, length - done, position + done, cb);
-    });
-    if (n === 0) throw new DpsrError(`${kind === 'read' ? 'reading' : 'writing'} the DPSR drive at byte ${position + done}: the device ends there`, 'ESHORT');
-    done += n;
-  }
+/** One positioned read or write of exactly `length` bytes of the DPSR drive (copy.ts's, with its error messages). */
+function fullIo(kind: 'read' | 'write', fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+  return copyFullIo(kind, 'DPSR drive', fd, buf, offset, length, position);
 }
