@@ -147,21 +147,9 @@ export async function compareExtents(srcFd: number, dstFd: number, extents: Exte
       for (const op of ops) {
         const sector = op.position / SECTOR;
         comparedSectors += op.length / SECTOR;
-        const at = op.bufferOffset;
-        if (a.compare(b, at, at + op.length, at, at + op.length) === 0) continue;
-        // Chunks start on a block boundary (or at limitSectors' clip), so blocks are [off, off + blockBytes).
-        // One step past the last block closes a run that reaches the end of the chunk.
-        let runStart = -1;
-        for (let off = 0; ; off = Math.min(off + blockBytes, op.length)) {
-          const end = Math.min(off + blockBytes, op.length);
-          const differs = off < op.length && a.compare(b, at + off, at + end, at + off, at + end) !== 0;
-          if (differs && runStart < 0) runStart = off;
-          if (!differs && runStart >= 0) {
-            differing.add(sector + runStart / SECTOR, sector + off / SECTOR);
-            writes.push({ bufferOffset: at + runStart, length: off - runStart, position: op.position + runStart });
-            runStart = -1;
-          }
-          if (off === op.length) break;
+        for (const [from, to] of differingRuns(a, b, op.bufferOffset, op.length, blockBytes)) {
+          differing.add(sector + from / SECTOR, sector + to / SECTOR);
+          writes.push({ bufferOffset: op.bufferOffset + from, length: to - from, position: op.position + from });
         }
       }
       if (opts.write && writes.length > 0) {
@@ -174,6 +162,27 @@ export async function compareExtents(srcFd: number, dstFd: number, extents: Exte
     giveBuffers(dstBuffers);
   }
   return { ...counters, differing, comparedSectors };
+}
+
+/**
+ * The runs of blockBytes blocks in which a and b differ over [at, at + length), as byte
+ * ranges [from, to) relative to `at`. The range starts on a block boundary (a chunk or piece
+ * start); its last block may be short (a clip at the device's end).
+ */
+export function* differingRuns(a: Buffer, b: Buffer, at: number, length: number, blockBytes: number): Generator<[number, number]> {
+  if (a.compare(b, at, at + length, at, at + length) === 0) return;
+  let runStart = -1;
+  // One step past the last block closes a run that reaches the end.
+  for (let off = 0; ; off = Math.min(off + blockBytes, length)) {
+    const end = Math.min(off + blockBytes, length);
+    const differs = off < length && a.compare(b, at + off, at + end, at + off, at + end) !== 0;
+    if (differs && runStart < 0) runStart = off;
+    if (!differs && runStart >= 0) {
+      yield [runStart, off];
+      runStart = -1;
+    }
+    if (off === length) break;
+  }
 }
 
 /** Opens a block device for O_DIRECT I/O (read-only or read-write), with a clear error. */

@@ -4,7 +4,7 @@
 // image) and done in batches (batch-io: thousands of scattered blocks in
 // flight at once), the next batch read while the current one is journaled;
 // memory stays bounded by two batches.
-import { type Chunk, planChunks } from './copy.js';
+import { type Chunk, differingRuns, planChunks } from './copy.js';
 import { batchIo } from './batch-io.js';
 import type { ExtentSet } from './extents.js';
 import type { JournalEntry } from './journal.js';
@@ -84,23 +84,13 @@ export async function* differingEntries(srcFd: number, driveFd: number, extents:
   for await (const [b, [src, drv]] of readBatches(batches(extents, limitSectors), both)) {
     for (let i = 0; i < b.pieces.length; i++) {
       const p = b.pieces[i];
-      const a = src.subarray(b.offsets[i], b.offsets[i] + lengthOf(p));
-      const d = drv.subarray(b.offsets[i], b.offsets[i] + lengthOf(p));
-      counters.bytesRead += a.length + d.length;
-      counters.comparedBytes += a.length;
-      if (a.equals(d)) continue;
-      let runStart = -1;
-      for (let off = 0; ; off = Math.min(off + BLOCK_BYTES, a.length)) {
-        const end = Math.min(off + BLOCK_BYTES, a.length);
-        const differs = off < a.length && a.compare(d, off, end, off, end) !== 0;
-        if (differs && runStart < 0) runStart = off;
-        if (!differs && runStart >= 0) {
-          const data = Buffer.from(a.subarray(runStart, off));
-          counters.entryBytes += data.length;
-          yield { kind: 'data', targetSector: p.startSector + runStart / SECTOR, data };
-          runStart = -1;
-        }
-        if (off === a.length) break;
+      const length = lengthOf(p);
+      counters.bytesRead += 2 * length;
+      counters.comparedBytes += length;
+      for (const [from, to] of differingRuns(src, drv, b.offsets[i], length, BLOCK_BYTES)) {
+        const data = Buffer.from(src.subarray(b.offsets[i] + from, b.offsets[i] + to));
+        counters.entryBytes += data.length;
+        yield { kind: 'data', targetSector: p.startSector + from / SECTOR, data };
       }
     }
   }
