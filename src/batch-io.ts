@@ -30,7 +30,9 @@ export async function batchIo(kind: 'read' | 'write', side: string, fd: number, 
         const left = op ? op.position + op.length - at : 0;
         throw e.code === 'ESHORT' ? shortError(kind, side, at) : ioError(kind, side, fd, at, left, e);
       }
-      uringRefused = true; // not here: the plain path from now on
+      // Not allowed here (disabled, seccomp, no kernel support): the plain path from now on;
+      // anything else (a ring's memory) only for this batch.
+      if (e.code === 'EPERM' || e.code === 'EACCES' || e.code === 'ENOSYS') uringRefused = true;
     }
   }
   let next = 0;

@@ -5,6 +5,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { AbortError, compareExtents, copyExtents, flush, openDirect, type CopyProgress } from '../src/copy.js';
+import { batchIo } from '../src/batch-io.js';
 import { DpsrError, RefusedError } from '../src/errors.js';
 import { ExtentSet } from '../src/extents.js';
 import { native } from '../src/native.js';
@@ -264,6 +265,34 @@ test('limitSectors is never crossed, even by rounding', async () => {
   const r = await copyExtents(srcFd, dstFd, ExtentSet.from([[limit - 1, limit + 50], [limit + 100, limit + 200]]), { limitSectors: limit });
   assert.equal(nonZeroSectors(readAll(dst)).toArray(), [[Math.floor((limit - 1) / 8) * 8, limit]]);
   assert.is(r.bytesWritten, (limit - Math.floor((limit - 1) / 8) * 8) * SECTOR);
+});
+
+test('batched I/O: 3000 scattered 4 KiB writes and reads land where fs reads them; reading past the end is an ESHORT naming the byte', async () => {
+  const dev = loop(64);
+  const fd = open(dev, true);
+  const n = 3000;
+  const blocks = (64 << 20) / 4096;
+  const out = native().alignedBuffer(n * 4096, 4096);
+  crypto.randomFillSync(out);
+  const ops = Array.from({ length: n }, (_, i) => ({ bufferOffset: i * 4096, length: 4096, position: ((i * 7919) % blocks) * 4096 }));
+  await batchIo('write', 'destination', fd, out, ops);
+  const back = native().alignedBuffer(n * 4096, 4096);
+  await batchIo('read', 'destination', fd, back, ops);
+  assert.ok(back.equals(out), 'read back what was written');
+  const one = native().alignedBuffer(4096, 4096);
+  for (const i of [0, 1234, n - 1]) {
+    fs.readSync(fd, one, 0, 4096, ops[i].position);
+    assert.ok(one.equals(out.subarray(i * 4096, (i + 1) * 4096)), `block ${i} through fs`);
+  }
+  const end = 64 << 20;
+  try {
+    await batchIo('read', 'source', fd, back, [{ bufferOffset: 0, length: 4096, position: 0 }, { bufferOffset: 4096, length: 8192, position: end - 4096 }]);
+    assert.unreachable('read past the end');
+  } catch (err) {
+    assert.instance(err, DpsrError);
+    assert.is((err as DpsrError).code, 'ESHORT');
+    assert.match((err as Error).message, new RegExp(`reading the source at byte ${end}: the device ends there`));
+  }
 });
 
 test('an abort stops the copy early with an AbortError', async () => {
