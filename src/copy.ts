@@ -207,13 +207,13 @@ export function openDirect(path: string, write: boolean): number {
   }
 }
 
-/** fdatasync the destination so the copy is durable (on a block device this also flushes its write cache). */
-export function flush(fd: number): void {
+/** fdatasync a device so what was written is durable (on a block device this also flushes its write cache). */
+export function flush(fd: number, what = 'the DPSR drive', then = 'what was copied may not be durable'): void {
   try {
     fs.fdatasyncSync(fd);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
-    throw new DpsrError(`flushing the DPSR drive failed: ${(err as Error).message}; what was copied may not be durable`, code);
+    throw new DpsrError(`flushing ${what} failed: ${(err as Error).message}; ${then}`, code);
   }
 }
 

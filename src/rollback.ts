@@ -9,7 +9,7 @@
 // again and completes.
 import fs from 'node:fs';
 import path from 'node:path';
-import { type CopyOptions, DEFAULT_ALIGN_SECTORS as ALIGN_SECTORS, DEFAULT_MERGE_GAP_SECTORS, compareExtents, copyExtents, openDirect } from './copy.js';
+import { type CopyOptions, DEFAULT_ALIGN_SECTORS as ALIGN_SECTORS, DEFAULT_MERGE_GAP_SECTORS, compareExtents, copyExtents, flush, openDirect } from './copy.js';
 import { type BlockDevice, devNumberOfNode, readSysOrNull, resolveBlockDevice } from './devices.js';
 import { tryLockFile, withDriveLock } from './drive-lock.js';
 import { DpsrError, ExitStatus, RefusedError } from './errors.js';
@@ -258,14 +258,6 @@ function dropCaches(dev: BlockDevice): void {
   }
 }
 
-function flushSource(fd: number, devPath: string): void {
-  try {
-    fs.fdatasyncSync(fd);
-  } catch (err) {
-    throw new DpsrError(`flushing ${devPath} failed: ${(err as Error).message}; run the same command again`, (err as NodeJS.ErrnoException).code ?? 'EIO');
-  }
-}
-
 interface Written { writtenBytes: number; readBytes: number }
 
 /**
@@ -282,7 +274,7 @@ async function writeBack(w: Work, driveFd: number, hooks: { before?: () => Promi
   try {
     if (through) writeFd = openDirect(target.write.path, true);
     // Whatever another node of the disk holds dirty lands now, not in the middle of our count.
-    flushSource(writeFd, target.write.path);
+    flush(writeFd, target.write.path, 'run the same command again');
     dropCaches(target.exclusive);
     await hooks.before?.();
     const limitSectors = target.endSector;
@@ -294,7 +286,7 @@ async function writeBack(w: Work, driveFd: number, hooks: { before?: () => Promi
       ...w.io, limitSectors, write: true, onProgress: (p) => bar.update(bytesOf(w.copy) + p.doneSectors * SECTOR),
     });
     bar.done();
-    flushSource(writeFd, target.write.path);
+    flush(writeFd, target.write.path, 'run the same command again');
     dropCaches(target.exclusive);
     const r = { writtenBytes: copied.bytesWritten + compared.bytesWritten, readBytes: copied.bytesRead + compared.bytesRead };
     await hooks.after?.(r);
