@@ -2,7 +2,7 @@
 // dpsr is killed with -9 in the middle of one.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -53,17 +53,23 @@ test('the watchdog thaws at its deadline, and the thaw reports it', async () => 
   assert.ok(r.thawedByWatchdog, 'a pass during which the watchdog thawed is rejected');
 });
 
-test('kill -9 of the freezing process: the watchdog thaws at once', async () => {
-  const a = mounted('ext4', 64);
+/** Another process that freezes `mounts` (and remounts `readOnly` read-only) and then lives on until killed. */
+async function freezingChild(mounts: string[], readOnly: string[]): Promise<ChildProcess> {
   const script = path.join(fx.dir, 'freezer.mjs');
   fs.writeFileSync(script, `import { freeze } from ${JSON.stringify(path.resolve(here, '../src/freeze.js'))};
-await freeze([${JSON.stringify(a)}], 60000);
+await freeze(${JSON.stringify(mounts)}, 60000, ${JSON.stringify(readOnly)});
 process.stdout.write('frozen\\n');
 setInterval(() => {}, 1000);
 `);
   const child = spawn(process.execPath, [script]);
   fx.defer('kill freezer', () => child.kill('SIGKILL'));
   await new Promise<void>((resolve) => child.stdout.on('data', (d) => { if (String(d).includes('frozen')) resolve(); }));
+  return child;
+}
+
+test('kill -9 of the freezing process: the watchdog thaws at once', async () => {
+  const a = mounted('ext4', 64);
+  const child = await freezingChild([a], []);
   assert.not.ok(await writable(a, 500), 'frozen');
   child.kill('SIGKILL');
   assert.ok(await writable(a, 3000), 'thawed after the freezer died');
@@ -87,15 +93,7 @@ test('a file system that cannot freeze is remounted read-only, then writable aga
 
 test('kill -9 while a file system is remounted read-only: the watchdog makes it writable again', async () => {
   const a = mounted('ext4', 64);
-  const script = path.join(fx.dir, 'remounter.mjs');
-  fs.writeFileSync(script, `import { freeze } from ${JSON.stringify(path.resolve(here, '../src/freeze.js'))};
-await freeze([], 60000, [${JSON.stringify(a)}]);
-process.stdout.write('frozen\\n');
-setInterval(() => {}, 1000);
-`);
-  const child = spawn(process.execPath, [script]);
-  fx.defer('kill remounter', () => child.kill('SIGKILL'));
-  await new Promise<void>((resolve) => child.stdout.on('data', (d) => { if (String(d).includes('frozen')) resolve(); }));
+  const child = await freezingChild([], [a]);
   assert.ok(isReadOnly(a));
   child.kill('SIGKILL');
   for (let i = 0; i < 30 && isReadOnly(a); i++) await new Promise((r) => setTimeout(r, 100));
