@@ -1,23 +1,13 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ExtentSet } from '../src/extents.js';
+import { mulberry32 } from './helpers/seeded-random.js';
 
 // Randomized runs use a fresh base seed each time; a failure names the seed to replay with
 // EXTENTS_SEED=<seed> EXTENTS_RUNS=1.
 const BASE_SEED = process.env.EXTENTS_SEED ? Number(process.env.EXTENTS_SEED) : (Math.random() * 2 ** 32) >>> 0;
 const RUNS = process.env.EXTENTS_RUNS ? Number(process.env.EXTENTS_RUNS) : 2000;
 const SPACE = 2000; // sectors in the model device
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** The obviously-correct model: one byte per sector. */
 class Bitmap {

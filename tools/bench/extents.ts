@@ -2,21 +2,11 @@
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { ExtentSet } from '../../src/extents.js';
+import { mulberry32 } from '../../tests/helpers/seeded-random.js';
 
 const DEVICE_SECTORS = 2 ** 31; // 1 TiB of 512-byte sectors
 const RECORD_SECTORS = 8; // 4 KiB writes
 const MiB = 2 ** 20;
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A gc() even without --expose-gc: the flag can be turned on at runtime and gc fetched from a fresh context. */
 function findGc(): (() => void) | undefined {
