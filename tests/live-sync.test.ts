@@ -61,7 +61,7 @@ async function liveSync(type: 'ext4' | 'xfs', stateOnSource: boolean): Promise<v
     const scratch = fx.loop(mib);
     sh('dd', [`if=${drive}`, `of=${scratch}`, 'bs=4M', `count=${mib / 4}`, 'iflag=direct', 'oflag=direct', 'status=none']);
     const replay = fx.mount(scratch, ['-o', 'nouuid']);
-    sh('umount', [replay]);
+    fx.unmount(replay);
     sh('xfs_repair', ['-n', scratch]);
     view = fx.mount(scratch, ['-o', 'ro,nouuid']);
   }
@@ -69,7 +69,7 @@ async function liveSync(type: 'ext4' | 'xfs', stateOnSource: boolean): Promise<v
     const got = crypto.createHash('sha256').update(fs.readFileSync(path.join(view, name))).digest('hex');
     assert.is(got, hash, `${name} fsynced before the sync is exact on the DPSR drive`);
   }
-  sh('umount', [view]);
+  fx.unmount(view);
   const probe = spawnSync('sh', ['-c', `echo ok > ${mnt}/after && sync -f ${mnt}`], { timeout: 5000 });
   assert.is(probe.status, 0, 'the source is writable again: nothing left frozen');
 }

@@ -185,17 +185,18 @@ export class Fixture {
   }
 
   /**
-   * umount, again while it says busy: a daemon's sync holds the mount point
-   * open for the moment of its freeze (FIFREEZE needs a file on it).
+   * umount, again while it says busy (for up to 5 s): a daemon's sync holds
+   * the mount point open for the moment of its freeze (FIFREEZE needs a file
+   * on it), and a failed test may leave a writer or a freeze watchdog dying.
    */
-  async unmount(mnt: string): Promise<void> {
+  unmount(mnt: string): void {
     for (let attempt = 0; ; attempt++) {
       try {
         sh('umount', [mnt]);
         return;
       } catch (err) {
         if (attempt >= 50 || !/busy/.test((err as Error).message)) throw err;
-        await new Promise((r) => setTimeout(r, 100));
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
       }
     }
   }
@@ -209,7 +210,7 @@ export class Fixture {
     const mnt = fs.mkdtempSync(path.join(this.dir, 'mnt-'));
     sh('mount', [...opts, dev, mnt]);
     this.defer(`umount ${mnt}`, () => {
-      if (fs.readFileSync('/proc/mounts', 'utf8').includes(` ${mnt} `)) sh('umount', [mnt]);
+      if (fs.readFileSync('/proc/mounts', 'utf8').includes(` ${mnt} `)) this.unmount(mnt);
     });
     return mnt;
   }
