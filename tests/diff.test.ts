@@ -27,12 +27,15 @@ function mkfs(dev: string, type: 'ext4' | 'xfs'): void {
   else fx.mkfs(dev, 'xfs');
 }
 
-function devices(type: 'ext4' | 'xfs') {
+/** A source with a file system holding populate()'s docs/, mounted (noatime: reads change nothing), and a drive for it. */
+function populatedSource(type: 'ext4' | 'xfs') {
   const mib = type === 'xfs' ? 320 : 96; // mkfs.xfs wants over ~300 MB
   const source = fx.loop(mib);
   const drive = fx.loop(mib + 64);
   mkfs(source, type);
-  return { source, drive };
+  const mnt = fx.mount(source, ['-o', 'noatime']);
+  populate(mnt);
+  return { source, drive, mnt };
 }
 
 const write = (file: string, data: string | Buffer) => {
@@ -104,9 +107,7 @@ test('compareMeta: directories by type, mode and owner only; symlinks by target;
 });
 
 test('ext4 mounted and frozen for the sync: diff lists exactly what changed; the drive is unchanged', async () => {
-  const { source, drive } = devices('ext4');
-  const mnt = fx.mount(source, ['-o', 'noatime']);
-  populate(mnt);
+  const { source, drive, mnt } = populatedSource('ext4');
   fs.mkdirSync(path.join(mnt, 'docs/elsewhere')); // a mount point for another file system, later
   ok('pair', source, drive, '--name', 'p');
   ok('sync', 'p');
@@ -182,9 +183,7 @@ test('ext4 mounted and frozen for the sync: diff lists exactly what changed; the
 });
 
 test('xfs synced under a running writer, and unmounted afterwards: diff lists exactly what changed; the drive is unchanged', async () => {
-  const { source, drive } = devices('xfs');
-  const mnt = fx.mount(source, ['-o', 'noatime']);
-  populate(mnt);
+  const { source, drive, mnt } = populatedSource('xfs');
   ok('pair', source, drive, '--name', 'p');
   const stop = fx.startWriter(mnt, 8, 4);
   await new Promise((r) => setTimeout(r, 300));
@@ -220,9 +219,7 @@ test('xfs synced under a running writer, and unmounted afterwards: diff lists ex
 });
 
 test('an image that is not one point in time (ext4, --no-freeze): refused without --force, shown with it; nothing written', async () => {
-  const { source, drive } = devices('ext4');
-  const mnt = fx.mount(source, ['-o', 'noatime']);
-  populate(mnt);
+  const { source, drive, mnt } = populatedSource('ext4');
   ok('pair', source, drive, '--name', 'p');
   ok('sync', 'p');
   const stop = fx.startWriter(mnt, 8, 4);
@@ -258,9 +255,7 @@ test('an image that is not one point in time (ext4, --no-freeze): refused withou
 });
 
 test('an interrupted sync named in the label: refused while another process owns tracking, else finished first', () => {
-  const { source, drive } = devices('ext4');
-  const mnt = fx.mount(source, ['-o', 'noatime']);
-  populate(mnt);
+  const { source, drive, mnt } = populatedSource('ext4');
   sh('umount', [mnt]);
   ok('pair', source, drive, '--name', 'p');
   ok('sync', 'p', '--quiet-period', '0.2');
