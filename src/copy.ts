@@ -80,9 +80,10 @@ interface Plan {
 }
 
 /** Chunks done together: one batch of reads, then one of writes (batch-io), from one buffer. */
-interface ChunkBatch {
+export interface ChunkBatch {
   chunks: Chunk[];
   offsets: number[]; // of each chunk in the buffer, 4 KiB aligned
+  bytes: number; // the buffer room they take
   coveredSectors: number;
 }
 
@@ -294,7 +295,8 @@ export function* planChunks(extents: ExtentSet, limitSectors: number, alignSecto
 
 const roundUp = (bytes: number) => Math.ceil(bytes / BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT;
 
-function opsOf(batch: ChunkBatch): IoOp[] {
+/** A batch's chunks as I/Os between its buffer and the device. */
+export function opsOf(batch: ChunkBatch): IoOp[] {
   return batch.chunks.map((c, i) => ({ bufferOffset: batch.offsets[i], length: (c.endSector - c.startSector) * SECTOR, position: c.startSector * SECTOR }));
 }
 
@@ -307,33 +309,25 @@ async function counted(counters: Counters, kind: 'read' | 'write', ops: IoOp[], 
   else counters.bytesWritten += bytes;
 }
 
-/** The plan's next chunks (up to chunksPerBatch) that fit one batch buffer, or null at the end. */
-function batchTaker(plan: Plan): () => ChunkBatch | null {
-  let held: Chunk | null = null;
-  const maxChunks = plan.chunksPerBatch;
-  return () => {
-    const batch: ChunkBatch = { chunks: [], offsets: [], coveredSectors: 0 };
-    let bytes = 0;
-    for (;;) {
-      let chunk = held;
-      held = null;
-      if (!chunk) {
-        const r = plan.chunks.next();
-        if (r.done) break;
-        chunk = r.value;
-      }
-      const room = roundUp((chunk.endSector - chunk.startSector) * SECTOR);
-      if (batch.chunks.length > 0 && (bytes + room > plan.batchBytes || batch.chunks.length >= maxChunks)) {
-        held = chunk;
-        break;
-      }
-      batch.chunks.push(chunk);
-      batch.offsets.push(bytes);
-      batch.coveredSectors += chunk.coveredSectors;
-      bytes += room;
+/**
+ * Chunks grouped in order into batches of at most maxChunks whose 4 KiB-aligned room fits
+ * maxBytes (a chunk larger than that is a batch alone), lazily.
+ */
+export function* batchesOf(chunks: Iterator<Chunk>, maxBytes: number, maxChunks: number): Generator<ChunkBatch> {
+  let batch: ChunkBatch = { chunks: [], offsets: [], bytes: 0, coveredSectors: 0 };
+  for (let r = chunks.next(); !r.done; r = chunks.next()) {
+    const chunk = r.value;
+    const room = roundUp((chunk.endSector - chunk.startSector) * SECTOR);
+    if (batch.chunks.length > 0 && (batch.bytes + room > maxBytes || batch.chunks.length >= maxChunks)) {
+      yield batch;
+      batch = { chunks: [], offsets: [], bytes: 0, coveredSectors: 0 };
     }
-    return batch.chunks.length > 0 ? batch : null;
-  };
+    batch.chunks.push(chunk);
+    batch.offsets.push(batch.bytes);
+    batch.coveredSectors += chunk.coveredSectors;
+    batch.bytes += room;
+  }
+  if (batch.chunks.length > 0) yield batch;
 }
 
 /**
@@ -345,7 +339,7 @@ async function runBatches(plan: Plan, opts: CopyOptions,
   work: (batch: ChunkBatch, slot: number, checkAbort: () => void) => Promise<void>): Promise<void> {
   const { signal, onProgress } = opts;
   const totalSectors = plan.totalSectors;
-  const take = batchTaker(plan);
+  const batches = batchesOf(plan.chunks, plan.batchBytes, plan.chunksPerBatch);
   let doneSectors = 0;
   let failure: { error: unknown } | null = null;
   const checkAbort = (): void => {
@@ -355,7 +349,8 @@ async function runBatches(plan: Plan, opts: CopyOptions,
     if (failure) return null;
     try {
       checkAbort();
-      return take();
+      const r = batches.next();
+      return r.done ? null : r.value;
     } catch (error) {
       failure ??= { error };
       return null;

@@ -4,7 +4,7 @@
 // image) and done in batches (batch-io: thousands of scattered blocks in
 // flight at once), the next batch read while the current one is journaled;
 // memory stays bounded by two batches.
-import { type Chunk, differingRuns, planChunks } from './copy.js';
+import { type Chunk, type ChunkBatch, batchesOf, differingRuns, opsOf, planChunks } from './copy.js';
 import { batchIo } from './batch-io.js';
 import type { ExtentSet } from './extents.js';
 import type { JournalEntry } from './journal.js';
@@ -17,37 +17,22 @@ const MERGE_GAP_SECTORS = 32; // a 16 KiB gap costs less than another I/O (and j
 const BATCH_BYTES = 8 << 20;
 const BATCH_PIECES = 4096;
 
-/** Pieces read together into one buffer; piece i at offsets[i] (4 KiB aligned, for O_DIRECT). */
-interface Batch { pieces: Chunk[]; offsets: number[]; bytes: number }
-
 const lengthOf = (p: Chunk) => (p.endSector - p.startSector) * SECTOR;
 
-/** The cut rounded out to 4 KiB blocks, clipped, merged across small gaps (copy.ts's planning), in batches. */
-function* batches(extents: ExtentSet, limitSectors: number): Generator<Batch> {
-  let batch: Batch = { pieces: [], offsets: [], bytes: 0 };
-  const pieces = planChunks(extents, limitSectors, BLOCK_BYTES / SECTOR, MERGE_GAP_SECTORS, PIECE_SECTORS);
-  for (let r = pieces.next(); !r.done; r = pieces.next()) {
-    const room = Math.ceil(lengthOf(r.value) / BLOCK_BYTES) * BLOCK_BYTES;
-    if (batch.pieces.length > 0 && (batch.bytes + room > BATCH_BYTES || batch.pieces.length >= BATCH_PIECES)) {
-      yield batch;
-      batch = { pieces: [], offsets: [], bytes: 0 };
-    }
-    batch.pieces.push(r.value);
-    batch.offsets.push(batch.bytes);
-    batch.bytes += room;
-  }
-  if (batch.pieces.length > 0) yield batch;
+/** The cut rounded out to 4 KiB blocks, clipped, merged across small gaps, in batches (copy.ts's planning). */
+function batches(extents: ExtentSet, limitSectors: number): Iterator<ChunkBatch> {
+  return batchesOf(planChunks(extents, limitSectors, BLOCK_BYTES / SECTOR, MERGE_GAP_SECTORS, PIECE_SECTORS), BATCH_BYTES, BATCH_PIECES);
 }
 
-async function readBatch(fd: number, side: 'source' | 'destination', b: Batch): Promise<Buffer> {
+async function readBatch(fd: number, side: 'source' | 'destination', b: ChunkBatch): Promise<Buffer> {
   const buf = native().alignedBuffer(b.bytes, BLOCK_BYTES);
-  await batchIo('read', side, fd, buf, b.pieces.map((p, i) => ({ bufferOffset: b.offsets[i], length: lengthOf(p), position: p.startSector * SECTOR })));
+  await batchIo('read', side, fd, buf, opsOf(b));
   return buf;
 }
 
 /** Reads batch after batch, each while the caller works on the one before. */
-async function* readBatches<T>(all: Iterator<Batch>, read: (b: Batch) => Promise<T>): AsyncGenerator<[Batch, T]> {
-  const start = (): [Batch, Promise<T>] | null => {
+async function* readBatches<T>(all: Iterator<ChunkBatch>, read: (b: ChunkBatch) => Promise<T>): AsyncGenerator<[ChunkBatch, T]> {
+  const start = (): [ChunkBatch, Promise<T>] | null => {
     const r = all.next();
     if (r.done) return null;
     const promise = read(r.value);
@@ -68,11 +53,11 @@ export interface PassCounters { bytesRead: number; entryBytes: number }
 export async function* copyEntries(srcFd: number, extents: ExtentSet, limitSectors: number,
   counters: PassCounters): AsyncGenerator<JournalEntry> {
   for await (const [b, buf] of readBatches(batches(extents, limitSectors), (x) => readBatch(srcFd, 'source', x))) {
-    for (let i = 0; i < b.pieces.length; i++) {
-      const data = buf.subarray(b.offsets[i], b.offsets[i] + lengthOf(b.pieces[i]));
+    for (let i = 0; i < b.chunks.length; i++) {
+      const data = buf.subarray(b.offsets[i], b.offsets[i] + lengthOf(b.chunks[i]));
       counters.bytesRead += data.length;
       counters.entryBytes += data.length;
-      yield { kind: 'data', targetSector: b.pieces[i].startSector, data };
+      yield { kind: 'data', targetSector: b.chunks[i].startSector, data };
     }
   }
 }
@@ -80,10 +65,10 @@ export async function* copyEntries(srcFd: number, extents: ExtentSet, limitSecto
 /** Entries for the 4 KiB blocks where the source differs from the drive's current image. */
 export async function* differingEntries(srcFd: number, driveFd: number, extents: ExtentSet, limitSectors: number,
   counters: PassCounters & { comparedBytes: number }): AsyncGenerator<JournalEntry> {
-  const both = (b: Batch) => Promise.all([readBatch(srcFd, 'source', b), readBatch(driveFd, 'destination', b)]);
+  const both = (b: ChunkBatch) => Promise.all([readBatch(srcFd, 'source', b), readBatch(driveFd, 'destination', b)]);
   for await (const [b, [src, drv]] of readBatches(batches(extents, limitSectors), both)) {
-    for (let i = 0; i < b.pieces.length; i++) {
-      const p = b.pieces[i];
+    for (let i = 0; i < b.chunks.length; i++) {
+      const p = b.chunks[i];
       const length = lengthOf(p);
       counters.bytesRead += 2 * length;
       counters.comparedBytes += length;
