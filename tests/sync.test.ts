@@ -52,7 +52,8 @@ test('an incremental sync copies about what was written', () => {
     written += 4096;
   }
   const r = syncJson('p');
-  assert.ok(r.copiedBytes >= written && r.copiedBytes <= 4 * written, `copied ${r.copiedBytes} for ${written} written`);
+  // The whole report on failure: a completion the kernel skipped shows as a shortfall gap.
+  assert.ok(r.copiedBytes >= written && r.copiedBytes <= 4 * written, `copied ${r.copiedBytes} for ${written} written: ${JSON.stringify(r)}`);
   assert.is(r.comparedBytes, 0);
   assert.is(hash(source), hash(drive, bytes));
 });
