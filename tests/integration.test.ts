@@ -8,11 +8,10 @@ import * as assert from 'uvu/assert';
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { decideProbe, formatProperties, isRecordedSource, rootDeviceNames, type ProbeFacts } from '../src/udev-probe.js';
+import { PROBE_PATH, decideProbe, isRecordedSource, rootDeviceNames, type ProbeFacts } from '../src/udev-probe.js';
 import { systemDisks } from '../src/pair-checks.js';
 import { hookEnvironment, runFailureHook, type HookEvent } from '../src/failure-hook.js';
 import { escapeLabelValue, renderMetrics, writeMetricsFile, type MetricsSnapshot, type PairMetrics } from '../src/metrics.js';
-import { wrapperScript } from '../src/commands/install.js';
 import type { DeviceIdentity } from '../src/identity.js';
 import { DPSR_BIN, Fixture, eachTestFreshCli, runDpsr, sh, sha256Of } from './helpers/fixture.js';
 
@@ -24,9 +23,9 @@ eachTestFreshCli(test, (f) => ({ fx, env } = f));
 const dpsr = (...args: string[]) => runDpsr(env, args, 60_000);
 const have = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
 
-/** The probe's KEY=value lines as a map; asserts it exited 0 and printed nothing on stderr. */
+/** The compiled probe's KEY=value lines (what udev runs) as a map; asserts it exited 0 and printed nothing on stderr. */
 function probe(dev: string, ...flags: string[]): Record<string, string> {
-  const r = dpsr('udev-probe', ...flags, dev);
+  const r = spawnSync(PROBE_PATH, [...flags, dev], { encoding: 'utf8' });
   assert.is(r.status, 0, r.stderr);
   assert.is(r.stderr, '');
   const props: Record<string, string> = {};
@@ -94,7 +93,6 @@ test('decision: a partition of a DPSR drive is hidden, but only the labelled dis
   const d = decideProbe(facts({ labelOnParent: true }));
   assert.is(d.properties.UDISKS_IGNORE, '1');
   assert.is(d.setReadOnly, false);
-  assert.is(formatProperties({ A: '1', B: 'x' }), 'A=1\nB=x\n');
 });
 
 test('the recorded source: same size and the strongest identity recorded', () => {
@@ -130,6 +128,8 @@ test('probe: a paired drive is recognised, made read-only on "add" and hidden wh
   assert.is(change.DPSR_SOURCE_PRESENT, '1');
   for (const k of HIDING) assert.ok(change[k] !== undefined, k);
   assert.is(readOnly(drive), false, 'a "change" event does not touch the read-only flag');
+  const cli = dpsr('udev-probe', drive);
+  assert.equal([cli.status, cli.stdout], [0, Object.entries(change).map(([k, v]) => `${k}=${v}\n`).join('')], 'dpsr udev-probe says what the probe says');
   const add = probe(drive, '--set-readonly');
   assert.equal(add, change);
   assert.is(readOnly(drive), true, 'made read-only on "add"');
@@ -186,8 +186,8 @@ test('probe: errors and strangers print nothing and exit 0', () => {
 
 test('rule: runs the probe on add (read-only) and change, and sorts before 60-persistent-storage.rules', () => {
   const rule = fs.readFileSync(path.join(HOME, 'packaging/60-dpsr.rules'), 'utf8');
-  assert.match(rule, /^ACTION=="add", IMPORT\{program\}="\/usr\/local\/sbin\/dpsr udev-probe --set-readonly \$devnode"$/m);
-  assert.match(rule, /^ACTION=="change", IMPORT\{program\}="\/usr\/local\/sbin\/dpsr udev-probe \$devnode"$/m);
+  assert.match(rule, /^ACTION=="add", IMPORT\{program\}="\/usr\/local\/sbin\/dpsr-udev-probe --set-readonly \$devnode"$/m);
+  assert.match(rule, /^ACTION=="change", IMPORT\{program\}="\/usr\/local\/sbin\/dpsr-udev-probe \$devnode"$/m);
   assert.ok(['60-dpsr.rules', '60-persistent-storage.rules'].sort()[0] === '60-dpsr.rules');
 });
 
@@ -198,12 +198,12 @@ test('rule: runs the probe on add (read-only) and change, and sorts before 60-pe
  */
 function udevadmTest(devs: string[]): Array<Record<string, string>> {
   const dir = fs.mkdtempSync(path.join(fx.dir, 'udev-'));
-  fs.writeFileSync(path.join(dir, 'dpsr'), wrapperScript(process.execPath, HOME), { mode: 0o755 });
+  fs.copyFileSync(PROBE_PATH, path.join(dir, 'dpsr-udev-probe'));
   const nodes = ['/dev/null', '/dev/zero', '/dev/urandom', '/dev/random', ...devs];
   const script = `set -e
 mkdir "$D/dev"; cp -a ${nodes.join(' ')} "$D/dev/"
 mount -t tmpfs none /run; mkdir -p /run/udev/rules.d; cp "$R" /run/udev/rules.d/
-mount -t tmpfs none /usr/local/sbin; cp "$D/dpsr" /usr/local/sbin/
+mount -t tmpfs none /usr/local/sbin; cp -p "$D/dpsr-udev-probe" /usr/local/sbin/
 mount --bind "$D/dev" /dev
 for d in ${devs.map((d) => path.basename(d)).join(' ')}; do udevadm test --action=add /sys/class/block/$d 2>"$D/$d.log"; echo ---; done`;
   const out = execFileSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script],
@@ -211,9 +211,9 @@ for d in ${devs.map((d) => path.basename(d)).join(' ')}; do udevadm test --actio
   const logs = devs.map((d) => fs.readFileSync(path.join(dir, `${path.basename(d)}.log`), 'utf8'));
   for (const log of logs) {
     const ours = log.split('\n').filter((l) => l.includes('60-dpsr.rules'));
-    assert.ok(ours.some((l) => l.includes("Importing properties from results of '/usr/local/sbin/dpsr udev-probe --set-readonly")), log);
+    assert.ok(ours.some((l) => l.includes("Importing properties from results of '/usr/local/sbin/dpsr-udev-probe --set-readonly")), log);
     for (const l of ours) assert.not.match(l, /invalid|error|failed/i, l); // udevadm reports a bad key or value so
-    assert.not.match(log, /dpsr udev-probe.*(failed|returned [1-9])/, log);
+    assert.not.match(log, /dpsr-udev-probe.*(failed|returned [1-9])/, log);
   }
   return out.split('---\n').slice(0, devs.length).map((block) =>
     Object.fromEntries(block.split('\n').filter((l) => /^[A-Z_]+=/.test(l)).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])));
@@ -254,7 +254,7 @@ function treeHash(dir: string): Record<string, string> {
   return out;
 }
 
-test('install into a root: unit (systemd-analyze verify clean), rule, hook, wrapper, example config; uninstall removes exactly that', () => {
+test('install into a root: unit (systemd-analyze verify clean), rule, probe, hook, wrapper, example config; uninstall removes exactly that', () => {
   const root = fs.mkdtempSync(path.join(fx.dir, 'root-'));
   fs.mkdirSync(path.join(root, 'etc/initramfs-tools'), { recursive: true });
   const dry = dpsr('install', '--root', root, '--dry-run');
@@ -271,6 +271,8 @@ test('install into a root: unit (systemd-analyze verify clean), rule, hook, wrap
   assert.is(fs.statSync(at('usr/local/sbin/dpsr')).mode & 0o777, 0o755);
   assert.is(fs.statSync(at('etc/initramfs-tools/hooks/dpsr')).mode & 0o777, 0o755);
   assert.ok(fs.existsSync(at('etc/udev/rules.d/60-dpsr.rules')));
+  assert.equal(fs.readFileSync(at('usr/local/sbin/dpsr-udev-probe')), fs.readFileSync(PROBE_PATH), 'a copy of the built probe');
+  assert.is(fs.statSync(at('usr/local/sbin/dpsr-udev-probe')).mode & 0o777, 0o755);
   assert.match(fs.readFileSync(at('etc/dpsr/dpsr.toml'), 'utf8'), /^# on_failure = /m);
   assert.is(fs.readFileSync(at('usr/local/share/man/man8/dpsr.8'), 'utf8'), dpsr('man').stdout, 'the manual page');
   // The wrapper runs this dpsr.
@@ -309,7 +311,7 @@ test('install into a root: unit (systemd-analyze verify clean), rule, hook, wrap
   const u = dpsr('uninstall', '--root', root);
   assert.is(u.status, 0, u.stderr);
   assert.match(u.stdout, /left .*60-dpsr\.rules: changed/);
-  for (const p of ['usr/local/sbin/dpsr', 'etc/systemd/system/dpsr.service', 'etc/initramfs-tools/hooks/dpsr', 'usr/local/share/man/man8/dpsr.8', 'var/lib/dpsr/install-manifest.json']) {
+  for (const p of ['usr/local/sbin/dpsr', 'usr/local/sbin/dpsr-udev-probe', 'etc/systemd/system/dpsr.service', 'etc/initramfs-tools/hooks/dpsr', 'usr/local/share/man/man8/dpsr.8', 'var/lib/dpsr/install-manifest.json']) {
     assert.not.ok(fs.existsSync(at(p)), p);
   }
   assert.is(fs.readFileSync(at('etc/dpsr/dpsr.toml'), 'utf8'), 'tick = "2s"\n');
@@ -350,22 +352,22 @@ test('install refuses to overwrite a file it did not write (exit 3, nothing writ
   assert.equal(treeHash(root), before);
 });
 
-test('the initramfs hook puts the rule, the wrapper, node and what the probe loads into the image; the probe runs there', () => {
+test('the initramfs hook puts the rule and the compiled probe into the image, and no node; the probe runs there', () => {
   if (!fs.existsSync('/usr/share/initramfs-tools/hook-functions')) {
     assert.unreachable('initramfs-tools-core is not installed (apt-get install initramfs-tools-core)');
   }
   const { drive } = pairedLoops();
   const dest = fs.mkdtempSync(path.join(fx.dir, 'initramfs-'));
-  // The hook reads the installed wrapper and rule at their fixed paths: run it where they exist, in a namespace.
+  // The hook reads the installed probe and rule at their fixed paths: run it where they exist, in a namespace.
   const stage = fs.mkdtempSync(path.join(fx.dir, 'stage-'));
-  fs.writeFileSync(path.join(stage, 'dpsr'), wrapperScript(process.execPath, HOME), { mode: 0o755 });
+  fs.copyFileSync(PROBE_PATH, path.join(stage, 'dpsr-udev-probe'));
   // The usr-merged layout mkinitramfs makes before it runs the hooks.
   for (const d of ['bin', 'lib', 'lib64', 'sbin']) {
     fs.mkdirSync(path.join(dest, 'usr', d), { recursive: true });
     fs.symlinkSync(`usr/${d}`, path.join(dest, d));
   }
   const script = `set -e
-mount -t tmpfs none /usr/local/sbin; cp "$S/dpsr" /usr/local/sbin/
+mount -t tmpfs none /usr/local/sbin; cp -p "$S/dpsr-udev-probe" /usr/local/sbin/
 mkdir -p /etc/udev/rules.d; mount -t tmpfs none /etc/udev/rules.d; cp "$R" /etc/udev/rules.d/
 DESTDIR="$DEST" verbose=n sh "$H"`;
   execFileSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script], {
@@ -373,19 +375,12 @@ DESTDIR="$DEST" verbose=n sh "$H"`;
     env: { ...process.env, S: stage, R: path.join(HOME, 'packaging/60-dpsr.rules'), DEST: dest, H: path.join(HOME, 'packaging/initramfs-hook') },
   });
   const inImage = (p: string) => fs.existsSync(path.join(dest, p)) || fs.existsSync(path.join(dest, 'usr', p));
-  for (const p of ['/usr/local/sbin/dpsr', '/lib/udev/rules.d/60-dpsr.rules', process.execPath, `${HOME}/bin/dpsr.js`, `${HOME}/dist/src/udev-probe.js`,
-    `${HOME}/addon/build/Release/dpsr.node`, `${HOME}/node_modules/commander/package.json`]) {
-    assert.ok(inImage(p), `${p} in the image`);
-  }
-  assert.ok(fs.readdirSync(path.join(dest, 'usr/lib/x86_64-linux-gnu')).some((f) => f.startsWith('libbpf.so')) ||
-    fs.readdirSync(path.join(dest, 'lib/x86_64-linux-gnu')).some((f) => f.startsWith('libbpf.so')), 'the addon\'s libraries');
-  // The probe, run inside the image's files alone (a chroot with /dev, /proc and /sys), with
-  // the shell that other hooks (busybox, klibc) put into every initramfs.
-  fs.copyFileSync('/bin/dash', path.join(dest, 'usr/bin/sh'));
-  fs.chmodSync(path.join(dest, 'usr/bin/sh'), 0o755);
+  for (const p of ['/usr/local/sbin/dpsr-udev-probe', '/lib/udev/rules.d/60-dpsr.rules']) assert.ok(inImage(p), `${p} in the image`);
+  for (const p of [process.execPath, '/usr/local/sbin/dpsr', `${HOME}/bin/dpsr.js`]) assert.not.ok(inImage(p), `${p} not in the image`);
+  // The probe, run inside the image's files alone (a chroot with /dev, /proc and /sys).
   const chroot = `set -e
 for d in dev proc sys; do mkdir -p "$DEST/$d"; mount --rbind /$d "$DEST/$d"; done
-chroot "$DEST" /usr/local/sbin/dpsr udev-probe "$DEV"`;
+chroot "$DEST" /usr/local/sbin/dpsr-udev-probe "$DEV"`;
   const out = execFileSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', chroot], { encoding: 'utf8', env: { PATH: process.env.PATH, DEST: dest, DEV: drive } });
   assert.match(out, /^DPSR_DRIVE=1$/m);
   assert.match(out, /^DPSR_PAIR=itest$/m);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds everything: the BPF object and its skeleton, the addon, the TypeScript.
-# Usage: tools/build.sh [bpf|addon|ts]...   (default: all, in that order)
+# Builds everything: the BPF object and its skeleton, the addon, the udev probe, the TypeScript.
+# Usage: tools/build.sh [bpf|addon|probe|ts]...   (default: all, in that order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=build/bpf
@@ -42,6 +42,13 @@ build_addon() {
 	(cd addon && ../node_modules/.bin/node-gyp rebuild "${nodedir[@]}" --loglevel=warn >/dev/null)
 }
 
+build_probe() {
+	need cc gcc
+	mkdir -p build/probe
+	echo "  CC       build/probe/dpsr-udev-probe"
+	cc -O2 -Wall -Wextra -Werror -o build/probe/dpsr-udev-probe probe/udev-probe.c probe/label.c probe/json.c probe/sha256.c -lm
+}
+
 build_ts() {
 	echo "  TSC      dist/"
 	node_modules/.bin/tsc -p .
@@ -49,5 +56,5 @@ build_ts() {
 
 [ -d node_modules ] || { echo "build: run npm ci first" >&2; exit 1; }
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(bpf addon ts)
+[ ${#steps[@]} -gt 0 ] || steps=(bpf addon probe ts)
 for step in "${steps[@]}"; do "build_$step"; done

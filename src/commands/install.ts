@@ -10,11 +10,14 @@ import { writeFileAtomic } from '../atomic-write.js';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { RefusedError } from '../errors.js';
+import { PROBE_PATH } from '../udev-probe.js';
 
 /** The dpsr tree this module runs from (dist/src/commands → the top). */
 const HOME = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
 const WRAPPER_PATH = '/usr/local/sbin/dpsr';
+/** A copy, not a link into this tree: udevd and the initramfs run it wherever this tree lives (a 0700 home, say). */
+const PROBE_INSTALL_PATH = '/usr/local/sbin/dpsr-udev-probe';
 const UNIT_PATH = '/etc/systemd/system/dpsr.service';
 const RULES_PATH = '/etc/udev/rules.d/60-dpsr.rules';
 const INITRAMFS_HOOK_PATH = '/etc/initramfs-tools/hooks/dpsr';
@@ -51,7 +54,7 @@ const EXAMPLE_CONFIG = `# dpsr daemon configuration (dpsr install wrote this exa
 interface ManifestEntry { path: string; sha256: string }
 interface Manifest { format: 1; home: string; files: ManifestEntry[] }
 
-interface Planned { path: string; content: string; mode: number; what: string; tracked: boolean }
+interface Planned { path: string; content: string | Buffer; mode: number; what: string; tracked: boolean }
 
 const sha256 = (s: string | Buffer) => crypto.createHash('sha256').update(s).digest('hex');
 const under = (root: string, p: string) => path.join(root, p);
@@ -103,9 +106,19 @@ function packaged(name: string): string {
   }
 }
 
+/** The compiled udev probe of this tree. */
+function builtProbe(): Buffer {
+  try {
+    return fs.readFileSync(PROBE_PATH);
+  } catch {
+    throw new RefusedError(`${PROBE_PATH}: missing: build dpsr first (tools/build.sh)`, 'ENOPROBE');
+  }
+}
+
 function plan(root: string, manPage: string): Planned[] {
   const files: Planned[] = [
-    { path: WRAPPER_PATH, content: wrapperScript(process.execPath, HOME), mode: 0o755, what: 'the dpsr command the unit and the udev rule run', tracked: true },
+    { path: WRAPPER_PATH, content: wrapperScript(process.execPath, HOME), mode: 0o755, what: 'the dpsr command the unit runs', tracked: true },
+    { path: PROBE_INSTALL_PATH, content: builtProbe(), mode: 0o755, what: 'the udev probe the udev rule runs', tracked: true },
     { path: UNIT_PATH, content: packaged('dpsr.service'), mode: 0o644, what: 'the systemd unit', tracked: true },
     { path: RULES_PATH, content: packaged('60-dpsr.rules'), mode: 0o644, what: 'the udev rule', tracked: true },
     { path: MAN_PAGE_PATH, content: manPage, mode: 0o644, what: 'the manual page (man 8 dpsr)', tracked: true },
@@ -120,7 +133,7 @@ function plan(root: string, manPage: string): Planned[] {
 }
 
 /** Writes a file whole or not at all: a temporary file beside it, then rename. */
-function writeAtomic(file: string, content: string, mode: number): void {
+function writeAtomic(file: string, content: string | Buffer, mode: number): void {
   fs.mkdirSync(path.dirname(file), { recursive: true });
   writeFileAtomic(file, content, mode);
 }

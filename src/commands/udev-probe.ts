@@ -1,14 +1,14 @@
-// dpsr udev-probe DEVNAME: what packaging/60-dpsr.rules runs (IMPORT{program})
-// for each block device. Prints KEY=value lines, or nothing; never fails the
-// udev event: any error prints nothing and exits 0.
-import { formatProperties, probeDevice } from '../udev-probe.js';
+// dpsr udev-probe DEVNAME: what the compiled probe (dpsr-udev-probe, which
+// packaging/60-dpsr.rules runs) says about a device, for an admin's look.
+// Prints KEY=value lines, or nothing; like the probe, never fails.
+import { runProbe } from '../udev-probe.js';
 
 export function udevProbeCommand(opts: { device: string; setReadOnly: boolean }, write: (s: string) => void): void {
   let out = '';
   try {
-    out = formatProperties(probeDevice(opts.device, { setReadOnly: opts.setReadOnly }).properties);
+    out = runProbe(opts.device, { setReadOnly: opts.setReadOnly });
   } catch {
-    // A device that vanished, a read error, no addon: udev carries on without dpsr's properties.
+    // No probe built: nothing to say, as for a device that is no DPSR drive.
   }
   if (out) write(out);
 }
