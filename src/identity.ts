@@ -1,7 +1,11 @@
 // Who a block device is, beyond its name: what later commands compare to be
 // sure the device they open is still the one that was paired (DESIGN.md
 // invariants 1 and 7). Device names and numbers are not identities: sdb can
-// become sdc, and a loop number is reused by the next attach.
+// become sdc, and a loop number is reused by the next attach. Within one boot
+// the disk sequence number tells a re-attach; across a reboot it always
+// changes, so there the evidence is what survives one: size, path and device
+// number, a WWID or serial, and for disks without one (virtio, many cloud
+// disks) the UUIDs of the partition table and of what the device holds.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -32,6 +36,12 @@ export interface DeviceIdentity {
   loopOffset: number | null;
   /** GPT/MBR partition entry UUID (blkid PART_ENTRY_UUID); null for a disk or without one. */
   partUuid: string | null;
+  /** The boot this was read in (/proc/sys/kernel/random/boot_id): diskseq means something only within one. Absent in older records. */
+  bootId?: string | null;
+  /** A whole disk's partition table UUID (blkid PTUUID: GPT GUID or MBR disk id); null for a partition or without one. */
+  ptUuid?: string | null;
+  /** The UUID of the file system (or LVM, md, LUKS signature) on the device itself (blkid UUID), or null. */
+  contentUuid?: string | null;
 }
 
 function readText(file: string): string | null {
@@ -100,19 +110,21 @@ function loopInfo(disk: string): LoopInfo | null {
   };
 }
 
-function partEntryUuid(dev: BlockDevice): string | null {
-  if (!dev.isPartition) return null;
+/** blkid's low-level probe of the device (superblocks and partition table): KEY=value pairs, empty when nothing is found. */
+function probeSignatures(dev: BlockDevice): Record<string, string> {
   try {
-    const out = execFileSync('blkid', ['-p', '-s', 'PART_ENTRY_UUID', '-o', 'value', dev.path],
-      { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-    return cleanId(out);
+    const out = execFileSync('blkid', ['-p', '-o', 'export', dev.path], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    return Object.fromEntries(out.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
   } catch {
-    return null; // exit 2: nothing found
+    return {}; // exit 2: nothing found (8: ambivalent signatures)
   }
 }
 
+const BOOT_ID_FILE = '/proc/sys/kernel/random/boot_id';
+
 /** Reads everything that tells this device apart from another (only reads: sysfs, losetup, blkid -p). */
 export function identify(dev: BlockDevice): DeviceIdentity {
+  const signatures = probeSignatures(dev);
   const sys = `/sys/block/${dev.disk}`;
   const seq = readText(path.join(sys, 'diskseq'));
   const wwid = cleanId(readText(path.join(sys, 'wwid'))) ?? cleanId(readText(path.join(sys, 'device/wwid')));
@@ -136,8 +148,25 @@ export function identify(dev: BlockDevice): DeviceIdentity {
     loopBackingFile: loop?.backingFile ?? null,
     loopBackingInode: loop?.backingInode ?? null,
     loopOffset: loop?.offset ?? null,
-    partUuid: partEntryUuid(dev),
+    partUuid: dev.isPartition ? cleanId(signatures.PART_ENTRY_UUID ?? null) : null,
+    bootId: readText(BOOT_ID_FILE),
+    ptUuid: dev.isPartition ? null : cleanId(signatures.PTUUID ?? null),
+    contentUuid: cleanId(signatures.UUID ?? null),
   };
+}
+
+/** Across a reboot: the content evidence of a disk that has no hardware or loop identity. */
+function rebootChanges(recorded: DeviceIdentity, now: DeviceIdentity): string[] {
+  if (hasHardwareIdentity(recorded) || recorded.loopBackingFile !== null) return [];
+  const changes: string[] = [];
+  const was = { ptUuid: recorded.ptUuid ?? null, contentUuid: recorded.contentUuid ?? null };
+  if (was.ptUuid !== null && was.ptUuid !== (now.ptUuid ?? null)) {
+    changes.push(`partition table UUID changed from ${show(was.ptUuid)} to ${show(now.ptUuid ?? null)} (since the last boot)`);
+  }
+  if (was.contentUuid !== null && was.contentUuid !== (now.contentUuid ?? null)) {
+    changes.push(`file system UUID changed from ${show(was.contentUuid)} to ${show(now.contentUuid ?? null)} (since the last boot)`);
+  }
+  return changes;
 }
 
 /** A WWN or serial number: an identity that survives a reboot and re-enumeration. */
@@ -157,14 +186,27 @@ export function isReplaced(recorded: DeviceIdentity, now: DeviceIdentity): boole
     now.wwid !== recorded.wwid || now.serial !== recorded.serial;
 }
 
+/** Both read in the same boot (older records, without a boot id, count as the same boot: the stricter check). */
+function sameBoot(recorded: DeviceIdentity, now: DeviceIdentity): boolean {
+  const a = recorded.bootId ?? null;
+  const b = now.bootId ?? null;
+  return a === null || b === null || a === b;
+}
+
 /**
  * What makes `now` not the device that was `recorded`, one human-readable item
  * each; empty when it is the same. A new path or kernel name alone is not a
  * change (nodes are renamed), but a new device number is: tracking is by dev_t.
+ * Within a boot a new disk sequence number is a change (re-attached, new
+ * media); across a reboot it is not, and a disk without a WWID, serial or
+ * loop file must show the partition table or content UUID it had (when one
+ * was recorded: a mkfs within the boot was tracked, but a device that came
+ * back with other UUIDs may be another disk).
  */
 export function identityChanges(recorded: DeviceIdentity, now: DeviceIdentity): string[] {
   const changes: string[] = [];
   const differ = <T>(a: T, b: T) => a !== b;
+  const rebooted = !sameBoot(recorded, now);
 
   if (differ(recorded.sizeSectors, now.sizeSectors)) {
     changes.push(`size changed from ${recorded.sizeSectors} to ${now.sizeSectors} sectors`);
@@ -177,7 +219,7 @@ export function identityChanges(recorded: DeviceIdentity, now: DeviceIdentity): 
   if (differ(recorded.logicalBlockBytes, now.logicalBlockBytes)) {
     changes.push(`logical sector size changed from ${recorded.logicalBlockBytes} to ${now.logicalBlockBytes} bytes`);
   }
-  if (recorded.diskseq !== null && differ(recorded.diskseq, now.diskseq)) {
+  if (!rebooted && recorded.diskseq !== null && differ(recorded.diskseq, now.diskseq)) {
     changes.push(`disk sequence number changed from ${recorded.diskseq} to ${show(now.diskseq)} (re-attached, new media or reboot)`);
   }
   if (differ(recorded.wwid, now.wwid)) changes.push(`WWID changed from ${show(recorded.wwid)} to ${show(now.wwid)}`);
@@ -194,6 +236,7 @@ export function identityChanges(recorded: DeviceIdentity, now: DeviceIdentity): 
   if (recorded.partUuid !== null && differ(recorded.partUuid, now.partUuid)) {
     changes.push(`partition UUID changed from ${show(recorded.partUuid)} to ${show(now.partUuid)}`);
   }
+  if (rebooted) changes.push(...rebootChanges(recorded, now));
   if (differ(recorded.major, now.major) || differ(recorded.minor, now.minor)) {
     changes.push(`device number changed from ${recorded.major}:${recorded.minor} to ${now.major}:${now.minor}`);
   } else if (differ(recorded.diskDev, now.diskDev)) {

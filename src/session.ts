@@ -47,6 +47,9 @@ async function adoptPair(s: Session, pair: PairRecord, opts: { inheritable?: boo
   const range = await s.tracker.track(dev, pair.name, s.store.range(pair.name), opts);
   if (changes.length > 0) {
     s.tracker.suspectAll(range, 'identity-changed', `${pair.source.path} changed (${changes.join('; ')}): writes may have gone unseen`);
+  }
+  // Recorded anew once per boot too: a re-attach later in this boot is then told by its diskseq.
+  if (changes.length > 0 || now.bootId !== pair.source.bootId) {
     pair.source = { ...now, path: pair.source.path };
     await s.store.putPairAndRange(pair, range);
   }

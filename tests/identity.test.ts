@@ -154,6 +154,20 @@ test('the disk a partition is on', () => {
   assert.match(changes, /device number changed/);
 });
 
+test('what survives a reboot is read: the partition table UUID of a disk, the content UUID, the boot id', () => {
+  const { disk, parts } = fx.partitionedLoop(32, [8]);
+  fx.mkfs(parts[0], 'ext4');
+  const d = idOf(disk);
+  const p = idOf(parts[0]);
+  assert.is(d.ptUuid, sh('blkid', ['-p', '-s', 'PTUUID', '-o', 'value', disk]).trim());
+  assert.is(d.contentUuid, null, 'a partitioned disk holds no file system itself');
+  assert.is(p.ptUuid, null, 'a partition has its entry UUID instead');
+  assert.is(p.contentUuid, sh('blkid', ['-p', '-s', 'UUID', '-o', 'value', parts[0]]).trim());
+  assert.is(d.bootId, fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim());
+  const blank = idOf(attach(fx.image('blank.img', 8)));
+  assert.equal([blank.ptUuid, blank.contentUuid], [null, null]);
+});
+
 // Pure comparisons of recorded identities (no device needed).
 const base: DeviceIdentity = {
   path: '/dev/sdb', name: 'sdb', disk: 'sdb', major: 8, minor: 16, diskDev: (8 << 20) | 16,
@@ -178,6 +192,48 @@ test('WWID, serial, sector size and a vanished diskseq are changes', () => {
   ]);
   // A kernel without diskseq recorded nothing to compare.
   assert.equal(identityChanges({ ...base, diskseq: null }, { ...base, diskseq: 9 }), []);
+});
+
+// A virtio disk: no WWID, no serial; a new diskseq at every boot.
+const virtio: DeviceIdentity = {
+  ...base, path: '/dev/vdb', name: 'vdb', disk: 'vdb', major: 254, minor: 16, diskDev: (254 << 20) | 16,
+  wwid: null, serial: null, diskseq: 2, bootId: 'boot-1', ptUuid: null, contentUuid: '0f3a8e4c-77a5-4b43-9b0e-2f4cbbd2a1d1',
+};
+const nextBoot = (o: Partial<DeviceIdentity> = {}): DeviceIdentity => ({ ...virtio, bootId: 'boot-2', diskseq: 9, ...o });
+
+test('across a reboot, a disk without a serial keeps its identity: the new diskseq is no change', () => {
+  assert.equal(identityChanges(virtio, nextBoot()), []);
+  const table = { ...virtio, ptUuid: 'c0ffee00', contentUuid: null };
+  assert.equal(identityChanges(table, nextBoot({ ptUuid: 'c0ffee00', contentUuid: null })), []);
+  // Nothing but its size, path and device number to go by (a blank disk): that is what it is.
+  const blank = { ...virtio, contentUuid: null };
+  assert.equal(identityChanges(blank, nextBoot({ contentUuid: null })), []);
+});
+
+test('across a reboot, a disk without a serial that holds other UUIDs is reported; so is a new device number', () => {
+  assert.equal(identityChanges(virtio, nextBoot({ contentUuid: '11111111-2222-4333-8444-555555555555' })), [
+    "file system UUID changed from '0f3a8e4c-77a5-4b43-9b0e-2f4cbbd2a1d1' to '11111111-2222-4333-8444-555555555555' (since the last boot)",
+  ]);
+  const table = { ...virtio, ptUuid: 'c0ffee00', contentUuid: null };
+  assert.equal(identityChanges(table, nextBoot({ ptUuid: 'deadbeef', contentUuid: null })), [
+    "partition table UUID changed from 'c0ffee00' to 'deadbeef' (since the last boot)",
+  ]);
+  assert.equal(identityChanges(virtio, nextBoot({ minor: 32, diskDev: (254 << 20) | 32 })), ['device number changed from 254:16 to 254:32']);
+  assert.match(identityChanges(virtio, nextBoot({ sizeSectors: 1 << 20 })).join('\n'), /size changed/);
+});
+
+test('within one boot a new diskseq is a change and new UUIDs are not (a mkfs on the source was tracked)', () => {
+  assert.equal(identityChanges(virtio, { ...virtio, contentUuid: null, ptUuid: 'c0ffee00' }), []);
+  assert.match(identityChanges(virtio, { ...virtio, diskseq: 3 }).join('\n'), /disk sequence number changed from 2 to 3/);
+  // A record from before boot ids were kept is compared as within one boot: the stricter way.
+  const old = { ...virtio, bootId: undefined, ptUuid: undefined, contentUuid: undefined };
+  assert.match(identityChanges(old, nextBoot()).join('\n'), /disk sequence number changed from 2 to 9/);
+});
+
+test('a disk with a serial needs no UUIDs across a reboot', () => {
+  const sata = { ...base, bootId: 'boot-1', contentUuid: 'a' };
+  assert.equal(identityChanges(sata, { ...sata, bootId: 'boot-2', diskseq: 30, contentUuid: 'b' }), []);
+  assert.match(identityChanges(sata, { ...sata, bootId: 'boot-2', serial: 'OTHER' }).join('\n'), /serial number changed/);
 });
 
 test('hasHardwareIdentity: a WWID or a serial number', () => {
