@@ -41,8 +41,8 @@ export function readSysOrNull(file: string): string | null {
 /** "major:minor", as sysfs and /proc/self/mountinfo write it. */
 export const devNumber = (dev: BlockDevice) => `${dev.major}:${dev.minor}`;
 
-/** st_rdev in glibc's encoding (sys/sysmacros.h gnu_dev_major/minor). */
-function splitRdev(rdev: bigint): { major: number; minor: number } {
+/** st_rdev (or st_dev) in glibc's encoding (sys/sysmacros.h gnu_dev_major/minor). */
+export function splitRdev(rdev: bigint): { major: number; minor: number } {
   return { major: Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn)), minor: Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn)) };
 }
 

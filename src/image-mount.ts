@@ -265,6 +265,7 @@ function sourceMounts(pair: PairRecord, dev: BlockDevice): SourceMount[] {
   return mountEntriesOf(dev)
     // A partition pair's file system is the partition: a mount of its whole disk is something else.
     .filter((m) => !pair.source.isPartition || m.devNum === own)
+    .filter((m) => !m.hostOnly) // not reachable from here to read through
     .map((m) => {
       const part = m.devNum === own ? null : Number(fs.readFileSync(`/sys/dev/block/${m.devNum}/partition`, 'utf8').trim());
       return { mountPoint: m.mountPoint, root: m.root, fsType: m.fsType, readOnly: m.readOnly, partition: part };

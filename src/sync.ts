@@ -14,7 +14,7 @@ import { copyEntries, differingEntries } from './pass-source.js';
 import { withDriveLock } from './drive-lock.js';
 import { recordFreeze } from './pair-status.js';
 import { freeze, type ThawReport } from './freeze.js';
-import { CANNOT_FREEZE, mountEntriesOf, mountsOf } from './mounts.js';
+import { CANNOT_FREEZE, type WritableFileSystem, mountsOf, writableFileSystemsOf } from './mounts.js';
 import { native } from './native.js';
 import { progressBar } from './progress.js';
 import type { Session } from './session.js';
@@ -237,10 +237,8 @@ function pendingCut(pair: PairRecord): Cut | null {
 async function finalTake(s: Session, range: RangeState): Promise<{ epoch: number; cutMs: number; cut: ExtentSet }> {
   const epoch = s.tracker.flip().epoch;
   const { verdicts, distrusted } = await s.tracker.judge();
-  if (distrusted.includes(range) || verdicts.get(range)?.kind !== 'exact') {
-    range.suspect.addSet(range.unreconciled);
-    range.unreconciled.clear();
-  }
+  const verdict = verdicts.get(range);
+  if (distrusted.includes(range) || verdict?.kind !== 'exact') s.tracker.distrust(range, verdict ?? { kind: 'busy' });
   const cutMs = Date.now();
   const taken = takeCut(range);
   const cut = taken.copy;
@@ -266,13 +264,12 @@ interface FrozenCut {
  * during which the watchdog thawed is rejected (its cut goes back to the
  * tracker). The caller writes the held data, then settles the epoch.
  */
-async function frozenCut(s: Session, pair: PairRecord, range: RangeState, srcFd: number): Promise<FrozenCut> {
-  // Writable mounts of the source: frozen, or (vfat, an EFI system partition) remounted read-only.
-  const writable = mountEntriesOf(resolveBlockDevice(pair.source.path)).filter((m) => !m.readOnly);
+async function frozenCut(s: Session, range: RangeState, srcFd: number, fileSystems: WritableFileSystem[], limitSectors: number): Promise<FrozenCut> {
+  // Each writable file system once: frozen, or (vfat, an EFI system partition) remounted read-only.
   const frozen = await freeze(
-    writable.filter((m) => !CANNOT_FREEZE.has(m.fsType)).map((m) => m.mountPoint),
+    fileSystems.filter((f) => !CANNOT_FREEZE.has(f.fsType)).map((f) => f.path),
     FREEZE_DEADLINE_MS,
-    writable.filter((m) => CANNOT_FREEZE.has(m.fsType)).map((m) => m.mountPoint),
+    fileSystems.filter((f) => CANNOT_FREEZE.has(f.fsType)).map((f) => f.path),
   );
   let held: HeldBlock[] = [];
   let epoch = -1;
@@ -283,7 +280,7 @@ async function frozenCut(s: Session, pair: PairRecord, range: RangeState, srcFd:
   try {
     ({ epoch, cutMs, cut } = await finalTake(s, range));
     if (cut.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) why = `${(cut.totalSectors * SECTOR / 2 ** 20).toFixed(0)} MiB left to read: too much to hold under a freeze`;
-    else held = readIntoMemory(srcFd, cut, pair.dataSectors);
+    else held = readIntoMemory(srcFd, cut, limitSectors);
   } finally {
     report = await frozen.thaw();
   }
@@ -344,7 +341,7 @@ async function quietCut(s: Session, pair: PairRecord, range: RangeState, srcFd: 
 
 /** The final pass that makes the image one point in time, or why it could not. */
 function finalCut(c: SyncContext): Promise<FrozenCut> | null {
-  if (c.finalMode === 'freeze') return frozenCut(c.s, c.pair, c.range, c.srcFd);
+  if (c.finalMode === 'freeze') return frozenCut(c.s, c.range, c.srcFd, c.fileSystems, c.pair.dataSectors);
   if (c.finalMode === 'quiet') return quietCut(c.s, c.pair, c.range, c.srcFd, c.quietMs);
   return null;
 }
@@ -423,7 +420,8 @@ interface SyncContext {
   range: RangeState;
   srcFd: number;
   driveFd: number;
-  mounts: string[];
+  /** The source's writable file systems, one each (frozen for the final pass). */
+  fileSystems: WritableFileSystem[];
   /** How the last pass is made one point in time: a freeze (mounted), a quiet period (raw), or not at all (--no-freeze). */
   finalMode: 'freeze' | 'quiet' | 'none';
   quietMs: number;
@@ -435,7 +433,7 @@ async function imageWithoutFreeze(c: SyncContext): Promise<ImageState> {
   await c.s.tracker.cycle();
   const verdict = (await c.s.tracker.reconcile()).get(c.range);
   const quiet = c.range.dirty.isEmpty && c.range.suspect.isEmpty && verdict?.kind === 'exact';
-  return !quiet ? 'fuzzy' : c.mounts.length > 0 ? 'crash-consistent' : 'point-in-time';
+  return !quiet ? 'fuzzy' : c.fileSystems.length > 0 ? 'crash-consistent' : 'point-in-time';
 }
 
 /** Whether the converging passes are done. */
@@ -630,10 +628,11 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     const fullCopyBytes = pair.fullCopy.complete ? 0 : await fullCopy(s, pair, range, srcFd, drive.fd);
     await s.tracker.cycle();
     await s.tracker.reconcile();
-    const mounts = mountEntriesOf(resolveBlockDevice(pair.source.path)).filter((m) => !m.readOnly).map((m) => m.mountPoint);
+    const fileSystems = writableFileSystemsOf(resolveBlockDevice(pair.source.path));
+    const mounts = fileSystems.map((f) => f.path);
     const c: SyncContext = {
-      s, pair, range, srcFd, driveFd: drive.fd, mounts,
-      finalMode: mounts.length === 0 ? 'quiet' : opts.freeze === false ? 'none' : 'freeze',
+      s, pair, range, srcFd, driveFd: drive.fd, fileSystems,
+      finalMode: fileSystems.length === 0 ? 'quiet' : opts.freeze === false ? 'none' : 'freeze',
       quietMs: opts.quietMs ?? DEFAULT_QUIET_MS, generation: pair.generation + 1,
     };
     const carried = pendingCut(pair);

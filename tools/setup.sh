@@ -9,7 +9,7 @@ packages=(
 	clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev   # BPF object, skeleton, addon
 	liburing-dev                                           # the addon's batched I/O (io_uring)
 	make g++ python3                                       # node-gyp
-	util-linux fdisk e2fsprogs xfsprogs kmod fio           # devices, file systems; tests and benchmarks
+	util-linux fdisk e2fsprogs xfsprogs kmod fio strace    # devices, file systems; tests and benchmarks (strace: exact kill points)
 	lvm2 cryptsetup-bin btrfs-progs dosfstools             # signatures the pair checks warn about; vfat tools
 	rsync attr acl                                        # restore keeps xattrs and ACLs; tests check them
 	systemd udev initramfs-tools-core python3-prometheus-client   # unit, rule, initramfs hook and metrics checks
