@@ -22,10 +22,12 @@ export type Verdict =
 export interface Baseline {
   offsetSectors: number;
   exact: boolean;
+  /** Whose counter the offset is against: the pin directory of the programs (absent in states saved before it was kept). */
+  countedBy?: string;
 }
 
-export function baselineFrom(first: Reading, second: Reading): Baseline {
-  return { offsetSectors: second.kernelSectors - second.programSectors, exact: isStable(first, second) };
+export function baselineFrom(first: Reading, second: Reading, countedBy?: string): Baseline {
+  return { offsetSectors: second.kernelSectors - second.programSectors, exact: isStable(first, second), ...(countedBy ? { countedBy } : {}) };
 }
 
 /** Two readings a moment apart with nothing in flight and nothing changed. */
@@ -43,11 +45,11 @@ export function judge(base: Baseline, first: Reading, second: Reading): { verdic
   const deficit = second.kernelSectors - second.programSectors - base.offsetSectors;
   const stable = isStable(first, second);
   if (deficit > 0) {
-    return { verdict: { kind: 'shortfall', sectors: deficit }, baseline: { offsetSectors: base.offsetSectors + deficit, exact: base.exact } };
+    return { verdict: { kind: 'shortfall', sectors: deficit }, baseline: { ...base, offsetSectors: base.offsetSectors + deficit } };
   }
   if (!stable) return { verdict: { kind: 'busy' }, baseline: base };
   if (deficit === 0) return { verdict: { kind: 'exact' }, baseline: { ...base, exact: true } };
   // Program ahead of kernel while quiet: only an uncertain baseline explains
   // it (or accounting switched off meanwhile). Rebase, but distrust the past.
-  return { verdict: { kind: 'rebaselined' }, baseline: { offsetSectors: base.offsetSectors + deficit, exact: true } };
+  return { verdict: { kind: 'rebaselined' }, baseline: { ...base, offsetSectors: base.offsetSectors + deficit, exact: true } };
 }

@@ -72,6 +72,21 @@ export interface CycleReport {
   drops: number; // ring drops in the retired epoch
 }
 
+/** The counts of a slot's disk: the kernel's first, so that a positive deficit is certain. */
+export function readingOf(kt: KernelTracking, slot: number, disk: string): Reading {
+  const k = readDiskCounters(disk);
+  return { kernelSectors: k.writtenSectors, programSectors: kt.slotStats(slot).diskSectors, inFlightWrites: k.inFlightWrites };
+}
+
+/** A range adopted while another version's programs may hold its recent history. */
+export interface AwaitingHistory {
+  range: RangeState;
+  /** The baseline saved with the range, against the programs that counted it then. */
+  savedBaseline: Baseline;
+  /** Our programs did not count the range since it was saved: without the other history it is lost. */
+  needed: boolean;
+}
+
 const DEFAULT_RING_BYTES = 8 << 20;
 const noStore: TrackerStore = { persist: async () => {} };
 
@@ -80,7 +95,8 @@ export class Tracker {
   private readonly reader: RingReader;
   private stopped = false;
   private drained = 0;
-  private awaitingHistory: RangeState[] = [];
+  private awaitingHistory: AwaitingHistory[] = [];
+  private retiredDrops = new Map<number, number>(); // epoch -> drops read at flip, cleared at settle
   private persistedDrained = 0; // `drained` when the store last persisted
 
   private constructor(
@@ -114,6 +130,9 @@ export class Tracker {
    * Starts tracking a device afresh, or adopts a range whose state was
    * persisted earlier. If the kernel no longer had that range (reboot,
    * detach), what happened meanwhile is unknown: the whole range is suspect.
+   * If other programs than ours counted it since (an upgrade from another
+   * version, maybe interrupted), the caller inherits their history
+   * (`inheritable`) or it is lost.
    */
   async track(dev: BlockDevice, id: string, restored?: Omit<RangeState, 'slot'>, opts: { inheritable?: boolean } = {}): Promise<RangeState> {
     const range = { diskDev: dev.diskDev, startSector: dev.startSector, endSector: dev.startSector + dev.sizeSectors };
@@ -133,17 +152,20 @@ export class Tracker {
       gaps: [],
     };
     this.bySlot[slot] = state;
-    if (created) state.baseline = await this.measureBaseline(state);
-    // Another version's programs may still hold its history (an upgrade): the caller inherits it or calls lostHistory().
-    if (created && restored) {
-      if (opts.inheritable) this.awaitingHistory.push(state);
-      else this.lostHistory(state);
-    }
+    // A saved baseline counts against the programs that measured it; states saved before that was kept are ours.
+    const ours = restored !== undefined && (restored.baseline.countedBy ?? this.kt.pinDir) === this.kt.pinDir;
+    if (created || !ours) state.baseline = await this.measureBaseline(state);
+    if (restored && opts.inheritable) this.awaitingHistory.push({ range: state, savedBaseline: restored.baseline, needed: created || !ours });
+    else if (restored && (created || !ours)) this.lostHistory(state);
     return state;
   }
 
-  /** Ranges tracked afresh here whose history another version's programs may hold (see pin-upgrade.ts). */
-  takeAwaitingHistory(): RangeState[] {
+  /**
+   * Ranges with a saved past while other versions' programs are attached
+   * (see pin-upgrade.ts): their history since the last save may be there
+   * (`needed`: ours does not cover it), judged by the saved baseline.
+   */
+  takeAwaitingHistory(): AwaitingHistory[] {
     return this.awaitingHistory.splice(0);
   }
 
@@ -231,7 +253,9 @@ export class Tracker {
     const before = this.drained;
     const old = this.kt.flipEpoch();
     this.drain();
-    const drops = this.kt.takeEpochDrops(OWNER_RING, old);
+    // Read, not cleared: the count is cleared in settle(), after the state that records it is saved.
+    const drops = this.kt.epochDrops(OWNER_RING, old);
+    this.retiredDrops.set(old, drops);
     for (const st of this.ranges) {
       const slot = this.kt.slot(st.slot)!;
       const into = drops > 0 ? st.suspect : st.unreconciled;
@@ -241,10 +265,12 @@ export class Tracker {
     return { epoch: old, records: this.drained - before, drops };
   }
 
-  /** The second half of a cycle: persist, then clear the retired epoch's bits. */
+  /** The second half of a cycle: persist, then clear the retired epoch's bits and drop count. */
   async settle(epoch: number): Promise<void> {
     await this.persist();
     for (const st of this.ranges) this.kt.epochBits(st.slot, epoch, true);
+    if (this.retiredDrops.get(epoch)) this.kt.clearEpochDrops(OWNER_RING, epoch);
+    this.retiredDrops.delete(epoch);
   }
 
   /** Saves the state, then lets the ring reuse the space of the records it holds. */
@@ -257,8 +283,7 @@ export class Tracker {
   }
 
   private read(st: RangeState): Reading {
-    const k = readDiskCounters(st.disk); // kernel first: a positive deficit is then certain
-    return { kernelSectors: k.writtenSectors, programSectors: this.kt.slotStats(st.slot).diskSectors, inFlightWrites: k.inFlightWrites };
+    return readingOf(this.kt, st.slot, st.disk);
   }
 
   private async measureBaseline(st: RangeState): Promise<Baseline> {
@@ -266,7 +291,7 @@ export class Tracker {
     for (let attempt = 0; attempt < 5 && !base.exact; attempt++) {
       const first = this.read(st);
       await sleep(5);
-      base = baselineFrom(first, this.read(st));
+      base = baselineFrom(first, this.read(st), this.kt.pinDir);
     }
     return base;
   }
@@ -280,13 +305,24 @@ export class Tracker {
     const { verdicts, distrusted } = await this.judge();
     if (distrusted.length > 0) {
       await this.cycle(); // the missed writes may be in the current epoch
-      for (const st of distrusted) {
-        st.suspect.addSet(st.unreconciled);
-        st.unreconciled.clear();
-      }
+      for (const st of distrusted) this.distrust(st, verdicts.get(st)!);
       await this.persist();
     }
     return verdicts;
+  }
+
+  /**
+   * A missed write lies in a region written since the last exact count: the
+   * unreconciled regions become suspect. A shortfall larger than they are
+   * cannot be placed (their bits were lost): the whole range is suspect.
+   */
+  distrust(st: RangeState, verdict: Verdict): void {
+    if (verdict.kind === 'shortfall' && st.unreconciled.totalSectors < verdict.sectors) {
+      this.suspectAll(st, 'shortfall', `${verdict.sectors} sectors written on ${st.disk} are in no record and no bitmap that is left: the whole range is suspect`);
+    } else {
+      st.suspect.addSet(st.unreconciled);
+    }
+    st.unreconciled.clear();
   }
 
   /**

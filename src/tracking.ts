@@ -334,12 +334,15 @@ export class KernelTracking {
     return bits;
   }
 
-  /** Reads and clears a ring's drops in a retired epoch. */
-  takeEpochDrops(ring: number, epoch: number): number {
-    const key = ring * 2 + epoch;
-    const [drops] = sumPerCpu(this.lookupPerCpu('epoch_drops', key, 8), 8, this.cpus, [0]);
-    if (drops) this.zeroPerCpu('epoch_drops', key, 8);
+  /** A ring's drops in an epoch (stable once the epoch is retired). */
+  epochDrops(ring: number, epoch: number): number {
+    const [drops] = sumPerCpu(this.lookupPerCpu('epoch_drops', ring * 2 + epoch, 8), 8, this.cpus, [0]);
     return drops;
+  }
+
+  /** Clears a retired epoch's drops: only once what they imply is saved. */
+  clearEpochDrops(ring: number, epoch: number): void {
+    this.zeroPerCpu('epoch_drops', ring * 2 + epoch, 8);
   }
 
   /**

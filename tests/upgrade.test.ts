@@ -6,23 +6,30 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Fixture, ddDirect, runDpsr, sha256Of, freshCliFixture, randomFill } from './helpers/fixture.js';
+import { spawnSync } from 'node:child_process';
+import { DPSR_BIN, Fixture, ddDirect, runDpsr, sha256Of, freshCliFixture, randomFill } from './helpers/fixture.js';
 import { native } from '../src/native.js';
 
 const MiB = 1 << 20;
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
 let root: string;
-test.before.each(() => {
-  ({ fx, env } = freshCliFixture());
-  root = env.DPSR_BPF_DIR!;
-  fx.defer('detach versions', () => {
-    for (const v of fs.existsSync(root) ? fs.readdirSync(root) : []) native().detach(path.join(root, v));
+
+/** A fixture whose pin directory is the parent of the versions' directories, each detached at cleanup. */
+function upgradeFixture(): { fx: Fixture; env: NodeJS.ProcessEnv; root: string } {
+  const made = freshCliFixture();
+  const pinRoot = made.env.DPSR_BPF_DIR!;
+  made.fx.defer('detach versions', () => {
+    for (const v of fs.existsSync(pinRoot) ? fs.readdirSync(pinRoot) : []) native().detach(path.join(pinRoot, v));
   });
-});
+  return { ...made, root: pinRoot };
+}
+
+test.before.each(() => { ({ fx, env, root } = upgradeFixture()); });
 test.after.each(() => fx.cleanup());
 
-const as = (version: string, ...args: string[]) => runDpsr({ ...env, DPSR_BPF_DIR: path.join(root, version) }, args, 60_000);
+const envOf = (version: string) => ({ ...env, DPSR_BPF_DIR: path.join(root, version) });
+const as = (version: string, ...args: string[]) => runDpsr(envOf(version), args, 60_000);
 
 function syncedPairUnder(version: string) {
   const { source, drive } = fx.pairDevices(32);
@@ -63,6 +70,42 @@ test('a version this dpsr cannot read (a downgrade): a gap, compared in full, th
   assert.is(report.repairedBytes, 3 * 4096, 'only the differences written');
   assert.not.ok(fs.existsSync(path.join(root, 'v9')), 'v9 detached');
   assert.is(sha256Of(drive, 32 * MiB), sha256Of(source, 32 * MiB));
+});
+
+/**
+ * Runs a dpsr command killed (SIGKILL, by strace's syscall injection) at its
+ * Nth write to the state database: a crash at an exact point, whatever the
+ * machine's speed. Returns whether it ran to its end instead (fewer writes).
+ */
+function killedAtStateWrite(e: NodeJS.ProcessEnv, n: number, args: string[]): boolean {
+  const stateFile = path.join(e.DPSR_STATE_DIR!, 'state.mdb');
+  const r = spawnSync('strace', ['-f', '-qq', '-o', '/dev/null', '-P', stateFile, '-e', 'trace=pwrite64',
+    '-e', `inject=pwrite64:signal=SIGKILL:when=${n}`, process.execPath, DPSR_BIN, ...args], { env: e, encoding: 'utf8', timeout: 60_000 });
+  if (r.status === 0) return true;
+  assert.ok(r.signal === 'SIGKILL' || r.status === 137, `killed at state write ${n}: status ${r.status} ${r.signal} ${r.stderr}`);
+  return false;
+}
+
+test('an upgrade killed at each of its state writes loses no write: the next command resumes it, the drive ends exact', () => {
+  let points = 0;
+  for (let n = 1; n < 100; n++) {
+    const { fx: f, env: e, root: r } = upgradeFixture();
+    try {
+      ({ fx, env, root } = { fx: f, env: e, root: r });
+      const { source, drive } = syncedPairUnder('v1');
+      for (let i = 0; i < 64; i++) ddDirect(source, 2048 + i * 512, 8); // seen only by v1's programs, not yet persisted
+      const finished = killedAtStateWrite(envOf('v2'), n, ['sync', 'p', '--quiet-period', '0.2']);
+      const after = as('v2', 'sync', 'p', '--json', '--quiet-period', '0.2');
+      assert.is(after.status, 0, `after a kill at state write ${n}: ${after.stderr}`);
+      assert.is(sha256Of(drive, 32 * MiB), sha256Of(source, 32 * MiB), `killed at state write ${n}: the DPSR drive equals the source`);
+      assert.not.ok(fs.existsSync(path.join(root, 'v1')), 'v1 detached in the end');
+      if (finished) break;
+      points++;
+    } finally {
+      f.cleanup();
+    }
+  }
+  assert.ok(points >= 2, `the upgrading command was killed at ${points} state writes`);
 });
 
 test.run();
