@@ -186,8 +186,14 @@ function readIntoMemory(fd: number, extents: ExtentSet, limitSectors: number): H
     const length = (b - a) * SECTOR;
     const buf = native().alignedBuffer(Math.ceil(length / 4096) * 4096, 4096);
     for (let done = 0; done < length;) {
-      const n = fs.readSync(fd, buf, done, length - done, a * SECTOR + done);
-      if (n <= 0) throw new DpsrError(`reading the source at byte ${a * SECTOR + done}: unexpected end`, 'ESHORT');
+      let n: number;
+      try {
+        n = fs.readSync(fd, buf, done, length - done, a * SECTOR + done);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
+        throw new DpsrError(`final pass: reading the source at byte ${a * SECTOR + done}: ${code}`, code);
+      }
+      if (n <= 0) throw new DpsrError(`final pass: reading the source at byte ${a * SECTOR + done}: unexpected end`, 'ESHORT');
       done += n;
     }
     held.push({ position: a * SECTOR, length, buf });
@@ -278,11 +284,16 @@ async function frozenCut(s: Session, range: RangeState, srcFd: number, fileSyste
   let why: string | undefined;
   let report: ThawReport;
   try {
-    ({ epoch, cutMs, cut } = await finalTake(s, range));
-    if (cut.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) why = `${(cut.totalSectors * SECTOR / 2 ** 20).toFixed(0)} MiB left to read: too much to hold under a freeze`;
-    else held = readIntoMemory(srcFd, cut, limitSectors);
-  } finally {
-    report = await frozen.thaw();
+    try {
+      ({ epoch, cutMs, cut } = await finalTake(s, range));
+      if (cut.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) why = `${(cut.totalSectors * SECTOR / 2 ** 20).toFixed(0)} MiB left to read: too much to hold under a freeze`;
+      else held = readIntoMemory(srcFd, cut, limitSectors);
+    } finally {
+      report = await frozen.thaw();
+    }
+  } catch (err) {
+    range.dirty.addSet(cut); // taken from the tracker, never written: the next sync takes it
+    throw err;
   }
   if (report.thawedByWatchdog) why = `the freeze outlived its ${FREEZE_DEADLINE_MS} ms deadline and the watchdog thawed`;
   if (why) {
@@ -327,7 +338,13 @@ async function quietCut(s: Session, pair: PairRecord, range: RangeState, srcFd: 
       await s.tracker.settle(epoch);
       return { ok: false, held: [], cut: new ExtentSet(), cutMs, freezeMs: 0, epoch: -1, why: 'too much left for a final pass' };
     }
-    const held = readIntoMemory(srcFd, cut, pair.dataSectors);
+    let held: HeldBlock[];
+    try {
+      held = readIntoMemory(srcFd, cut, pair.dataSectors);
+    } catch (err) {
+      range.dirty.addSet(cut); // taken from the tracker, never written: the next sync takes it
+      throw err;
+    }
     const after = readDiskCounters(range.disk);
     if (after.writtenSectors === quiet.writtenSectors && after.inFlightWrites === 0) {
       return { ok: true, held, cut, cutMs, freezeMs: 0, epoch };

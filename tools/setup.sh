@@ -12,6 +12,7 @@ packages=(
 	util-linux fdisk e2fsprogs xfsprogs kmod fio strace    # devices, file systems; tests and benchmarks (strace: exact kill points)
 	lvm2 cryptsetup-bin btrfs-progs dosfstools             # signatures the pair checks warn about; vfat tools
 	rsync attr acl                                        # restore keeps xattrs and ACLs; tests check them
+	nbdkit nbdkit-plugin-python libnbd-bin fuse3           # fault tests: a disk that fails chosen reads (nbdkit, nbdfuse, loop)
 	systemd udev initramfs-tools-core python3-prometheus-client   # unit, rule, initramfs hook and metrics checks
 	groff-base man-db                                      # the manual page: rendered and checked by the tests, read with man
 	qemu-system-x86 busybox-static extlinux syslinux-common cpio   # boot tests: a real system disk booted under qemu
