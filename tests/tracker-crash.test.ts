@@ -1,0 +1,78 @@
+// The tracker's owner dies between two steps of a cycle: what the kernel
+// still holds must tell the next owner everything the dead one had not saved.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import fs from 'node:fs';
+import { resolveBlockDevice } from '../src/devices.js';
+import { ExtentSet } from '../src/extents.js';
+import { native } from '../src/native.js';
+import { type RangeState, Tracker } from '../src/tracker.js';
+import { Fixture, sweepStaleTestPins } from './helpers/fixture.js';
+
+let fx: Fixture;
+test.before.each(() => {
+  sweepStaleTestPins();
+  fx = new Fixture();
+});
+test.after.each(() => fx.cleanup());
+
+type Saved = Omit<RangeState, 'slot'>;
+
+/** A store that keeps a copy of the last saved state, as the state database would. */
+function memoryStore() {
+  const saved = new Map<string, Saved>();
+  return {
+    saved,
+    persist: async (ranges: readonly RangeState[]) => {
+      for (const { slot: _slot, ...r } of ranges) {
+        saved.set(r.id, { ...r, dirty: r.dirty.clone(), suspect: r.suspect.clone(), discarded: r.discarded.clone(),
+          unreconciled: r.unreconciled.clone(), baseline: { ...r.baseline }, gaps: [...r.gaps] });
+      }
+    },
+  };
+}
+
+/** 2,000 scattered 4 KiB direct writes: far more records than a 4 KiB ring holds. */
+function burst(dev: string): ExtentSet {
+  const written = new ExtentSet();
+  const fd = fs.openSync(dev, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
+  const buf = native().alignedBuffer(4096, 4096);
+  try {
+    for (let i = 0; i < 2000; i++) {
+      const sector = ((i * 7919) % 60000) * 8;
+      fs.writeSync(fd, buf, 0, 4096, sector * 512);
+      written.add(sector, sector + 8);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return written;
+}
+
+test('an owner killed after the flip, before the save, leaves the drop count: the next owner finds the dropped writes suspect', async () => {
+  const dev = fx.loop(256);
+  const kt = fx.tracking();
+  const lock = fx.lockPath();
+  const store = memoryStore();
+  const first = Tracker.start(kt, { ownerLockPath: lock, ringBytes: 4096, store });
+  fx.defer('abandon first', () => first.abandon());
+  await first.track(resolveBlockDevice(dev), 'p');
+  await first.cycle();
+  const written = burst(dev);
+  assert.ok(first.flip().drops > 0, 'the ring overflowed');
+  first.abandon(); // killed: nothing of the flip was saved
+
+  const next = Tracker.start(kt, { ownerLockPath: lock, ringBytes: 4096, store });
+  fx.defer('abandon next', () => next.abandon());
+  const range = await next.track(resolveBlockDevice(dev), 'p', store.saved.get('p'));
+  await next.cycle();
+  await next.cycle(); // the dead owner's epoch comes round again
+  await next.reconcile();
+  const missing = written.clone();
+  missing.subtractSet(range.dirty);
+  missing.subtractSet(range.suspect);
+  assert.ok(missing.isEmpty, `dropped writes neither dirty nor suspect: ${JSON.stringify(missing.toArray().slice(0, 5))}`);
+  assert.ok(range.gaps.some((g) => g.cause === 'ring-drops'), 'reported as a gap');
+});
+
+test.run();
