@@ -161,22 +161,24 @@ test('ext4 mounted and frozen for the sync: diff lists exactly what changed; the
   assert.match(elsewhere.stderr, /not on pair p's source/);
   assert.equal(brief(diffJson('p', 'docs').entries), expected, 'the bind mount shows the source without what is mounted in it');
 
-  // While another command holds the drive lock, diff waits for it.
+  // While another command holds the drive lock, diff waits for it: released once diff says it waits.
   const driveLock = path.join(env.DPSR_STATE_DIR!, 'drive-p.lock');
-  const holder = spawn('flock', ['-x', '-o', driveLock, 'sleep', '2']);
-  fx.defer('stop lock holder', () => holder.kill('SIGKILL'));
+  const release = fx.background(`flock -x ${driveLock} sleep 600`);
   waitUntilHeld(driveLock);
-  const t0 = Date.now();
-  const waited = await new Promise<{ code: number | null; output: string }>((resolve) => {
+  let released = false;
+  const waited = await new Promise<{ code: number | null; output: string; releasedFirst: boolean }>((resolve) => {
     const child = spawn(process.execPath, [DPSR_BIN, 'diff', 'p', 'docs/same'], { env });
     let output = '';
-    child.stdout.on('data', (d) => { output += d; });
-    child.stderr.on('data', (d) => { output += d; });
-    child.on('exit', (code) => resolve({ code, output }));
+    const take = (d: Buffer) => {
+      output += d;
+      if (!released && /waiting: pair p's DPSR drive is in use/.test(output)) { released = true; void release(); }
+    };
+    child.stdout.on('data', take);
+    child.stderr.on('data', take);
+    child.on('exit', (code) => resolve({ code, output, releasedFirst: released }));
   });
   assert.is(waited.code, 0, waited.output);
-  assert.match(waited.output, /waiting: pair p's DPSR drive is in use/);
-  assert.ok(Date.now() - t0 >= 1000, `diff did not wait for the lock (${Date.now() - t0} ms)`);
+  assert.ok(waited.releasedFirst, `diff did not wait for the lock: ${waited.output}`);
 
   assert.is(sha256Of(drive), before, 'diff changed the DPSR drive');
   assertNothingLeft(drive);
@@ -186,7 +188,6 @@ test('xfs synced under a running writer, and unmounted afterwards: diff lists ex
   const { source, drive, mnt } = populatedSource('xfs');
   ok('pair', source, drive, '--name', 'p');
   const stop = fx.startWriter(mnt, 8, 4);
-  await new Promise((r) => setTimeout(r, 300));
   const r = JSON.parse(ok('sync', 'p', '--json')).syncs[0];
   await stop();
   assert.is(r.image, 'point-in-time');
@@ -198,7 +199,6 @@ test('xfs synced under a running writer, and unmounted afterwards: diff lists ex
   // Synced again without a freeze under the writer: the image's log is dirty (a plain
   // read-only mount would have to replay it; norecovery must not).
   const stop2 = fx.startWriter(mnt, 8, 4);
-  await new Promise((r) => setTimeout(r, 300));
   const fuzzy = JSON.parse(ok('sync', 'p', '--json', '--no-freeze')).syncs[0];
   await stop2();
   assert.ok(['crash-consistent', 'fuzzy'].includes(fuzzy.image), fuzzy.image);
@@ -223,7 +223,6 @@ test('an image that is not one point in time (ext4, --no-freeze): refused withou
   ok('pair', source, drive, '--name', 'p');
   ok('sync', 'p');
   const stop = fx.startWriter(mnt, 8, 4);
-  await new Promise((r) => setTimeout(r, 300));
   await stop(); // its last writes are in the journal, maybe not yet in place
   const r = JSON.parse(ok('sync', 'p', '--json', '--no-freeze')).syncs[0];
   assert.ok(['crash-consistent', 'fuzzy'].includes(r.image), r.image);
@@ -254,7 +253,7 @@ test('an image that is not one point in time (ext4, --no-freeze): refused withou
   assertNothingLeft(drive);
 });
 
-test('an interrupted sync named in the label: refused while another process owns tracking, else finished first', () => {
+test('an interrupted sync named in the label: refused while another process owns tracking, else finished first', async () => {
   const { source, drive, mnt } = populatedSource('ext4');
   sh('umount', [mnt]);
   ok('pair', source, drive, '--name', 'p');
@@ -270,14 +269,13 @@ test('an interrupted sync named in the label: refused while another process owns
     sh('blockdev', ['--setro', drive]);
   }
   const before = sha256Of(drive);
-  const owner = spawn('flock', ['-x', '-o', env.DPSR_LOCK!, 'sleep', '30']); // -o: flock itself holds the lock, not its child
-  fx.defer('stop owner', () => owner.kill('SIGKILL'));
+  const stopOwner = fx.background(`flock -x ${env.DPSR_LOCK} sleep 600`); // held until stopped
   waitUntilHeld(env.DPSR_LOCK!);
   const refused = dpsr('diff', 'p');
   assert.is(refused.status, 3, refused.stderr);
   assert.match(refused.stderr, /a sync was interrupted .*run dpsr sync p first/);
   assert.is(sha256Of(drive), before, 'a refused diff wrote to the drive');
-  owner.kill('SIGKILL');
+  await stopOwner();
   waitUntilHeld(env.DPSR_LOCK!, false);
   const out = ok('diff', 'p');
   assert.match(out, /never committed its transaction; the image is the previous one/);

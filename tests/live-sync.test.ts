@@ -43,7 +43,6 @@ async function liveSync(type: 'ext4' | 'xfs', stateOnSource: boolean): Promise<v
   if (stateOnSource) env.DPSR_STATE_DIR = path.join(mnt, 'var-lib-dpsr'); // frozen with the source
   dpsr('pair', source, drive, '--name', 'live');
   const stop = fx.startWriter(mnt, 20, 8);
-  await new Promise((r) => setTimeout(r, 300));
   const kept = fsyncedFiles(mnt, 8);
   const report = JSON.parse(dpsr('sync', 'live', '--json')).syncs[0];
   await stop();

@@ -4,15 +4,15 @@
 // before and after.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, ddDirect, eachTestFreshCli, runDpsr, runDpsrOk, sh, sha256Of, randomFill } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, eachTestFreshCli, journaledKillPoint, runDpsr, runDpsrKilledAfter, runDpsrOk, scatteredChanges, sh, sha256Of, randomFill, writtenSectors } from './helpers/fixture.js';
 import { type JournalEntry, writeTransaction } from '../src/journal.js';
 import { readLabel, writeLabel } from '../src/label.js';
 import { native } from '../src/native.js';
-import { readDiskCounters, resolveBlockDevice } from '../src/devices.js';
+import { resolveBlockDevice } from '../src/devices.js';
 import type { PairRecord } from '../src/store.js';
 import { journalRegionOf } from '../src/sync.js';
 import { runningFromDrive } from '../src/session.js';
@@ -29,8 +29,6 @@ const mib = (b: number) => `${(b / MiB).toFixed(2)} MiB`;
 
 const ok = (...args: string[]) => runDpsrOk(env, args);
 
-/** Sectors the kernel counted as written (and discarded) on a loop disk: the bytes a change really cost. */
-const writtenSectors = (dev: string) => readDiskCounters(path.basename(dev)).writtenSectors;
 
 
 const devices = (sourceMiB: number) => fx.pairDevices(sourceMiB);
@@ -98,23 +96,6 @@ for (const fsType of ['ext4', 'xfs'] as const) {
   });
 }
 
-/** Polls a disk's write counter and kills the child as soon as it has written more than `afterSectors`. */
-async function killOnceWriting(child: ChildProcess, dev: string, afterSectors = 0): Promise<void> {
-  const start = writtenSectors(dev) + afterSectors;
-  const exited = new Promise((resolve) => child.on('exit', resolve));
-  let killed = false;
-  while (!killed && child.exitCode === null) {
-    if (writtenSectors(dev) > start) {
-      child.kill('SIGKILL');
-      killed = true;
-    } else {
-      await new Promise((r) => setTimeout(r, 2));
-    }
-  }
-  await exited;
-  assert.ok(killed, 'the child was killed while writing, not after it finished');
-}
-
 /** A synced 384 MiB pair whose source then had 256 MiB rewritten: a rollback long enough to be caught writing. */
 function bigChangeAfterSync() {
   const { source, drive, bytes } = syncedPair(384);
@@ -126,9 +107,8 @@ function bigChangeAfterSync() {
 test('kill -9 mid-rollback: the source is a mix; the same command run again completes it', async () => {
   const { source, image } = bigChangeAfterSync();
   const changed = hash(source);
-  const child = spawn(process.execPath, [DPSR_BIN, 'rollback', 'p', '--yes'], { env, stdio: 'ignore' });
-  fx.defer('stop rollback', () => { if (child.exitCode === null) child.kill('SIGKILL'); });
-  await killOnceWriting(child, source);
+  const k = await runDpsrKilledAfter(env, ['rollback', 'p', '--yes'], source, 0);
+  assert.ok(k.killed, `killed while writing, not after it finished: ${k.stderr}`);
   const mid = hash(source);
   assert.ok(mid !== image && mid !== changed, 'killed part way: the source is neither the image nor what it was');
   const r = rollbackJson('p');
@@ -239,9 +219,8 @@ test('refusals: mounted, in use, no terminal without --yes, a partial image; bot
   ok('pair', other.source, other.drive, '--name', 'q', '--reserve', '2M');
   ok('sync', 'q', '--quiet-period', '0.2');
   randomFill(other.source, 256);
-  const child = spawn(process.execPath, [DPSR_BIN, 'sync', 'q', '--quiet-period', '0.2'], { env, stdio: 'ignore' });
-  fx.defer('stop sync', () => { if (child.exitCode === null) child.kill('SIGKILL'); });
-  await killOnceWriting(child, other.drive, 4096); // past the label writes: into the data
+  const k = await runDpsrKilledAfter(env, ['sync', 'q', '--quiet-period', '0.2'], other.drive, 4096); // past the label writes: into the data
+  assert.ok(k.killed, `killed while writing, not after it finished: ${k.stderr}`);
   const before = [hash(other.source), hash(other.drive)];
   const r = dpsr('rollback', 'q', '--yes');
   assert.is(r.status, 4, r.stderr);
@@ -310,16 +289,16 @@ test('after a gap that leaves history unknown, rollback compares the whole sourc
 test('a sync killed at any point: rollback applies a committed transaction first, or writes back what the sync had cut', async () => {
   const { source, drive, bytes } = syncedPair(64);
   const outcomes: string[] = [];
-  for (const delayMs of [150, 300, 450, 600, 750]) {
-    for (let i = 0; i < 12; i++) ddDirect(source, ((i * 7919 + delayMs) % 120) * 1024, 2048);
-    const child = spawn(process.execPath, [DPSR_BIN, 'sync', 'p', '--quiet-period', '0.2'], { env, stdio: 'ignore' });
-    const exited = new Promise((resolve) => child.on('exit', resolve));
-    await new Promise((resolve) => setTimeout(resolve, delayMs));
-    child.kill('SIGKILL');
-    await exited;
+  for (const [round, fraction] of [0.3, 0.9, 1.2, 1.5, 1.8].entries()) {
+    const data = scatteredChanges(source, round * 131);
+    // Killed once the drive got `fraction` times the changed data: the journal's copy, then the apply.
+    const k = await runDpsrKilledAfter(env, ['sync', 'p', '--quiet-period', '0.2'], drive, Math.floor(fraction * data));
+    const at = `killed at ${k.writtenSectors} sectors written for ${data} changed`;
     const r = rollbackJson('p');
-    assert.is(hash(source), hash(drive, bytes), `killed after ${delayMs} ms: the source is the drive's image`);
-    outcomes.push(r.journalSeq !== null ? `journal ${r.journalSeq} applied, wrote ${mib(r.writtenBytes)}` : `wrote ${mib(r.writtenBytes)}`);
+    assert.is(hash(source), hash(drive, bytes), `${at}: the source is the drive's image`);
+    const point = journaledKillPoint(k.writtenSectors, data);
+    if (k.killed && point !== 'either') assert.is(r.journalSeq !== null, point === 'after commit', `${at}: ${point}: ${JSON.stringify(r)}`);
+    outcomes.push(`${k.killed ? fraction : 'done'}: ${r.journalSeq !== null ? `journal ${r.journalSeq} applied, wrote ${mib(r.writtenBytes)}` : `wrote ${mib(r.writtenBytes)}`}`);
     const after = ok('rollback', 'p', '--dry-run');
     if (r.journalSeq !== null) assert.match(after, /nothing to write/, `${JSON.stringify(r)}\n${after}`);
   }

@@ -6,7 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, ddDirect, runDpsr, runDpsrOk, sh, sha256Of, eachTestFreshCli, randomFill, loopBackingFile } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, journaledKillPoint, runDpsr, runDpsrKilledAfter, runDpsrOk, scatteredChanges, sh, sha256Of, eachTestFreshCli, randomFill, loopBackingFile, writtenSectors } from './helpers/fixture.js';
 
 const bin = DPSR_BIN;
 const MiB = 1 << 20;
@@ -113,22 +113,18 @@ test('writes during a sync land in the next generation; the next sync makes the 
 test('kill -9 of a pair mid-copy and of a sync mid-copy: the next sync resumes and ends exact', async () => {
   const { source, drive, bytes } = devices(512);
   randomFill(source, 512);
-  const killAfter = async (args: string[], ms: number) => {
-    const child = spawn(process.execPath, [bin, ...args], { env });
-    const exited = new Promise((resolve) => child.on('exit', resolve));
-    await new Promise((r) => setTimeout(r, ms));
-    child.kill('SIGKILL');
-    await exited;
-  };
-  await killAfter(['pair', source, drive, '--name', 'p'], 700);
+  // Killed once 2 MiB reached the drive: past its label, into the copy.
+  const pair = await runDpsrKilledAfter(env, ['pair', source, drive, '--name', 'p'], drive, 4096);
+  assert.ok(pair.killed, `the pair was killed mid-copy, not after it: ${pair.stderr}`);
   ddDirect(source, 8, 8); // written while nobody runs
   const status = dpsr('status', 'p', '--json');
   assert.is(status.status, 4, 'an interrupted full copy is not usable: exit 4');
   assert.not.ok(JSON.parse(status.stdout).pairs[0].usable);
   syncJson('p');
   assert.is(hash(source), hash(drive, bytes));
-  randomFill(source, 400);
-  await killAfter(['sync', 'p', '--quiet-period', '0.2'], 500);
+  randomFill(source, 400); // more than the journal holds: written in place
+  const sync = await runDpsrKilledAfter(env, ['sync', 'p', '--quiet-period', '0.2'], drive, 4096);
+  assert.ok(sync.killed, `the sync was killed mid-copy, not after it: ${sync.stderr}`);
   ddDirect(source, 16, 8);
   assert.is(dpsr('status', 'p').status, 4, 'an interrupted sync leaves a partial image: exit 4');
   syncJson('p');
@@ -149,32 +145,35 @@ test('a shortfall forced with the skip knob ends in an exact copy through a comp
 });
 
 /**
- * Changes the source, kills a sync after each delay, lets `dpsr status` replay
- * a committed transaction (with the source detached first if `sourceDies`),
- * and checks the drive is exactly the old or the new image; then a sync makes
- * it the new one. Returns which it was, per delay.
+ * Changes the source, kills a sync once the drive has been written `fraction` times the
+ * changed data (the journal gets it all, then it is applied in place), lets `dpsr status`
+ * replay a committed transaction (with the source detached first if `sourceDies`), and
+ * checks the drive is exactly the old or the new image: the old one if the kill came before
+ * the journal held all the data (no commit yet), the new one once more than that was written
+ * (the commit is written before anything is applied). Then a sync makes it the new one.
+ * Returns which it was, per kill point.
  */
-async function killSyncsAt(delaysMs: number[], sourceDies: boolean): Promise<string[]> {
+async function killSyncsAt(fractions: number[], sourceDies: boolean): Promise<string[]> {
   const { source, drive, bytes } = devices(64);
   randomFill(source, 64);
   ok('pair', source, drive, '--name', 'p');
   assert.ok(syncJson('p').journaled, 'the generation went through the journal');
   const img = loopBackingFile(source)!;
   const outcomes: string[] = [];
-  for (const delayMs of delaysMs) {
+  for (const [round, fraction] of fractions.entries()) {
     const oldHash = hash(drive, bytes);
-    for (let i = 0; i < 12; i++) ddDirect(source, ((i * 7919 + delayMs) % 120) * 1024, 2048);
+    const data = scatteredChanges(source, round * 131);
     const newHash = hash(source);
-    const child = spawn(process.execPath, [bin, 'sync', 'p', '--quiet-period', '0.2'], { env });
-    const exited = new Promise((resolve) => child.on('exit', resolve));
-    await new Promise((r) => setTimeout(r, delayMs));
-    child.kill('SIGKILL');
-    await exited;
+    const k = await runDpsrKilledAfter(env, ['sync', 'p', '--quiet-period', '0.2'], drive, Math.floor(fraction * data));
+    const at = `killed at ${k.writtenSectors} sectors written for ${data} changed`;
     if (sourceDies) sh('losetup', ['-d', source]);
     dpsr('status', 'p'); // the owner replays a committed transaction, as mounting replays a log
     const h = hash(drive, bytes);
-    assert.ok(h === oldHash || h === newHash, `killed after ${delayMs} ms${sourceDies ? ', source gone' : ''}: the drive is a mix`);
-    outcomes.push(h === oldHash ? 'old' : 'new');
+    assert.ok(h === oldHash || h === newHash, `${at}${sourceDies ? ', source gone' : ''}: the drive is a mix`);
+    const outcome = h === oldHash ? 'old' : 'new';
+    const point = journaledKillPoint(k.writtenSectors, data);
+    if (point !== 'either') assert.is(outcome, point === 'before commit' ? 'old' : 'new', `${at}: ${point}`);
+    outcomes.push(k.killed ? `${outcome}@${fraction}` : `${outcome}@done`);
     if (sourceDies) fx.attach(img, source); // back, for the next round
     syncJson('p');
     assert.is(hash(drive, bytes), newHash);
@@ -183,13 +182,15 @@ async function killSyncsAt(delaysMs: number[], sourceDies: boolean): Promise<str
 }
 
 test('kill -9 at many points of a journaled sync: the drive is the old or the new image, then the next sync makes it the new one', async () => {
-  const outcomes = await killSyncsAt([120, 200, 280, 360, 440, 520, 650, 800], false);
-  console.log(`  kill -9 outcomes: ${outcomes.join(' ')}`);
+  const outcomes = await killSyncsAt([0, 0.3, 0.7, 0.97, 1.03, 1.2, 1.45, 1.7], false);
+  console.log(`  kill -9 outcomes (image@written/changed): ${outcomes.join(' ')}`);
+  assert.ok(outcomes.some((o) => o.startsWith('old@')), 'some kill came before the commit');
 });
 
 test('the source gone after a kill -9: a committed transaction is applied from the DPSR drive alone', async () => {
-  const outcomes = await killSyncsAt([250, 400, 550], true);
-  console.log(`  source-gone outcomes: ${outcomes.join(' ')}`);
+  const outcomes = await killSyncsAt([1.2, 1.4, 1.6], true);
+  console.log(`  source-gone outcomes (image@written/changed): ${outcomes.join(' ')}`);
+  assert.ok(outcomes.some((o) => o.startsWith('new@') && !o.endsWith('@done')), 'some kill came after the commit, before the sync ended');
 });
 
 test('a raw source that never goes quiet: "not quiescent", and the DPSR drive keeps its previous image', async () => {
@@ -202,7 +203,8 @@ test('a raw source that never goes quiet: "not quiescent", and the DPSR drive ke
   const writer = spawn('fio', ['--name=busy', `--filename=${source}`, '--rw=randwrite', '--bs=64k', '--direct=1',
     '--ioengine=psync', '--thread', '--rate=20m', '--time_based', '--runtime=120', '--output=/dev/null']);
   fx.defer('stop writer', () => writer.kill('SIGKILL'));
-  await new Promise((r) => setTimeout(r, 200));
+  const quiet = writtenSectors(source);
+  while (writtenSectors(source) === quiet && writer.exitCode === null) await new Promise((r) => setTimeout(r, 5)); // fio is writing
   const r = dpsr('sync', 'p', '--quiet-period', '0.3');
   await new Promise((resolve) => { writer.on('exit', resolve); writer.kill('SIGKILL'); });
   assert.is(r.status, 1, r.stderr);
@@ -222,7 +224,7 @@ test('refusals leave both devices byte-for-byte unchanged', () => {
     [['pair', source, drive], /ext4/],
     [['pair', source, small], /short|smaller|MiB/],
     [['pair', source, source], /same/],
-    [['pair', '/etc/hostname', drive], /not a block device/],
+    [['pair', fx.image('plain', 1), drive], /not a block device/],
   ];
   for (const [args, why] of cases) {
     const r = dpsr(...args);

@@ -4,14 +4,13 @@ import * as assert from 'uvu/assert';
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { resolveBlockDevice } from '../src/devices.js';
 import { OWNER_RING } from '../src/kernel-abi.js';
 import { Tracker } from '../src/tracker.js';
 import { KernelTracking } from '../src/tracking.js';
-import { Fixture, ddDirect, sweepStaleTestPins } from './helpers/fixture.js';
+import { AS_NOBODY, DPSR_BIN, Fixture, ddDirect, publicCli, sweepStaleTestPins, testAsNobody } from './helpers/fixture.js';
 
-const bin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin/dpsr.js');
+const bin = DPSR_BIN;
 
 let fx: Fixture;
 let pinDir: string;
@@ -48,8 +47,11 @@ async function startWatch(args: string[]): Promise<Watcher> {
   return { child, stdout: () => out, stderr: () => err, exited };
 }
 
-async function stopWatch(w: Watcher): Promise<Array<Record<string, unknown>>> {
-  await new Promise((r) => setTimeout(r, 250)); // a couple of the reader's timer ticks
+/** Stops a watcher once it has printed `lines` lines while running (its reader's timer delivered them). */
+async function stopWatch(w: Watcher, lines: number): Promise<Array<Record<string, unknown>>> {
+  for (const deadline = Date.now() + 20_000; w.stdout().split('\n').length <= lines; await new Promise((r) => setTimeout(r, 10))) {
+    if (Date.now() > deadline) assert.unreachable(`watch printed ${w.stdout().split('\n').length - 1} of ${lines} lines in 20 s`);
+  }
   w.child.kill('SIGINT');
   assert.is(await w.exited, 0, w.stderr());
   return w.stdout().trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
@@ -62,7 +64,7 @@ test('watch --json prints each write with half-open sectors, then detaches when 
   const dev = fx.loop(32);
   const w = await startWatch([dev, '--json']);
   const written = [ddDirect(dev, 0, 8), ddDirect(dev, 777, 1), ddDirect(dev, 60000, 128)];
-  const lines = await stopWatch(w);
+  const lines = await stopWatch(w, written.length);
   assert.equal(extentsOf(lines), written);
   assert.ok(lines.every((l) => l.device === path.basename(dev) && typeof l.time === 'number'));
   assert.not.ok(fs.existsSync(pinDir), 'programs detached: nobody else used them');
@@ -73,7 +75,7 @@ test('watch on a partition prints partition-relative sectors and nothing from it
   const w = await startWatch([parts[1], '--json']);
   ddDirect(parts[0], 0, 8);
   const written = [ddDirect(parts[1], 8, 8), ddDirect(parts[1], 1000, 16)];
-  const lines = await stopWatch(w);
+  const lines = await stopWatch(w, written.length);
   assert.equal(extentsOf(lines), written);
 });
 
@@ -87,7 +89,7 @@ test('watch shares tracking: the owner keeps its slot and its records, and the p
   const w1 = await startWatch([dev, '--json']);
   const w2 = await startWatch([dev, '--json']);
   const written = [ddDirect(dev, 16, 8)];
-  const [l1, l2] = await Promise.all([stopWatch(w1), stopWatch(w2)]);
+  const [l1, l2] = await Promise.all([stopWatch(w1, written.length), stopWatch(w2, written.length)]);
   assert.equal(extentsOf(l1), written);
   assert.equal(extentsOf(l2), written);
   assert.ok(fs.existsSync(path.join(pinDir, 'link_complete')), 'still attached');
@@ -105,14 +107,12 @@ test('a watcher killed with -9 is reclaimed by the next one, which then detaches
   assert.ok(fs.existsSync(path.join(pinDir, 'link_complete')), 'pins outlive the killed process');
   const w2 = await startWatch([dev, '--json']);
   const written = [ddDirect(dev, 32, 8)];
-  assert.equal(extentsOf(await stopWatch(w2)), written);
+  assert.equal(extentsOf(await stopWatch(w2, written.length)), written);
   assert.not.ok(fs.existsSync(pinDir), 'the dead consumer was reclaimed, so the last user detached');
 });
 
-function runWatch(args: string[], extraEnv: Record<string, string> = {}, prefix: string[] = []) {
-  const cmd = prefix.length ? prefix[0] : process.execPath;
-  const argv = prefix.length ? [...prefix.slice(1), process.execPath, bin, 'watch', ...args] : [bin, 'watch', ...args];
-  return spawnSync(cmd, argv, { env: { ...env(), ...extraEnv }, encoding: 'utf8', timeout: 20_000 });
+function runWatch(args: string[], extraEnv: Record<string, string> = {}) {
+  return spawnSync(process.execPath, [bin, 'watch', ...args], { env: { ...env(), ...extraEnv }, encoding: 'utf8', timeout: 20_000 });
 }
 
 function assertRefused(res: ReturnType<typeof runWatch>, pattern: RegExp): void {
@@ -124,7 +124,7 @@ function assertRefused(res: ReturnType<typeof runWatch>, pattern: RegExp): void 
 }
 
 test('bad input: not a block device, missing device', () => {
-  assertRefused(runWatch(['/etc/hostname']), /not a block device/);
+  assertRefused(runWatch([fx.image('plain', 1)]), /not a block device/);
   assertRefused(runWatch(['/dev/nonexistent-dpsr']), /no such device/);
 });
 
@@ -146,10 +146,13 @@ test('bad input: iostats off is refused with the command that fixes it', () => {
   assertRefused(runWatch([dev]), new RegExp(`echo 1 > ${knob}`));
 });
 
-test('bad input: not root, and no kernel BTF', () => {
+testAsNobody(test, 'bad input: not root', () => {
   const dev = fx.loop(32);
-  assertRefused(runWatch([dev], {}, ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all']), /needs root/);
-  assertRefused(runWatch([dev], { DPSR_KERNEL_BTF: '/nonexistent/vmlinux' }), /BTF/);
+  assertRefused(spawnSync(AS_NOBODY[0], [...AS_NOBODY.slice(1), process.execPath, publicCli(), 'watch', dev], { env: env(), encoding: 'utf8', timeout: 20_000 }), /needs root/);
+});
+
+test('bad input: no kernel BTF', () => {
+  assertRefused(runWatch([fx.loop(32)], { DPSR_KERNEL_BTF: '/nonexistent/vmlinux' }), /BTF/);
 });
 
 test('usage errors exit 2', () => {

@@ -13,6 +13,11 @@ const files = fs.readdirSync(testDir)
   .filter((f) => only.length === 0 || only.some((o) => f.includes(o)))
   .sort();
 
+// The tests set every DPSR_* variable they depend on: none may come from the
+// caller's shell (DPSR_TEST_* are the suite's own knobs). LC_ALL=C: tools' messages are matched.
+const env = { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1', LC_ALL: 'C' };
+for (const name of Object.keys(env)) if (name.startsWith('DPSR_') && !name.startsWith('DPSR_TEST_')) delete env[name];
+
 let passed = 0, failed = 0, skipped = 0;
 const strip = (s) => s.replace(/\x1b\[[0-9;]*m/g, '');
 const num = (out, label) => Number((out.match(new RegExp(`${label}:\\s+(\\d+)`)) || [])[1] || 0);
@@ -22,7 +27,7 @@ for (const file of files) {
   console.log(`\n# ${file}`);
   const res = spawnSync(process.execPath, ['--expose-gc', path.join(testDir, file)], {
     stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' },
+    env,
     encoding: 'utf8',
     timeout: 20 * 60 * 1000,
   });

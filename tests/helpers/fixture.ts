@@ -7,8 +7,18 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Test } from 'uvu';
+import { ExtentSet } from '../../src/extents.js';
 import { KernelTracking, processStartTime } from '../../src/tracking.js';
 import { native } from '../../src/native.js';
+
+// Tests set every DPSR_* variable they depend on: none comes from the caller's
+// shell (an admin's DPSR_STATE_DIR would leak into the CLI and failure hooks).
+// DPSR_TEST_* are the suite's own knobs. LC_ALL=C: tools' messages are matched.
+for (const name of Object.keys(process.env)) {
+  if (name.startsWith('DPSR_') && !name.startsWith('DPSR_TEST_')) delete process.env[name];
+}
+process.env.LC_ALL = 'C';
 
 export const TEST_PIN_PREFIX = '/sys/fs/bpf/dpsr-test-';
 /** The built CLI (tests run from dist/tests). */
@@ -33,6 +43,41 @@ function hookExit(): void {
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.on(sig, () => { for (const f of live) f.cleanup(); process.exit(130); });
   }
+}
+
+/** Sectors the kernel counted as written or discarded on a block device (a disk or a partition). */
+export function writtenSectors(dev: string): number {
+  const f = fs.readFileSync(`/sys/class/block/${path.basename(dev)}/stat`, 'utf8').trim().split(/\s+/).map(Number);
+  return f[6] + (f[13] ?? 0); // Documentation/block/stat.rst: write sectors, discard sectors
+}
+
+/** Writes to a device the kernel has started and not yet completed. */
+function inFlightWrites(dev: string): number {
+  return Number(fs.readFileSync(`/sys/class/block/${path.basename(dev)}/inflight`, 'utf8').trim().split(/\s+/)[1]);
+}
+
+const napMs = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+
+/**
+ * Runs the CLI and kills it (SIGKILL) once more than `afterSectors` were written to `dev`
+ * since it started: a kill point set by its progress (the kernel's count, polled), not by
+ * time. Returns whether it was killed before it finished by itself, and the sectors written
+ * to `dev` in all, counted once its last write has completed.
+ */
+export async function runDpsrKilledAfter(env: NodeJS.ProcessEnv, args: string[], dev: string,
+  afterSectors: number): Promise<{ killed: boolean; writtenSectors: number; stderr: string }> {
+  const start = writtenSectors(dev);
+  const child = spawn(process.execPath, [DPSR_BIN, ...args], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => { stderr += d; });
+  const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_, signal) => resolve(signal)));
+  while (child.exitCode === null && child.signalCode === null && writtenSectors(dev) - start <= afterSectors) {
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  child.kill('SIGKILL'); // a child that already exited keeps its own status: `killed` below tells
+  const killed = (await exited) === 'SIGKILL';
+  for (const deadline = Date.now() + 10_000; inFlightWrites(dev) > 0 && Date.now() < deadline;) napMs(5);
+  return { killed, writtenSectors: writtenSectors(dev) - start, stderr };
 }
 
 /** Detaches pinned test objects left by test processes that died. */
@@ -127,7 +172,7 @@ export class Fixture {
         return node;
       } catch (err) {
         if (!dev || i >= 20) throw err; // a just-detached loop can stay bound for a moment
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+        napMs(100);
       }
     }
   }
@@ -157,7 +202,7 @@ export class Fixture {
     const stop = () => {
       try { process.kill(-pgid, 'SIGKILL'); } catch { /* already gone */ }
       const deadline = Date.now() + 10_000;
-      while (groupAlive(pgid) && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+      while (groupAlive(pgid) && Date.now() < deadline) napMs(20);
     };
     this.defer('stop background writer', stop);
     return async () => stop();
@@ -165,13 +210,19 @@ export class Fixture {
 
   /**
    * A writer that keeps rewriting `files` files of `blocks` x 64 KiB (with fsync) under
-   * mnt/busy until stopped; the returned function stops it and waits for it.
+   * mnt/busy until stopped, returned once its first file is written (so it is running,
+   * however slow the machine); the returned function stops it and waits for it.
    */
   startWriter(mnt: string, files: number, blocks: number, pause = ''): () => Promise<void> {
     const dir = path.join(mnt, 'busy');
     fs.mkdirSync(dir, { recursive: true });
     const rest = pause ? `sleep ${pause}; ` : '';
-    return this.background(`i=0; while :; do dd if=/dev/urandom of=${dir}/f$((i % ${files})) bs=64k count=${blocks} conv=fsync status=none; i=$((i+1)); ${rest}done`);
+    const started = path.join(this.dir, `writer-${this.cleanups.length}.started`); // made after its first file
+    const stop = this.background(`i=0; while :; do dd if=/dev/urandom of=${dir}/f$((i % ${files})) bs=64k count=${blocks} conv=fsync status=none; i=$((i+1)); [ $i = 1 ] && : > ${started}; ${rest}done`);
+    for (const deadline = Date.now() + 60_000; !fs.existsSync(started); napMs(10)) {
+      if (Date.now() > deadline) throw new Error(`the writer under ${mnt} wrote nothing in 60 s`);
+    }
+    return stop;
   }
 
   /** A loop disk with a GPT and partitions of the given sizes (MiB); returns disk and partition nodes. */
@@ -196,7 +247,7 @@ export class Fixture {
         return;
       } catch (err) {
         if (attempt >= 50 || !/busy/.test((err as Error).message)) throw err;
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+        napMs(100);
       }
     }
   }
@@ -258,6 +309,23 @@ export function ddDirect(dev: string, startSector: number, sectors: number): [nu
   return [startSector, startSector + sectors];
 }
 
+/** 12 random 1 MiB writes at offsets set by `seed` within the first 61 MiB; returns the sectors changed. */
+export function scatteredChanges(dev: string, seed: number): number {
+  const changed = new ExtentSet();
+  for (let i = 0; i < 12; i++) changed.add(...ddDirect(dev, ((i * 7919 + seed) % 120) * 1024, 2048));
+  return changed.totalSectors;
+}
+
+/**
+ * Where a journaled sync killed -9 stood, from the sectors it wrote to the DPSR drive and the
+ * sectors its transaction carried: the journal gets all the data before the commit, and
+ * nothing is applied in place before it. Heads, descriptors and the label are far below the margin.
+ */
+export function journaledKillPoint(writtenSectors: number, dataSectors: number): 'before commit' | 'after commit' | 'either' {
+  if (writtenSectors < dataSectors) return 'before commit';
+  return writtenSectors > dataSectors + 512 ? 'after commit' : 'either';
+}
+
 /** sha256 of a device, or of its first `bytes`. */
 export function sha256Of(dev: string, bytes?: number): string {
   const fd = fs.openSync(dev, 'r');
@@ -288,6 +356,83 @@ export function runDpsrOk(env: NodeJS.ProcessEnv, args: string[], timeoutMs?: nu
   const r = runDpsr(env, args, timeoutMs);
   if (r.status !== 0) throw new Error(`dpsr ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
   return r.stdout;
+}
+
+/** setpriv's prefix that runs a command as nobody (uid and gid 65534): no groups, no capabilities. */
+export const AS_NOBODY = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all'];
+
+let publicRoot: { dir: string } | { why: string } | undefined;
+
+/**
+ * A directory made once per process (removed at exit) that nobody can reach (mode 0755 up
+ * to /): the checkout and the temporary directory may be root's alone (root's home, a
+ * `mktemp -d`). Or why there is none here.
+ */
+function publicBase(): { dir: string } | { why: string } {
+  if (publicRoot) return publicRoot;
+  const tried: string[] = [];
+  for (const parent of new Set([os.tmpdir(), '/tmp', '/var/tmp', '/dev/shm'])) {
+    let dir: string;
+    try {
+      dir = fs.mkdtempSync(path.join(parent, 'dpsr-public-'));
+    } catch (err) {
+      tried.push(`${parent}: ${(err as Error).message}`);
+      continue;
+    }
+    fs.chmodSync(dir, 0o755);
+    const r = spawnSync(AS_NOBODY[0], [...AS_NOBODY.slice(1), 'test', '-x', dir], { encoding: 'utf8' });
+    if (r.status === 0) {
+      process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+      return (publicRoot = { dir });
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+    tried.push(`${parent}: ${r.error?.message ?? (r.stderr.trim() || 'not reachable by uid 65534')}`);
+  }
+  return (publicRoot = { why: `no unprivileged user can be set up here (${AS_NOBODY.join(' ')}): ${tried.join('; ')}` });
+}
+
+/** A new directory nobody can reach (for a socket the test means to be refused by its own mode). */
+export function publicDir(fx: Fixture): string {
+  const base = publicBase();
+  if ('why' in base) throw new Error(base.why);
+  const dir = fs.mkdtempSync(path.join(base.dir, 'dir-'));
+  fs.chmodSync(dir, 0o755);
+  fx.defer(`rm ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/**
+ * A copy of the built CLI that nobody can read and run (bin, dist/src, the addon, the
+ * runtime packages of package-lock.json), made once per process; its bin/dpsr.js.
+ */
+export function publicCli(): string {
+  const base = publicBase();
+  if ('why' in base) throw new Error(base.why);
+  const root = path.resolve(path.dirname(DPSR_BIN), '..');
+  const to = path.join(base.dir, 'dpsr');
+  if (!fs.existsSync(to)) {
+    const lock = JSON.parse(fs.readFileSync(path.join(root, 'package-lock.json'), 'utf8')) as { packages: Record<string, { dev?: boolean }> };
+    const runtime = Object.keys(lock.packages).filter((p) => /^node_modules\/(@[^/]+\/)?[^/]+$/.test(p) && !lock.packages[p].dev);
+    for (const rel of ['package.json', 'bin', 'dist/src', 'addon/build/Release/dpsr.node', ...runtime]) {
+      if (fs.existsSync(path.join(root, rel))) fs.cpSync(path.join(root, rel), path.join(to, rel), { recursive: true });
+    }
+    sh('chmod', ['-R', 'a+rX', to]);
+  }
+  return path.join(to, 'bin/dpsr.js');
+}
+
+/**
+ * A test that runs commands as a user who is not root; where none can be set up it is
+ * skipped, and the reason printed: never passed silently.
+ */
+export function testAsNobody(suite: Test, name: string, fn: () => unknown): void {
+  const base = publicBase();
+  if ('why' in base) {
+    console.log(`skipped: ${name}: ${base.why}`);
+    suite.skip(name, fn as () => void);
+  } else {
+    suite(name, fn as () => void);
+  }
 }
 
 /** A fresh CLI fixture before each test of a suite, cleaned up after it (even when the test failed). */
