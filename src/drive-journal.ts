@@ -13,7 +13,7 @@ import { journalRegionOf } from './sync.js';
 /** The committed transaction after the one the label records as applied, if any. */
 export async function committedOnDrive(fd: number, label: DriveLabel): Promise<CommittedTransaction | null> {
   if (label.journal !== 'tail') return null;
-  const region = journalRegionOf(fd, label);
+  const region = journalRegionOf(fd, label, label.pairId);
   return region ? readCommitted(region, label.journalSeq + 1) : null;
 }
 

@@ -4,7 +4,7 @@
 //
 // On-disk format (all blocks 4 KiB; offsets relative to the region start; integers little-endian):
 //
-//   [0, 4096)            head block: magic "DPSRJNL1", version, type (1 open, 2 commit), seq (u64),
+//   [0, 4096)            head block: magic "DPSRJNL1", version (2; 1 is read), type (1 open, 2 commit), seq (u64),
 //                        nonce (16 random bytes, new for every transaction), entryCount, dataBytes,
 //                        totalBytes (u64 each), txnHash (sha256), and headHash = sha256 of the
 //                        96 bytes before it (a torn head write is never taken for a commit).
@@ -14,7 +14,9 @@
 //                        block index, seq, nonce, count, then 16-byte descriptors from byte 64:
 //                        targetSector (u64), sectors (u48), kind (u16: 1 data, 2 discard).
 //
-// txnHash = sha256("DPSR journal v1\0" ‖ seq ‖ nonce ‖ data bytes ‖ every descriptor, in order).
+// txnHash = sha256("DPSR journal v2\0" ‖ pair id (UTF-8) ‖ 0 ‖ seq ‖ nonce ‖ data bytes ‖ every descriptor, in order):
+// a transaction left in the region by an earlier pairing of the drive never verifies for another pair
+// (version 1, still read, had no pair id: sha256("DPSR journal v1\0" ‖ seq ‖ …)). `pair` also zeroes the head.
 // Data blocks are raw (no header), so they are written and applied straight from aligned buffers;
 // they are bound to the transaction by txnHash, which covers seq and nonce: leftovers of an older
 // transaction, or a mix of two, never verify. Every other block carries seq and nonce.
@@ -39,7 +41,8 @@ const SECTOR = 512;
 const JOURNAL_BLOCK = 4096;
 const HEAD_MAGIC = Buffer.from('DPSRJNL1');
 const DESC_MAGIC = Buffer.from('DPSRJDS1');
-const VERSION = 1;
+const VERSION = 2;
+const READABLE_VERSIONS = new Set([1, 2]);
 const TYPE_OPEN = 1;
 const TYPE_COMMIT = 2;
 const HEAD_HASHED = 96;
@@ -50,7 +53,13 @@ const DESCRIPTORS_PER_BLOCK = (JOURNAL_BLOCK - DESC_HEADER) / DESC_BYTES; // 252
 const KIND_DATA = 1;
 const KIND_DISCARD = 2;
 const MAX_SECTORS = 2 ** 48 - 1;
-const HASH_DOMAIN = Buffer.from('DPSR journal v1\0');
+/** The start of txnHash: the version's domain and, from version 2, the pair the transaction belongs to. */
+function txnHashStart(version: number, pairId: string, seq: number, nonce: Buffer): crypto.Hash {
+  const hash = crypto.createHash('sha256');
+  if (version === 1) hash.update('DPSR journal v1\0');
+  else hash.update('DPSR journal v2\0').update(pairId, 'utf8').update(Buffer.alloc(1));
+  return hash.update(u64(seq)).update(nonce);
+}
 const DEFAULT_CHUNK_BYTES = 4 << 20;
 const DEFAULT_IN_FLIGHT = 4;
 /** Most descriptors one apply batch holds (a batch is one read of the data area, then its writes). */
@@ -60,6 +69,8 @@ export interface JournalRegion {
   fd: number;
   startBytes: number;
   lengthBytes: number;
+  /** The pair whose transactions it holds: bound into every transaction's hash. */
+  pairId: string;
 }
 
 export type JournalEntry =
@@ -157,9 +168,9 @@ export async function writeTransaction(region: JournalRegion, seq: number,
     if (need > region.lengthBytes) throw tooBig(need, dataBytes, entries.length, region);
   }
   const nonce = crypto.randomBytes(16);
-  const hash = crypto.createHash('sha256').update(HASH_DOMAIN).update(u64(seq)).update(nonce);
+  const hash = txnHashStart(VERSION, region.pairId, seq, nonce);
   const head = native().alignedBuffer(JOURNAL_BLOCK, JOURNAL_BLOCK);
-  encodeHead(head, { type: TYPE_OPEN, seq, nonce, entryCount: 0, dataBytes: 0, totalBytes: 0, txnHash: Buffer.alloc(32) });
+  encodeHead(head, { version: VERSION, type: TYPE_OPEN, seq, nonce, entryCount: 0, dataBytes: 0, totalBytes: 0, txnHash: Buffer.alloc(32) });
   await fullIo('write', region.fd, head, 0, JOURNAL_BLOCK, region.startBytes);
 
   const writer = new StreamWriter(region.fd, region.startBytes + JOURNAL_BLOCK, chunkBytes, inFlight);
@@ -194,7 +205,7 @@ export async function writeTransaction(region: JournalRegion, seq: number,
   }
   await fdatasync(region.fd);
   if (opts.commit === false) return { bytes: totalBytes, committed: null };
-  encodeHead(head, { type: TYPE_COMMIT, seq, nonce, entryCount: table.count, dataBytes, totalBytes, txnHash: hash.digest() });
+  encodeHead(head, { version: VERSION, type: TYPE_COMMIT, seq, nonce, entryCount: table.count, dataBytes, totalBytes, txnHash: hash.digest() });
   await fullIo('write', region.fd, head, 0, JOURNAL_BLOCK, region.startBytes);
   await fdatasync(region.fd);
   const descriptors = Buffer.concat(table.blocks.map((b) => b.subarray(DESC_HEADER, DESC_HEADER + b.readUInt32LE(40) * DESC_BYTES)));
@@ -313,6 +324,7 @@ function decodeDescriptor(table: Buffer, i: number): { targetSector: number; sec
 }
 
 interface Head {
+  version: number;
   type: number;
   seq: number;
   nonce: Buffer;
@@ -325,7 +337,7 @@ interface Head {
 function encodeHead(b: Buffer, h: Head): void {
   b.fill(0, 0, JOURNAL_BLOCK);
   HEAD_MAGIC.copy(b, 0);
-  b.writeUInt32LE(VERSION, 8);
+  b.writeUInt32LE(h.version, 8);
   b.writeUInt32LE(h.type, 12);
   b.writeBigUInt64LE(BigInt(h.seq), 16);
   h.nonce.copy(b, 24);
@@ -337,7 +349,7 @@ function encodeHead(b: Buffer, h: Head): void {
 }
 
 function decodeHead(b: Buffer): Head | null {
-  if (!b.subarray(0, 8).equals(HEAD_MAGIC) || b.readUInt32LE(8) !== VERSION) return null;
+  if (!b.subarray(0, 8).equals(HEAD_MAGIC) || !READABLE_VERSIONS.has(b.readUInt32LE(8))) return null;
   const sum = crypto.createHash('sha256').update(b.subarray(0, HEAD_HASHED)).digest();
   if (!sum.equals(b.subarray(HEAD_HASHED, HEAD_HASHED + 32))) return null;
   const num = (at: number): number => {
@@ -345,7 +357,7 @@ function decodeHead(b: Buffer): Head | null {
     return v > BigInt(Number.MAX_SAFE_INTEGER) ? -1 : Number(v);
   };
   const h: Head = {
-    type: b.readUInt32LE(12), seq: num(16), nonce: Buffer.from(b.subarray(24, 40)), entryCount: num(40),
+    version: b.readUInt32LE(8), type: b.readUInt32LE(12), seq: num(16), nonce: Buffer.from(b.subarray(24, 40)), entryCount: num(40),
     dataBytes: num(48), totalBytes: num(56), txnHash: Buffer.from(b.subarray(64, 96)),
   };
   if (h.seq < 0 || h.entryCount < 0 || h.dataBytes < 0 || h.totalBytes < 0) return null;
@@ -372,7 +384,7 @@ export async function readCommitted(region: JournalRegion, seq: number, opts: Jo
   if (head.dataBytes % SECTOR !== 0 || head.totalBytes !== journalBytesFor(head.dataBytes, head.entryCount)
     || head.totalBytes > region.lengthBytes) return null;
 
-  const hash = crypto.createHash('sha256').update(HASH_DOMAIN).update(u64(seq)).update(head.nonce);
+  const hash = txnHashStart(head.version, region.pairId, seq, head.nonce);
   const paddedData = roundUp(head.dataBytes, JOURNAL_BLOCK);
   const descriptors = Buffer.alloc(head.entryCount * DESC_BYTES);
   let dataSectors = 0;
@@ -385,7 +397,7 @@ export async function readCommitted(region: JournalRegion, seq: number, opts: Jo
     for (; off < chunk.length; off += JOURNAL_BLOCK) {
       const b = chunk.subarray(off, off + JOURNAL_BLOCK);
       const expected = Math.min(DESCRIPTORS_PER_BLOCK, head.entryCount - descIndex * DESCRIPTORS_PER_BLOCK);
-      if (!b.subarray(0, 8).equals(DESC_MAGIC) || b.readUInt32LE(8) !== VERSION || b.readUInt32LE(12) !== descIndex
+      if (!b.subarray(0, 8).equals(DESC_MAGIC) || b.readUInt32LE(8) !== head.version || b.readUInt32LE(12) !== descIndex
         || b.readBigUInt64LE(16) !== BigInt(seq) || !b.subarray(24, 40).equals(head.nonce) || b.readUInt32LE(40) !== expected) {
         return null;
       }

@@ -378,7 +378,7 @@ async function rollbackLocked(s: Session, req: RollbackRequest): Promise<Rollbac
   const drive = openCheckedDrive(pair, false);
   try {
     // As mounting replays a log: a committed transaction is part of the image.
-    const region = journalRegionOf(drive.fd, pair);
+    const region = journalRegionOf(drive.fd, pair, pair.id);
     const txn = region ? await readCommitted(region, lastAppliedSeq(pair, drive.label) + 1) : null;
     const pendingTxn = pendingTxnOf(pair, drive.label);
     let image = txn && pendingTxn?.seq === txn.seq ? pendingTxn.image : pair.image;

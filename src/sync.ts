@@ -363,13 +363,13 @@ function finalCut(c: SyncContext): Promise<FrozenCut> | null {
   return null;
 }
 
-/** Where the redo journal lives: the reserved tail between the image and the label. */
-export function journalRegionOf(fd: number, pair: Pick<PairRecord, 'dataSectors' | 'reservedSectors'>): JournalRegion | null {
+/** Where the redo journal of pair `pairId` lives: the reserved tail between the image and the label. */
+export function journalRegionOf(fd: number, pair: Pick<PairRecord, 'dataSectors' | 'reservedSectors'>, pairId: string): JournalRegion | null {
   if (pair.reservedSectors === 0) return null;
   const driveBytes = native().blkGetSize64(fd);
   const startBytes = Math.ceil((pair.dataSectors * SECTOR) / 4096) * 4096;
   const endBytes = Math.floor((driveBytes - LABEL_AREA_BYTES) / 4096) * 4096;
-  return endBytes - startBytes >= MIN_JOURNAL_BYTES ? { fd, startBytes, lengthBytes: endBytes - startBytes } : null;
+  return endBytes - startBytes >= MIN_JOURNAL_BYTES ? { fd, startBytes, lengthBytes: endBytes - startBytes, pairId } : null;
 }
 
 /** The last journal transaction applied to the drive, by the pair's record or the drive's own label. */
@@ -389,7 +389,7 @@ export function pendingTxnOf(pair: PairRecord, label: DriveLabel | null): PairRe
  */
 export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDrive): Promise<boolean> {
   const { fd, label } = drive;
-  const region = journalRegionOf(fd, pair);
+  const region = journalRegionOf(fd, pair, pair.id);
   if (!region) return false;
   if (label?.pairId === pair.id && label.journalSeq > (pair.journalSeq ?? 0)) {
     // Applied from the drive alone (a rescue system's rollback --drive or recover): the label knows the image.
@@ -656,7 +656,7 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     // The journal must hold this generation: what is known now, with room for what comes during the passes.
     const knownBytes = (range.dirty.totalSectors + range.suspect.totalSectors +
       (carried ? carried.copy.totalSectors + carried.compare.totalSectors : 0)) * SECTOR; // discards take no data
-    const region = journalRegionOf(drive.fd, pair);
+    const region = journalRegionOf(drive.fd, pair, pair.id);
     let journaled = opts.journal !== false && region !== null && journalBytesFor(knownBytes, Math.ceil(knownBytes / 4096) + 1) <= region.lengthBytes / 2;
     let r: GenerationResult;
     try {

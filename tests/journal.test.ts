@@ -10,7 +10,7 @@ import {
   type CommittedTransaction, type JournalEntry, type JournalRegion,
 } from '../src/journal.js';
 import { native } from '../src/native.js';
-import { Fixture, sh } from './helpers/fixture.js';
+import { Fixture, ddDirect, freshCliFixture, runDpsr, sha256Of, sh } from './helpers/fixture.js';
 
 const SECTOR = 512;
 const MiB = 1 << 20;
@@ -30,7 +30,7 @@ function drive(sizeMiB = DRIVE_MIB): { dev: string; fd: number; region: JournalR
   const fd = openDirect(dev, true);
   fx.defer(`close ${dev}`, () => fs.closeSync(fd));
   const size = native().blkGetSize64(fd);
-  return { dev, fd, region: { fd, startBytes: IMAGE_BYTES, lengthBytes: size - 8192 - IMAGE_BYTES } };
+  return { dev, fd, region: { fd, startBytes: IMAGE_BYTES, lengthBytes: size - 8192 - IMAGE_BYTES, pairId: 'test-pair' } };
 }
 
 function readAt(fd: number, position: number, length: number): Buffer {
@@ -304,6 +304,35 @@ test('idempotent apply, and invalidate makes the transaction unreplayable', asyn
   assert.is(sha256(readAt(fd, 0, IMAGE_BYTES)), once);
   await invalidate(region);
   assert.is(await readCommitted(region, 12), null);
+});
+
+test('a transaction of another pair never verifies, even with the sequence number looked for', async () => {
+  const { region } = drive();
+  await writeTransaction(region, 1, [data(0, 4096)]);
+  assert.ok(await readCommitted(region, 1), 'its own pair reads it');
+  assert.is(await readCommitted({ ...region, pairId: 'another-pair' }, 1), null);
+});
+
+test('a drive paired again after unpair never replays the earlier pairing\'s transaction', () => {
+  const { fx: f, env } = freshCliFixture();
+  try {
+    const { source, drive: dev, bytes } = f.pairDevices(32);
+    const other = f.loop(32);
+    const run = (...args: string[]) => {
+      const r = runDpsr(env, args);
+      assert.is(r.status, 0, `dpsr ${args.join(' ')}: ${r.stderr}`);
+    };
+    run('pair', other, dev, '--name', 'first');
+    ddDirect(other, 1024, 64);
+    run('sync', 'first', '--quiet-period', '0.2'); // leaves transaction 1 of "first" in the tail, applied
+    run('unpair', 'first');
+    run('pair', source, dev, '--name', 'second', '--force');
+    ddDirect(source, 4096, 8);
+    run('sync', 'second', '--quiet-period', '0.2'); // looks for its transaction 1 first
+    assert.is(sha256Of(dev, bytes), sha256Of(source, bytes), 'the DPSR drive is the second source, nothing of the first');
+  } finally {
+    f.cleanup();
+  }
 });
 
 test('an entry aimed at the journal region itself is refused at apply', async () => {

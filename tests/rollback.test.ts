@@ -316,7 +316,7 @@ async function commitUnapplied(source: string, drive: string, dataSectors: numbe
   const src = fs.openSync(source, 'r');
   try {
     const label = readLabel(fd)!;
-    const region = journalRegionOf(fd, { dataSectors, reservedSectors: label.reservedSectors } as PairRecord)!;
+    const region = journalRegionOf(fd, { dataSectors, reservedSectors: label.reservedSectors } as PairRecord, label.pairId)!;
     const seq = label.journalSeq + 1;
     const entries = extents.map(([start, end]): JournalEntry => {
       const data = Buffer.alloc((end - start) * 512);

@@ -7,7 +7,8 @@ import { openDirect } from '../copy.js';
 import { checkPairable } from '../pair-checks.js';
 import { closeSession, openSession } from '../session.js';
 import type { PairRecord } from '../store.js';
-import { fullCopy, openPairedDrive, updateLabel } from '../sync.js';
+import { fullCopy, journalRegionOf, openPairedDrive, updateLabel } from '../sync.js';
+import { invalidate } from '../journal.js';
 
 export interface PairOptions {
   source: string;
@@ -56,6 +57,9 @@ export async function pairCommand(opts: PairOptions, settings: Settings, log: (s
     const srcFd = openDirect(opts.source, false);
     try {
       updateLabel(drive.fd, pair);
+      // A transaction an earlier pairing left in the tail must never be taken for one of this pair.
+      const region = journalRegionOf(drive.fd, pair, pair.id);
+      if (region && pair.fullCopy.doneSectors === 0) await invalidate(region);
       const bytes = await fullCopy(s, pair, range, srcFd, drive.fd);
       pair.image = 'fuzzy'; // whole, but copied live: consistent after the first sync
       updateLabel(drive.fd, pair);
