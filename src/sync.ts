@@ -202,7 +202,7 @@ function readIntoMemory(fd: number, extents: ExtentSet, limitSectors: number): H
 }
 
 /** What one pass takes: data to copy, regions to compare, ranges discarded (data-less). */
-interface Cut { copy: ExtentSet; compare: ExtentSet; discard: ExtentSet }
+export interface Cut { copy: ExtentSet; compare: ExtentSet; discard: ExtentSet }
 
 /** The cut: what the tracker recorded until now, taken out of it. */
 function takeCut(range: RangeState): Cut {
@@ -474,6 +474,28 @@ function passCut(c: SyncContext, pass: number, carried: Cut | null): Cut {
   return cut;
 }
 
+/** Extents rounded out to whole 4 KiB blocks (what a pass reads and journals). */
+function blocksOf(extents: ExtentSet): ExtentSet {
+  const out = new ExtentSet();
+  extents.forEach((start, end) => out.add(Math.floor(start / 8) * 8, Math.ceil(end / 8) * 8));
+  return out;
+}
+
+/**
+ * Until the transaction is applied the drive holds the previous image, not
+ * what earlier passes journaled: a region to compare that an earlier pass
+ * wrote into the transaction is copied instead, or a block that went back
+ * to its old content would compare equal and the earlier entry would win.
+ */
+export function copyWhereJournaled(cut: Cut, journaled: ExtentSet): Cut {
+  const elsewhere = cut.compare.clone();
+  elsewhere.subtractSet(journaled);
+  const overlap = cut.compare.clone();
+  overlap.subtractSet(elsewhere);
+  cut.copy.addSet(overlap);
+  return { ...cut, compare: elsewhere };
+}
+
 /**
  * The journaled way (invariant 5): every pass, the compare repairs and the
  * frozen final pass go into one transaction in the drive's tail; the label
@@ -489,10 +511,13 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
   const counters = { bytesRead: 0, entryBytes: 0, comparedBytes: 0 };
   const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
   let settleEpoch = -1;
+  const journaled = new ExtentSet(); // what earlier passes of this transaction wrote into it
   async function* entries(): AsyncGenerator<JournalEntry> {
     for (let pass = 1; ; pass++) {
       result.cutMs = Date.now();
-      const cut = passCut(c, pass, carried);
+      const cut = copyWhereJournaled(passCut(c, pass, carried), journaled);
+      journaled.addSet(blocksOf(cut.copy));
+      journaled.addSet(blocksOf(cut.discard));
       await savePending(s, pair, range, c.generation, result.cutMs, cut);
       const before = counters.entryBytes;
       for (const [start, end] of cut.discard) {
@@ -547,6 +572,13 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
   return result;
 }
 
+/** Before the first write in place: until the sync ends the drive is no whole image; the label says so, and the record once saved. */
+function markPartial(c: SyncContext): void {
+  if (c.pair.image === 'partial') return;
+  c.pair.image = 'partial';
+  updateLabel(c.driveFd, c.pair);
+}
+
 /**
  * The direct way, when there is no journal (no reserved tail) or the
  * generation is too big for it: writes in place, the label says "partial"
@@ -560,13 +592,8 @@ async function directGeneration(c: SyncContext, carried: Cut | null): Promise<Ge
     result.cutMs = Date.now();
     const cut = passCut(c, pass, carried);
     cut.copy.addSet(cut.discard); // without a journal a discard is copied like data (what the source reads back)
-    if ((!cut.copy.isEmpty || !cut.compare.isEmpty) && pair.image !== 'partial') {
-      pair.image = 'partial';
-      await savePending(s, pair, range, c.generation, result.cutMs, cut);
-      updateLabel(c.driveFd, pair);
-    } else {
-      await savePending(s, pair, range, c.generation, result.cutMs, cut);
-    }
+    if (!cut.copy.isEmpty || !cut.compare.isEmpty) markPartial(c);
+    await savePending(s, pair, range, c.generation, result.cutMs, cut); // saves the record's "partial" too
     const bar = progressBar(`${pair.name}: sync pass ${pass}`, (cut.copy.totalSectors + cut.compare.totalSectors) * SECTOR);
     const copied = await copyExtents(c.srcFd, c.driveFd, cut.copy, {
       ...SCATTERED_IO, limitSectors, onProgress: (p) => bar.update(p.doneSectors * SECTOR),
@@ -588,6 +615,7 @@ async function directGeneration(c: SyncContext, carried: Cut | null): Promise<Ge
     const f = await final;
     if (c.finalMode === 'freeze') result.freezeMs = f.freezeMs;
     if (f.ok) {
+      if (f.held.length > 0) markPartial(c);
       await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet(), discard: new ExtentSet() });
       let bytes = 0;
       for (const h of f.held) bytes += fs.writeSync(c.driveFd, h.buf, 0, h.length, h.position);
