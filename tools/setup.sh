@@ -16,6 +16,7 @@ packages=(
 	systemd udev initramfs-tools-core python3-prometheus-client   # unit, rule, initramfs hook and metrics checks
 	groff-base man-db                                      # the manual page: rendered and checked by the tests, read with man
 	qemu-system-x86 busybox-static extlinux syslinux-common cpio   # boot tests: a real system disk booted under qemu
+	mmdebstrap qemu-utils                                  # the guest test: a Debian 12 guest with systemd and udevd (tools/guest.sh)
 )
 echo "setup: apt-get install ${packages[*]}"
 apt-get update -qq

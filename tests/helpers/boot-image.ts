@@ -114,14 +114,14 @@ export interface BootPieces {
   builtMs: number;
 }
 
-function aptVersion(pkg: string): string {
+export function aptVersion(pkg: string): string {
   const m = sh('apt-cache', ['show', '--no-all-versions', pkg]).match(/^Version: (\S+)/m);
   if (!m) throw new Error(`apt-cache show ${pkg}: no version (run apt-get update)`);
   return m[1];
 }
 
 /** The versioned kernel package the linux-image-amd64 metapackage points at now. */
-function kernelPackage(): string {
+export function kernelPackage(): string {
   const m = sh('apt-cache', ['depends', '--no-recommends', '--no-suggests', 'linux-image-amd64']).match(/Depends: (linux-image-\S+)/);
   if (!m) throw new Error('apt-cache depends linux-image-amd64: no kernel package (run apt-get update)');
   return m[1];

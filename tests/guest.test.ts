@@ -1,0 +1,218 @@
+// dpsr as a user runs it: a real Debian 12 guest (systemd 252, its udevd and
+// kernel) under qemu, `dpsr install` as the README says, a source disk mounted
+// from fstab by UUID and paired with a DPSR drive, then rebooted twice. What
+// the guest saw comes back through the 9p share (tests/helpers/guest.ts).
+// Disks: vda the guest's root, vdb the source (GPT, one ext4 partition), vdc
+// the DPSR drive. The guest is built once (3-7 min, cached), then each boot
+// takes about 1-3 min under software emulation.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Fixture, sh } from './helpers/fixture.js';
+import { type BootOutcome, type GuestImage, bootOnce, guestImage, packDpsr } from './helpers/guest.js';
+
+const BOOT_TIMEOUT_S = 600; // a bound, not a wait: a boot returns when the guest powers off
+const SOURCE_MiB = 96;
+const DRIVE_MiB = SOURCE_MiB + 16;
+
+let fx: Fixture;
+let image: GuestImage;
+let host: string;
+const boots: BootOutcome[] = [];
+
+// Shell the boot scripts share: results as KEY=value lines for the test; polls, not sleeps.
+const PRELUDE = String.raw`set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+R=/mnt/host/out/results-$GUEST_BOOT.txt
+r() { echo "$1=$2" >>"$R"; }
+# waitfor SECONDS CMD...: until CMD succeeds (checked twice a second), at most SECONDS.
+waitfor() { local end=$(( $(date +%s) + $1 )); shift; until "$@"; do [ "$(date +%s)" -ge "$end" ] && return 1; sleep 0.5; done; }
+# The persistent-storage links that lead to the DPSR drive or its partitions.
+drive_links() {
+	for l in /dev/disk/by-uuid/* /dev/disk/by-label/* /dev/disk/by-partuuid/* /dev/disk/by-partlabel/*; do
+		[ -e "$l" ] || continue
+		case "$(readlink -f "$l")" in /dev/vdc | /dev/vdc[0-9]*) printf '%s ' "$l" ;; esac
+	done
+}
+prop() { udevadm info -q property "$1" 2>/dev/null | sed -n "s/^$2=//p"; }
+# What udev made of the drive after an event: links, blkid's probe, the probe's verdict, the read-only flag.
+hidden_state() {
+	udevadm settle
+	r "$1.driveLinks" "$(drive_links)"
+	r "$1.fsType" "$(prop /dev/vdc ID_FS_TYPE)$(prop /dev/vdc1 ID_FS_TYPE)$(prop /dev/vdc ID_PART_TABLE_UUID)"
+	r "$1.hidden" "$(prop /dev/vdc DPSR_HIDDEN)$(prop /dev/vdc1 DPSR_HIDDEN)"
+	r "$1.readOnly" "$(blockdev --getro /dev/vdc)"
+	r "$1.sourceLink" "$(readlink -f "/dev/disk/by-uuid/$(cat /mnt/host/source-uuid)")"
+}
+# The daemon's unit once it is settled (active, or failed).
+unit_settled() { case "$(systemctl is-active dpsr)" in active | failed) return 0 ;; esac; return 1; }
+compare_done() { dpsr status data --json >/run/dpsr-test-status.json 2>/dev/null && ! grep -qE '"state":"(needs-compare|syncing|copying)"' /run/dpsr-test-status.json; }
+`;
+
+// Boot 1: the source, dpsr installed and enabled as the README says, the pair, a sync by the daemon.
+const BOOT1 = String.raw`
+printf 'label: gpt\nstart=2048, name=data\n' | sfdisk -q /dev/vdb
+udevadm settle
+mkfs.ext4 -q -L data /dev/vdb1
+uuid=$(blkid -s UUID -o value /dev/vdb1)
+echo "$uuid" >/mnt/host/source-uuid
+echo "UUID=$uuid /data ext4 defaults 0 2" >>/etc/fstab
+mkdir -p /data && systemctl daemon-reload && mount /data && r mounted "$(findmnt -n -o SOURCE /data)"
+head -c 8M /dev/urandom >/data/before && sync
+
+mkdir -p /opt/dpsr && tar -C /opt/dpsr -xf /mnt/host/dpsr.tar
+node /opt/dpsr/bin/dpsr.js install >/mnt/host/out/install.log 2>&1; r install "$?"
+systemctl daemon-reload && systemctl enable --now dpsr
+udevadm control --reload && udevadm trigger --subsystem-match=block --action=change
+update-initramfs -u >/mnt/host/out/initramfs.log 2>&1; r initramfs "$?"
+cp "/boot/initrd.img-$(uname -r)" /mnt/host/initrd.img
+waitfor 120 unit_settled; r active "$(systemctl is-active dpsr)"
+
+# dpsr pair takes tracking itself (it does not go through the daemon): the daemon stops meanwhile.
+systemctl stop dpsr
+dpsr pair /dev/vdb /dev/vdc --name data --reserve 16M >/mnt/host/out/pair.log 2>&1; r pair "$?"
+systemctl start dpsr; waitfor 120 unit_settled; r activeAfterPair "$(systemctl is-active dpsr)"
+waitfor 60 test -b /dev/vdc1; hidden_state paired
+
+# The installed probe under systemd-udevd's own [Service] settings, and node there as the control.
+{
+	echo '[Service]'; echo 'Type=oneshot'
+	systemctl cat systemd-udevd.service | sed -n '/^\[Service\]/,/^\[/p' |
+		grep -E '^[A-Za-z]+=' | grep -vE '^(Type|Exec[A-Za-z]*|Sockets|Restart[A-Za-z]*|WatchdogSec|Delegate|OOMScoreAdjust|KillMode|TasksMax)='
+	echo 'ExecStart=/bin/sh -c "/usr/local/sbin/dpsr-udev-probe /dev/vdc; echo PROBE_EXIT=$$?; /usr/local/bin/node -e 0; echo NODE_EXIT=$$?"'
+	echo 'StandardOutput=file:/mnt/host/out/udevd-sandbox.log'
+	echo 'StandardError=inherit'
+} >/run/systemd/system/dpsr-test-udevd-sandbox.service
+cp /run/systemd/system/dpsr-test-udevd-sandbox.service /mnt/host/out/
+systemctl daemon-reload && systemctl start dpsr-test-udevd-sandbox.service
+r udevdKilledProbes "$(journalctl -b -u systemd-udevd | grep -c 'dpsr-udev-probe.*\(terminated by signal\|failed\)')"
+
+head -c 8M /dev/urandom >/data/after-pair && sync
+dpsr sync data --json >/mnt/host/out/sync-1.json 2>/mnt/host/out/sync-1.err; r sync "$?"
+`;
+
+// Boots 2 and 3: nothing is run by hand before the checks of the unit.
+const REBOOT = String.raw`
+waitfor 180 unit_settled
+r active "$(systemctl is-active dpsr)"
+r restarts "$(systemctl show dpsr -p NRestarts --value)"
+r defaultTarget "$(systemctl is-active "$(systemctl get-default)")"
+r data "$(findmnt -n -o SOURCE /data)"
+hidden_state boot
+waitfor 900 compare_done; r compared "$?"
+dpsr status data --json >"/mnt/host/out/status-$GUEST_BOOT.json"
+r identityChanged "$(journalctl -b -u dpsr | grep -c identity-changed)"
+r driveSectorsRead "$(awk '{print $3}' /sys/block/vdc/stat)"
+r sourceSectorsRead "$(awk '{print $3}' /sys/block/vdb/stat)"
+`;
+
+const BOOT2_MORE = String.raw`
+head -c 4M /dev/urandom >/data/boot-2 && sync
+dpsr sync data --json >/mnt/host/out/sync-2.json 2>/mnt/host/out/sync-2.err; r sync "$?"
+udevadm trigger --subsystem-match=block --action=change; hidden_state change
+udevadm trigger --subsystem-match=block --action=add; hidden_state add
+umount /data && mount /data; r remounted "$(findmnt -n -o SOURCE /data)"
+# Hot-plug: the drive's PCI device goes and is found again (new events, a new diskseq).
+pci=$(readlink -e /sys/block/vdc/device/..) && [ -e "$pci/remove" ] && echo 1 >"$pci/remove"
+waitfor 60 test ! -e /sys/block/vdc; r unplugged "$?"
+echo 1 >/sys/bus/pci/rescan; waitfor 60 test -b /dev/vdc1; r replugged "$?"
+hidden_state hotplug
+`;
+
+test.before(() => {
+  fx = new Fixture();
+  image = guestImage();
+  console.log(`  guest (${image.recipe}): ${image.builtMs > 0 ? `built in ${(image.builtMs / 1000).toFixed(0)} s` : 'from the cache'}`);
+  host = fs.mkdtempSync(path.join(fx.dir, 'share-'));
+  packDpsr(path.join(host, 'dpsr.tar'));
+  const images = ['source.img', 'drive.img'].map((f) => path.join(fx.dir, f));
+  sh('truncate', ['-s', `${SOURCE_MiB}M`, images[0]]);
+  sh('truncate', ['-s', `${DRIVE_MiB}M`, images[1]]);
+  const disks = images.flatMap((f) => ['-drive', `file=${f},if=virtio,format=raw`]);
+  const scripts = [PRELUDE + BOOT1, PRELUDE + REBOOT + BOOT2_MORE, PRELUDE + REBOOT];
+  for (const [i, script] of scripts.entries()) {
+    const b = bootOnce(image, host, script, disks, BOOT_TIMEOUT_S);
+    boots.push(b);
+    console.log(`  boot ${i + 1}: ${(b.wallMs / 1000).toFixed(0)} s, ${JSON.stringify(b.results)}`);
+    if (b.status !== 0) break; // the tests say what went wrong
+  }
+});
+test.after(() => fx.cleanup());
+
+/** The boot's outcome, asserting the guest came up and powered off by itself. */
+function boot(n: number): BootOutcome {
+  const b = boots[n - 1];
+  assert.ok(b, `boot ${n} did not happen (an earlier boot failed)`);
+  assert.is(b.status, 0, `boot ${n}: guest.sh exit ${b.status}: ${b.stderr}\n${b.log.slice(-2000)}`);
+  return b;
+}
+const out = (name: string) => fs.readFileSync(path.join(host, 'out', name), 'utf8');
+
+test('dpsr install, enable and update-initramfs as the README says; the pair is made while the daemon is stopped', () => {
+  const r = boot(1).results;
+  assert.equal([r.mounted, r.install, r.initramfs, r.active, r.pair, r.activeAfterPair], ['/dev/vdb1', '0', '0', 'active', '0', 'active'],
+    `${JSON.stringify(r)}\n${out('pair.log')}`);
+});
+
+test('after each reboot the unit is active without anyone running dpsr, and the guest reaches its default target', () => {
+  for (const n of [2, 3]) {
+    const r = boot(n).results;
+    assert.is(r.active, 'active', `boot ${n}: ${JSON.stringify(r)}`);
+    assert.is(r.restarts, '0', `boot ${n}: the unit started at the first attempt`);
+    assert.is(r.defaultTarget, 'active', `boot ${n}`);
+  }
+});
+
+test('the udev probe runs inside systemd-udevd\'s own sandbox, where node aborts', () => {
+  const log = out('udevd-sandbox.log');
+  assert.match(out('dpsr-test-udevd-sandbox.service'), /^MemoryDenyWriteExecute=yes$/m, 'the sandbox is udevd\'s');
+  assert.match(log, /^DPSR_DRIVE=1$/m, log);
+  assert.match(log, /^DPSR_HIDDEN=1$/m, log);
+  assert.match(log, /^PROBE_EXIT=0$/m);
+  assert.not.match(log, /^NODE_EXIT=0$/m, `node runs there after all: the premise changed\n${log}`);
+  assert.is(boot(1).results.udevdKilledProbes, '0', 'udevd ran the rule\'s probe without a crash');
+});
+
+test('no udev event gives the DPSR drive a by-uuid, by-label or by-partuuid link or a file system type: pairing, boot, trigger, hot-plug', () => {
+  const states: Array<[number, string]> = [[1, 'paired'], [2, 'boot'], [2, 'change'], [2, 'add'], [2, 'hotplug'], [3, 'boot']];
+  for (const [n, tag] of states) {
+    const r = boot(n).results;
+    const what = `boot ${n}, ${tag}: ${JSON.stringify(r)}`;
+    assert.is(r[`${tag}.driveLinks`], '', what);
+    assert.is(r[`${tag}.fsType`], '', `${what}: blkid ran on the copy (LVM, md, btrfs could pick it)`);
+    assert.is(r[`${tag}.hidden`], '11', what);
+    assert.is(r[`${tag}.readOnly`], '1', what);
+    assert.is(r[`${tag}.sourceLink`], '/dev/vdb1', `${what}: by-uuid names the source`);
+  }
+  assert.is(boot(2).results.unplugged, '0', 'the drive went away at the hot-unplug');
+  assert.is(boot(2).results.replugged, '0', 'the drive came back after the hot-plug');
+});
+
+test('fstab\'s UUID= mounts the source, never the copy, at boot and when mounted again', () => {
+  for (const n of [2, 3]) assert.is(boot(n).results.data, '/dev/vdb1', `boot ${n}`);
+  assert.is(boot(2).results.remounted, '/dev/vdb1');
+});
+
+test('the identity of both disks survives a reboot: no identity-changed gap, neither logged nor in status', () => {
+  for (const n of [2, 3]) {
+    const r = boot(n).results;
+    assert.is(r.compared, '0', `boot ${n}: the background compare finished`);
+    assert.is(r.identityChanged, '0', `boot ${n}`);
+    const st = JSON.parse(out(`status-${n}.json`)).pairs[0];
+    const causes = (st.gapsSinceSync ?? []).map((g: { cause: string }) => g.cause);
+    assert.not.ok(causes.includes('identity-changed'), `boot ${n}: ${JSON.stringify(st.gapsSinceSync)}`);
+    console.log(`  boot ${n}: read since boot: drive ${Number(r.driveSectorsRead) / 2048} MiB, source ${Number(r.sourceSectorsRead) / 2048} MiB (of ${SOURCE_MiB} MiB); gaps: ${causes.join(', ')}`);
+  }
+});
+
+test('a sync by the daemon freezes the mounted source (freezeMs reported)', () => {
+  for (const n of [1, 2]) {
+    assert.is(boot(n).results.sync, '0', out(`sync-${n}.err`));
+    const report = JSON.parse(out(`sync-${n}.json`)).syncs[0];
+    assert.ok(report.sourceMounted.length > 0, `boot ${n}: ${JSON.stringify(report)}`);
+    assert.type(report.freezeMs, 'number', `boot ${n}: ${JSON.stringify(report)}`);
+  }
+});
+
+test.run();
