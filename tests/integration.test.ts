@@ -10,6 +10,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { PROBE_PATH, decideProbe, isRecordedSource, rootDeviceNames, type ProbeFacts } from '../src/udev-probe.js';
 import { systemDisks } from '../src/pair-checks.js';
+import { openDirect } from '../src/copy.js';
+import { writeLabel, type DriveLabel } from '../src/label.js';
+import { native } from '../src/native.js';
 import { hookEnvironment, runFailureHook, type HookEvent } from '../src/failure-hook.js';
 import { escapeLabelValue, renderMetrics, writeMetricsFile, type MetricsSnapshot, type PairMetrics } from '../src/metrics.js';
 import type { DeviceIdentity } from '../src/identity.js';
@@ -172,6 +175,36 @@ test('probe: a partition of a whole-disk DPSR drive is recognised and hidden (it
   assert.is(p1.UDEV_DISABLE_PERSISTENT_STORAGE_BLKID_FLAG, '1');
   assert.is(readOnly(drive), false, 'only the labelled disk is made read-only, and only by its own event');
   assert.equal(probe(parts[0]), {}, 'the source\'s partition is not hidden');
+});
+
+test('probe: reads the label as label.ts writes it: the newest slot wins; a torn slot or an implausible label is nothing', () => {
+  const dev = fx.loop(8);
+  const label: Omit<DriveLabel, 'seq' | 'updatedMs'> = {
+    pairName: 'one', pairId: 'p1', source: { path: '/dev/none', name: 'none-such', sizeSectors: 1, serial: null, wwid: null, loopBackingFile: null },
+    dataSectors: 1, reservedSectors: 1, image: 'none', imageTimeMs: null, lastGoodTimeMs: null, journal: 'none', journalSeq: 0,
+  };
+  const fd = openDirect(dev, true);
+  try {
+    writeLabel(fd, label, 0); // seq 1: the last 4 KiB
+    assert.equal(probe(dev), { DPSR_DRIVE: '1', DPSR_PAIR: 'one', DPSR_SOURCE_PRESENT: '0' });
+    writeLabel(fd, { ...label, pairName: 'two' }, 1); // seq 2: the 4 KiB before
+    assert.is(probe(dev).DPSR_PAIR, 'two');
+    // A torn newest slot: the other one holds.
+    const buf = native().alignedBuffer(4096, 4096);
+    const slot0 = 8 * 1024 * 1024 - 8192;
+    fs.readSync(fd, buf, 0, 4096, slot0);
+    buf[100] ^= 0xff;
+    fs.writeSync(fd, buf, 0, 4096, slot0);
+    assert.is(probe(dev).DPSR_PAIR, 'one');
+    for (const pairName of ['bad name', 'x'.repeat(65), 'ok\u0000', '-dash']) {
+      writeLabel(fd, { ...label, pairName }, 5);
+      assert.equal(probe(dev), {}, JSON.stringify(pairName));
+    }
+    writeLabel(fd, { ...label, source: { ...label.source, sizeSectors: 1.5 } }, 7);
+    assert.equal(probe(dev), {}, 'a size that is no integer');
+  } finally {
+    fs.closeSync(fd);
+  }
 });
 
 test('probe: errors and strangers print nothing and exit 0', () => {
