@@ -168,13 +168,13 @@ async function killSyncsAt(fractions: number[], sourceDies: boolean): Promise<st
     const at = `killed at ${k.writtenSectors} sectors written for ${data} changed`;
     if (sourceDies) sh('losetup', ['-d', source]);
     dpsr('status', 'p'); // the owner replays a committed transaction, as mounting replays a log
+    if (sourceDies) fx.attach(img, source); // back at once: a detached loop number is anyone's to take
     const h = hash(drive, bytes);
     assert.ok(h === oldHash || h === newHash, `${at}${sourceDies ? ', source gone' : ''}: the drive is a mix`);
     const outcome = h === oldHash ? 'old' : 'new';
     const point = journaledKillPoint(k.writtenSectors, data);
     if (point !== 'either') assert.is(outcome, point === 'before commit' ? 'old' : 'new', `${at}: ${point}`);
     outcomes.push(k.killed ? `${outcome}@${fraction}` : `${outcome}@done`);
-    if (sourceDies) fx.attach(img, source); // back, for the next round
     syncJson('p');
     assert.is(hash(drive, bytes), newHash);
   }

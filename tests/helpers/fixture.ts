@@ -297,12 +297,12 @@ export class Fixture {
   }
 }
 
-/** One dd write with O_DIRECT at a 512-byte sector offset: returns the half-open extent written. */
 /** The first `mib` MiB of a device filled with random data (O_DIRECT). */
 export function randomFill(dev: string, mib: number): void {
   sh('dd', ['if=/dev/urandom', `of=${dev}`, 'bs=1M', `count=${mib}`, 'oflag=direct', 'status=none']);
 }
 
+/** One dd write with O_DIRECT at a 512-byte sector offset: returns the half-open extent written. */
 export function ddDirect(dev: string, startSector: number, sectors: number): [number, number] {
   sh('dd', ['if=/dev/urandom', `of=${dev}`, `bs=${sectors * 512}`, `seek=${startSector * 512}`, 'count=1',
     'oflag=direct,seek_bytes', 'conv=notrunc', 'status=none']);
