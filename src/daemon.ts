@@ -15,7 +15,7 @@ import { type Schedule, changedBytes, hasChanges, percentile, policyOf, statusOf
 import { type HookEventKind, runFailureHook } from './failure-hook.js';
 import { type MetricsSnapshot, writeMetricsFile } from './metrics.js';
 import { describeExtents, scrubStep, scrubWanted } from './scrub.js';
-import { closeSession, openSession, type Session } from './session.js';
+import { closeSession, openSession, recheckSources, type Session } from './session.js';
 import { type SyncReport, syncPair } from './sync.js';
 import { LABEL_AREA_BYTES } from './label.js';
 import { rollbackInSession } from './rollback.js';
@@ -274,6 +274,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     if (ticking) return;
     ticking = true;
     void serial(async () => {
+      await recheckSources(s);
       await s.tracker.cycle();
       newGaps();
       await syncDue();

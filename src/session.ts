@@ -3,10 +3,10 @@
 // adopted and its devices checked against what was recorded.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type Settings, OWNER_RING_BYTES } from './defaults.js';
-import { resolveBlockDevice } from './devices.js';
+import { type BlockDevice, readSysOrNull, resolveBlockDevice } from './devices.js';
 import { systemDisks } from './pair-checks.js';
 import { DpsrError, RefusedError } from './errors.js';
-import { identify, identityChanges, isReplaced } from './identity.js';
+import { type DeviceIdentity, identify, identityChanges, isReplaced } from './identity.js';
 import { OWNER_RING } from './kernel-abi.js';
 import { checkTrackingSupport } from './preflight.js';
 import { type PairRecord, Store } from './store.js';
@@ -36,25 +36,60 @@ async function startTracker(kt: KernelTracking, settings: Settings, store: Store
   }
 }
 
+/** Refuses another device found under the pair's source path (invariant 1). */
+function refuseReplaced(pair: PairRecord, now: DeviceIdentity): void {
+  if (isReplaced(pair.source, now)) {
+    throw new RefusedError(`pair ${pair.name}: ${pair.source.path} is not the paired source any more (${identityChanges(pair.source, now).join('; ')}); unpair and pair again`, 'ESOURCECHANGED');
+  }
+}
+
+/** The same device changed (re-attached, new media): it may have been written unseen, so its whole range is suspect. */
+async function noteSourceChanges(s: Session, pair: PairRecord, range: RangeState, now: DeviceIdentity): Promise<void> {
+  const changes = identityChanges(pair.source, now);
+  if (changes.length === 0) return;
+  s.tracker.suspectAll(range, 'identity-changed', `${pair.source.path} changed (${changes.join('; ')}): writes may have gone unseen`);
+  pair.source = { ...now, path: pair.source.path };
+  await s.store.putPairAndRange(pair, range);
+}
+
 /** Tracks a pair's source again, after checking it is still the same device. */
 async function adoptPair(s: Session, pair: PairRecord, opts: { inheritable?: boolean } = {}): Promise<RangeState> {
   const dev = resolveBlockDevice(pair.source.path);
   const now = identify(dev);
-  const changes = identityChanges(pair.source, now);
-  if (isReplaced(pair.source, now)) {
-    throw new RefusedError(`pair ${pair.name}: ${pair.source.path} is not the paired source any more (${changes.join('; ')}); unpair and pair again`, 'ESOURCECHANGED');
-  }
+  refuseReplaced(pair, now);
   const range = await s.tracker.track(dev, pair.name, s.store.range(pair.name), opts);
-  if (changes.length > 0) {
-    s.tracker.suspectAll(range, 'identity-changed', `${pair.source.path} changed (${changes.join('; ')}): writes may have gone unseen`);
-  }
-  // Recorded anew once per boot too: a re-attach later in this boot is then told by its diskseq.
-  if (changes.length > 0 || now.bootId !== pair.source.bootId) {
-    pair.source = { ...now, path: pair.source.path };
-    await s.store.putPairAndRange(pair, range);
-  }
+  await noteSourceChanges(s, pair, range, now);
   s.ranges.set(pair.name, range);
   return range;
+}
+
+/**
+ * For a session that lives long (the daemon): a source re-attached or given
+ * new media keeps its device number, so tracking goes on unaware; its disk
+ * sequence number changes. Checked each tick (a sysfs read), identified in
+ * full only when it moved.
+ */
+export async function recheckSources(s: Session): Promise<void> {
+  for (const [name, range] of s.ranges) {
+    const pair = s.store.pair(name);
+    if (!pair || s.problems.has(name)) continue;
+    let dev: BlockDevice;
+    try {
+      dev = resolveBlockDevice(pair.source.path);
+    } catch {
+      continue; // gone: its next sync says so
+    }
+    const seq = readSysOrNull(`/sys/block/${dev.disk}/diskseq`);
+    if (seq === null || Number(seq) === pair.source.diskseq) continue;
+    const now = identify(dev);
+    try {
+      refuseReplaced(pair, now);
+    } catch (err) {
+      s.problems.set(name, (err as Error).message); // no sync writes to its drive until it is sorted out
+      continue;
+    }
+    await noteSourceChanges(s, pair, range, now);
+  }
 }
 
 /**

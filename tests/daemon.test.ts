@@ -248,6 +248,33 @@ test('two pairs, continuous policy under a file workload: the image age stays un
   }
 });
 
+test('a source re-attached under the running daemon (same loop number) is seen at the next tick: compared, exact; another disk in its place is refused', async () => {
+  const { source, drive, bytes } = syncedPair(32);
+  await startDaemon('--tick', '0.2');
+  const img = loopBackingFile(source)!;
+  sh('losetup', ['-d', source]);
+  const fd = fs.openSync(img, 'r+'); // written while detached: no block layer saw it
+  fs.writeSync(fd, Buffer.alloc(4096, 0xa5), 0, 4096, 3 * MiB);
+  fs.closeSync(fd);
+  fx.attach(img, source);
+  const st = await waitFor('the identity change', async () => {
+    const s = await statusOf('p');
+    return s.gapsSinceSync.some((g) => g.cause === 'identity-changed') && s;
+  });
+  assert.ok((st.suspectBytes ?? 0) > 0, 'the source is to be compared');
+  const r = dpsr('sync', 'p', '--quiet-period', '0.2');
+  assert.is(r.status, 0, r.stderr);
+  assert.is(hash(drive, bytes), hash(source, bytes), 'the write made while detached is on the DPSR drive');
+
+  // Another image under the same loop number: not the paired source.
+  sh('losetup', ['-d', source]);
+  fx.attach(fx.image('other.img', 32), source);
+  await waitFor('the refusal', async () => (await statusOf('p')).state === 'error' || undefined);
+  const before = hash(drive, bytes);
+  assert.is.not(dpsr('sync', 'p', '--quiet-period', '0.2').status, 0, 'no sync onto the drive from another disk');
+  assert.is(hash(drive, bytes), before, 'nothing written');
+});
+
 test('the metrics file follows the pair; a sync that fails raises the hook and shows in status', async () => {
   const { source, drive } = syncedPair(16);
   const hook = hookScript();
