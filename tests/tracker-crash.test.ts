@@ -7,7 +7,7 @@ import { resolveBlockDevice } from '../src/devices.js';
 import { ExtentSet } from '../src/extents.js';
 import { native } from '../src/native.js';
 import { type RangeState, Tracker } from '../src/tracker.js';
-import { Fixture, sweepStaleTestPins } from './helpers/fixture.js';
+import { Fixture, ddDirect, sweepStaleTestPins } from './helpers/fixture.js';
 
 let fx: Fixture;
 test.before.each(() => {
@@ -73,6 +73,21 @@ test('an owner killed after the flip, before the save, leaves the drop count: th
   missing.subtractSet(range.suspect);
   assert.ok(missing.isEmpty, `dropped writes neither dirty nor suspect: ${JSON.stringify(missing.toArray().slice(0, 5))}`);
   assert.ok(range.gaps.some((g) => g.cause === 'ring-drops'), 'reported as a gap');
+});
+
+test('a shortfall that no record or bitmap left can place makes the whole range suspect, never an empty set', async () => {
+  const dev = fx.loop(64);
+  const kt = fx.tracking({ skipEveryN: 5 }); // the programs skip every 5th completion
+  const tracker = Tracker.start(kt, { ownerLockPath: fx.lockPath(), ringBytes: 1 << 20 });
+  fx.defer('abandon', () => tracker.abandon());
+  const range = await tracker.track(resolveBlockDevice(dev), 'p');
+  await tracker.cycle();
+  for (let i = 0; i < 20; i++) ddDirect(dev, i * 2048, 8);
+  await tracker.cycle();
+  range.unreconciled.clear(); // the bits that would place the missed writes are gone (a detached version's, say)
+  const verdict = (await tracker.reconcile()).get(range);
+  assert.is(verdict?.kind, 'shortfall');
+  assert.equal(range.suspect.toArray(), [[0, range.endSector - range.startSector]], 'the whole range is suspect');
 });
 
 test.run();
