@@ -12,6 +12,10 @@
 #include "dpsr.h"
 
 #define REQ_OP_MASK ((1 << 8) - 1)	/* a macro in blk_types.h, so not in BTF */
+/* Bios of one multi-range discard placed one by one: the most discard
+ * segments a queue takes (NVME_DSM_MAX_RANGES, virtio_blk's
+ * MAX_DISCARD_SEGMENTS). */
+#define DPSR_MAX_DISCARD_BIOS 256
 #define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
 
@@ -155,6 +159,7 @@ static __always_inline void mark_chunks(const struct dpsr_slot *slot, __u32 inde
 struct visit_ctx {
 	__u64 start;		/* the write, absolute sectors */
 	__u64 end;
+	__u64 counted;		/* sectors to count on the disk (the kernel's stat) */
 	__u32 slot_mask;	/* the disk's slots */
 	__u32 epoch;
 	__u32 touched;		/* out: slots whose range the write touched */
@@ -180,13 +185,13 @@ static long visit_slot(__u32 i, struct visit_ctx *c)
 		return 0;
 	if (c->completed)
 		st = bpf_map_lookup_elem(&slot_stats, &i);
+	if (st)
+		st->disk_sectors += c->counted;
 	if (c->unknown) {
 		mark_chunks(slot, i, c->epoch, 0, 0);
 		if (st)
 			st->unknown++;
 	} else {
-		if (st)
-			st->disk_sectors += c->end - c->start;
 		s = c->start > slot->start_sector ? c->start : slot->start_sector;
 		e = c->end < slot->end_sector ? c->end : slot->end_sector;
 		if (s >= e)
@@ -288,39 +293,45 @@ static long emit_one(__u32 r, struct emit_ctx *c)
 	return 0;
 }
 
-SEC("tp_btf/block_rq_complete")
-int BPF_PROG(dpsr_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
+/* One write request as the programs see it, whichever range they place. */
+struct req_ctx {
+	__u32 dev;
+	__u32 op;
+	__u32 slot_mask;	/* the disk's slots */
+	__u32 epoch;
+	bool completed;		/* at completion (count, record), not at issue */
+	bool error;
+};
+
+/*
+ * Places [start, end) (absolute sectors): bitmaps, and at completion the
+ * counters and one record per interested ring. `unknown`: no range is known,
+ * the slots become suspect. `counted`: the sectors the kernel's own stat
+ * counts for this piece (blk_account_io_completion: nr_bytes >> 9 per
+ * completion, passthrough not at all).
+ */
+static __always_inline void place(const struct req_ctx *q, __u64 start, __u64 end,
+				  bool unknown, __u64 counted)
 {
-	__u32 op = BPF_CORE_READ(rq, cmd_flags) & REQ_OP_MASK;
 	struct visit_ctx v = {};
 	struct emit_ctx em = {};
-	struct dpsr_disk *disk;
-	__u32 dev;
 
-	if (!(op & 1))		/* op_is_write() */
-		return 0;
-	disk = tracked_disk(rq, &dev);
-	if (!disk)
-		return 0;
-	if (skip_every_n &&
-	    __sync_fetch_and_add(&completions_seen, 1) % skip_every_n == skip_every_n - 1)
-		return 0;
-
-	v.start = BPF_CORE_READ(rq, __sector);
-	v.end = v.start + (nr_bytes >> 9);	/* this completion's bytes, not the request's */
-	v.slot_mask = READ_ONCE(disk->slot_mask);
-	v.epoch = current_epoch();
-	v.unknown = !is_ranged_write(op);
-	v.completed = true;
+	v.start = start;
+	v.end = end;
+	v.counted = counted;
+	v.slot_mask = q->slot_mask;
+	v.epoch = q->epoch;
+	v.unknown = unknown;
+	v.completed = q->completed;
 	visit_all(&v);
-	if (!v.touched || (v.end == v.start && !v.unknown))
-		return 0;
+	if (!q->completed || !v.touched || (end == start && !unknown))
+		return;
 
-	em.rec.sector = v.start;
-	em.rec.sectors = nr_bytes >> 9;
-	em.rec.dev = dev;
-	em.rec.op = op;
-	em.rec.flags = (v.unknown ? DPSR_REC_UNKNOWN : 0) | (error ? DPSR_REC_ERROR : 0);
+	em.rec.sector = start;
+	em.rec.sectors = end - start;
+	em.rec.dev = q->dev;
+	em.rec.op = q->op;
+	em.rec.flags = (unknown ? DPSR_REC_UNKNOWN : 0) | (q->error ? DPSR_REC_ERROR : 0);
 	em.rec.slot_mask = v.touched;
 	em.ring_mask = v.ring_mask;
 	em.epoch = v.epoch;
@@ -328,6 +339,98 @@ int BPF_PROG(dpsr_complete, struct request *rq, blk_status_t error, unsigned int
 		emit_one(only_bit(em.ring_mask), &em);
 	else
 		bpf_loop(DPSR_MAX_RINGS, emit_one, &em, 0);
+}
+
+struct walk_ctx {
+	struct req_ctx q;
+	struct bio *bio;	/* the next bio to place */
+	__u64 left;		/* bytes not placed yet */
+};
+
+/* bpf_loop callback, once per bio of a multi-range discard. */
+static long place_bio(__u32 i, struct walk_ctx *w)
+{
+	struct bio *bio = w->bio;
+	__u64 sector;
+	__u32 size;
+
+	if (!w->left || !bio)
+		return 1;
+	if (BPF_CORE_READ_INTO(&sector, bio, bi_iter.bi_sector) ||
+	    BPF_CORE_READ_INTO(&size, bio, bi_iter.bi_size) ||
+	    BPF_CORE_READ_INTO(&w->bio, bio, bi_next))
+		return 1;	/* unreadable: what is left becomes unknown */
+	if (size > w->left)
+		size = w->left;
+	place(&w->q, sector, sector + (size >> 9), false, size >> 9);
+	w->left -= size;
+	return 0;
+}
+
+/*
+ * Places `bytes` of a request from its start: one range, except for a
+ * discard request with several segments. On a queue that takes several
+ * discard segments (max_discard_segments > 1: NVMe, virtio-blk), the block
+ * layer merges discard bios that need not be contiguous (blk_try_merge
+ * returns ELEVATOR_DISCARD_MERGE, bio_attempt_discard_merge appends the bio
+ * and counts a segment); __sector is the first bio's and the length the
+ * sum, so each bio's own range is placed. At completion rq->bio is the first
+ * bio not yet completed, advanced past what earlier partial completions
+ * took (blk_update_request), so `bytes` are taken from it on. A chain longer
+ * than the bound, or unreadable, leaves the rest as a write without a range:
+ * never placed where it was not.
+ */
+static __always_inline void place_request(struct walk_ctx *w, struct request *rq, __u32 bytes)
+{
+	__u64 start = BPF_CORE_READ(rq, __sector);
+
+	if (!is_ranged_write(w->q.op)) {
+		place(&w->q, start, start + (bytes >> 9), true, 0);
+		return;
+	}
+	/* blk_rq_nr_discard_segments(); one segment: contiguous bios, if several
+	 * (ll_new_hw_segment adds none for a discard merged at its end). */
+	if ((w->q.op != REQ_OP_DISCARD && w->q.op != REQ_OP_SECURE_ERASE) ||
+	    BPF_CORE_READ(rq, nr_phys_segments) <= 1) {
+		place(&w->q, start, start + (bytes >> 9), false, bytes >> 9);
+		return;
+	}
+	w->bio = BPF_CORE_READ(rq, bio);
+	w->left = bytes;
+	bpf_loop(DPSR_MAX_DISCARD_BIOS, place_bio, w, 0);
+	if (w->left)
+		place(&w->q, 0, 0, true, w->left >> 9);
+}
+
+static __always_inline bool start_request(struct walk_ctx *w, struct request *rq)
+{
+	struct dpsr_disk *disk;
+
+	w->q.op = BPF_CORE_READ(rq, cmd_flags) & REQ_OP_MASK;
+	if (!(w->q.op & 1))		/* op_is_write() */
+		return false;
+	disk = tracked_disk(rq, &w->q.dev);
+	if (!disk)
+		return false;
+	w->q.slot_mask = READ_ONCE(disk->slot_mask);
+	w->q.epoch = current_epoch();
+	return true;
+}
+
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(dpsr_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
+{
+	struct walk_ctx w = {};
+
+	if (!start_request(&w, rq))
+		return 0;
+	if (skip_every_n &&
+	    __sync_fetch_and_add(&completions_seen, 1) % skip_every_n == skip_every_n - 1)
+		return 0;
+	w.q.completed = true;
+	w.q.error = error != 0;
+	/* this completion's bytes, not the request's */
+	place_request(&w, rq, nr_bytes);
 	return 0;
 }
 
@@ -336,21 +439,10 @@ int BPF_PROG(dpsr_complete, struct request *rq, blk_status_t error, unsigned int
 SEC("tp_btf/block_rq_issue")
 int BPF_PROG(dpsr_issue, struct request *rq)
 {
-	__u32 op = BPF_CORE_READ(rq, cmd_flags) & REQ_OP_MASK;
-	struct visit_ctx v = {};
-	struct dpsr_disk *disk;
-	__u32 dev;
+	struct walk_ctx w = {};
 
-	if (!(op & 1))
+	if (!start_request(&w, rq))
 		return 0;
-	disk = tracked_disk(rq, &dev);
-	if (!disk)
-		return 0;
-	v.start = BPF_CORE_READ(rq, __sector);
-	v.end = v.start + (BPF_CORE_READ(rq, __data_len) >> 9);
-	v.slot_mask = READ_ONCE(disk->slot_mask);
-	v.epoch = current_epoch();
-	v.unknown = !is_ranged_write(op);
-	visit_all(&v);
+	place_request(&w, rq, BPF_CORE_READ(rq, __data_len));
 	return 0;
 }

@@ -13,10 +13,12 @@
 #define DPSR_SPAN_WORDS		16	/* a wider write marks the whole slot */
 
 /* dpsr_record.flags */
-#define DPSR_REC_UNKNOWN	1	/* a write without a range (REQ_OP_DRV_OUT) */
+#define DPSR_REC_UNKNOWN	1	/* a write without a range (REQ_OP_DRV_OUT; a multi-range */
+					/* discard whose bios could not all be read) */
 #define DPSR_REC_ERROR		2	/* completed with an error status */
 
-/* One completed write, as seen at block_rq_complete. */
+/* One completed write, as seen at block_rq_complete; a multi-range discard
+ * gives one record per bio. */
 struct dpsr_record {
 	__u64 sector;		/* absolute on the disk, 512-byte units */
 	__u32 sectors;		/* completed by this call: partial completions happen */
