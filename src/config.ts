@@ -18,15 +18,14 @@
 //   policy = "manual"                # never written behind the admin's back
 import fs from 'node:fs';
 import { parse } from 'smol-toml';
-import { type Calendar, CalendarError, parseCalendar } from './calendar.js';
+import { CalendarError, parseCalendar } from './calendar.js';
 import { DpsrError, ExitStatus } from './errors.js';
+import type { Policy } from './schedule.js';
 import { durationOf, sizeOf } from './units.js';
 
-export type Policy =
-  | { policy: 'manual' }
-  | { policy: 'continuous'; rpoMs: number; minIntervalMs: number }
-  | { policy: 'scheduled'; everyMs: number }
-  | { policy: 'scheduled'; calendar: Calendar };
+// The policies and the decisions over them live in schedule.ts; pair-status.ts still imports them from here.
+export type { Policy } from './schedule.js';
+export { due, nextSyncMs } from './schedule.js';
 
 export interface DaemonConfig {
   tickMs: number;
@@ -140,36 +139,4 @@ export function loadConfig(file: string): DaemonConfig {
     throw new ConfigError(`${file}: ${(err as Error).message}`);
   }
   return parseConfig(text, file);
-}
-
-export interface PairTiming {
-  changed: boolean;
-  lastSyncStartMs: number;
-  imageTimeMs: number | null;
-  /** The dirty data is near what the journal holds: sync before it outgrows it. */
-  journalPressure?: boolean;
-}
-
-/** When the pair's next sync is due (null: never by itself; manual). */
-export function nextSyncMs(policy: Policy, state: PairTiming, nowMs: number): number | null {
-  switch (policy.policy) {
-    case 'manual':
-      return null;
-    case 'continuous': {
-      // Early enough that the image stays younger than the target, never back to back.
-      const at = Math.max(state.lastSyncStartMs + policy.minIntervalMs, (state.imageTimeMs ?? 0) + policy.rpoMs / 2);
-      return state.changed ? at : Math.max(at, nowMs);
-    }
-    case 'scheduled':
-      if ('calendar' in policy) return policy.calendar.next(state.lastSyncStartMs);
-      return (Math.floor(state.lastSyncStartMs / policy.everyMs) + 1) * policy.everyMs;
-  }
-}
-
-/** Whether a pair is due for a sync now. A manual pair never is: the admin decides when its drive is written. */
-export function due(policy: Policy, state: PairTiming, nowMs: number): boolean {
-  if (!state.changed || policy.policy === 'manual') return false;
-  if (state.journalPressure) return true;
-  const at = nextSyncMs(policy, state, nowMs);
-  return at !== null && at <= nowMs;
 }

@@ -10,7 +10,8 @@ import path from 'node:path';
 import type { Settings } from './defaults.js';
 import { DpsrError, ExitStatus } from './errors.js';
 import { ControlClient, PROTOCOL_VERSION, type Reply, type Request, frameReader, writeFrame } from './protocol.js';
-import { type DaemonConfig, type Policy, due, loadConfig } from './config.js';
+import { type DaemonConfig, loadConfig } from './config.js';
+import { type Policy, decide } from './schedule.js';
 import { type Schedule, changedBytes, hasChanges, percentile, policyOf, statusOf } from './pair-status.js';
 import { type HookEventKind, runFailureHook } from './failure-hook.js';
 import { type MetricsSnapshot, writeMetricsFile } from './metrics.js';
@@ -22,7 +23,6 @@ import { rollbackInSession } from './rollback.js';
 import type { Gap } from './tracker.js';
 
 const REPEAT_ALARM_MS = 3_600_000; // the same failure again: the hook hears of it at most hourly
-const MAX_BACKOFF_MS = 300_000; // between retries of a pair whose syncs keep failing
 const HOOK_TIMEOUT_MS = 60_000;
 
 export interface DaemonOptions {
@@ -43,7 +43,7 @@ function serializer() {
 
 type SyncOutcome = (name: string, startedMs: number, result: SyncReport | Error) => void;
 
-async function syncNames(s: Session, names: string[], opts: { freeze?: boolean; quietMs?: number }, outcome: SyncOutcome): Promise<SyncReport[]> {
+async function syncNames(s: Session, names: string[], opts: { freeze?: boolean; quietMs?: number; inPlace?: boolean }, outcome: SyncOutcome): Promise<SyncReport[]> {
   const reports: SyncReport[] = [];
   for (const name of names) {
     const started = Date.now();
@@ -77,13 +77,6 @@ export interface PairRuntime {
   lastFailureAlarmMs: number;
   lastCompareError: string | null;
   shortfallSectors: number;
-}
-
-/** The journal's room (the reserved tail less the label) and whether the dirty data nears what one transaction may take. */
-function journalPressure(reservedSectors: number, pendingBytes: number): boolean {
-  const journalBytes = reservedSectors * 512 - LABEL_AREA_BYTES;
-  // A sync journals a generation while it fits in half the tail; start one well before.
-  return journalBytes > 0 && pendingBytes >= journalBytes / 4;
 }
 
 async function listen(socketPath: string): Promise<net.Server> {
@@ -137,7 +130,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       case 'sync': {
         const names = req.all ? s.store.pairs().map((p) => p.name) : req.names;
         for (const n of names) if (!s.store.pair(n)) throw new DpsrError(`no pair named ${n}`, 'ENOPAIR');
-        return serial(() => syncNames(s, names, { freeze: req.freeze, quietMs: req.quietMs ?? opts.quietMs }, afterSync));
+        return serial(() => syncNames(s, names, { freeze: req.freeze, quietMs: req.quietMs ?? opts.quietMs, inPlace: req.inPlace }, afterSync));
       }
       case 'rollback':
         return serial(() => rollbackInSession(s, req));
@@ -218,14 +211,13 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       const pair = s.store.pair(name);
       if (!pair || s.problems.has(name)) continue;
       const r = runtimeOf(name);
-      const pending = (range.dirty.totalSectors + range.suspect.totalSectors) * 512;
-      const timing = {
-        changed: hasChanges(range), lastSyncStartMs: r.lastSyncStartMs, imageTimeMs: pair.imageTimeMs,
-        journalPressure: journalPressure(pair.reservedSectors, pending),
-      };
-      if (!due(policyOf(config, name), timing, Date.now())) continue;
-      // After failures, back off (2 s, 4 s, ... 5 min) rather than retry every min_interval.
-      if (r.failuresInARow > 0 && Date.now() - r.lastSyncStartMs < Math.min(MAX_BACKOFF_MS, 1000 * 2 ** r.failuresInARow)) continue;
+      const { syncNow } = decide(policyOf(config, name), {
+        changed: hasChanges(range),
+        pendingBytes: (range.dirty.totalSectors + range.suspect.totalSectors) * 512,
+        journalBytes: pair.reservedSectors * 512 - LABEL_AREA_BYTES, // the reserved tail less the label
+        lastSyncStartMs: r.lastSyncStartMs, imageTimeMs: pair.imageTimeMs, failuresInARow: r.failuresInARow,
+      }, Date.now());
+      if (!syncNow) continue;
       await syncNames(s, [name], { quietMs: opts.quietMs }, afterSync).catch(() => {}); // reported by afterSync
     }
   };

@@ -2,7 +2,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parseCalendar } from '../src/calendar.js';
-import { ConfigError, due, nextSyncMs, parseConfig } from '../src/config.js';
+import { ConfigError, parseConfig } from '../src/config.js';
+import { due, nextSyncMs } from '../src/schedule.js';
 import { parseDuration, parseSize } from '../src/units.js';
 
 test('policies parse with defaults, durations in units', () => {
