@@ -247,7 +247,7 @@ export interface FsLocation {
     otherMounts: string[] } | null;
 }
 
-interface SourceMount { mountPoint: string; root: string; fsType: string; readOnly: boolean; partition: number | null }
+export interface SourceMount { mountPoint: string; root: string; fsType: string; readOnly: boolean; partition: number | null }
 
 /** The paired source, if it is still there and still the same device (else its mounts say nothing about the pair). */
 function pairedSource(pair: PairRecord): BlockDevice | null {
@@ -280,12 +280,6 @@ function cleanRel(rel: string, what: string): string {
   return n === '.' ? '' : n;
 }
 
-/**
- * Finds the file system PATH is in and where PATH is inside it. An absolute
- * PATH under a mount of the source names its file system (and, for a
- * whole-disk pair, its partition); otherwise PATH is relative to the root of
- * the file system chosen by `inPartition`, or the only one the image holds.
- */
 /** What locating a PATH looks at, read once per command however many PATHs it names. */
 export interface Surroundings {
   dev: BlockDevice | null; // the source, if it is there
@@ -308,8 +302,17 @@ export function surroundingsOf(pair: PairRecord): Surroundings {
   };
 }
 
-export function locate(pair: PairRecord, pathArg: string | undefined, inPartition: number | undefined,
-  around: Surroundings = surroundingsOf(pair)): FsLocation {
+/** What locate reads of the pair's record. */
+export type LocatedPair = Pick<PairRecord, 'name' | 'dataSectors'> & { source: Pick<PairRecord['source'], 'isPartition' | 'sizeSectors'> };
+
+/**
+ * Finds the file system PATH is in and where PATH is inside it. An absolute
+ * PATH under a mount of the source names its file system (and, for a
+ * whole-disk pair, its partition); otherwise PATH is relative to the root of
+ * the file system chosen by `inPartition`, or the only one the image holds.
+ * Reads nothing but `around` (surroundingsOf(pair)).
+ */
+export function locate(pair: LocatedPair, pathArg: string | undefined, inPartition: number | undefined, around: Surroundings): FsLocation {
   const { dev, mounts } = around;
   const wholeDisk = !pair.source.isPartition;
   const given = pathArg ?? '';

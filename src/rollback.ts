@@ -188,7 +188,7 @@ function targetOf(pair: PairRecord, scope: RestoreScope): Target {
 }
 
 /** The gaps since the image, said once each. */
-function gapsSince(range: RangeState, sinceMs: number): string {
+function gapsSince(range: Pick<RangeState, 'gaps'>, sinceMs: number): string {
   const details = [...new Set(range.gaps.filter((g) => g.atMs > sinceMs).map((g) => `${g.cause}: ${g.detail}`))];
   return details.length > 0 ? details.slice(0, 3).join('; ') + (details.length > 3 ? `; and ${details.length - 3} more` : '') : '';
 }
@@ -198,7 +198,8 @@ function gapsSince(range: RangeState, sinceMs: number): string {
  * what an uncommitted sync had cut from them. Where writes may have gone unseen (suspect,
  * unreconciled) it compares; when that is the whole source, history is unknown: compare all.
  */
-function trackedWork(pair: PairRecord, range: RangeState, driveChanges: string[]): { copy: ExtentSet; compare: ExtentSet; mode: RestoreMode; why: string | null } {
+export function trackedWork(pair: Pick<PairRecord, 'dataSectors' | 'pending' | 'lastSync'>,
+  range: Pick<RangeState, 'dirty' | 'discarded' | 'suspect' | 'unreconciled' | 'gaps'>, driveChanges: string[]): { copy: ExtentSet; compare: ExtentSet; mode: RestoreMode; why: string | null } {
   const limit = pair.dataSectors;
   const copy = range.dirty.clone();
   copy.addSet(range.discarded);

@@ -8,7 +8,7 @@ import type { Settings } from '../defaults.js';
 import { withDriveLock } from '../drive-lock.js';
 import { ExitStatus, type ExitStatusValue, RefusedError, UsageError } from '../errors.js';
 import { type DiffEntry, type FileMeta, diffTrees, pathInside } from '../file-diff.js';
-import { bindReadOnly, committedImage, describeFs, locate, mountReadOnly, type PrivateMount, withMounts } from '../image-mount.js';
+import { bindReadOnly, committedImage, describeFs, locate, mountReadOnly, type PrivateMount, surroundingsOf, withMounts } from '../image-mount.js';
 import { formatBytes } from '../pair-checks.js';
 
 export interface DiffOptions {
@@ -98,7 +98,7 @@ export async function diffCommand(opts: DiffOptions, settings: Settings, log: (s
   const tell = opts.json ? (s: string) => process.stderr.write(`${s}\n`) : log;
   return withDriveLock(settings, opts.name, async () => {
     const pair = await committedImage(settings, opts.name, { force: opts.force, doing: 'look', log: tell });
-    const loc = locate(pair, opts.path, opts.inPartition);
+    const loc = locate(pair, opts.path, opts.inPartition, surroundingsOf(pair));
     const src = loc.source;
     if (!src) {
       throw new RefusedError(`pair ${pair.name}: the source ${pair.source.path} is not there (or is another device now): nothing to compare; dpsr restore --to DIR still copies files out of the image`, 'ENOSOURCE');
