@@ -1,5 +1,5 @@
-// Returning a source to its DPSR drive's image, the one time dpsr writes to
-// a source (DESIGN invariant 7): a rollback copies back only what the
+// Returning a source to its DPSR drive's image, one of the explicit requests
+// that write to a source (DESIGN invariant 7): a rollback copies back only what the
 // tracker says may differ since the image (or, when that history is
 // unknown, compares all of it and writes the differences); a device restore
 // copies a whole extent (the source, or one partition of it). A plan comes
