@@ -116,19 +116,27 @@ command is run again (or at the next sync). The drive is left read-only.`)
     .option('--no-freeze', 'do not freeze a mounted source for the final pass (the image is then crash-consistent at best)')
     .option('--quiet-period <SECONDS>', 'an unmounted source must be idle this long before the final pass', '2')
     .option('--timeout <DURATION>', 'give up waiting after this long (e.g. 90s, 10m): exit 1; the DPSR drive keeps a whole image either way')
+    .option('--in-place', 'write this sync in place instead of through the journal (for one too big for it): the DPSR drive is no whole image until it ends')
     .addHelpText('after', `
+Everything a sync writes goes first into the redo journal in the DPSR
+drive's reserved tail, so the drive always holds one whole image. A sync with
+more changes than the journal holds is refused (exit 3, nothing written)
+unless --in-place is given: then it is written in place, and until it ends
+the drive holds a mix (its label says "partial"). Pairs without a journal
+(--no-reserve) always write in place.
+
 A mounted source is copied in converging passes, then its file systems are
 frozen (FIFREEZE, at most 5 s, a watchdog process thaws them whatever happens)
 for the final pass: the image is then one point in time. An unmounted source
 must be idle for the quiet period; the final pass is accepted only if nothing
 was written meanwhile, else retried, then the sync fails "not quiescent" and
 the DPSR drive keeps its previous image.`)
-    .action(async (name: string | undefined, opts: { all?: boolean; json?: boolean; freeze: boolean; quietPeriod: string; timeout?: string }) => {
+    .action(async (name: string | undefined, opts: { all?: boolean; json?: boolean; freeze: boolean; quietPeriod: string; timeout?: string; inPlace?: boolean }) => {
       const { syncCommand } = await import('./commands/sync.js');
       const quietMs = Number(opts.quietPeriod) * 1000;
       if (!Number.isFinite(quietMs) || quietMs < 0) throw new UsageError(`--quiet-period ${opts.quietPeriod}: seconds, e.g. 2 or 0.5`);
       const timeoutMs = opts.timeout !== undefined ? parseDuration(opts.timeout, '--timeout') : undefined;
-      await syncCommand({ name, all: opts.all === true, json: opts.json === true, freeze: opts.freeze, quietMs, timeoutMs }, settings, log);
+      await syncCommand({ name, all: opts.all === true, json: opts.json === true, freeze: opts.freeze, quietMs, timeoutMs, inPlace: opts.inPlace === true }, settings, log);
     });
 
   cli.command('status')

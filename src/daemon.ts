@@ -18,7 +18,7 @@ import { type MetricsSnapshot, writeMetricsFile } from './metrics.js';
 import { describeExtents, scrubStep, scrubWanted } from './scrub.js';
 import { closeSession, openSession, recheckSources, type Session } from './session.js';
 import { type SyncReport, syncPair } from './sync.js';
-import { LABEL_AREA_BYTES } from './label.js';
+import { journalCapacityOf } from './journal.js';
 import { rollbackInSession } from './rollback.js';
 import type { Gap } from './tracker.js';
 
@@ -214,7 +214,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       const { syncNow } = decide(policyOf(config, name), {
         changed: hasChanges(range),
         pendingBytes: (range.dirty.totalSectors + range.suspect.totalSectors) * 512,
-        journalBytes: pair.reservedSectors * 512 - LABEL_AREA_BYTES, // the reserved tail less the label
+        journalBytes: journalCapacityOf(pair) ?? 0,
         lastSyncStartMs: r.lastSyncStartMs, imageTimeMs: pair.imageTimeMs, failuresInARow: r.failuresInARow,
       }, Date.now());
       if (!syncNow) continue;

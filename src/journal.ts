@@ -35,6 +35,7 @@ import fs from 'node:fs';
 import { batchIo } from './batch-io.js';
 import { fullIo as copyFullIo } from './copy.js';
 import { DpsrError } from './errors.js';
+import { LABEL_AREA_BYTES } from './label.js';
 import { native } from './native.js';
 
 const SECTOR = 512;
@@ -94,6 +95,28 @@ const roundUp = (n: number, to: number): number => Math.ceil(n / to) * to;
 /** Bytes a transaction with these data bytes and entries takes in the journal: head + data padded to 4 KiB + descriptor blocks. */
 export function journalBytesFor(dataBytes: number, entries: number): number {
   return JOURNAL_BLOCK + roundUp(dataBytes, JOURNAL_BLOCK) + JOURNAL_BLOCK * Math.ceil(entries / DESCRIPTORS_PER_BLOCK);
+}
+
+const MIN_JOURNAL_BYTES = 1 << 20;
+
+/** Where the journal lives on a drive of `driveBytes`: the reserved tail between the image and the label, or null (none, or too small for one). */
+export function journalPlace(driveBytes: number, pair: { dataSectors: number; reservedSectors: number }): { startBytes: number; lengthBytes: number } | null {
+  if (pair.reservedSectors === 0) return null;
+  const startBytes = roundUp(pair.dataSectors * SECTOR, JOURNAL_BLOCK);
+  const endBytes = Math.floor((driveBytes - LABEL_AREA_BYTES) / JOURNAL_BLOCK) * JOURNAL_BLOCK;
+  return endBytes - startBytes >= MIN_JOURNAL_BYTES ? { startBytes, lengthBytes: endBytes - startBytes } : null;
+}
+
+/** The most changed data one journaled sync of a pair may carry, from its record (null: no journal, its syncs write in place). */
+export function journalCapacityOf(pair: { dataSectors: number; reservedSectors: number; drive: { sizeSectors: number } }): number | null {
+  const place = journalPlace(pair.drive.sizeSectors * SECTOR, pair);
+  return place ? journalDataCapacity(place.lengthBytes) : null;
+}
+
+/** The most changed data a region of `lengthBytes` surely holds in one transaction (the worst case: every entry one 4 KiB block). */
+export function journalDataCapacity(lengthBytes: number): number {
+  const perBlock = JOURNAL_BLOCK + JOURNAL_BLOCK / DESCRIPTORS_PER_BLOCK; // a block of data and its share of a descriptor block
+  return Math.max(0, Math.floor((lengthBytes - 2 * JOURNAL_BLOCK) / perBlock) * JOURNAL_BLOCK);
 }
 
 /** A transaction found committed and verified; its data is read again from the region on use. */

@@ -2,6 +2,7 @@
 // interface, documented in the README), built from the pair's record, its
 // tracker state and, when a daemon runs, the daemon's schedule.
 import { type DaemonConfig, type Policy, nextSyncMs } from './config.js';
+import { journalCapacityOf } from './journal.js';
 import { formatBytes } from './pair-checks.js';
 import type { PairRecord } from './store.js';
 import type { Gap, RangeState } from './tracker.js';
@@ -23,6 +24,8 @@ export interface PairStatus {
   gapsSinceSync: Gap[];
   lastSync: PairRecord['lastSync'];
   journal: string;
+  /** The most changed data one sync may carry through the journal (null: no journal, syncs write in place). */
+  journalCapacityBytes: number | null;
   policy: string; // "manual", "continuous (rpo 30s)", "scheduled (hourly)"
   nextSync: string | null; // ISO time; null: none planned (manual, or no daemon running)
   freezeP99Ms: number | null; // over the last syncs that froze
@@ -98,6 +101,10 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
   if (suspect > 0) warnings.push(`${formatBytes(suspect)} may differ unseen (${[...new Set(gaps.map((g) => g.cause))].join(', ') || 'gap'}): compared in the background by the daemon, or at the next sync`);
   if (schedule?.lastError) warnings.push(`the last sync failed: ${schedule.lastError}`);
   if (pair.reservedSectors === 0) warnings.push('no journal: not crash-safe during a sync');
+  const capacity = journalCapacityOf(pair);
+  if (capacity !== null && range && dirty + suspect > capacity / 2) {
+    warnings.push(`${formatBytes(dirty + suspect)} changed: nearing what one sync can journal (${formatBytes(capacity)}); sync soon, or a sync with more is refused`);
+  }
   const next = schedule ? nextSyncMs(policy, { changed, lastSyncStartMs: schedule.lastSyncStartMs, imageTimeMs: pair.imageTimeMs }, nowMs) : null;
   const scrub = pair.scrub;
   return {
@@ -115,8 +122,9 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
     gapsSinceSync: gaps,
     lastSync: pair.lastSync,
     journal: pair.reservedSectors > 0
-      ? `redo journal in the reserved tail (last transaction ${pair.journalSeq ?? 0}${pair.lastSync && pair.lastSync.journaled === false ? '; the last sync was too big for it and wrote in place' : ''})`
+      ? `redo journal in the reserved tail (last transaction ${pair.journalSeq ?? 0}${pair.lastSync && pair.lastSync.journaled === false ? '; the last sync wrote in place' : ''})`
       : 'none: no reserved tail (not crash-safe during a sync)',
+    journalCapacityBytes: capacity,
     policy: describePolicy(policy),
     nextSync: next !== null && changed ? new Date(Math.max(next, nowMs)).toISOString() : null,
     freezeP99Ms: percentile(pair.freezeHistoryMs ?? [], 99),

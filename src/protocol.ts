@@ -11,7 +11,7 @@ export const PROTOCOL_VERSION = 2; // 2: status replies are PairStatus[], rollba
 const MAX_FRAME_BYTES = 64 << 20;
 
 export interface HelloRequest { command: 'hello'; version: number }
-export interface SyncRequest { command: 'sync'; names: string[]; all: boolean; freeze?: boolean; quietMs?: number }
+export interface SyncRequest { command: 'sync'; names: string[]; all: boolean; freeze?: boolean; quietMs?: number; inPlace?: boolean }
 export interface StatusRequest { command: 'status'; name?: string }
 /** Rollback or device restore by the owner; a dry run plans only (the CLI asks, then sends it again). */
 export interface RollbackRequest { command: 'rollback'; name: string; scope: RestoreScope; dryRun: boolean }

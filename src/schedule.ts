@@ -46,9 +46,9 @@ export function due(policy: Policy, state: PairTiming, nowMs: number): boolean {
   return at !== null && at <= nowMs;
 }
 
-/** Whether the data to copy nears what one transaction may take (journalBytes 0: no journal). */
+/** Whether the data to copy nears what one transaction may take (journalBytes: the journal's capacity; 0: no journal). */
 export function journalPressure(journalBytes: number, pendingBytes: number): boolean {
-  // A sync journals a generation while it fits in half the tail; start one well before.
+  // A generation that outgrows the journal is refused: start a sync well before, with room for writes during it.
   return journalBytes > 0 && pendingBytes >= journalBytes / 4;
 }
 

@@ -8,14 +8,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError } from './errors.js';
 import { ExtentSet } from './extents.js';
 import { type DeviceIdentity, identify, identityChanges, isReplaced } from './identity.js';
-import { type DriveLabel, type ImageState, LABEL_AREA_BYTES, readLabel, writeLabel } from './label.js';
-import { type JournalEntry, type JournalRegion, applyTransaction, journalBytesFor, readCommitted, writeTransaction } from './journal.js';
+import { type DriveLabel, type ImageState, readLabel, writeLabel } from './label.js';
+import { type JournalEntry, type JournalRegion, applyTransaction, journalBytesFor, journalDataCapacity, journalPlace, readCommitted, writeTransaction } from './journal.js';
 import { copyEntries, differingEntries } from './pass-source.js';
 import { withDriveLock } from './drive-lock.js';
 import { recordFreeze } from './pair-status.js';
 import { freeze, type ThawReport } from './freeze.js';
 import { CANNOT_FREEZE, type WritableFileSystem, mountsOf, writableFileSystemsOf } from './mounts.js';
 import { native } from './native.js';
+import { formatBytes } from './pair-checks.js';
 import { progressBar } from './progress.js';
 import type { Session } from './session.js';
 import type { PairRecord } from './store.js';
@@ -34,7 +35,6 @@ const MAX_PASSES = 5;
 const CONVERGED_BYTES = 4 << 20; // passes stop when this little is left: the final pass (frozen) reads it
 const FREEZE_READ_LIMIT_BYTES = 256 << 20; // what the final pass may hold in memory
 const FREEZE_DEADLINE_MS = 5000; // the watchdog thaws after this
-const MIN_JOURNAL_BYTES = 1 << 20;
 const DEFAULT_QUIET_MS = 2000; // a raw source must be idle this long for its final pass
 const QUIET_ATTEMPTS = 3;
 
@@ -363,13 +363,18 @@ function finalCut(c: SyncContext): Promise<FrozenCut> | null {
   return null;
 }
 
-/** Where the redo journal of pair `pairId` lives: the reserved tail between the image and the label. */
+/** The redo journal of pair `pairId` on the open drive. */
 export function journalRegionOf(fd: number, pair: Pick<PairRecord, 'dataSectors' | 'reservedSectors'>, pairId: string): JournalRegion | null {
-  if (pair.reservedSectors === 0) return null;
-  const driveBytes = native().blkGetSize64(fd);
-  const startBytes = Math.ceil((pair.dataSectors * SECTOR) / 4096) * 4096;
-  const endBytes = Math.floor((driveBytes - LABEL_AREA_BYTES) / 4096) * 4096;
-  return endBytes - startBytes >= MIN_JOURNAL_BYTES ? { fd, startBytes, lengthBytes: endBytes - startBytes, pairId } : null;
+  const place = journalPlace(native().blkGetSize64(fd), pair);
+  return place ? { fd, ...place, pairId } : null;
+}
+
+/** A generation the journal cannot hold: refused, so that the DPSR drive is never a mix the user did not choose. */
+function tooBigForJournal(pair: PairRecord, what: string, region: JournalRegion): RefusedError {
+  const image = pair.imageTimeMs ? ` of ${new Date(pair.imageTimeMs).toISOString()}` : '';
+  return new RefusedError(`pair ${pair.name}: ${what}, more than its journal holds (${formatBytes(journalDataCapacity(region.lengthBytes))}): ` +
+    `nothing written, the DPSR drive keeps its image${image}; sync more often, give the drive a bigger reserved tail (pair again with --reserve), ` +
+    `or write this sync in place: dpsr sync --in-place ${pair.name} (the DPSR drive is no whole image until it ends)`, 'EJOURNALFULL');
 }
 
 /** The last journal transaction applied to the drive, by the pair's record or the drive's own label. */
@@ -652,7 +657,8 @@ export async function syncPair(s: Session, name: string, opts: SyncOptions = {})
 
 export interface SyncOptions {
   freeze?: boolean;
-  journal?: boolean;
+  /** Write the generation in place, not through the journal: the DPSR drive is no whole image until it ends. */
+  inPlace?: boolean;
   quietMs?: number;
   /** How long to wait for a diff or restore holding the drive (the daemon: 0, its ticks must go on). */
   lockWaitMs?: number;
@@ -682,19 +688,24 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     };
     const carried = pendingCut(pair);
     // The journal must hold this generation: what is known now, with room for what comes during the passes.
-    const knownBytes = (range.dirty.totalSectors + range.suspect.totalSectors +
-      (carried ? carried.copy.totalSectors + carried.compare.totalSectors : 0)) * SECTOR; // discards take no data
+    const known = range.dirty.clone(); // discards take no data
+    known.addSet(range.suspect);
+    if (carried) { known.addSet(carried.copy); known.addSet(carried.compare); }
+    const knownBytes = Math.min(known.totalSectors, pair.dataSectors) * SECTOR; // a region both carried and written since counts once
     const region = journalRegionOf(drive.fd, pair, pair.id);
-    let journaled = opts.journal !== false && region !== null && journalBytesFor(knownBytes, Math.ceil(knownBytes / 4096) + 1) <= region.lengthBytes / 2;
+    // In place only when chosen: --in-place, or a pair without a journal (--no-reserve, a tail too small for one);
+    // or to finish a sync that was written in place and cut short (the drive is a mix already).
+    const fits = region !== null && journalBytesFor(knownBytes, Math.ceil(knownBytes / 4096) + 1) <= region.lengthBytes;
+    const journaled = opts.inPlace !== true && region !== null && (fits || pair.image !== 'partial');
+    if (journaled && !fits) throw tooBigForJournal(pair, `${formatBytes(knownBytes)} changed since the image`, region);
     let r: GenerationResult;
     try {
-      r = journaled ? await journaledGeneration(c, region!, carried) : await directGeneration(c, carried);
+      r = journaled ? await journaledGeneration(c, region, carried) : await directGeneration(c, carried);
     } catch (err) {
-      if ((err as DpsrError).code !== 'EJOURNALFULL') throw err;
-      // More was written during the passes than the journal holds: no transaction was
-      // committed, the drive is still the previous image; write this generation in place.
-      journaled = false;
-      r = await directGeneration(c, pendingCut(pair));
+      // More was written during the passes than the journal holds: no transaction was committed,
+      // the drive is still the previous image, and what was cut is saved for the next sync.
+      if ((err as DpsrError).code === 'EJOURNALFULL' && region) throw tooBigForJournal(pair, 'more was written during the sync', region);
+      throw err;
     }
     const durationMs = Date.now() - startedMs;
     recordFreeze(pair, r.freezeMs);

@@ -235,8 +235,8 @@ export class Tracker {
   /**
    * Invariant 3: flip the epoch, wait until no program counts into the old
    * one, drain the ring, fold the old epoch's bits in (suspect if records were
-   * dropped or the last owner died, else unreconciled), persist, and only
-   * then clear the kernel's copy.
+   * dropped, else unreconciled), persist, and only then clear the kernel's
+   * copy and the epoch's drop count.
    */
   async cycle(): Promise<CycleReport> {
     const report = this.flip();

@@ -308,6 +308,35 @@ test('the metrics file follows the pair; a sync that fails raises the hook and s
   await waitFor('the failure in the metrics', async () => /^dpsr_syncs_failed_total\{pair="p"\} [1-9]/m.test(fs.readFileSync(metrics, 'utf8')));
 });
 
+test('a burst that outgrows the journal of a continuous pair: refused, not written in place; the hook and status say so; --in-place writes it', async () => {
+  const source = fx.loop(128);
+  const drive = fx.loop(128 + 64); // the default 64 MiB tail
+  const bytes = 128 * MiB;
+  randomFill(source, 128);
+  assert.is(dpsr('pair', source, drive, '--name', 'p').status, 0);
+  assert.is(dpsr('sync', 'p', '--quiet-period', '0.2').status, 0);
+  const hook = hookScript();
+  fs.writeFileSync(env.DPSR_CONFIG!, `tick = "200ms"\nscrub_every = "off"\non_failure = "${hook.command}"\n` +
+    '[pairs.p]\npolicy = "continuous"\nrpo = "1s"\nmin_interval = "300ms"\n');
+  const daemon = await startDaemon();
+  const image = hash(drive, bytes);
+  // The burst lands while the daemon is stopped: it finds all of it at once.
+  daemon.kill('SIGSTOP');
+  try {
+    randomFill(source, 100);
+  } finally {
+    daemon.kill('SIGCONT');
+  }
+  await waitFor('the hook', async () => fs.existsSync(hook.log) && /^sync-failed p .*more than its journal holds/m.test(fs.readFileSync(hook.log, 'utf8')));
+  const st = await statusOf('p');
+  assert.match(st.lastError ?? '', /nothing written/);
+  assert.ok(st.warnings.some((w) => /nearing what one sync can journal/.test(w)), st.warnings.join('; '));
+  assert.is(hash(drive, bytes), image, 'the DPSR drive keeps its image');
+  const r = dpsr('sync', 'p', '--in-place', '--quiet-period', '0.2');
+  assert.is(r.status, 0, r.stderr);
+  assert.is(hash(drive, bytes), hash(source, bytes));
+});
+
 test('sync --timeout gives up waiting with exit 1; the drive keeps a whole image', async () => {
   const { source, drive, bytes } = syncedPair(16);
   await startDaemon('--tick', '0.2');

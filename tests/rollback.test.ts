@@ -213,13 +213,13 @@ test('refusals: mounted, in use, no terminal without --yes, a partial image; bot
   check(['rollback', '--drive', drive, '--source', fx.loop(96), '--yes'], 3, /not the source/);
   check(['rollback', 'nope', '--yes'], 1, /no pair named nope/);
 
-  // A partial image: a sync too big for the journal writes in place, killed part way.
+  // A partial image: a sync written in place (--in-place), killed part way.
   const other = devices(256);
   randomFill(other.source, 256);
   ok('pair', other.source, other.drive, '--name', 'q', '--reserve', '2M');
   ok('sync', 'q', '--quiet-period', '0.2');
   randomFill(other.source, 256);
-  const k = await runDpsrKilledAfter(env, ['sync', 'q', '--quiet-period', '0.2'], other.drive, 4096); // past the label writes: into the data
+  const k = await runDpsrKilledAfter(env, ['sync', 'q', '--quiet-period', '0.2', '--in-place'], other.drive, 4096); // past the label writes: into the data
   assert.ok(k.killed, `killed while writing, not after it finished: ${k.stderr}`);
   const before = [hash(other.source), hash(other.drive)];
   const r = dpsr('rollback', 'q', '--yes');

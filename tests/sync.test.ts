@@ -70,11 +70,37 @@ test('io_uring refused (kernel.io_uring_disabled=2, as under a container\'s secc
   for (let i = 0; i < 64; i++) ddDirect(source, ((i * 104729) % 32000) * 8, 8);
   const small = syncJson('p');
   assert.ok(small.journaled, 'a small generation goes through the journal');
-  randomFill(source, 100); // more than half the journal: copied directly
-  const big = syncJson('p');
+  randomFill(source, 100); // more than the journal holds: written in place, as asked
+  const big = JSON.parse(ok('sync', 'p', '--json', '--quiet-period', '0.2', '--in-place')).syncs[0];
   assert.not.ok(big.journaled);
   assert.is(hash(source), hash(drive, bytes));
   assert.is(dpsr('verify', 'p').status, 0);
+});
+
+test('a sync with more changes than the journal holds is refused, the drive untouched; status warns before; --in-place writes it as asked', () => {
+  const [source, drive, bytes] = [fx.loop(128), fx.loop(128 + 64), 128 * MiB]; // the default 64 MiB tail
+  randomFill(source, 128);
+  const paired = ok('pair', source, drive, '--name', 'p');
+  assert.match(paired, /a sync may carry up to [\d.]+ MiB of changes/);
+  assert.match(paired, /warning: a sync with more than [\d.]+ MiB of changes is refused/);
+  syncJson('p');
+  randomFill(source, 40);
+  const st = JSON.parse(ok('status', 'p', '--json')).pairs[0];
+  assert.ok(st.journalCapacityBytes > 40 * MiB && st.journalCapacityBytes < 64 * MiB, `capacity ${st.journalCapacityBytes}`);
+  assert.ok(st.warnings.some((w: string) => /nearing what one sync can journal/.test(w)), JSON.stringify(st.warnings));
+  randomFill(source, 100);
+  const image = hash(drive, bytes);
+  const label = JSON.parse(ok('status', '--drive', drive, '--json')).label;
+  const r = dpsr('sync', 'p', '--quiet-period', '0.2');
+  assert.is(r.status, 3, r.stderr);
+  assert.match(r.stderr, /^dpsr: pair p: 100\.0 MiB changed since the image, more than its journal holds \([\d.]+ MiB\): nothing written, .*dpsr sync --in-place p/);
+  assert.is(r.stderr.trim().split('\n').length, 1, 'one line');
+  assert.is(hash(drive, bytes), image, 'the image is untouched');
+  const after = JSON.parse(ok('status', '--drive', drive, '--json')).label;
+  assert.equal([after.image, after.imageTimeMs], [label.image, label.imageTimeMs], 'the label still names the same whole image');
+  const big = JSON.parse(ok('sync', 'p', '--json', '--quiet-period', '0.2', '--in-place')).syncs[0];
+  assert.not.ok(big.journaled);
+  assert.is(hash(drive, bytes), hash(source));
 });
 
 test('an ext4 source: fsck -n on the DPSR drive is clean after syncs', () => {
@@ -122,8 +148,8 @@ test('kill -9 of a pair mid-copy and of a sync mid-copy: the next sync resumes a
   assert.not.ok(JSON.parse(status.stdout).pairs[0].usable);
   syncJson('p');
   assert.is(hash(source), hash(drive, bytes));
-  randomFill(source, 400); // more than the journal holds: written in place
-  const sync = await runDpsrKilledAfter(env, ['sync', 'p', '--quiet-period', '0.2'], drive, 4096);
+  randomFill(source, 400); // more than the journal holds: written in place, as asked
+  const sync = await runDpsrKilledAfter(env, ['sync', 'p', '--quiet-period', '0.2', '--in-place'], drive, 4096);
   assert.ok(sync.killed, `the sync was killed mid-copy, not after it: ${sync.stderr}`);
   ddDirect(source, 16, 8);
   assert.is(dpsr('status', 'p').status, 4, 'an interrupted sync leaves a partial image: exit 4');

@@ -2,12 +2,9 @@
 // still holds must tell the next owner everything the dead one had not saved.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import fs from 'node:fs';
 import { resolveBlockDevice } from '../src/devices.js';
-import { ExtentSet } from '../src/extents.js';
-import { native } from '../src/native.js';
 import { type RangeState, Tracker } from '../src/tracker.js';
-import { Fixture, ddDirect, sweepStaleTestPins } from './helpers/fixture.js';
+import { Fixture, ddDirect, scatteredDirectWrites, sweepStaleTestPins } from './helpers/fixture.js';
 
 let fx: Fixture;
 test.before.each(() => {
@@ -32,23 +29,6 @@ function memoryStore() {
   };
 }
 
-/** 2,000 scattered 4 KiB direct writes: far more records than a 4 KiB ring holds. */
-function burst(dev: string): ExtentSet {
-  const written = new ExtentSet();
-  const fd = fs.openSync(dev, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
-  const buf = native().alignedBuffer(4096, 4096);
-  try {
-    for (let i = 0; i < 2000; i++) {
-      const sector = ((i * 7919) % 60000) * 8;
-      fs.writeSync(fd, buf, 0, 4096, sector * 512);
-      written.add(sector, sector + 8);
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return written;
-}
-
 test('an owner killed after the flip, before the save, leaves the drop count: the next owner finds the dropped writes suspect', async () => {
   const dev = fx.loop(256);
   const kt = fx.tracking();
@@ -58,7 +38,7 @@ test('an owner killed after the flip, before the save, leaves the drop count: th
   fx.defer('abandon first', () => first.abandon());
   await first.track(resolveBlockDevice(dev), 'p');
   await first.cycle();
-  const written = burst(dev);
+  const written = scatteredDirectWrites(dev, 2000);
   assert.ok(first.flip().drops > 0, 'the ring overflowed');
   first.abandon(); // killed: nothing of the flip was saved
 

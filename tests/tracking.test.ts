@@ -6,7 +6,7 @@ import { resolveBlockDevice } from '../src/devices.js';
 import { ExtentSet } from '../src/extents.js';
 import { OWNER_RING } from '../src/kernel-abi.js';
 import { Tracker } from '../src/tracker.js';
-import { Fixture, ddDirect, sh, sweepStaleTestPins } from './helpers/fixture.js';
+import { Fixture, ddDirect, scatteredDirectWrites, sh, sweepStaleTestPins } from './helpers/fixture.js';
 
 let fx: Fixture;
 test.before.each(() => {
@@ -113,19 +113,7 @@ test('a tiny ring under a burst counts drops, and bitmaps plus records cover eve
   const dev = fx.loop(256);
   // 4 KiB ring: ~170 records. The burst is 2,000 separate direct writes.
   const { tracker, range, kt } = await startTracker(dev, { ringBytes: 4096 });
-  const written = new ExtentSet();
-  const fd = fs.openSync(dev, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
-  const { native } = await import('../src/native.js');
-  const buf = native().alignedBuffer(4096, 4096);
-  try {
-    for (let i = 0; i < 2000; i++) {
-      const sector = ((i * 7919) % 60000) * 8;
-      fs.writeSync(fd, buf, 0, 4096, sector * 512);
-      written.add(sector, sector + 8);
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
+  const written = scatteredDirectWrites(dev, 2000);
   const report = await tracker.cycle();
   assert.ok(report.drops > 0, 'the ring overflowed');
   assert.ok(kt.ringStats(OWNER_RING).drops > 0);

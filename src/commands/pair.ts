@@ -4,11 +4,14 @@ import fs from 'node:fs';
 import type { Settings } from '../defaults.js';
 import { RefusedError } from '../errors.js';
 import { openDirect } from '../copy.js';
-import { checkPairable } from '../pair-checks.js';
+import { checkPairable, formatBytes } from '../pair-checks.js';
 import { closeSession, openSession } from '../session.js';
 import type { PairRecord } from '../store.js';
 import { fullCopy, journalRegionOf, openPairedDrive, updateLabel } from '../sync.js';
-import { invalidate } from '../journal.js';
+import { invalidate, journalCapacityOf } from '../journal.js';
+
+/** A journal smaller than this makes the pair warn: a big upgrade would not fit one sync. */
+const SMALL_JOURNAL_BYTES = 1 << 30;
 
 export interface PairOptions {
   source: string;
@@ -64,9 +67,16 @@ export async function pairCommand(opts: PairOptions, settings: Settings, log: (s
       pair.image = 'fuzzy'; // whole, but copied live: consistent after the first sync
       updateLabel(drive.fd, pair);
       await s.store.putPairAndRange(pair, range);
+      const capacity = journalCapacityOf(pair);
       log(`paired ${name}: ${opts.source} → ${opts.drive}, ${(bytes / 2 ** 20).toFixed(1)} MiB copied; ` +
         `the DPSR drive is read-only and inconsistent until the first sync (dpsr sync ${name})` +
-        (pair.reservedSectors === 0 ? '; no reserved tail: no label on the drive, no journal (not crash-safe during a sync)' : ''));
+        (pair.reservedSectors === 0 ? '; no reserved tail: no label on the drive, no journal (not crash-safe during a sync)'
+          : capacity === null ? '; the reserved tail is too small for a journal: syncs write in place (not crash-safe during a sync)'
+            : `; a sync may carry up to ${formatBytes(capacity)} of changes (the journal in the reserved tail)`));
+      if (capacity !== null && capacity < SMALL_JOURNAL_BYTES) {
+        log(`warning: a sync with more than ${formatBytes(capacity)} of changes is refused (an apt upgrade can write several hundred MiB): ` +
+          'sync often, or give the drive a bigger reserved tail (--reserve 1G, or a bigger drive)');
+      }
     } finally {
       fs.closeSync(srcFd);
       drive.release();

@@ -32,7 +32,7 @@ function deadline<T>(work: Promise<T>, ms: number | undefined, onTimeout: () => 
   return Promise.race([work, expiry]).finally(() => clearTimeout(timer));
 }
 
-export async function syncCommand(opts: { name?: string; all: boolean; json: boolean; freeze?: boolean; quietMs?: number; timeoutMs?: number }, settings: Settings,
+export async function syncCommand(opts: { name?: string; all: boolean; json: boolean; freeze?: boolean; quietMs?: number; timeoutMs?: number; inPlace?: boolean }, settings: Settings,
   log: (s: string) => void): Promise<SyncReport[]> {
   if (!opts.name && !opts.all) throw new UsageError('dpsr sync: name a pair or give --all');
   // A running daemon owns tracking: the flush goes through it and returns when committed.
@@ -40,7 +40,7 @@ export async function syncCommand(opts: { name?: string; all: boolean; json: boo
   if (daemon) {
     try {
       const reports = await deadline(daemon.request({
-        command: 'sync', names: opts.name ? [opts.name] : [], all: opts.all, freeze: opts.freeze, quietMs: opts.quietMs,
+        command: 'sync', names: opts.name ? [opts.name] : [], all: opts.all, freeze: opts.freeze, quietMs: opts.quietMs, inPlace: opts.inPlace,
       }), opts.timeoutMs, () => timedOut(opts.timeoutMs!, 'the daemon goes on with it')) as SyncReport[];
       if (opts.json) process.stdout.write(`${JSON.stringify({ syncs: reports })}\n`);
       else for (const r of reports) log(describeSync(r));
@@ -64,7 +64,7 @@ export async function syncCommand(opts: { name?: string; all: boolean; json: boo
     if (opts.name && !s.store.pair(opts.name)) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');
     const reports: SyncReport[] = [];
     for (const name of names) {
-      const r = await syncPair(s, name, { freeze: opts.freeze, quietMs: opts.quietMs });
+      const r = await syncPair(s, name, { freeze: opts.freeze, quietMs: opts.quietMs, inPlace: opts.inPlace });
       reports.push(r);
       if (!opts.json) log(describeSync(r));
     }

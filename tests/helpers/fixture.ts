@@ -186,9 +186,9 @@ export class Fixture {
     });
   }
 
-  /** A source and a DPSR drive with room for the default 64 MiB reserve. */
+  /** A source and a DPSR drive whose reserved tail journals a sync that rewrites the whole source. */
   pairDevices(sourceMiB: number): { source: string; drive: string; bytes: number } {
-    return { source: this.loop(sourceMiB), drive: this.loop(sourceMiB + 64), bytes: sourceMiB * 2 ** 20 };
+    return { source: this.loop(sourceMiB), drive: this.loop(2 * sourceMiB + 64), bytes: sourceMiB * 2 ** 20 };
   }
 
   /**
@@ -307,6 +307,23 @@ export function ddDirect(dev: string, startSector: number, sectors: number): [nu
   sh('dd', ['if=/dev/urandom', `of=${dev}`, `bs=${sectors * 512}`, `seek=${startSector * 512}`, 'count=1',
     'oflag=direct,seek_bytes', 'conv=notrunc', 'status=none']);
   return [startSector, startSector + sectors];
+}
+
+/** A burst of `count` separate 4 KiB direct writes scattered over the first 240 MiB (more records than a small ring holds); returns them. */
+export function scatteredDirectWrites(dev: string, count: number): ExtentSet {
+  const written = new ExtentSet();
+  const fd = fs.openSync(dev, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
+  const buf = native().alignedBuffer(4096, 4096);
+  try {
+    for (let i = 0; i < count; i++) {
+      const sector = ((i * 7919) % 60000) * 8;
+      fs.writeSync(fd, buf, 0, 4096, sector * 512);
+      written.add(sector, sector + 8);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return written;
 }
 
 /** 12 random 1 MiB writes at offsets set by `seed` within the first 61 MiB; returns the sectors changed. */
