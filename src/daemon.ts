@@ -53,7 +53,7 @@ async function syncNames(s: Session, names: string[], opts: { freeze?: boolean; 
       reports.push(r);
     } catch (err) {
       // A diff or restore holds the drive: not a failure, the next tick tries again.
-      if ((err as DpsrError).code !== 'EBUSY') outcome(name, started, err as Error);
+      if ((err as DpsrError).code !== 'EDRIVELOCKED') outcome(name, started, err as Error);
       throw err;
     }
   }
@@ -85,7 +85,7 @@ async function listen(socketPath: string): Promise<net.Server> {
     const other = await ControlClient.connect(socketPath).catch(() => null);
     if (other) {
       other.close();
-      throw new DpsrError(`a dpsr daemon already listens on ${socketPath}`, 'EBUSY');
+      throw new DpsrError(`a dpsr daemon already listens on ${socketPath}`, 'EDAEMONRUNNING');
     }
     fs.unlinkSync(socketPath); // left by a daemon that died
   }

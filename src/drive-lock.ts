@@ -56,7 +56,7 @@ export async function withDriveLock<T>(settings: Settings, pairName: string, fn:
     let told = false;
     while (!native().flock(fd, 'ex', false)) {
       if (Date.now() >= deadline) {
-        throw new DpsrError(`pair ${pairName}: its DPSR drive is in use by another dpsr command (lock ${file} is held); try again when it ends`, 'EBUSY');
+        throw new DpsrError(`pair ${pairName}: its DPSR drive is in use by another dpsr command (lock ${file} is held); try again when it ends`, 'EDRIVELOCKED');
       }
       if (!told) opts.onWait?.();
       told = true;

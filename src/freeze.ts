@@ -92,8 +92,15 @@ export async function freeze(mounts: string[], deadlineMs: number, readOnlyMount
     }
   } catch (err) {
     await release();
+    const code = (err as { code?: string }).code;
+    if (code === 'EBUSY' && remounted.length === readOnlyMounts.length) {
+      // Each file system is frozen once (mounts.writableFileSystemsOf): EBUSY is someone else's freeze.
+      const m = mounts[frozen.length];
+      throw new DpsrError(`cannot freeze ${m}: it is frozen already, by another program (fsfreeze -f, a backup agent): ` +
+        `no point in time can be taken while it is; thaw it (fsfreeze -u ${m}) when that program is done`, 'EFROZEN');
+    }
     const what = remounted.length < readOnlyMounts.length ? `remount ${readOnlyMounts[remounted.length]} read-only` : `freeze ${mounts[frozen.length]}`;
-    throw new DpsrError(`cannot ${what}: ${(err as Error).message.split('\n')[0]}`, (err as { code?: string }).code ?? 'EFREEZE');
+    throw new DpsrError(`cannot ${what}: ${(err as Error).message.split('\n')[0]}`, code ?? 'EFREEZE');
   }
   return { mounts, thaw: release };
 }

@@ -429,7 +429,7 @@ export async function committedImage(settings: Settings, name: string, opts: { f
     try {
       s = await openSession(settings, { waitMs: 0 });
     } catch (err) {
-      if ((err as DpsrError).code !== 'EBUSY') throw err;
+      if ((err as DpsrError).code !== 'EOWNED') throw err;
       throw new RefusedError(`pair ${name}: a sync was interrupted (journal transaction ${pendingTxn.seq} may be committed but not applied) and the daemon owns the pair; run dpsr sync ${name} first`, 'EPENDING');
     }
     try {

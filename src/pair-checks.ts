@@ -261,7 +261,7 @@ export function checkPairable(req: PairRequest): PairPlan {
       holders = dir ? fs.readdirSync(path.join(dir, 'holders')) : [];
     } catch { /* none */ }
     if (holders.length > 0) {
-      refuse(`the DPSR drive ${D} is in use: ${name === drive.name ? 'it' : name} is held by ${holders.join(', ')} (device mapper, md, ...); stop ${holders.join(', ')} first`, 'EBUSY');
+      refuse(`the DPSR drive ${D} is in use: ${name === drive.name ? 'it' : name} is held by ${holders.join(', ')} (device mapper, md, ...); stop ${holders.join(', ')} first`, 'EHELD');
     }
   }
   // Whatever else claims it (a btrfs member, an md array being assembled): an exclusive open fails.
@@ -269,7 +269,7 @@ export function checkPairable(req: PairRequest): PairPlan {
     fs.closeSync(fs.openSync(D, fs.constants.O_RDONLY | fs.constants.O_EXCL));
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EBUSY') refuse(`the DPSR drive ${D} is in use by the kernel (exclusive open: device busy); stop what uses it first`, 'EBUSY');
+    if (code === 'EBUSY') refuse(`the DPSR drive ${D} is in use by the kernel (exclusive open: device busy); stop what uses it first`, 'EINUSE');
     refuse(`the DPSR drive ${D} cannot be opened: ${(err as Error).message}`, 'EOPEN');
   }
 

@@ -103,7 +103,7 @@ function checkTargetFree(dev: BlockDevice, role: string): void {
     try {
       holders = fs.readdirSync(`/sys/class/block/${name}/holders`);
     } catch { /* none */ }
-    if (holders.length > 0) refuse(`${what} is in use: ${name} is held by ${holders.join(', ')} (device mapper, md, ...); nothing written`, 'EBUSY');
+    if (holders.length > 0) refuse(`${what} is in use: ${name} is held by ${holders.join(', ')} (device mapper, md, ...); nothing written`, 'EHELD');
   }
   fs.closeSync(openExclusive(dev.path, fs.constants.O_RDONLY, what));
 }
@@ -114,7 +114,7 @@ function openExclusive(devPath: string, flags: number, what: string): number {
     return fs.openSync(devPath, flags | fs.constants.O_EXCL);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'EOPEN';
-    if (code === 'EBUSY') refuse(`${what} is in use (an exclusive open failed: a mount, an md/dm member, or a program holding it); nothing written`, 'EBUSY');
+    if (code === 'EBUSY') refuse(`${what} is in use (an exclusive open failed: a mount, an md/dm member, or a program holding it); nothing written`, 'EINUSE');
     throw new RefusedError(`cannot open ${what}: ${(err as Error).message}`, code);
   }
 }
@@ -472,7 +472,7 @@ function labelSource(label: DriveLabel, drivePath: string, given: string | undef
  */
 export async function withOwnerLock<T>(lockPath: string, fn: () => Promise<T>): Promise<T> {
   const fd = tryLockFile(lockPath);
-  if (fd === null) refuse(`another dpsr process owns tracking (a daemon or a sync holds ${lockPath}): stop it, or use dpsr rollback NAME; nothing written`, 'EBUSY');
+  if (fd === null) refuse(`another dpsr process owns tracking (a daemon or a sync holds ${lockPath}): stop it, or use dpsr rollback NAME; nothing written`, 'EOWNED');
   try {
     return await fn();
   } finally {

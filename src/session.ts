@@ -30,7 +30,7 @@ async function startTracker(kt: KernelTracking, settings: Settings, store: Store
     try {
       return Tracker.start(kt, { ownerLockPath: settings.ownerLockPath, ringBytes: OWNER_RING_BYTES, store });
     } catch (err) {
-      if ((err as DpsrError).code !== 'EBUSY' || Date.now() > deadline) throw err;
+      if ((err as DpsrError).code !== 'EOWNED' || Date.now() > deadline) throw err;
       await sleep(200);
     }
   }

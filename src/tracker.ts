@@ -112,7 +112,7 @@ export class Tracker {
   /** Becomes the one owner (a lock) and takes over the owner's ring. */
   static start(kt: KernelTracking, opts: TrackerOptions): Tracker {
     const fd = tryLockFile(opts.ownerLockPath);
-    if (fd === null) throw new DpsrError(`another dpsr process owns tracking (lock ${opts.ownerLockPath} is held)`, 'EBUSY');
+    if (fd === null) throw new DpsrError(`another dpsr process owns tracking (lock ${opts.ownerLockPath} is held)`, 'EOWNED');
     try {
       kt.registerConsumer({ ringBytes: opts.ringBytes ?? DEFAULT_RING_BYTES, ownerIndex: OWNER_RING });
       return new Tracker(kt, fd, opts.store ?? noStore, opts.onRecords, opts.timerMs ?? 50);

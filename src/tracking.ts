@@ -141,7 +141,7 @@ export class KernelTracking {
         for (let i = 0; i < MAX_RINGS && index === undefined; i++) {
           if (this.consumer(i).pid === 0 && !this.hasRing(i)) index = i;
         }
-        if (index === undefined) throw new DpsrError(`all ${MAX_RINGS} tracking consumers are in use`, 'EBUSY');
+        if (index === undefined) throw new DpsrError(`all ${MAX_RINGS} tracking consumers are in use`, 'ECONSUMERSFULL');
       }
       const pid = process.pid;
       const owner = opts.ownerIndex !== undefined;
@@ -243,7 +243,7 @@ export class KernelTracking {
           return { index: i, created: false };
         }
       }
-      if (free < 0) throw new DpsrError(`all ${MAX_SLOTS} tracking slots are in use`, 'EBUSY');
+      if (free < 0) throw new DpsrError(`all ${MAX_SLOTS} tracking slots are in use`, 'ESLOTSFULL');
       this.zeroPerCpu('slot_stats', free, Layout.slotStats.size);
       this.update('bitmaps', free * 2, Buffer.alloc(Layout.bitmap.size));
       this.update('bitmaps', free * 2 + 1, Buffer.alloc(Layout.bitmap.size));

@@ -337,6 +337,30 @@ test('a burst that outgrows the journal of a continuous pair: refused, not writt
   assert.is(hash(drive, bytes), hash(source, bytes));
 });
 
+test('a source frozen by another program fails the sync with its own reason, alone and through the daemon, which counts it and calls the hook', async () => {
+  const { source, drive, bytes } = fx.pairDevices(64);
+  fx.mkfs(source, 'ext4');
+  assert.is(dpsr('pair', source, drive, '--name', 'p').status, 0);
+  const mnt = fx.mount(source);
+  fs.writeFileSync(path.join(mnt, 'f'), 'x');
+  sh('fsfreeze', ['-f', mnt]);
+  fx.defer(`thaw ${mnt}`, () => { try { sh('fsfreeze', ['-u', mnt]); } catch { /* thawed */ } });
+  const image = hash(drive, bytes);
+  const alone = dpsr('sync', 'p');
+  assert.is(alone.status, 1, alone.stderr);
+  assert.match(alone.stderr, /frozen already, by another program/);
+  const hook = hookScript();
+  fs.writeFileSync(env.DPSR_CONFIG!, `tick = "200ms"\nscrub_every = "off"\non_failure = "${hook.command}"\n` +
+    '[pairs.p]\npolicy = "continuous"\nrpo = "1s"\nmin_interval = "300ms"\n');
+  await startDaemon();
+  await waitFor('the hook', async () => fs.existsSync(hook.log) && /^sync-failed p .*frozen already/m.test(fs.readFileSync(hook.log, 'utf8')));
+  assert.match((await statusOf('p')).lastError ?? '', /frozen already/);
+  assert.is(hash(drive, bytes), image, 'nothing written');
+  sh('fsfreeze', ['-u', mnt]);
+  const r = dpsr('sync', 'p');
+  assert.is(r.status, 0, r.stderr);
+});
+
 test('sync --timeout gives up waiting with exit 1; the drive keeps a whole image', async () => {
   const { source, drive, bytes } = syncedPair(16);
   await startDaemon('--tick', '0.2');

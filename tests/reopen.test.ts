@@ -74,7 +74,7 @@ test('a second owner is refused while the first holds the lock', async () => {
     Tracker.start(kt, { ownerLockPath: lock });
     assert.unreachable('the second owner must be refused');
   } catch (err) {
-    assert.is((err as { code?: string }).code, 'EBUSY');
+    assert.is((err as { code?: string }).code, 'EOWNED');
   }
 });
 

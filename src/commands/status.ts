@@ -129,7 +129,7 @@ export async function statusCommand(opts: StatusOptions, settings: Settings, log
     try {
       session = await openSession(settings, { waitMs: 0 });
     } catch (err) {
-      if ((err as DpsrError).code !== 'EBUSY') throw err;
+      if ((err as DpsrError).code !== 'EOWNED') throw err;
     }
   }
   const store = session?.store ?? Store.open(settings.stateDir);
