@@ -16,8 +16,13 @@ import { type AwaitingHistory, readingOf } from './tracker.js';
 import { native } from './native.js';
 import { KernelTracking, bitsToExtents } from './tracking.js';
 
-/** Pin directory names whose maps this dpsr reads: its own layout, under every name it was released with. */
-const READABLE_VERSIONS = new Set(['v1']);
+/**
+ * Pin directory names whose maps this dpsr reads: its own layout, under every
+ * name it was released with. A new name comes with new maps or new program
+ * code (v2: multi-range discards placed per bio), so that an upgrade attaches
+ * the new programs and retires the old ones instead of leaving them pinned.
+ */
+const READABLE_VERSIONS = new Set(['v1', 'v2']);
 
 /** Other versions' pin directories beside ours that hold attached programs. */
 export function otherPinVersions(pinDir: string): string[] {
