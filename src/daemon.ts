@@ -212,7 +212,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       if (!pair || s.problems.has(name)) continue;
       const r = runtimeOf(name);
       const { syncNow } = decide(policyOf(config, name), {
-        changed: hasChanges(range),
+        changed: hasChanges(range, pair),
         pendingBytes: (range.dirty.totalSectors + range.suspect.totalSectors) * 512,
         journalBytes: journalCapacityOf(pair) ?? 0,
         lastSyncStartMs: r.lastSyncStartMs, imageTimeMs: pair.imageTimeMs, failuresInARow: r.failuresInARow,

@@ -77,7 +77,8 @@ export function percentile(values: number[], p: number): number | null {
 /** Data written (or discarded) since the image: what the next sync copies. */
 export const changedBytes = (range: RangeState) => (range.dirty.totalSectors + range.discarded.totalSectors) * SECTOR;
 
-export const hasChanges = (range: RangeState) => !range.dirty.isEmpty || !range.suspect.isEmpty || !range.discarded.isEmpty;
+/** Whether the DPSR drive is behind: writes since the last cut, or a cut that a failed or interrupted sync has not landed. */
+export const hasChanges = (range: RangeState, pair: PairRecord) => !range.dirty.isEmpty || !range.suspect.isEmpty || !range.discarded.isEmpty || pair.pending !== null;
 
 export function statusOf(pair: PairRecord, range: RangeState | undefined, problem: string | undefined, live: boolean,
   policy: Policy, schedule: Schedule | null, nowMs = Date.now()): PairStatus {
@@ -94,7 +95,7 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
               : pair.image === 'point-in-time' ? 'consistent' : (pair.image as PairState);
   const usable = !problem && pair.generation > 0 && !pair.pending && suspect === 0 && pair.fullCopy.complete;
   const warnings: string[] = [];
-  const changed = range ? hasChanges(range) : false;
+  const changed = range ? hasChanges(range, pair) : pair.pending !== null;
   if (policy.policy === 'manual' && changed && (live || range)) {
     warnings.push(`${formatBytes(dirty + suspect)} changed since the image; the pair is manual: dpsr sync ${pair.name} when the source is in a good state`);
   }
