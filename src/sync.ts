@@ -372,7 +372,7 @@ export function journalRegionOf(fd: number, pair: Pick<PairRecord, 'dataSectors'
 /** A generation the journal cannot hold: refused, so that the DPSR drive is never a mix the user did not choose. */
 function tooBigForJournal(pair: PairRecord, what: string, region: JournalRegion): RefusedError {
   const image = pair.imageTimeMs ? ` of ${new Date(pair.imageTimeMs).toISOString()}` : '';
-  return new RefusedError(`pair ${pair.name}: ${what}, more than its journal holds (${formatBytes(journalDataCapacity(region.lengthBytes))}): ` +
+  return new RefusedError(`pair ${pair.name}: ${what} (${formatBytes(journalDataCapacity(region.lengthBytes))}): ` +
     `nothing written, the DPSR drive keeps its image${image}; sync more often, give the drive a bigger reserved tail (pair again with --reserve), ` +
     `or write this sync in place: dpsr sync --in-place ${pair.name} (the DPSR drive is no whole image until it ends)`, 'EJOURNALFULL');
 }
@@ -697,14 +697,14 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     // or to finish a sync that was written in place and cut short (the drive is a mix already).
     const fits = region !== null && journalBytesFor(knownBytes, Math.ceil(knownBytes / 4096) + 1) <= region.lengthBytes;
     const journaled = opts.inPlace !== true && region !== null && (fits || pair.image !== 'partial');
-    if (journaled && !fits) throw tooBigForJournal(pair, `${formatBytes(knownBytes)} changed since the image`, region);
+    if (journaled && !fits) throw tooBigForJournal(pair, `${formatBytes(knownBytes)} changed since the image, more than its journal holds`, region);
     let r: GenerationResult;
     try {
       r = journaled ? await journaledGeneration(c, region, carried) : await directGeneration(c, carried);
     } catch (err) {
       // More was written during the passes than the journal holds: no transaction was committed,
       // the drive is still the previous image, and what was cut is saved for the next sync.
-      if ((err as DpsrError).code === 'EJOURNALFULL' && region) throw tooBigForJournal(pair, 'more was written during the sync', region);
+      if ((err as DpsrError).code === 'EJOURNALFULL' && region) throw tooBigForJournal(pair, 'what was written during the sync outgrew its journal', region);
       throw err;
     }
     const durationMs = Date.now() - startedMs;
