@@ -67,15 +67,15 @@ export function readMounts(pid: number | 'self' = 'self'): MountEntry[] {
 }
 
 /**
- * The host's mounts (the init process's mount namespace), or null when they
- * cannot be read. dpsr may run in a namespace of its own (a systemd unit's
- * sandbox, a container) where some of the host's mounts are missing.
+ * The host's mounts of these device numbers (the init process's mount
+ * namespace), none when they cannot be read. dpsr may run in a namespace of
+ * its own (a systemd unit's sandbox, a container) where some are missing.
  */
-function hostMounts(): MountEntry[] | null {
+function hostMountsOf(nums: Map<string, string>): MountEntry[] {
   try {
-    return readMounts(1);
+    return readMounts(1).filter((m) => nums.has(m.devNum));
   } catch {
-    return null;
+    return [];
   }
 }
 
@@ -88,7 +88,7 @@ export function mountEntriesOf(dev: BlockDevice): MountEntry[] {
   const nums = coveredDevNumbers(dev);
   const here = readMounts().filter((m) => nums.has(m.devNum));
   const seen = new Set(here.map((m) => m.devNum));
-  const hostOnly = (hostMounts() ?? []).filter((m) => nums.has(m.devNum) && !seen.has(m.devNum));
+  const hostOnly = hostMountsOf(nums).filter((m) => !seen.has(m.devNum));
   return [...here, ...hostOnly.map((m) => ({ ...m, hostOnly: true }))];
 }
 
@@ -127,7 +127,7 @@ export function writableFileSystemsOf(dev: BlockDevice): WritableFileSystem[] {
     if (out.has(m.devNum) || fsDevNumberOf(m.mountPoint) !== m.devNum) continue;
     out.set(m.devNum, { devNum: m.devNum, fsType: m.fsType, path: m.mountPoint });
   }
-  const unreachable = [...entries, ...(hostMounts() ?? []).filter((m) => nums.has(m.devNum) && !m.superReadOnly)]
+  const unreachable = [...entries, ...hostMountsOf(nums).filter((m) => !m.superReadOnly)]
     .filter((m) => !out.has(m.devNum));
   if (unreachable.length > 0) {
     const m = unreachable[0];

@@ -242,9 +242,8 @@ function pendingCut(pair: PairRecord): Cut | null {
  */
 async function finalTake(s: Session, range: RangeState): Promise<{ epoch: number; cutMs: number; cut: ExtentSet }> {
   const epoch = s.tracker.flip().epoch;
-  const { verdicts, distrusted } = await s.tracker.judge();
-  const verdict = verdicts.get(range);
-  if (distrusted.includes(range) || verdict?.kind !== 'exact') s.tracker.distrust(range, verdict ?? { kind: 'busy' });
+  const verdict = (await s.tracker.judge()).verdicts.get(range) ?? { kind: 'busy' };
+  if (verdict.kind !== 'exact') s.tracker.distrust(range, verdict); // a distrusted range's verdict is never exact
   const cutMs = Date.now();
   const taken = takeCut(range);
   const cut = taken.copy;
