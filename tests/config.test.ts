@@ -1,10 +1,10 @@
 // The daemon's configuration and its policies, as pure logic.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { parseCalendar } from '../src/calendar.js';
-import { ConfigError, parseConfig } from '../src/config.js';
-import { due, nextSyncMs } from '../src/schedule.js';
-import { parseDuration, parseSize } from '../src/units.js';
+import { parseCalendar } from '../src/daemon/calendar.js';
+import { ConfigError, parseConfig } from '../src/daemon/config.js';
+import { due, nextSyncMs } from '../src/daemon/schedule.js';
+import { parseDuration, parseSize } from '../src/base/units.js';
 
 test('policies parse with defaults, durations in units', () => {
   const c = parseConfig('tick = "250ms"\n[pairs.sys]\npolicy = "scheduled"\nevery = "1h"\n[pairs.data]\npolicy = "continuous"\nrpo = "30s"\n', 'x.toml');

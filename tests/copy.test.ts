@@ -4,12 +4,12 @@ import * as assert from 'uvu/assert';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { AbortError, compareExtents, copyExtents, flush, openDirect, type CopyProgress } from '../src/copy.js';
-import { batchIo } from '../src/batch-io.js';
-import { DpsrError, RefusedError } from '../src/errors.js';
-import { ExtentSet } from '../src/extents.js';
-import { native } from '../src/native.js';
-import { progressBar } from '../src/progress.js';
+import { AbortError, compareExtents, copyExtents, flush, openDirect, type CopyProgress } from '../src/io/copy.js';
+import { batchIo } from '../src/io/batch-io.js';
+import { DpsrError, RefusedError } from '../src/base/errors.js';
+import { ExtentSet } from '../src/base/extents.js';
+import { native } from '../src/base/native.js';
+import { progressBar } from '../src/base/progress.js';
 import { Fixture, ddDirect, sh } from './helpers/fixture.js';
 
 const SECTOR = 512;

@@ -8,9 +8,9 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { AS_NOBODY, DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, eachTestFreshCli, loopBackingFile, publicCli, publicDir, randomFill, testAsNobody, writtenSectors } from './helpers/fixture.js';
-import { native } from '../src/native.js';
-import type { PairStatus } from '../src/pair-status.js';
-import { ControlClient } from '../src/protocol.js';
+import { native } from '../src/base/native.js';
+import type { PairStatus } from '../src/daemon/pair-status.js';
+import { ControlClient } from '../src/daemon/protocol.js';
 
 const MiB = 1 << 20;
 let fx: Fixture;

@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { ExtentSet } from '../src/extents.js';
+import { ExtentSet } from '../src/base/extents.js';
 import { mulberry32 } from './helpers/seeded-random.js';
 
 // Randomized runs use a fresh base seed each time; a failure names the seed to replay with

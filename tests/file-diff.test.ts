@@ -1,13 +1,13 @@
-// diffTrees (src/file-diff.ts) and planRestore (src/file-restore.ts) on two small trees in a
+// diffTrees (src/restore/file-diff.ts) and planRestore (src/restore/file-restore.ts) on two small trees in a
 // temporary directory: one plays the source (or the destination), the other the image.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { RefusedError } from '../src/errors.js';
-import { diffTrees } from '../src/file-diff.js';
-import { planRestore } from '../src/file-restore.js';
+import { RefusedError } from '../src/base/errors.js';
+import { diffTrees } from '../src/restore/file-diff.js';
+import { planRestore } from '../src/restore/file-restore.js';
 
 const T0 = new Date('2026-01-01T00:00:00Z');
 const T1 = new Date('2026-01-02T00:00:00Z');

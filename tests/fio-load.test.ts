@@ -6,10 +6,10 @@ import * as assert from 'uvu/assert';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { resolveBlockDevice } from '../src/devices.js';
-import { ExtentSet } from '../src/extents.js';
-import { OWNER_RING } from '../src/kernel-abi.js';
-import { Tracker } from '../src/tracker.js';
+import { resolveBlockDevice } from '../src/devices/devices.js';
+import { ExtentSet } from '../src/base/extents.js';
+import { OWNER_RING } from '../src/kernel/kernel-abi.js';
+import { Tracker } from '../src/kernel/tracker.js';
 import { Fixture, sh, sweepStaleTestPins } from './helpers/fixture.js';
 
 let fx: Fixture;

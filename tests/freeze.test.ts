@@ -6,7 +6,7 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { freeze } from '../src/freeze.js';
+import { freeze } from '../src/sync/freeze.js';
 import { DPSR_BIN, Fixture, freshCliFixture, runDpsr, sha256Of, sh } from './helpers/fixture.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -57,7 +57,7 @@ test('the watchdog thaws at its deadline, and the thaw reports it', async () => 
 /** Another process that freezes `mounts` (and remounts `readOnly` read-only) and then lives on until killed. */
 async function freezingChild(mounts: string[], readOnly: string[]): Promise<ChildProcess> {
   const script = path.join(fx.dir, 'freezer.mjs');
-  fs.writeFileSync(script, `import { freeze } from ${JSON.stringify(path.resolve(here, '../src/freeze.js'))};
+  fs.writeFileSync(script, `import { freeze } from ${JSON.stringify(path.resolve(here, '../src/sync/freeze.js'))};
 await freeze(${JSON.stringify(mounts)}, 60000, ${JSON.stringify(readOnly)});
 process.stdout.write('frozen\\n');
 setInterval(() => {}, 1000);

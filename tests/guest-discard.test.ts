@@ -11,7 +11,7 @@ import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ExtentSet } from '../src/extents.js';
+import { ExtentSet } from '../src/base/extents.js';
 import { Fixture, sh } from './helpers/fixture.js';
 import { type BootOutcome, bootOnce, guestImage, packDpsr } from './helpers/guest.js';
 

@@ -3,8 +3,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import fs from 'node:fs';
-import { resolveBlockDevice } from '../src/devices.js';
-import { hasHardwareIdentity, identify, identityChanges, type DeviceIdentity } from '../src/identity.js';
+import { resolveBlockDevice } from '../src/devices/devices.js';
+import { hasHardwareIdentity, identify, identityChanges, type DeviceIdentity } from '../src/devices/identity.js';
 import { Fixture, loopBackingFile, sh } from './helpers/fixture.js';
 
 let fx: Fixture;

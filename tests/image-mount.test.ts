@@ -1,11 +1,11 @@
-// locate (src/image-mount.ts): which file system a PATH names and where PATH is in it, from
+// locate (src/restore/image-mount.ts): which file system a PATH names and where PATH is in it, from
 // injected surroundings (the source, its mounts, the partition tables); no devices.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { BlockDevice } from '../src/devices.js';
-import { UsageError } from '../src/errors.js';
-import { type ImagePartition, type LocatedPair, type SourceMount, type Surroundings, locate } from '../src/image-mount.js';
-import type { MountEntry } from '../src/mounts.js';
+import type { BlockDevice } from '../src/devices/devices.js';
+import { UsageError } from '../src/base/errors.js';
+import { type ImagePartition, type LocatedPair, type SourceMount, type Surroundings, locate } from '../src/restore/image-mount.js';
+import type { MountEntry } from '../src/devices/mounts.js';
 
 const MIB = 1 << 20;
 const partitionPair: LocatedPair = { name: 'data', dataSectors: 2048 * 100, source: { isPartition: true, sizeSectors: 2048 * 100 } };

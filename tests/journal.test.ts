@@ -4,12 +4,12 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { openDirect } from '../src/copy.js';
+import { openDirect } from '../src/io/copy.js';
 import {
   applyTransaction, invalidate, journalBytesFor, readCommitted, writeTransaction,
   type CommittedTransaction, type JournalEntry, type JournalRegion,
-} from '../src/journal.js';
-import { native } from '../src/native.js';
+} from '../src/drive/journal.js';
+import { native } from '../src/base/native.js';
 import { Fixture, ddDirect, freshCliFixture, runDpsr, sha256Of, sh } from './helpers/fixture.js';
 
 const SECTOR = 512;

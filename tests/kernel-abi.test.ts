@@ -1,4 +1,4 @@
-// Pins src/kernel-abi.ts to bpf/dpsr.h: a C program compiled from the header
+// Pins src/kernel/kernel-abi.ts to bpf/dpsr.h: a C program compiled from the header
 // prints every size, offset and constant, and they must match.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import {
   BITMAP_WORDS, CONSUMER_OWNER, Layout, MAX_RINGS, MAX_SLOTS, REC_ERROR, REC_UNKNOWN, chunkShiftFor,
   decodeBitmap, forEachRecord,
-} from '../src/kernel-abi.js';
+} from '../src/kernel/kernel-abi.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 

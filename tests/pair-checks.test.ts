@@ -5,8 +5,8 @@ import * as assert from 'uvu/assert';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DpsrError, RefusedError, UsageError } from '../src/errors.js';
-import { checkPairable, formatBytes, systemDisks, type PairPlan, type PairRequest } from '../src/pair-checks.js';
+import { DpsrError, RefusedError, UsageError } from '../src/base/errors.js';
+import { checkPairable, formatBytes, systemDisks, type PairPlan, type PairRequest } from '../src/drive/pair-checks.js';
 import { Fixture, sh } from './helpers/fixture.js';
 
 const MIB = 1024 * 1024;

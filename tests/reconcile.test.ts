@@ -1,7 +1,7 @@
 // The reconciliation verdicts, as pure logic.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { baselineFrom, judge, type Reading } from '../src/reconcile.js';
+import { baselineFrom, judge, type Reading } from '../src/kernel/reconcile.js';
 
 const r = (kernelSectors: number, programSectors: number, inFlightWrites = 0): Reading => ({ kernelSectors, programSectors, inFlightWrites });
 

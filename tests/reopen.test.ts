@@ -5,10 +5,10 @@ import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { resolveBlockDevice } from '../src/devices.js';
-import { ExtentSet } from '../src/extents.js';
-import { Tracker } from '../src/tracker.js';
-import { KernelTracking } from '../src/tracking.js';
+import { resolveBlockDevice } from '../src/devices/devices.js';
+import { ExtentSet } from '../src/base/extents.js';
+import { Tracker } from '../src/kernel/tracker.js';
+import { KernelTracking } from '../src/kernel/tracking.js';
 import { Fixture, ddDirect, sweepStaleTestPins } from './helpers/fixture.js';
 
 const child = path.resolve(path.dirname(fileURLToPath(import.meta.url)), 'helpers/owner-child.js');

@@ -1,11 +1,11 @@
-// trackedWork (src/rollback.ts): what a rollback copies back and what it compares, from the
+// trackedWork (src/restore/rollback.ts): what a rollback copies back and what it compares, from the
 // pair's record and the tracker's sets alone.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { ExtentSet } from '../src/extents.js';
-import { trackedWork } from '../src/rollback.js';
-import type { PendingGeneration } from '../src/store.js';
-import type { Gap } from '../src/tracker.js';
+import { ExtentSet } from '../src/base/extents.js';
+import { trackedWork } from '../src/restore/rollback.js';
+import type { PendingGeneration } from '../src/state/store.js';
+import type { Gap } from '../src/kernel/tracker.js';
 
 const DATA_SECTORS = 100_000;
 type Extents = Array<[number, number]>;

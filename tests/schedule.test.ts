@@ -1,8 +1,8 @@
-// The daemon's decisions (src/schedule.ts), as pure logic: a policy, a pair's facts and a clock.
+// The daemon's decisions (src/daemon/schedule.ts), as pure logic: a policy, a pair's facts and a clock.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { parseCalendar } from '../src/calendar.js';
-import { type PairFacts, type Policy, backoffMs, decide, journalPressure } from '../src/schedule.js';
+import { parseCalendar } from '../src/daemon/calendar.js';
+import { type PairFacts, type Policy, backoffMs, decide, journalPressure } from '../src/daemon/schedule.js';
 
 const MIB = 1 << 20;
 const continuous: Policy = { policy: 'continuous', rpoMs: 30_000, minIntervalMs: 10_000 };

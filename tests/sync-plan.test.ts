@@ -1,8 +1,8 @@
 // The sync's planning rules that need no device (pure logic).
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { ExtentSet } from '../src/extents.js';
-import { copyWhereJournaled } from '../src/sync.js';
+import { ExtentSet } from '../src/base/extents.js';
+import { copyWhereJournaled } from '../src/sync/sync.js';
 
 test('a region to compare that an earlier pass journaled is copied: the drive does not hold what the transaction will write', () => {
   // Pass 1 journaled sectors [0, 8) and [800, 816); pass 2 must compare [0, 64) and [792, 808).

@@ -2,8 +2,8 @@
 // still holds must tell the next owner everything the dead one had not saved.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { resolveBlockDevice } from '../src/devices.js';
-import { type RangeState, Tracker } from '../src/tracker.js';
+import { resolveBlockDevice } from '../src/devices/devices.js';
+import { type RangeState, Tracker } from '../src/kernel/tracker.js';
 import { Fixture, ddDirect, scatteredDirectWrites, sweepStaleTestPins } from './helpers/fixture.js';
 
 let fx: Fixture;

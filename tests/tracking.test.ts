@@ -2,10 +2,10 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import fs from 'node:fs';
-import { resolveBlockDevice } from '../src/devices.js';
-import { ExtentSet } from '../src/extents.js';
-import { OWNER_RING } from '../src/kernel-abi.js';
-import { Tracker } from '../src/tracker.js';
+import { resolveBlockDevice } from '../src/devices/devices.js';
+import { ExtentSet } from '../src/base/extents.js';
+import { OWNER_RING } from '../src/kernel/kernel-abi.js';
+import { Tracker } from '../src/kernel/tracker.js';
 import { Fixture, ddDirect, scatteredDirectWrites, sh, sweepStaleTestPins } from './helpers/fixture.js';
 
 let fx: Fixture;

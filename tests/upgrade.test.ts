@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { DPSR_BIN, Fixture, ddDirect, runDpsr, sha256Of, freshCliFixture, randomFill } from './helpers/fixture.js';
-import { native } from '../src/native.js';
+import { native } from '../src/base/native.js';
 
 const MiB = 1 << 20;
 let fx: Fixture;

@@ -4,10 +4,10 @@ import * as assert from 'uvu/assert';
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { resolveBlockDevice } from '../src/devices.js';
-import { OWNER_RING } from '../src/kernel-abi.js';
-import { Tracker } from '../src/tracker.js';
-import { KernelTracking } from '../src/tracking.js';
+import { resolveBlockDevice } from '../src/devices/devices.js';
+import { OWNER_RING } from '../src/kernel/kernel-abi.js';
+import { Tracker } from '../src/kernel/tracker.js';
+import { KernelTracking } from '../src/kernel/tracking.js';
 import { AS_NOBODY, DPSR_BIN, Fixture, ddDirect, publicCli, sweepStaleTestPins, testAsNobody } from './helpers/fixture.js';
 
 const bin = DPSR_BIN;

@@ -8,9 +8,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Test } from 'uvu';
-import { ExtentSet } from '../../src/extents.js';
-import { KernelTracking, processStartTime } from '../../src/tracking.js';
-import { native } from '../../src/native.js';
+import { ExtentSet } from '../../src/base/extents.js';
+import { KernelTracking, processStartTime } from '../../src/kernel/tracking.js';
+import { native } from '../../src/base/native.js';
 
 // Tests set every DPSR_* variable they depend on: none comes from the caller's
 // shell (an admin's DPSR_STATE_DIR would leak into the CLI and failure hooks).

@@ -1,8 +1,8 @@
 // A separate owner process for the reopen tests: tracks a device in a pin
 // directory, writes, then leaves cleanly (`stop`) or as a crash would (`crash`).
-import { resolveBlockDevice } from '../../src/devices.js';
-import { Tracker } from '../../src/tracker.js';
-import { KernelTracking } from '../../src/tracking.js';
+import { resolveBlockDevice } from '../../src/devices/devices.js';
+import { Tracker } from '../../src/kernel/tracker.js';
+import { KernelTracking } from '../../src/kernel/tracking.js';
 import { ddDirect } from './fixture.js';
 
 const [pinDir, lockPath, dev, how] = process.argv.slice(2);

@@ -21,7 +21,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { native } from '../../src/native.js';
+import { native } from '../../src/base/native.js';
 import { run, scratchSpace } from './scratch.js';
 
 const MiB = 1 << 20;

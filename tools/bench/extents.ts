@@ -1,7 +1,7 @@
 /** Benchmarks ExtentSet ingest rate and memory footprint: node dist/tools/bench/extents.js */
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { ExtentSet } from '../../src/extents.js';
+import { ExtentSet } from '../../src/base/extents.js';
 import { mulberry32 } from '../../tests/helpers/seeded-random.js';
 
 const DEVICE_SECTORS = 2 ** 31; // 1 TiB of 512-byte sectors

@@ -6,12 +6,12 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Settings } from '../../src/defaults.js';
+import type { Settings } from '../../src/base/defaults.js';
 import { run, scratchSpace, benchSettings } from './scratch.js';
-import { pairCommand } from '../../src/commands/pair.js';
-import { unpairCommand } from '../../src/commands/unpair.js';
-import { closeSession, openSession } from '../../src/session.js';
-import { syncPair } from '../../src/sync.js';
+import { pairCommand } from '../../src/cli/commands/pair.js';
+import { unpairCommand } from '../../src/cli/commands/unpair.js';
+import { closeSession, openSession } from '../../src/state/session.js';
+import { syncPair } from '../../src/sync/sync.js';
 
 const arg = (name: string, dflt: number) => {
   const i = process.argv.indexOf(`--${name}`);

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { native } from '../../src/native.js';
+import { native } from '../../src/base/native.js';
 import { run, scratchSpace } from './scratch.js';
 
 const arg = (name: string, dflt: number) => {

@@ -4,10 +4,10 @@
 // (--drive: compares the whole source). Loop devices over images in /dev/shm, so the disks
 // are not what is measured. Run: node dist/tools/bench/rollback.js [--gib N] [--rounds N] [--dir D]
 import path from 'node:path';
-import { rollbackCommand } from '../../src/commands/rollback.js';
-import { pairCommand } from '../../src/commands/pair.js';
-import { syncCommand } from '../../src/commands/sync.js';
-import { unpairCommand } from '../../src/commands/unpair.js';
+import { rollbackCommand } from '../../src/cli/commands/rollback.js';
+import { pairCommand } from '../../src/cli/commands/pair.js';
+import { syncCommand } from '../../src/cli/commands/sync.js';
+import { unpairCommand } from '../../src/cli/commands/unpair.js';
 
 const arg = (name: string, dflt: string) => {
   const i = process.argv.indexOf(`--${name}`);

@@ -4,8 +4,8 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Settings } from '../../src/defaults.js';
-import { native } from '../../src/native.js';
+import type { Settings } from '../../src/base/defaults.js';
+import { native } from '../../src/base/native.js';
 
 export const run = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 

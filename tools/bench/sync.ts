@@ -5,13 +5,13 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { compareExtents, openDirect } from '../../src/copy.js';
-import { ExtentSet } from '../../src/extents.js';
-import { native } from '../../src/native.js';
+import { compareExtents, openDirect } from '../../src/io/copy.js';
+import { ExtentSet } from '../../src/base/extents.js';
+import { native } from '../../src/base/native.js';
 import { run, scratchSpace, benchSettings } from './scratch.js';
-import { pairCommand } from '../../src/commands/pair.js';
-import { syncCommand } from '../../src/commands/sync.js';
-import { unpairCommand } from '../../src/commands/unpair.js';
+import { pairCommand } from '../../src/cli/commands/pair.js';
+import { syncCommand } from '../../src/cli/commands/sync.js';
+import { unpairCommand } from '../../src/cli/commands/unpair.js';
 
 const arg = (name: string, dflt: number) => {
   const i = process.argv.indexOf(`--${name}`);

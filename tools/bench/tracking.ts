@@ -21,11 +21,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { resolveBlockDevice } from '../../src/devices.js';
-import { native } from '../../src/native.js';
-import { OWNER_RING_BYTES } from '../../src/defaults.js';
-import { type RangeState, Tracker } from '../../src/tracker.js';
-import { KernelTracking } from '../../src/tracking.js';
+import { resolveBlockDevice } from '../../src/devices/devices.js';
+import { native } from '../../src/base/native.js';
+import { OWNER_RING_BYTES } from '../../src/base/defaults.js';
+import { type RangeState, Tracker } from '../../src/kernel/tracker.js';
+import { KernelTracking } from '../../src/kernel/tracking.js';
 
 // --- options -------------------------------------------------------------
 

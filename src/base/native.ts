@@ -1,0 +1,84 @@
+// Loads the native addon (addon/) and types its surface; the only door to it.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+export interface OpenedTracking {
+  created: boolean;
+  maps: Record<MapName, number>;
+}
+
+export type MapName =
+  | 'disks' | 'slots' | 'slot_stats' | 'bitmaps' | 'control'
+  | 'ring_stats' | 'epoch_drops' | 'rings' | 'consumers';
+
+export interface RingReader {
+  /** Drains the ring now, delivering batches to the callback; returns records. */
+  consume(): number;
+  /** How far records have been read (a ring offset). */
+  position(): number;
+  /** With a deferred release: the records before `position` are persisted; their space may be reused. */
+  release(position: number): void;
+  close(): void;
+}
+
+export interface Native {
+  ensureBpffs(mountPoint: string): boolean;
+  open(pinDir: string, skipEveryN: number): OpenedTracking;
+  detach(pinDir: string): void;
+  closeFd(fd: number): void;
+  mapInfo(fd: number): { type: number; id: number; keySize: number; valueSize: number; maxEntries: number; name: string };
+  mapLookup(fd: number, key: Buffer, valueSize: number): Buffer | null;
+  mapUpdate(fd: number, key: Buffer, value: Buffer, flags?: number): void;
+  mapDelete(fd: number, key: Buffer): boolean;
+  mapKeys(fd: number, keySize: number): Buffer[];
+  possibleCpus(): number;
+  ringCreate(outerFd: number, index: number, bytes: number): void;
+  membarrier(): void;
+  flock(fd: number, mode: 'ex' | 'sh' | 'un', wait: boolean): boolean;
+  RingReader: new (outerFd: number, index: number, onBatch: (records: Buffer) => void,
+    timerMs: number, maxBatchRecords: number, deferRelease?: boolean) => RingReader;
+  blkGetSize64(fd: number): number;
+  blkSszGet(fd: number): number;
+  blkPbszGet(fd: number): number;
+  blkRoGet(fd: number): boolean;
+  blkRoSet(fd: number, readOnly: boolean): void;
+  fiFreeze(fd: number): void;
+  fiThaw(fd: number): void;
+  blkFlsBuf(fd: number): void;
+  blkDiscard(fd: number, offsetBytes: number, lengthBytes: number): void;
+  alignedBuffer(bytes: number, alignment: number): Buffer;
+  /** Positioned reads or writes of fd through io_uring, up to depth in flight; ops are [bufferOffset, length, position] triples. */
+  batchIo(fd: number, write: boolean, buffer: Buffer, ops: Float64Array, depth: number): Promise<void>;
+}
+
+/** Errors from the addon carry errno's name. */
+export interface ErrnoError extends Error {
+  code?: string;
+  errno?: number;
+  syscall?: string;
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+// From src/base/ (tsx) or dist/src/base/ (built).
+const candidates = [
+  path.resolve(here, '../../addon/build/Release/dpsr.node'),
+  path.resolve(here, '../../../addon/build/Release/dpsr.node'),
+];
+
+let loaded: Native | undefined;
+
+export function native(): Native {
+  if (loaded) return loaded;
+  const require = createRequire(import.meta.url);
+  const failures: string[] = [];
+  for (const file of candidates) {
+    try {
+      loaded = require(file) as Native;
+      return loaded;
+    } catch (err) {
+      failures.push(`${file}: ${(err as Error).message.split('\n')[0]}`);
+    }
+  }
+  throw new Error(`cannot load the dpsr addon (run npm run build); tried:\n  ${failures.join('\n  ')}`);
+}

@@ -1,0 +1,438 @@
+// The command line: parses, dispatches, and maps every error to an exit
+// status in one place. User-facing errors print one line, no stack.
+import { Command, CommanderError } from 'commander';
+import { settingsFromEnv } from '../base/defaults.js';
+import { DpsrError, ExitStatus, UsageError } from '../base/errors.js';
+import { manPage } from './man-page.js';
+import { parseDuration, parseSize } from '../base/units.js';
+import type { ErrnoError } from '../base/native.js';
+
+const EXIT_STATUSES = [
+  ['0', 'ok'],
+  ['1', 'failure'],
+  ['2', 'usage error'],
+  ['3', 'refused: unsafe or unsuitable device, missing privilege or kernel support (nothing was changed)'],
+  ['4', 'the DPSR drive is not a usable image right now, or older than --max-age'],
+] as const;
+
+const ENVIRONMENT = [
+  ['DPSR_STATE_DIR', 'state directory (default /var/lib/dpsr)'],
+  ['DPSR_SOCKET', 'control socket (default /run/dpsr/dpsr.sock); the owner lock sits beside it'],
+  ['DPSR_LOCK', 'the one-owner lock (default owner.lock beside the socket)'],
+  ['DPSR_CONFIG', 'the daemon\'s configuration (default /etc/dpsr/dpsr.toml)'],
+  ['DPSR_BPF_DIR', 'where the tracking programs are pinned (default /sys/fs/bpf/dpsr/v2)'],
+] as const;
+
+const EXIT_CODES_HELP = `
+Exit status:
+${EXIT_STATUSES.map(([code, text]) => `  ${code}  ${text}`).join('\n')}
+
+Environment:
+${ENVIRONMENT.map(([name, text]) => `  ${name.padEnd(16)} ${text}`).join('\n')}`;
+
+/** The manual's DESCRIPTION: what --help's one line cannot say. */
+const MAN_DESCRIPTION = `dpsr keeps a second disk, the DPSR drive, as an identical, bootable,
+sector-by-sector copy of a system disk or partition (a pair), and keeps it
+current by copying only what changed. An eBPF program on the block layer
+records the sectors of every completed write; dpsr keeps them in its state
+directory, so neither a restart of dpsr nor a full re-read is ever needed
+to know what to copy. Writes that could have gone unseen (a reboot, a full
+ring, counts that do not add up) are a gap: dpsr says so and compares
+instead of trusting.
+
+A sync brings the DPSR drive to a new point-in-time image: for a mounted
+source the last pass runs under a brief freeze (FIFREEZE) of its file
+systems, and everything a sync writes goes first through a redo journal in
+the drive's reserved tail, so the drive holds the previous image or the new
+one, never a mix, whatever crashes. dpsr sync returns when the image is
+committed: the flush before a risky change (dpsr sync --all && apt upgrade).
+
+dpsr daemon (the dpsr.service unit) owns tracking while it runs and syncs
+each pair by its policy from /etc/dpsr/dpsr.toml: continuous (within an RPO),
+scheduled (an OnCalendar= calendar) or manual (only when asked). It compares
+in the background after a gap and scrubs what it holds clean. The other
+commands talk to it through its control socket, and work alone when none
+runs.
+
+When the system disk dies, boot the DPSR drive. When an upgrade went wrong,
+dpsr rollback writes back only the sectors changed since the image. Single
+files and folders come back with dpsr diff and dpsr restore.`;
+
+const FILES = [
+  ['/etc/dpsr/dpsr.toml', 'the daemon\'s configuration (policies, scrub, failure hook, metrics file)'],
+  ['/var/lib/dpsr', 'the state: pairs and tracked sectors (LMDB), drive locks, the install manifest'],
+  ['/run/dpsr/dpsr.sock', 'the daemon\'s control socket (root only) and, beside it, the owner lock'],
+  ['/sys/fs/bpf/dpsr', 'the pinned tracking programs and maps (they keep tracking across restarts of dpsr)'],
+  ['/etc/systemd/system/dpsr.service, /etc/udev/rules.d/60-dpsr.rules', 'what dpsr install puts in place'],
+] as const;
+
+function program(): Command {
+  const settings = settingsFromEnv(process.env);
+  const cli = new Command('dpsr')
+    .description('Keep a second disk, the DPSR drive, as an identical bootable copy of a system disk, copying only the sectors written since the last sync (tracked by eBPF in the block layer).')
+    .version(process.env.npm_package_version ?? '0.1.0')
+    .showHelpAfterError('(run dpsr --help for usage)')
+    .addHelpText('after', EXIT_CODES_HELP)
+    .exitOverride();
+
+  const log = (line: string) => console.log(line);
+
+  cli.command('pair')
+    .description('check both devices, label the DPSR drive, start tracking, and copy the whole source')
+    .argument('<SOURCE>', 'the disk or partition to protect')
+    .argument('<DPSR_DRIVE>', 'the disk that becomes its copy (everything on it is overwritten)')
+    .option('--name <NAME>', 'the pair\'s name (default: the source\'s kernel name)')
+    .option('--force', 'overwrite a DPSR drive that carries a file system or partition table')
+    .option('--reserve <SIZE>', 'room after the copy for dpsr\'s label and journal, e.g. 64M, 1G', '64M')
+    .option('--no-reserve', 'no tail: for a drive exactly the source\'s size with a hardware identity (WWN/serial)')
+    .addHelpText('after', `
+Refuses (exit 3, nothing written) a drive that is mounted, swap, the running
+system's disk, smaller than the source plus the reserve, of another sector
+size, or that carries data (without --force). Tracking starts before the copy,
+so writes during it are caught; an interrupted copy resumes when the same
+command is run again (or at the next sync). The drive is left read-only.`)
+    .action(async (source: string, drive: string, opts: { name?: string; force?: boolean; reserve: string | boolean }) => {
+      const { pairCommand } = await import('./commands/pair.js');
+      const noReserve = opts.reserve === false;
+      await pairCommand({
+        source, drive, name: opts.name, force: opts.force === true, noReserve,
+        reserveBytes: noReserve ? 0 : parseSize(String(opts.reserve)),
+      }, settings, log);
+    });
+
+  cli.command('unpair')
+    .description('stop tracking a pair, make its DPSR drive writable again and remove its label')
+    .argument('<NAME>')
+    .action(async (name: string) => {
+      const { unpairCommand } = await import('./commands/unpair.js');
+      await unpairCommand({ name }, settings, log);
+    });
+
+  cli.command('sync')
+    .description('bring the DPSR drive up to date, copying only what changed; returns when done (a flush)')
+    .argument('[NAME]')
+    .option('--all', 'every pair')
+    .option('--json', 'one JSON document on stdout')
+    .option('--no-freeze', 'do not freeze a mounted source for the final pass (the image is then crash-consistent at best)')
+    .option('--quiet-period <SECONDS>', 'an unmounted source must be idle this long before the final pass', '2')
+    .option('--timeout <DURATION>', 'give up waiting after this long (e.g. 90s, 10m): exit 1; the DPSR drive keeps a whole image either way')
+    .option('--in-place', 'write this sync in place instead of through the journal (for one too big for it): the DPSR drive is no whole image until it ends')
+    .addHelpText('after', `
+Everything a sync writes goes first into the redo journal in the DPSR
+drive's reserved tail, so the drive always holds one whole image. A sync with
+more changes than the journal holds is refused (exit 3, nothing written)
+unless --in-place is given: then it is written in place, and until it ends
+the drive holds a mix (its label says "partial"). Pairs without a journal
+(--no-reserve) always write in place.
+
+A mounted source is copied in converging passes, then its file systems are
+frozen (FIFREEZE, at most 5 s, a watchdog process thaws them whatever happens)
+for the final pass: the image is then one point in time. An unmounted source
+must be idle for the quiet period; the final pass is accepted only if nothing
+was written meanwhile, else retried, then the sync fails "not quiescent" and
+the DPSR drive keeps its previous image.`)
+    .action(async (name: string | undefined, opts: { all?: boolean; json?: boolean; freeze: boolean; quietPeriod: string; timeout?: string; inPlace?: boolean }) => {
+      const { syncCommand } = await import('./commands/sync.js');
+      const quietMs = Number(opts.quietPeriod) * 1000;
+      if (!Number.isFinite(quietMs) || quietMs < 0) throw new UsageError(`--quiet-period ${opts.quietPeriod}: seconds, e.g. 2 or 0.5`);
+      const timeoutMs = opts.timeout !== undefined ? parseDuration(opts.timeout, '--timeout') : undefined;
+      await syncCommand({ name, all: opts.all === true, json: opts.json === true, freeze: opts.freeze, quietMs, timeoutMs, inPlace: opts.inPlace === true }, settings, log);
+    });
+
+  cli.command('status')
+    .description('per pair: state, the image\'s point in time and age (RPO), dirty data, gaps')
+    .argument('[NAME]')
+    .option('--json', 'one JSON document on stdout')
+    .option('--max-age <AGE>', 'exit 4 if an image is older than AGE (e.g. 15m, 1h, 2d)')
+    .option('-l, --long', 'every detail, a block per pair')
+    .option('--drive <DEV>', 'read a DPSR drive\'s own label, without the state directory')
+    .addHelpText('after', `
+One line per pair: STATE (consistent, crash-consistent, fuzzy, copying, syncing,
+needs-compare, gap, inconsistent, error), AGE of the image (the RPO), DIRTY data
+since it, LAST and NEXT SYNC, GAPS since the last sync, JOURNAL (tail: crash-safe),
+FREEZE p99 over recent syncs, POLICY; then warnings. Colour on a terminal only
+(NO_COLOR turns it off). --json: {"pairs": [PairStatus...]}, see the README.
+Exit 4 when any image is not usable or older than --max-age (for monitoring).`)
+    .action(async (name: string | undefined, opts: { json?: boolean; long?: boolean; maxAge?: string; drive?: string }) => {
+      const { statusCommand } = await import('./commands/status.js');
+      process.exitCode = await statusCommand({ name, json: opts.json === true, long: opts.long === true, maxAge: opts.maxAge, drive: opts.drive }, settings, log);
+    });
+
+  cli.command('verify')
+    .description('compare the source with its DPSR drive, sector for sector; exit 1 if they differ')
+    .argument('<NAME>')
+    .option('--json', 'one JSON document on stdout')
+    .action(async (name: string, opts: { json?: boolean }) => {
+      const { verifyCommand } = await import('./commands/verify.js');
+      process.exitCode = await verifyCommand({ name, json: opts.json === true }, settings, log);
+    });
+
+  cli.command('watch')
+    .description('print every completed write on DEVICE as it happens, until Ctrl-C')
+    .argument('<DEVICE>', 'a disk or partition, e.g. /dev/sda or /dev/nvme0n1p2')
+    .option('--json', 'one JSON object per line: {time, device, dev, op, start, end, sectors}; start/end are half-open 512-byte sectors, relative to DEVICE')
+    .addHelpText('after', `
+Shares tracking with other dpsr users: on exit it removes only what it added.
+Records lost because this display fell behind are printed as LOST (event "drops");
+writes without a range (SG_IO, NVMe passthrough) as UNKNOWN WRITE (event "unknown-write").`)
+    .action(async (device: string, opts: { json?: boolean }) => {
+      const { watchCommand } = await import('./commands/watch.js');
+      await watchCommand({ device, json: opts.json === true }, settings);
+    });
+
+  cli.command('daemon')
+    .description('own tracking, answer the control socket (dpsr sync through it returns when committed), sync pairs by their policy, compare and scrub in the background')
+    .option('--interval <SECONDS>', 'every pair continuous, synced at most this often (overrides the config file)')
+    .option('--tick <SECONDS>', 'how often the kernel\'s records are drained and persisted (default: the config\'s, 1 s)')
+    .addHelpText('after', `
+Policies per pair come from /etc/dpsr/dpsr.toml (DPSR_CONFIG overrides):
+  [pairs.NAME] policy = "continuous", rpo = "30s", min_interval = "10s"
+  [pairs.NAME] policy = "scheduled", on_calendar = "Mon..Sat 03:00"   (systemd OnCalendar=; or every = "1h")
+  [pairs.NAME] policy = "manual"          (the default: never written behind your back)
+  compare_bandwidth, scrub_every, scrub_bandwidth, on_failure, metrics_file (see the README)
+Regions that may differ unseen (after a reboot, a gap) are compared in the
+background within compare_bandwidth; the scrub compares what is held clean.
+Both only read; a difference is written by the next sync.
+Continuous replication protects against a dying disk, not against a broken
+system it faithfully copies: keep the system disk's pair scheduled or manual.
+A bad file exits 2 with the key at fault; SIGHUP reloads it. Stops cleanly on
+SIGTERM or SIGINT.`)
+    .action(async (opts: { interval?: string; tick?: string }) => {
+      const { runDaemon } = await import('../daemon/daemon.js');
+      const seconds = (v: string, what: string) => {
+        const n = Number(v);
+        if (!Number.isFinite(n) || n <= 0) throw new UsageError(`${what} ${v}: seconds, e.g. 30`);
+        return n * 1000;
+      };
+      await runDaemon(settings, {
+        tickMs: opts.tick !== undefined ? seconds(opts.tick, '--tick') : null,
+        intervalMs: opts.interval !== undefined ? seconds(opts.interval, '--interval') : null,
+      }, log);
+    });
+
+  cli.command('diff')
+    .description('the files that differ between the source\'s file system now and the DPSR drive\'s image: changed, deleted and new since the sync')
+    .argument('<NAME>')
+    .argument('[PATH]', 'a file or folder: absolute under the source\'s mount point, or relative to its file system\'s root (default: all of it)')
+    .option('--in-partition <N>', 'a whole-disk pair: the partition whose file system to compare (default: the one PATH is mounted from, or the only one)')
+    .option('--content', 'also compare the bytes of files whose size and mtime are equal')
+    .option('--force', 'look at an image that is not one point in time (crash-consistent, fuzzy, partial)')
+    .option('--exit-code', 'exit 1 when there are differences (else 0 whenever the comparison ran)')
+    .option('--json', 'one JSON document on stdout: {name, image, source, partition, path, entries: [{path, change, why, source, image}], summary}')
+    .addHelpText('after', `
+Left, the source now; right, the image: ≠ changed (type, size, mtime, mode,
+owner, symlink target; with --content also the bytes), - deleted since the sync
+(only in the image), + new since the sync (only on the source). Directories
+are compared by type, mode and owner; one on one side only is listed once,
+with what it holds. The image is mounted read-only (a read-only loop device;
+ext4 noload, xfs norecovery,nouuid) in a private directory and unmounted
+after; nothing is written to the DPSR drive. The pair's drive lock keeps a
+sync from changing the image meanwhile, and a committed journal transaction
+of an interrupted sync is applied first (refused while a daemon owns the pair).
+Refuses (exit 3) an image that is not one point in time (crash-consistent,
+fuzzy, partly applied: without replaying its journal, noload can show stale
+metadata) unless --force; and a source that is gone.`)
+    .action(async (name: string, pathArg: string | undefined,
+      opts: { inPartition?: string; content?: boolean; force?: boolean; exitCode?: boolean; json?: boolean }) => {
+      const { diffCommand } = await import('./commands/diff.js');
+      process.exitCode = await diffCommand({
+        name, path: pathArg, inPartition: partitionNumber(opts.inPartition, '--in-partition'), content: opts.content === true,
+        force: opts.force === true, json: opts.json === true, exitCode: opts.exitCode === true,
+      }, settings, log);
+    });
+
+  /** A partition number option (1, 2, ...), or undefined when not given. */
+  const partitionNumber = (text: string | undefined, option: string): number | undefined => {
+    if (text === undefined) return undefined;
+    const n = Number(text);
+    if (!Number.isInteger(n) || n < 1) throw new UsageError(`${option} ${text}: a partition number, e.g. 2`);
+    return n;
+  };
+
+  cli.command('restore')
+    .description('copy files or folders back from the DPSR drive\'s image (owner, mode, times, xattrs, ACLs, links kept); with --partition or --whole, write the image back to the source device')
+    .argument('<NAME>')
+    .argument('[PATH...]', 'files or folders: absolute under the source\'s mount point, or relative to its file system\'s root')
+    .option('--to <DIR>', 'restore under DIR (each PATH as DIR/its name) instead of to its place on the source')
+    .option('--overwrite', 'replace files that are newer at the destination than the image\'s copy')
+    .option('--content', 'also compare the bytes of files whose size and mtime are equal, and replace those that differ (finds damage that kept both; reads every such file twice)')
+    .option('--dry-run', 'list what would be created or replaced (with --partition/--whole: what would be written), write nothing')
+    .option('--in-partition <N>', 'a whole-disk pair: the partition whose file system PATH is in (default: the one PATH is mounted from, or the only one)')
+    .option('--force', 'restore from an image that is not one point in time (crash-consistent, fuzzy, partial)')
+    .option('--json', 'one JSON document on stdout: {name, image, partition, to, dryRun, entries: [{path, action, why, newer, image, existing}], summary, durationMs}')
+    .option('--partition <N>', 'device restore: write partition N of the image back to the (unmounted) source partition')
+    .option('--whole', 'device restore: write the whole image back to the (unmounted) source disk')
+    .option('--yes', 'device restore: do not ask for confirmation')
+    .addHelpText('after', `
+Files are copied with rsync -aHAX --numeric-ids from the image, mounted
+read-only in a private directory (nothing is written to the DPSR drive).
+To the original place the source's file system must be mounted read-write.
+Files only at the destination are kept. Refuses (exit 3, nothing written)
+when anything at the destination is newer than the image's copy (naming
+each) unless --overwrite; an image that is not one point in time unless
+--force. PATH and --partition/--whole exclude each other (exit 2).
+A file whose size and modification time equal the image's copy counts as
+unchanged unless --content, which compares the bytes as well.`)
+    .action(async (name: string, paths: string[], opts: {
+      to?: string; overwrite?: boolean; content?: boolean; dryRun?: boolean; inPartition?: string; force?: boolean; json?: boolean;
+      partition?: string; whole?: boolean; yes?: boolean;
+    }) => {
+      const device = opts.partition !== undefined || opts.whole === true;
+      if (device) {
+        if (paths.length > 0) throw new UsageError('dpsr restore: give PATHs (files and folders) or --partition/--whole (a device), not both');
+        if (opts.partition !== undefined && opts.whole) throw new UsageError('dpsr restore: --partition or --whole, not both');
+        const fileOnly = (['to', 'overwrite', 'content', 'inPartition'] as const).filter((k) => opts[k] !== undefined);
+        if (fileOnly.length > 0) throw new UsageError(`dpsr restore: ${fileOnly.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} restore files, not a device`);
+        const { restoreDeviceCommand } = await import('./commands/restore-device.js');
+        await restoreDeviceCommand({
+          name, partition: partitionNumber(opts.partition, '--partition'), whole: opts.whole === true, yes: opts.yes === true, json: opts.json === true,
+          dryRun: opts.dryRun === true,
+        }, settings, log);
+        return;
+      }
+      if (opts.yes) throw new UsageError('dpsr restore: --yes is for --partition/--whole');
+      const { restoreCommand } = await import('./commands/restore.js');
+      process.exitCode = await restoreCommand({
+        name, paths, to: opts.to, overwrite: opts.overwrite === true, content: opts.content === true, dryRun: opts.dryRun === true,
+        inPartition: partitionNumber(opts.inPartition, '--in-partition'), force: opts.force === true, json: opts.json === true,
+      }, settings, log);
+    });
+
+  cli.command('rollback')
+    .description('return the source to the DPSR drive\'s image, writing back only what changed since it (the source must be unmounted)')
+    .argument('[NAME]')
+    .option('--yes', 'do not ask for confirmation (scripts)')
+    .option('--dry-run', 'print what it would write, and how (tracked or compare), and write nothing')
+    .option('--json', 'one JSON document on stdout: {rollback: {name, source, drive, mode, why, copyBytes, compareBytes, writtenBytes, readBytes, journalSeq, clean, ...}}')
+    .option('--drive <DEV>', 'without the state directory (a rescue system): the pair from the drive\'s label; compares the whole source')
+    .option('--source <DEV>', 'with --drive: the source, if it is not at the path the label records (checked against its identity)')
+    .addHelpText('after', `
+Copies back from the DPSR drive the sectors the tracker recorded since the
+image (after a gap that leaves history unknown, or with --drive, it reads both
+and writes only what differs, and says so). A committed journal transaction is
+applied to the drive first. Asks on a terminal (y/N); without one, --yes is
+needed (exit 2). Refuses (exit 3, nothing written) a source that is mounted,
+swap, in use (exclusive open), or the running system's disk (run it from a
+rescue system), and a DPSR drive that is mounted or runs the system (its image
+would change while copied: pair in reverse instead). Exit 4: the image is
+partial or none. Interrupted, the same command run again completes it.`)
+    .action(async (name: string | undefined, opts: { yes?: boolean; dryRun?: boolean; json?: boolean; drive?: string; source?: string }) => {
+      const { rollbackCommand } = await import('./commands/rollback.js');
+      await rollbackCommand({
+        name, drive: opts.drive, source: opts.source, yes: opts.yes === true, dryRun: opts.dryRun === true, json: opts.json === true,
+      }, settings, log);
+    });
+
+  cli.command('install')
+    .description('put the systemd unit, the udev rule (and initramfs hook), a /usr/local/sbin/dpsr wrapper for this dpsr and the manual page in place')
+    .option('--root <DIR>', 'install into the system under DIR (an image, a chroot)', '/')
+    .option('--dry-run', 'print what would be written; write nothing')
+    .addHelpText('after', `
+Writes /usr/local/sbin/dpsr, /etc/systemd/system/dpsr.service,
+/etc/udev/rules.d/60-dpsr.rules, /etc/initramfs-tools/hooks/dpsr (when
+/etc/initramfs-tools exists), /usr/local/share/man/man8/dpsr.8, an example
+/etc/dpsr/dpsr.toml when there is none (never over yours), and a manifest in /var/lib/dpsr for dpsr uninstall;
+then prints the commands to run next. Refuses (exit 3, nothing written) to
+overwrite a file it did not write, or that was changed since it wrote it.`)
+    .action(async (opts: { root: string; dryRun?: boolean }) => {
+      const { installCommand } = await import('./commands/install.js');
+      installCommand({ root: opts.root, dryRun: opts.dryRun === true, manPage: manual(cli) }, log);
+    });
+
+  cli.command('uninstall')
+    .description('remove what dpsr install put in place; keeps the configuration and the state')
+    .option('--root <DIR>', 'the system under DIR', '/')
+    .addHelpText('after', `
+Removes exactly the files in install's manifest that are as it wrote them
+(a changed one is left and named). Refuses (exit 3, nothing removed) while the
+service is enabled (systemctl disable --now dpsr first) or without a manifest.`)
+    .action(async (opts: { root: string }) => {
+      const { uninstallCommand } = await import('./commands/install.js');
+      uninstallCommand({ root: opts.root }, log);
+    });
+
+  cli.command('udev-probe')
+    .description('what the udev rule runs for a block device: KEY=value lines when it is a DPSR drive or a partition of one')
+    .argument('<DEVNAME>', 'the device node, e.g. /dev/sdb or /dev/sdb1')
+    .option('--set-readonly', 'make a DPSR drive read-only (BLKROSET), as the rule does on "add"')
+    .addHelpText('after', `
+Prints DPSR_DRIVE=1, DPSR_PAIR=NAME, DPSR_SOURCE_PRESENT=0|1, and while the
+source is present the properties that hide the copy (UDISKS_IGNORE=1,
+UDEV_DISABLE_PERSISTENT_STORAGE_BLKID_FLAG=1: no by-uuid links, ...). Never
+for the disk the running system's / is on (DPSR_BOOTED=1). Prints nothing for
+any other device, and on any error: it always exits 0.`)
+    .action((device: string, opts: { setReadonly?: boolean }) => {
+      return import('./commands/udev-probe.js').then(({ udevProbeCommand }) =>
+        udevProbeCommand({ device, setReadOnly: opts.setReadonly === true }, (s) => process.stdout.write(s)));
+    });
+
+  cli.command('recover')
+    .description('finish, from the DPSR drive alone, a sync that was committed but not completely applied when the source died')
+    .argument('<DRIVE>', 'the DPSR drive')
+    .option('--json', 'one JSON document on stdout')
+    .addHelpText('after', `
+For a rescue system whose state directory died with the source: dpsr status
+--drive DRIVE exits 4 and says so when this is needed. It applies the last
+committed journal transaction (it needs only the drive) and records it in the
+drive's label; the drive then holds the image that sync made. Refuses a mounted
+drive (exit 3).`)
+    .action(async (drive: string, opts: { json?: boolean }) => {
+      const { recoverCommand } = await import('./commands/recover.js');
+      await recoverCommand({ drive, json: opts.json === true }, settings, log);
+    });
+
+  cli.command('man', { hidden: true })
+    .description('print this manual page (roff): dpsr man | man -l -')
+    .action(() => { process.stdout.write(manual(cli)); });
+
+  cli.command('demo')
+    .description('the built-in demo: a loop-backed disk, tracked with the real programs, a workload, what was seen vs written; cleans up after itself')
+    .action(async () => {
+      const { demoCommand } = await import('./commands/demo.js');
+      if (!(await demoCommand(settings))) process.exitCode = ExitStatus.failure;
+    });
+
+  return cli;
+}
+
+
+/** dpsr(8), from the command definitions above. */
+function manual(cli: Command): string {
+  return manPage(cli, {
+    version: cli.version() ?? '', description: MAN_DESCRIPTION, exitStatuses: EXIT_STATUSES, environment: ENVIRONMENT, files: FILES,
+    seeAlso: ['systemd.time(7)', 'fsfreeze(8)', 'losetup(8)', 'udev(7)', 'bpftool(8)'],
+  });
+}
+
+/** Maps an error to its exit status and one line on stderr. */
+function report(err: unknown): number {
+  if (err instanceof CommanderError) {
+    // Help and version exit 0; everything else commander rejects is usage.
+    return err.exitCode === 0 ? ExitStatus.ok : ExitStatus.usage;
+  }
+  if (err instanceof DpsrError) {
+    process.stderr.write(`dpsr: ${err.message}\n`);
+    return err.exitStatus;
+  }
+  const e = err as ErrnoError;
+  if (e?.code === 'EPERM' || e?.code === 'EACCES') {
+    process.stderr.write(`dpsr: ${e.message}: permission denied; dpsr needs root (CAP_BPF, CAP_PERFMON or CAP_SYS_ADMIN)\n`);
+    return ExitStatus.refused;
+  }
+  process.stderr.write(`dpsr: ${e?.message ?? String(err)}\n`);
+  if (process.env.DPSR_DEBUG) process.stderr.write(`${e?.stack}\n`);
+  return ExitStatus.failure;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  // `dpsr status | head`: a reader that went away is not an error worth a stack trace.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
+  try {
+    await program().parseAsync(argv, { from: 'user' });
+  } catch (err) {
+    process.exitCode = report(err);
+  }
+}

@@ -1,0 +1,88 @@
+// dpsr pair SOURCE DPSR_DRIVE: check, label, start tracking, full copy.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import type { Settings } from '../../base/defaults.js';
+import { RefusedError } from '../../base/errors.js';
+import { openDirect } from '../../io/copy.js';
+import { checkPairable, formatBytes } from '../../drive/pair-checks.js';
+import { closeSession, openSession } from '../../state/session.js';
+import type { PairRecord } from '../../state/store.js';
+import { fullCopy, journalRegionOf, openPairedDrive, updateLabel } from '../../sync/sync.js';
+import { invalidate, journalCapacityOf } from '../../drive/journal.js';
+
+/** A journal smaller than this makes the pair warn: a big upgrade would not fit one sync. */
+const SMALL_JOURNAL_BYTES = 1 << 30;
+
+export interface PairOptions {
+  source: string;
+  drive: string;
+  name?: string;
+  force: boolean;
+  noReserve: boolean;
+  reserveBytes: number;
+}
+
+export async function pairCommand(opts: PairOptions, settings: Settings, log: (s: string) => void): Promise<PairRecord> {
+  const plan = checkPairable({ source: opts.source, drive: opts.drive, force: opts.force, noReserve: opts.noReserve, reserveBytes: opts.reserveBytes });
+  const name = opts.name ?? plan.source.name;
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) throw new RefusedError(`pair name "${name}": use letters, digits, '.', '_' or '-'`, 'ENAME');
+  for (const w of plan.warnings) log(`warning: ${w}`);
+  const s = await openSession(settings);
+  try {
+    let pair = s.store.pair(name);
+    const same = (p: PairRecord) => p.source.path === opts.source && p.drive.path === opts.drive;
+    for (const other of s.store.pairs()) {
+      if (other.name === name && same(other) && !other.fullCopy.complete) continue; // resume
+      if (other.name === name) throw new RefusedError(`a pair named ${name} exists already (dpsr unpair ${name} first, or --name)`, 'EEXIST');
+      if (other.source.diskDev === plan.sourceId.diskDev && other.source.startSector === plan.sourceId.startSector) {
+        throw new RefusedError(`${opts.source} is already the source of pair ${other.name}`, 'EEXIST');
+      }
+      if (other.drive.path === opts.drive || other.source.path === opts.drive) {
+        throw new RefusedError(`${opts.drive} already belongs to pair ${other.name}`, 'EEXIST');
+      }
+    }
+    if (pair) {
+      log(`resuming the full copy of ${name} at ${((100 * pair.fullCopy.doneSectors) / pair.dataSectors).toFixed(1)}%`);
+    } else {
+      pair = {
+        name, id: crypto.randomUUID(), createdMs: Date.now(),
+        source: plan.sourceId, drive: plan.driveId,
+        dataSectors: plan.dataSectors, reservedSectors: plan.reservedSectors, labelSeq: 0,
+        fullCopy: { doneSectors: 0, complete: false }, generation: 0, pending: null,
+        image: 'none', imageTimeMs: null, lastGoodTimeMs: null, lastSync: null,
+      };
+    }
+    // Tracking starts before the copy: whatever is written meanwhile is caught.
+    const range = s.ranges.get(name) ?? await s.tracker.track(plan.source, name);
+    s.ranges.set(name, range);
+    await s.store.putPairAndRange(pair, range);
+    const drive = openPairedDrive(s, pair, range);
+    const srcFd = openDirect(opts.source, false);
+    try {
+      updateLabel(drive.fd, pair);
+      // A transaction an earlier pairing left in the tail must never be taken for one of this pair.
+      const region = journalRegionOf(drive.fd, pair, pair.id);
+      if (region && pair.fullCopy.doneSectors === 0) await invalidate(region);
+      const bytes = await fullCopy(s, pair, range, srcFd, drive.fd);
+      pair.image = 'fuzzy'; // whole, but copied live: consistent after the first sync
+      updateLabel(drive.fd, pair);
+      await s.store.putPairAndRange(pair, range);
+      const capacity = journalCapacityOf(pair);
+      log(`paired ${name}: ${opts.source} → ${opts.drive}, ${(bytes / 2 ** 20).toFixed(1)} MiB copied; ` +
+        `the DPSR drive is read-only and inconsistent until the first sync (dpsr sync ${name})` +
+        (pair.reservedSectors === 0 ? '; no reserved tail: no label on the drive, no journal (not crash-safe during a sync)'
+          : capacity === null ? '; the reserved tail is too small for a journal: syncs write in place (not crash-safe during a sync)'
+            : `; a sync may carry up to ${formatBytes(capacity)} of changes (the journal in the reserved tail)`));
+      if (capacity !== null && capacity < SMALL_JOURNAL_BYTES) {
+        log(`warning: a sync with more than ${formatBytes(capacity)} of changes is refused (an apt upgrade can write several hundred MiB): ` +
+          'sync often, or give the drive a bigger reserved tail (--reserve 1G, or a bigger drive)');
+      }
+    } finally {
+      fs.closeSync(srcFd);
+      drive.release();
+    }
+    return pair;
+  } finally {
+    await closeSession(s);
+  }
+}

@@ -1,0 +1,117 @@
+// dpsr rollback NAME | --drive DEV [--source DEV]: return the source to the DPSR drive's image,
+// writing back only what changed since it. Shows the plan, asks on a terminal, then runs it
+// through the owner: a running daemon, else this command's own session.
+import readline from 'node:readline/promises';
+import type { Settings } from '../../base/defaults.js';
+import { DpsrError, UsageError } from '../../base/errors.js';
+import { formatBytes } from '../../drive/pair-checks.js';
+import { ControlClient } from '../../daemon/protocol.js';
+import { type RestoreScope, type RollbackReport, rollbackFromDrive, rollbackInSession, withOwnerLock } from '../../restore/rollback.js';
+import { closeSession, openSession } from '../../state/session.js';
+
+export interface ConfirmOptions {
+  yes: boolean;
+  dryRun: boolean;
+  json: boolean;
+}
+
+/** What the rollback or restore is about to do, for a person. */
+function describePlan(p: RollbackReport): string[] {
+  const verb = p.scope === 'rollback' ? 'rollback' : p.partition !== null ? `restore of partition ${p.partition}` : 'restore';
+  const when = p.imageTimeMs ? ` of ${new Date(p.imageTimeMs).toISOString()}` : '';
+  const lines = [`${p.name}: ${verb} of ${p.source} from the DPSR drive ${p.drive}: image ${p.image}${when}`];
+  if (p.journalSeq !== null) lines.push(`  ${p.dryRun ? 'will apply' : 'applies'} the committed journal transaction ${p.journalSeq} on the DPSR drive first`);
+  if (p.mode === 'full') lines.push(`  writes ${formatBytes(p.copyBytes)} (sectors ${p.startSector} to ${p.endSector})`);
+  else if (p.mode === 'compare') lines.push(`  ${p.why}; writes only what differs (at most ${formatBytes(p.compareBytes)})`);
+  else {
+    const compare = p.compareBytes > 0 ? ` and compares ${formatBytes(p.compareBytes)} where writes may have gone unseen (writing only what differs)` : '';
+    lines.push(`  tracked since the image: writes back ${formatBytes(p.copyBytes)}${compare}`);
+  }
+  for (const w of p.warnings) lines.push(`  warning: ${w}`);
+  return lines;
+}
+
+function describeDone(r: RollbackReport): string[] {
+  const verb = r.scope === 'rollback' ? 'rolled back' : 'restored';
+  const lines = [`${r.name}: ${verb} ${r.source}: wrote ${formatBytes(r.writtenBytes)}, read ${formatBytes(r.readBytes)}, in ${(r.durationMs / 1000).toFixed(2)} s`];
+  if (r.notClean) lines.push(`  note: ${r.notClean}`);
+  return lines;
+}
+
+async function askOnTerminal(question: string): Promise<boolean> {
+  const rl = readline.createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return /^(y|yes)$/i.test((await rl.question(question)).trim());
+  } finally {
+    rl.close();
+  }
+}
+
+/**
+ * Plans (a dry run), shows the plan, asks on a terminal unless --yes, then runs.
+ * Without a terminal and without --yes nothing is written: a usage error.
+ */
+async function planConfirmRun(run: (dryRun: boolean) => Promise<RollbackReport>, opts: ConfirmOptions,
+  log: (s: string) => void): Promise<RollbackReport> {
+  const plan = await run(true);
+  const key = plan.scope === 'rollback' ? 'rollback' : 'restore';
+  const print = (r: RollbackReport, lines: string[]) => {
+    if (opts.json) process.stdout.write(`${JSON.stringify({ [key]: r })}\n`);
+    else lines.forEach((l) => log(l));
+  };
+  const nothing = plan.copyBytes === 0 && plan.compareBytes === 0;
+  const nothingLine = `  nothing to write: ${plan.source} is the image already, as far as the tracker knows`;
+  if (opts.dryRun) {
+    print(plan, nothing ? [...describePlan(plan), nothingLine] : describePlan(plan));
+    return plan;
+  }
+  if (nothing) {
+    // Nothing for the source; a pending journal transaction is still applied, as status would.
+    const done = plan.journalSeq === null ? plan : await run(false);
+    print(done, [...describePlan(plan), nothingLine]);
+    return done;
+  }
+  if (!opts.json) describePlan(plan).forEach((l) => log(l));
+  if (!opts.yes) {
+    if (!process.stdin.isTTY) {
+      throw new UsageError(`${plan.scope} would write to ${plan.source}: confirm on a terminal, or pass --yes; nothing written`);
+    }
+    if (opts.json) describePlan(plan).forEach((l) => process.stderr.write(`${l}\n`));
+    const ok = await askOnTerminal(`Write to ${plan.source}? What it holds there now is lost. [y/N] `);
+    if (!ok) throw new DpsrError('cancelled; nothing written', 'ECANCELED');
+  }
+  const done = await run(false);
+  print(done, describeDone(done));
+  return done;
+}
+
+/** A rollback or restore by the owner: the daemon when one answers, else a session of our own. */
+export async function throughOwner(settings: Settings, req: { name: string; scope: RestoreScope }, opts: ConfirmOptions,
+  log: (s: string) => void): Promise<RollbackReport> {
+  const daemon = await ControlClient.connect(settings.socketPath);
+  if (daemon) {
+    try {
+      return await planConfirmRun((dryRun) => daemon.request({ command: 'rollback', ...req, dryRun }) as Promise<RollbackReport>, opts, log);
+    } finally {
+      daemon.close();
+    }
+  }
+  const s = await openSession(settings);
+  try {
+    return await planConfirmRun((dryRun) => rollbackInSession(s, { ...req, dryRun }), opts, log);
+  } finally {
+    await closeSession(s);
+  }
+}
+
+export async function rollbackCommand(opts: ConfirmOptions & { name?: string; drive?: string; source?: string },
+  settings: Settings, log: (s: string) => void): Promise<RollbackReport> {
+  if (opts.source && !opts.drive) throw new UsageError('dpsr rollback: --source goes with --drive (the pair record names the source)');
+  if (opts.drive) {
+    const drive = opts.drive;
+    return withOwnerLock(settings.ownerLockPath,
+      () => planConfirmRun((dryRun) => rollbackFromDrive({ drive, source: opts.source, name: opts.name, dryRun }), opts, log));
+  }
+  if (!opts.name) throw new UsageError('dpsr rollback: name a pair, or give --drive DEV (without the state directory)');
+  return throughOwner(settings, { name: opts.name, scope: { kind: 'rollback' } }, opts, log);
+}

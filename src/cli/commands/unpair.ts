@@ -1,0 +1,41 @@
+// dpsr unpair NAME: stop tracking, make the drive writable again, remove its label.
+import type { Settings } from '../../base/defaults.js';
+import { DpsrError } from '../../base/errors.js';
+import { openDirect } from '../../io/copy.js';
+import { eraseLabel, readLabel } from '../../drive/label.js';
+import { native } from '../../base/native.js';
+import { closeSession, openSession } from '../../state/session.js';
+import fs from 'node:fs';
+
+export async function unpairCommand(opts: { name: string }, settings: Settings, log: (s: string) => void): Promise<void> {
+  const s = await openSession(settings);
+  try {
+    const pair = s.store.pair(opts.name);
+    if (!pair) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');
+    const range = s.ranges.get(opts.name);
+    if (range) s.tracker.untrack(range);
+    s.ranges.delete(opts.name);
+    s.problems.delete(opts.name);
+    try {
+      const fd = openDirect(pair.drive.path, true);
+      try {
+        // Only the drive that carries this pair's label is touched.
+        const label = pair.reservedSectors > 0 ? readLabel(fd) : null;
+        if (pair.reservedSectors > 0 && label?.pairId !== pair.id) {
+          log(`warning: ${pair.drive.path} does not carry this pair's label; left as it is`);
+        } else {
+          native().blkRoSet(fd, false);
+          if (label) eraseLabel(fd);
+        }
+      } finally {
+        fs.closeSync(fd);
+      }
+    } catch (err) {
+      log(`warning: could not clear ${pair.drive.path} (${(err as Error).message}); its label may remain`);
+    }
+    await s.store.deletePair(opts.name);
+    log(`unpaired ${opts.name}: tracking of ${pair.source.path} stopped; ${pair.drive.path} is writable and unlabelled`);
+  } finally {
+    await closeSession(s);
+  }
+}

@@ -1,0 +1,141 @@
+// What `dpsr status` reports for one pair (the JSON schema is this
+// interface, documented in the README), built from the pair's record, its
+// tracker state and, when a daemon runs, the daemon's schedule.
+import { type DaemonConfig, type Policy, nextSyncMs } from './config.js';
+import { journalCapacityOf } from '../drive/journal.js';
+import { formatBytes } from '../drive/pair-checks.js';
+import type { PairRecord } from '../state/store.js';
+import type { Gap, RangeState } from '../kernel/tracker.js';
+
+export type PairState = 'copying' | 'inconsistent' | 'syncing' | 'needs-compare' | 'gap' | 'consistent' | 'crash-consistent' | 'fuzzy' | 'error';
+
+export interface PairStatus {
+  name: string;
+  source: string;
+  drive: string;
+  state: PairState;
+  usable: boolean; // the drive holds a whole image that can be booted or restored from
+  image: string;
+  imageTime: string | null;
+  rpoSeconds: number | null; // the image's age
+  generation: number;
+  dirtyBytes: number | null; // null when another process owns the live numbers
+  suspectBytes: number | null;
+  gapsSinceSync: Gap[];
+  lastSync: PairRecord['lastSync'];
+  journal: string;
+  /** The most changed data one sync may carry through the journal (null: no journal, syncs write in place). */
+  journalCapacityBytes: number | null;
+  policy: string; // "manual", "continuous (rpo 30s)", "scheduled (hourly)"
+  nextSync: string | null; // ISO time; null: none planned (manual, or no daemon running)
+  freezeP99Ms: number | null; // over the last syncs that froze
+  scrub: { lastRoundDone: string | null; progressPercent: number | null; mismatchesTotal: number };
+  lastError: string | null; // the daemon's last failed sync of this pair
+  warnings: string[];
+  problem?: string;
+}
+
+/** What the daemon adds: it knows the schedule and the last failures. */
+export interface Schedule {
+  lastSyncStartMs: number;
+  lastError: string | null;
+}
+
+const SECTOR = 512;
+const FREEZE_HISTORY = 100;
+
+export function humanDuration(ms: number): string {
+  const s = Math.round(ms / 1000);
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  if (s < 172_800) return `${Math.round(s / 3600)}h`;
+  return `${Math.round(s / 86_400)}d`;
+}
+
+function describePolicy(p: Policy): string {
+  switch (p.policy) {
+    case 'manual': return 'manual';
+    case 'continuous': return `continuous (rpo ${humanDuration(p.rpoMs)})`;
+    case 'scheduled': return 'calendar' in p ? `scheduled (${p.calendar.text})` : `scheduled (every ${humanDuration(p.everyMs)})`;
+  }
+}
+
+export const policyOf = (config: DaemonConfig, name: string): Policy => config.pairs[name] ?? config.defaultPolicy;
+
+/** Remembers a sync's freeze duration for the p99 in status. */
+export function recordFreeze(pair: PairRecord, freezeMs: number | null): void {
+  if (freezeMs === null) return;
+  pair.freezeHistoryMs = [...(pair.freezeHistoryMs ?? []), Math.round(freezeMs * 10) / 10].slice(-FREEZE_HISTORY);
+}
+
+export function percentile(values: number[], p: number): number | null {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
+}
+
+/** Data written (or discarded) since the image: what the next sync copies. */
+export const changedBytes = (range: RangeState) => (range.dirty.totalSectors + range.discarded.totalSectors) * SECTOR;
+
+/** Whether the DPSR drive is behind: writes since the last cut, or a cut that a failed or interrupted sync has not landed. */
+export const hasChanges = (range: RangeState, pair: PairRecord) => !range.dirty.isEmpty || !range.suspect.isEmpty || !range.discarded.isEmpty || pair.pending !== null;
+
+export function statusOf(pair: PairRecord, range: RangeState | undefined, problem: string | undefined, live: boolean,
+  policy: Policy, schedule: Schedule | null, nowMs = Date.now()): PairStatus {
+  const sinceMs = pair.lastSync?.atMs ?? 0;
+  const gaps = range ? range.gaps.filter((g) => g.atMs > sinceMs) : [];
+  const suspect = range ? range.suspect.totalSectors * SECTOR : 0;
+  const dirty = range ? changedBytes(range) : 0;
+  const state: PairState = problem ? 'error'
+    : !pair.fullCopy.complete ? 'copying'
+      : pair.pending ? 'syncing'
+        : pair.generation === 0 ? 'inconsistent'
+          : suspect > 0 ? 'needs-compare'
+            : gaps.length > 0 ? 'gap'
+              : pair.image === 'point-in-time' ? 'consistent' : (pair.image as PairState);
+  const usable = !problem && pair.generation > 0 && !pair.pending && suspect === 0 && pair.fullCopy.complete;
+  const warnings: string[] = [];
+  const changed = range ? hasChanges(range, pair) : pair.pending !== null;
+  if (policy.policy === 'manual' && changed && (live || range)) {
+    warnings.push(`${formatBytes(dirty + suspect)} changed since the image; the pair is manual: dpsr sync ${pair.name} when the source is in a good state`);
+  }
+  if (suspect > 0) warnings.push(`${formatBytes(suspect)} may differ unseen (${[...new Set(gaps.map((g) => g.cause))].join(', ') || 'gap'}): compared in the background by the daemon, or at the next sync`);
+  if (schedule?.lastError) warnings.push(`the last sync failed: ${schedule.lastError}`);
+  if (pair.reservedSectors === 0) warnings.push('no journal: not crash-safe during a sync');
+  const capacity = journalCapacityOf(pair);
+  if (capacity !== null && range && dirty + suspect > capacity / 2) {
+    warnings.push(`${formatBytes(dirty + suspect)} changed: nearing what one sync can journal (${formatBytes(capacity)}); sync soon, or a sync with more is refused`);
+  }
+  const next = schedule ? nextSyncMs(policy, { changed, lastSyncStartMs: schedule.lastSyncStartMs, imageTimeMs: pair.imageTimeMs }, nowMs) : null;
+  const scrub = pair.scrub;
+  return {
+    name: pair.name,
+    source: pair.source.path,
+    drive: pair.drive.path,
+    state,
+    usable,
+    image: pair.image,
+    imageTime: pair.imageTimeMs ? new Date(pair.imageTimeMs).toISOString() : null,
+    rpoSeconds: pair.imageTimeMs ? Math.round((nowMs - pair.imageTimeMs) / 1000) : null,
+    generation: pair.generation,
+    dirtyBytes: live && range ? dirty : null,
+    suspectBytes: live && range ? suspect : null,
+    gapsSinceSync: gaps,
+    lastSync: pair.lastSync,
+    journal: pair.reservedSectors > 0
+      ? `redo journal in the reserved tail (last transaction ${pair.journalSeq ?? 0}${pair.lastSync && pair.lastSync.journaled === false ? '; the last sync wrote in place' : ''})`
+      : 'none: no reserved tail (not crash-safe during a sync)',
+    journalCapacityBytes: capacity,
+    policy: describePolicy(policy),
+    nextSync: next !== null && changed ? new Date(Math.max(next, nowMs)).toISOString() : null,
+    freezeP99Ms: percentile(pair.freezeHistoryMs ?? [], 99),
+    scrub: {
+      lastRoundDone: scrub?.lastRoundDoneMs ? new Date(scrub.lastRoundDoneMs).toISOString() : null,
+      progressPercent: scrub?.roundStartedMs ? Math.floor((100 * scrub.cursorSector) / pair.dataSectors) : null,
+      mismatchesTotal: scrub?.mismatchesTotal ?? 0,
+    },
+    lastError: schedule?.lastError ?? null,
+    warnings,
+    ...(problem ? { problem } : {}),
+  };
+}

@@ -1,0 +1,108 @@
+// The control socket's wire protocol: length-prefixed msgpack frames
+// (msgpackr), every message keyed by a literal `command`, replies matched by
+// id, a version check in the first exchange, and every pending request
+// failed when the peer goes away. The only module that imports msgpackr.
+import net from 'node:net';
+import { pack, unpack } from 'msgpackr';
+import { DpsrError, type ExitStatusValue } from '../base/errors.js';
+import type { RestoreScope } from '../restore/rollback.js';
+
+export const PROTOCOL_VERSION = 2; // 2: status replies are PairStatus[], rollback requests
+const MAX_FRAME_BYTES = 64 << 20;
+
+export interface HelloRequest { command: 'hello'; version: number }
+export interface SyncRequest { command: 'sync'; names: string[]; all: boolean; freeze?: boolean; quietMs?: number; inPlace?: boolean }
+export interface StatusRequest { command: 'status'; name?: string }
+/** Rollback or device restore by the owner; a dry run plans only (the CLI asks, then sends it again). */
+export interface RollbackRequest { command: 'rollback'; name: string; scope: RestoreScope; dryRun: boolean }
+export type Request = HelloRequest | SyncRequest | StatusRequest | RollbackRequest;
+
+export interface WireError { message: string; code: string; exitStatus: ExitStatusValue }
+export type Reply = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: WireError };
+
+/** Splits a byte stream into frames and hands each decoded message on. */
+export function frameReader(onMessage: (msg: unknown) => void, onError: (err: Error) => void): (chunk: Buffer) => void {
+  let buf = Buffer.alloc(0);
+  return (chunk) => {
+    buf = Buffer.concat([buf, chunk]);
+    while (buf.length >= 4) {
+      const len = buf.readUInt32LE(0);
+      if (len > MAX_FRAME_BYTES) return onError(new DpsrError(`control socket: a ${len}-byte frame is too large`, 'EPROTO'));
+      if (buf.length < 4 + len) return;
+      const body = buf.subarray(4, 4 + len);
+      buf = buf.subarray(4 + len);
+      let msg: unknown;
+      try {
+        msg = unpack(body);
+      } catch (err) {
+        return onError(new DpsrError(`control socket: undecodable frame: ${(err as Error).message}`, 'EPROTO'));
+      }
+      onMessage(msg);
+    }
+  };
+}
+
+export function writeFrame(sock: net.Socket, msg: unknown): void {
+  const body = pack(msg);
+  const head = Buffer.alloc(4);
+  head.writeUInt32LE(body.length);
+  sock.write(Buffer.concat([head, body]));
+}
+
+/** A client connection: request() resolves with the result or rejects with the daemon's error. */
+export class ControlClient {
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+
+  private constructor(private readonly sock: net.Socket) {
+    sock.on('data', frameReader((msg) => this.onReply(msg as Reply), (err) => this.failAll(err)));
+    sock.on('close', () => this.failAll(new DpsrError('the dpsr daemon closed the connection', 'EPIPE')));
+    sock.on('error', (err) => this.failAll(err));
+  }
+
+  /** Connects and checks versions; null when no daemon listens. */
+  static async connect(socketPath: string): Promise<ControlClient | null> {
+    const sock = await new Promise<net.Socket | null>((resolve, reject) => {
+      const s = net.createConnection(socketPath);
+      s.once('connect', () => resolve(s));
+      s.once('error', (err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') resolve(null);
+        else if (err.code === 'EACCES') reject(new DpsrError(`cannot connect to the dpsr daemon at ${socketPath}: permission denied (root only)`, 'EACCES', 3));
+        else reject(err);
+      });
+    });
+    if (!sock) return null;
+    const client = new ControlClient(sock);
+    const hello = await client.request({ command: 'hello', version: PROTOCOL_VERSION }) as { version: number };
+    if (hello.version !== PROTOCOL_VERSION) {
+      client.close();
+      throw new DpsrError(`the running dpsr daemon speaks protocol ${hello.version}, this dpsr ${PROTOCOL_VERSION}: restart the daemon`, 'EVERSION');
+    }
+    return client;
+  }
+
+  request(req: Request): Promise<unknown> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      writeFrame(this.sock, { id, ...req });
+    });
+  }
+
+  close(): void {
+    this.sock.end();
+  }
+
+  private onReply(reply: Reply): void {
+    const p = this.pending.get(reply.id);
+    if (!p) return;
+    this.pending.delete(reply.id);
+    if (reply.ok) p.resolve(reply.result);
+    else p.reject(new DpsrError(reply.error.message, reply.error.code, reply.error.exitStatus));
+  }
+
+  private failAll(err: Error): void {
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+  }
+}

@@ -1,0 +1,124 @@
+// The DPSR drive's own label, in the last 8 KiB of its reserved tail: who
+// it belongs to and what its image is, readable without the state
+// directory (which may have died with the source). Two slots written
+// alternately, each with a checksum, so a torn write leaves the other.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { DpsrError } from '../base/errors.js';
+import { native } from '../base/native.js';
+
+const LABEL_BYTES = 4096;
+export const LABEL_AREA_BYTES = 2 * LABEL_BYTES;
+const MAGIC = Buffer.from('DPSRLBL1');
+const FORMAT = 1;
+const HEADER = MAGIC.length + 4 + 4 + 32; // magic, format, payload length, sha256
+
+/** What the image on the drive is. */
+export type ImageState =
+  | 'none' // never completely copied
+  | 'partial' // a copy or sync was interrupted: a mix of old and new
+  | 'fuzzy' // whole, but the source was written while it was copied
+  | 'crash-consistent' // whole, copied from a mounted file system without a freeze
+  | 'point-in-time'; // exactly the source at imageTimeMs
+
+export interface DriveLabel {
+  pairName: string;
+  pairId: string;
+  seq: number; // increases with every label write
+  source: { path: string; name: string; sizeSectors: number; serial: string | null; wwid: string | null; loopBackingFile: string | null };
+  dataSectors: number; // the image occupies [0, dataSectors)
+  reservedSectors: number; // the tail after it
+  image: ImageState;
+  imageTimeMs: number | null; // the point in time of the image, when it has one
+  lastGoodTimeMs: number | null; // the last time the image was whole and consistent
+  journal: 'none' | 'tail';
+  journalSeq: number; // the last transaction applied
+  /** A transaction being written: once committed, it makes the image this one (replayed from the drive alone). */
+  pendingTxn?: { seq: number; image: ImageState; imageTimeMs: number } | null;
+  updatedMs: number;
+}
+
+function encodeLabel(label: DriveLabel): Buffer {
+  const payload = Buffer.from(JSON.stringify(label));
+  if (HEADER + payload.length > LABEL_BYTES) throw new DpsrError('label too large', 'ELABEL');
+  const b = Buffer.alloc(LABEL_BYTES);
+  MAGIC.copy(b, 0);
+  b.writeUInt32LE(FORMAT, 8);
+  b.writeUInt32LE(payload.length, 12);
+  crypto.createHash('sha256').update(payload).digest().copy(b, 16);
+  payload.copy(b, HEADER);
+  return b;
+}
+
+/** The label in one slot, or null if the slot holds none (or a torn one). */
+function decodeLabel(b: Buffer): DriveLabel | null {
+  if (b.length < HEADER || !b.subarray(0, 8).equals(MAGIC) || b.readUInt32LE(8) !== FORMAT) return null;
+  const length = b.readUInt32LE(12);
+  if (HEADER + length > b.length) return null;
+  const payload = b.subarray(HEADER, HEADER + length);
+  if (!crypto.createHash('sha256').update(payload).digest().equals(b.subarray(16, 48))) return null;
+  try {
+    return JSON.parse(payload.toString('utf8')) as DriveLabel;
+  } catch {
+    return null;
+  }
+}
+
+function slotOffsets(driveBytes: number): [number, number] {
+  return [driveBytes - LABEL_AREA_BYTES, driveBytes - LABEL_BYTES];
+}
+
+/** Reads both slots of an O_DIRECT fd; returns the newest valid label. */
+export function readLabel(fd: number): DriveLabel | null {
+  const driveBytes = native().blkGetSize64(fd);
+  if (driveBytes < LABEL_AREA_BYTES) return null;
+  const buf = native().alignedBuffer(LABEL_BYTES, 4096);
+  let best: DriveLabel | null = null;
+  for (const offset of slotOffsets(driveBytes)) {
+    if (fs.readSync(fd, buf, 0, LABEL_BYTES, offset) !== LABEL_BYTES) continue;
+    const label = decodeLabel(buf);
+    if (label && (!best || label.seq > best.seq)) best = label;
+  }
+  return best;
+}
+
+/** The label of the device at `devPath`; null when it has none or cannot be read. Only reads. */
+export function labelAt(devPath: string): DriveLabel | null {
+  let fd: number;
+  try {
+    fd = fs.openSync(devPath, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
+  } catch {
+    return null;
+  }
+  try {
+    return readLabel(fd);
+  } catch {
+    return null;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Writes the label with the next sequence number into the older slot and
+ * makes it durable. The fd must be open for writing (O_DIRECT).
+ */
+export function writeLabel(fd: number, label: Omit<DriveLabel, 'seq' | 'updatedMs'>, previousSeq: number): DriveLabel {
+  const driveBytes = native().blkGetSize64(fd);
+  const full: DriveLabel = { ...label, seq: previousSeq + 1, updatedMs: Date.now() };
+  const buf = native().alignedBuffer(LABEL_BYTES, 4096);
+  encodeLabel(full).copy(buf);
+  const offset = slotOffsets(driveBytes)[full.seq % 2];
+  fs.writeSync(fd, buf, 0, LABEL_BYTES, offset);
+  fs.fdatasyncSync(fd);
+  return full;
+}
+
+/** Erases both slots (unpair). */
+export function eraseLabel(fd: number): void {
+  const driveBytes = native().blkGetSize64(fd);
+  const buf = native().alignedBuffer(LABEL_BYTES, 4096);
+  buf.fill(0);
+  for (const offset of slotOffsets(driveBytes)) fs.writeSync(fd, buf, 0, LABEL_BYTES, offset);
+  fs.fdatasyncSync(fd);
+}

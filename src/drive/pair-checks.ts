@@ -1,0 +1,333 @@
+// Everything `dpsr pair` checks before it writes a single byte: that the two
+// devices are different, that the DPSR drive is not in use, not the running
+// system's disk, big enough, and holds nothing the user may still want
+// (DESIGN.md invariant 7: bad input changes nothing). Only reads: sysfs,
+// /proc, an exclusive open that is closed at once, blkid -p and wipefs -n.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { checkTrackable, devNumber, devNumberOfNode, readSysOrNull, resolveBlockDevice, type BlockDevice } from '../devices/devices.js';
+import { RefusedError, UsageError } from '../base/errors.js';
+import { hasHardwareIdentity, identify, type DeviceIdentity } from '../devices/identity.js';
+import { labelAt } from './label.js';
+import { activeSwaps, coveredDevNumbers, partitionsOf, readMounts, rootDeviceName } from '../devices/mounts.js';
+
+export interface PairRequest {
+  source: string;
+  drive: string;
+  force: boolean; // overwrite a drive that carries a file system, partition table or other signature
+  noReserve: boolean; // no tail for dpsr's label and journal: the drive may be exactly the source's size
+  reserveBytes: number; // size of that tail (rounded up to 1 MiB)
+}
+
+export interface PairPlan {
+  source: BlockDevice;
+  drive: BlockDevice;
+  sourceId: DeviceIdentity;
+  driveId: DeviceIdentity;
+  /** The copy occupies [0, dataSectors) of the drive: the whole source, or a former DPSR drive's image. */
+  dataSectors: number;
+  /** The tail after the copy for dpsr's label and journal (0 with noReserve), a multiple of 1 MiB. */
+  reservedSectors: number;
+  warnings: string[];
+}
+
+const MIB = 1024 * 1024;
+const SECTOR = 512;
+
+/** 12.0 MiB, 1.5 GiB: binary units, one decimal. */
+export function formatBytes(bytes: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let v = bytes;
+  let u = 0;
+  while (Math.abs(v) >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${v} bytes` : `${v.toFixed(1)} ${units[u]}`;
+}
+
+
+/** sysfs directory of a kernel block device name (disk or partition). */
+function sysDirOf(name: string): string | null {
+  try {
+    return fs.realpathSync(`/sys/class/block/${name}`);
+  } catch {
+    return null;
+  }
+}
+
+/** Whole disks under a kernel block device, through dm/md stacking (slaves/), itself included when it is a disk. */
+function underlyingDisks(name: string, seen = new Set<string>()): Set<string> {
+  const dir = sysDirOf(name);
+  if (!dir || seen.has(name)) return seen;
+  const disk = fs.existsSync(path.join(dir, 'partition')) ? path.basename(path.dirname(dir)) : name;
+  const slavesDir = path.join(`/sys/block/${disk}`, 'slaves');
+  let slaves: string[] = [];
+  try {
+    slaves = fs.readdirSync(slavesDir);
+  } catch { /* not stacked */ }
+  if (slaves.length === 0) {
+    seen.add(disk);
+    return seen;
+  }
+  seen.add(disk); // a dm/md device is a disk of its own too
+  for (const s of slaves) underlyingDisks(s, seen);
+  return seen;
+}
+
+
+/** Kernel names of the disks the running system's `/` lives on (through dm/md). */
+export function systemDisks(): Set<string> {
+  const name = rootDeviceName();
+  return name === null ? new Set() : underlyingDisks(name);
+}
+
+/** One blkid/wipefs signature, described for a person. */
+interface Signature { type: string; label?: string; usage?: string; isTable: boolean }
+
+function describeSignature(s: Signature): string {
+  const label = s.label ? ` (label '${s.label}')` : '';
+  if (s.isTable) return `a ${s.type === 'dos' ? 'dos (MBR)' : s.type} partition table`;
+  switch (s.type) {
+    case 'swap': return `a swap area${label}`;
+    case 'LVM2_member': return 'an LVM2 physical volume';
+    case 'linux_raid_member': return `an md RAID member${label}`;
+    case 'crypto_LUKS': return `a LUKS encrypted volume${label}`;
+    case 'bcache': return 'a bcache device';
+    case 'zfs_member': return `a ZFS pool member${label}`;
+  }
+  const article = /^[aeiouAEIOU]/.test(s.type) || /^(ext|xfs|ntfs|exfat|f2fs)/.test(s.type) ? 'an' : 'a';
+  if (s.usage === 'filesystem' || s.usage === undefined) return `${article} ${s.type} file system${label}`;
+  return `${article} ${s.type} signature${label}`;
+}
+
+interface Probe { sigs: Signature[]; ok: boolean }
+
+/** blkid -p (low-level probe, no cache) of a device, or of a byte range of it. */
+function blkidProbe(devPath: string, range?: { offset: number; size: number }): Probe {
+  const args = ['-p', '-o', 'export'];
+  if (range) args.push('-O', String(range.offset), '-S', String(range.size));
+  args.push(devPath);
+  let out: string;
+  try {
+    out = execFileSync('blkid', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (err) {
+    const status = (err as { status?: number }).status;
+    if (status === 2) return { sigs: [], ok: true }; // nothing found
+    return { sigs: [], ok: false }; // 8: ambivalent result; or blkid missing
+  }
+  const kv = new Map<string, string>();
+  for (const line of out.split('\n')) {
+    const i = line.indexOf('=');
+    if (i > 0) kv.set(line.slice(0, i), line.slice(i + 1).replace(/\\(.)/g, '$1'));
+  }
+  const sigs: Signature[] = [];
+  if (kv.has('PTTYPE')) sigs.push({ type: kv.get('PTTYPE')!, isTable: true });
+  if (kv.has('TYPE')) sigs.push({ type: kv.get('TYPE')!, label: kv.get('LABEL'), usage: kv.get('USAGE'), isTable: false });
+  return { sigs, ok: true };
+}
+
+/** wipefs -n -J: every signature wipefs would erase (finds what blkid calls ambivalent, and backup GPTs). */
+function wipefsProbe(devPath: string): Signature[] | null {
+  let out: string;
+  try {
+    out = execFileSync('wipefs', ['-n', '-J', devPath], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch {
+    return null;
+  }
+  if (!out.trim()) return [];
+  const doc = JSON.parse(out) as { signatures?: Array<{ type?: string; label?: string | null }> };
+  const tables = new Set(['gpt', 'dos', 'PMBR', 'atari', 'bsd', 'mac', 'sgi', 'sun', 'solaris', 'unixware', 'minix']);
+  return (doc.signatures ?? []).filter((s) => s.type).map((s) => ({
+    type: s.type === 'PMBR' ? 'gpt' : s.type!,
+    label: s.label ?? undefined,
+    isTable: tables.has(s.type!),
+  }));
+}
+
+/** What a device carries, described; empty when blank as far as blkid and wipefs can tell. */
+function signaturesOf(dev: BlockDevice): string[] {
+  const probe = blkidProbe(dev.path);
+  let sigs = probe.sigs;
+  const wipe = wipefsProbe(dev.path);
+  if (wipe) for (const w of wipe) {
+    if (!sigs.some((s) => s.type === w.type && s.isTable === w.isTable)) sigs = [...sigs, w];
+  }
+  if (!probe.ok && sigs.length === 0) return ['signatures that blkid cannot tell apart (blkid -p reports an ambivalent result)'];
+  const described = [...new Set(sigs.map(describeSignature))];
+  // For a disk with partitions, say what they hold.
+  if (!dev.isPartition && sigs.some((s) => s.isTable)) {
+    const parts = partitionsOf(dev.disk).map((p) => {
+      const start = Number(readSysOrNull(`/sys/block/${dev.disk}/${p}/start`));
+      const size = Number(readSysOrNull(`/sys/block/${dev.disk}/${p}/size`));
+      const inner = blkidProbe(dev.path, { offset: start * SECTOR, size: size * SECTOR }).sigs.filter((s) => !s.isTable);
+      return inner.length > 0 ? `${p}: ${inner.map(describeSignature).join(', ')}` : p;
+    });
+    if (parts.length > 0) {
+      const i = described.findIndex((d) => d.endsWith('partition table'));
+      described[i] += ` with ${parts.length} partition${parts.length > 1 ? 's' : ''} (${parts.join('; ')})`;
+    }
+  }
+  return described;
+}
+
+/** Signature types the copy duplicates in a way the kernel or tools may assemble: type → why it matters. */
+const DUPLICATED_IDENTITIES: Record<string, string> = {
+  LVM2_member: 'an LVM2 physical volume: the copy has the same PV and VG UUIDs, and LVM may activate the copy instead of the source',
+  linux_raid_member: 'an md RAID member: the copy has the same array UUID, and md may assemble the copy into the array',
+  btrfs: 'a btrfs file system: the copy has the same fsid, and btrfs may mix up the two devices',
+  crypto_LUKS: 'a LUKS volume: the copy has the same UUID, and may be unlocked instead of the source',
+};
+
+function sourceWarnings(source: BlockDevice): string[] {
+  const found: Array<{ where: string; type: string }> = [];
+  for (const s of blkidProbe(source.path).sigs) if (!s.isTable) found.push({ where: source.path, type: s.type });
+  if (!source.isPartition) {
+    for (const p of partitionsOf(source.disk)) {
+      const start = Number(readSysOrNull(`/sys/block/${source.disk}/${p}/start`));
+      const size = Number(readSysOrNull(`/sys/block/${source.disk}/${p}/size`));
+      for (const s of blkidProbe(source.path, { offset: start * SECTOR, size: size * SECTOR }).sigs) {
+        if (!s.isTable) found.push({ where: `${source.path} (partition ${p})`, type: s.type });
+      }
+    }
+  }
+  return found.filter((f) => f.type in DUPLICATED_IDENTITIES).map((f) =>
+    `${f.where} holds ${DUPLICATED_IDENTITIES[f.type]}; dpsr hides the DPSR drive while the source is present, but do not attach the copy to another machine alongside the source`);
+}
+
+function refuse(message: string, code: string): never {
+  throw new RefusedError(message.replace(/\s*\n\s*/g, ' '), code);
+}
+
+/** Checks a pairing request; returns the plan, or throws RefusedError on the first problem. Writes nothing. */
+export function checkPairable(req: PairRequest): PairPlan {
+  if (!req.noReserve && !(Number.isFinite(req.reserveBytes) && req.reserveBytes > 0)) {
+    throw new UsageError(`reserve size must be a positive number of bytes (got ${req.reserveBytes}); use --no-reserve for none`);
+  }
+  const source = resolveBlockDevice(req.source);
+  const drive = resolveBlockDevice(req.drive);
+  const S = source.path;
+  const D = drive.path;
+
+  // 1. Two different devices that do not overlap.
+  if (devNumber(source) === devNumber(drive)) {
+    refuse(`${S} and ${D} are the same device (${source.name}): the DPSR drive must be another disk`, 'ESAMEDEV');
+  }
+  if (source.diskDev === drive.diskDev) {
+    const sEnd = source.startSector + source.sizeSectors;
+    const dEnd = drive.startSector + drive.sizeSectors;
+    if (source.startSector < dEnd && drive.startSector < sEnd) {
+      const which = !source.isPartition ? `${D} is a partition of the source disk ${S}`
+        : !drive.isPartition ? `the source ${S} is a partition of ${D}` : `${S} and ${D} overlap on ${source.disk}`;
+      refuse(`${which}: the DPSR drive must not overlap the source; use another disk`, 'EOVERLAP');
+    }
+  }
+  const driveDisks = underlyingDisks(drive.name);
+  if (driveDisks.has(source.disk) && source.disk !== drive.disk) {
+    refuse(`${D} is built on the source's disk ${source.disk} (${drive.disk} stacks on it): use another disk`, 'EOVERLAP');
+  }
+
+  // 2. A source whose writes can be tracked and counted.
+  checkTrackable(source);
+
+  // 3. A DPSR drive nobody uses.
+  const sysDisks = systemDisks();
+  for (const d of driveDisks) {
+    if (sysDisks.has(d)) {
+      const where = d === drive.name ? 'is' : d === drive.disk ? `is on ${d},` : `is built on ${d},`;
+      refuse(`${D} ${where} the disk the running system's / is mounted from: it cannot be the DPSR drive`, 'ESYSDISK');
+    }
+  }
+  const covered = coveredDevNumbers(drive);
+  for (const m of readMounts()) {
+    const name = covered.get(m.devNum);
+    if (name !== undefined) {
+      const what = name === drive.name ? D : `its ${name === drive.disk ? 'disk' : 'partition'} ${name}`;
+      refuse(`the DPSR drive ${D} is in use: ${name === drive.name ? 'it' : what} is mounted on ${m.mountPoint}; unmount it first`, 'EMOUNTED');
+    }
+  }
+  for (const file of activeSwaps()) {
+    const num = devNumberOfNode(file);
+    const name = num !== null ? covered.get(num) : undefined;
+    if (name !== undefined) {
+      refuse(`the DPSR drive ${D} is in use: ${name === drive.name ? 'it' : `its partition ${name}`} is active swap (${file}); swapoff ${file} first`, 'ESWAP');
+    }
+  }
+  for (const name of covered.values()) {
+    const dir = sysDirOf(name);
+    let holders: string[] = [];
+    try {
+      holders = dir ? fs.readdirSync(path.join(dir, 'holders')) : [];
+    } catch { /* none */ }
+    if (holders.length > 0) {
+      refuse(`the DPSR drive ${D} is in use: ${name === drive.name ? 'it' : name} is held by ${holders.join(', ')} (device mapper, md, ...); stop ${holders.join(', ')} first`, 'EHELD');
+    }
+  }
+  // Whatever else claims it (a btrfs member, an md array being assembled): an exclusive open fails.
+  try {
+    fs.closeSync(fs.openSync(D, fs.constants.O_RDONLY | fs.constants.O_EXCL));
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EBUSY') refuse(`the DPSR drive ${D} is in use by the kernel (exclusive open: device busy); stop what uses it first`, 'EINUSE');
+    refuse(`the DPSR drive ${D} cannot be opened: ${(err as Error).message}`, 'EOPEN');
+  }
+
+  // 4. Same sector size: a copy's file systems and partition table are laid out in the source's sectors.
+  if (source.logicalBlockBytes !== drive.logicalBlockBytes) {
+    refuse(`the logical sector sizes differ: ${S} has ${source.logicalBlockBytes}-byte sectors, ${D} ${drive.logicalBlockBytes}-byte: the copy would not be readable; use a drive with ${source.logicalBlockBytes}-byte sectors`, 'ESECTORSIZE');
+  }
+
+  // 5. Big enough: the copy, then dpsr's tail.
+  const sourceId = identify(source);
+  const driveId = identify(drive);
+  // A source that is itself a DPSR drive (a system running from its copy, paired back onto a new disk):
+  // its image is what is copied, not its tail of journal and label, so a disk of the original size will do.
+  const asDrive = labelAt(S);
+  const dataSectors = asDrive && asDrive.dataSectors < source.sizeSectors ? asDrive.dataSectors : source.sizeSectors;
+  const reservedSectors = req.noReserve ? 0 : Math.ceil(req.reserveBytes / MIB) * (MIB / SECTOR);
+  const needed = dataSectors + reservedSectors;
+  const srcSize = formatBytes(dataSectors * SECTOR);
+  const drvSize = formatBytes(drive.sizeSectors * SECTOR);
+  if (drive.sizeSectors < dataSectors) {
+    refuse(`the DPSR drive ${D} (${drvSize}) is smaller than the source ${S} (${srcSize}): ${formatBytes((needed - drive.sizeSectors) * SECTOR)} short${req.noReserve ? '' : ` with the ${formatBytes(reservedSectors * SECTOR)} reserve`}; use a bigger drive`, 'ETOOSMALL');
+  }
+  if (drive.sizeSectors === dataSectors) {
+    if (!req.noReserve) {
+      refuse(`the DPSR drive ${D} is exactly the size of the source ${S} (${srcSize}): it needs ${formatBytes(reservedSectors * SECTOR)} more for dpsr's label and journal; use a bigger drive, or --no-reserve if it has a WWN or serial number`, 'ETOOSMALL');
+    }
+    if (!hasHardwareIdentity(driveId)) {
+      refuse(`the DPSR drive ${D} is exactly the size of the source ${S} and has no WWN or serial number${/^loop\d+$/.test(drive.disk) ? ' (loop devices have none)' : ''}: with --no-reserve there is no room for dpsr's label, so nothing could prove later that it is still the paired drive; use a drive at least 1 MiB bigger without --no-reserve`, 'ENOIDENTITY');
+    }
+  } else if (drive.sizeSectors < needed) {
+    refuse(`the DPSR drive ${D} (${drvSize}) is too small for the source ${S} (${srcSize}) plus the ${formatBytes(reservedSectors * SECTOR)} reserve for dpsr's label and journal: ${formatBytes((needed - drive.sizeSectors) * SECTOR)} short; use a bigger drive or a smaller reserve`, 'ETOOSMALL');
+  }
+
+  // 6. Nothing on the drive that someone may still want, unless told to overwrite it.
+  const warnings: string[] = [];
+  const carried = signaturesOf(drive);
+  if (carried.length > 0) {
+    const what = carried.join(' and ');
+    if (!req.force) {
+      refuse(`the DPSR drive ${D} carries ${what}: pairing would overwrite it; check it is the right drive, then use --force`, 'ESIGNATURE');
+    }
+    warnings.push(`the DPSR drive ${D} carries ${what}: it will be overwritten (--force)`);
+  }
+
+  // 7. Warnings: nothing unsafe now, but worth knowing.
+  if (source.isPartition) {
+    warnings.push(`the source ${S} is a partition of ${source.disk}: its copy alone does not boot the machine (the boot loader and partition table stay on ${source.disk}); pair the whole disk for a bootable copy`);
+  }
+  if (source.diskDev === drive.diskDev) {
+    warnings.push(`${S} and ${D} are on the same disk ${source.disk}: if that disk fails, the copy is lost with it`);
+  }
+  if (req.noReserve) {
+    warnings.push(`--no-reserve: the DPSR drive ${D} has no journal, so a crash during a sync can leave it a mix of two images`);
+  }
+  warnings.push(...sourceWarnings(source));
+
+  if (dataSectors < source.sizeSectors) {
+    warnings.push(`${S} is the DPSR drive of pair ${asDrive!.pairName}: only its image (the first ${formatBytes(dataSectors * SECTOR)}) is copied, not dpsr's tail after it`);
+  }
+  return { source, drive, sourceId, driveId, dataSectors, reservedSectors, warnings };
+}

@@ -1,0 +1,42 @@
+// The redo journal read from the DPSR drive alone, for when the state
+// directory died with the source (a rescue system, the booted copy): a
+// transaction committed but not recorded as applied in the drive's label is
+// the sync that was landing when the source died. Applying it needs only
+// the drive (invariant 5); until then the image on the drive is a mix.
+import fs from 'node:fs';
+import { openDirect } from '../io/copy.js';
+import { type CommittedTransaction, applyTransaction, readCommitted } from './journal.js';
+import { type DriveLabel, writeLabel } from './label.js';
+import { native } from '../base/native.js';
+import { journalRegionOf } from '../sync/sync.js';
+
+/** The committed transaction after the one the label records as applied, if any. */
+export async function committedOnDrive(fd: number, label: DriveLabel): Promise<CommittedTransaction | null> {
+  if (label.journal !== 'tail') return null;
+  const region = journalRegionOf(fd, label, label.pairId);
+  return region ? readCommitted(region, label.journalSeq + 1) : null;
+}
+
+/** What the drive's image is once `txn` is applied (the label named it before the commit). */
+export function imageAfter(label: DriveLabel, txn: CommittedTransaction): Pick<DriveLabel, 'image' | 'imageTimeMs' | 'lastGoodTimeMs'> {
+  const made = label.pendingTxn?.seq === txn.seq ? label.pendingTxn : null;
+  if (!made) return { image: label.image, imageTimeMs: label.imageTimeMs, lastGoodTimeMs: label.lastGoodTimeMs };
+  return { image: made.image, imageTimeMs: made.imageTimeMs, lastGoodTimeMs: made.image === 'point-in-time' ? made.imageTimeMs : label.lastGoodTimeMs };
+}
+
+/** Applies a committed transaction from the drive alone and records it in the label (as recoverJournal does with a pair record). */
+export async function applyFromDrive(drivePath: string, label: DriveLabel, txn: CommittedTransaction): Promise<void> {
+  const fd = openDirect(drivePath, true);
+  try {
+    native().blkRoSet(fd, false);
+    try {
+      await applyTransaction(fd, txn);
+      const { seq, updatedMs: _updated, ...rest } = label;
+      writeLabel(fd, { ...rest, ...imageAfter(label, txn), journalSeq: txn.seq, pendingTxn: null }, seq);
+    } finally {
+      native().blkRoSet(fd, true);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}

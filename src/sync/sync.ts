@@ -1,0 +1,731 @@
+// Bringing a DPSR drive up to date: the full copy (resumable), and the
+// incremental sync: drain, cut a generation, copy what was written,
+// compare what may have been written unseen, record the new image.
+import fs from 'node:fs';
+import { compareExtents, copyExtents, flush, openDirect } from '../io/copy.js';
+import { type DiskCounters, readDiskCounters, resolveBlockDevice } from '../devices/devices.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DpsrError, RefusedError } from '../base/errors.js';
+import { ExtentSet } from '../base/extents.js';
+import { type DeviceIdentity, identify, identityChanges, isReplaced } from '../devices/identity.js';
+import { type DriveLabel, type ImageState, readLabel, writeLabel } from '../drive/label.js';
+import { type JournalEntry, type JournalRegion, applyTransaction, journalBytesFor, journalDataCapacity, journalPlace, readCommitted, writeTransaction } from '../drive/journal.js';
+import { copyEntries, differingEntries } from './pass-source.js';
+import { withDriveLock } from '../base/locks.js';
+import { recordFreeze } from '../daemon/pair-status.js';
+import { freeze, type ThawReport } from './freeze.js';
+import { CANNOT_FREEZE, type WritableFileSystem, mountsOf, writableFileSystemsOf } from '../devices/mounts.js';
+import { native } from '../base/native.js';
+import { formatBytes } from '../drive/pair-checks.js';
+import { progressBar } from '../base/progress.js';
+import type { Session } from '../state/session.js';
+import type { PairRecord } from '../state/store.js';
+import type { Gap, RangeState } from '../kernel/tracker.js';
+
+const SECTOR = 512;
+// Progress of a full copy is saved this often (without a flush: a crash of
+// dpsr loses nothing written with O_DIRECT, and after a power loss the
+// reboot is a gap that compares everything anyway).
+const FULL_COPY_SEGMENT_SECTORS = (1 << 30) / SECTOR;
+// An incremental sync moves many small scattered extents: more, smaller I/Os
+// in flight (the CLI sizes libuv's pool to match), and gaps merged only when
+// reading them costs less than another I/O (about bandwidth / IOPS).
+const SCATTERED_IO = { chunkBytes: 512 << 10, inFlight: 32, mergeGapSectors: 32 };
+const MAX_PASSES = 5;
+const CONVERGED_BYTES = 4 << 20; // passes stop when this little is left: the final pass (frozen) reads it
+const FREEZE_READ_LIMIT_BYTES = 256 << 20; // what the final pass may hold in memory
+const FREEZE_DEADLINE_MS = 5000; // the watchdog thaws after this
+const DEFAULT_QUIET_MS = 2000; // a raw source must be idle this long for its final pass
+const QUIET_ATTEMPTS = 3;
+
+export interface SyncReport {
+  name: string;
+  dataBytes: number; // the size of the image
+  passBytes: number[]; // written by each pass, the frozen final pass last
+  freezeMs: number | null; // how long the file systems were frozen
+  notConsistent?: string; // why a mounted source's image is not one point in time
+  journaled: boolean; // through the redo journal (else written in place)
+  generation: number;
+  image: ImageState;
+  imageTimeMs: number;
+  fullCopyBytes: number;
+  copiedBytes: number;
+  comparedBytes: number;
+  repairedBytes: number;
+  durationMs: number;
+  gaps: Gap[]; // recorded since the previous sync
+  sourceMounted: string[];
+}
+
+/** The paired DPSR drive, opened (O_DIRECT) once proven to be it. */
+export interface CheckedDrive {
+  fd: number;
+  label: DriveLabel | null;
+  changes: string[]; // how it differs from what was recorded (re-attached: its image is compared in full)
+  now: DeviceIdentity;
+}
+
+/**
+ * Opens the pair's DPSR drive after proving it is the paired one: the same
+ * device (identity), carrying this pair's label (once written), and not
+ * mounted (its image could be changing). Writes nothing.
+ */
+export function openCheckedDrive(pair: PairRecord, write: boolean): CheckedDrive {
+  const dev = resolveBlockDevice(pair.drive.path);
+  const now = identify(dev);
+  const changes = identityChanges(pair.drive, now);
+  if (isReplaced(pair.drive, now)) {
+    throw new RefusedError(`pair ${pair.name}: ${pair.drive.path} is not the paired DPSR drive any more (${changes.join('; ')}); nothing written`, 'EDRIVECHANGED');
+  }
+  const mounts = mountsOf(dev);
+  if (mounts.length > 0) {
+    throw new RefusedError(`pair ${pair.name}: the DPSR drive ${dev.path} is mounted on ${mounts.join(', ')}: its image may be changing; unmount it first; nothing written`, 'EMOUNTED');
+  }
+  const fd = openDirect(dev.path, write);
+  try {
+    const label = readLabel(fd);
+    if (pair.labelSeq > 0 && pair.reservedSectors > 0 && label?.pairId !== pair.id) {
+      throw new RefusedError(`pair ${pair.name}: ${dev.path} does not carry this pair's label${label ? ` (it belongs to pair ${label.pairName})` : ''}; nothing written`, 'ELABEL');
+    }
+    return { fd, label, changes, now };
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+}
+
+/** An open DPSR drive, writable until released (then read-only again). */
+export interface OpenDrive {
+  fd: number;
+  label: DriveLabel | null; // as read when opened
+  release(): void;
+}
+
+/**
+ * Opens the paired drive for writing (see openCheckedDrive). A drive that
+ * changed under us (re-attached, new media) may hold anything: its whole
+ * image becomes suspect.
+ */
+export function openPairedDrive(s: Session, pair: PairRecord, range: RangeState | undefined): OpenDrive {
+  const { fd, label, changes, now } = openCheckedDrive(pair, true);
+  try {
+    if (changes.length > 0 && range) {
+      s.tracker.suspectAll(range, 'identity-changed', `the DPSR drive ${pair.drive.path} changed (${changes.join('; ')}): its image is compared in full`);
+      pair.drive = { ...now, path: pair.drive.path };
+    }
+    native().blkRoSet(fd, false);
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+  return {
+    fd,
+    label,
+    release: () => {
+      try { native().blkRoSet(fd, true); } finally { fs.closeSync(fd); }
+    },
+  };
+}
+
+function labelFor(pair: PairRecord): Parameters<typeof writeLabel>[1] {
+  const src = pair.source;
+  return {
+    pairName: pair.name,
+    pairId: pair.id,
+    source: { path: src.path, name: src.name, sizeSectors: src.sizeSectors, serial: src.serial, wwid: src.wwid, loopBackingFile: src.loopBackingFile },
+    dataSectors: pair.dataSectors,
+    reservedSectors: pair.reservedSectors,
+    image: pair.image,
+    imageTimeMs: pair.imageTimeMs,
+    lastGoodTimeMs: pair.lastGoodTimeMs,
+    journal: pair.reservedSectors > 0 ? 'tail' : 'none',
+    journalSeq: pair.journalSeq ?? 0,
+    pendingTxn: pair.pendingTxn ?? null,
+  };
+}
+
+/** Writes the pair's state into the drive's label (when it has a tail for one). */
+export function updateLabel(fd: number, pair: PairRecord): void {
+  if (pair.reservedSectors === 0) return;
+  pair.labelSeq = writeLabel(fd, labelFor(pair), pair.labelSeq).seq;
+}
+
+/** Copies the whole source, from where an interrupted copy stopped. */
+export async function fullCopy(s: Session, pair: PairRecord, range: RangeState, srcFd: number, dstFd: number): Promise<number> {
+  const total = pair.dataSectors;
+  const bar = progressBar(`${pair.name}: full copy`, total * SECTOR);
+  let copied = 0;
+  while (pair.fullCopy.doneSectors < total) {
+    const start = pair.fullCopy.doneSectors;
+    const end = Math.min(total, start + FULL_COPY_SEGMENT_SECTORS);
+    const r = await copyExtents(srcFd, dstFd, ExtentSet.from([[start, end]]), {
+      limitSectors: total,
+      onProgress: (p) => bar.update((start + p.doneSectors) * SECTOR),
+    });
+    copied += r.bytesWritten;
+    pair.fullCopy.doneSectors = end;
+    await s.store.putPairAndRange(pair, range);
+  }
+  flush(dstFd);
+  pair.fullCopy.complete = true;
+  await s.store.putPairAndRange(pair, range);
+  bar.done();
+  return copied;
+}
+
+/** Data read from the source, held in memory across a thaw. */
+interface HeldBlock { position: number; length: number; buf: Buffer }
+
+/** Reads extents (rounded out to 4 KiB, clipped to the image) into memory, synchronously: used under a freeze. */
+function readIntoMemory(fd: number, extents: ExtentSet, limitSectors: number): HeldBlock[] {
+  const held: HeldBlock[] = [];
+  extents.forEach((start, end) => {
+    const a = Math.floor(start / 8) * 8;
+    const b = Math.min(Math.ceil(end / 8) * 8, limitSectors);
+    if (b <= a) return;
+    const length = (b - a) * SECTOR;
+    const buf = native().alignedBuffer(Math.ceil(length / 4096) * 4096, 4096);
+    for (let done = 0; done < length;) {
+      let n: number;
+      try {
+        n = fs.readSync(fd, buf, done, length - done, a * SECTOR + done);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
+        throw new DpsrError(`final pass: reading the source at byte ${a * SECTOR + done}: ${code}`, code);
+      }
+      if (n <= 0) throw new DpsrError(`final pass: reading the source at byte ${a * SECTOR + done}: unexpected end`, 'ESHORT');
+      done += n;
+    }
+    held.push({ position: a * SECTOR, length, buf });
+  });
+  return held;
+}
+
+/** What one pass takes: data to copy, regions to compare, ranges discarded (data-less). */
+export interface Cut { copy: ExtentSet; compare: ExtentSet; discard: ExtentSet }
+
+/** The cut: what the tracker recorded until now, taken out of it. */
+function takeCut(range: RangeState): Cut {
+  const cut = { copy: range.dirty, compare: range.suspect, discard: range.discarded };
+  range.dirty = new ExtentSet();
+  range.suspect = new ExtentSet();
+  range.discarded = new ExtentSet();
+  cut.compare.subtractSet(cut.copy);
+  return cut;
+}
+
+/** Remembers what this generation has cut so far, so a crash makes the next sync redo all of it. */
+async function savePending(s: Session, pair: PairRecord, range: RangeState, generation: number, cutMs: number,
+  cut: Cut): Promise<void> {
+  const was = pendingCut(pair) ?? { copy: new ExtentSet(), compare: new ExtentSet(), discard: new ExtentSet() };
+  was.copy.addSet(cut.copy);
+  was.compare.addSet(cut.compare);
+  was.discard.addSet(cut.discard);
+  pair.pending = { generation, cutMs, copy: was.copy.toBuffer(), compare: was.compare.toBuffer(), discard: was.discard.toBuffer() };
+  await s.store.putPairAndRange(pair, range);
+}
+
+/** What an interrupted sync had cut (redone, all of it, by the next one). */
+function pendingCut(pair: PairRecord): Cut | null {
+  if (!pair.pending) return null;
+  return {
+    copy: ExtentSet.fromBuffer(pair.pending.copy),
+    compare: ExtentSet.fromBuffer(pair.pending.compare),
+    discard: pair.pending.discard ? ExtentSet.fromBuffer(pair.pending.discard) : new ExtentSet(),
+  };
+}
+
+/**
+ * The cut of a final pass, with the source frozen or quiet: flip, judge the counts (a missed
+ * write can only lie in the unreconciled regions then, which become suspect), take everything
+ * recorded. No time to compare: what is suspect is read whole with the rest.
+ */
+async function finalTake(s: Session, range: RangeState): Promise<{ epoch: number; cutMs: number; cut: ExtentSet }> {
+  const epoch = s.tracker.flip().epoch;
+  const verdict = (await s.tracker.judge()).verdicts.get(range) ?? { kind: 'busy' };
+  if (verdict.kind !== 'exact') s.tracker.distrust(range, verdict); // a distrusted range's verdict is never exact
+  const cutMs = Date.now();
+  const taken = takeCut(range);
+  const cut = taken.copy;
+  cut.addSet(taken.compare);
+  cut.addSet(taken.discard);
+  return { epoch, cutMs, cut };
+}
+
+interface FrozenCut {
+  ok: boolean;
+  held: HeldBlock[];
+  cut: ExtentSet;
+  cutMs: number;
+  freezeMs: number;
+  epoch: number;
+  why?: string;
+}
+
+/**
+ * The final pass of a mounted source: freeze its file systems, flip and
+ * drain, judge the counts, read what remains into memory, thaw. Nothing is
+ * written to any file system and nothing is logged while frozen. A pass
+ * during which the watchdog thawed is rejected (its cut goes back to the
+ * tracker). The caller writes the held data, then settles the epoch.
+ */
+async function frozenCut(s: Session, range: RangeState, srcFd: number, fileSystems: WritableFileSystem[], limitSectors: number): Promise<FrozenCut> {
+  // Each writable file system once: frozen, or (vfat, an EFI system partition) remounted read-only.
+  const frozen = await freeze(
+    fileSystems.filter((f) => !CANNOT_FREEZE.has(f.fsType)).map((f) => f.path),
+    FREEZE_DEADLINE_MS,
+    fileSystems.filter((f) => CANNOT_FREEZE.has(f.fsType)).map((f) => f.path),
+  );
+  let held: HeldBlock[] = [];
+  let epoch = -1;
+  let cutMs = 0;
+  let cut = new ExtentSet();
+  let why: string | undefined;
+  let report: ThawReport;
+  try {
+    try {
+      ({ epoch, cutMs, cut } = await finalTake(s, range));
+      if (cut.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) why = `${(cut.totalSectors * SECTOR / 2 ** 20).toFixed(0)} MiB left to read: too much to hold under a freeze`;
+      else held = readIntoMemory(srcFd, cut, limitSectors);
+    } finally {
+      report = await frozen.thaw();
+    }
+  } catch (err) {
+    range.dirty.addSet(cut); // taken from the tracker, never written: the next sync takes it
+    throw err;
+  }
+  if (report.thawedByWatchdog) why = `the freeze outlived its ${FREEZE_DEADLINE_MS} ms deadline and the watchdog thawed`;
+  if (why) {
+    range.dirty.addSet(cut); // nothing of it was written: the next sync takes it
+    held = [];
+  }
+  return { ok: !why, held, cut, cutMs, freezeMs: report.durationMs, epoch, ...(why ? { why } : {}) };
+}
+
+/** Polls the disk's counters until nothing was written and nothing is in flight for quietMs. */
+async function waitQuiet(disk: string, quietMs: number, timeoutMs: number): Promise<DiskCounters | null> {
+  const deadline = Date.now() + timeoutMs;
+  let last = readDiskCounters(disk);
+  let since = Date.now();
+  while (Date.now() < deadline) {
+    await sleep(Math.min(100, quietMs));
+    const now = readDiskCounters(disk);
+    if (now.writtenSectors !== last.writtenSectors || now.inFlightWrites !== 0) since = Date.now();
+    last = now;
+    if (Date.now() - since >= quietMs) return now;
+  }
+  return null;
+}
+
+/**
+ * The final pass of a source without a file system to freeze: wait for a
+ * quiet period, cut, read the remainder into memory, and accept it only if
+ * the kernel counted no write meanwhile and nothing is in flight. Retried a
+ * few times; then "not quiescent".
+ */
+async function quietCut(s: Session, pair: PairRecord, range: RangeState, srcFd: number, quietMs: number): Promise<FrozenCut> {
+  let why = 'not quiescent';
+  for (let attempt = 1; attempt <= QUIET_ATTEMPTS; attempt++) {
+    const quiet = await waitQuiet(range.disk, quietMs, quietMs * 4 + 2000);
+    if (!quiet) {
+      why = `not quiescent: ${pair.source.path} was never idle for ${quietMs} ms`;
+      continue;
+    }
+    const { epoch, cutMs, cut } = await finalTake(s, range);
+    if (cut.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) {
+      range.dirty.addSet(cut);
+      await s.tracker.settle(epoch);
+      return { ok: false, held: [], cut: new ExtentSet(), cutMs, freezeMs: 0, epoch: -1, why: 'too much left for a final pass' };
+    }
+    let held: HeldBlock[];
+    try {
+      held = readIntoMemory(srcFd, cut, pair.dataSectors);
+    } catch (err) {
+      range.dirty.addSet(cut); // taken from the tracker, never written: the next sync takes it
+      throw err;
+    }
+    const after = readDiskCounters(range.disk);
+    if (after.writtenSectors === quiet.writtenSectors && after.inFlightWrites === 0) {
+      return { ok: true, held, cut, cutMs, freezeMs: 0, epoch };
+    }
+    range.dirty.addSet(cut); // written while we read: try again
+    await s.tracker.settle(epoch);
+    why = `not quiescent: ${pair.source.path} was written during the final pass ${attempt} times`;
+  }
+  return { ok: false, held: [], cut: new ExtentSet(), cutMs: Date.now(), freezeMs: 0, epoch: -1, why };
+}
+
+/** The final pass that makes the image one point in time, or why it could not. */
+function finalCut(c: SyncContext): Promise<FrozenCut> | null {
+  if (c.finalMode === 'freeze') return frozenCut(c.s, c.range, c.srcFd, c.fileSystems, c.pair.dataSectors);
+  if (c.finalMode === 'quiet') return quietCut(c.s, c.pair, c.range, c.srcFd, c.quietMs);
+  return null;
+}
+
+/** The redo journal of pair `pairId` on the open drive. */
+export function journalRegionOf(fd: number, pair: Pick<PairRecord, 'dataSectors' | 'reservedSectors'>, pairId: string): JournalRegion | null {
+  const place = journalPlace(native().blkGetSize64(fd), pair);
+  return place ? { fd, ...place, pairId } : null;
+}
+
+/** A generation the journal cannot hold: refused, so that the DPSR drive is never a mix the user did not choose. */
+function tooBigForJournal(pair: PairRecord, what: string, region: JournalRegion): RefusedError {
+  const image = pair.imageTimeMs ? ` of ${new Date(pair.imageTimeMs).toISOString()}` : '';
+  return new RefusedError(`pair ${pair.name}: ${what} (${formatBytes(journalDataCapacity(region.lengthBytes))}): ` +
+    `nothing written, the DPSR drive keeps its image${image}; sync more often, give the drive a bigger reserved tail (pair again with --reserve), ` +
+    `or write this sync in place: dpsr sync --in-place ${pair.name} (the DPSR drive is no whole image until it ends)`, 'EJOURNALFULL');
+}
+
+/** The last journal transaction applied to the drive, by the pair's record or the drive's own label. */
+export function lastAppliedSeq(pair: PairRecord, label: DriveLabel | null): number {
+  return Math.max(pair.journalSeq ?? 0, label?.pairId === pair.id ? label.journalSeq : 0);
+}
+
+/** The transaction a sync was writing when it stopped (and the image it makes), by the record or the label. */
+export function pendingTxnOf(pair: PairRecord, label: DriveLabel | null): PairRecord['pendingTxn'] {
+  return pair.pendingTxn ?? (label?.pairId === pair.id ? label.pendingTxn : null) ?? null;
+}
+
+/**
+ * Finishes what a crash interrupted: a transaction committed in the journal
+ * but maybe not applied is applied again (it needs only the drive); one
+ * never committed is forgotten (the image is still the previous one).
+ */
+export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDrive): Promise<boolean> {
+  const { fd, label } = drive;
+  const region = journalRegionOf(fd, pair, pair.id);
+  if (!region) return false;
+  if (label?.pairId === pair.id && label.journalSeq > (pair.journalSeq ?? 0)) {
+    // Applied from the drive alone (a rescue system's rollback --drive or recover): the label knows the image.
+    Object.assign(pair, { image: label.image, imageTimeMs: label.imageTimeMs, lastGoodTimeMs: label.lastGoodTimeMs, journalSeq: label.journalSeq });
+    if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
+    pair.pending = null;
+  }
+  const applied = lastAppliedSeq(pair, label);
+  const txn = await readCommitted(region, applied + 1);
+  const pendingTxn = pendingTxnOf(pair, label);
+  if (txn) {
+    await applyTransaction(fd, txn);
+    pair.journalSeq = txn.seq;
+    if (pendingTxn?.seq === txn.seq) Object.assign(pair, finishedImage(pair, pendingTxn.image, pendingTxn.imageTimeMs));
+    if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
+    pair.pending = null;
+  } else {
+    pair.journalSeq = applied;
+  }
+  pair.pendingTxn = null;
+  updateLabel(fd, pair);
+  await s.store.putPair(pair);
+  return txn !== null;
+}
+
+function finishedImage(pair: PairRecord, image: ImageState, imageTimeMs: number): Partial<PairRecord> {
+  return { image, imageTimeMs, lastGoodTimeMs: image === 'point-in-time' ? imageTimeMs : pair.lastGoodTimeMs };
+}
+
+interface GenerationResult {
+  image: ImageState;
+  cutMs: number;
+  freezeMs: number | null;
+  notConsistent?: string;
+  copied: number;
+  compared: number;
+  repaired: number;
+  passBytes: number[];
+}
+
+/** Everything one sync needs, shared by the journaled and the direct way of writing. */
+interface SyncContext {
+  s: Session;
+  pair: PairRecord;
+  range: RangeState;
+  srcFd: number;
+  driveFd: number;
+  /** The source's writable file systems, one each (frozen for the final pass). */
+  fileSystems: WritableFileSystem[];
+  /** How the last pass is made one point in time: a freeze (mounted), a quiet period (raw), or not at all (--no-freeze). */
+  finalMode: 'freeze' | 'quiet' | 'none';
+  quietMs: number;
+  generation: number;
+}
+
+/** After the last pass without a freeze: was it one point in time? */
+async function imageWithoutFreeze(c: SyncContext): Promise<ImageState> {
+  await c.s.tracker.cycle();
+  const verdict = (await c.s.tracker.reconcile()).get(c.range);
+  const quiet = c.range.dirty.isEmpty && c.range.suspect.isEmpty && verdict?.kind === 'exact';
+  return !quiet ? 'fuzzy' : c.fileSystems.length > 0 ? 'crash-consistent' : 'point-in-time';
+}
+
+/** Whether the converging passes are done. */
+function remainderSmall(c: SyncContext, pass: number): boolean {
+  const remainder = (c.range.dirty.totalSectors + c.range.suspect.totalSectors) * SECTOR;
+  return c.finalMode === 'none' || remainder <= CONVERGED_BYTES || pass >= MAX_PASSES;
+}
+
+/** The cut of one pass, with what an interrupted sync left on the first. */
+function passCut(c: SyncContext, pass: number, carried: Cut | null): Cut {
+  const cut = takeCut(c.range);
+  if (carried && pass === 1) {
+    // The carried data is older than what was recorded since: it goes first, and the newer cut wins.
+    carried.copy.subtractSet(cut.discard);
+    carried.discard.subtractSet(cut.copy);
+    cut.copy.addSet(carried.copy);
+    cut.compare.addSet(carried.compare);
+    cut.discard.addSet(carried.discard);
+    cut.compare.subtractSet(cut.copy);
+  }
+  return cut;
+}
+
+/** Extents rounded out to whole 4 KiB blocks (what a pass reads and journals). */
+function blocksOf(extents: ExtentSet): ExtentSet {
+  const out = new ExtentSet();
+  extents.forEach((start, end) => out.add(Math.floor(start / 8) * 8, Math.ceil(end / 8) * 8));
+  return out;
+}
+
+/**
+ * Until the transaction is applied the drive holds the previous image, not
+ * what earlier passes journaled: a region to compare that an earlier pass
+ * wrote into the transaction is copied instead, or a block that went back
+ * to its old content would compare equal and the earlier entry would win.
+ */
+export function copyWhereJournaled(cut: Cut, journaled: ExtentSet): Cut {
+  const elsewhere = cut.compare.clone();
+  elsewhere.subtractSet(journaled);
+  const overlap = cut.compare.clone();
+  overlap.subtractSet(elsewhere);
+  cut.copy.addSet(overlap);
+  return { ...cut, compare: elsewhere };
+}
+
+/**
+ * The journaled way (invariant 5): every pass, the compare repairs and the
+ * frozen final pass go into one transaction in the drive's tail; the label
+ * names the image it will make; it is committed, then applied. Until the
+ * commit the drive holds the previous image; after it, the new one
+ * (replayed from the drive alone if we die while applying).
+ */
+async function journaledGeneration(c: SyncContext, region: JournalRegion,
+  carried: Cut | null): Promise<GenerationResult> {
+  const { s, pair, range } = c;
+  const limit = pair.dataSectors;
+  const seq = (pair.journalSeq ?? 0) + 1;
+  const counters = { bytesRead: 0, entryBytes: 0, comparedBytes: 0 };
+  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
+  let settleEpoch = -1;
+  const journaled = new ExtentSet(); // what earlier passes of this transaction wrote into it
+  async function* entries(): AsyncGenerator<JournalEntry> {
+    for (let pass = 1; ; pass++) {
+      result.cutMs = Date.now();
+      const cut = copyWhereJournaled(passCut(c, pass, carried), journaled);
+      journaled.addSet(blocksOf(cut.copy));
+      journaled.addSet(blocksOf(cut.discard));
+      await savePending(s, pair, range, c.generation, result.cutMs, cut);
+      const before = counters.entryBytes;
+      for (const [start, end] of cut.discard) {
+        if (start < limit) yield { kind: 'discard', targetSector: start, sectors: Math.min(end, limit) - start };
+      }
+      yield* copyEntries(c.srcFd, cut.copy, limit, counters);
+      result.copied = counters.entryBytes;
+      yield* differingEntries(c.srcFd, c.driveFd, cut.compare, limit, counters);
+      result.repaired += counters.entryBytes - result.copied;
+      result.copied = counters.entryBytes - result.repaired;
+      result.passBytes.push(counters.entryBytes - before);
+      await s.tracker.cycle();
+      if (remainderSmall(c, pass)) break;
+    }
+    const final = finalCut(c);
+    if (final) {
+      const f = await final;
+      if (c.finalMode === 'freeze') result.freezeMs = f.freezeMs;
+      settleEpoch = f.epoch;
+      if (f.ok) {
+        await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet(), discard: new ExtentSet() });
+        for (const h of f.held) yield { kind: 'data', targetSector: h.position / SECTOR, data: h.buf.subarray(0, h.length) };
+        const bytes = f.held.reduce((n, h) => n + h.length, 0);
+        result.copied += bytes;
+        result.passBytes.push(bytes);
+        result.cutMs = f.cutMs;
+        result.image = 'point-in-time';
+      } else if (c.finalMode === 'quiet') {
+        // Keep the previous image as the consistent one: no commit.
+        throw new DpsrError(`pair ${pair.name}: ${f.why}; the DPSR drive keeps its previous image`, 'ENOTQUIESCENT');
+      } else {
+        result.notConsistent = f.why;
+      }
+    } else {
+      result.image = await imageWithoutFreeze(c);
+    }
+    // Before the commit: the label names the image this transaction makes.
+    pair.pendingTxn = { seq, image: result.image, imageTimeMs: result.cutMs };
+    updateLabel(c.driveFd, pair);
+  }
+  let committed;
+  try {
+    ({ committed } = await writeTransaction(region, seq, entries()));
+  } finally {
+    if (settleEpoch >= 0) await s.tracker.settle(settleEpoch);
+  }
+  if (!committed) throw new DpsrError(`pair ${pair.name}: journal transaction ${seq} was not committed`, 'EJOURNAL');
+  await applyTransaction(c.driveFd, committed);
+  pair.journalSeq = seq;
+  pair.pendingTxn = null;
+  result.compared = counters.comparedBytes;
+  return result;
+}
+
+/** Before the first write in place: until the sync ends the drive is no whole image; the label says so, and the record once saved. */
+function markPartial(c: SyncContext): void {
+  if (c.pair.image === 'partial') return;
+  c.pair.image = 'partial';
+  updateLabel(c.driveFd, c.pair);
+}
+
+/**
+ * The direct way, when there is no journal (no reserved tail) or the
+ * generation is too big for it: writes in place, the label says "partial"
+ * (naming the last good point in time) until the last pass lands.
+ */
+async function directGeneration(c: SyncContext, carried: Cut | null): Promise<GenerationResult> {
+  const { s, pair, range } = c;
+  const limitSectors = pair.dataSectors;
+  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
+  for (let pass = 1; ; pass++) {
+    result.cutMs = Date.now();
+    const cut = passCut(c, pass, carried);
+    cut.copy.addSet(cut.discard); // without a journal a discard is copied like data (what the source reads back)
+    if (!cut.copy.isEmpty || !cut.compare.isEmpty) markPartial(c);
+    await savePending(s, pair, range, c.generation, result.cutMs, cut); // saves the record's "partial" too
+    const bar = progressBar(`${pair.name}: sync pass ${pass}`, (cut.copy.totalSectors + cut.compare.totalSectors) * SECTOR);
+    const copied = await copyExtents(c.srcFd, c.driveFd, cut.copy, {
+      ...SCATTERED_IO, limitSectors, onProgress: (p) => bar.update(p.doneSectors * SECTOR),
+    });
+    const compared = await compareExtents(c.srcFd, c.driveFd, cut.compare, {
+      ...SCATTERED_IO, limitSectors, write: true, onProgress: (p) => bar.update((cut.copy.totalSectors + p.doneSectors) * SECTOR),
+    });
+    bar.done();
+    result.copied += copied.bytesWritten;
+    result.compared += compared.comparedSectors * SECTOR;
+    result.repaired += compared.bytesWritten;
+    result.passBytes.push(copied.bytesWritten + compared.bytesWritten);
+    await s.tracker.cycle();
+    if (remainderSmall(c, pass)) break;
+  }
+  flush(c.driveFd);
+  const final = finalCut(c);
+  if (final) {
+    const f = await final;
+    if (c.finalMode === 'freeze') result.freezeMs = f.freezeMs;
+    if (f.ok) {
+      if (f.held.length > 0) markPartial(c);
+      await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet(), discard: new ExtentSet() });
+      let bytes = 0;
+      for (const h of f.held) bytes += fs.writeSync(c.driveFd, h.buf, 0, h.length, h.position);
+      flush(c.driveFd);
+      result.copied += bytes;
+      result.passBytes.push(bytes);
+      result.cutMs = f.cutMs;
+      result.image = 'point-in-time';
+    } else {
+      result.notConsistent = f.why;
+    }
+    if (f.epoch >= 0) await s.tracker.settle(f.epoch);
+  } else {
+    result.image = await imageWithoutFreeze(c);
+  }
+  return result;
+}
+
+/**
+ * One incremental sync of a pair: converging passes (copy what was cut,
+ * then what became dirty meanwhile) until the remainder is small; then,
+ * for a mounted source, a final pass under a freeze that makes the image
+ * one point in time. Without a freeze the image is point-in-time only if
+ * nothing was written during the sync and the counts reconcile exactly.
+ * Through the journal when the generation fits, else directly.
+ */
+export async function syncPair(s: Session, name: string, opts: SyncOptions = {}): Promise<SyncReport> {
+  // A diff or restore may have the drive's image mounted: wait for it, the image must not change under it.
+  return withDriveLock(s.settings, name, () => syncPairLocked(s, name, opts), {
+    waitMs: opts.lockWaitMs,
+    onWait: () => process.stderr.write(`dpsr: pair ${name}: waiting for another dpsr command using its DPSR drive\n`),
+  });
+}
+
+export interface SyncOptions {
+  freeze?: boolean;
+  /** Write the generation in place, not through the journal: the DPSR drive is no whole image until it ends. */
+  inPlace?: boolean;
+  quietMs?: number;
+  /** How long to wait for a diff or restore holding the drive (the daemon: 0, its ticks must go on). */
+  lockWaitMs?: number;
+}
+
+async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Promise<SyncReport> {
+  const pair = s.store.pair(name);
+  if (!pair) throw new DpsrError(`no pair named ${name}`, 'ENOPAIR');
+  const problem = s.problems.get(name);
+  if (problem) throw new RefusedError(problem, 'EPAIR');
+  const range = s.ranges.get(name)!;
+  const startedMs = Date.now();
+  const gapsBefore = range.gaps.length;
+  const drive = openPairedDrive(s, pair, range);
+  const srcFd = openDirect(pair.source.path, false);
+  try {
+    await recoverJournal(s, pair, drive);
+    const fullCopyBytes = pair.fullCopy.complete ? 0 : await fullCopy(s, pair, range, srcFd, drive.fd);
+    await s.tracker.cycle();
+    await s.tracker.reconcile();
+    const fileSystems = writableFileSystemsOf(resolveBlockDevice(pair.source.path));
+    const mounts = fileSystems.map((f) => f.path);
+    const c: SyncContext = {
+      s, pair, range, srcFd, driveFd: drive.fd, fileSystems,
+      finalMode: fileSystems.length === 0 ? 'quiet' : opts.freeze === false ? 'none' : 'freeze',
+      quietMs: opts.quietMs ?? DEFAULT_QUIET_MS, generation: pair.generation + 1,
+    };
+    const carried = pendingCut(pair);
+    // The journal must hold this generation: what is known now, with room for what comes during the passes.
+    const known = range.dirty.clone(); // discards take no data
+    known.addSet(range.suspect);
+    if (carried) { known.addSet(carried.copy); known.addSet(carried.compare); }
+    const knownBytes = Math.min(known.totalSectors, pair.dataSectors) * SECTOR; // a region both carried and written since counts once
+    const region = journalRegionOf(drive.fd, pair, pair.id);
+    // In place only when chosen: --in-place, or a pair without a journal (--no-reserve, a tail too small for one);
+    // or to finish a sync that was written in place and cut short (the drive is a mix already).
+    const fits = region !== null && journalBytesFor(knownBytes, Math.ceil(knownBytes / 4096) + 1) <= region.lengthBytes;
+    const journaled = opts.inPlace !== true && region !== null && (fits || pair.image !== 'partial');
+    if (journaled && !fits) throw tooBigForJournal(pair, `${formatBytes(knownBytes)} changed since the image, more than its journal holds`, region);
+    let r: GenerationResult;
+    try {
+      r = journaled ? await journaledGeneration(c, region, carried) : await directGeneration(c, carried);
+    } catch (err) {
+      // More was written during the passes than the journal holds: no transaction was committed,
+      // the drive is still the previous image, and what was cut is saved for the next sync.
+      if ((err as DpsrError).code === 'EJOURNALFULL' && region) throw tooBigForJournal(pair, 'what was written during the sync outgrew its journal', region);
+      throw err;
+    }
+    const durationMs = Date.now() - startedMs;
+    recordFreeze(pair, r.freezeMs);
+    Object.assign(pair, {
+      generation: c.generation, pending: null, ...finishedImage(pair, r.image, r.cutMs),
+      lastSync: {
+        generation: c.generation, atMs: r.cutMs, durationMs, image: r.image, passBytes: r.passBytes, freezeMs: r.freezeMs,
+        copiedBytes: r.copied, comparedBytes: r.compared, repairedBytes: r.repaired, journaled,
+      },
+    });
+    updateLabel(drive.fd, pair);
+    await s.store.putPairAndRange(pair, range);
+    return {
+      name, dataBytes: pair.dataSectors * SECTOR, generation: c.generation, image: r.image, imageTimeMs: r.cutMs, fullCopyBytes, durationMs, sourceMounted: mounts,
+      passBytes: r.passBytes, freezeMs: r.freezeMs, journaled,
+      ...(r.notConsistent ? { notConsistent: r.notConsistent } : {}),
+      copiedBytes: r.copied, comparedBytes: r.compared, repairedBytes: r.repaired,
+      gaps: range.gaps.slice(gapsBefore),
+    };
+  } finally {
+    fs.closeSync(srcFd);
+    drive.release();
+  }
+}
