@@ -11,8 +11,7 @@ import path from 'node:path';
 import { OWNER_RING } from './kernel-abi.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type Verdict, judge } from './reconcile.js';
-import type { Session } from '../state/session.js';
-import { type AwaitingHistory, readingOf } from './tracker.js';
+import { type AwaitingHistory, type Tracker, readingOf } from './tracker.js';
 import { native } from '../base/native.js';
 import { KernelTracking, bitsToExtents } from './tracking.js';
 
@@ -59,7 +58,7 @@ async function judgeOld(old: KernelTracking, index: number, a: AwaitingHistory, 
 }
 
 /** Reads what a readable old version holds for the awaiting ranges into the tracker; returns those it was tracking. */
-async function inherit(s: Session, dir: string, awaiting: AwaitingHistory[]): Promise<AwaitingHistory[]> {
+async function inherit(tracker: Tracker, dir: string, awaiting: AwaitingHistory[]): Promise<AwaitingHistory[]> {
   let old: KernelTracking;
   try {
     if (!READABLE_VERSIONS.has(path.basename(dir))) return [];
@@ -74,7 +73,7 @@ async function inherit(s: Session, dir: string, awaiting: AwaitingHistory[]): Pr
       if (a) bySlot.set(index, a);
     }
     if (old.hasRing(OWNER_RING)) {
-      const reader = old.reader(OWNER_RING, (batch) => s.tracker.ingestForeign(batch, (i) => bySlot.get(i)?.range), 50, true);
+      const reader = old.reader(OWNER_RING, (batch) => tracker.ingestForeign(batch, (i) => bySlot.get(i)?.range), 50, true);
       reader.consume();
       reader.close(); // nothing released: until the old programs are detached, a crash redoes all of this
     }
@@ -87,10 +86,10 @@ async function inherit(s: Session, dir: string, awaiting: AwaitingHistory[]): Pr
       const slot = old.slot(index)!;
       const into = exact ? range.unreconciled : range.suspect;
       for (const epoch of [0, 1]) for (const [x, y] of bitsToExtents(old.epochBits(index, epoch, false), slot)) into.add(x, y);
-      if (drops > 0) s.tracker.recordGap(range, 'ring-drops', `${drops} records dropped by the previous version's ring: its regions are suspect`, undefined, drops);
+      if (drops > 0) tracker.recordGap(range, 'ring-drops', `${drops} records dropped by the previous version's ring: its regions are suspect`, undefined, drops);
       else if (verdict?.kind === 'shortfall') {
-        s.tracker.recordGap(range, 'shortfall', `the previous version's programs missed ${verdict.sectors} written sectors on ${range.disk}: its regions are suspect`, verdict.sectors);
-      } else if (!exact) s.tracker.recordGap(range, 'uncertain-baseline', `the previous version's count on ${range.disk} could not be confirmed: its regions are suspect`);
+        tracker.recordGap(range, 'shortfall', `the previous version's programs missed ${verdict.sectors} written sectors on ${range.disk}: its regions are suspect`, verdict.sectors);
+      } else if (!exact) tracker.recordGap(range, 'uncertain-baseline', `the previous version's count on ${range.disk} could not be confirmed: its regions are suspect`);
     }
     return [...bySlot.values()];
   } finally {
@@ -104,14 +103,14 @@ async function inherit(s: Session, dir: string, awaiting: AwaitingHistory[]): Pr
  * the detach, the next command inherits all of it again. A range whose
  * history none of them holds, and ours does not cover, lost it: a gap.
  */
-export async function inheritFromOtherVersions(s: Session, dirs: string[], awaiting: AwaitingHistory[]): Promise<void> {
+export async function inheritFromOtherVersions(tracker: Tracker, dirs: string[], awaiting: AwaitingHistory[]): Promise<void> {
   const proven = new Set<AwaitingHistory>();
-  for (const dir of dirs) for (const a of await inherit(s, dir, awaiting)) proven.add(a);
+  for (const dir of dirs) for (const a of await inherit(tracker, dir, awaiting)) proven.add(a);
   for (const a of awaiting) {
     if (a.needed && !proven.has(a)) {
-      s.tracker.lostHistory(a.range, `${a.range.device} was not tracked by a version of dpsr this one can read (${dirs.map((d) => path.basename(d)).join(', ')})`);
+      tracker.lostHistory(a.range, `${a.range.device} was not tracked by a version of dpsr this one can read (${dirs.map((d) => path.basename(d)).join(', ')})`);
     }
   }
-  await s.tracker.cycle(); // persisted before the old history is destroyed
+  await tracker.cycle(); // persisted before the old history is destroyed
   for (const dir of dirs) native().detach(dir);
 }

@@ -127,7 +127,7 @@ export async function openSession(settings: Settings, opts: { waitMs?: number } 
         s.problems.set(pair.name, (err as Error).message);
       }
     }
-    if (others.length > 0) await inheritFromOtherVersions(s, others, tracker.takeAwaitingHistory());
+    if (others.length > 0) await inheritFromOtherVersions(tracker, others, tracker.takeAwaitingHistory());
     const system = systemDisks();
     for (const pair of pairs) {
       const why = runningFromDrive(pair, system);
