@@ -9,7 +9,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { PROBE_PATH, decideProbe, isRecordedSource, rootDeviceNames, type ProbeFacts } from '../src/drive/udev-probe.js';
-import { systemDisks } from '../src/drive/pair-checks.js';
+import { systemDisks } from '../src/devices/in-use.js';
 import { openDirect } from '../src/io/copy.js';
 import { writeLabel, type DriveLabel } from '../src/drive/label.js';
 import { native } from '../src/base/native.js';

@@ -4,7 +4,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ExtentSet } from '../src/base/extents.js';
 import { trackedWork } from '../src/restore/rollback.js';
-import type { PendingGeneration } from '../src/state/store.js';
+import type { PendingGeneration } from '../src/state/records.js';
 import type { Gap } from '../src/kernel/tracker.js';
 
 const DATA_SECTORS = 100_000;

@@ -13,10 +13,10 @@ import { type JournalEntry, writeTransaction } from '../src/drive/journal.js';
 import { readLabel, writeLabel } from '../src/drive/label.js';
 import { native } from '../src/base/native.js';
 import { resolveBlockDevice } from '../src/devices/devices.js';
-import type { PairRecord } from '../src/state/store.js';
+import type { PairRecord } from '../src/state/records.js';
 import { journalRegionOf } from '../src/sync/sync.js';
 import { runningFromDrive } from '../src/state/session.js';
-import { systemDisks } from '../src/drive/pair-checks.js';
+import { systemDisks } from '../src/devices/in-use.js';
 
 const MiB = 1 << 20;
 let fx: Fixture;

@@ -4,7 +4,7 @@
 import { type DaemonConfig, type Policy, nextSyncMs } from './config.js';
 import { journalCapacityOf } from '../drive/journal.js';
 import { formatBytes } from '../drive/pair-checks.js';
-import type { PairRecord } from '../state/store.js';
+import type { PairRecord } from '../state/records.js';
 import type { Gap, RangeState } from '../kernel/tracker.js';
 
 export type PairState = 'copying' | 'inconsistent' | 'syncing' | 'needs-compare' | 'gap' | 'consistent' | 'crash-consistent' | 'fuzzy' | 'error';
@@ -42,7 +42,6 @@ export interface Schedule {
 }
 
 const SECTOR = 512;
-const FREEZE_HISTORY = 100;
 
 export function humanDuration(ms: number): string {
   const s = Math.round(ms / 1000);
@@ -61,12 +60,6 @@ function describePolicy(p: Policy): string {
 }
 
 export const policyOf = (config: DaemonConfig, name: string): Policy => config.pairs[name] ?? config.defaultPolicy;
-
-/** Remembers a sync's freeze duration for the p99 in status. */
-export function recordFreeze(pair: PairRecord, freezeMs: number | null): void {
-  if (freezeMs === null) return;
-  pair.freezeHistoryMs = [...(pair.freezeHistoryMs ?? []), Math.round(freezeMs * 10) / 10].slice(-FREEZE_HISTORY);
-}
 
 export function percentile(values: number[], p: number): number | null {
   if (values.length === 0) return null;

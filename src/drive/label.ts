@@ -6,20 +6,13 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { DpsrError } from '../base/errors.js';
 import { native } from '../base/native.js';
+import type { ImageState } from '../state/records.js';
 
 const LABEL_BYTES = 4096;
 export const LABEL_AREA_BYTES = 2 * LABEL_BYTES;
 const MAGIC = Buffer.from('DPSRLBL1');
 const FORMAT = 1;
 const HEADER = MAGIC.length + 4 + 4 + 32; // magic, format, payload length, sha256
-
-/** What the image on the drive is. */
-export type ImageState =
-  | 'none' // never completely copied
-  | 'partial' // a copy or sync was interrupted: a mix of old and new
-  | 'fuzzy' // whole, but the source was written while it was copied
-  | 'crash-consistent' // whole, copied from a mounted file system without a freeze
-  | 'point-in-time'; // exactly the source at imageTimeMs
 
 export interface DriveLabel {
   pairName: string;

@@ -4,13 +4,12 @@
 // (DESIGN.md invariant 7: bad input changes nothing). Only reads: sysfs,
 // /proc, an exclusive open that is closed at once, blkid -p and wipefs -n.
 import { execFileSync } from 'node:child_process';
-import fs from 'node:fs';
-import path from 'node:path';
-import { checkTrackable, devNumber, devNumberOfNode, readSysOrNull, resolveBlockDevice, type BlockDevice } from '../devices/devices.js';
+import { systemDisks, underlyingDisks, whyInUse } from '../devices/in-use.js';
+import { checkTrackable, devNumber, readSysOrNull, resolveBlockDevice, type BlockDevice } from '../devices/devices.js';
 import { RefusedError, UsageError } from '../base/errors.js';
 import { hasHardwareIdentity, identify, type DeviceIdentity } from '../devices/identity.js';
 import { labelAt } from './label.js';
-import { activeSwaps, coveredDevNumbers, partitionsOf, readMounts, rootDeviceName } from '../devices/mounts.js';
+import { partitionsOf } from '../devices/mounts.js';
 
 export interface PairRequest {
   source: string;
@@ -47,41 +46,6 @@ export function formatBytes(bytes: number): string {
   return u === 0 ? `${v} bytes` : `${v.toFixed(1)} ${units[u]}`;
 }
 
-
-/** sysfs directory of a kernel block device name (disk or partition). */
-function sysDirOf(name: string): string | null {
-  try {
-    return fs.realpathSync(`/sys/class/block/${name}`);
-  } catch {
-    return null;
-  }
-}
-
-/** Whole disks under a kernel block device, through dm/md stacking (slaves/), itself included when it is a disk. */
-function underlyingDisks(name: string, seen = new Set<string>()): Set<string> {
-  const dir = sysDirOf(name);
-  if (!dir || seen.has(name)) return seen;
-  const disk = fs.existsSync(path.join(dir, 'partition')) ? path.basename(path.dirname(dir)) : name;
-  const slavesDir = path.join(`/sys/block/${disk}`, 'slaves');
-  let slaves: string[] = [];
-  try {
-    slaves = fs.readdirSync(slavesDir);
-  } catch { /* not stacked */ }
-  if (slaves.length === 0) {
-    seen.add(disk);
-    return seen;
-  }
-  seen.add(disk); // a dm/md device is a disk of its own too
-  for (const s of slaves) underlyingDisks(s, seen);
-  return seen;
-}
-
-
-/** Kernel names of the disks the running system's `/` lives on (through dm/md). */
-export function systemDisks(): Set<string> {
-  const name = rootDeviceName();
-  return name === null ? new Set() : underlyingDisks(name);
-}
 
 /** One blkid/wipefs signature, described for a person. */
 interface Signature { type: string; label?: string; usage?: string; isTable: boolean }
@@ -239,39 +203,8 @@ export function checkPairable(req: PairRequest): PairPlan {
       refuse(`${D} ${where} the disk the running system's / is mounted from: it cannot be the DPSR drive`, 'ESYSDISK');
     }
   }
-  const covered = coveredDevNumbers(drive);
-  for (const m of readMounts()) {
-    const name = covered.get(m.devNum);
-    if (name !== undefined) {
-      const what = name === drive.name ? D : `its ${name === drive.disk ? 'disk' : 'partition'} ${name}`;
-      refuse(`the DPSR drive ${D} is in use: ${name === drive.name ? 'it' : what} is mounted on ${m.mountPoint}; unmount it first`, 'EMOUNTED');
-    }
-  }
-  for (const file of activeSwaps()) {
-    const num = devNumberOfNode(file);
-    const name = num !== null ? covered.get(num) : undefined;
-    if (name !== undefined) {
-      refuse(`the DPSR drive ${D} is in use: ${name === drive.name ? 'it' : `its partition ${name}`} is active swap (${file}); swapoff ${file} first`, 'ESWAP');
-    }
-  }
-  for (const name of covered.values()) {
-    const dir = sysDirOf(name);
-    let holders: string[] = [];
-    try {
-      holders = dir ? fs.readdirSync(path.join(dir, 'holders')) : [];
-    } catch { /* none */ }
-    if (holders.length > 0) {
-      refuse(`the DPSR drive ${D} is in use: ${name === drive.name ? 'it' : name} is held by ${holders.join(', ')} (device mapper, md, ...); stop ${holders.join(', ')} first`, 'EHELD');
-    }
-  }
-  // Whatever else claims it (a btrfs member, an md array being assembled): an exclusive open fails.
-  try {
-    fs.closeSync(fs.openSync(D, fs.constants.O_RDONLY | fs.constants.O_EXCL));
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EBUSY') refuse(`the DPSR drive ${D} is in use by the kernel (exclusive open: device busy); stop what uses it first`, 'EINUSE');
-    refuse(`the DPSR drive ${D} cannot be opened: ${(err as Error).message}`, 'EOPEN');
-  }
+  const used = whyInUse(drive);
+  if (used) refuse(`the DPSR drive ${D} is in use: ${used.what}; ${used.advice}`, used.code);
 
   // 4. Same sector size: a copy's file systems and partition table are laid out in the source's sectors.
   if (source.logicalBlockBytes !== drive.logicalBlockBytes) {

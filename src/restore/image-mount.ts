@@ -13,11 +13,13 @@ import { openDirect } from '../io/copy.js';
 import { devNumber, resolveBlockDevice, type BlockDevice } from '../devices/devices.js';
 import { DpsrError, RefusedError, UsageError } from '../base/errors.js';
 import { identify, identityChanges, isReplaced } from '../devices/identity.js';
-import { type DriveLabel, type ImageState, readLabel } from '../drive/label.js';
+import { type DriveLabel, readLabel } from '../drive/label.js';
+import { type ImageState } from '../state/records.js';
 import { mountEntriesOf, readMounts } from '../devices/mounts.js';
 import type { Settings } from '../base/defaults.js';
 import { closeSession, openSession } from '../state/session.js';
-import { type PairRecord, Store } from '../state/store.js';
+import { Store } from '../state/store.js';
+import { type PairRecord } from '../state/records.js';
 import { openPairedDrive, pendingTxnOf, recoverJournal } from '../sync/sync.js';
 
 const SECTOR = 512;

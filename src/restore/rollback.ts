@@ -10,20 +10,22 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { type CopyOptions, DEFAULT_ALIGN_SECTORS as ALIGN_SECTORS, DEFAULT_MERGE_GAP_SECTORS, compareExtents, copyExtents, flush, openDirect } from '../io/copy.js';
-import { type BlockDevice, devNumberOfNode, readSysOrNull, resolveBlockDevice } from '../devices/devices.js';
+import { systemDisks, whyInUse } from '../devices/in-use.js';
+import { type BlockDevice, readSysOrNull, resolveBlockDevice } from '../devices/devices.js';
 import { tryLockFile, withDriveLock } from '../base/locks.js';
 import { DpsrError, ExitStatus, RefusedError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { identify } from '../devices/identity.js';
 import { readCommitted } from '../drive/journal.js';
-import { type DriveLabel, type ImageState, readLabel } from '../drive/label.js';
-import { activeSwaps, coveredDevNumbers, mountsOf, partitionsOf } from '../devices/mounts.js';
+import { type DriveLabel, readLabel } from '../drive/label.js';
+import { type ImageState } from '../state/records.js';
+import { coveredDevNumbers, mountsOf, partitionsOf } from '../devices/mounts.js';
 import { native } from '../base/native.js';
-import { formatBytes, systemDisks } from '../drive/pair-checks.js';
+import { formatBytes } from '../drive/pair-checks.js';
 import { partitionTable } from './image-mount.js';
 import { progressBar } from '../base/progress.js';
 import type { Session } from '../state/session.js';
-import type { PairRecord } from '../state/store.js';
+import type { PairRecord } from '../state/records.js';
 import { journalRegionOf, lastAppliedSeq, openCheckedDrive, openPairedDrive, pendingTxnOf, recoverJournal } from '../sync/sync.js';
 import { applyFromDrive, committedOnDrive, imageAfter } from '../drive/recovery.js';
 import type { RangeState } from '../kernel/tracker.js';
@@ -82,30 +84,17 @@ const refuse = (message: string, code: string): never => {
 
 
 /**
- * Refuses a target something uses: mounted (it, its partitions or its disk), active swap, held
- * by dm/md, claimed exclusively by anyone; and a whole disk the running system's / lives on
- * (for a partition of it, the mount and holder checks stand guard).
+ * Refuses a target something uses (devices/in-use.ts), and a whole disk the running system's /
+ * lives on (for a partition of it, the in-use rule stands guard).
  */
 function checkTargetFree(dev: BlockDevice, role: string): void {
   const what = `${role} ${dev.path}`;
-  const mounts = mountsOf(dev);
-  if (mounts.length > 0) refuse(`${what} is mounted on ${mounts.join(', ')}: unmount it first (for the running system, boot the DPSR drive or a rescue system); nothing written`, 'EMOUNTED');
+  const used = whyInUse(dev);
+  const advice = used?.code === 'EMOUNTED' ? `${used.advice} (for the running system, boot the DPSR drive or a rescue system)` : used?.advice;
+  if (used) refuse(`${what} is in use: ${used.what}; ${advice}; nothing written`, used.code);
   if (!dev.isPartition && systemDisks().has(dev.disk)) {
     refuse(`${what} is the disk the running system's / is on: boot the DPSR drive or a rescue system and run it there; nothing written`, 'ESYSDISK');
   }
-  const covered = coveredDevNumbers(dev);
-  for (const file of activeSwaps()) {
-    const num = devNumberOfNode(file);
-    if (num !== null && covered.has(num)) refuse(`${what} is in use: ${covered.get(num)} is active swap (${file}); swapoff ${file} first; nothing written`, 'ESWAP');
-  }
-  for (const name of covered.values()) {
-    let holders: string[] = [];
-    try {
-      holders = fs.readdirSync(`/sys/class/block/${name}/holders`);
-    } catch { /* none */ }
-    if (holders.length > 0) refuse(`${what} is in use: ${name} is held by ${holders.join(', ')} (device mapper, md, ...); nothing written`, 'EHELD');
-  }
-  fs.closeSync(openExclusive(dev.path, fs.constants.O_RDONLY, what));
 }
 
 /** An exclusive open (no mount, no other exclusive user while we hold it); EBUSY refused. */

@@ -4,12 +4,13 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type Settings, OWNER_RING_BYTES } from '../base/defaults.js';
 import { type BlockDevice, readSysOrNull, resolveBlockDevice } from '../devices/devices.js';
-import { systemDisks } from '../drive/pair-checks.js';
+import { systemDisks } from '../devices/in-use.js';
 import { DpsrError, RefusedError } from '../base/errors.js';
 import { type DeviceIdentity, identify, identityChanges, isReplaced } from '../devices/identity.js';
 import { OWNER_RING } from '../kernel/kernel-abi.js';
 import { checkTrackingSupport } from '../kernel/preflight.js';
-import { type PairRecord, Store } from './store.js';
+import { Store } from './store.js';
+import { type PairRecord } from './records.js';
 import { type RangeState, Tracker } from '../kernel/tracker.js';
 import { KernelTracking } from '../kernel/tracking.js';
 import { inheritFromOtherVersions, otherPinVersions } from '../kernel/pin-upgrade.js';

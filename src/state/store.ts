@@ -5,56 +5,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
 import { ExtentSet } from '../base/extents.js';
-import type { DeviceIdentity } from '../devices/identity.js';
-import type { ImageState } from '../drive/label.js';
 import type { Baseline } from '../kernel/reconcile.js';
-import type { ScrubProgress } from '../sync/scrub.js';
+import type { PairRecord } from './records.js';
 import type { Gap, RangeState, TrackerStore } from '../kernel/tracker.js';
-
-export interface SyncRecord {
-  generation: number;
-  atMs: number;
-  durationMs: number;
-  copiedBytes: number;
-  comparedBytes: number;
-  repairedBytes: number;
-  image: ImageState;
-  passBytes?: number[];
-  freezeMs?: number | null;
-  journaled?: boolean;
-}
-
-/** A generation cut but not yet completely applied: a later sync redoes it. */
-export interface PendingGeneration {
-  generation: number;
-  cutMs: number;
-  copy: Buffer; // ExtentSet.toBuffer()
-  compare: Buffer;
-  discard?: Buffer;
-}
-
-export interface PairRecord {
-  name: string;
-  id: string;
-  createdMs: number;
-  source: DeviceIdentity;
-  drive: DeviceIdentity;
-  dataSectors: number;
-  reservedSectors: number;
-  labelSeq: number;
-  fullCopy: { doneSectors: number; complete: boolean };
-  generation: number; // the last generation applied completely
-  pending: PendingGeneration | null;
-  image: ImageState;
-  imageTimeMs: number | null;
-  lastGoodTimeMs: number | null;
-  lastSync: SyncRecord | null;
-  journalSeq?: number; // the last journal transaction applied to the drive
-  pendingTxn?: { seq: number; image: ImageState; imageTimeMs: number } | null; // being written
-  scrub?: ScrubProgress;
-  /** Freeze durations of the last syncs (ms), newest last: status shows their p99. */
-  freezeHistoryMs?: number[];
-}
 
 interface StoredRange {
   id: string;

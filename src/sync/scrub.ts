@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { compareExtents, openDirect } from '../io/copy.js';
 import { ExtentSet } from '../base/extents.js';
 import type { Session } from '../state/session.js';
-import type { PairRecord } from '../state/store.js';
+import type { PairRecord, ScrubProgress } from '../state/records.js';
 import type { RangeState } from '../kernel/tracker.js';
 
 const SECTOR = 512;
@@ -24,14 +24,6 @@ const RECHECK_DELAY_MS = 50;
 export interface ScrubPolicy {
   /** A full round over the clean regions this often; 0: no scrub (suspect regions are still resolved). */
   roundEveryMs: number;
-}
-
-/** Where the scrub of a pair stands; persisted with the pair. */
-export interface ScrubProgress {
-  cursorSector: number; // the next sector of the round
-  roundStartedMs: number | null; // null: no round running
-  lastRoundDoneMs: number | null;
-  mismatchesTotal: number;
 }
 
 export interface ScrubStep {

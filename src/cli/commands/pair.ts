@@ -6,7 +6,7 @@ import { RefusedError } from '../../base/errors.js';
 import { openDirect } from '../../io/copy.js';
 import { checkPairable, formatBytes } from '../../drive/pair-checks.js';
 import { closeSession, openSession } from '../../state/session.js';
-import type { PairRecord } from '../../state/store.js';
+import type { PairRecord } from '../../state/records.js';
 import { fullCopy, journalRegionOf, openPairedDrive, updateLabel } from '../../sync/sync.js';
 import { invalidate, journalCapacityOf } from '../../drive/journal.js';
 

@@ -9,7 +9,7 @@ import { readLabel } from '../../drive/label.js';
 import { committedOnDrive } from '../../drive/recovery.js';
 import { closeSession, openSession, type Session } from '../../state/session.js';
 import { openPairedDrive, recoverJournal } from '../../sync/sync.js';
-import { type PairRecord, Store } from '../../state/store.js';
+import { Store } from '../../state/store.js';
 import type { RangeState } from '../../kernel/tracker.js';
 import { styleText } from 'node:util';
 import { DEFAULT_CONFIG, loadConfig } from '../../daemon/config.js';

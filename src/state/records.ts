@@ -1,0 +1,73 @@
+// The records dpsr persists about a pair (in the state directory's store,
+// and in part in the drive's label): plain types, and the one rule that
+// keeps a record's history bounded.
+import type { DeviceIdentity } from '../devices/identity.js';
+
+/** What the image on the drive is. */
+export type ImageState =
+  | 'none' // never completely copied
+  | 'partial' // a copy or sync was interrupted: a mix of old and new
+  | 'fuzzy' // whole, but the source was written while it was copied
+  | 'crash-consistent' // whole, copied from a mounted file system without a freeze
+  | 'point-in-time'; // exactly the source at imageTimeMs
+
+/** Where the scrub of a pair stands; persisted with the pair. */
+export interface ScrubProgress {
+  cursorSector: number; // the next sector of the round
+  roundStartedMs: number | null; // null: no round running
+  lastRoundDoneMs: number | null;
+  mismatchesTotal: number;
+}
+
+export interface SyncRecord {
+  generation: number;
+  atMs: number;
+  durationMs: number;
+  copiedBytes: number;
+  comparedBytes: number;
+  repairedBytes: number;
+  image: ImageState;
+  passBytes?: number[];
+  freezeMs?: number | null;
+  journaled?: boolean;
+}
+
+/** A generation cut but not yet completely applied: a later sync redoes it. */
+export interface PendingGeneration {
+  generation: number;
+  cutMs: number;
+  copy: Buffer; // ExtentSet.toBuffer()
+  compare: Buffer;
+  discard?: Buffer;
+}
+
+export interface PairRecord {
+  name: string;
+  id: string;
+  createdMs: number;
+  source: DeviceIdentity;
+  drive: DeviceIdentity;
+  dataSectors: number;
+  reservedSectors: number;
+  labelSeq: number;
+  fullCopy: { doneSectors: number; complete: boolean };
+  generation: number; // the last generation applied completely
+  pending: PendingGeneration | null;
+  image: ImageState;
+  imageTimeMs: number | null;
+  lastGoodTimeMs: number | null;
+  lastSync: SyncRecord | null;
+  journalSeq?: number; // the last journal transaction applied to the drive
+  pendingTxn?: { seq: number; image: ImageState; imageTimeMs: number } | null; // being written
+  scrub?: ScrubProgress;
+  /** Freeze durations of the last syncs (ms), newest last: status shows their p99. */
+  freezeHistoryMs?: number[];
+}
+
+const FREEZE_HISTORY = 100;
+
+/** Remembers a sync's freeze duration for the p99 in status. */
+export function recordFreeze(pair: PairRecord, freezeMs: number | null): void {
+  if (freezeMs === null) return;
+  pair.freezeHistoryMs = [...(pair.freezeHistoryMs ?? []), Math.round(freezeMs * 10) / 10].slice(-FREEZE_HISTORY);
+}
