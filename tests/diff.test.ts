@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { openDirect } from '../src/io/copy.js';
+import { openDirect } from '../src/io/direct-io.js';
 import { compareMeta, type FileMeta } from '../src/restore/file-diff.js';
 import { readLabel, writeLabel } from '../src/drive/label.js';
 import { DPSR_BIN, Fixture, runDpsr, runDpsrOk, sh, sha256Of, eachTestFreshCli } from './helpers/fixture.js';

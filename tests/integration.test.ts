@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { PROBE_PATH, decideProbe, isRecordedSource, rootDeviceNames, type ProbeFacts } from '../src/drive/udev-probe.js';
 import { systemDisks } from '../src/devices/in-use.js';
-import { openDirect } from '../src/io/copy.js';
+import { openDirect } from '../src/io/direct-io.js';
 import { writeLabel, type DriveLabel } from '../src/drive/label.js';
 import { native } from '../src/base/native.js';
 import { hookEnvironment, runFailureHook, type HookEvent } from '../src/daemon/failure-hook.js';

@@ -4,7 +4,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { openDirect } from '../src/io/copy.js';
+import { openDirect } from '../src/io/direct-io.js';
 import {
   applyTransaction, invalidate, journalBytesFor, readCommitted, writeTransaction,
   type CommittedTransaction, type JournalEntry, type JournalRegion,

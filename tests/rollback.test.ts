@@ -14,7 +14,7 @@ import { readLabel, writeLabel } from '../src/drive/label.js';
 import { native } from '../src/base/native.js';
 import { resolveBlockDevice } from '../src/devices/devices.js';
 import type { PairRecord } from '../src/state/records.js';
-import { journalRegionOf } from '../src/sync/sync.js';
+import { journalRegionOf } from '../src/drive/paired-drive.js';
 import { runningFromDrive } from '../src/state/session.js';
 import { systemDisks } from '../src/devices/in-use.js';
 

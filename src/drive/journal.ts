@@ -33,7 +33,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { batchIo } from '../io/batch-io.js';
-import { fullIo as copyFullIo } from '../io/copy.js';
+import { fullIo as copyFullIo } from '../io/direct-io.js';
 import { DpsrError } from '../base/errors.js';
 import { LABEL_AREA_BYTES } from './label.js';
 import { native } from '../base/native.js';

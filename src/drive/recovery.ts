@@ -4,11 +4,11 @@
 // the sync that was landing when the source died. Applying it needs only
 // the drive (invariant 5); until then the image on the drive is a mix.
 import fs from 'node:fs';
-import { openDirect } from '../io/copy.js';
+import { openDirect } from '../io/direct-io.js';
 import { type CommittedTransaction, applyTransaction, readCommitted } from './journal.js';
 import { type DriveLabel, writeLabel } from './label.js';
 import { native } from '../base/native.js';
-import { journalRegionOf } from '../sync/sync.js';
+import { journalRegionOf } from './paired-drive.js';
 
 /** The committed transaction after the one the label records as applied, if any. */
 export async function committedOnDrive(fd: number, label: DriveLabel): Promise<CommittedTransaction | null> {

@@ -3,7 +3,7 @@
 // io_uring is not allowed (kernel.io_uring_disabled, a seccomp filter), one
 // fs call per I/O with a few at once. A sync's cost follows its random
 // IOPS; through libuv every 4 KiB block is a JS round trip.
-import { fullIo, ioError, shortError } from './copy.js';
+import { fullIo, ioError, shortError } from './direct-io.js';
 import { native, type ErrnoError } from '../base/native.js';
 
 export interface IoOp { bufferOffset: number; length: number; position: number }

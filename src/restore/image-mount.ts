@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { openDirect } from '../io/copy.js';
+import { openDirect } from '../io/direct-io.js';
 import { devNumber, resolveBlockDevice, type BlockDevice } from '../devices/devices.js';
 import { DpsrError, RefusedError, UsageError } from '../base/errors.js';
 import { identify, identityChanges, isReplaced } from '../devices/identity.js';
@@ -20,7 +20,7 @@ import type { Settings } from '../base/defaults.js';
 import { closeSession, openSession } from '../state/session.js';
 import { Store } from '../state/store.js';
 import { type PairRecord } from '../state/records.js';
-import { openPairedDrive, pendingTxnOf, recoverJournal } from '../sync/sync.js';
+import { pendingTxnOf, recoverPairedDrive } from '../drive/paired-drive.js';
 
 const SECTOR = 512;
 
@@ -436,13 +436,7 @@ export async function committedImage(settings: Settings, name: string, opts: { f
     }
     try {
       const p = s.store.pair(name)!;
-      const drive = openPairedDrive(s, p, s.ranges.get(name));
-      let applied: boolean;
-      try {
-        applied = await recoverJournal(s, p, drive);
-      } finally {
-        drive.release();
-      }
+      const applied = await recoverPairedDrive(s, p, s.ranges.get(name));
       opts.log(applied ? `pair ${name}: applied the committed journal transaction ${pendingTxn.seq} of an interrupted sync first`
         : `pair ${name}: an interrupted sync never committed its transaction; the image is the previous one`);
       pair = p;

@@ -9,7 +9,8 @@
 // again and completes.
 import fs from 'node:fs';
 import path from 'node:path';
-import { type CopyOptions, DEFAULT_ALIGN_SECTORS as ALIGN_SECTORS, DEFAULT_MERGE_GAP_SECTORS, compareExtents, copyExtents, flush, openDirect } from '../io/copy.js';
+import { type CopyOptions, DEFAULT_ALIGN_SECTORS as ALIGN_SECTORS, DEFAULT_MERGE_GAP_SECTORS, compareExtents, copyExtents } from '../io/copy.js';
+import { flush, openDirect } from '../io/direct-io.js';
 import { systemDisks, whyInUse } from '../devices/in-use.js';
 import { type BlockDevice, readSysOrNull, resolveBlockDevice } from '../devices/devices.js';
 import { tryLockFile, withDriveLock } from '../base/locks.js';
@@ -26,7 +27,7 @@ import { partitionTable } from './image-mount.js';
 import { progressBar } from '../base/progress.js';
 import type { Session } from '../state/session.js';
 import type { PairRecord } from '../state/records.js';
-import { journalRegionOf, lastAppliedSeq, openCheckedDrive, openPairedDrive, pendingTxnOf, recoverJournal } from '../sync/sync.js';
+import { journalRegionOf, lastAppliedSeq, openCheckedDrive, pendingTxnOf, recoverPairedDrive } from '../drive/paired-drive.js';
 import { applyFromDrive, committedOnDrive, imageAfter } from '../drive/recovery.js';
 import type { RangeState } from '../kernel/tracker.js';
 
@@ -374,12 +375,7 @@ async function rollbackLocked(s: Session, req: RollbackRequest): Promise<Rollbac
     let image = txn && pendingTxn?.seq === txn.seq ? pendingTxn.image : pair.image;
     let imageTimeMs = txn && pendingTxn?.seq === txn.seq ? pendingTxn.imageTimeMs : pair.imageTimeMs;
     if (!req.dryRun && (txn || pair.pendingTxn)) {
-      const rw = openPairedDrive(s, pair, range);
-      try {
-        await recoverJournal(s, pair, rw);
-      } finally {
-        rw.release();
-      }
+      await recoverPairedDrive(s, pair, range);
       image = pair.image;
       imageTimeMs = pair.imageTimeMs;
     }

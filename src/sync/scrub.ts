@@ -10,7 +10,8 @@
 // so nothing writes the DPSR drive while it is read here.
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { compareExtents, openDirect } from '../io/copy.js';
+import { compareExtents } from '../io/copy.js';
+import { openDirect } from '../io/direct-io.js';
 import { ExtentSet } from '../base/extents.js';
 import type { Session } from '../state/session.js';
 import type { PairRecord, ScrubProgress } from '../state/records.js';

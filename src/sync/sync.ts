@@ -2,20 +2,20 @@
 // incremental sync: drain, cut a generation, copy what was written,
 // compare what may have been written unseen, record the new image.
 import fs from 'node:fs';
-import { compareExtents, copyExtents, flush, openDirect } from '../io/copy.js';
+import { compareExtents, copyExtents } from '../io/copy.js';
+import { flush, openDirect } from '../io/direct-io.js';
 import { type DiskCounters, readDiskCounters, resolveBlockDevice } from '../devices/devices.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
-import { type DeviceIdentity, identify, identityChanges, isReplaced } from '../devices/identity.js';
-import { type DriveLabel, readLabel, writeLabel } from '../drive/label.js';
+import { finishedImage, journalRegionOf, openRecoveredDrive, updateLabel } from '../drive/paired-drive.js';
 import { type ImageState } from '../state/records.js';
-import { type JournalEntry, type JournalRegion, applyTransaction, journalBytesFor, journalDataCapacity, journalPlace, readCommitted, writeTransaction } from '../drive/journal.js';
+import { type JournalEntry, type JournalRegion, applyTransaction, journalBytesFor, journalDataCapacity, writeTransaction } from '../drive/journal.js';
 import { copyEntries, differingEntries } from './pass-source.js';
 import { withDriveLock } from '../base/locks.js';
 import { recordFreeze } from '../state/records.js';
 import { freeze, type ThawReport } from './freeze.js';
-import { CANNOT_FREEZE, type WritableFileSystem, mountsOf, writableFileSystemsOf } from '../devices/mounts.js';
+import { CANNOT_FREEZE, type WritableFileSystem, writableFileSystemsOf } from '../devices/mounts.js';
 import { native } from '../base/native.js';
 import { formatBytes } from '../drive/pair-checks.js';
 import { progressBar } from '../base/progress.js';
@@ -56,99 +56,6 @@ export interface SyncReport {
   durationMs: number;
   gaps: Gap[]; // recorded since the previous sync
   sourceMounted: string[];
-}
-
-/** The paired DPSR drive, opened (O_DIRECT) once proven to be it. */
-export interface CheckedDrive {
-  fd: number;
-  label: DriveLabel | null;
-  changes: string[]; // how it differs from what was recorded (re-attached: its image is compared in full)
-  now: DeviceIdentity;
-}
-
-/**
- * Opens the pair's DPSR drive after proving it is the paired one: the same
- * device (identity), carrying this pair's label (once written), and not
- * mounted (its image could be changing). Writes nothing.
- */
-export function openCheckedDrive(pair: PairRecord, write: boolean): CheckedDrive {
-  const dev = resolveBlockDevice(pair.drive.path);
-  const now = identify(dev);
-  const changes = identityChanges(pair.drive, now);
-  if (isReplaced(pair.drive, now)) {
-    throw new RefusedError(`pair ${pair.name}: ${pair.drive.path} is not the paired DPSR drive any more (${changes.join('; ')}); nothing written`, 'EDRIVECHANGED');
-  }
-  const mounts = mountsOf(dev);
-  if (mounts.length > 0) {
-    throw new RefusedError(`pair ${pair.name}: the DPSR drive ${dev.path} is mounted on ${mounts.join(', ')}: its image may be changing; unmount it first; nothing written`, 'EMOUNTED');
-  }
-  const fd = openDirect(dev.path, write);
-  try {
-    const label = readLabel(fd);
-    if (pair.labelSeq > 0 && pair.reservedSectors > 0 && label?.pairId !== pair.id) {
-      throw new RefusedError(`pair ${pair.name}: ${dev.path} does not carry this pair's label${label ? ` (it belongs to pair ${label.pairName})` : ''}; nothing written`, 'ELABEL');
-    }
-    return { fd, label, changes, now };
-  } catch (err) {
-    fs.closeSync(fd);
-    throw err;
-  }
-}
-
-/** An open DPSR drive, writable until released (then read-only again). */
-export interface OpenDrive {
-  fd: number;
-  label: DriveLabel | null; // as read when opened
-  release(): void;
-}
-
-/**
- * Opens the paired drive for writing (see openCheckedDrive). A drive that
- * changed under us (re-attached, new media) may hold anything: its whole
- * image becomes suspect.
- */
-export function openPairedDrive(s: Session, pair: PairRecord, range: RangeState | undefined): OpenDrive {
-  const { fd, label, changes, now } = openCheckedDrive(pair, true);
-  try {
-    if (changes.length > 0 && range) {
-      s.tracker.suspectAll(range, 'identity-changed', `the DPSR drive ${pair.drive.path} changed (${changes.join('; ')}): its image is compared in full`);
-      pair.drive = { ...now, path: pair.drive.path };
-    }
-    native().blkRoSet(fd, false);
-  } catch (err) {
-    fs.closeSync(fd);
-    throw err;
-  }
-  return {
-    fd,
-    label,
-    release: () => {
-      try { native().blkRoSet(fd, true); } finally { fs.closeSync(fd); }
-    },
-  };
-}
-
-function labelFor(pair: PairRecord): Parameters<typeof writeLabel>[1] {
-  const src = pair.source;
-  return {
-    pairName: pair.name,
-    pairId: pair.id,
-    source: { path: src.path, name: src.name, sizeSectors: src.sizeSectors, serial: src.serial, wwid: src.wwid, loopBackingFile: src.loopBackingFile },
-    dataSectors: pair.dataSectors,
-    reservedSectors: pair.reservedSectors,
-    image: pair.image,
-    imageTimeMs: pair.imageTimeMs,
-    lastGoodTimeMs: pair.lastGoodTimeMs,
-    journal: pair.reservedSectors > 0 ? 'tail' : 'none',
-    journalSeq: pair.journalSeq ?? 0,
-    pendingTxn: pair.pendingTxn ?? null,
-  };
-}
-
-/** Writes the pair's state into the drive's label (when it has a tail for one). */
-export function updateLabel(fd: number, pair: PairRecord): void {
-  if (pair.reservedSectors === 0) return;
-  pair.labelSeq = writeLabel(fd, labelFor(pair), pair.labelSeq).seq;
 }
 
 /** Copies the whole source, from where an interrupted copy stopped. */
@@ -363,65 +270,12 @@ function finalCut(c: SyncContext): Promise<FrozenCut> | null {
   return null;
 }
 
-/** The redo journal of pair `pairId` on the open drive. */
-export function journalRegionOf(fd: number, pair: Pick<PairRecord, 'dataSectors' | 'reservedSectors'>, pairId: string): JournalRegion | null {
-  const place = journalPlace(native().blkGetSize64(fd), pair);
-  return place ? { fd, ...place, pairId } : null;
-}
-
 /** A generation the journal cannot hold: refused, so that the DPSR drive is never a mix the user did not choose. */
 function tooBigForJournal(pair: PairRecord, what: string, region: JournalRegion): RefusedError {
   const image = pair.imageTimeMs ? ` of ${new Date(pair.imageTimeMs).toISOString()}` : '';
   return new RefusedError(`pair ${pair.name}: ${what} (${formatBytes(journalDataCapacity(region.lengthBytes))}): ` +
     `nothing written, the DPSR drive keeps its image${image}; sync more often, give the drive a bigger reserved tail (pair again with --reserve), ` +
     `or write this sync in place: dpsr sync --in-place ${pair.name} (the DPSR drive is no whole image until it ends)`, 'EJOURNALFULL');
-}
-
-/** The last journal transaction applied to the drive, by the pair's record or the drive's own label. */
-export function lastAppliedSeq(pair: PairRecord, label: DriveLabel | null): number {
-  return Math.max(pair.journalSeq ?? 0, label?.pairId === pair.id ? label.journalSeq : 0);
-}
-
-/** The transaction a sync was writing when it stopped (and the image it makes), by the record or the label. */
-export function pendingTxnOf(pair: PairRecord, label: DriveLabel | null): PairRecord['pendingTxn'] {
-  return pair.pendingTxn ?? (label?.pairId === pair.id ? label.pendingTxn : null) ?? null;
-}
-
-/**
- * Finishes what a crash interrupted: a transaction committed in the journal
- * but maybe not applied is applied again (it needs only the drive); one
- * never committed is forgotten (the image is still the previous one).
- */
-export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDrive): Promise<boolean> {
-  const { fd, label } = drive;
-  const region = journalRegionOf(fd, pair, pair.id);
-  if (!region) return false;
-  if (label?.pairId === pair.id && label.journalSeq > (pair.journalSeq ?? 0)) {
-    // Applied from the drive alone (a rescue system's rollback --drive or recover): the label knows the image.
-    Object.assign(pair, { image: label.image, imageTimeMs: label.imageTimeMs, lastGoodTimeMs: label.lastGoodTimeMs, journalSeq: label.journalSeq });
-    if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
-    pair.pending = null;
-  }
-  const applied = lastAppliedSeq(pair, label);
-  const txn = await readCommitted(region, applied + 1);
-  const pendingTxn = pendingTxnOf(pair, label);
-  if (txn) {
-    await applyTransaction(fd, txn);
-    pair.journalSeq = txn.seq;
-    if (pendingTxn?.seq === txn.seq) Object.assign(pair, finishedImage(pair, pendingTxn.image, pendingTxn.imageTimeMs));
-    if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
-    pair.pending = null;
-  } else {
-    pair.journalSeq = applied;
-  }
-  pair.pendingTxn = null;
-  updateLabel(fd, pair);
-  await s.store.putPair(pair);
-  return txn !== null;
-}
-
-function finishedImage(pair: PairRecord, image: ImageState, imageTimeMs: number): Partial<PairRecord> {
-  return { image, imageTimeMs, lastGoodTimeMs: image === 'point-in-time' ? imageTimeMs : pair.lastGoodTimeMs };
 }
 
 interface GenerationResult {
@@ -672,10 +526,15 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
   const range = s.ranges.get(name)!;
   const startedMs = Date.now();
   const gapsBefore = range.gaps.length;
-  const drive = openPairedDrive(s, pair, range);
-  const srcFd = openDirect(pair.source.path, false);
+  const drive = await openRecoveredDrive(s, pair, range);
+  let srcFd: number;
   try {
-    await recoverJournal(s, pair, drive);
+    srcFd = openDirect(pair.source.path, false);
+  } catch (err) {
+    drive.release();
+    throw err;
+  }
+  try {
     const fullCopyBytes = pair.fullCopy.complete ? 0 : await fullCopy(s, pair, range, srcFd, drive.fd);
     await s.tracker.cycle();
     await s.tracker.reconcile();

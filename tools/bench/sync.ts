@@ -5,7 +5,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { compareExtents, openDirect } from '../../src/io/copy.js';
+import { compareExtents } from '../../src/io/copy.js';
+import { openDirect } from '../../src/io/direct-io.js';
 import { ExtentSet } from '../../src/base/extents.js';
 import { native } from '../../src/base/native.js';
 import { run, scratchSpace, benchSettings } from './scratch.js';

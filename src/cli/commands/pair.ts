@@ -3,11 +3,12 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { Settings } from '../../base/defaults.js';
 import { RefusedError } from '../../base/errors.js';
-import { openDirect } from '../../io/copy.js';
+import { openDirect } from '../../io/direct-io.js';
 import { checkPairable, formatBytes } from '../../drive/pair-checks.js';
 import { closeSession, openSession } from '../../state/session.js';
 import type { PairRecord } from '../../state/records.js';
-import { fullCopy, journalRegionOf, openPairedDrive, updateLabel } from '../../sync/sync.js';
+import { fullCopy } from '../../sync/sync.js';
+import { journalRegionOf, openPairedDrive, updateLabel } from '../../drive/paired-drive.js';
 import { invalidate, journalCapacityOf } from '../../drive/journal.js';
 
 /** A journal smaller than this makes the pair warn: a big upgrade would not fit one sync. */

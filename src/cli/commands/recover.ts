@@ -4,7 +4,7 @@
 // booting the drive; `dpsr status --drive DRIVE` says when it is needed.
 import fs from 'node:fs';
 import type { Settings } from '../../base/defaults.js';
-import { openDirect } from '../../io/copy.js';
+import { openDirect } from '../../io/direct-io.js';
 import { resolveBlockDevice } from '../../devices/devices.js';
 import { applyFromDrive, committedOnDrive, imageAfter } from '../../drive/recovery.js';
 import { DpsrError, ExitStatus, RefusedError } from '../../base/errors.js';

@@ -4,11 +4,11 @@ import fs from 'node:fs';
 import type { Settings } from '../../base/defaults.js';
 import { formatBytes } from '../../drive/pair-checks.js';
 import { DpsrError, ExitStatus, type ExitStatusValue } from '../../base/errors.js';
-import { openDirect } from '../../io/copy.js';
+import { openDirect } from '../../io/direct-io.js';
 import { readLabel } from '../../drive/label.js';
 import { committedOnDrive } from '../../drive/recovery.js';
 import { closeSession, openSession, type Session } from '../../state/session.js';
-import { openPairedDrive, recoverJournal } from '../../sync/sync.js';
+import { recoverPairedDrive } from '../../drive/paired-drive.js';
 import { Store } from '../../state/store.js';
 import type { RangeState } from '../../kernel/tracker.js';
 import { styleText } from 'node:util';
@@ -141,12 +141,7 @@ export async function statusCommand(opts: StatusOptions, settings: Settings, log
         if (opts.name && p.name !== opts.name) continue;
         const range = session.ranges.get(p.name); // none if the source is gone: the journal needs only the drive
         try {
-          const drive = openPairedDrive(session, p, range);
-          try {
-            await recoverJournal(session, p, drive);
-          } finally {
-            drive.release();
-          }
+          await recoverPairedDrive(session, p, range);
         } catch (err) {
           if (!session.problems.has(p.name)) session.problems.set(p.name, (err as Error).message);
         }

@@ -1,7 +1,7 @@
 // dpsr unpair NAME: stop tracking, make the drive writable again, remove its label.
 import type { Settings } from '../../base/defaults.js';
 import { DpsrError } from '../../base/errors.js';
-import { openDirect } from '../../io/copy.js';
+import { openDirect } from '../../io/direct-io.js';
 import { eraseLabel, readLabel } from '../../drive/label.js';
 import { native } from '../../base/native.js';
 import { closeSession, openSession } from '../../state/session.js';

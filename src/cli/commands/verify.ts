@@ -2,7 +2,8 @@
 import fs from 'node:fs';
 import type { Settings } from '../../base/defaults.js';
 import { DpsrError, ExitStatus, type ExitStatusValue } from '../../base/errors.js';
-import { compareExtents, openDirect } from '../../io/copy.js';
+import { compareExtents } from '../../io/copy.js';
+import { openDirect } from '../../io/direct-io.js';
 import { resolveBlockDevice } from '../../devices/devices.js';
 import { ExtentSet } from '../../base/extents.js';
 import { mountsOf } from '../../devices/mounts.js';

@@ -1,0 +1,187 @@
+// The paired DPSR drive: opened only once proven to be the paired one,
+// writable only while dpsr writes it, its label kept in step with the pair
+// record, and a transaction an interrupted sync committed applied before
+// anyone reads or writes the image (invariant 5).
+import fs from 'node:fs';
+import { RefusedError } from '../base/errors.js';
+import { native } from '../base/native.js';
+import { identify, identityChanges, isReplaced, type DeviceIdentity } from '../devices/identity.js';
+import { resolveBlockDevice } from '../devices/devices.js';
+import { mountsOf } from '../devices/mounts.js';
+import { openDirect } from '../io/direct-io.js';
+import type { RangeState } from '../kernel/tracker.js';
+import type { ImageState, PairRecord } from '../state/records.js';
+import type { Session } from '../state/session.js';
+import { type JournalRegion, applyTransaction, journalPlace, readCommitted } from './journal.js';
+import { type DriveLabel, readLabel, writeLabel } from './label.js';
+
+/** The paired DPSR drive, opened (O_DIRECT) once proven to be it. */
+export interface CheckedDrive {
+  fd: number;
+  label: DriveLabel | null;
+  changes: string[]; // how it differs from what was recorded (re-attached: its image is compared in full)
+  now: DeviceIdentity;
+}
+
+/**
+ * Opens the pair's DPSR drive after proving it is the paired one: the same
+ * device (identity), carrying this pair's label (once written), and not
+ * mounted (its image could be changing). Writes nothing.
+ */
+export function openCheckedDrive(pair: PairRecord, write: boolean): CheckedDrive {
+  const dev = resolveBlockDevice(pair.drive.path);
+  const now = identify(dev);
+  const changes = identityChanges(pair.drive, now);
+  if (isReplaced(pair.drive, now)) {
+    throw new RefusedError(`pair ${pair.name}: ${pair.drive.path} is not the paired DPSR drive any more (${changes.join('; ')}); nothing written`, 'EDRIVECHANGED');
+  }
+  const mounts = mountsOf(dev);
+  if (mounts.length > 0) {
+    throw new RefusedError(`pair ${pair.name}: the DPSR drive ${dev.path} is mounted on ${mounts.join(', ')}: its image may be changing; unmount it first; nothing written`, 'EMOUNTED');
+  }
+  const fd = openDirect(dev.path, write);
+  try {
+    const label = readLabel(fd);
+    if (pair.labelSeq > 0 && pair.reservedSectors > 0 && label?.pairId !== pair.id) {
+      throw new RefusedError(`pair ${pair.name}: ${dev.path} does not carry this pair's label${label ? ` (it belongs to pair ${label.pairName})` : ''}; nothing written`, 'ELABEL');
+    }
+    return { fd, label, changes, now };
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+}
+
+/** An open DPSR drive, writable until released (then read-only again). */
+export interface OpenDrive {
+  fd: number;
+  label: DriveLabel | null; // as read when opened
+  release(): void;
+}
+
+/**
+ * Opens the paired drive for writing (see openCheckedDrive). A drive that
+ * changed under us (re-attached, new media) may hold anything: its whole
+ * image becomes suspect.
+ */
+export function openPairedDrive(s: Session, pair: PairRecord, range: RangeState | undefined): OpenDrive {
+  const { fd, label, changes, now } = openCheckedDrive(pair, true);
+  try {
+    if (changes.length > 0 && range) {
+      s.tracker.suspectAll(range, 'identity-changed', `the DPSR drive ${pair.drive.path} changed (${changes.join('; ')}): its image is compared in full`);
+      pair.drive = { ...now, path: pair.drive.path };
+    }
+    native().blkRoSet(fd, false);
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+  return {
+    fd,
+    label,
+    release: () => {
+      try { native().blkRoSet(fd, true); } finally { fs.closeSync(fd); }
+    },
+  };
+}
+
+function labelFor(pair: PairRecord): Parameters<typeof writeLabel>[1] {
+  const src = pair.source;
+  return {
+    pairName: pair.name,
+    pairId: pair.id,
+    source: { path: src.path, name: src.name, sizeSectors: src.sizeSectors, serial: src.serial, wwid: src.wwid, loopBackingFile: src.loopBackingFile },
+    dataSectors: pair.dataSectors,
+    reservedSectors: pair.reservedSectors,
+    image: pair.image,
+    imageTimeMs: pair.imageTimeMs,
+    lastGoodTimeMs: pair.lastGoodTimeMs,
+    journal: pair.reservedSectors > 0 ? 'tail' : 'none',
+    journalSeq: pair.journalSeq ?? 0,
+    pendingTxn: pair.pendingTxn ?? null,
+  };
+}
+
+/** Writes the pair's state into the drive's label (when it has a tail for one). */
+export function updateLabel(fd: number, pair: PairRecord): void {
+  if (pair.reservedSectors === 0) return;
+  pair.labelSeq = writeLabel(fd, labelFor(pair), pair.labelSeq).seq;
+}
+
+/** The redo journal of pair `pairId` on the open drive. */
+export function journalRegionOf(fd: number, pair: Pick<PairRecord, 'dataSectors' | 'reservedSectors'>, pairId: string): JournalRegion | null {
+  const place = journalPlace(native().blkGetSize64(fd), pair);
+  return place ? { fd, ...place, pairId } : null;
+}
+
+/** The last journal transaction applied to the drive, by the pair's record or the drive's own label. */
+export function lastAppliedSeq(pair: PairRecord, label: DriveLabel | null): number {
+  return Math.max(pair.journalSeq ?? 0, label?.pairId === pair.id ? label.journalSeq : 0);
+}
+
+/** The transaction a sync was writing when it stopped (and the image it makes), by the record or the label. */
+export function pendingTxnOf(pair: PairRecord, label: DriveLabel | null): PairRecord['pendingTxn'] {
+  return pair.pendingTxn ?? (label?.pairId === pair.id ? label.pendingTxn : null) ?? null;
+}
+
+/**
+ * Finishes what a crash interrupted: a transaction committed in the journal
+ * but maybe not applied is applied again (it needs only the drive); one
+ * never committed is forgotten (the image is still the previous one).
+ */
+export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDrive): Promise<boolean> {
+  const { fd, label } = drive;
+  const region = journalRegionOf(fd, pair, pair.id);
+  if (!region) return false;
+  if (label?.pairId === pair.id && label.journalSeq > (pair.journalSeq ?? 0)) {
+    // Applied from the drive alone (a rescue system's rollback --drive or recover): the label knows the image.
+    Object.assign(pair, { image: label.image, imageTimeMs: label.imageTimeMs, lastGoodTimeMs: label.lastGoodTimeMs, journalSeq: label.journalSeq });
+    if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
+    pair.pending = null;
+  }
+  const applied = lastAppliedSeq(pair, label);
+  const txn = await readCommitted(region, applied + 1);
+  const pendingTxn = pendingTxnOf(pair, label);
+  if (txn) {
+    await applyTransaction(fd, txn);
+    pair.journalSeq = txn.seq;
+    if (pendingTxn?.seq === txn.seq) Object.assign(pair, finishedImage(pair, pendingTxn.image, pendingTxn.imageTimeMs));
+    if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
+    pair.pending = null;
+  } else {
+    pair.journalSeq = applied;
+  }
+  pair.pendingTxn = null;
+  updateLabel(fd, pair);
+  await s.store.putPair(pair);
+  return txn !== null;
+}
+
+export function finishedImage(pair: PairRecord, image: ImageState, imageTimeMs: number): Partial<PairRecord> {
+  return { image, imageTimeMs, lastGoodTimeMs: image === 'point-in-time' ? imageTimeMs : pair.lastGoodTimeMs };
+}
+
+/**
+ * Opens the paired drive for writing and finishes what an interrupted sync
+ * committed: what every writer does first.
+ */
+export async function openRecoveredDrive(s: Session, pair: PairRecord, range: RangeState | undefined): Promise<OpenDrive> {
+  const drive = openPairedDrive(s, pair, range);
+  try {
+    await recoverJournal(s, pair, drive);
+    return drive;
+  } catch (err) {
+    drive.release();
+    throw err;
+  }
+}
+
+/** Opens, recovers, releases: for readers of the image (status, diff, rollback). Whether a transaction was applied. */
+export async function recoverPairedDrive(s: Session, pair: PairRecord, range: RangeState | undefined): Promise<boolean> {
+  const drive = openPairedDrive(s, pair, range);
+  try {
+    return await recoverJournal(s, pair, drive);
+  } finally {
+    drive.release();
+  }
+}
