@@ -243,18 +243,27 @@ static bool same(const char *a, const char *b)
 	return a && b ? !strcmp(a, b) : a == b;
 }
 
-/* Whether a device is the label's source: same size and the strongest identity recorded. */
+static bool recorded(const char *id)
+{
+	return id && *id;
+}
+
+/* Whether a device is the label's source: the rule of matchRecordedSource
+ * (src/devices/identity.ts): same size and every identity recorded the
+ * same. With none recorded the kernel name decides, the best there is. */
 static bool is_recorded_source(const struct recorded_source *r, const struct candidate *c)
 {
 	if (c->size_sectors != r->size_sectors)
 		return false;
-	if (r->wwid && *r->wwid)
-		return same(c->wwid, r->wwid);
-	if (r->serial && *r->serial)
-		return same(c->serial, r->serial);
-	if (r->loop_backing_file && *r->loop_backing_file)
-		return same(c->loop_backing_file, r->loop_backing_file);
-	return !strcmp(c->name, r->name); /* no identity recorded: the kernel name, the best there is */
+	if (recorded(r->wwid) && !same(c->wwid, r->wwid))
+		return false;
+	if (recorded(r->serial) && !same(c->serial, r->serial))
+		return false;
+	if (recorded(r->loop_backing_file) && !same(c->loop_backing_file, r->loop_backing_file))
+		return false;
+	if (recorded(r->wwid) || recorded(r->serial) || recorded(r->loop_backing_file))
+		return true;
+	return !strcmp(c->name, r->name);
 }
 
 static bool is_partition_of(const char *disk, const char *name)

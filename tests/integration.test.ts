@@ -15,7 +15,7 @@ import { writeLabel, type DriveLabel } from '../src/drive/label.js';
 import { native } from '../src/base/native.js';
 import { hookEnvironment, runFailureHook, type HookEvent } from '../src/daemon/failure-hook.js';
 import { escapeLabelValue, renderMetrics, writeMetricsFile, type MetricsSnapshot, type PairMetrics } from '../src/daemon/metrics.js';
-import type { DeviceIdentity } from '../src/devices/identity.js';
+import { type DeviceIdentity, matchRecordedSource } from '../src/devices/identity.js';
 import { DPSR_BIN, Fixture, eachTestFreshCli, runDpsr, sh, sha256Of } from './helpers/fixture.js';
 
 const HOME = path.resolve(path.dirname(DPSR_BIN), '..');
@@ -98,7 +98,7 @@ test('decision: a partition of a DPSR drive is hidden, but only the labelled dis
   assert.is(d.setReadOnly, false);
 });
 
-test('the recorded source: same size and the strongest identity recorded', () => {
+test('the recorded source: the probe answers as matchRecordedSource, the kernel name deciding only when no identity was recorded', () => {
   const id = (o: Partial<DeviceIdentity>) => ({ name: 'sda', sizeSectors: 100, wwid: null, serial: null, loopBackingFile: null, ...o }) as DeviceIdentity;
   const rec = (o: object) => ({ path: '/dev/sda', name: 'sda', sizeSectors: 100, serial: null, wwid: null, loopBackingFile: null, ...o });
   assert.ok(isRecordedSource(rec({ wwid: 'naa.1' }), id({ wwid: 'naa.1', name: 'sdc' })));
@@ -108,6 +108,17 @@ test('the recorded source: same size and the strongest identity recorded', () =>
   assert.not.ok(isRecordedSource(rec({ loopBackingFile: '/a.img' }), id({ loopBackingFile: '/b.img' })));
   assert.ok(isRecordedSource(rec({}), id({})));
   assert.not.ok(isRecordedSource(rec({}), id({ name: 'sdb' })));
+  assert.not.ok(isRecordedSource(rec({ wwid: 'naa.1', serial: 'S1' }), id({ wwid: 'naa.1', serial: 'S2' })), 'every identity recorded must match');
+  const values = { wwid: [null, 'naa.1', 'naa.2'], serial: [null, 'S1', 'S2'], loopBackingFile: [null, '/a.img'], sizeSectors: [100, 101] };
+  for (const w of values.wwid) for (const s of values.serial) for (const l of values.loopBackingFile) for (const n of values.sizeSectors) {
+    const recorded = rec({ wwid: 'naa.1', serial: s === 'S2' ? null : 'S1', loopBackingFile: l === null ? '/a.img' : null });
+    for (const r of [recorded, rec({})]) {
+      const candidate = id({ wwid: w, serial: s, loopBackingFile: l, sizeSectors: n });
+      const { verdict } = matchRecordedSource(r, candidate);
+      const expected = verdict === 'unproven' ? candidate.name === r.name : verdict === 'same';
+      assert.is(isRecordedSource(r, candidate), expected, `${JSON.stringify(r)} vs ${JSON.stringify(candidate)}: ${verdict}`);
+    }
+  }
 });
 
 test('the devices / is on: what pair refuses as the system disk, and the partition or dm device itself', () => {

@@ -6,7 +6,8 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { DpsrError, RefusedError, UsageError } from '../src/base/errors.js';
-import { checkPairable, formatBytes, type PairPlan, type PairRequest } from '../src/drive/pair-checks.js';
+import { checkPairable, type PairPlan, type PairRequest } from '../src/drive/pair-checks.js';
+import { formatBytes } from '../src/base/units.js';
 import { systemDisks } from '../src/devices/in-use.js';
 import { Fixture, sh } from './helpers/fixture.js';
 

@@ -3,6 +3,21 @@
 // and the configuration file (a unit is required).
 import { UsageError } from './errors.js';
 
+/** The unit of every sector count in dpsr: the block layer counts 512-byte sectors whatever a device's logical block size. */
+export const SECTOR = 512;
+
+/** 12.0 MiB, 1.5 GiB: binary units, one decimal. */
+export function formatBytes(bytes: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let v = bytes;
+  let u = 0;
+  while (Math.abs(v) >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${v} bytes` : `${v.toFixed(1)} ${units[u]}`;
+}
+
 const DURATION_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
 
 /** Milliseconds, or null if `text` is not "<number><unit>" (a bare number is seconds when `bareIsSeconds`). */

@@ -21,6 +21,7 @@ import { type SyncReport, syncPair } from '../sync/sync.js';
 import { journalCapacityOf } from '../drive/journal.js';
 import { rollbackInSession } from '../restore/rollback.js';
 import type { Gap } from '../kernel/tracker.js';
+import { SECTOR } from '../base/units.js';
 
 const REPEAT_ALARM_MS = 3_600_000; // the same failure again: the hook hears of it at most hourly
 const HOOK_TIMEOUT_MS = 60_000;
@@ -213,7 +214,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       const r = runtimeOf(name);
       const { syncNow } = decide(policyOf(config, name), {
         changed: hasChanges(range, pair),
-        pendingBytes: (range.dirty.totalSectors + range.suspect.totalSectors) * 512,
+        pendingBytes: (range.dirty.totalSectors + range.suspect.totalSectors) * SECTOR,
         journalBytes: journalCapacityOf(pair) ?? 0,
         lastSyncStartMs: r.lastSyncStartMs, imageTimeMs: pair.imageTimeMs, failuresInARow: r.failuresInARow,
       }, Date.now());
@@ -311,7 +312,7 @@ function metricsSnapshot(s: Session, runtimeOf: (name: string) => PairRuntime): 
         imageTimeMs: p.imageTimeMs,
         imageConsistent: p.generation > 0 && !p.pending && (p.image === 'point-in-time' || p.image === 'crash-consistent'),
         dirtyBytes: range ? changedBytes(range) : 0,
-        suspectBytes: range ? range.suspect.totalSectors * 512 : 0,
+        suspectBytes: range ? range.suspect.totalSectors * SECTOR : 0,
         syncedBytesTotal: r.bytesSyncedTotal,
         syncsTotal: r.syncsTotal,
         syncsFailedTotal: r.syncsFailed,

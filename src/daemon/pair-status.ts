@@ -3,7 +3,7 @@
 // tracker state and, when a daemon runs, the daemon's schedule.
 import { type DaemonConfig, type Policy, nextSyncMs } from './config.js';
 import { journalCapacityOf } from '../drive/journal.js';
-import { formatBytes } from '../drive/pair-checks.js';
+import { formatBytes, SECTOR } from '../base/units.js';
 import type { PairRecord } from '../state/records.js';
 import type { Gap, RangeState } from '../kernel/tracker.js';
 
@@ -41,7 +41,6 @@ export interface Schedule {
   lastError: string | null;
 }
 
-const SECTOR = 512;
 
 export function humanDuration(ms: number): string {
   const s = Math.round(ms / 1000);

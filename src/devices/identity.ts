@@ -169,6 +169,29 @@ function rebootChanges(recorded: DeviceIdentity, now: DeviceIdentity): string[] 
   return changes;
 }
 
+/** What a DPSR drive's label records of its source: all there is when the state directory is gone. */
+export type RecordedSource = Pick<DeviceIdentity, 'sizeSectors' | 'serial' | 'wwid' | 'loopBackingFile'>;
+
+/**
+ * Whether `now` is the source a label records: the same size and every
+ * identity recorded (WWID, serial, loop file) the same; 'unproven' when none
+ * was recorded (the kernel name is no identity). Each difference is listed.
+ * The udev probe (probe/udev-probe.c, is_recorded_source) applies this rule
+ * in C, falling back to the kernel name where it has nobody to ask;
+ * tests/integration.test.ts pins the two to the same answers.
+ */
+export function matchRecordedSource(rec: RecordedSource, now: RecordedSource): { verdict: 'same' | 'differs' | 'unproven'; differences: string[] } {
+  const differences: string[] = [];
+  if (now.sizeSectors !== rec.sizeSectors) differences.push(`${now.sizeSectors} sectors, recorded ${rec.sizeSectors}`);
+  if (rec.serial !== null && rec.serial !== now.serial) differences.push(`serial number ${show(now.serial)}, recorded ${show(rec.serial)}`);
+  if (rec.wwid !== null && rec.wwid !== now.wwid) differences.push(`WWID ${show(now.wwid)}, recorded ${show(rec.wwid)}`);
+  if (rec.loopBackingFile !== null && rec.loopBackingFile !== now.loopBackingFile) {
+    differences.push(`loop file ${show(now.loopBackingFile)}, recorded ${show(rec.loopBackingFile)}`);
+  }
+  const verdict = differences.length > 0 ? 'differs' : rec.serial === null && rec.wwid === null && rec.loopBackingFile === null ? 'unproven' : 'same';
+  return { verdict, differences };
+}
+
 /** A WWN or serial number: an identity that survives a reboot and re-enumeration. */
 export function hasHardwareIdentity(id: DeviceIdentity): boolean {
   return id.wwid !== null || id.serial !== null;

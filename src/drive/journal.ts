@@ -37,8 +37,8 @@ import { fullIo as copyFullIo } from '../io/direct-io.js';
 import { DpsrError } from '../base/errors.js';
 import { LABEL_AREA_BYTES } from './label.js';
 import { native } from '../base/native.js';
+import { SECTOR, formatBytes } from '../base/units.js';
 
-const SECTOR = 512;
 const JOURNAL_BLOCK = 4096;
 const HEAD_MAGIC = Buffer.from('DPSRJNL1');
 const DESC_MAGIC = Buffer.from('DPSRJDS1');
@@ -694,9 +694,8 @@ function checkEntry(e: JournalEntry): number {
 }
 
 function tooBig(need: number, dataBytes: number, entries: number, region: JournalRegion): DpsrError {
-  const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
-  return new DpsrError(`journal transaction too big: ${entries} entries with ${mib(dataBytes)} of data need ${mib(need)} ` +
-    `(${need} bytes), the journal region holds ${mib(region.lengthBytes)} (${region.lengthBytes} bytes)`, 'EJOURNALFULL');
+  return new DpsrError(`journal transaction too big: ${entries} entries with ${formatBytes(dataBytes)} of data need ${formatBytes(need)} ` +
+    `(${need} bytes), the journal region holds ${formatBytes(region.lengthBytes)} (${region.lengthBytes} bytes)`, 'EJOURNALFULL');
 }
 
 function u64(n: number): Buffer {

@@ -10,6 +10,7 @@ import { RefusedError, UsageError } from '../base/errors.js';
 import { hasHardwareIdentity, identify, type DeviceIdentity } from '../devices/identity.js';
 import { labelAt } from './label.js';
 import { partitionsOf } from '../devices/mounts.js';
+import { SECTOR, formatBytes } from '../base/units.js';
 
 export interface PairRequest {
   source: string;
@@ -32,19 +33,7 @@ export interface PairPlan {
 }
 
 const MIB = 1024 * 1024;
-const SECTOR = 512;
 
-/** 12.0 MiB, 1.5 GiB: binary units, one decimal. */
-export function formatBytes(bytes: number): string {
-  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let v = bytes;
-  let u = 0;
-  while (Math.abs(v) >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${v} bytes` : `${v.toFixed(1)} ${units[u]}`;
-}
 
 
 /** One blkid/wipefs signature, described for a person. */

@@ -2,8 +2,8 @@
 import { ExtentSet } from '../base/extents.js';
 import { type IoOp, batchIo } from './batch-io.js';
 import { BUFFER_ALIGNMENT, type Counters, giveBuffers, takeBuffers } from './direct-io.js';
+import { SECTOR } from '../base/units.js';
 
-const SECTOR = 512;
 // Measured with 1 GiB loop devices against `dd bs=4M iflag=direct oflag=direct` (one I/O at a
 // time; medians of 15 interleaved runs): 2 MiB × 4 in flight ran at 1.4× dd over a virtio disk
 // (loop --direct-io=on; 4 MiB × 4: 1.25×) and 1.5× over tmpfs (4 MiB × 4: 1.7×); one in

@@ -21,8 +21,8 @@ import { closeSession, openSession } from '../state/session.js';
 import { Store } from '../state/store.js';
 import { type PairRecord } from '../state/records.js';
 import { pendingTxnOf, recoverPairedDrive } from '../drive/paired-drive.js';
+import { SECTOR } from '../base/units.js';
 
-const SECTOR = 512;
 
 function run(cmd: string, args: string[]): string {
   try {

@@ -16,13 +16,13 @@ import { type BlockDevice, readSysOrNull, resolveBlockDevice } from '../devices/
 import { tryLockFile, withDriveLock } from '../base/locks.js';
 import { DpsrError, ExitStatus, RefusedError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
-import { identify } from '../devices/identity.js';
+import { identify, matchRecordedSource } from '../devices/identity.js';
 import { readCommitted } from '../drive/journal.js';
 import { type DriveLabel, readLabel } from '../drive/label.js';
 import { type ImageState } from '../state/records.js';
 import { coveredDevNumbers, mountsOf, partitionsOf } from '../devices/mounts.js';
 import { native } from '../base/native.js';
-import { formatBytes } from '../drive/pair-checks.js';
+import { formatBytes, SECTOR } from '../base/units.js';
 import { partitionTable } from './image-mount.js';
 import { progressBar } from '../base/progress.js';
 import type { Session } from '../state/session.js';
@@ -31,7 +31,6 @@ import { journalRegionOf, lastAppliedSeq, openCheckedDrive, pendingTxnOf, recove
 import { applyFromDrive, committedOnDrive, imageAfter } from '../drive/recovery.js';
 import type { RangeState } from '../kernel/tracker.js';
 
-const SECTOR = 512;
 // Tracked extents are small and scattered: many small I/Os in flight, as an incremental sync does.
 const SCATTERED_IO = { chunkBytes: 512 << 10, inFlight: 32, mergeGapSectors: 32 };
 const DRIVE_LOCK_WAIT_MS = 10_000; // a diff or restore using the drive: wait a little, then say so
@@ -424,8 +423,6 @@ export interface DriveRollbackRequest {
   dryRun: boolean;
 }
 
-const show = (v: string | null) => (v === null ? 'none' : `'${v}'`);
-
 /** The source the label names, proven by its identity (size and serial/WWID/loop file as recorded). */
 function labelSource(label: DriveLabel, drivePath: string, given: string | undefined): BlockDevice {
   let dev: BlockDevice;
@@ -435,17 +432,11 @@ function labelSource(label: DriveLabel, drivePath: string, given: string | undef
     if (given) throw err;
     return refuse(`the source recorded on ${drivePath}, ${label.source.path}, is not there (${(err as Error).message}): name it with --source DEV; nothing written`, 'ENODEV');
   }
-  const id = identify(dev);
-  const rec = label.source;
-  const differs: string[] = [];
-  if (dev.sizeSectors !== rec.sizeSectors) differs.push(`${dev.sizeSectors} sectors, recorded ${rec.sizeSectors}`);
-  if (rec.serial !== null && rec.serial !== id.serial) differs.push(`serial number ${show(id.serial)}, recorded ${show(rec.serial)}`);
-  if (rec.wwid !== null && rec.wwid !== id.wwid) differs.push(`WWID ${show(id.wwid)}, recorded ${show(rec.wwid)}`);
-  if (rec.loopBackingFile !== null && rec.loopBackingFile !== id.loopBackingFile) differs.push(`loop file ${show(id.loopBackingFile)}, recorded ${show(rec.loopBackingFile)}`);
-  if (differs.length > 0) {
-    refuse(`${dev.path} is not the source recorded on ${drivePath} for pair ${label.pairName} (${differs.join('; ')})${given ? '' : '; name it with --source DEV'}; nothing written`, 'ESOURCECHANGED');
+  const { verdict, differences } = matchRecordedSource(label.source, identify(dev));
+  if (verdict === 'differs') {
+    refuse(`${dev.path} is not the source recorded on ${drivePath} for pair ${label.pairName} (${differences.join('; ')})${given ? '' : '; name it with --source DEV'}; nothing written`, 'ESOURCECHANGED');
   }
-  if (!given && rec.serial === null && rec.wwid === null && rec.loopBackingFile === null) {
+  if (!given && verdict === 'unproven') {
     refuse(`the label on ${drivePath} records no serial number, WWID or loop file for the source: nothing proves ${dev.path} is it; name it with --source DEV; nothing written`, 'ENOIDENTITY');
   }
   return dev;

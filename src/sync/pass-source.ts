@@ -9,8 +9,8 @@ import { batchIo } from '../io/batch-io.js';
 import type { ExtentSet } from '../base/extents.js';
 import type { JournalEntry } from '../drive/journal.js';
 import { native } from '../base/native.js';
+import { SECTOR } from '../base/units.js';
 
-const SECTOR = 512;
 const BLOCK_BYTES = 4096;
 const PIECE_SECTORS = (1 << 20) / SECTOR; // largest single read
 const MERGE_GAP_SECTORS = 32; // a 16 KiB gap costs less than another I/O (and journal bytes are dearer than a direct copy's)

@@ -16,8 +16,8 @@ import { ExtentSet } from '../base/extents.js';
 import type { Session } from '../state/session.js';
 import type { PairRecord, ScrubProgress } from '../state/records.js';
 import type { RangeState } from '../kernel/tracker.js';
+import { SECTOR } from '../base/units.js';
 
-const SECTOR = 512;
 // One 1 MiB read at a time on each side: the point is to stay out of the way.
 const GENTLE_IO = { chunkBytes: 1 << 20, inFlight: 1, mergeGapSectors: 64 };
 const RECHECK_DELAY_MS = 50;

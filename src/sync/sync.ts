@@ -17,13 +17,12 @@ import { recordFreeze } from '../state/records.js';
 import { freeze, type ThawReport } from './freeze.js';
 import { CANNOT_FREEZE, type WritableFileSystem, writableFileSystemsOf } from '../devices/mounts.js';
 import { native } from '../base/native.js';
-import { formatBytes } from '../drive/pair-checks.js';
+import { formatBytes, SECTOR } from '../base/units.js';
 import { progressBar } from '../base/progress.js';
 import type { Session } from '../state/session.js';
 import type { PairRecord } from '../state/records.js';
 import type { Gap, RangeState } from '../kernel/tracker.js';
 
-const SECTOR = 512;
 // Progress of a full copy is saved this often (without a flush: a crash of
 // dpsr loses nothing written with O_DIRECT, and after a power loss the
 // reboot is a gap that compares everything anyway).
@@ -193,7 +192,7 @@ async function frozenCut(s: Session, range: RangeState, srcFd: number, fileSyste
   try {
     try {
       ({ epoch, cutMs, cut } = await finalTake(s, range));
-      if (cut.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) why = `${(cut.totalSectors * SECTOR / 2 ** 20).toFixed(0)} MiB left to read: too much to hold under a freeze`;
+      if (cut.totalSectors * SECTOR > FREEZE_READ_LIMIT_BYTES) why = `${formatBytes(cut.totalSectors * SECTOR)} left to read: too much to hold under a freeze`;
       else held = readIntoMemory(srcFd, cut, limitSectors);
     } finally {
       report = await frozen.thaw();

@@ -9,7 +9,7 @@ import { withDriveLock } from '../../base/locks.js';
 import { ExitStatus, type ExitStatusValue, RefusedError, UsageError } from '../../base/errors.js';
 import { type DiffEntry, type FileMeta, diffTrees, pathInside } from '../../restore/file-diff.js';
 import { bindReadOnly, committedImage, describeFs, locate, mountReadOnly, type PrivateMount, surroundingsOf, withMounts } from '../../restore/image-mount.js';
-import { formatBytes } from '../../drive/pair-checks.js';
+import { formatBytes } from '../../base/units.js';
 
 export interface DiffOptions {
   name: string;

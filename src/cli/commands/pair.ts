@@ -4,7 +4,8 @@ import fs from 'node:fs';
 import type { Settings } from '../../base/defaults.js';
 import { RefusedError } from '../../base/errors.js';
 import { openDirect } from '../../io/direct-io.js';
-import { checkPairable, formatBytes } from '../../drive/pair-checks.js';
+import { checkPairable } from '../../drive/pair-checks.js';
+import { formatBytes } from '../../base/units.js';
 import { closeSession, openSession } from '../../state/session.js';
 import type { PairRecord } from '../../state/records.js';
 import { fullCopy } from '../../sync/sync.js';
@@ -69,7 +70,7 @@ export async function pairCommand(opts: PairOptions, settings: Settings, log: (s
       updateLabel(drive.fd, pair);
       await s.store.putPairAndRange(pair, range);
       const capacity = journalCapacityOf(pair);
-      log(`paired ${name}: ${opts.source} → ${opts.drive}, ${(bytes / 2 ** 20).toFixed(1)} MiB copied; ` +
+      log(`paired ${name}: ${opts.source} → ${opts.drive}, ${formatBytes(bytes)} copied; ` +
         `the DPSR drive is read-only and inconsistent until the first sync (dpsr sync ${name})` +
         (pair.reservedSectors === 0 ? '; no reserved tail: no label on the drive, no journal (not crash-safe during a sync)'
           : capacity === null ? '; the reserved tail is too small for a journal: syncs write in place (not crash-safe during a sync)'

@@ -10,7 +10,7 @@ import { DpsrError, ExitStatus, type ExitStatusValue, RefusedError, UsageError }
 import { pathInside } from '../../restore/file-diff.js';
 import { type PlannedEntry, type RestoreItem, planRestore, runRestore } from '../../restore/file-restore.js';
 import { committedImage, describeFs, locate, mountReadOnly, surroundingsOf, withMounts } from '../../restore/image-mount.js';
-import { formatBytes } from '../../drive/pair-checks.js';
+import { formatBytes } from '../../base/units.js';
 import { jsonMeta, localTime } from './diff.js';
 
 export interface RestoreOptions {

@@ -4,7 +4,7 @@
 import readline from 'node:readline/promises';
 import type { Settings } from '../../base/defaults.js';
 import { DpsrError, UsageError } from '../../base/errors.js';
-import { formatBytes } from '../../drive/pair-checks.js';
+import { formatBytes } from '../../base/units.js';
 import { ControlClient } from '../../daemon/protocol.js';
 import { type RestoreScope, type RollbackReport, rollbackFromDrive, rollbackInSession, withOwnerLock } from '../../restore/rollback.js';
 import { closeSession, openSession } from '../../state/session.js';

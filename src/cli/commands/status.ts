@@ -2,7 +2,7 @@
 // drive holds, how old it is, what is dirty since, and every gap.
 import fs from 'node:fs';
 import type { Settings } from '../../base/defaults.js';
-import { formatBytes } from '../../drive/pair-checks.js';
+import { formatBytes } from '../../base/units.js';
 import { DpsrError, ExitStatus, type ExitStatusValue } from '../../base/errors.js';
 import { openDirect } from '../../io/direct-io.js';
 import { readLabel } from '../../drive/label.js';

@@ -4,14 +4,14 @@ import { DpsrError, UsageError } from '../../base/errors.js';
 import { ControlClient } from '../../daemon/protocol.js';
 import { closeSession, openSession } from '../../state/session.js';
 import { type SyncReport, syncPair } from '../../sync/sync.js';
+import { formatBytes } from '../../base/units.js';
 
-const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
 export function describeSync(r: SyncReport): string {
-  const parts = [`${r.name}: generation ${r.generation}`, `copied ${mib(r.copiedBytes)} of ${mib(r.dataBytes)}`];
-  if (r.fullCopyBytes) parts.push(`full copy ${mib(r.fullCopyBytes)}`);
-  if (r.comparedBytes) parts.push(`compared ${mib(r.comparedBytes)}, repaired ${mib(r.repairedBytes)}`);
-  if (r.passBytes.length > 1) parts.push(`${r.passBytes.length} passes (${r.passBytes.map(mib).join(', ')})`);
+  const parts = [`${r.name}: generation ${r.generation}`, `copied ${formatBytes(r.copiedBytes)} of ${formatBytes(r.dataBytes)}`];
+  if (r.fullCopyBytes) parts.push(`full copy ${formatBytes(r.fullCopyBytes)}`);
+  if (r.comparedBytes) parts.push(`compared ${formatBytes(r.comparedBytes)}, repaired ${formatBytes(r.repairedBytes)}`);
+  if (r.passBytes.length > 1) parts.push(`${r.passBytes.length} passes (${r.passBytes.map(formatBytes).join(', ')})`);
   if (r.freezeMs !== null) parts.push(`${r.sourceMounted.join(', ')} frozen ${r.freezeMs.toFixed(0)} ms`);
   parts.push(`in ${(r.durationMs / 1000).toFixed(2)} s`);
   const image = r.image === 'crash-consistent'

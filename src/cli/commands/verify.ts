@@ -9,6 +9,7 @@ import { ExtentSet } from '../../base/extents.js';
 import { mountsOf } from '../../devices/mounts.js';
 import { progressBar } from '../../base/progress.js';
 import { Store } from '../../state/store.js';
+import { SECTOR, formatBytes } from '../../base/units.js';
 
 export async function verifyCommand(opts: { name: string; json: boolean }, settings: Settings, log: (s: string) => void): Promise<ExitStatusValue> {
   const store = Store.open(settings.stateDir);
@@ -24,18 +25,18 @@ export async function verifyCommand(opts: { name: string; json: boolean }, setti
   const src = openDirect(pair.source.path, false);
   const dst = openDirect(pair.drive.path, false);
   try {
-    const bar = progressBar(`${pair.name}: verify`, pair.dataSectors * 512);
+    const bar = progressBar(`${pair.name}: verify`, pair.dataSectors * SECTOR);
     const r = await compareExtents(src, dst, ExtentSet.from([[0, pair.dataSectors]]), {
-      limitSectors: pair.dataSectors, write: false, onProgress: (p) => bar.update(p.doneSectors * 512),
+      limitSectors: pair.dataSectors, write: false, onProgress: (p) => bar.update(p.doneSectors * SECTOR),
     });
     bar.done();
     const differing = r.differing.toArray();
     if (opts.json) {
-      process.stdout.write(`${JSON.stringify({ name: pair.name, equal: differing.length === 0, comparedBytes: r.comparedSectors * 512, differing })}\n`);
+      process.stdout.write(`${JSON.stringify({ name: pair.name, equal: differing.length === 0, comparedBytes: r.comparedSectors * SECTOR, differing })}\n`);
     } else if (differing.length === 0) {
-      log(`${pair.name}: ${pair.source.path} and ${pair.drive.path} are identical over ${(pair.dataSectors / 2048).toFixed(1)} MiB`);
+      log(`${pair.name}: ${pair.source.path} and ${pair.drive.path} are identical over ${formatBytes(pair.dataSectors * SECTOR)}`);
     } else {
-      log(`${pair.name}: ${r.differing.totalSectors * 512} bytes differ in ${differing.length} extents (512-byte sectors): ` +
+      log(`${pair.name}: ${r.differing.totalSectors * SECTOR} bytes differ in ${differing.length} extents (512-byte sectors): ` +
         differing.slice(0, 8).map(([s, e]) => `[${s}, ${e})`).join(' ') + (differing.length > 8 ? ' …' : ''));
     }
     return differing.length === 0 ? ExitStatus.ok : ExitStatus.failure;
