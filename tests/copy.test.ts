@@ -335,7 +335,8 @@ test('errors: missing device, reading past the end, a read-only destination', as
     assert.unreachable();
   } catch (err) {
     assert.instance(err, RefusedError);
-    assert.is((err as RefusedError).code, 'ENOENT');
+    assert.is((err as RefusedError).code, 'ENODEV');
+    assert.is((err as RefusedError).errno, 'ENOENT');
     assert.match((err as Error).message, /no such device/);
   }
   const src = loop(32);
@@ -356,7 +357,8 @@ test('errors: missing device, reading past the end, a read-only destination', as
     assert.unreachable();
   } catch (err) {
     assert.instance(err, DpsrError);
-    assert.is((err as DpsrError).code, 'EPERM');
+    assert.is((err as DpsrError).code, 'EIO');
+    assert.is((err as DpsrError).errno, 'EPERM');
     assert.match((err as Error).message, /writing the destination at byte 0/);
   } finally {
     native().blkRoSet(dstFd, false);

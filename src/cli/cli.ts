@@ -2,7 +2,7 @@
 // status in one place. User-facing errors print one line, no stack.
 import { Command, CommanderError } from 'commander';
 import { settingsFromEnv } from '../base/defaults.js';
-import { DpsrError, ExitStatus, UsageError } from '../base/errors.js';
+import { DpsrError, ERRORS, ExitStatus, UsageError } from '../base/errors.js';
 import { manPage } from './man-page.js';
 import { parseDuration, parseSize } from '../base/units.js';
 import type { ErrnoError } from '../base/native.js';
@@ -399,7 +399,8 @@ drive (exit 3).`)
 /** dpsr(8), from the command definitions above. */
 function manual(cli: Command): string {
   return manPage(cli, {
-    version: cli.version() ?? '', description: MAN_DESCRIPTION, exitStatuses: EXIT_STATUSES, environment: ENVIRONMENT, files: FILES,
+    version: cli.version() ?? '', description: MAN_DESCRIPTION, exitStatuses: EXIT_STATUSES,
+    errors: Object.entries(ERRORS).map(([code, [status, meaning]]) => [code, `${meaning} (exit ${ExitStatus[status]})`] as const), environment: ENVIRONMENT, files: FILES,
     seeAlso: ['systemd.time(7)', 'fsfreeze(8)', 'losetup(8)', 'udev(7)', 'bpftool(8)'],
   });
 }

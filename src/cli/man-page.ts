@@ -8,6 +8,7 @@ export interface ManPageFacts {
   version: string;
   description: string; // paragraphs, blank-line separated
   exitStatuses: ReadonlyArray<readonly [string, string]>;
+  errors: ReadonlyArray<readonly [string, string]>;
   environment: ReadonlyArray<readonly [string, string]>;
   files: ReadonlyArray<readonly [string, string]>;
   seeAlso: string[];
@@ -107,6 +108,7 @@ export function manPage(cli: Command, facts: ManPageFacts): string {
     for (const [term, text] of rows) out.push('.TP', bold(term), esc(text));
   };
   table('EXIT STATUS', facts.exitStatuses);
+  table('ERRORS', facts.errors);
   table('ENVIRONMENT', facts.environment);
   table('FILES', facts.files);
   out.push('.SH SEE ALSO', facts.seeAlso.map((s, i) => `${bold(s.replace(/\(\d\)$/, ''))}${s.match(/\(\d\)$/)?.[0] ?? ''}${i < facts.seeAlso.length - 1 ? ',' : ''}`).join('\n'));

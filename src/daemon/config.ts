@@ -19,7 +19,7 @@
 import fs from 'node:fs';
 import { parse } from 'smol-toml';
 import { CalendarError, parseCalendar } from './calendar.js';
-import { DpsrError, ExitStatus } from '../base/errors.js';
+import { DpsrError } from '../base/errors.js';
 import type { Policy } from './schedule.js';
 import { durationOf, sizeOf } from '../base/units.js';
 
@@ -41,7 +41,7 @@ export interface DaemonConfig {
 
 export class ConfigError extends DpsrError {
   constructor(message: string) {
-    super(message, 'ECONFIG', ExitStatus.usage);
+    super(message, 'ECONFIG');
     this.name = 'ConfigError';
   }
 }

@@ -4,7 +4,7 @@
 // failed when the peer goes away. The only module that imports msgpackr.
 import net from 'node:net';
 import { pack, unpack } from 'msgpackr';
-import { DpsrError, type ExitStatusValue } from '../base/errors.js';
+import { DpsrError, type ExitStatusValue, isErrorCode } from '../base/errors.js';
 import type { RestoreScope } from '../restore/rollback.js';
 
 export const PROTOCOL_VERSION = 2; // 2: status replies are PairStatus[], rollback requests
@@ -67,7 +67,7 @@ export class ControlClient {
       s.once('connect', () => resolve(s));
       s.once('error', (err: NodeJS.ErrnoException) => {
         if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') resolve(null);
-        else if (err.code === 'EACCES') reject(new DpsrError(`cannot connect to the dpsr daemon at ${socketPath}: permission denied (root only)`, 'EACCES', 3));
+        else if (err.code === 'EACCES') reject(new DpsrError(`cannot connect to the dpsr daemon at ${socketPath}: permission denied (root only)`, 'EACCES'));
         else reject(err);
       });
     });
@@ -98,7 +98,7 @@ export class ControlClient {
     if (!p) return;
     this.pending.delete(reply.id);
     if (reply.ok) p.resolve(reply.result);
-    else p.reject(new DpsrError(reply.error.message, reply.error.code, reply.error.exitStatus));
+    else p.reject(new DpsrError(reply.error.message, isErrorCode(reply.error.code) ? reply.error.code : 'EFAIL'));
   }
 
   private failAll(err: Error): void {

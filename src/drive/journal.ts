@@ -639,7 +639,7 @@ async function discard(fd: number, at: number, length: number, zeros: Buffer | n
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? '';
     if (!REFUSED_DISCARD.has(code)) {
-      throw new DpsrError(`discarding ${length} bytes at byte ${at} of the DPSR drive failed: ${(err as Error).message}`, code || 'EIO');
+      throw new DpsrError(`discarding ${length} bytes at byte ${at} of the DPSR drive failed: ${(err as Error).message}`, 'EIO', { errno: code || undefined, cause: err });
     }
   }
   if (!zeros) {
@@ -708,7 +708,7 @@ function fdatasync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => {
     fs.fdatasync(fd, (err) => {
       if (!err) return resolve();
-      reject(new DpsrError(`flushing the DPSR drive failed: ${err.message}; the journal may not be durable`, err.code ?? 'EIO'));
+      reject(new DpsrError(`flushing the DPSR drive failed: ${err.message}; the journal may not be durable`, 'EIO', { errno: err.code, cause: err }));
     });
   });
 }

@@ -33,7 +33,7 @@ export interface DriveLabel {
 
 function encodeLabel(label: DriveLabel): Buffer {
   const payload = Buffer.from(JSON.stringify(label));
-  if (HEADER + payload.length > LABEL_BYTES) throw new DpsrError('label too large', 'ELABEL');
+  if (HEADER + payload.length > LABEL_BYTES) throw new DpsrError('label too large', 'ELABELSIZE');
   const b = Buffer.alloc(LABEL_BYTES);
   MAGIC.copy(b, 0);
   b.writeUInt32LE(FORMAT, 8);

@@ -6,7 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import { systemDisks, underlyingDisks, whyInUse } from '../devices/in-use.js';
 import { checkTrackable, devNumber, readSysOrNull, resolveBlockDevice, type BlockDevice } from '../devices/devices.js';
-import { RefusedError, UsageError } from '../base/errors.js';
+import { UsageError, refuse } from '../base/errors.js';
 import { hasHardwareIdentity, identify, type DeviceIdentity } from '../devices/identity.js';
 import { labelAt } from './label.js';
 import { partitionsOf } from '../devices/mounts.js';
@@ -149,9 +149,6 @@ function sourceWarnings(source: BlockDevice): string[] {
     `${f.where} holds ${DUPLICATED_IDENTITIES[f.type]}; dpsr hides the DPSR drive while the source is present, but do not attach the copy to another machine alongside the source`);
 }
 
-function refuse(message: string, code: string): never {
-  throw new RefusedError(message.replace(/\s*\n\s*/g, ' '), code);
-}
 
 /** Checks a pairing request; returns the plan, or throws RefusedError on the first problem. Writes nothing. */
 export function checkPairable(req: PairRequest): PairPlan {

@@ -2,7 +2,7 @@
 // writes of exactly the asked length, errors said as one line with a hint,
 // and the pool of page-aligned buffers that O_DIRECT needs.
 import fs from 'node:fs';
-import { DpsrError, RefusedError } from '../base/errors.js';
+import { DpsrError, type ErrorCode, RefusedError, errnoOf } from '../base/errors.js';
 import { native } from '../base/native.js';
 
 export const BUFFER_ALIGNMENT = 4096; // page: satisfies every logical block size up to 4 KiB
@@ -20,19 +20,20 @@ export function openDirect(path: string, write: boolean): number {
   try {
     return fs.openSync(path, flags);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? 'EOPEN';
+    const errno = errnoOf(err) ?? '';
     const mode = write ? 'for writing' : 'for reading';
-    const why: Record<string, string> = {
-      ENOENT: 'no such device',
-      ENXIO: 'no such device (no medium, or the device went away)',
-      EACCES: 'permission denied (dpsr needs root)',
-      EPERM: 'permission denied (dpsr needs root)',
-      EROFS: 'the device is read-only',
-      EBUSY: 'the device is in use exclusively (mounted, or held by md/dm)',
-      EINVAL: 'it does not support direct I/O (O_DIRECT)',
-      ENOMEDIUM: 'no medium',
+    const why: Record<string, [string, ErrorCode]> = {
+      ENOENT: ['no such device', 'ENODEV'],
+      ENXIO: ['no such device (no medium, or the device went away)', 'ENODEV'],
+      ENOMEDIUM: ['no medium', 'ENODEV'],
+      EACCES: ['permission denied (dpsr needs root)', 'EPERM'],
+      EPERM: ['permission denied (dpsr needs root)', 'EPERM'],
+      EROFS: ['the device is read-only', 'EREADONLY'],
+      EBUSY: ['the device is in use exclusively (mounted, or held by md/dm)', 'EINUSE'],
+      EINVAL: ['it does not support direct I/O (O_DIRECT)', 'EOPEN'],
     };
-    throw new RefusedError(`cannot open ${path} ${mode} with direct I/O: ${why[code] ?? (err as Error).message}`, code);
+    const [text, code] = why[errno] ?? [(err as Error).message, 'EOPEN'];
+    throw new RefusedError(`cannot open ${path} ${mode} with direct I/O: ${text}`, code, { errno, cause: err });
   }
 }
 
@@ -41,8 +42,7 @@ export function flush(fd: number, what = 'the DPSR drive', then = 'what was copi
   try {
     fs.fdatasyncSync(fd);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
-    throw new DpsrError(`flushing ${what} failed: ${(err as Error).message}; ${then}`, code);
+    throw new DpsrError(`flushing ${what} failed: ${(err as Error).message}; ${then}`, 'EIO', { errno: errnoOf(err), cause: err });
   }
 }
 
@@ -87,19 +87,17 @@ export function shortError(kind: 'read' | 'write', side: string, position: numbe
 /** A failed I/O as one readable line, with a hint for the usual causes. */
 export function ioError(kind: 'read' | 'write', side: string, fd: number, position: number, length: number,
   err: NodeJS.ErrnoException): DpsrError {
-  const code = err.code ?? 'EIO';
+  const errno = err.code ?? 'EIO';
   let hint = '';
-  if (code === 'EINVAL') {
+  if (errno === 'EINVAL') {
     let logical = 0;
     try { logical = native().blkSszGet(fd); } catch { /* not a block device */ }
     hint = `: direct I/O needs offset and length aligned to the logical block size${logical ? ` (${logical} bytes)` : ''}`;
-  } else if (code === 'EPERM' && kind === 'write') {
+  } else if (errno === 'EPERM' && kind === 'write') {
     hint = ': the device is read-only (BLKROSET)';
   }
-  const e = new DpsrError(`${kind === 'read' ? 'reading' : 'writing'} the ${side} at byte ${position} (${length} bytes) failed: ` +
-    `${err.message}${hint}`, code);
-  e.cause = err;
-  return e;
+  return new DpsrError(`${kind === 'read' ? 'reading' : 'writing'} the ${side} at byte ${position} (${length} bytes) failed: ` +
+    `${err.message}${hint}`, 'EIO', { errno, cause: err });
 }
 
 // Aligned buffers are malloc'ed outside V8's heap, which does not count them, so a GC may

@@ -14,7 +14,7 @@ import { flush, openDirect } from '../io/direct-io.js';
 import { systemDisks, whyInUse } from '../devices/in-use.js';
 import { type BlockDevice, readSysOrNull, resolveBlockDevice } from '../devices/devices.js';
 import { tryLockFile, withDriveLock } from '../base/locks.js';
-import { DpsrError, ExitStatus, RefusedError } from '../base/errors.js';
+import { DpsrError, RefusedError, errnoOf, refuse } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { identify, matchRecordedSource } from '../devices/identity.js';
 import { readCommitted } from '../drive/journal.js';
@@ -78,9 +78,6 @@ export interface RollbackReport {
 // ---------------------------------------------------------------------------------------------
 // Refusals: only reads; the exclusive open is closed at once.
 
-const refuse = (message: string, code: string): never => {
-  throw new RefusedError(message, code);
-};
 
 
 /**
@@ -102,17 +99,17 @@ function openExclusive(devPath: string, flags: number, what: string): number {
   try {
     return fs.openSync(devPath, flags | fs.constants.O_EXCL);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? 'EOPEN';
-    if (code === 'EBUSY') refuse(`${what} is in use (an exclusive open failed: a mount, an md/dm member, or a program holding it); nothing written`, 'EINUSE');
-    throw new RefusedError(`cannot open ${what}: ${(err as Error).message}`, code);
+    const errno = errnoOf(err);
+    if (errno === 'EBUSY') refuse(`${what} is in use (an exclusive open failed: a mount, an md/dm member, or a program holding it); nothing written`, 'EINUSE');
+    throw new RefusedError(`cannot open ${what}: ${(err as Error).message}`, 'EOPEN', { errno, cause: err });
   }
 }
 
 /** Refuses an image that is no point in time to return to. */
 function checkWhole(name: string, image: ImageState): void {
-  if (image === 'none') throw new DpsrError(`pair ${name}: the DPSR drive was never completely copied: there is no image to return to; nothing written`, 'ENOTUSABLE', ExitStatus.notUsable);
+  if (image === 'none') throw new DpsrError(`pair ${name}: the DPSR drive was never completely copied: there is no image to return to; nothing written`, 'ENOTUSABLE');
   if (image === 'partial') {
-    throw new DpsrError(`pair ${name}: the DPSR drive holds a partial image (a sync written in place was interrupted): a mix of two points in time, not one to return to; nothing written`, 'ENOTUSABLE', ExitStatus.notUsable);
+    throw new DpsrError(`pair ${name}: the DPSR drive holds a partial image (a sync written in place was interrupted): a mix of two points in time, not one to return to; nothing written`, 'ENOTUSABLE');
   }
 }
 

@@ -51,7 +51,7 @@ function lines(child: { stdout: Readable }): () => Promise<Record<string, unknow
  * thawed again before the error is thrown.
  */
 export async function freeze(mounts: string[], deadlineMs: number, readOnlyMounts: string[] = []): Promise<FrozenSet> {
-  if (mounts.length + readOnlyMounts.length === 0) throw new DpsrError('nothing to freeze', 'EINVAL');
+  if (mounts.length + readOnlyMounts.length === 0) throw new DpsrError('nothing to freeze', 'EFAIL');
   execFileSync('sync', ['-f', ...mounts, ...readOnlyMounts]); // syncfs(2)
   const args = [watchdogScript, String(deadlineMs), ...mounts, ...(readOnlyMounts.length ? ['--ro', ...readOnlyMounts] : [])];
   const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'inherit'] });
@@ -100,7 +100,7 @@ export async function freeze(mounts: string[], deadlineMs: number, readOnlyMount
         `no point in time can be taken while it is; thaw it (fsfreeze -u ${m}) when that program is done`, 'EFROZEN');
     }
     const what = remounted.length < readOnlyMounts.length ? `remount ${readOnlyMounts[remounted.length]} read-only` : `freeze ${mounts[frozen.length]}`;
-    throw new DpsrError(`cannot ${what}: ${(err as Error).message.split('\n')[0]}`, code ?? 'EFREEZE');
+    throw new DpsrError(`cannot ${what}: ${(err as Error).message.split('\n')[0]}`, 'EFREEZE', { errno: code, cause: err });
   }
   return { mounts, thaw: release };
 }

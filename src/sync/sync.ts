@@ -6,7 +6,7 @@ import { compareExtents, copyExtents } from '../io/copy.js';
 import { flush, openDirect } from '../io/direct-io.js';
 import { type DiskCounters, readDiskCounters, resolveBlockDevice } from '../devices/devices.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DpsrError, RefusedError } from '../base/errors.js';
+import { DpsrError, RefusedError, errnoOf } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { finishedImage, journalRegionOf, openRecoveredDrive, updateLabel } from '../drive/paired-drive.js';
 import { type ImageState } from '../state/records.js';
@@ -97,8 +97,8 @@ function readIntoMemory(fd: number, extents: ExtentSet, limitSectors: number): H
       try {
         n = fs.readSync(fd, buf, done, length - done, a * SECTOR + done);
       } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
-        throw new DpsrError(`final pass: reading the source at byte ${a * SECTOR + done}: ${code}`, code);
+        const errno = errnoOf(err) ?? 'EIO';
+        throw new DpsrError(`final pass: reading the source at byte ${a * SECTOR + done}: ${errno}`, 'EIO', { errno, cause: err });
       }
       if (n <= 0) throw new DpsrError(`final pass: reading the source at byte ${a * SECTOR + done}: unexpected end`, 'ESHORT');
       done += n;

@@ -7,7 +7,7 @@ import type { Settings } from '../../base/defaults.js';
 import { openDirect } from '../../io/direct-io.js';
 import { resolveBlockDevice } from '../../devices/devices.js';
 import { applyFromDrive, committedOnDrive, imageAfter } from '../../drive/recovery.js';
-import { DpsrError, ExitStatus, RefusedError } from '../../base/errors.js';
+import { DpsrError, RefusedError } from '../../base/errors.js';
 import { readLabel } from '../../drive/label.js';
 import { mountsOf } from '../../devices/mounts.js';
 import { withOwnerLock } from '../../restore/rollback.js';
@@ -22,7 +22,7 @@ export async function recoverCommand(opts: { drive: string; json: boolean }, set
     let txn;
     try {
       label = readLabel(fd);
-      if (!label) throw new DpsrError(`${opts.drive} carries no dpsr label: not a DPSR drive`, 'ENOLABEL', ExitStatus.notUsable);
+      if (!label) throw new DpsrError(`${opts.drive} carries no dpsr label: not a DPSR drive`, 'ENOLABEL');
       txn = await committedOnDrive(fd, label);
       // Applied while `fd` is open: the transaction reads its journal entries through it.
       if (txn) await applyFromDrive(dev.path, label, txn);

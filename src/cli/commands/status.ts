@@ -92,7 +92,7 @@ export async function statusCommand(opts: StatusOptions, settings: Settings, log
         fs.closeSync(fd);
       }
     })();
-    if (!label) throw new DpsrError(`${opts.drive} carries no dpsr label`, 'ENOLABEL', ExitStatus.notUsable);
+    if (!label) throw new DpsrError(`${opts.drive} carries no dpsr label`, 'ENOLABEL');
     // A committed transaction not yet applied: the sync that was landing when the source died.
     const unapplied = txn ? `a committed sync (journal transaction ${txn.seq}) is not completely applied: run dpsr recover ${opts.drive} before booting or restoring from it` : null;
     if (opts.json) process.stdout.write(`${JSON.stringify({ drive: opts.drive, label, unappliedTransaction: txn?.seq ?? null })}\n`);
