@@ -17,6 +17,7 @@ packages=(
 	groff-base man-db                                      # the manual page: rendered and checked by the tests, read with man
 	qemu-system-x86 busybox-static extlinux syslinux-common cpio   # boot tests: a real system disk booted under qemu
 	mmdebstrap qemu-utils                                  # the guest test: a Debian 12 guest with systemd and udevd (tools/guest.sh)
+	git pkg-config libgcrypt20-dev libxxhash-dev           # tools/bench/peer.ts builds its peer, blocksync-fast, from source
 )
 echo "setup: apt-get install ${packages[*]}"
 apt-get update -qq
