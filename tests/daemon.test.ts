@@ -261,7 +261,8 @@ test('a source re-attached under the running daemon (same loop number) is seen a
     const s = await statusOf('p');
     return s.gapsSinceSync.some((g) => g.cause === 'identity-changed') && s;
   });
-  assert.ok((st.suspectBytes ?? 0) > 0, 'the source is to be compared');
+  // The daemon may compare the suspect source at once (background compare): the sha256 below judges.
+  assert.ok(st.gapsSinceSync.some((g) => g.cause === 'identity-changed'));
   const r = dpsr('sync', 'p', '--quiet-period', '0.2');
   assert.is(r.status, 0, r.stderr);
   assert.is(hash(drive, bytes), hash(source, bytes), 'the write made while detached is on the DPSR drive');

@@ -32,7 +32,8 @@
 // applyTransaction() copies the data area onto the image in large reads and writes.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { batchIo } from '../io/batch-io.js';
+import { type IoOp, batchIo } from '../io/batch-io.js';
+import { ExtentSet } from '../base/extents.js';
 import { fullIo as copyFullIo } from '../io/direct-io.js';
 import { DpsrError } from '../base/errors.js';
 import { LABEL_AREA_BYTES } from './label.js';
@@ -560,6 +561,37 @@ export async function applyTransaction(fd: number, txn: CommittedTransaction, op
   };
   await Promise.all(buffers.map((_, slot) => worker(slot)));
   if (failure) throw (failure as { error: unknown }).error;
+  await fdatasync(fd);
+}
+
+/**
+ * Applies a committed transaction from the entries it was written from,
+ * still in memory (each data buffer page-aligned, as O_DIRECT needs): the
+ * same writes as applyTransaction without reading the journal back. Later
+ * entries win, so what a later entry covers is not written from an earlier one.
+ */
+export async function applyEntries(fd: number, entries: JournalEntry[], opts: JournalIoOptions = {}): Promise<void> {
+  const { chunkBytes } = ioOptions(opts);
+  const covered = new ExtentSet();
+  const writes = new Map<ArrayBufferLike, IoOp[]>();
+  const discards: Array<[number, number]> = [];
+  for (let i = entries.length - 1; i >= 0; i--) {
+    const e = entries[i];
+    const start = e.targetSector;
+    const end = start + (e.kind === 'data' ? e.data.length / SECTOR : e.sectors);
+    const fresh = ExtentSet.from([[start, end]]);
+    fresh.subtractSet(covered);
+    covered.add(start, end);
+    fresh.forEach((a, b) => {
+      if (e.kind === 'discard') return void discards.push([a, b]);
+      const ops = writes.get(e.data.buffer) ?? [];
+      writes.set(e.data.buffer, ops);
+      ops.push({ bufferOffset: e.data.byteOffset + (a - start) * SECTOR, length: (b - a) * SECTOR, position: a * SECTOR });
+    });
+  }
+  for (const [buffer, ops] of writes) await batchIo('write', 'DPSR drive', fd, Buffer.from(buffer), ops);
+  let zeros: Buffer | null = null;
+  for (const [a, b] of discards) zeros = await discard(fd, a * SECTOR, (b - a) * SECTOR, zeros, chunkBytes);
   await fdatasync(fd);
 }
 

@@ -73,7 +73,8 @@ export async function* differingEntries(srcFd: number, driveFd: number, extents:
       counters.bytesRead += 2 * length;
       counters.comparedBytes += length;
       for (const [from, to] of differingRuns(src, drv, b.offsets[i], length, BLOCK_BYTES)) {
-        const data = Buffer.from(src.subarray(b.offsets[i] + from, b.offsets[i] + to));
+        const data = native().alignedBuffer(to - from, BLOCK_BYTES); // aligned: the apply may write it from memory with O_DIRECT
+        src.copy(data, 0, b.offsets[i] + from, b.offsets[i] + to);
         counters.entryBytes += data.length;
         yield { kind: 'data', targetSector: p.startSector + from / SECTOR, data };
       }

@@ -10,7 +10,7 @@ import { DpsrError, RefusedError, errnoOf } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { finishedImage, journalRegionOf, openRecoveredDrive, updateLabel } from '../drive/paired-drive.js';
 import { type ImageState } from '../state/records.js';
-import { type JournalEntry, type JournalRegion, applyTransaction, journalBytesFor, journalDataCapacity, writeTransaction } from '../drive/journal.js';
+import { type JournalEntry, type JournalRegion, applyEntries, applyTransaction, journalBytesFor, journalDataCapacity, writeTransaction } from '../drive/journal.js';
 import { copyEntries, differingEntries } from './pass-source.js';
 import { withDriveLock } from '../base/locks.js';
 import { recordFreeze } from '../state/records.js';
@@ -34,6 +34,7 @@ const SCATTERED_IO = { chunkBytes: 512 << 10, inFlight: 32, mergeGapSectors: 32 
 const MAX_PASSES = 5;
 const CONVERGED_BYTES = 4 << 20; // passes stop when this little is left: the final pass (frozen) reads it
 const FREEZE_READ_LIMIT_BYTES = 256 << 20; // what the final pass may hold in memory
+const APPLY_FROM_MEMORY_BYTES = 256 << 20; // what a journaled sync keeps to apply without reading the journal back
 const FREEZE_DEADLINE_MS = 5000; // the watchdog thaws after this
 const DEFAULT_QUIET_MS = 2000; // a raw source must be idle this long for its final pass
 const QUIET_ATTEMPTS = 3;
@@ -416,14 +417,26 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
     pair.pendingTxn = { seq, image: result.image, imageTimeMs: result.cutMs };
     updateLabel(c.driveFd, pair);
   }
+  // The entries stay in memory up to a bound, so the apply need not read the journal back.
+  let kept: JournalEntry[] | null = [];
+  let keptBytes = 0;
+  async function* keeping(all: AsyncIterable<JournalEntry>): AsyncGenerator<JournalEntry> {
+    for await (const e of all) {
+      keptBytes += e.kind === 'data' ? e.data.length : 0;
+      if (keptBytes > APPLY_FROM_MEMORY_BYTES) kept = null;
+      kept?.push(e);
+      yield e;
+    }
+  }
   let committed;
   try {
-    ({ committed } = await writeTransaction(region, seq, entries()));
+    ({ committed } = await writeTransaction(region, seq, keeping(entries())));
   } finally {
     if (settleEpoch >= 0) await s.tracker.settle(settleEpoch);
   }
   if (!committed) throw new DpsrError(`pair ${pair.name}: journal transaction ${seq} was not committed`, 'EJOURNAL');
-  await applyTransaction(c.driveFd, committed);
+  if (kept) await applyEntries(c.driveFd, kept);
+  else await applyTransaction(c.driveFd, committed);
   pair.journalSeq = seq;
   pair.pendingTxn = null;
   result.compared = counters.comparedBytes;
