@@ -172,7 +172,7 @@ function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv, cgroup?: str
 type Tool = 'dpsr' | 'dpsr-q0' | 'peer';
 const TOOL_NAMES: Record<Tool, string> = { dpsr: 'dpsr sync (defaults)', 'dpsr-q0': 'dpsr sync --quiet-period 0', peer: 'blocksync-fast -f DIGEST' };
 interface Run {
-  speed: string; level: number; round: number; tool: Tool; seconds: number; changed: number;
+  speed: string; level: number; round: number; tool: Tool; seconds: number; changed: number; load: number;
   source: { read: number; written: number }; target: { read: number; written: number };
   sync?: { durationMs: number; copiedBytes: number; comparedBytes: number; journaled: boolean; gaps: number };
 }
@@ -237,6 +237,7 @@ async function main(): Promise<void> {
     const measure = (tool: Tool, level: number, round: number, changed: number): Run => {
       flush(); // a source the peer read last time must not answer from the page cache
       const dev = tool === 'peer' ? target.dev : drive.dev;
+      const load = os.loadavg()[0]; // others' work on a shared machine: the main source of noise
       const before = { s: ioBytes(src.dev), t: ioBytes(dev) };
       const r = tool === 'peer'
         ? timed(peer, ['-s', src.dev, '-d', target.dev, '-f', digest], env, cgroup)
@@ -253,12 +254,12 @@ async function main(): Promise<void> {
         return { durationMs: s.durationMs, copiedBytes: s.copiedBytes, comparedBytes: s.comparedBytes, journaled: s.journaled, gaps: s.gaps.length };
       })();
       const one: Run = {
-        speed, level, round, tool, seconds: r.seconds, changed,
+        speed, level, round, tool, seconds: r.seconds, changed, load,
         source: { read: after.s.read - before.s.read, written: after.s.written - before.s.written },
         target: { read: after.t.read - before.t.read, written: after.t.written - before.t.written }, sync,
       };
       runs.push(one);
-      console.log(`${speed.padEnd(10)} ${level}% round ${round} ${TOOL_NAMES[tool].padEnd(27)} ${r.seconds.toFixed(2).padStart(6)} s  ` +
+      console.log(`${speed.padEnd(10)} ${level}% round ${round} ${TOOL_NAMES[tool].padEnd(27)} ${r.seconds.toFixed(2).padStart(6)} s  load ${load.toFixed(1)}  ` +
         `source read ${mib(one.source.read).toFixed(1)} MiB, target read ${mib(one.target.read).toFixed(1)} written ${mib(one.target.written).toFixed(1)} MiB` +
         (sync ? `; in-sync ${(sync.durationMs / 1000).toFixed(2)} s, copied ${mib(sync.copiedBytes).toFixed(1)} MiB${sync.comparedBytes ? `, COMPARED ${mib(sync.comparedBytes).toFixed(0)} MiB` : ''}` +
           `${sync.gaps ? `, ${sync.gaps} gap(s)` : ''}${sync.journaled ? '' : ', IN PLACE'}` : ''));
