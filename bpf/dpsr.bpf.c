@@ -16,6 +16,7 @@
  * segments a queue takes (NVME_DSM_MAX_RANGES, virtio_blk's
  * MAX_DISCARD_SEGMENTS). */
 #define DPSR_MAX_DISCARD_BIOS 256
+#define EEXIST 17	/* errno values are macros, not in BTF */
 #define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
 
@@ -26,6 +27,12 @@ char LICENSE[] SEC("license") = "GPL";
  * removes the branch. */
 const volatile __u32 skip_every_n = 0;
 __u64 completions_seen = 0;
+/* Test-only: every Nth record is emitted malformed (too short), as a reader
+ * must be ready to meet. */
+const volatile __u32 malformed_every_n = 0;
+__u64 records_made = 0;
+/* Off only to stand in for a version without the issue log (tests). */
+const volatile bool log_issues = true;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -78,6 +85,30 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } epoch_drops SEC(".maps");
+
+/* The issue log (dpsr.h): sized before load; user space reads `issued`,
+ * and deletes from `missed` what it has saved. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DPSR_ISSUED_ENTRIES);
+	__type(key, __u64);
+	__type(value, struct dpsr_issued);
+} issued SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DPSR_MISSED_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);	/* rarely used: memory only when a completion is lost */
+	__type(key, struct dpsr_missed_key);
+	__type(value, struct dpsr_issued);
+} missed SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dpsr_log_stats);
+} log_stats SEC(".maps");
 
 /* Used by user space only; pinned with the rest. */
 struct {
@@ -243,6 +274,14 @@ struct emit_ctx {
 	struct dpsr_record rec;
 	__u32 ring_mask;
 	__u32 epoch;
+	bool malformed;		/* test-only: a record too short to read */
+};
+
+/* A malformed record (test-only): the first 16 bytes of a record. */
+struct dpsr_short_record {
+	__u64 sector;
+	__u32 sectors;
+	__u32 dev;
 };
 
 /* A record's footprint in a ring buffer: its 8-byte header, rounded up to 8. */
@@ -264,6 +303,17 @@ static long emit_one(__u32 r, struct emit_ctx *c)
 	if (!ring)
 		return 0;	/* the consumer went away */
 	rs = bpf_map_lookup_elem(&ring_stats, &r);
+	if (malformed_every_n && c->malformed) {
+		struct dpsr_short_record *bad = bpf_ringbuf_reserve(ring, sizeof(*bad), 0);
+
+		if (bad) {
+			bad->sector = c->rec.sector;
+			bad->sectors = c->rec.sectors;
+			bad->dev = c->rec.dev;
+			bpf_ringbuf_submit(bad, 0);
+		}
+		return 0;
+	}
 	out = bpf_ringbuf_reserve(ring, sizeof(*out), 0);
 	if (!out) {
 		__u64 *drops;
@@ -335,6 +385,8 @@ static __always_inline void place(const struct req_ctx *q, __u64 start, __u64 en
 	em.rec.slot_mask = v.touched;
 	em.ring_mask = v.ring_mask;
 	em.epoch = v.epoch;
+	em.malformed = malformed_every_n &&
+		__sync_fetch_and_add(&records_made, 1) % malformed_every_n == malformed_every_n - 1;
 	if (!(em.ring_mask & (em.ring_mask - 1)))
 		emit_one(only_bit(em.ring_mask), &em);
 	else
@@ -417,6 +469,120 @@ static __always_inline bool start_request(struct walk_ctx *w, struct request *rq
 	return true;
 }
 
+static __always_inline void log_full(void)
+{
+	__u32 zero = 0;
+	struct dpsr_log_stats *ls = bpf_map_lookup_elem(&log_stats, &zero);
+
+	if (ls)
+		__sync_fetch_and_add(&ls->full, 1);
+}
+
+/* [e->sector, e->sector + e->sectors) of request `rq` was written unseen. */
+static __always_inline void log_missed(__u64 rq, const struct dpsr_issued *e)
+{
+	struct dpsr_missed_key key = { .rq = rq, .issued_ns = e->issued_ns, .sector = e->sector };
+	long err;
+
+	if (!e->sectors)
+		return;
+	err = bpf_map_update_elem(&missed, &key, e, BPF_NOEXIST);
+	if (err && err != -EEXIST)	/* logged already */
+		log_full();
+}
+
+/*
+ * At issue: logs this use of the request, unless it has no range to place
+ * (passthrough; zone append, written where the device chooses) or no data.
+ * A request still logged lost the completion of its previous use (a request
+ * is reused only once completed), unless it was requeued and is issued again
+ * as it was. The common case, no entry, costs one update.
+ */
+static __always_inline void log_issue(const struct req_ctx *q, struct request *rq, __u64 sector, __u32 bytes)
+{
+	__u64 key = (__u64)rq;
+	struct dpsr_issued *old, e = {}, lost;
+	bool loggable = q->op != REQ_OP_ZONE_APPEND && is_ranged_write(q->op) && bytes >= 512;
+	long err = -EEXIST;
+
+	if (loggable) {
+		e.sector = sector;
+		e.sectors = bytes >> 9;
+		e.issued_ns = bpf_ktime_get_ns();
+		e.dev = q->dev;
+		e.op = q->op;
+		e.flags = (q->op == REQ_OP_DISCARD || q->op == REQ_OP_SECURE_ERASE) &&
+			  BPF_CORE_READ(rq, nr_phys_segments) > 1 ? DPSR_ISSUED_UNPLACED : 0;
+		err = bpf_map_update_elem(&issued, &key, &e, BPF_NOEXIST);
+		if (!err)
+			return;
+	}
+	if (err != -EEXIST) {
+		log_full();
+		return;
+	}
+	old = bpf_map_lookup_elem(&issued, &key);
+	if (old) {
+		lost = *old;
+		if (!(lost.flags & DPSR_ISSUED_REQUEUED) || lost.sector != sector || lost.sectors != bytes >> 9)
+			log_missed(key, &lost);
+	}
+	if (!loggable)
+		bpf_map_delete_elem(&issued, &key);
+	else if (bpf_map_update_elem(&issued, &key, &e, BPF_ANY))
+		log_full();
+}
+
+/*
+ * The request's remaining range ([__sector, +__data_len), before a
+ * completion advances it) must continue its logged entry. If it ends
+ * elsewhere, the entry is a previous use whose completion was lost: logged
+ * as missed and removed (returns false). If it starts later, a partial
+ * completion was lost: that part is logged as missed and the entry advanced.
+ */
+static __always_inline bool log_continues(__u64 key, struct dpsr_issued *e, struct request *rq)
+{
+	__u64 pos = BPF_CORE_READ(rq, __sector);
+	__u64 left = BPF_CORE_READ(rq, __data_len) >> 9;
+	struct dpsr_issued lost;
+
+	if (pos + left != e->sector + e->sectors || pos < e->sector) {
+		log_missed(key, e);
+		bpf_map_delete_elem(&issued, &key);
+		return false;
+	}
+	if (pos > e->sector) {
+		lost = *e;
+		lost.sectors = pos - e->sector;
+		log_missed(key, &lost);
+		e->sector = pos;
+		e->sectors = left;
+	}
+	return true;
+}
+
+/* At completion: the last one removes the entry, a partial one advances it. */
+static __always_inline void log_complete(struct request *rq, __u32 nr_bytes)
+{
+	__u64 key = (__u64)rq;
+	struct dpsr_issued *p = bpf_map_lookup_elem(&issued, &key);
+	struct dpsr_issued e;
+	__u32 done = nr_bytes >> 9;
+
+	if (!p)
+		return;
+	e = *p;
+	if (!log_continues(key, &e, rq))
+		return;
+	if (done >= e.sectors) {
+		bpf_map_delete_elem(&issued, &key);
+		return;
+	}
+	e.sector += done;
+	e.sectors -= done;
+	bpf_map_update_elem(&issued, &key, &e, BPF_EXIST);
+}
+
 SEC("tp_btf/block_rq_complete")
 int BPF_PROG(dpsr_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
 {
@@ -431,18 +597,46 @@ int BPF_PROG(dpsr_complete, struct request *rq, blk_status_t error, unsigned int
 	w.q.error = error != 0;
 	/* this completion's bytes, not the request's */
 	place_request(&w, rq, nr_bytes);
+	if (log_issues)
+		log_complete(rq, nr_bytes);
 	return 0;
 }
 
-/* At issue only the bitmaps: if the completion's run is skipped, the
- * issue's bits still localize the write. */
+/* A request given back to be issued again (the driver was busy, or asked
+ * for it): not a lost completion when it comes back unchanged. */
+SEC("tp_btf/block_rq_requeue")
+int BPF_PROG(dpsr_requeue, struct request *rq)
+{
+	struct walk_ctx w = {};
+	struct dpsr_issued *p, e;
+	__u64 key = (__u64)rq;
+
+	if (!log_issues || !start_request(&w, rq))
+		return 0;
+	p = bpf_map_lookup_elem(&issued, &key);
+	if (!p)
+		return 0;
+	e = *p;
+	if (!log_continues(key, &e, rq))
+		return 0;
+	e.flags |= DPSR_ISSUED_REQUEUED;
+	bpf_map_update_elem(&issued, &key, &e, BPF_EXIST);
+	return 0;
+}
+
+/* At issue the bitmaps and the issue log: if the completion's run is
+ * skipped, the log places the write and the bits still bound it. */
 SEC("tp_btf/block_rq_issue")
 int BPF_PROG(dpsr_issue, struct request *rq)
 {
 	struct walk_ctx w = {};
+	__u32 bytes;
 
 	if (!start_request(&w, rq))
 		return 0;
-	place_request(&w, rq, BPF_CORE_READ(rq, __data_len));
+	bytes = BPF_CORE_READ(rq, __data_len);
+	place_request(&w, rq, bytes);
+	if (log_issues)
+		log_issue(&w.q, rq, BPF_CORE_READ(rq, __sector), bytes);
 	return 0;
 }

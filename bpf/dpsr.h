@@ -75,6 +75,45 @@ struct dpsr_consumer {
 
 #define DPSR_CONSUMER_OWNER	1	/* the tracker's ring: outlives its processes */
 
+/*
+ * The issue log: a second, independent record of where writes go. Each
+ * ranged write request of a tracked disk is logged at issue (`issued`, keyed
+ * by the request's address) and removed once its last completion is seen. An
+ * entry still there when its request is issued again, or when a completion
+ * does not continue it, lost a completion: it moves to `missed` (keyed by
+ * dpsr_missed_key) until the owner has saved where it was. A shortfall of the
+ * counts is then placed at those writes instead of whole regions.
+ */
+#define DPSR_ISSUED_ENTRIES	8192	/* writes in flight on tracked disks, and lost ones not yet re-issued */
+#define DPSR_MISSED_ENTRIES	1024	/* lost completions the owner has not taken yet */
+
+/* dpsr_issued.flags */
+#define DPSR_ISSUED_UNPLACED	1	/* a multi-range discard: not one extent, cannot be placed */
+#define DPSR_ISSUED_REQUEUED	2	/* given back to be issued again, not completed */
+
+struct dpsr_issued {
+	__u64 sector;		/* absolute on the disk: the first sector not seen completed */
+	__u64 issued_ns;	/* bpf_ktime_get_ns() at issue (CLOCK_MONOTONIC): names this issue */
+	__u32 dev;		/* the disk's dev_t, kernel encoding */
+	__u32 sectors;		/* from `sector` to the request's end: not seen completed */
+	__u16 op;		/* REQ_OP_* */
+	__u16 flags;		/* DPSR_ISSUED_* */
+	__u32 pad;
+};
+
+/* One lost completion: its request, its issue, its first unseen sector
+ * (a request can lose a partial completion and later its last one). */
+struct dpsr_missed_key {
+	__u64 rq;
+	__u64 issued_ns;
+	__u64 sector;
+};
+
+/* The issue log's counter (one entry, never reset). */
+struct dpsr_log_stats {
+	__u64 full;		/* issues or lost completions the log could not hold */
+};
+
 struct dpsr_control {
 	__u32 epoch;		/* 0 or 1: the bitmaps and drop counters in use */
 	__u32 owner_clean;	/* reserved (unused since the owner releases ring records only once persisted) */

@@ -8,8 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  BITMAP_WORDS, CONSUMER_OWNER, Layout, MAX_RINGS, MAX_SLOTS, REC_ERROR, REC_UNKNOWN, chunkShiftFor,
-  decodeBitmap, forEachRecord,
+  BITMAP_WORDS, CONSUMER_OWNER, ISSUED_ENTRIES, ISSUED_REQUEUED, ISSUED_UNPLACED, Layout, MAX_RINGS, MAX_SLOTS, MISSED_ENTRIES,
+  REC_ERROR, REC_UNKNOWN, chunkShiftFor, decodeBitmap, decodeIssued, decodeMissed, forEachRecord,
 } from '../src/kernel/kernel-abi.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -24,12 +24,16 @@ function headerFacts(): Record<string, number> {
     dpsr_bitmap: ['whole', 'words'],
     dpsr_consumer: ['pid', 'flags', 'start_time'],
     dpsr_control: ['epoch', 'owner_clean'],
+    dpsr_issued: ['sector', 'issued_ns', 'dev', 'sectors', 'op', 'flags'],
+    dpsr_missed_key: ['rq', 'issued_ns', 'sector'],
+    dpsr_log_stats: ['full'],
   };
   const lines = Object.entries(fields).flatMap(([s, fs_]) => [
     `printf("${s}=%zu\\n", sizeof(struct ${s}));`,
     ...fs_.map((f) => `printf("${s}.${f}=%zu\\n", offsetof(struct ${s}, ${f}));`),
   ]);
-  const consts = ['DPSR_MAX_SLOTS', 'DPSR_MAX_RINGS', 'DPSR_BITMAP_WORDS', 'DPSR_REC_UNKNOWN', 'DPSR_REC_ERROR', 'DPSR_CONSUMER_OWNER'];
+  const consts = ['DPSR_MAX_SLOTS', 'DPSR_MAX_RINGS', 'DPSR_BITMAP_WORDS', 'DPSR_REC_UNKNOWN', 'DPSR_REC_ERROR', 'DPSR_CONSUMER_OWNER',
+    'DPSR_ISSUED_ENTRIES', 'DPSR_MISSED_ENTRIES', 'DPSR_ISSUED_UNPLACED', 'DPSR_ISSUED_REQUEUED'];
   const src = `#include <stddef.h>\n#include <stdio.h>\n#include <linux/types.h>\n#include "dpsr.h"\nint main(void) {\n${lines.join('\n')}\n${consts.map((c) => `printf("${c}=%d\\n", ${c});`).join('\n')}\nreturn 0; }\n`;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dpsr-abi-'));
   try {
@@ -56,6 +60,13 @@ test('every layout and constant matches bpf/dpsr.h', () => {
   check('dpsr_bitmap', Layout.bitmap, { whole: 'whole', words: 'words' });
   check('dpsr_consumer', Layout.consumer, { pid: 'pid', flags: 'flags', startTime: 'start_time' });
   check('dpsr_control', Layout.control, { epoch: 'epoch', ownerClean: 'owner_clean' });
+  check('dpsr_issued', Layout.issued, { sector: 'sector', issuedNs: 'issued_ns', dev: 'dev', sectors: 'sectors', op: 'op', flags: 'flags' });
+  check('dpsr_missed_key', Layout.missedKey, { rq: 'rq', issuedNs: 'issued_ns', sector: 'sector' });
+  check('dpsr_log_stats', Layout.logStats, { full: 'full' });
+  assert.is(ISSUED_ENTRIES, h.DPSR_ISSUED_ENTRIES);
+  assert.is(MISSED_ENTRIES, h.DPSR_MISSED_ENTRIES);
+  assert.is(ISSUED_UNPLACED, h.DPSR_ISSUED_UNPLACED);
+  assert.is(ISSUED_REQUEUED, h.DPSR_ISSUED_REQUEUED);
   assert.is(MAX_SLOTS, h.DPSR_MAX_SLOTS);
   assert.is(MAX_RINGS, h.DPSR_MAX_RINGS);
   assert.is(BITMAP_WORDS, h.DPSR_BITMAP_WORDS);
@@ -72,6 +83,19 @@ test('records decode, including sectors above 2^32', () => {
   const seen: Array<[number, number, number, number]> = [];
   forEachRecord(b, (r) => seen.push([r.startSector, r.endSector, r.op, r.flags]));
   assert.equal(seen, [[0x1_2345_6789, 0x1_2345_6789 + 8, 1, REC_ERROR], [0, 0, 35, REC_UNKNOWN]]);
+});
+
+test('an issued entry and the same write as a lost one decode to one id', () => {
+  const v = Buffer.alloc(Layout.issued.size);
+  v.writeBigUInt64LE(0x1_0000_0008n, Layout.issued.sector); v.writeBigUInt64LE(123_456_789_012n, Layout.issued.issuedNs);
+  v.writeUInt32LE((7 << 20) | 3, Layout.issued.dev); v.writeUInt32LE(16, Layout.issued.sectors); v.writeUInt16LE(1, Layout.issued.op);
+  const rq = Buffer.alloc(8);
+  rq.writeBigUInt64LE(0xffff_8880_1234_5678n);
+  const key = Buffer.alloc(Layout.missedKey.size);
+  rq.copy(key, Layout.missedKey.rq); key.writeBigUInt64LE(123_456_789_012n, Layout.missedKey.issuedNs); key.writeBigUInt64LE(0x1_0000_0008n, Layout.missedKey.sector);
+  const a = decodeIssued(rq, v), b = decodeMissed(key, v);
+  assert.is(a.id, b.id);
+  assert.equal([a.startSector, a.endSector, a.dev, a.op, a.issuedNs], [0x1_0000_0008, 0x1_0000_0018, (7 << 20) | 3, 1, 123_456_789_012n]);
 });
 
 test('bitmaps decode to chunk numbers; chunk size fits the range', () => {

@@ -2,6 +2,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { baselineFrom, judge, type Reading } from '../src/kernel/reconcile.js';
+import { ISSUED_UNPLACED, type LoggedWrite } from '../src/kernel/kernel-abi.js';
+import { accountable, placeShortfall, stillLogged } from '../src/kernel/missed-writes.js';
 
 const r = (kernelSectors: number, programSectors: number, inFlightWrites = 0): Reading => ({ kernelSectors, programSectors, inFlightWrites });
 
@@ -34,6 +36,36 @@ test('program ahead while busy: no verdict; while quiet: rebaselined', () => {
 test('changing counts between the two readings: busy, not exact', () => {
   const base = { offsetSectors: 0, exact: true };
   assert.equal(judge(base, r(10, 10), r(18, 18)).verdict, { kind: 'busy' });
+});
+
+// ---- the issue log's placement of a shortfall ----
+
+const disk = (7 << 20) | 1;
+const w = (id: string, startSector: number, sectors: number, issuedNs: bigint, o: Partial<LoggedWrite> = {}): LoggedWrite =>
+  ({ id, key: Buffer.from(id), issuedNs, dev: disk, startSector, endSector: startSector + sectors, op: 1, flags: 0, ...o });
+
+test('accountable: the disk\'s lost and logged writes issued before the reading, each once, none already counted', () => {
+  const log = {
+    missed: [w('a', 100, 8, 10n), w('b', 200, 8, 10n, { dev: disk + 1 }), w('c', 300, 8, 10n)],
+    issued: [w('a', 100, 8, 10n), w('d', 400, 8, 20n), w('e', 500, 8, 99n)],
+    full: 0,
+  };
+  assert.equal(accountable(log, disk, new Set(['c']), 50n).map((x) => x.id), ['a', 'd']);
+  assert.equal(stillLogged(['a', 'c', 'gone'], log), ['a', 'c']);
+});
+
+test('placeShortfall: placed, clipped to the range, only when the writes account for it and the log is whole', () => {
+  const range = { startSector: 1000, endSector: 2000 };
+  const writes = [w('a', 1100, 8, 1n), w('b', 1996, 8, 1n), w('c', 5000, 8, 1n)];
+  const placed = placeShortfall(range, 24, writes, false);
+  assert.ok('extents' in placed);
+  if ('extents' in placed) {
+    assert.equal(placed.extents.toArray(), [[100, 108], [996, 1000]], 'the range\'s part, relative to it');
+    assert.is(placed.sectors, 24);
+  }
+  assert.match((placeShortfall(range, 32, writes, false) as { why: string }).why, /holds 24 of them/);
+  assert.match((placeShortfall(range, 8, writes, true) as { why: string }).why, /full/);
+  assert.match((placeShortfall(range, 8, [w('d', 1100, 8, 1n, { flags: ISSUED_UNPLACED })], false) as { why: string }).why, /multi-range discard/);
 });
 
 test.run();

@@ -31,6 +31,11 @@ test.after.each(() => fx.cleanup());
 const envOf = (version: string) => ({ ...env, DPSR_BPF_DIR: path.join(root, version) });
 const as = (version: string, ...args: string[]) => runDpsr(envOf(version), args, 60_000);
 
+/** Pins programs as v2 was: without the issue log and its maps (the knobs apply to those programs). */
+function pinAsV2(knobs: { skipEveryN?: number } = {}): void {
+  fx.tracking({ pinDir: path.join(root, 'v2'), withoutIssueLog: true, ...knobs });
+}
+
 function syncedPairUnder(version: string) {
   const { source, drive } = fx.pairDevices(32);
   randomFill(source, 32);
@@ -41,29 +46,44 @@ function syncedPairUnder(version: string) {
   return { source, drive };
 }
 
-test('v1 -> v2: the old programs\' history is inherited, nothing compared, the old programs detached', () => {
-  const { source, drive } = syncedPairUnder('v1');
-  for (let i = 0; i < 5; i++) ddDirect(source, 2048 + i * 1024, 8); // seen only by v1's programs
-  const r = as('v2', 'sync', 'p', '--json', '--quiet-period', '0.2');
+test('v2 -> v3: the old programs\' history is inherited, nothing compared, the old programs detached', () => {
+  pinAsV2();
+  const { source, drive } = syncedPairUnder('v2');
+  assert.not.ok(fs.existsSync(path.join(root, 'v2', 'issued')), 'v2\'s pins have no issue log');
+  for (let i = 0; i < 5; i++) ddDirect(source, 2048 + i * 1024, 8); // seen only by v2's programs
+  const r = as('v3', 'sync', 'p', '--json', '--quiet-period', '0.2');
   assert.is(r.status, 0, r.stderr);
   const report = JSON.parse(r.stdout).syncs[0];
   assert.is(report.comparedBytes, 0, 'no compare pass');
   assert.is(report.copiedBytes, 5 * 4096, 'exactly the writes the old programs saw');
   assert.not.ok(report.gaps.some((g: { cause: string }) => g.cause === 'unknown-history'), 'no gap');
+  assert.not.ok(fs.existsSync(path.join(root, 'v2')), 'v2 detached');
+  for (const pin of ['link_complete', 'link_requeue', 'issued', 'missed', 'log_stats']) assert.ok(fs.existsSync(path.join(root, 'v3', pin)), `v3 pinned ${pin}`);
+  assert.is(sha256Of(drive, 32 * MiB), sha256Of(source, 32 * MiB));
+});
+
+test('v1 -> v3: a version skipped over is inherited the same way', () => {
+  fx.tracking({ pinDir: path.join(root, 'v1'), withoutIssueLog: true });
+  const { source, drive } = syncedPairUnder('v1');
+  for (let i = 0; i < 5; i++) ddDirect(source, 2048 + i * 1024, 8);
+  const r = as('v3', 'sync', 'p', '--json', '--quiet-period', '0.2');
+  assert.is(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout).syncs[0];
+  assert.is(report.comparedBytes, 0, 'no compare pass');
+  assert.is(report.copiedBytes, 5 * 4096);
   assert.not.ok(fs.existsSync(path.join(root, 'v1')), 'v1 detached');
-  assert.ok(fs.existsSync(path.join(root, 'v2', 'link_complete')), 'v2 attached');
   assert.is(sha256Of(drive, 32 * MiB), sha256Of(source, 32 * MiB));
 });
 
 test('a version this dpsr cannot read (a downgrade): a gap, compared in full, then exact', () => {
   const { source, drive } = syncedPairUnder('v9');
   for (let i = 0; i < 3; i++) ddDirect(source, 4096 + i * 1024, 8);
-  const st = as('v1', 'status', 'p', '--json');
+  const st = as('v3', 'status', 'p', '--json');
   assert.is(st.status, 4, 'not usable until compared');
   const status = JSON.parse(st.stdout).pairs[0];
   assert.ok(status.gapsSinceSync.some((g: { cause: string }) => g.cause === 'unknown-history'), 'status shows the gap');
   assert.is(status.state, 'needs-compare');
-  const r = as('v1', 'sync', 'p', '--json', '--quiet-period', '0.2');
+  const r = as('v3', 'sync', 'p', '--json', '--quiet-period', '0.2');
   assert.is(r.status, 0, r.stderr);
   const report = JSON.parse(r.stdout).syncs[0];
   assert.is(report.comparedBytes, 32 * MiB, 'the whole source compared');
@@ -72,16 +92,16 @@ test('a version this dpsr cannot read (a downgrade): a gap, compared in full, th
   assert.is(sha256Of(drive, 32 * MiB), sha256Of(source, 32 * MiB));
 });
 
-test('v1 -> v2 where v1\'s programs skipped completions: v1\'s count is judged, its regions compared, the drive ends exact', () => {
-  // v1's programs skip every 5th completion on a tracked disk (a test-only knob), as the kernel was seen to.
-  fx.tracking({ pinDir: path.join(root, 'v1'), skipEveryN: 5 });
-  const { source, drive } = syncedPairUnder('v1');
-  for (let i = 0; i < 20; i++) ddDirect(source, 2048 + i * 1024, 8); // v1's records miss some; its bitmaps do not
-  const r = as('v2', 'sync', 'p', '--json', '--quiet-period', '0.2');
+test('v2 -> v3 where v2\'s programs skipped completions: v2\'s count is judged, its regions compared, the drive ends exact', () => {
+  // v2's programs skip every 5th completion on a tracked disk (a test-only knob), as the kernel was seen to.
+  pinAsV2({ skipEveryN: 5 });
+  const { source, drive } = syncedPairUnder('v2');
+  for (let i = 0; i < 20; i++) ddDirect(source, 2048 + i * 1024, 8); // v2's records miss some; its bitmaps do not
+  const r = as('v3', 'sync', 'p', '--json', '--quiet-period', '0.2');
   assert.is(r.status, 0, r.stderr);
   const report = JSON.parse(r.stdout).syncs[0];
-  assert.ok(report.comparedBytes > 0, 'v1\'s regions compared');
-  assert.is(report.repairedBytes, 4 * 4096, 'exactly the 4 writes v1\'s records missed were repaired');
+  assert.ok(report.comparedBytes > 0, 'v2\'s regions compared');
+  assert.is(report.repairedBytes, 4 * 4096, 'exactly the 4 writes v2\'s records missed were repaired');
   assert.is(sha256Of(drive, 32 * MiB), sha256Of(source, 32 * MiB));
 });
 
@@ -105,13 +125,14 @@ test('an upgrade killed at each of its state writes loses no write: the next com
     const { fx: f, env: e, root: r } = upgradeFixture();
     try {
       ({ fx, env, root } = { fx: f, env: e, root: r });
-      const { source, drive } = syncedPairUnder('v1');
-      for (let i = 0; i < 64; i++) ddDirect(source, 2048 + i * 512, 8); // seen only by v1's programs, not yet persisted
-      const finished = killedAtStateWrite(envOf('v2'), n, ['sync', 'p', '--quiet-period', '0.2']);
-      const after = as('v2', 'sync', 'p', '--json', '--quiet-period', '0.2');
+      pinAsV2();
+      const { source, drive } = syncedPairUnder('v2');
+      for (let i = 0; i < 64; i++) ddDirect(source, 2048 + i * 512, 8); // seen only by v2's programs, not yet persisted
+      const finished = killedAtStateWrite(envOf('v3'), n, ['sync', 'p', '--quiet-period', '0.2']);
+      const after = as('v3', 'sync', 'p', '--json', '--quiet-period', '0.2');
       assert.is(after.status, 0, `after a kill at state write ${n}: ${after.stderr}`);
       assert.is(sha256Of(drive, 32 * MiB), sha256Of(source, 32 * MiB), `killed at state write ${n}: the DPSR drive equals the source`);
-      assert.not.ok(fs.existsSync(path.join(root, 'v1')), 'v1 detached in the end');
+      assert.not.ok(fs.existsSync(path.join(root, 'v2')), 'v2 detached in the end');
       if (finished) break;
       points++;
     } finally {

@@ -28,6 +28,7 @@ public:
 				   {InstanceMethod("consume", &RingReader::Consume),
 				    InstanceMethod("position", &RingReader::Position),
 				    InstanceMethod("release", &RingReader::ReleaseTo),
+				    InstanceMethod("malformed", &RingReader::Malformed),
 				    InstanceMethod("close", &RingReader::Close)});
 	}
 
@@ -160,6 +161,12 @@ private:
 			if ((size_t)n < max_records_) break;
 		}
 		return Napi::Number::New(env, total);
+	}
+
+	// malformed() -> records read that were not a dpsr_record (not delivered):
+	// the caller must treat their writes as unseen.
+	Napi::Value Malformed(const Napi::CallbackInfo &info) {
+		return Napi::Number::New(info.Env(), (double)bad_);
 	}
 
 	// position() -> how far records have been read (a ring offset).

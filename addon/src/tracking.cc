@@ -24,8 +24,11 @@ namespace {
 // The maps user space needs, by their names in bpf/dpsr.bpf.c.
 const char *const kMapNames[] = {"disks",     "slots",       "slot_stats", "bitmaps",
 				 "control",   "ring_stats",  "epoch_drops", "rings", "consumers"};
+// The issue log's maps: absent from the pins of versions before it (v1, v2).
+const char *const kLogMapNames[] = {"issued", "missed", "log_stats"};
 // The complete link is pinned last: its pin means the set is whole.
 const char kLinkIssue[] = "link_issue";
+const char kLinkRequeue[] = "link_requeue";
 const char kLinkComplete[] = "link_complete";
 
 std::string Join(const std::string &dir, const char *name) { return dir + "/" + name; }
@@ -34,50 +37,105 @@ bool Exists(const std::string &path) { return access(path.c_str(), F_OK) == 0; }
 
 void UnpinAll(const std::string &dir) {
 	unlink(Join(dir, kLinkComplete).c_str());
+	unlink(Join(dir, kLinkRequeue).c_str());
 	unlink(Join(dir, kLinkIssue).c_str());
 	for (const char *name : kMapNames) unlink(Join(dir, name).c_str());
+	for (const char *name : kLogMapNames) unlink(Join(dir, name).c_str());
+}
+
+// Settings applied when the programs are loaded; all but the defaults are for tests.
+struct Knobs {
+	uint32_t skip_every_n = 0;	 // skip every Nth completion
+	uint32_t malformed_every_n = 0;	 // emit every Nth record malformed
+	bool without_issue_log = false;	 // load as a version without the issue log would
+	uint32_t issued_entries = 0;	 // 0: the header's sizes
+	uint32_t missed_entries = 0;
+};
+
+int PinMaps(struct dpsr *skel, const std::string &dir, const char *const *names, size_t n) {
+	for (size_t i = 0; i < n; i++) {
+		struct bpf_map *map = bpf_object__find_map_by_name(skel->obj, names[i]);
+		int err = map ? bpf_map__pin(map, Join(dir, names[i]).c_str()) : -ENOENT;
+		if (err) return err;
+	}
+	return 0;
+}
+
+// Attaches a program and pins its link.
+int AttachPinned(struct bpf_program *prog, const std::string &path, struct bpf_link **link) {
+	*link = bpf_program__attach(prog);
+	if (!*link) return -errno;
+	return bpf_link__pin(*link, path.c_str());
 }
 
 // Loads, pins the maps, attaches and pins the links. Returns 0 or -errno,
 // with `what` naming the step that failed.
-int LoadAndPin(const std::string &dir, uint32_t skip_every_n, std::string &what) {
+int LoadAndPin(const std::string &dir, const Knobs &knobs, std::string &what) {
 	struct dpsr *skel = nullptr;
-	struct bpf_link *issue = nullptr, *complete = nullptr;
+	struct bpf_link *issue = nullptr, *requeue = nullptr, *complete = nullptr;
 	int err = 0;
 
 	what = "open BPF object";
 	skel = dpsr__open();
 	if (!skel) return -errno;
-	skel->rodata->skip_every_n = skip_every_n;
+	skel->rodata->skip_every_n = knobs.skip_every_n;
+	skel->rodata->malformed_every_n = knobs.malformed_every_n;
+	skel->rodata->log_issues = !knobs.without_issue_log;
+	if (knobs.issued_entries) bpf_map__set_max_entries(skel->maps.issued, knobs.issued_entries);
+	if (knobs.missed_entries) bpf_map__set_max_entries(skel->maps.missed, knobs.missed_entries);
+	bpf_program__set_autoload(skel->progs.dpsr_requeue, !knobs.without_issue_log);
 
 	what = "load BPF programs";
 	err = dpsr__load(skel);
 	if (err) goto cleanup;
 
 	what = "pin BPF maps";
-	for (const char *name : kMapNames) {
-		struct bpf_map *map = bpf_object__find_map_by_name(skel->obj, name);
-		err = map ? bpf_map__pin(map, Join(dir, name).c_str()) : -ENOENT;
+	err = PinMaps(skel, dir, kMapNames, sizeof(kMapNames) / sizeof(kMapNames[0]));
+	if (!err && !knobs.without_issue_log) err = PinMaps(skel, dir, kLogMapNames, sizeof(kLogMapNames) / sizeof(kLogMapNames[0]));
+	if (err) goto cleanup;
+
+	// Requeue before issue: an issue is never logged without the requeue that clears it.
+	if (!knobs.without_issue_log) {
+		what = "attach tp_btf/block_rq_requeue";
+		err = AttachPinned(skel->progs.dpsr_requeue, Join(dir, kLinkRequeue), &requeue);
 		if (err) goto cleanup;
 	}
 
 	what = "attach tp_btf/block_rq_issue";
-	issue = bpf_program__attach(skel->progs.dpsr_issue);
-	if (!issue) { err = -errno; goto cleanup; }
-	err = bpf_link__pin(issue, Join(dir, kLinkIssue).c_str());
+	err = AttachPinned(skel->progs.dpsr_issue, Join(dir, kLinkIssue), &issue);
 	if (err) goto cleanup;
 
 	what = "attach tp_btf/block_rq_complete";
-	complete = bpf_program__attach(skel->progs.dpsr_complete);
-	if (!complete) { err = -errno; goto cleanup; }
-	err = bpf_link__pin(complete, Join(dir, kLinkComplete).c_str());
+	err = AttachPinned(skel->progs.dpsr_complete, Join(dir, kLinkComplete), &complete);
 
 cleanup:
 	if (err) UnpinAll(dir);
 	bpf_link__destroy(complete);
 	bpf_link__destroy(issue);
+	bpf_link__destroy(requeue);
 	dpsr__destroy(skel);
 	return err;
+}
+
+// Reads a knob object { skipEveryN, malformedEveryN, withoutIssueLog, issuedEntries, missedEntries },
+// or a number (skipEveryN: the form of dpsr before v3, while both are installed side by side).
+bool ReadKnobs(const Napi::Value &v, Knobs &k) {
+	if (v.IsNumber()) {
+		k.skip_every_n = v.As<Napi::Number>().Uint32Value();
+		return true;
+	}
+	if (!v.IsObject()) return false;
+	Napi::Object o = v.As<Napi::Object>();
+	auto num = [&](const char *name, uint32_t &out) {
+		Napi::Value x = o.Get(name);
+		if (x.IsNumber()) out = x.As<Napi::Number>().Uint32Value();
+	};
+	num("skipEveryN", k.skip_every_n);
+	num("malformedEveryN", k.malformed_every_n);
+	num("issuedEntries", k.issued_entries);
+	num("missedEntries", k.missed_entries);
+	k.without_issue_log = o.Get("withoutIssueLog").ToBoolean();
+	return true;
 }
 
 Napi::Value EnsureBpffs(const Napi::CallbackInfo &info) {
@@ -92,13 +150,13 @@ Napi::Value EnsureBpffs(const Napi::CallbackInfo &info) {
 	return Napi::Boolean::New(env, true);
 }
 
-// open(pinDir, skipEveryN) -> { created, maps: { name: fd } }
-// The caller holds the pin directory's flock.
+// open(pinDir, knobs) -> { created, maps: { name: fd } }; the issue log's
+// maps only where they are pinned. The caller holds the pin directory's flock.
 Napi::Value Open(const Napi::CallbackInfo &info) {
 	Napi::Env env = info.Env();
-	int64_t skip = 0;
-	if (info.Length() < 2 || !info[0].IsString() || !ArgInt(info, 1, skip))
-		return ThrowUsage(env, "open(pinDir, skipEveryN)");
+	Knobs knobs;
+	if (info.Length() < 2 || !info[0].IsString() || !ReadKnobs(info[1], knobs))
+		return ThrowUsage(env, "open(pinDir, knobs)");
 	std::string dir = info[0].As<Napi::String>();
 	struct statfs st;
 	if (statfs(dir.c_str(), &st)) return ThrowErrno(env, errno, "statfs " + dir);
@@ -109,7 +167,7 @@ Napi::Value Open(const Napi::CallbackInfo &info) {
 	if (!Exists(Join(dir, kLinkComplete))) {
 		UnpinAll(dir);  // leftovers of a load that died half-way
 		std::string what;
-		int err = LoadAndPin(dir, (uint32_t)skip, what);
+		int err = LoadAndPin(dir, knobs, what);
 		if (err) return ThrowErrno(env, err, what);
 		created = true;
 	}
@@ -125,6 +183,10 @@ Napi::Value Open(const Napi::CallbackInfo &info) {
 		}
 		fds.push_back(fd);
 		maps.Set(name, Napi::Number::New(env, fd));
+	}
+	for (const char *name : kLogMapNames) {
+		int fd = bpf_obj_get(Join(dir, name).c_str());
+		if (fd >= 0) maps.Set(name, Napi::Number::New(env, fd));
 	}
 	Napi::Object result = Napi::Object::New(env);
 	result.Set("created", Napi::Boolean::New(env, created));
@@ -229,6 +291,38 @@ Napi::Value MapKeys(const Napi::CallbackInfo &info) {
 	return keys;
 }
 
+// mapDump(fd, keySize, valueSize) -> { keys: Buffer, values: Buffer, count }:
+// a hash map's entries in batches (bucket by bucket), so that entries added
+// and removed meanwhile cannot restart the walk as get_next_key would.
+Napi::Value MapDump(const Napi::CallbackInfo &info) {
+	Napi::Env env = info.Env();
+	int64_t fd, ksize, vsize;
+	if (!ArgInt(info, 0, fd) || !ArgInt(info, 1, ksize) || !ArgInt(info, 2, vsize) || ksize <= 0 || vsize <= 0)
+		return ThrowUsage(env, "mapDump(fd, keySize, valueSize)");
+	struct bpf_map_info mi = {};
+	__u32 len = sizeof(mi);
+	if (bpf_obj_get_info_by_fd((int)fd, &mi, &len)) return ThrowErrno(env, errno, "bpf_obj_get_info_by_fd");
+	const __u32 room = mi.max_entries;
+	std::vector<uint8_t> keys((size_t)room * ksize), values((size_t)room * vsize);
+	__u32 total = 0, token = 0;
+	bool first = true;
+	while (total < room) {
+		__u32 count = room - total;
+		int err = bpf_map_lookup_batch((int)fd, first ? nullptr : &token, &token, keys.data() + (size_t)total * ksize,
+					       values.data() + (size_t)total * vsize, &count, nullptr);
+		int e = errno;
+		if (err && e != ENOENT) return ThrowErrno(env, e, "bpf_map_lookup_batch");
+		total += count;
+		first = false;
+		if (err) break;  // ENOENT: the last batch
+	}
+	Napi::Object o = Napi::Object::New(env);
+	o.Set("keys", Napi::Buffer<uint8_t>::Copy(env, keys.data(), (size_t)total * ksize));
+	o.Set("values", Napi::Buffer<uint8_t>::Copy(env, values.data(), (size_t)total * vsize));
+	o.Set("count", total);
+	return o;
+}
+
 Napi::Value PossibleCpus(const Napi::CallbackInfo &info) {
 	int n = libbpf_num_possible_cpus();
 	if (n < 0) return ThrowErrno(info.Env(), n, "libbpf_num_possible_cpus");
@@ -285,6 +379,7 @@ void InitTracking(Napi::Env env, Napi::Object exports) {
 	exports.Set("mapUpdate", Napi::Function::New(env, MapUpdate));
 	exports.Set("mapDelete", Napi::Function::New(env, MapDelete));
 	exports.Set("mapKeys", Napi::Function::New(env, MapKeys));
+	exports.Set("mapDump", Napi::Function::New(env, MapDump));
 	exports.Set("possibleCpus", Napi::Function::New(env, PossibleCpus));
 	exports.Set("ringCreate", Napi::Function::New(env, RingCreate));
 	exports.Set("membarrier", Napi::Function::New(env, Membarrier));

@@ -14,7 +14,7 @@ export function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
     stateDir: env.DPSR_STATE_DIR ?? '/var/lib/dpsr',
     socketPath,
     ownerLockPath: env.DPSR_LOCK ?? socketPath.replace(/[^/]*$/, 'owner.lock'),
-    pinDir: env.DPSR_BPF_DIR ?? '/sys/fs/bpf/dpsr/v2',
+    pinDir: env.DPSR_BPF_DIR ?? '/sys/fs/bpf/dpsr/v3',
     kernelBtfPath: env.DPSR_KERNEL_BTF ?? '/sys/kernel/btf/vmlinux',
     configPath: env.DPSR_CONFIG ?? '/etc/dpsr/dpsr.toml',
   };

@@ -5,12 +5,23 @@ import path from 'node:path';
 
 export interface OpenedTracking {
   created: boolean;
-  maps: Record<MapName, number>;
+  /** The issue log's maps only where they are pinned (versions before v3 have none). */
+  maps: Record<MapName, number> & Partial<Record<LogMapName, number>>;
 }
 
 export type MapName =
   | 'disks' | 'slots' | 'slot_stats' | 'bitmaps' | 'control'
   | 'ring_stats' | 'epoch_drops' | 'rings' | 'consumers';
+export type LogMapName = 'issued' | 'missed' | 'log_stats';
+
+/** Settings applied when the programs are loaded; all but the defaults are for tests. */
+export interface LoadKnobs {
+  skipEveryN?: number; // skip every Nth completion
+  malformedEveryN?: number; // emit every Nth record malformed
+  withoutIssueLog?: boolean; // pin as a version without the issue log (v2) would
+  issuedEntries?: number; // the issue log's sizes (default: bpf/dpsr.h)
+  missedEntries?: number;
+}
 
 export interface RingReader {
   /** Drains the ring now, delivering batches to the callback; returns records. */
@@ -19,12 +30,14 @@ export interface RingReader {
   position(): number;
   /** With a deferred release: the records before `position` are persisted; their space may be reused. */
   release(position: number): void;
+  /** Records read that were not a record (not delivered): their writes went unseen. */
+  malformed(): number;
   close(): void;
 }
 
 export interface Native {
   ensureBpffs(mountPoint: string): boolean;
-  open(pinDir: string, skipEveryN: number): OpenedTracking;
+  open(pinDir: string, knobs: LoadKnobs): OpenedTracking;
   detach(pinDir: string): void;
   closeFd(fd: number): void;
   mapInfo(fd: number): { type: number; id: number; keySize: number; valueSize: number; maxEntries: number; name: string };
@@ -32,6 +45,8 @@ export interface Native {
   mapUpdate(fd: number, key: Buffer, value: Buffer, flags?: number): void;
   mapDelete(fd: number, key: Buffer): boolean;
   mapKeys(fd: number, keySize: number): Buffer[];
+  /** A hash map's entries, read in batches (robust to entries added and removed meanwhile). */
+  mapDump(fd: number, keySize: number, valueSize: number): { keys: Buffer; values: Buffer; count: number };
   possibleCpus(): number;
   ringCreate(outerFd: number, index: number, bytes: number): void;
   membarrier(): void;

@@ -20,7 +20,7 @@ const ENVIRONMENT = [
   ['DPSR_SOCKET', 'control socket (default /run/dpsr/dpsr.sock); the owner lock sits beside it'],
   ['DPSR_LOCK', 'the one-owner lock (default owner.lock beside the socket)'],
   ['DPSR_CONFIG', 'the daemon\'s configuration (default /etc/dpsr/dpsr.toml)'],
-  ['DPSR_BPF_DIR', 'where the tracking programs are pinned (default /sys/fs/bpf/dpsr/v2)'],
+  ['DPSR_BPF_DIR', 'where the tracking programs are pinned (default /sys/fs/bpf/dpsr/v3)'],
 ] as const;
 
 const EXIT_CODES_HELP = `

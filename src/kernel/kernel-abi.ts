@@ -11,6 +11,11 @@ export const CONSUMER_OWNER = 1;
 export const REC_UNKNOWN = 1;
 export const REC_ERROR = 2;
 
+export const ISSUED_ENTRIES = 8192;
+export const MISSED_ENTRIES = 1024;
+export const ISSUED_UNPLACED = 1;
+export const ISSUED_REQUEUED = 2;
+
 export const Layout = {
   record: { size: 24, sector: 0, sectors: 8, dev: 12, op: 16, flags: 18, slotMask: 20 },
   slot: { size: 32, startSector: 0, endSector: 8, diskDev: 16, ringMask: 20, chunkShift: 24 },
@@ -20,6 +25,9 @@ export const Layout = {
   bitmap: { size: 8 + BITMAP_WORDS * 8, whole: 0, words: 8 },
   consumer: { size: 16, pid: 0, flags: 4, startTime: 8 },
   control: { size: 8, epoch: 0, ownerClean: 4 },
+  issued: { size: 32, sector: 0, issuedNs: 8, dev: 16, sectors: 20, op: 24, flags: 26 },
+  missedKey: { size: 24, rq: 0, issuedNs: 8, sector: 16 },
+  logStats: { size: 8, full: 0 },
 } as const;
 
 export const REQ_OP_DISCARD = 3;
@@ -196,4 +204,44 @@ export function chunkShiftFor(lengthSectors: number): number {
   let shift = 7;
   while (Math.ceil(lengthSectors / 2 ** shift) > BITMAP_BITS) shift++;
   return shift;
+}
+
+/**
+ * A write the issue log holds: one whose completion was lost (`missed`), or
+ * one logged at issue whose last completion was not seen yet (`issued`: in
+ * flight, or lost and not re-issued yet).
+ */
+export interface LoggedWrite {
+  /** The missed map's key (request, issue time, first unseen sector), hex: the same in both maps. */
+  id: string;
+  key: Buffer;
+  issuedNs: bigint; // CLOCK_MONOTONIC
+  dev: number;
+  startSector: number; // absolute on the disk
+  endSector: number;
+  op: number;
+  flags: number; // ISSUED_*
+}
+
+function decodeLogged(key: Buffer, v: Buffer): LoggedWrite {
+  const L = Layout.issued;
+  const startSector = u64(v, L.sector);
+  return {
+    id: key.toString('hex'), key, issuedNs: v.readBigUInt64LE(L.issuedNs), dev: v.readUInt32LE(L.dev),
+    startSector, endSector: startSector + v.readUInt32LE(L.sectors), op: v.readUInt16LE(L.op), flags: v.readUInt16LE(L.flags),
+  };
+}
+
+/** An `issued` entry (keyed by its request's address), named as it would be in `missed`. */
+export function decodeIssued(rq: Buffer, v: Buffer): LoggedWrite {
+  const K = Layout.missedKey;
+  const key = Buffer.alloc(K.size);
+  rq.copy(key, K.rq, 0, 8);
+  v.copy(key, K.issuedNs, Layout.issued.issuedNs, Layout.issued.issuedNs + 8);
+  v.copy(key, K.sector, Layout.issued.sector, Layout.issued.sector + 8);
+  return decodeLogged(key, v);
+}
+
+export function decodeMissed(key: Buffer, v: Buffer): LoggedWrite {
+  return decodeLogged(key, v);
 }

@@ -1,5 +1,5 @@
 // An upgrade whose BPF maps changed shape pins its programs under a new
-// version directory (/sys/fs/bpf/dpsr/v2 beside v1). The new programs are
+// version directory (/sys/fs/bpf/dpsr/v3 beside v2). The new programs are
 // attached first, so from then on both see every write; then what the old
 // ones hold is taken over: the owner ring's records the old owner had not
 // persisted (exact) and both epochs' bits (coarse: unreconciled, or suspect
@@ -18,10 +18,12 @@ import { KernelTracking, bitsToExtents } from './tracking.js';
 /**
  * Pin directory names whose maps this dpsr reads: its own layout, under every
  * name it was released with. A new name comes with new maps or new program
- * code (v2: multi-range discards placed per bio), so that an upgrade attaches
- * the new programs and retires the old ones instead of leaving them pinned.
+ * code (v2: multi-range discards placed per bio; v3: the issue log, its maps
+ * beside the others, absent from v1's and v2's pins), so that an upgrade
+ * attaches the new programs and retires the old ones instead of leaving them
+ * pinned.
  */
-const READABLE_VERSIONS = new Set(['v1', 'v2']);
+const READABLE_VERSIONS = new Set(['v1', 'v2', 'v3']);
 
 /** Other versions' pin directories beside ours that hold attached programs. */
 export function otherPinVersions(pinDir: string): string[] {
@@ -72,9 +74,11 @@ async function inherit(tracker: Tracker, dir: string, awaiting: AwaitingHistory[
       const a = awaiting.find((x) => sameRange(x.range, slot));
       if (a) bySlot.set(index, a);
     }
+    let malformed = 0;
     if (old.hasRing(OWNER_RING)) {
-      const reader = old.reader(OWNER_RING, (batch) => tracker.ingestForeign(batch, (i) => bySlot.get(i)?.range), 50, true);
+      const reader = old.reader(OWNER_RING, (batch) => { malformed += tracker.ingestForeign(batch, (i) => bySlot.get(i)?.range); }, 50, true);
       reader.consume();
+      malformed += reader.malformed();
       reader.close(); // nothing released: until the old programs are detached, a crash redoes all of this
     }
     // Read, never cleared: the old programs go only after what they imply is saved.
@@ -82,11 +86,13 @@ async function inherit(tracker: Tracker, dir: string, awaiting: AwaitingHistory[
     for (const [index, a] of bySlot) {
       const { range } = a;
       const verdict = await judgeOld(old, index, a, dir);
-      const exact = drops === 0 && verdict?.kind === 'exact';
+      const exact = drops === 0 && malformed === 0 && verdict?.kind === 'exact';
       const slot = old.slot(index)!;
       const into = exact ? range.unreconciled : range.suspect;
       for (const epoch of [0, 1]) for (const [x, y] of bitsToExtents(old.epochBits(index, epoch, false), slot)) into.add(x, y);
+      if (malformed > 0) tracker.recordGap(range, 'malformed-records', `${malformed} records in the previous version's ring could not be read: its regions are suspect`, undefined, malformed);
       if (drops > 0) tracker.recordGap(range, 'ring-drops', `${drops} records dropped by the previous version's ring: its regions are suspect`, undefined, drops);
+      else if (malformed > 0) continue;
       else if (verdict?.kind === 'shortfall') {
         tracker.recordGap(range, 'shortfall', `the previous version's programs missed ${verdict.sectors} written sectors on ${range.disk}: its regions are suspect`, verdict.sectors);
       } else if (!exact) tracker.recordGap(range, 'uncertain-baseline', `the previous version's count on ${range.disk} could not be confirmed: its regions are suspect`);

@@ -24,6 +24,13 @@ export interface Baseline {
   exact: boolean;
   /** Whose counter the offset is against: the pin directory of the programs (absent in states saved before it was kept). */
   countedBy?: string;
+  /**
+   * The issue log's `full` counter when last judged with nothing in flight:
+   * if it moved since, a lost write may be missing from the log.
+   */
+  logFull?: number;
+  /** Issue log entries (ids) already counted against a judgement, kept until the log forgets them. */
+  logTaken?: string[];
 }
 
 export function baselineFrom(first: Reading, second: Reading, countedBy?: string): Baseline {

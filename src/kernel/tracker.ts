@@ -10,8 +10,9 @@ import { ExtentSet } from '../base/extents.js';
 import { MAX_SLOTS, OWNER_RING, REC_UNKNOWN, REQ_OP_DISCARD, REQ_OP_SECURE_ERASE, forEachRecord } from './kernel-abi.js';
 import { tryLockFile } from '../base/locks.js';
 import { native, type RingReader } from '../base/native.js';
-import { type Baseline, type Reading, type Verdict, baselineFrom, judge } from './reconcile.js';
-import { type KernelTracking, bitsToExtents } from './tracking.js';
+import { type Baseline, type Reading, type Verdict, baselineFrom, isStable, judge } from './reconcile.js';
+import { type IssueLog, type KernelTracking, bitsToExtents } from './tracking.js';
+import { accountable, placeShortfall, stillLogged } from './missed-writes.js';
 
 export type GapCause =
   | 'ring-drops' // the ring was full: records lost, their epoch's bits taken instead
@@ -20,7 +21,8 @@ export type GapCause =
   | 'unknown-write' // a write without a range (SG_IO, NVMe passthrough)
   | 'unknown-history' // a range tracked before this tracker knew it
   | 'identity-changed' // the device was re-attached or changed media meanwhile
-  | 'scrub-mismatch'; // the scrub found a difference where the tracker saw no write
+  | 'scrub-mismatch' // the scrub found a difference where the tracker saw no write
+  | 'malformed-records'; // ring records that could not be read: their epochs' regions are suspect
 
 export interface Gap {
   cause: GapCause;
@@ -98,6 +100,10 @@ export class Tracker {
   private awaitingHistory: AwaitingHistory[] = [];
   private retiredDrops = new Map<number, number>(); // epoch -> drops read at flip, cleared at settle
   private persistedDrained = 0; // `drained` when the store last persisted
+  private malformedRead = 0; // records the ring gave that were not ours to read (reader and ingest)
+  private malformedJudged = 0; // of those, how many a flip has made suspect
+  /** Where a shortfall verdict of judge() lies, when the issue log could tell: distrust() compares only that. */
+  private readonly placements = new WeakMap<Verdict, ExtentSet>();
 
   private constructor(
     private readonly kt: KernelTracking,
@@ -180,21 +186,31 @@ export class Tracker {
   }
 
   private ingest(batch: Buffer): void {
-    this.drained += this.ingestInto(batch, (slot) => this.bySlot[slot]);
+    const { records, malformed } = this.ingestInto(batch, (slot) => this.bySlot[slot]);
+    this.drained += records;
+    this.malformedRead += malformed;
   }
 
-  /** Records read from another version's ring (an upgrade), whose slot numbers are its own. */
-  ingestForeign(batch: Buffer, rangeOfSlot: (slot: number) => RangeState | undefined): void {
-    this.ingestInto(batch, rangeOfSlot);
+  /**
+   * Records read from another version's ring (an upgrade), whose slot numbers
+   * are its own; returns how many were malformed (that version's epochs are suspect then).
+   */
+  ingestForeign(batch: Buffer, rangeOfSlot: (slot: number) => RangeState | undefined): number {
+    return this.ingestInto(batch, rangeOfSlot).malformed;
   }
 
-  private ingestInto(batch: Buffer, rangeOfSlot: (slot: number) => RangeState | undefined): number {
+  private ingestInto(batch: Buffer, rangeOfSlot: (slot: number) => RangeState | undefined): { records: number; malformed: number } {
     let n = 0;
+    let malformed = 0;
     forEachRecord(batch, (r) => {
       n++;
       for (let mask = r.slotMask, i = 0; mask !== 0; i++, mask >>>= 1) {
         const st = mask & 1 ? rangeOfSlot(i) : undefined;
         if (!st) continue;
+        if (st.diskDev !== r.dev) { // not a record the programs could have made
+          malformed++;
+          continue;
+        }
         if (r.flags & REC_UNKNOWN) {
           this.suspectAll(st, 'unknown-write', `a write without a range (op ${r.op}) on ${st.disk}`);
           continue;
@@ -214,7 +230,7 @@ export class Tracker {
       }
     });
     this.onRecords?.(n);
-    return n;
+    return { records: n, malformed };
   }
 
   /** Consumes what the ring holds now. */
@@ -256,11 +272,19 @@ export class Tracker {
     // Read, not cleared: the count is cleared in settle(), after the state that records it is saved.
     const drops = this.kt.epochDrops(OWNER_RING, old);
     this.retiredDrops.set(old, drops);
+    const malformed = this.reader.malformed() + this.malformedRead - this.malformedJudged;
+    this.malformedJudged += malformed;
     for (const st of this.ranges) {
       const slot = this.kt.slot(st.slot)!;
-      const into = drops > 0 ? st.suspect : st.unreconciled;
+      const into = drops > 0 || malformed > 0 ? st.suspect : st.unreconciled;
       for (const [s, e] of bitsToExtents(this.kt.epochBits(st.slot, old, false), slot)) into.add(s, e);
       if (drops > 0) this.recordGap(st, 'ring-drops', `${drops} records dropped (ring full): their epoch's regions are suspect`, undefined, drops);
+      if (malformed > 0) {
+        // Read since the last flip's drain, so made in the epoch just retired or the current one;
+        // a record is made after its bits are set, so the current epoch's bits hold its write already.
+        for (const [s, e] of bitsToExtents(this.kt.epochBits(st.slot, old ^ 1, false), slot)) st.suspect.add(s, e);
+        this.recordGap(st, 'malformed-records', `${malformed} ring records could not be read: the regions of the epochs they came from are suspect`, undefined, malformed);
+      }
     }
     return { epoch: old, records: this.drained - before, drops };
   }
@@ -273,13 +297,24 @@ export class Tracker {
     this.retiredDrops.delete(epoch);
   }
 
-  /** Saves the state, then lets the ring reuse the space of the records it holds. */
+  /**
+   * Saves the state, then lets the ring reuse the space of the records it
+   * holds, and the issue log forget the lost writes whose place it saved.
+   */
   private async persist(): Promise<void> {
     const drained = this.drained;
     const position = this.reader.position();
+    const taken = this.ranges.map((st) => ({ diskDev: st.diskDev, ids: new Set(st.baseline.logTaken ?? []) }));
     await this.store.persist(this.ranges);
     this.persistedDrained = drained;
     this.reader.release(position);
+    this.forgetTaken(taken);
+  }
+
+  /** Lost writes every range of their disk has counted and saved (or of a disk no range tracks). */
+  private forgetTaken(taken: Array<{ diskDev: number; ids: Set<string> }>): void {
+    const saved = this.kt.missedWrites().filter((w) => taken.filter((t) => t.diskDev === w.dev).every((t) => t.ids.has(w.id)));
+    this.kt.forgetMissed(saved.map((w) => w.key));
   }
 
   private read(st: RangeState): Reading {
@@ -287,36 +322,44 @@ export class Tracker {
   }
 
   private async measureBaseline(st: RangeState): Promise<Baseline> {
+    const full = this.kt.issueLogFull(); // the issue log holds every write from here, unless this moves
     let base: Baseline = { offsetSectors: 0, exact: false };
     for (let attempt = 0; attempt < 5 && !base.exact; attempt++) {
       const first = this.read(st);
       await sleep(5);
       base = baselineFrom(first, this.read(st), this.kt.pinDir);
     }
-    return base;
+    return full === null ? base : { ...base, logFull: full };
   }
 
   /**
    * Invariant 2: compares each range's counts with the kernel's. A shortfall
-   * (or a baseline that proved uncertain) turns the unreconciled regions,
-   * including those of the current epoch, suspect; an exact match confirms them.
+   * turns suspect the writes the issue log places it at, or else (as does a
+   * baseline that proved uncertain) the unreconciled regions, including those
+   * of the current epoch; an exact match confirms them.
    */
   async reconcile(): Promise<Map<RangeState, Verdict>> {
     const { verdicts, distrusted } = await this.judge();
     if (distrusted.length > 0) {
-      await this.cycle(); // the missed writes may be in the current epoch
+      const { epoch } = this.flip(); // the missed writes may be in the current epoch
       for (const st of distrusted) this.distrust(st, verdicts.get(st)!);
-      await this.persist();
+      await this.settle(epoch); // the verdicts' baselines are saved with what they made suspect, never before
     }
     return verdicts;
   }
 
   /**
-   * A missed write lies in a region written since the last exact count: the
-   * unreconciled regions become suspect. A shortfall larger than they are
-   * cannot be placed (their bits were lost): the whole range is suspect.
+   * A missed write lies where the issue log placed it (judge()); else in a
+   * region written since the last exact count: the unreconciled regions
+   * become suspect. A shortfall larger than they are cannot be placed (their
+   * bits were lost): the whole range is suspect.
    */
   distrust(st: RangeState, verdict: Verdict): void {
+    const placed = this.placements.get(verdict);
+    if (placed) {
+      st.suspect.addSet(placed); // the unreconciled regions were confirmed by judge(), or wait for the next count
+      return;
+    }
     if (verdict.kind === 'shortfall' && st.unreconciled.totalSectors < verdict.sectors) {
       this.suspectAll(st, 'shortfall', `${verdict.sectors} sectors written on ${st.disk} are in no record and no bitmap that is left: the whole range is suspect`);
     } else {
@@ -333,24 +376,58 @@ export class Tracker {
    */
   async judge(): Promise<{ verdicts: Map<RangeState, Verdict>; distrusted: RangeState[] }> {
     const verdicts = new Map<RangeState, Verdict>();
+    const readAtNs = process.hrtime.bigint(); // CLOCK_MONOTONIC, as the issue log's times
     const firsts = new Map(this.ranges.map((st) => [st, this.read(st)]));
     await sleep(5);
+    const seconds = new Map(this.ranges.map((st) => [st, this.read(st)]));
+    const log = this.kt.issueLog(); // after the readings: every write they count was logged by then
     const distrusted: RangeState[] = [];
     for (const [st, first] of firsts) {
-      const { verdict, baseline } = judge(st.baseline, first, this.read(st));
+      const second = seconds.get(st)!;
+      const { verdict, baseline } = judge(st.baseline, first, second);
       st.baseline = baseline;
       verdicts.set(st, verdict);
+      const stable = isStable(first, second);
       if (verdict.kind === 'exact') st.unreconciled.clear();
       if (verdict.kind === 'shortfall') {
-        this.recordGap(st, 'shortfall', `the kernel counted ${verdict.sectors} written sectors on ${st.disk} that tracking never saw`, verdict.sectors);
+        const where = this.placeShortfall(st, verdict, log, readAtNs, stable);
+        this.recordGap(st, 'shortfall', `the kernel counted ${verdict.sectors} written sectors on ${st.disk} that tracking never saw: ${where}`, verdict.sectors);
         distrusted.push(st);
+      } else if (log && stable) {
+        // Counted in full: what the log holds from before the reading is no lost write (a requeue) or known already.
+        this.take(st, accountable(log, st.diskDev, new Set(st.baseline.logTaken), readAtNs).map((w) => w.id));
       }
       if (verdict.kind === 'rebaselined') {
         this.recordGap(st, 'uncertain-baseline', `counts on ${st.disk} could not be confirmed from the start: unconfirmed regions are suspect`);
         distrusted.push(st);
       }
+      if (log) {
+        if (stable) st.baseline.logFull = log.full;
+        st.baseline.logTaken = stillLogged(st.baseline.logTaken ?? [], log);
+      }
     }
     return { verdicts, distrusted };
+  }
+
+  /**
+   * Places a shortfall at the writes the issue log saw issued and not
+   * completed, when they account for it (distrust() then compares only them);
+   * with nothing in flight that count confirms the unreconciled regions, as an
+   * exact one does. Returns where the shortfall was placed, for the gap.
+   */
+  private placeShortfall(st: RangeState, verdict: Verdict & { kind: 'shortfall' }, log: IssueLog | null, readAtNs: bigint, stable: boolean): string {
+    if (!log) return 'its regions since the last exact count are suspect (programs without an issue log)';
+    const writes = accountable(log, st.diskDev, new Set(st.baseline.logTaken), readAtNs);
+    this.take(st, writes.map((w) => w.id)); // counted now, whatever the outcome: the next shortfall is another one
+    const placed = placeShortfall(st, verdict.sectors, writes, log.full !== st.baseline.logFull);
+    if ('why' in placed) return `its regions since the last exact count are suspect (${placed.why})`;
+    this.placements.set(verdict, placed.extents);
+    if (stable) st.unreconciled.clear();
+    return `placed at ${placed.writes} writes issued and never seen completed (${placed.sectors} sectors): those in this range are suspect`;
+  }
+
+  private take(st: RangeState, ids: string[]): void {
+    if (ids.length > 0) st.baseline.logTaken = [...st.baseline.logTaken ?? [], ...ids];
   }
 
   /**

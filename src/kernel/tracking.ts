@@ -9,13 +9,20 @@ import {
   BITMAP_BITS, Layout, MAX_RINGS, MAX_SLOTS, CONSUMER_OWNER, type Consumer, type Control, type Slot,
   type SlotStats, chunkShiftFor, decodeBitmap, decodeConsumer, decodeControl, decodeDisk, decodeSlot,
   decodeSlotStats, encodeConsumer, encodeControl, encodeDisk, encodeSlot, sumPerCpu, perCpuStride, u32Key,
+  type LoggedWrite, decodeIssued, decodeMissed,
 } from './kernel-abi.js';
-import { native, type MapName, type RingReader } from '../base/native.js';
+import { type LoadKnobs, type LogMapName, type MapName, type RingReader, native } from '../base/native.js';
 
-export interface TrackingOptions {
+export interface TrackingOptions extends LoadKnobs {
   pinDir: string;
-  /** Test only: the programs skip every Nth completion (applies when they are loaded). */
-  skipEveryN?: number;
+}
+
+/** What the issue log holds now (see bpf/dpsr.h). */
+export interface IssueLog {
+  missed: LoggedWrite[];
+  issued: LoggedWrite[];
+  /** Issues or lost completions the log could not hold, ever (monotonic). */
+  full: number;
 }
 
 export interface RangeOnDisk {
@@ -29,7 +36,7 @@ export interface EpochBits {
   chunks: number[];
 }
 
-const EXPECTED_VALUE_SIZES: Partial<Record<MapName, number>> = {
+const EXPECTED_VALUE_SIZES: Partial<Record<MapName | LogMapName, number>> = {
   slots: Layout.slot.size,
   disks: Layout.disk.size,
   slot_stats: Layout.slotStats.size,
@@ -37,6 +44,9 @@ const EXPECTED_VALUE_SIZES: Partial<Record<MapName, number>> = {
   bitmaps: Layout.bitmap.size,
   consumers: Layout.consumer.size,
   control: Layout.control.size,
+  issued: Layout.issued.size,
+  missed: Layout.issued.size,
+  log_stats: Layout.logStats.size,
 };
 
 /** /proc/PID/stat field 22, to tell a live consumer from a reused pid. */
@@ -56,7 +66,7 @@ export class KernelTracking {
   private constructor(
     readonly pinDir: string,
     readonly created: boolean,
-    private readonly maps: Record<MapName, number>,
+    private readonly maps: Record<MapName, number> & Partial<Record<LogMapName, number>>,
   ) {
     this.cpus = native().possibleCpus();
   }
@@ -68,7 +78,8 @@ export class KernelTracking {
     if (opts.pinDir.startsWith(`${bpffsRoot}/`)) n.ensureBpffs(bpffsRoot);
     fs.mkdirSync(opts.pinDir, { recursive: true, mode: 0o700 });
     return lockDir(opts.pinDir, () => {
-      const opened = n.open(opts.pinDir, opts.skipEveryN ?? 0);
+      const { pinDir, ...knobs } = opts;
+      const opened = n.open(pinDir, knobs);
       const kt = new KernelTracking(opts.pinDir, opened.created, opened.maps);
       kt.checkLayouts();
       return kt;
@@ -76,8 +87,10 @@ export class KernelTracking {
   }
 
   private checkLayouts(): void {
-    for (const [name, size] of Object.entries(EXPECTED_VALUE_SIZES) as [MapName, number][]) {
-      const info = native().mapInfo(this.maps[name]);
+    for (const [name, size] of Object.entries(EXPECTED_VALUE_SIZES) as [MapName | LogMapName, number][]) {
+      const fd = this.maps[name];
+      if (fd === undefined) continue; // the issue log, pinned by v3 on
+      const info = native().mapInfo(fd);
       if (info.valueSize !== size) {
         this.close();
         throw new DpsrError(`pinned map ${name} in ${this.pinDir} has a ${info.valueSize}-byte value, this dpsr expects ${size}: pinned by another version`, 'EVERSION');
@@ -101,8 +114,8 @@ export class KernelTracking {
     });
   }
 
-  private lookup(map: MapName, key: number, valueSize: number): Buffer | null {
-    return native().mapLookup(this.maps[map], u32Key(key), valueSize);
+  private lookup(map: MapName | 'log_stats', key: number, valueSize: number): Buffer | null {
+    return native().mapLookup(this.maps[map]!, u32Key(key), valueSize);
   }
 
   private update(map: MapName, key: number, value: Buffer): void {
@@ -343,6 +356,48 @@ export class KernelTracking {
   /** Clears a retired epoch's drops: only once what they imply is saved. */
   clearEpochDrops(ring: number, epoch: number): void {
     this.zeroPerCpu('epoch_drops', ring * 2 + epoch, 8);
+  }
+
+  // --- the issue log (owner only) ----------------------------------------
+
+  /** Whether these programs keep the issue log (v3 on). */
+  get hasIssueLog(): boolean {
+    return this.maps.issued !== undefined && this.maps.missed !== undefined && this.maps.log_stats !== undefined;
+  }
+
+  /** A snapshot of the issue log, or null for programs without one. */
+  issueLog(): IssueLog | null {
+    const full = this.issueLogFull();
+    if (full === null) return null;
+    // `issued` first: an entry moving to `missed` meanwhile is then seen in one of them (or both, under one id).
+    const issued = this.logged('issued', 8, decodeIssued);
+    return { missed: this.missedWrites(), issued, full };
+  }
+
+  /** The issue log's `full` counter, or null for programs without a log. */
+  issueLogFull(): number | null {
+    if (!this.hasIssueLog) return null;
+    return Number(this.lookup('log_stats', 0, Layout.logStats.size)!.readBigUInt64LE(Layout.logStats.full));
+  }
+
+  /** The lost completions the log holds. */
+  missedWrites(): LoggedWrite[] {
+    return this.hasIssueLog ? this.logged('missed', Layout.missedKey.size, decodeMissed) : [];
+  }
+
+  private logged(map: 'issued' | 'missed', keySize: number, decode: (k: Buffer, v: Buffer) => LoggedWrite): LoggedWrite[] {
+    const V = Layout.issued.size;
+    const { keys, values, count } = native().mapDump(this.maps[map]!, keySize, V);
+    const out: LoggedWrite[] = [];
+    for (let i = 0; i < count; i++) out.push(decode(keys.subarray(i * keySize, (i + 1) * keySize), values.subarray(i * V, (i + 1) * V)));
+    return out;
+  }
+
+  /** Removes lost completions from the log: only once where they are is saved. */
+  forgetMissed(keys: readonly Buffer[]): void {
+    const fd = this.maps.missed;
+    if (fd === undefined) return;
+    for (const key of keys) native().mapDelete(fd, key);
   }
 
   /**

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import type { Test } from 'uvu';
 import { ExtentSet } from '../../src/base/extents.js';
 import { KernelTracking, processStartTime } from '../../src/kernel/tracking.js';
-import { native } from '../../src/base/native.js';
+import { type LoadKnobs, native } from '../../src/base/native.js';
 
 // Tests set every DPSR_* variable they depend on: none comes from the caller's
 // shell (an admin's DPSR_STATE_DIR would leak into the CLI and failure hooks).
@@ -273,9 +273,10 @@ export class Fixture {
     return dir;
   }
 
-  /** Opens (loading) the programs in a private pin directory. */
-  tracking(opts: { skipEveryN?: number; pinDir?: string } = {}): KernelTracking {
-    const kt = KernelTracking.open({ pinDir: opts.pinDir ?? this.pinDir(), skipEveryN: opts.skipEveryN });
+  /** Opens (loading, with the test knobs given) the programs in a private pin directory. */
+  tracking(opts: LoadKnobs & { pinDir?: string } = {}): KernelTracking {
+    const { pinDir, ...knobs } = opts;
+    const kt = KernelTracking.open({ pinDir: pinDir ?? this.pinDir(), ...knobs });
     this.defer('close tracking', () => kt.close());
     return kt;
   }
