@@ -74,6 +74,7 @@ export interface PairRuntime {
   freezeSumMs: number;
   gapsTotal: Record<string, number>; // since the daemon started, by cause
   ringDrops: number; // records
+  malformedRecords: number; // ring records that could not be read
   failuresInARow: number;
   lastFailureAlarmMs: number;
   lastCompareError: string | null;
@@ -165,7 +166,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       const pair = s.store.pair(name);
       // Never synced: schedules count from the pair's creation (a calendar searches forward from it).
       r = { lastSyncStartMs: pair?.lastSync?.atMs ?? pair?.createdMs ?? 0, lastError: null, syncsTotal: 0, syncsFailed: 0, bytesSyncedTotal: 0, gapsNotified: s.ranges.get(name)?.gaps.filter((g) => g.atMs < startedMs).length ?? 0,
-        lastSyncEndMs: null, freezeCount: 0, freezeSumMs: 0, gapsTotal: {}, ringDrops: 0, shortfallSectors: 0,
+        lastSyncEndMs: null, freezeCount: 0, freezeSumMs: 0, gapsTotal: {}, ringDrops: 0, malformedRecords: 0, shortfallSectors: 0,
         failuresInARow: 0, lastFailureAlarmMs: 0, lastCompareError: null };
       runtime.set(name, r);
     }
@@ -255,6 +256,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       for (const g of fresh) {
         r.gapsTotal[g.cause] = (r.gapsTotal[g.cause] ?? 0) + 1;
         if (g.cause === 'ring-drops') r.ringDrops += g.records ?? 0;
+        if (g.cause === 'malformed-records') r.malformedRecords += g.records ?? 0;
         if (g.cause === 'shortfall') r.shortfallSectors += g.sectors ?? 0;
         if (g.cause !== 'scrub-mismatch') alarm('gap', name, `${g.cause}: ${g.detail}`);
       }
@@ -320,6 +322,7 @@ function metricsSnapshot(s: Session, runtimeOf: (name: string) => PairRuntime): 
         lastSyncEndMs: r.lastSyncEndMs,
         freeze: { count: r.freezeCount, sumMs: r.freezeSumMs, p50Ms: percentile(p.freezeHistoryMs ?? [], 50), p99Ms: percentile(p.freezeHistoryMs ?? [], 99) },
         ringDropsTotal: r.ringDrops,
+        malformedRecordsTotal: r.malformedRecords,
         reconcileShortfallSectorsTotal: r.shortfallSectors,
         gapsTotal: r.gapsTotal,
         scrubMismatchesTotal: p.scrub?.mismatchesTotal ?? 0,

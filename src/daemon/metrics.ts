@@ -22,6 +22,8 @@ export interface PairMetrics {
   /** Freezes (the final pass of a mounted source), in milliseconds, since the daemon started. */
   freeze: { count: number; sumMs: number; p50Ms: number | null; p99Ms: number | null };
   ringDropsTotal: number;
+  /** Ring records that could not be read (their regions are compared). */
+  malformedRecordsTotal: number;
   reconcileShortfallSectorsTotal: number;
   /** Gaps since the daemon started, by cause ("drops", "reboot", "unknown-write", ...). */
   gapsTotal: Record<string, number>;
@@ -76,6 +78,8 @@ const FAMILIES: Family[] = [
     ] },
   { name: 'dpsr_ring_drops_total', type: 'counter', help: 'Write records lost because the ring buffer was full (their regions are compared).',
     samples: (p) => one(p.ringDropsTotal) },
+  { name: 'dpsr_malformed_records_total', type: 'counter', help: 'Write records that could not be read (their regions are compared).',
+    samples: (p) => one(p.malformedRecordsTotal) },
   { name: 'dpsr_reconcile_shortfall_sectors_total', type: 'counter', help: 'Sectors the kernel counted as written that the tracker did not see (a gap).',
     samples: (p) => one(p.reconcileShortfallSectorsTotal) },
   { name: 'dpsr_gaps_total', type: 'counter', help: 'Times writes may have gone unseen, by cause.',

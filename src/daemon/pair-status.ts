@@ -22,6 +22,8 @@ export interface PairStatus {
   dirtyBytes: number | null; // null when another process owns the live numbers
   suspectBytes: number | null;
   gapsSinceSync: Gap[];
+  /** Ring records since the last sync that could not be read (a gap: their regions are compared). */
+  malformedRecords: number;
   lastSync: PairRecord['lastSync'];
   journal: string;
   /** The most changed data one sync may carry through the journal (null: no journal, syncs write in place). */
@@ -113,6 +115,7 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
     dirtyBytes: live && range ? dirty : null,
     suspectBytes: live && range ? suspect : null,
     gapsSinceSync: gaps,
+    malformedRecords: gaps.filter((g) => g.cause === 'malformed-records').reduce((n, g) => n + (g.records ?? 0), 0),
     lastSync: pair.lastSync,
     journal: pair.reservedSectors > 0
       ? `redo journal in the reserved tail (last transaction ${pair.journalSeq ?? 0}${pair.lastSync && pair.lastSync.journaled === false ? '; the last sync wrote in place' : ''})`
