@@ -362,6 +362,21 @@ test('a source frozen by another program fails the sync with its own reason, alo
   assert.is(r.status, 0, r.stderr);
 });
 
+test('through the daemon, the quiet period of a raw source counts from the write the daemon saw', async () => {
+  const { source, drive, bytes } = syncedPair(16);
+  await startDaemon('--tick', '0.2');
+  ddDirect(source, 4096, 8);
+  await waitFor('the daemon has the write', async () => ((await statusOf('p')).dirtyBytes ?? 0) > 0);
+  const seen = Date.now();
+  const r = dpsr('sync', 'p', '--json', '--quiet-period', '3');
+  assert.is(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout).syncs[0];
+  assert.ok(report.quietSinceMs > 0 && report.quietSinceMs < seen, `counted from the write the daemon saw, not from the request (${report.quietSinceMs} vs ${seen})`);
+  assert.ok(report.imageTimeMs - report.quietSinceMs >= 3000, 'cut after a whole quiet period');
+  assert.is(report.image, 'point-in-time');
+  assert.is(hash(drive, bytes), hash(source, bytes));
+});
+
 test('sync --timeout gives up waiting with exit 1; the drive keeps a whole image', async () => {
   const { source, drive, bytes } = syncedPair(16);
   await startDaemon('--tick', '0.2');

@@ -122,6 +122,25 @@ test('a loop offset and a size change are reported', () => {
   assert.match(changes, /loop offset changed from 0 to 1048576 bytes/);
 });
 
+test('identified against its record: no probe within the same attach, a full one after a re-attach', () => {
+  const img = fx.image('a.img', 16);
+  const dev = attach(img);
+  sh('mkfs.ext4', ['-q', dev]);
+  const recorded = idOf(dev);
+  assert.ok(recorded.contentUuid);
+  sh('mkfs.ext4', ['-q', '-F', dev]); // new UUID, same attach: only compared across reboots
+  const fresh = idOf(dev);
+  assert.is.not(fresh.contentUuid, recorded.contentUuid);
+  const known = identify(resolveBlockDevice(dev), recorded);
+  assert.equal(known, { ...fresh, contentUuid: recorded.contentUuid }, 'the sysfs fields read anew, the probed ones carried over');
+  assert.equal(identityChanges(recorded, known), []);
+  detach(dev);
+  attach(img, dev);
+  const again = identify(resolveBlockDevice(dev), recorded);
+  assert.is(again.contentUuid, fresh.contentUuid, 'a new attach is probed in full');
+  assert.match(identityChanges(recorded, again).join('\n'), /disk sequence number changed/);
+});
+
 test('a partition: PART_ENTRY_UUID, start; a re-made partition table is reported', () => {
   const { disk, parts } = fx.partitionedLoop(32, [8, 8]);
   const p2 = idOf(parts[1]);

@@ -37,7 +37,9 @@ function fsyncedFiles(mnt: string, n: number): Map<string, string> {
 async function liveSync(type: 'ext4' | 'xfs', stateOnSource: boolean): Promise<void> {
   const mib = type === 'xfs' ? 320 : 128;
   const source = fx.loop(mib);
-  const drive = fx.loop(2 * mib + 64); // a journal for every pass under the writer
+  // A journal for every pass under the writer however slow the machine: each of the 5 passes and
+  // the final one may journal up to the whole source.
+  const drive = fx.loop(7 * mib + 64);
   fx.mkfs(source, type);
   const mnt = fx.mount(source);
   if (stateOnSource) env.DPSR_STATE_DIR = path.join(mnt, 'var-lib-dpsr'); // frozen with the source

@@ -114,7 +114,7 @@ command is run again (or at the next sync). The drive is left read-only.`)
     .option('--all', 'every pair')
     .option('--json', 'one JSON document on stdout')
     .option('--no-freeze', 'do not freeze a mounted source for the final pass (the image is then crash-consistent at best)')
-    .option('--quiet-period <SECONDS>', 'an unmounted source must be idle this long before the final pass', '2')
+    .option('--quiet-period <SECONDS>', 'an unmounted source must be idle this long (since the last write dpsr saw) before the final pass', '2')
     .option('--timeout <DURATION>', 'give up waiting after this long (e.g. 90s, 10m): exit 1; the DPSR drive keeps a whole image either way')
     .option('--in-place', 'write this sync in place instead of through the journal (for one too big for it): the DPSR drive is no whole image until it ends')
     .addHelpText('after', `

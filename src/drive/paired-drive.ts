@@ -30,7 +30,7 @@ export interface CheckedDrive {
  */
 export function openCheckedDrive(pair: PairRecord, write: boolean): CheckedDrive {
   const dev = resolveBlockDevice(pair.drive.path);
-  const now = identify(dev);
+  const now = identify(dev, pair.drive);
   const changes = identityChanges(pair.drive, now);
   if (isReplaced(pair.drive, now)) {
     throw new RefusedError(`pair ${pair.name}: ${pair.drive.path} is not the paired DPSR drive any more (${changes.join('; ')}); nothing written`, 'EDRIVECHANGED');

@@ -50,6 +50,8 @@ export interface RangeState {
   /** Sectors from retired epochs not yet confirmed by an exact reconciliation. */
   unreconciled: ExtentSet;
   receivedSectors: number;
+  /** When this process last received a record for the range (ms): a write completed no later. Not persisted. */
+  lastRecordMs?: number;
   baseline: Baseline;
   gaps: Gap[];
 }
@@ -202,6 +204,7 @@ export class Tracker {
   private ingestInto(batch: Buffer, rangeOfSlot: (slot: number) => RangeState | undefined): { records: number; malformed: number } {
     let n = 0;
     let malformed = 0;
+    const nowMs = Date.now();
     forEachRecord(batch, (r) => {
       n++;
       for (let mask = r.slotMask, i = 0; mask !== 0; i++, mask >>>= 1) {
@@ -227,6 +230,7 @@ export class Tracker {
           if (!st.discarded.isEmpty) st.discarded.subtract(s, e);
         }
         st.receivedSectors += e - s;
+        st.lastRecordMs = nowMs;
       }
     });
     this.onRecords?.(n);

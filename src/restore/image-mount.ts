@@ -176,7 +176,7 @@ export async function withMounts<T>(make: Array<() => PrivateMount>, fn: (mounts
 /** Checks, reading only, that the pair's drive is still the paired one; returns its label. */
 function checkPairedDrive(pair: PairRecord): DriveLabel | null {
   const dev = resolveBlockDevice(pair.drive.path);
-  const now = identify(dev);
+  const now = identify(dev, pair.drive);
   if (isReplaced(pair.drive, now)) {
     throw new RefusedError(`pair ${pair.name}: ${pair.drive.path} is not the paired DPSR drive any more (${identityChanges(pair.drive, now).join('; ')})`, 'EDRIVECHANGED');
   }
@@ -259,7 +259,7 @@ function pairedSource(pair: PairRecord): BlockDevice | null {
   } catch {
     return null;
   }
-  return isReplaced(pair.source, identify(dev)) ? null : dev;
+  return isReplaced(pair.source, identify(dev, pair.source)) ? null : dev;
 }
 
 function sourceMounts(pair: PairRecord, dev: BlockDevice): SourceMount[] {

@@ -56,7 +56,7 @@ async function noteSourceChanges(s: Session, pair: PairRecord, range: RangeState
 /** Tracks a pair's source again, after checking it is still the same device. */
 async function adoptPair(s: Session, pair: PairRecord, opts: { inheritable?: boolean } = {}): Promise<RangeState> {
   const dev = resolveBlockDevice(pair.source.path);
-  const now = identify(dev);
+  const now = identify(dev, pair.source);
   refuseReplaced(pair, now);
   const range = await s.tracker.track(dev, pair.name, s.store.range(pair.name), opts);
   await noteSourceChanges(s, pair, range, now);

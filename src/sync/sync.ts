@@ -44,6 +44,7 @@ export interface SyncReport {
   dataBytes: number; // the size of the image
   passBytes: number[]; // written by each pass, the frozen final pass last
   freezeMs: number | null; // how long the file systems were frozen
+  quietSinceMs: number | null; // a raw source: the last write seen before the cut (0: none since this process began tracking)
   notConsistent?: string; // why a mounted source's image is not one point in time
   journaled: boolean; // through the redo journal (else written in place)
   generation: number;
@@ -166,6 +167,8 @@ interface FrozenCut {
   cut: ExtentSet;
   cutMs: number;
   freezeMs: number;
+  /** Raw sources: when the quiet period before the cut began (0: no write seen since this process began tracking). */
+  quietSinceMs?: number;
   epoch: number;
   why?: string;
 }
@@ -210,17 +213,23 @@ async function frozenCut(s: Session, range: RangeState, srcFd: number, fileSyste
   return { ok: !why, held, cut, cutMs, freezeMs: report.durationMs, epoch, ...(why ? { why } : {}) };
 }
 
-/** Polls the disk's counters until nothing was written and nothing is in flight for quietMs. */
-async function waitQuiet(disk: string, quietMs: number, timeoutMs: number): Promise<DiskCounters | null> {
+/**
+ * Waits until the disk has been idle for quietMs, counted from the last write
+ * seen: a record (`idleSinceMs`: a daemon receives them as writes complete) or
+ * a change of the kernel's count while we watch.
+ */
+async function waitQuiet(disk: string, quietMs: number, timeoutMs: number,
+  idleSinceMs: number): Promise<{ counters: DiskCounters; sinceMs: number } | null> {
   const deadline = Date.now() + timeoutMs;
   let last = readDiskCounters(disk);
-  let since = Date.now();
+  let since = Math.min(idleSinceMs, Date.now());
+  if (last.inFlightWrites === 0 && Date.now() - since >= quietMs) return { counters: last, sinceMs: since };
   while (Date.now() < deadline) {
     await sleep(Math.min(100, quietMs));
     const now = readDiskCounters(disk);
     if (now.writtenSectors !== last.writtenSectors || now.inFlightWrites !== 0) since = Date.now();
     last = now;
-    if (Date.now() - since >= quietMs) return now;
+    if (Date.now() - since >= quietMs) return { counters: now, sinceMs: since };
   }
   return null;
 }
@@ -234,7 +243,10 @@ async function waitQuiet(disk: string, quietMs: number, timeoutMs: number): Prom
 async function quietCut(s: Session, pair: PairRecord, range: RangeState, srcFd: number, quietMs: number): Promise<FrozenCut> {
   let why = 'not quiescent';
   for (let attempt = 1; attempt <= QUIET_ATTEMPTS; attempt++) {
-    const quiet = await waitQuiet(range.disk, quietMs, quietMs * 4 + 2000);
+    // The records of writes completed until now. None since this process began tracking: the
+    // previous owner drained the ring before it let go, so the source has been idle since.
+    await s.tracker.cycle();
+    const quiet = await waitQuiet(range.disk, quietMs, quietMs * 4 + 2000, attempt === 1 ? range.lastRecordMs ?? 0 : Date.now());
     if (!quiet) {
       why = `not quiescent: ${pair.source.path} was never idle for ${quietMs} ms`;
       continue;
@@ -253,8 +265,8 @@ async function quietCut(s: Session, pair: PairRecord, range: RangeState, srcFd: 
       throw err;
     }
     const after = readDiskCounters(range.disk);
-    if (after.writtenSectors === quiet.writtenSectors && after.inFlightWrites === 0) {
-      return { ok: true, held, cut, cutMs, freezeMs: 0, epoch };
+    if (after.writtenSectors === quiet.counters.writtenSectors && after.inFlightWrites === 0) {
+      return { ok: true, held, cut, cutMs, freezeMs: 0, quietSinceMs: quiet.sinceMs, epoch };
     }
     range.dirty.addSet(cut); // written while we read: try again
     await s.tracker.settle(epoch);
@@ -282,6 +294,7 @@ interface GenerationResult {
   image: ImageState;
   cutMs: number;
   freezeMs: number | null;
+  quietSinceMs: number | null;
   notConsistent?: string;
   copied: number;
   compared: number;
@@ -368,7 +381,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
   const limit = pair.dataSectors;
   const seq = (pair.journalSeq ?? 0) + 1;
   const counters = { bytesRead: 0, entryBytes: 0, comparedBytes: 0 };
-  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
+  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, quietSinceMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
   let settleEpoch = -1;
   const journaled = new ExtentSet(); // what earlier passes of this transaction wrote into it
   async function* entries(): AsyncGenerator<JournalEntry> {
@@ -395,6 +408,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
     if (final) {
       const f = await final;
       if (c.finalMode === 'freeze') result.freezeMs = f.freezeMs;
+      result.quietSinceMs = f.quietSinceMs ?? null;
       settleEpoch = f.epoch;
       if (f.ok) {
         await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet(), discard: new ExtentSet() });
@@ -458,7 +472,7 @@ function markPartial(c: SyncContext): void {
 async function directGeneration(c: SyncContext, carried: Cut | null): Promise<GenerationResult> {
   const { s, pair, range } = c;
   const limitSectors = pair.dataSectors;
-  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
+  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, quietSinceMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
   for (let pass = 1; ; pass++) {
     result.cutMs = Date.now();
     const cut = passCut(c, pass, carried);
@@ -485,6 +499,7 @@ async function directGeneration(c: SyncContext, carried: Cut | null): Promise<Ge
   if (final) {
     const f = await final;
     if (c.finalMode === 'freeze') result.freezeMs = f.freezeMs;
+    result.quietSinceMs = f.quietSinceMs ?? null;
     if (f.ok) {
       if (f.held.length > 0) markPartial(c);
       await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet(), discard: new ExtentSet() });
@@ -591,7 +606,7 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     await s.store.putPairAndRange(pair, range);
     return {
       name, dataBytes: pair.dataSectors * SECTOR, generation: c.generation, image: r.image, imageTimeMs: r.cutMs, fullCopyBytes, durationMs, sourceMounted: mounts,
-      passBytes: r.passBytes, freezeMs: r.freezeMs, journaled,
+      passBytes: r.passBytes, freezeMs: r.freezeMs, quietSinceMs: r.quietSinceMs, journaled,
       ...(r.notConsistent ? { notConsistent: r.notConsistent } : {}),
       copiedBytes: r.copied, comparedBytes: r.compared, repairedBytes: r.repaired,
       gaps: range.gaps.slice(gapsBefore),
