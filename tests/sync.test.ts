@@ -240,6 +240,24 @@ test('a raw source that never goes quiet: "not quiescent", and the DPSR drive ke
   assert.is(hash(source), hash(drive, bytes));
 });
 
+test('the quiet period counts from the last write dpsr saw, not from the start of the sync', () => {
+  const { source, drive, bytes } = devices(32);
+  randomFill(source, 32);
+  ok('pair', source, drive, '--name', 'p');
+  syncJson('p');
+  // Nothing written since the last sync: the ring held no record, so the source is idle since then.
+  const beforeIdle = Date.now();
+  const idle = JSON.parse(ok('sync', 'p', '--json', '--quiet-period', '600')).syncs[0];
+  assert.ok(idle.quietSinceMs < beforeIdle, `counted from before this command (${idle.quietSinceMs} vs ${beforeIdle})`);
+  // A write whose record this command reads: the period counts from then, and is waited in full.
+  ddDirect(source, 2048, 8);
+  const afterWrite = Date.now();
+  const written = JSON.parse(ok('sync', 'p', '--json', '--quiet-period', '1')).syncs[0];
+  assert.ok(written.quietSinceMs >= afterWrite, `counted from the write (${written.quietSinceMs} vs ${afterWrite})`);
+  assert.ok(written.imageTimeMs - written.quietSinceMs >= 1000, 'cut after a whole quiet period');
+  assert.is(hash(source), hash(drive, bytes));
+});
+
 test('refusals leave both devices byte-for-byte unchanged', () => {
   const { source, drive } = devices(32);
   const small = fx.loop(32);
