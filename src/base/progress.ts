@@ -1,7 +1,34 @@
-// A one-line progress bar on stderr, drawn only on a terminal so pipes, logs and tests stay clean.
+// A one-line progress bar on stderr, drawn only on a terminal so pipes, logs and tests stay clean;
+// and the same progress as events for a reporter (--json's lines, the daemon's client).
 
 const REDRAW_MS = 100; // at most 10 redraws a second
+const REPORT_MS = 250; // at most 4 events a second: a web page redraws from them
 const MiB = 1024 * 1024;
+
+export interface ProgressEvent { label: string; doneBytes: number; totalBytes: number; done: boolean }
+export type ProgressReporter = (e: ProgressEvent) => void;
+
+let reporter: ProgressReporter | null = null;
+
+/** Sends the progress of every bar made while fn runs to `to` as well (null: to nobody). */
+export async function withProgressReporter<T>(to: ProgressReporter | null, fn: () => Promise<T>): Promise<T> {
+  const before = reporter;
+  reporter = to;
+  try {
+    return await fn();
+  } finally {
+    reporter = before;
+  }
+}
+
+/** One event to the current reporter only (no bar): a step of work that has no bar of its own. */
+export function reportProgress(e: ProgressEvent): void {
+  reporter?.(e);
+}
+
+/** --json's progress: one `{"progress": ProgressEvent}` line each on stderr (stdout keeps the one document). */
+export const jsonProgressLines = (stream: NodeJS.WritableStream = process.stderr): ProgressReporter =>
+  (e) => { stream.write(`${JSON.stringify({ progress: e })}\n`); };
 
 export interface ProgressBar {
   update(doneBytes: number): void;
@@ -14,8 +41,10 @@ export function progressBar(label: string, totalBytes: number,
   const stream = opts.stream ?? process.stderr;
   const now = opts.nowMs ?? Date.now;
   const tty = stream.isTTY === true;
+  const report = reporter; // the reporter of the work this bar belongs to
   const startMs = now();
   let lastDrawMs = -Infinity;
+  let lastReportMs = -Infinity;
   let doneBytes = 0;
   let drawn = false;
   let finished = false;
@@ -38,15 +67,20 @@ export function progressBar(label: string, totalBytes: number,
   return {
     update(bytes: number): void {
       doneBytes = bytes;
-      if (!tty || finished) return;
+      if (finished) return;
       const t = now();
-      if (t - lastDrawMs < REDRAW_MS) return;
+      if (report && t - lastReportMs >= REPORT_MS) {
+        lastReportMs = t;
+        report({ label, doneBytes, totalBytes, done: false });
+      }
+      if (!tty || t - lastDrawMs < REDRAW_MS) return;
       lastDrawMs = t;
       draw();
     },
     done(summary?: string): void {
       if (finished) return;
       finished = true;
+      report?.({ label, doneBytes, totalBytes, done: true });
       if (tty) {
         if (summary !== undefined) {
           if (drawn) stream.write(`\r${' '.repeat((stream.columns || 80) - 1)}\r`);

@@ -151,7 +151,8 @@ One line per pair: STATE (consistent, crash-consistent, fuzzy, copying, syncing,
 needs-compare, gap, inconsistent, error), AGE of the image (the RPO), DIRTY data
 since it, LAST and NEXT SYNC, GAPS since the last sync, JOURNAL (tail: crash-safe),
 FREEZE p99 over recent syncs, POLICY; then warnings. Colour on a terminal only
-(NO_COLOR turns it off). --json: {"pairs": [PairStatus...]}, see the README.
+(NO_COLOR turns it off). --json: {"daemon": true|false, "pairs": [PairStatus...]},
+see the README; with -l each pair also has "history" (the daemon's samples).
 Exit 4 when any image is not usable or older than --max-age (for monitoring).`)
     .action(async (name: string | undefined, opts: { json?: boolean; long?: boolean; maxAge?: string; drive?: string }) => {
       const { statusCommand } = await import('./commands/status.js');
@@ -324,13 +325,14 @@ partial or none. Interrupted, the same command run again completes it.`)
     });
 
   cli.command('install')
-    .description('put the systemd unit, the udev rule (and initramfs hook), a /usr/local/sbin/dpsr wrapper for this dpsr and the manual page in place')
+    .description('put the systemd unit, the udev rule (and initramfs hook), a /usr/local/sbin/dpsr wrapper for this dpsr, the manual page and the Cockpit page in place')
     .option('--root <DIR>', 'install into the system under DIR (an image, a chroot)', '/')
     .option('--dry-run', 'print what would be written; write nothing')
     .addHelpText('after', `
 Writes /usr/local/sbin/dpsr, /etc/systemd/system/dpsr.service,
 /etc/udev/rules.d/60-dpsr.rules, /etc/initramfs-tools/hooks/dpsr (when
-/etc/initramfs-tools exists), /usr/local/share/man/man8/dpsr.8, an example
+/etc/initramfs-tools exists), /usr/local/share/man/man8/dpsr.8, the Cockpit
+page in /usr/local/share/cockpit/dpsr ("DPSR drives" in Cockpit), an example
 /etc/dpsr/dpsr.toml when there is none (never over yours), and a manifest in /var/lib/dpsr for dpsr uninstall;
 then prints the commands to run next. Refuses (exit 3, nothing written) to
 overwrite a file it did not write, or that was changed since it wrote it.`)

@@ -9,12 +9,15 @@ import net from 'node:net';
 import path from 'node:path';
 import type { Settings } from '../base/defaults.js';
 import { DpsrError, ExitStatus } from '../base/errors.js';
-import { ControlClient, PROTOCOL_VERSION, type Reply, type Request, frameReader, writeFrame } from './protocol.js';
+import { ControlClient, PROTOCOL_VERSION, type ProgressFrame, type Reply, type Request, frameReader, writeFrame } from './protocol.js';
+import { type ProgressReporter, withProgressReporter } from '../base/progress.js';
 import { type DaemonConfig, loadConfig } from './config.js';
 import { type Policy, decide } from './schedule.js';
 import { type Schedule, changedBytes, hasChanges, percentile, policyOf, statusOf } from './pair-status.js';
 import { type HookEventKind, runFailureHook } from './failure-hook.js';
 import { type MetricsSnapshot, writeMetricsFile } from './metrics.js';
+import { History, historyPath, sampleOf } from './history.js';
+import { withSyncProgress } from './sync-progress.js';
 import { describeExtents, scrubStep, scrubWanted } from '../sync/scrub.js';
 import { closeSession, openSession, recheckSources, type Session } from '../state/session.js';
 import { type SyncReport, syncPair } from '../sync/sync.js';
@@ -25,6 +28,9 @@ import { SECTOR } from '../base/units.js';
 
 const REPEAT_ALARM_MS = 3_600_000; // the same failure again: the hook hears of it at most hourly
 const HOOK_TIMEOUT_MS = 60_000;
+// A command may own tracking for a moment (a status, a rollback's plan, as the Cockpit page
+// runs them every few seconds): a starting daemon waits that out rather than failing.
+const OWNER_WAIT_MS = 10_000;
 
 export interface DaemonOptions {
   tickMs: number | null; // how often the ring is drained and persisted (null: the config's)
@@ -42,19 +48,24 @@ function serializer() {
   };
 }
 
-type SyncOutcome = (name: string, startedMs: number, result: SyncReport | Error) => void;
+/** Told of each sync as it starts and as it ends. */
+interface SyncWatch {
+  started(name: string): void;
+  finished(name: string, startedMs: number, result: SyncReport | Error): void;
+}
 
-async function syncNames(s: Session, names: string[], opts: { freeze?: boolean; quietMs?: number; inPlace?: boolean }, outcome: SyncOutcome): Promise<SyncReport[]> {
+async function syncNames(s: Session, names: string[], opts: { freeze?: boolean; quietMs?: number; inPlace?: boolean }, watch: SyncWatch): Promise<SyncReport[]> {
   const reports: SyncReport[] = [];
   for (const name of names) {
     const started = Date.now();
+    watch.started(name);
     try {
-      const r = await syncPair(s, name, { ...opts, lockWaitMs: 0 });
-      outcome(name, started, r);
+      const r = await withSyncProgress(name, s.ranges.get(name), () => syncPair(s, name, { ...opts, lockWaitMs: 0 }));
+      watch.finished(name, started, r);
       reports.push(r);
     } catch (err) {
       // A diff or restore holds the drive: not a failure, the next tick tries again.
-      if ((err as DpsrError).code !== 'EDRIVELOCKED') outcome(name, started, err as Error);
+      if ((err as DpsrError).code !== 'EDRIVELOCKED') watch.finished(name, started, err as Error);
       throw err;
     }
   }
@@ -113,7 +124,7 @@ function withOverrides(config: DaemonConfig, opts: DaemonOptions): DaemonConfig 
 export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (line: string) => void): Promise<void> {
   let config = withOverrides(loadConfig(settings.configPath), opts); // bad config: exit 2 before anything
   const startedMs = Date.now();
-  const s = await openSession(settings, { waitMs: 0 });
+  const s = await openSession(settings, { waitMs: OWNER_WAIT_MS });
   const serial = serializer();
   let server: net.Server;
   try {
@@ -122,20 +133,24 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     await closeSession(s);
     throw err;
   }
+  const history = History.load(historyPath(settings.stateDir));
   const describe = (c: DaemonConfig) => s.store.pairs().map((p) => `${p.name} ${policyOf(c, p.name).policy}`).join(', ');
   log(`dpsr daemon: listening on ${settings.socketPath}; pairs: ${describe(config) || 'none'}`);
 
-  const handle = async (req: Request): Promise<unknown> => {
+  /** `progress`: where this request's progress frames go, when it asked for them. */
+  const handle = async (req: Request, progress: ProgressReporter): Promise<unknown> => {
+    const reportTo = 'progress' in req && req.progress ? progress : null;
     switch (req.command) {
       case 'hello':
         return { version: PROTOCOL_VERSION };
       case 'sync': {
         const names = req.all ? s.store.pairs().map((p) => p.name) : req.names;
         for (const n of names) if (!s.store.pair(n)) throw new DpsrError(`no pair named ${n}`, 'ENOPAIR');
-        return serial(() => syncNames(s, names, { freeze: req.freeze, quietMs: req.quietMs ?? opts.quietMs, inPlace: req.inPlace }, afterSync));
+        return serial(() => withProgressReporter(reportTo,
+          () => syncNames(s, names, { freeze: req.freeze, quietMs: req.quietMs ?? opts.quietMs, inPlace: req.inPlace }, syncWatch)));
       }
       case 'rollback':
-        return serial(() => rollbackInSession(s, req));
+        return serial(() => withProgressReporter(reportTo, () => rollbackInSession(s, req)));
       case 'status':
         // Not queued behind a sync (a full copy can take an hour): it only reads what is in memory.
         return s.store.pairs().filter((p) => !req.name || p.name === req.name).map((p) =>
@@ -148,7 +163,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
   server.on('connection', (sock) => {
     sock.on('data', frameReader((msg) => {
       const { id, ...req } = msg as { id: number } & Request;
-      handle(req as Request).then(
+      handle(req as Request, (progress) => writeFrame(sock, { id, progress } satisfies ProgressFrame)).then(
         (result) => writeFrame(sock, { id, ok: true, result } satisfies Reply),
         (err: DpsrError) => writeFrame(sock, {
           id, ok: false,
@@ -208,6 +223,28 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     }
     log(`dpsr daemon: ${name}: generation ${result.generation}, ${result.copiedBytes + result.repairedBytes} bytes, image ${result.image}`);
   }
+  // The chart's history: a sample a minute, and one before and after each sync (its sawtooth).
+  let historyError: string | null = null;
+  const sample = (name: string, always: boolean) => {
+    const pair = s.store.pair(name);
+    if (!pair || !history.add(name, sampleOf(pair, s.ranges.get(name), Date.now()), always)) return;
+    history.keep(s.store.pairs().map((p) => p.name));
+    try {
+      history.save();
+      historyError = null;
+    } catch (err) {
+      // Said once: a chart is not worth failing for.
+      if ((err as Error).message !== historyError) log(`dpsr daemon: history: ${(err as Error).message}`);
+      historyError = (err as Error).message;
+    }
+  };
+  const syncWatch: SyncWatch = {
+    started: (name) => sample(name, true),
+    finished: (name, startedMs, result) => {
+      afterSync(name, startedMs, result);
+      sample(name, true);
+    },
+  };
   const syncDue = async () => {
     for (const [name, range] of s.ranges) {
       const pair = s.store.pair(name);
@@ -220,7 +257,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
         lastSyncStartMs: r.lastSyncStartMs, imageTimeMs: pair.imageTimeMs, failuresInARow: r.failuresInARow,
       }, Date.now());
       if (!syncNow) continue;
-      await syncNames(s, [name], { quietMs: opts.quietMs }, afterSync).catch(() => {}); // reported by afterSync
+      await syncNames(s, [name], { quietMs: opts.quietMs }, syncWatch).catch(() => {}); // reported by afterSync
     }
   };
   // Background comparison: suspect regions at the compare bandwidth, then the scrub at its own.
@@ -275,6 +312,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       await syncDue();
       await background();
       newGaps();
+      for (const p of s.store.pairs()) sample(p.name, false);
       try {
         // For node_exporter's textfile collector, rewritten every tick.
         if (config.metricsFile) writeMetricsFile(config.metricsFile, metricsSnapshot(s, runtimeOf));

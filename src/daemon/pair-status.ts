@@ -71,6 +71,9 @@ export function percentile(values: number[], p: number): number | null {
 /** Data written (or discarded) since the image: what the next sync copies. */
 export const changedBytes = (range: RangeState) => (range.dirty.totalSectors + range.discarded.totalSectors) * SECTOR;
 
+/** Changed since the image and to compare: what the next sync copies or compares. */
+export const behindBytes = (range: RangeState) => changedBytes(range) + range.suspect.totalSectors * SECTOR;
+
 /** Whether the DPSR drive is behind: writes since the last cut, or a cut that a failed or interrupted sync has not landed. */
 export const hasChanges = (range: RangeState, pair: PairRecord) => !range.dirty.isEmpty || !range.suspect.isEmpty || !range.discarded.isEmpty || pair.pending !== null;
 

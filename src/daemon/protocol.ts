@@ -6,19 +6,23 @@ import net from 'node:net';
 import { pack, unpack } from 'msgpackr';
 import { DpsrError, type ExitStatusValue, isErrorCode } from '../base/errors.js';
 import type { RestoreScope } from '../restore/rollback.js';
+import type { ProgressEvent } from '../base/progress.js';
 
 export const PROTOCOL_VERSION = 2; // 2: status replies are PairStatus[], rollback requests
 const MAX_FRAME_BYTES = 64 << 20;
 
 export interface HelloRequest { command: 'hello'; version: number }
-export interface SyncRequest { command: 'sync'; names: string[]; all: boolean; freeze?: boolean; quietMs?: number; inPlace?: boolean }
+/** `progress`: the client wants progress frames ({id, progress}) before the reply. */
+export interface SyncRequest { command: 'sync'; names: string[]; all: boolean; freeze?: boolean; quietMs?: number; inPlace?: boolean; progress?: boolean }
 export interface StatusRequest { command: 'status'; name?: string }
 /** Rollback or device restore by the owner; a dry run plans only (the CLI asks, then sends it again). */
-export interface RollbackRequest { command: 'rollback'; name: string; scope: RestoreScope; dryRun: boolean }
+export interface RollbackRequest { command: 'rollback'; name: string; scope: RestoreScope; dryRun: boolean; progress?: boolean }
 export type Request = HelloRequest | SyncRequest | StatusRequest | RollbackRequest;
 
 export interface WireError { message: string; code: string; exitStatus: ExitStatusValue }
 export type Reply = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: WireError };
+/** Sent, only to a client that asked, while its request runs. */
+export interface ProgressFrame { id: number; progress: ProgressEvent }
 
 /** Splits a byte stream into frames and hands each decoded message on. */
 export function frameReader(onMessage: (msg: unknown) => void, onError: (err: Error) => void): (chunk: Buffer) => void {
@@ -52,10 +56,10 @@ export function writeFrame(sock: net.Socket, msg: unknown): void {
 /** A client connection: request() resolves with the result or rejects with the daemon's error. */
 export class ControlClient {
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; onProgress?: (e: ProgressEvent) => void }>();
 
   private constructor(private readonly sock: net.Socket) {
-    sock.on('data', frameReader((msg) => this.onReply(msg as Reply), (err) => this.failAll(err)));
+    sock.on('data', frameReader((msg) => this.onFrame(msg as Reply | ProgressFrame), (err) => this.failAll(err)));
     sock.on('close', () => this.failAll(new DpsrError('the dpsr daemon closed the connection', 'EPIPE')));
     sock.on('error', (err) => this.failAll(err));
   }
@@ -81,10 +85,11 @@ export class ControlClient {
     return client;
   }
 
-  request(req: Request): Promise<unknown> {
+  /** onProgress: the daemon's progress frames for this request (asked for with `progress: true`). */
+  request(req: Request, onProgress?: (e: ProgressEvent) => void): Promise<unknown> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { resolve, reject, onProgress });
       writeFrame(this.sock, { id, ...req });
     });
   }
@@ -93,9 +98,13 @@ export class ControlClient {
     this.sock.end();
   }
 
-  private onReply(reply: Reply): void {
+  private onFrame(reply: Reply | ProgressFrame): void {
     const p = this.pending.get(reply.id);
     if (!p) return;
+    if ('progress' in reply) {
+      p.onProgress?.(reply.progress);
+      return;
+    }
     this.pending.delete(reply.id);
     if (reply.ok) p.resolve(reply.result);
     else p.reject(new DpsrError(reply.error.message, isErrorCode(reply.error.code) ? reply.error.code : 'EFAIL'));

@@ -158,6 +158,41 @@ export function diffTrees(sourceRoot: string, imageRoot: string, rel: string, op
   return out;
 }
 
+/** An entry directly in a folder, on either side or both: a file manager's listing, unchanged entries too. */
+export interface ListedEntry {
+  name: string;
+  change: Change | null; // null: the same on both sides
+  why: Difference[];
+  source: FileMeta | null;
+  image: FileMeta | null;
+}
+
+/**
+ * The entries directly in the folder `rel` of either tree, sorted by name, each compared as
+ * diffTrees compares it but without descending (the page expands folders one at a time).
+ */
+export function listBoth(sourceRoot: string, imageRoot: string, rel: string, opts: DiffOptions = {}): ListedEntry[] {
+  const names = new Set<string>();
+  for (const root of [sourceRoot, imageRoot]) {
+    const dir = path.join(root, rel);
+    if (lstatOrNull(dir)?.isDirectory()) for (const name of fs.readdirSync(dir)) names.add(name);
+  }
+  const out: ListedEntry[] = [];
+  for (const name of [...names].sort()) {
+    const r = rel === '' ? name : `${rel}/${name}`;
+    const [s, i] = [path.join(sourceRoot, r), path.join(imageRoot, r)];
+    const [ss, is] = [lstatOrNull(s), lstatOrNull(i)];
+    const source = ss && metaOf(s, ss);
+    const image = is && metaOf(i, is);
+    if (!source && !image) continue; // gone between readdir and lstat
+    const why = source && image ? compareMeta(source, image) : [];
+    if (opts.content && source?.type === 'file' && image?.type === 'file' && why.length === 0 && !sameBytes(s, i)) why.push('content');
+    const change: Change | null = !source ? 'deleted' : !image ? 'added' : why.length > 0 ? 'changed' : null;
+    out.push({ name, change, why, source, image });
+  }
+  return out;
+}
+
 /**
  * The path of `rel` under `root`, refusing a path that passes through a
  * symlink: in a mounted image an absolute link would lead out of it, into

@@ -7,7 +7,7 @@ import path from 'node:path';
 import type { Settings } from '../../base/defaults.js';
 import { withDriveLock } from '../../base/locks.js';
 import { ExitStatus, type ExitStatusValue, RefusedError, UsageError } from '../../base/errors.js';
-import { type DiffEntry, type FileMeta, diffTrees, pathInside } from '../../restore/file-diff.js';
+import { type DiffEntry, type FileMeta, diffTrees, listBoth, pathInside } from '../../restore/file-diff.js';
 import { bindReadOnly, committedImage, describeFs, locate, mountReadOnly, type PrivateMount, surroundingsOf, withMounts } from '../../restore/image-mount.js';
 import { formatBytes } from '../../base/units.js';
 
@@ -126,6 +126,9 @@ export async function diffCommand(opts: DiffOptions, settings: Settings, log: (s
           path: `/${loc.relPath}`,
           entries: entries.map((e) => ({ path: e.path, change: e.change, why: e.why, source: jsonMeta(e.source), image: jsonMeta(e.image) })),
           summary,
+          // PATH's own entries on both sides, unchanged ones too (a folder's listing for the Cockpit page).
+          children: listBoth(source.mountPoint, image.mountPoint, loc.relPath, { content: opts.content })
+            .map((e) => ({ name: e.name, change: e.change, why: e.why, source: jsonMeta(e.source), image: jsonMeta(e.image) })),
         })}\n`);
       } else {
         const where = src.mount ? `mounted on ${src.mount.mountPoint}` : 'not mounted';

@@ -8,6 +8,7 @@ import { formatBytes } from '../../base/units.js';
 import { ControlClient } from '../../daemon/protocol.js';
 import { type RestoreScope, type RollbackReport, rollbackFromDrive, rollbackInSession, withOwnerLock } from '../../restore/rollback.js';
 import { closeSession, openSession } from '../../state/session.js';
+import { jsonProgressLines, withProgressReporter } from '../../base/progress.js';
 
 export interface ConfirmOptions {
   yes: boolean;
@@ -88,17 +89,20 @@ async function planConfirmRun(run: (dryRun: boolean) => Promise<RollbackReport>,
 /** A rollback or restore by the owner: the daemon when one answers, else a session of our own. */
 export async function throughOwner(settings: Settings, req: { name: string; scope: RestoreScope }, opts: ConfirmOptions,
   log: (s: string) => void): Promise<RollbackReport> {
+  // --json: progress as JSON lines on stderr, from the daemon or from this process.
+  const progress = opts.json ? jsonProgressLines() : null;
   const daemon = await ControlClient.connect(settings.socketPath);
   if (daemon) {
     try {
-      return await planConfirmRun((dryRun) => daemon.request({ command: 'rollback', ...req, dryRun }) as Promise<RollbackReport>, opts, log);
+      return await planConfirmRun((dryRun) => daemon.request({ command: 'rollback', ...req, dryRun, progress: progress !== null },
+        progress ?? undefined) as Promise<RollbackReport>, opts, log);
     } finally {
       daemon.close();
     }
   }
   const s = await openSession(settings);
   try {
-    return await planConfirmRun((dryRun) => rollbackInSession(s, { ...req, dryRun }), opts, log);
+    return await planConfirmRun((dryRun) => withProgressReporter(progress, () => rollbackInSession(s, { ...req, dryRun })), opts, log);
   } finally {
     await closeSession(s);
   }
@@ -110,7 +114,8 @@ export async function rollbackCommand(opts: ConfirmOptions & { name?: string; dr
   if (opts.drive) {
     const drive = opts.drive;
     return withOwnerLock(settings.ownerLockPath,
-      () => planConfirmRun((dryRun) => rollbackFromDrive({ drive, source: opts.source, name: opts.name, dryRun }), opts, log));
+      () => planConfirmRun((dryRun) => withProgressReporter(opts.json ? jsonProgressLines() : null,
+        () => rollbackFromDrive({ drive, source: opts.source, name: opts.name, dryRun })), opts, log));
   }
   if (!opts.name) throw new UsageError('dpsr rollback: name a pair, or give --drive DEV (without the state directory)');
   return throughOwner(settings, { name: opts.name, scope: { kind: 'rollback' } }, opts, log);

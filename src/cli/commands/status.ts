@@ -16,6 +16,7 @@ import { DEFAULT_CONFIG, loadConfig } from '../../daemon/config.js';
 import { parseDuration } from '../../base/units.js';
 import { ControlClient } from '../../daemon/protocol.js';
 import { type PairState, type PairStatus, humanDuration, policyOf, statusOf } from '../../daemon/pair-status.js';
+import { historyPath, readHistory } from '../../daemon/history.js';
 
 
 const shown = (b: number | null) => (b === null ? 'unknown (owned by another dpsr process)' : formatBytes(b));
@@ -69,8 +70,16 @@ function printTable(statuses: PairStatus[], log: (s: string) => void, colour: bo
   }
 }
 
-function report(statuses: PairStatus[], opts: StatusOptions, log: (s: string) => void, maxAgeMs: number | undefined): ExitStatusValue {
-  if (opts.json) process.stdout.write(`${JSON.stringify({ pairs: statuses })}\n`);
+/** --json: whether a daemon answered, and with --long each pair's history (the daemon's samples of the last hours). */
+function jsonDocument(statuses: PairStatus[], opts: StatusOptions, daemon: boolean, stateDir: string): object {
+  if (!opts.long) return { daemon, pairs: statuses };
+  const history = readHistory(historyPath(stateDir));
+  return { daemon, pairs: statuses.map((st) => ({ ...st, history: history[st.name] ?? [] })) };
+}
+
+function report(statuses: PairStatus[], opts: StatusOptions, log: (s: string) => void, maxAgeMs: number | undefined,
+  daemon: boolean, stateDir: string): ExitStatusValue {
+  if (opts.json) process.stdout.write(`${JSON.stringify(jsonDocument(statuses, opts, daemon, stateDir))}\n`);
   else if (statuses.length === 0) log('no pairs (dpsr pair SOURCE DPSR_DRIVE)');
   else if (opts.long) statuses.forEach((st) => printLong(st, log));
   else printTable(statuses, log, process.stdout.isTTY === true && !process.env.NO_COLOR);
@@ -111,7 +120,7 @@ export async function statusCommand(opts: StatusOptions, settings: Settings, log
     try {
       const statuses = await daemon.request({ command: 'status', name: opts.name }) as PairStatus[];
       if (opts.name && statuses.length === 0) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');
-      return report(statuses, opts, log, maxAgeMs);
+      return report(statuses, opts, log, maxAgeMs, true, settings.stateDir);
     } finally {
       daemon.close();
     }
@@ -151,7 +160,7 @@ export async function statusCommand(opts: StatusOptions, settings: Settings, log
     if (opts.name && pairs.length === 0) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');
     const statuses = pairs.map((p) => statusOf(p, session?.ranges.get(p.name) ?? store.range(p.name) as RangeState | undefined,
       session?.problems.get(p.name), session !== undefined, policyOf(config, p.name), null));
-    return report(statuses, opts, log, maxAgeMs);
+    return report(statuses, opts, log, maxAgeMs, false, settings.stateDir);
   } finally {
     if (session) await closeSession(session);
     else await store.close();

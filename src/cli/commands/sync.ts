@@ -2,9 +2,11 @@
 import type { Settings } from '../../base/defaults.js';
 import { DpsrError, UsageError } from '../../base/errors.js';
 import { ControlClient } from '../../daemon/protocol.js';
+import { withSyncProgress } from '../../daemon/sync-progress.js';
 import { closeSession, openSession } from '../../state/session.js';
 import { type SyncReport, syncPair } from '../../sync/sync.js';
 import { formatBytes } from '../../base/units.js';
+import { jsonProgressLines, withProgressReporter } from '../../base/progress.js';
 
 
 export function describeSync(r: SyncReport): string {
@@ -35,13 +37,16 @@ function deadline<T>(work: Promise<T>, ms: number | undefined, onTimeout: () => 
 export async function syncCommand(opts: { name?: string; all: boolean; json: boolean; freeze?: boolean; quietMs?: number; timeoutMs?: number; inPlace?: boolean }, settings: Settings,
   log: (s: string) => void): Promise<SyncReport[]> {
   if (!opts.name && !opts.all) throw new UsageError('dpsr sync: name a pair or give --all');
+  // --json: progress as JSON lines on stderr, from the daemon or from this process.
+  const progress = opts.json ? jsonProgressLines() : null;
   // A running daemon owns tracking: the flush goes through it and returns when committed.
   const daemon = await ControlClient.connect(settings.socketPath);
   if (daemon) {
     try {
       const reports = await deadline(daemon.request({
         command: 'sync', names: opts.name ? [opts.name] : [], all: opts.all, freeze: opts.freeze, quietMs: opts.quietMs, inPlace: opts.inPlace,
-      }), opts.timeoutMs, () => timedOut(opts.timeoutMs!, 'the daemon goes on with it')) as SyncReport[];
+        progress: progress !== null,
+      }, progress ?? undefined), opts.timeoutMs, () => timedOut(opts.timeoutMs!, 'the daemon goes on with it')) as SyncReport[];
       if (opts.json) process.stdout.write(`${JSON.stringify({ syncs: reports })}\n`);
       else for (const r of reports) log(describeSync(r));
       return reports;
@@ -64,7 +69,8 @@ export async function syncCommand(opts: { name?: string; all: boolean; json: boo
     if (opts.name && !s.store.pair(opts.name)) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');
     const reports: SyncReport[] = [];
     for (const name of names) {
-      const r = await syncPair(s, name, { freeze: opts.freeze, quietMs: opts.quietMs, inPlace: opts.inPlace });
+      const r = await withProgressReporter(progress,
+        () => withSyncProgress(name, s.ranges.get(name), () => syncPair(s, name, { freeze: opts.freeze, quietMs: opts.quietMs, inPlace: opts.inPlace })));
       reports.push(r);
       if (!opts.json) log(describeSync(r));
     }
