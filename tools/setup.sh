@@ -18,6 +18,7 @@ packages=(
 	qemu-system-x86 busybox-static extlinux syslinux-common cpio   # boot tests: a real system disk booted under qemu
 	mmdebstrap qemu-utils                                  # the guest test: a Debian 12 guest with systemd and udevd (tools/guest.sh)
 	git pkg-config libgcrypt20-dev libxxhash-dev           # tools/bench/peer.ts builds its peer, blocksync-fast, from source
+	cockpit-ws cockpit-bridge chromium fonts-dejavu-core   # the Cockpit page (packaging/cockpit) and its browser test (headless chromium)
 )
 echo "setup: apt-get install ${packages[*]}"
 apt-get update -qq

@@ -1,6 +1,6 @@
 // dpsr install [--root DIR] [--dry-run] and dpsr uninstall [--root DIR]: put
 // the systemd unit, the udev rule, the initramfs hook, a wrapper that runs
-// this dpsr and the manual page in place, and take away exactly those again
+// this dpsr, the manual page and the Cockpit page in place, and take away exactly those again
 // (a manifest of what was written, with checksums). An admin's config and dpsr's state are never
 // touched; a file install did not write, or that was changed since, is never
 // overwritten or removed. Bad input changes nothing: every check comes first.
@@ -22,6 +22,8 @@ const UNIT_PATH = '/etc/systemd/system/dpsr.service';
 const RULES_PATH = '/etc/udev/rules.d/60-dpsr.rules';
 const INITRAMFS_HOOK_PATH = '/etc/initramfs-tools/hooks/dpsr';
 const MAN_PAGE_PATH = '/usr/local/share/man/man8/dpsr.8';
+/** Where Cockpit finds pages of local software (XDG_DATA_DIRS/cockpit/NAME); the page is packaging/cockpit/. */
+const COCKPIT_PAGE_DIR = '/usr/local/share/cockpit/dpsr';
 const CONFIG_PATH = '/etc/dpsr/dpsr.toml';
 const MANIFEST_PATH = '/var/lib/dpsr/install-manifest.json';
 /** Where `systemctl enable` puts the unit (its [Install] WantedBy=). */
@@ -115,6 +117,21 @@ function builtProbe(): Buffer {
   }
 }
 
+/** The Cockpit page: every file of packaging/cockpit/ (plain files, no build step). */
+function cockpitPage(): Planned[] {
+  const dir = path.join(HOME, 'packaging', 'cockpit');
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir).filter((n) => fs.statSync(path.join(dir, n)).isFile()).sort();
+  } catch {
+    throw new RefusedError(`${dir}: missing from this dpsr: reinstall it`, 'ENOPACKAGING');
+  }
+  return names.map((n) => ({
+    path: path.posix.join(COCKPIT_PAGE_DIR, n), content: fs.readFileSync(path.join(dir, n)), mode: 0o644,
+    what: n === 'manifest.json' ? 'the Cockpit page (Cockpit lists it as "DPSR drives")' : 'the Cockpit page', tracked: true,
+  }));
+}
+
 function plan(root: string, manPage: string): Planned[] {
   const files: Planned[] = [
     { path: WRAPPER_PATH, content: wrapperScript(process.execPath, HOME), mode: 0o755, what: 'the dpsr command the unit runs', tracked: true },
@@ -122,6 +139,7 @@ function plan(root: string, manPage: string): Planned[] {
     { path: UNIT_PATH, content: packaged('dpsr.service'), mode: 0o644, what: 'the systemd unit', tracked: true },
     { path: RULES_PATH, content: packaged('60-dpsr.rules'), mode: 0o644, what: 'the udev rule', tracked: true },
     { path: MAN_PAGE_PATH, content: manPage, mode: 0o644, what: 'the manual page (man 8 dpsr)', tracked: true },
+    ...cockpitPage(),
   ];
   if (fs.existsSync(under(root, '/etc/initramfs-tools'))) {
     files.push({ path: INITRAMFS_HOOK_PATH, content: packaged('initramfs-hook'), mode: 0o755, what: 'the initramfs hook', tracked: true });
@@ -188,6 +206,7 @@ export function installCommand(opts: InstallOptions, log: (s: string) => void): 
   log('  systemctl daemon-reload && systemctl enable --now dpsr');
   log('  udevadm control --reload && udevadm trigger --subsystem-match=block --action=change');
   if (files.some((f) => f.path === INITRAMFS_HOOK_PATH)) log('  update-initramfs -u');
+  if (!fs.existsSync(under(root, '/usr/share/cockpit'))) log('  apt-get install cockpit   (for the page in Cockpit: "DPSR drives")');
 }
 
 export function uninstallCommand(opts: { root: string }, log: (s: string) => void): void {
@@ -207,6 +226,8 @@ export function uninstallCommand(opts: { root: string }, log: (s: string) => voi
       log(`removed ${target}`);
     }
   }
+  // The page's own folder goes with its files (only when empty: anything else in it is not ours).
+  try { fs.rmdirSync(under(root, COCKPIT_PAGE_DIR)); } catch { /* not there, or not empty */ }
   fs.rmSync(under(root, MANIFEST_PATH));
   log(`removed ${under(root, MANIFEST_PATH)}; kept ${under(root, CONFIG_PATH)} and dpsr's state in ${under(root, '/var/lib/dpsr')}`);
   const inTarget = root === '/' ? '' : ` (on the system under ${root})`;
