@@ -6,8 +6,10 @@
 // image panel only, restores by clicking (sha256 on disk), by keyboard alone
 // (replacing a newer file after the page asks) and into another folder; runs
 // "Sync now" and sees its progress and the age drop; finds the history after
-// a daemon restart; rolls back through the typed confirmation once the source
-// is unmounted (sha256 of both devices); and says so when dpsr is missing.
+// a daemon restart; offers the choices for an image that is not one point in
+// time; rolls back through the typed confirmation once the source is
+// unmounted (sha256 of both devices); and says so when dpsr is missing or
+// cannot run as root.
 // Screenshots of each view go to build/screenshots/ (out of git).
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -226,6 +228,23 @@ test('the history survives a daemon restart', async () => {
   await startDaemon();
   const after = history();
   assert.equal(after.slice(0, kept.length), kept);
+});
+
+test('an image that is not one point in time says why and offers a sync, or to look anyway (--force)', async () => {
+  runDpsrOk(env, ['sync', 'p', '--no-freeze']); // mounted and not frozen: crash-consistent
+  await page.locator('#refresh').click();
+  await card().locator('.devices').filter({ hasText: 'image crash-consistent' }).waitFor();
+  await card().locator('.open-files').click();
+  const caveat = page.locator('#files-view .files-caveat');
+  await caveat.filter({ hasText: /without a freeze \(crash-consistent\)/ }).waitFor();
+  assert.is(await page.locator('#files-view .sbs-row').count(), 0, 'nothing shown unasked');
+  await shot('not-point-in-time');
+  await caveat.locator('.force').click();
+  await row('docs').waitFor();
+  await page.locator('#files-view .back').click();
+  await card().locator('.open-files').click();
+  await caveat.locator('button', { hasText: /Sync now/ }).click(); // the other choice: back to the pairs, synced
+  await card().locator('.result.ok').filter({ hasText: /Synced: generation 4,.*image point-in-time/ }).waitFor();
 });
 
 test('rollback: refused with the reason while the source is mounted; after the pair\'s name is typed, it runs (sha256 of both devices)', async () => {

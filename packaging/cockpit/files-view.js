@@ -68,6 +68,8 @@ export class FilesView {
     this.inPartition = null;
     this.selected.clear();
     this.body.replaceChildren();
+    this.toOther.checked = false; // each visit restores to the files' places unless asked again
+    this.toDir.disabled = true;
     this.q('.restore-result').hidden = true;
     this.q('.files-error').hidden = true;
     this.updatePair(pair);
