@@ -91,7 +91,7 @@ export class FilesView {
         this.loadRoot();
       });
       caveat.append(p, sync, ' ', force);
-      if (pair.image === 'none' || pair.image === 'partial') force.disabled = pair.image === 'none';
+      force.disabled = pair.image === 'none'; // no image at all: nothing to look at
       return;
     }
     if (pair) this.loadRoot();
