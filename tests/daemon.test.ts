@@ -311,7 +311,7 @@ test('the metrics file follows the pair; a sync that fails raises the hook and s
 
 test('a burst that outgrows the journal of a continuous pair: refused, not written in place; the hook and status say so; --in-place writes it', async () => {
   const source = fx.loop(128);
-  const drive = fx.loop(128 + 64); // the default 64 MiB tail
+  const drive = fx.loop(128 + 64); // a 64 MiB tail (the tests' reserve)
   const bytes = 128 * MiB;
   randomFill(source, 128);
   assert.is(dpsr('pair', source, drive, '--name', 'p').status, 0);

@@ -78,7 +78,7 @@ test('io_uring refused (kernel.io_uring_disabled=2, as under a container\'s secc
 });
 
 test('a sync with more changes than the journal holds is refused, the drive untouched; status warns before; --in-place writes it as asked', () => {
-  const [source, drive, bytes] = [fx.loop(128), fx.loop(128 + 64), 128 * MiB]; // the default 64 MiB tail
+  const [source, drive, bytes] = [fx.loop(128), fx.loop(128 + 64), 128 * MiB]; // a 64 MiB tail (the tests' reserve)
   randomFill(source, 128);
   const paired = ok('pair', source, drive, '--name', 'p');
   assert.match(paired, /a sync may carry up to [\d.]+ MiB of changes/);
@@ -100,6 +100,30 @@ test('a sync with more changes than the journal holds is refused, the drive unto
   assert.equal([after.image, after.imageTimeMs], [label.image, label.imageTimeMs], 'the label still names the same whole image');
   const big = JSON.parse(ok('sync', 'p', '--json', '--quiet-period', '0.2', '--in-place')).syncs[0];
   assert.not.ok(big.journaled);
+  assert.is(hash(drive, bytes), hash(source));
+});
+
+test('pair without --reserve leaves the default 8 GiB tail: a drive 64 MiB bigger is refused, nothing written', () => {
+  const [source, drive] = [fx.loop(64), fx.loop(128)];
+  randomFill(source, 64);
+  const before = hash(drive);
+  const r = spawnSync(process.execPath, [bin, 'pair', source, drive, '--name', 'p'], { env, encoding: 'utf8' }); // not runDpsr: it adds the tests' reserve
+  assert.is(r.status, 3, r.stderr);
+  assert.match(r.stderr, /too small for the source .* plus the 8\.0 GiB reserve for dpsr's label and journal: [\d.]+ GiB short; use a bigger drive or a smaller reserve/);
+  assert.is(hash(drive), before);
+});
+
+test('discards take no room in the journal: a trimmed source past the journal\'s size is no warning, and its sync is journaled', () => {
+  const [source, drive, bytes] = [fx.loop(128), fx.loop(128 + 64), 128 * MiB]; // a 64 MiB tail (the tests' reserve)
+  randomFill(source, 128);
+  ok('pair', source, drive, '--name', 'p');
+  syncJson('p');
+  sh('blkdiscard', [source]); // as fstrim does to a file system's free space: here 128 MiB, twice the journal
+  const st = JSON.parse(ok('status', 'p', '--json')).pairs[0];
+  assert.ok(st.dirtyBytes >= 128 * MiB, `dirtyBytes ${st.dirtyBytes} counts the discards`);
+  assert.not.ok(st.warnings.some((w: string) => /nearing what one sync can journal/.test(w)), JSON.stringify(st.warnings));
+  const r = syncJson('p');
+  assert.ok(r.journaled, 'journaled');
   assert.is(hash(drive, bytes), hash(source));
 });
 

@@ -24,3 +24,12 @@ export const WATCH_RING_BYTES = 4 << 20;
 // The owner releases ring space only after persisting, once a tick (1 s):
 // 32 MiB holds a million records, three ticks at 300k writes/s.
 export const OWNER_RING_BYTES = 32 << 20;
+
+// The journal's size, from what a Debian 12 system disk changes (tools/bench/apt-week.sh; README,
+// "How big a journal"): an `apt upgrade` from the bookworm point release to its security and
+// updates suites, with a new kernel, changed 1.0-1.1 GiB of a server and 2.1 GiB of a desktop
+// (Xfce, Firefox, Chromium, LibreOffice); a simulated week of the desktop's use 1.9 GiB more.
+/** What one apt upgrade may change: the 2.1 GiB measured on a desktop, rounded up. */
+export const UPGRADE_BYTES = 2.5 * 2 ** 30;
+/** `pair --reserve` unless given: twice the desktop's week with its upgrade (4.0 GiB) in one sync. */
+export const DEFAULT_RESERVE = '8G';

@@ -1,7 +1,7 @@
 // The command line: parses, dispatches, and maps every error to an exit
 // status in one place. User-facing errors print one line, no stack.
 import { Command, CommanderError } from 'commander';
-import { settingsFromEnv } from '../base/defaults.js';
+import { DEFAULT_RESERVE, settingsFromEnv } from '../base/defaults.js';
 import { DpsrError, ERRORS, ExitStatus, UsageError } from '../base/errors.js';
 import { manPage } from './man-page.js';
 import { parseDuration, parseSize } from '../base/units.js';
@@ -83,7 +83,7 @@ function program(): Command {
     .argument('<DPSR_DRIVE>', 'the disk that becomes its copy (everything on it is overwritten)')
     .option('--name <NAME>', 'the pair\'s name (default: the source\'s kernel name)')
     .option('--force', 'overwrite a DPSR drive that carries a file system or partition table')
-    .option('--reserve <SIZE>', 'room after the copy for dpsr\'s label and journal, e.g. 64M, 1G', '64M')
+    .option('--reserve <SIZE>', 'the least room after the copy for dpsr\'s label and journal (the journal takes the whole tail; an apt upgrade changes 1-2 GiB)', DEFAULT_RESERVE)
     .option('--no-reserve', 'no tail: for a drive exactly the source\'s size with a hardware identity (WWN/serial)')
     .addHelpText('after', `
 Refuses (exit 3, nothing written) a drive that is mounted, swap, the running

@@ -4,6 +4,7 @@
 import { type DaemonConfig, type Policy, nextSyncMs } from './config.js';
 import { journalCapacityOf } from '../drive/journal.js';
 import { formatBytes, SECTOR } from '../base/units.js';
+import { UPGRADE_BYTES } from '../base/defaults.js';
 import type { PairRecord } from '../state/records.js';
 import type { Gap, RangeState } from '../kernel/tracker.js';
 
@@ -68,6 +69,15 @@ export function percentile(values: number[], p: number): number | null {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
 }
 
+/**
+ * Above how much changed data `status` warns that the journal nears full: past half of it, or
+ * sooner when less than an apt upgrade would be left (a journal under twice UPGRADE_BYTES); a
+ * journal smaller than one upgrade, which `pair` warned of, at half.
+ */
+export function journalWarningBytes(capacity: number): number {
+  return capacity > UPGRADE_BYTES ? Math.min(capacity / 2, capacity - UPGRADE_BYTES) : capacity / 2;
+}
+
 /** Data written (or discarded) since the image: what the next sync copies. */
 export const changedBytes = (range: RangeState) => (range.dirty.totalSectors + range.discarded.totalSectors) * SECTOR;
 
@@ -100,8 +110,10 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
   if (schedule?.lastError) warnings.push(`the last sync failed: ${schedule.lastError}`);
   if (pair.reservedSectors === 0) warnings.push('no journal: not crash-safe during a sync');
   const capacity = journalCapacityOf(pair);
-  if (capacity !== null && range && dirty + suspect > capacity / 2) {
-    warnings.push(`${formatBytes(dirty + suspect)} changed: nearing what one sync can journal (${formatBytes(capacity)}); sync soon, or a sync with more is refused`);
+  const data = range ? range.dirty.totalSectors * SECTOR + suspect : 0; // what the journal must hold: discards take no room
+  if (capacity !== null && range && data > journalWarningBytes(capacity)) {
+    warnings.push(`${formatBytes(data)} changed: nearing what one sync can journal (${formatBytes(capacity)}, ${formatBytes(Math.max(0, capacity - data))} left; ` +
+      `an apt upgrade changes 1-2 GiB); sync soon, or a sync with more is refused`);
   }
   const next = schedule ? nextSyncMs(policy, { changed, lastSyncStartMs: schedule.lastSyncStartMs, imageTimeMs: pair.imageTimeMs }, nowMs) : null;
   const scrub = pair.scrub;

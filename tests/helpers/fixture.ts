@@ -59,6 +59,18 @@ function inFlightWrites(dev: string): number {
 const napMs = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 
 /**
+ * The reserved tail of a test pair made without --reserve: the test drives are sized for it
+ * (pairDevices, `source + 64`), not for the default, which is sized for a system disk's upgrade.
+ */
+export const TEST_RESERVE = '64M';
+
+/** A `pair` command line without --reserve or --no-reserve gets TEST_RESERVE (runDpsr and runDpsrKilledAfter do this). */
+export function withTestReserve(args: string[]): string[] {
+  if (args[0] !== 'pair' || args.some((a) => a === '--no-reserve' || a === '--reserve' || a.startsWith('--reserve='))) return args;
+  return [...args, '--reserve', TEST_RESERVE];
+}
+
+/**
  * Runs the CLI and kills it (SIGKILL) once more than `afterSectors` were written to `dev`
  * since it started: a kill point set by its progress (the kernel's count, polled), not by
  * time. Returns whether it was killed before it finished by itself, and the sectors written
@@ -67,7 +79,7 @@ const napMs = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(
 export async function runDpsrKilledAfter(env: NodeJS.ProcessEnv, args: string[], dev: string,
   afterSectors: number): Promise<{ killed: boolean; writtenSectors: number; stderr: string }> {
   const start = writtenSectors(dev);
-  const child = spawn(process.execPath, [DPSR_BIN, ...args], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, [DPSR_BIN, ...withTestReserve(args)], { env, stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => { stderr += d; });
   const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_, signal) => resolve(signal)));
@@ -363,9 +375,9 @@ export function sha256Of(dev: string, bytes?: number): string {
   return h.digest('hex');
 }
 
-/** Runs the built CLI with an environment (usually Fixture.cliEnv()). */
+/** Runs the built CLI with an environment (usually Fixture.cliEnv()); `pair` without --reserve or --no-reserve gets TEST_RESERVE. */
 export function runDpsr(env: NodeJS.ProcessEnv, args: string[], timeoutMs = 120_000) {
-  const r = spawnSync(process.execPath, [DPSR_BIN, ...args], { env, encoding: 'utf8', timeout: timeoutMs });
+  const r = spawnSync(process.execPath, [DPSR_BIN, ...withTestReserve(args)], { env, encoding: 'utf8', timeout: timeoutMs });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

@@ -118,7 +118,7 @@ async function rpoOverTime(): Promise<void> {
   const source = shmLoop('rpo-source.img', 256 * MiB);
   const drive = shmLoop('rpo-drive.img', 320 * MiB);
   run('mkfs.ext4', ['-q', '-F', source]);
-  dpsr(env, 'pair', source, drive, '--name', 'data');
+  dpsr(env, 'pair', source, drive, '--name', 'data', '--reserve', '64M');
   const mnt = path.join(space.dir, 'mnt');
   fs.mkdirSync(mnt);
   run('mount', [source, mnt]);
@@ -152,7 +152,7 @@ async function trackingCost(): Promise<void> {
   const job = ['--name=cost', `--filename=${source}`, '--rw=randwrite', '--bs=4k', '--direct=1', '--ioengine=libaio', '--iodepth=32',
     '--rate_iops=100000', '--time_based', `--runtime=${seconds}`];
   const a0 = await fio(job); // A: nothing attached
-  dpsr(env, 'pair', source, drive, '--name', 'raw');
+  dpsr(env, 'pair', source, drive, '--name', 'raw', '--reserve', '64M');
   const c = await fio(job); // C: the programs attached, no consumer running (records wait in the ring, then drops)
   fs.writeFileSync(env.DPSR_CONFIG!, 'tick = "1s"\nscrub_every = "off"\n[pairs.raw]\npolicy = "manual"\n');
   const daemon = await startDaemon(env, niceArg());

@@ -234,7 +234,7 @@ async function main(): Promise<void> {
 
   sh('fio', ['--name=fill', `--filename=${src.dev}`, '--rw=write', '--bs=4M', '--direct=1', '--ioengine=libaio', '--iodepth=4',
     `--size=${sizeBytes}`, '--refill_buffers', '--output=/dev/null']);
-  const paired = timed(process.execPath, [DPSR_BIN, 'pair', src.dev, drive.dev, '--name', 'bench'], env);
+  const paired = timed(process.execPath, [DPSR_BIN, 'pair', src.dev, drive.dev, '--name', 'bench', '--reserve', '64M'], env);
   console.log(`# dpsr pair (full copy): ${paired.seconds.toFixed(2)} s; ${paired.stdout.trim().split('\n').filter((l) => /journal|sync/i.test(l)).join(' / ')}`);
   const first = timed(peer, ['-s', src.dev, '-d', target.dev, '-f', digest], env);
   console.log(`# blocksync-fast first sync (makes the digest): ${first.seconds.toFixed(2)} s`);

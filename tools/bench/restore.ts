@@ -95,7 +95,7 @@ async function main(): Promise<void> {
   const made = makeFolder(path.join(src, 'data'));
   console.log(`# folder: ${made.files} files, ${(made.bytes / MiB).toFixed(0)} MiB`);
   execFileSync('sync', ['-f', src]); // on disk before the copy: the sync's frozen final pass stays small
-  dpsr('pair', source, drive, '--name', 'bench');
+  dpsr('pair', source, drive, '--name', 'bench', '--reserve', '64M');
   const image = JSON.parse(dpsr('sync', 'bench', '--json')).syncs[0].image;
   if (image !== 'point-in-time') throw new Error(`the sync made a ${image} image`);
   cleanups.push(() => { spawnSync(process.execPath, [bin, 'unpair', 'bench'], { env }); });

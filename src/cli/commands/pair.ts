@@ -1,7 +1,7 @@
 // dpsr pair SOURCE DPSR_DRIVE: check, label, start tracking, full copy.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import type { Settings } from '../../base/defaults.js';
+import { type Settings, DEFAULT_RESERVE, UPGRADE_BYTES } from '../../base/defaults.js';
 import { RefusedError } from '../../base/errors.js';
 import { openDirect } from '../../io/direct-io.js';
 import { checkPairable } from '../../drive/pair-checks.js';
@@ -11,9 +11,6 @@ import type { PairRecord } from '../../state/records.js';
 import { fullCopy } from '../../sync/sync.js';
 import { journalRegionOf, openPairedDrive, updateLabel } from '../../drive/paired-drive.js';
 import { invalidate, journalCapacityOf } from '../../drive/journal.js';
-
-/** A journal smaller than this makes the pair warn: a big upgrade would not fit one sync. */
-const SMALL_JOURNAL_BYTES = 1 << 30;
 
 export interface PairOptions {
   source: string;
@@ -75,9 +72,10 @@ export async function pairCommand(opts: PairOptions, settings: Settings, log: (s
         (pair.reservedSectors === 0 ? '; no reserved tail: no label on the drive, no journal (not crash-safe during a sync)'
           : capacity === null ? '; the reserved tail is too small for a journal: syncs write in place (not crash-safe during a sync)'
             : `; a sync may carry up to ${formatBytes(capacity)} of changes (the journal in the reserved tail)`));
-      if (capacity !== null && capacity < SMALL_JOURNAL_BYTES) {
-        log(`warning: a sync with more than ${formatBytes(capacity)} of changes is refused (an apt upgrade can write several hundred MiB): ` +
-          'sync often, or give the drive a bigger reserved tail (--reserve 1G, or a bigger drive)');
+      // Smaller than one apt upgrade: the sync after the next upgrade may be refused.
+      if (capacity !== null && capacity < UPGRADE_BYTES) {
+        log(`warning: a sync with more than ${formatBytes(capacity)} of changes is refused, and an apt upgrade with a new kernel ` +
+          `changes 1-2 GiB of a Debian system disk: sync often, or give the drive a bigger reserved tail (--reserve ${DEFAULT_RESERVE}, or a bigger drive)`);
       }
     } finally {
       fs.closeSync(srcFd);
