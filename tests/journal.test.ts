@@ -6,7 +6,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { openDirect } from '../src/io/direct-io.js';
 import {
-  applyEntries, applyTransaction, invalidate, journalBytesFor, readCommitted, writeTransaction,
+  applyEntries, applyTransaction, entriesOverlap, invalidate, journalBytesFor, readCommitted, writeTransaction,
   type CommittedTransaction, type JournalEntry, type JournalRegion,
 } from '../src/drive/journal.js';
 import { native } from '../src/base/native.js';
@@ -159,7 +159,7 @@ test('later entries win over earlier overlapping ones, with several batches in f
   assert.is(sha256(readAt(fd, 0, IMAGE_BYTES)), sha256(expected));
 });
 
-test('applied from memory (page-aligned data, as a sync keeps it): the same image as applying the journal', async () => {
+test('applied from memory (page-aligned data, as a sync keeps it): the image is before + entries; overlapping entries are told apart', async () => {
   const { fd, region } = drive();
   fillRandom(fd, IMAGE_BYTES);
   const aligned = (targetSector: number, bytes: number): JournalEntry => {
@@ -167,18 +167,21 @@ test('applied from memory (page-aligned data, as a sync keeps it): the same imag
     crypto.randomFillSync(buf);
     return { kind: 'data', targetSector, data: buf };
   };
+  // Disjoint, in no particular order, as a sync's passes journal them.
   const entries: JournalEntry[] = [];
-  for (let i = 0; i < 200; i++) entries.push(aligned(8 * Math.floor(Math.random() * 64), 4096 * (1 + Math.floor(Math.random() * 4))));
-  entries.push({ kind: 'discard', targetSector: 96, sectors: 56 });
-  for (let i = 0; i < 20; i++) entries.push(aligned(8 * Math.floor(Math.random() * 600), 4096 * (1 + Math.floor(Math.random() * 80))));
-  const before = readAt(fd, 0, IMAGE_BYTES);
-  const expected = Buffer.from(before);
+  for (let i = 0; i < 300; i++) entries.push(aligned(8 * (2 * i + 1), 4096));
+  entries.push({ kind: 'discard', targetSector: 8 * 1000, sectors: 56 });
+  entries.push(aligned(8 * 1200, 64 * 4096));
+  entries.reverse();
+  assert.not.ok(entriesOverlap(entries));
+  assert.ok(entriesOverlap([...entries, aligned(8 * 3, 4096)]), 'a block written again overlaps');
+  const expected = readAt(fd, 0, IMAGE_BYTES);
   for (const e of entries) {
     if (e.kind === 'data') e.data.copy(expected, e.targetSector * SECTOR);
     else expected.fill(0, e.targetSector * SECTOR, (e.targetSector + e.sectors) * SECTOR);
   }
   await applyEntries(fd, entries);
-  assert.is(sha256(readAt(fd, 0, IMAGE_BYTES)), sha256(expected), 'later entries win, the discard reads as zeros');
+  assert.is(sha256(readAt(fd, 0, IMAGE_BYTES)), sha256(expected), 'every entry landed, the discard reads as zeros');
 });
 
 test('an async iterable of entries streams in; many entries need several descriptor blocks', async () => {

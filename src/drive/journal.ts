@@ -33,7 +33,6 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { type IoOp, batchIo } from '../io/batch-io.js';
-import { ExtentSet } from '../base/extents.js';
 import { fullIo as copyFullIo } from '../io/direct-io.js';
 import { DpsrError } from '../base/errors.js';
 import { LABEL_AREA_BYTES } from './label.js';
@@ -564,34 +563,34 @@ export async function applyTransaction(fd: number, txn: CommittedTransaction, op
   await fdatasync(fd);
 }
 
+const entryEnd = (e: JournalEntry) => e.targetSector + (e.kind === 'data' ? e.data.length / SECTOR : e.sectors);
+
+/** Whether two entries touch the same sector: then only the journal's own apply keeps their order. */
+export function entriesOverlap(entries: JournalEntry[]): boolean {
+  const spans = entries.map((e): [number, number] => [e.targetSector, entryEnd(e)]).sort((a, b) => a[0] - b[0]);
+  for (let i = 1; i < spans.length; i++) if (spans[i][0] < spans[i - 1][1]) return true;
+  return false;
+}
+
 /**
  * Applies a committed transaction from the entries it was written from,
- * still in memory (each data buffer page-aligned, as O_DIRECT needs): the
- * same writes as applyTransaction without reading the journal back. Later
- * entries win, so what a later entry covers is not written from an earlier one.
+ * still in memory (each data buffer page-aligned, as O_DIRECT needs), when
+ * no two of them overlap (entriesOverlap): the same writes as
+ * applyTransaction without reading the journal back, in any order.
  */
 export async function applyEntries(fd: number, entries: JournalEntry[], opts: JournalIoOptions = {}): Promise<void> {
+  if (entriesOverlap(entries)) throw new DpsrError('applyEntries: overlapping entries need the journal\'s ordered apply', 'EFAIL'); // a bug
   const { chunkBytes } = ioOptions(opts);
-  const covered = new ExtentSet();
   const writes = new Map<ArrayBufferLike, IoOp[]>();
-  const discards: Array<[number, number]> = [];
-  for (let i = entries.length - 1; i >= 0; i--) {
-    const e = entries[i];
-    const start = e.targetSector;
-    const end = start + (e.kind === 'data' ? e.data.length / SECTOR : e.sectors);
-    const fresh = ExtentSet.from([[start, end]]);
-    fresh.subtractSet(covered);
-    covered.add(start, end);
-    fresh.forEach((a, b) => {
-      if (e.kind === 'discard') return void discards.push([a, b]);
-      const ops = writes.get(e.data.buffer) ?? [];
-      writes.set(e.data.buffer, ops);
-      ops.push({ bufferOffset: e.data.byteOffset + (a - start) * SECTOR, length: (b - a) * SECTOR, position: a * SECTOR });
-    });
+  let zeros: Buffer | null = null;
+  for (const e of entries) {
+    if (e.kind === 'discard') continue;
+    const ops = writes.get(e.data.buffer) ?? [];
+    writes.set(e.data.buffer, ops);
+    ops.push({ bufferOffset: e.data.byteOffset, length: e.data.length, position: e.targetSector * SECTOR });
   }
   for (const [buffer, ops] of writes) await batchIo('write', 'DPSR drive', fd, Buffer.from(buffer), ops);
-  let zeros: Buffer | null = null;
-  for (const [a, b] of discards) zeros = await discard(fd, a * SECTOR, (b - a) * SECTOR, zeros, chunkBytes);
+  for (const e of entries) if (e.kind === 'discard') zeros = await discard(fd, e.targetSector * SECTOR, e.sectors * SECTOR, zeros, chunkBytes);
   await fdatasync(fd);
 }
 

@@ -10,7 +10,7 @@ import { DpsrError, RefusedError, errnoOf } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { finishedImage, journalRegionOf, openRecoveredDrive, updateLabel } from '../drive/paired-drive.js';
 import { type ImageState } from '../state/records.js';
-import { type JournalEntry, type JournalRegion, applyEntries, applyTransaction, journalBytesFor, journalDataCapacity, writeTransaction } from '../drive/journal.js';
+import { type JournalEntry, type JournalRegion, applyEntries, applyTransaction, entriesOverlap, journalBytesFor, journalDataCapacity, writeTransaction } from '../drive/journal.js';
 import { copyEntries, differingEntries } from './pass-source.js';
 import { withDriveLock } from '../base/locks.js';
 import { recordFreeze } from '../state/records.js';
@@ -449,7 +449,8 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
     if (settleEpoch >= 0) await s.tracker.settle(settleEpoch);
   }
   if (!committed) throw new DpsrError(`pair ${pair.name}: journal transaction ${seq} was not committed`, 'EJOURNAL');
-  if (kept) await applyEntries(c.driveFd, kept);
+  // From memory when nothing overlaps (a block written again between passes does): the order cannot matter then.
+  if (kept && !entriesOverlap(kept)) await applyEntries(c.driveFd, kept);
   else await applyTransaction(c.driveFd, committed);
   pair.journalSeq = seq;
   pair.pendingTxn = null;
