@@ -47,7 +47,15 @@ function refuseReplaced(pair: PairRecord, now: DeviceIdentity): void {
 /** The same device changed (re-attached, new media): it may have been written unseen, so its whole range is suspect. */
 async function noteSourceChanges(s: Session, pair: PairRecord, range: RangeState, now: DeviceIdentity): Promise<void> {
   const changes = identityChanges(pair.source, now);
-  if (changes.length === 0) return;
+  if (changes.length === 0) {
+    // The same disk in another boot: record this boot's sequence number, or the daemon's check of it
+    // (recheckSources) would take every tick for a re-attach and probe the disk again, each time.
+    if (pair.source.diskseq !== now.diskseq || (pair.source.bootId ?? null) !== (now.bootId ?? null)) {
+      pair.source = { ...now, path: pair.source.path };
+      await s.store.putPair(pair);
+    }
+    return;
+  }
   s.tracker.suspectAll(range, 'identity-changed', `${pair.source.path} changed (${changes.join('; ')}): writes may have gone unseen`);
   pair.source = { ...now, path: pair.source.path };
   await s.store.putPairAndRange(pair, range);
