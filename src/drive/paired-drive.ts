@@ -157,8 +157,9 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
   return txn !== null;
 }
 
-export function finishedImage(pair: PairRecord, image: ImageState, imageTimeMs: number): Partial<PairRecord> {
-  return { image, imageTimeMs, lastGoodTimeMs: image === 'point-in-time' ? imageTimeMs : pair.lastGoodTimeMs };
+/** The image a generation made, for a pair record or a label: a point in time is also the last good one. */
+export function finishedImage(was: { lastGoodTimeMs: number | null }, image: ImageState, imageTimeMs: number) {
+  return { image, imageTimeMs, lastGoodTimeMs: image === 'point-in-time' ? imageTimeMs : was.lastGoodTimeMs };
 }
 
 /**

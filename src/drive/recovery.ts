@@ -8,7 +8,7 @@ import { openDirect } from '../io/direct-io.js';
 import { type CommittedTransaction, applyTransaction, readCommitted } from './journal.js';
 import { type DriveLabel, writeLabel } from './label.js';
 import { native } from '../base/native.js';
-import { journalRegionOf } from './paired-drive.js';
+import { finishedImage, journalRegionOf } from './paired-drive.js';
 
 /** The committed transaction after the one the label records as applied, if any. */
 export async function committedOnDrive(fd: number, label: DriveLabel): Promise<CommittedTransaction | null> {
@@ -21,7 +21,7 @@ export async function committedOnDrive(fd: number, label: DriveLabel): Promise<C
 export function imageAfter(label: DriveLabel, txn: CommittedTransaction): Pick<DriveLabel, 'image' | 'imageTimeMs' | 'lastGoodTimeMs'> {
   const made = label.pendingTxn?.seq === txn.seq ? label.pendingTxn : null;
   if (!made) return { image: label.image, imageTimeMs: label.imageTimeMs, lastGoodTimeMs: label.lastGoodTimeMs };
-  return { image: made.image, imageTimeMs: made.imageTimeMs, lastGoodTimeMs: made.image === 'point-in-time' ? made.imageTimeMs : label.lastGoodTimeMs };
+  return finishedImage(label, made.image, made.imageTimeMs);
 }
 
 /** Applies a committed transaction from the drive alone and records it in the label (as recoverJournal does with a pair record). */
