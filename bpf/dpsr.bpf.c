@@ -77,6 +77,16 @@ struct {
 	__type(value, struct dpsr_ring_stats);
 } ring_stats SEC(".maps");
 
+/* When a completed write last touched each slot (bpf_ktime_get_ns, per CPU;
+ * user space takes the latest): a sync's quiet period counts from it, so a
+ * source idle for minutes is not waited on again. Pinned from v4 on. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DPSR_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} last_write SEC(".maps");
+
 /* Drops per ring and epoch (key: ring * 2 + epoch), cleared by the owner
  * once no program can still count into that epoch. */
 struct {
@@ -195,6 +205,7 @@ struct visit_ctx {
 	__u32 epoch;
 	__u32 touched;		/* out: slots whose range the write touched */
 	__u32 ring_mask;	/* out: their consumers */
+	__u64 now_ns;		/* at completion: bpf_ktime_get_ns() */
 	bool unknown;		/* a write without a range */
 	bool completed;		/* at completion (count), not at issue */
 };
@@ -232,6 +243,12 @@ static long visit_slot(__u32 i, struct visit_ctx *c)
 			st->records++;
 			st->sectors += e - s;
 		}
+	}
+	if (c->completed) {
+		__u64 *t = bpf_map_lookup_elem(&last_write, &i);
+
+		if (t)
+			*t = c->now_ns;
 	}
 	c->touched |= 1U << i;
 	c->ring_mask |= slot->ring_mask;
@@ -373,6 +390,8 @@ static __always_inline void place(const struct req_ctx *q, __u64 start, __u64 en
 	v.epoch = q->epoch;
 	v.unknown = unknown;
 	v.completed = q->completed;
+	if (q->completed)
+		v.now_ns = bpf_ktime_get_ns();
 	visit_all(&v);
 	if (!q->completed || !v.touched || (end == start && !unknown))
 		return;

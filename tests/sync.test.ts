@@ -264,20 +264,26 @@ test('a raw source that never goes quiet: "not quiescent", and the DPSR drive ke
   assert.is(hash(source), hash(drive, bytes));
 });
 
-test('the quiet period counts from the last write dpsr saw, not from the start of the sync', () => {
+test('the quiet period counts from the last write the kernel saw, not from the start of the sync', async () => {
   const { source, drive, bytes } = devices(32);
   randomFill(source, 32);
   ok('pair', source, drive, '--name', 'p');
   syncJson('p');
-  // Nothing written since the last sync: the ring held no record, so the source is idle since then.
+  // Nothing written since the range was tracked: idle since then, nothing to wait for.
   const beforeIdle = Date.now();
   const idle = JSON.parse(ok('sync', 'p', '--json', '--quiet-period', '600')).syncs[0];
   assert.ok(idle.quietSinceMs < beforeIdle, `counted from before this command (${idle.quietSinceMs} vs ${beforeIdle})`);
-  // A write whose record this command reads: the period counts from then, and is waited in full.
+  // A write before the command, no daemon: the period counts from the write's completion, not from the command.
+  const beforeWrite = Date.now();
   ddDirect(source, 2048, 8);
   const afterWrite = Date.now();
+  await new Promise((r) => setTimeout(r, 1100)); // a whole period passes before the command starts
+  const earlier = JSON.parse(ok('sync', 'p', '--json', '--quiet-period', '1')).syncs[0];
+  assert.ok(earlier.quietSinceMs >= beforeWrite - 5 && earlier.quietSinceMs <= afterWrite + 5,
+    `counted from the write (${earlier.quietSinceMs} in ${beforeWrite}..${afterWrite})`);
+  // A write just before the command: the period is waited in full from it.
+  ddDirect(source, 4096, 8);
   const written = JSON.parse(ok('sync', 'p', '--json', '--quiet-period', '1')).syncs[0];
-  assert.ok(written.quietSinceMs >= afterWrite, `counted from the write (${written.quietSinceMs} vs ${afterWrite})`);
   assert.ok(written.imageTimeMs - written.quietSinceMs >= 1000, 'cut after a whole quiet period');
   assert.is(hash(source), hash(drive, bytes));
 });

@@ -9,8 +9,10 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { DPSR_BIN, Fixture, ddDirect, runDpsr, sha256Of, freshCliFixture, randomFill } from './helpers/fixture.js';
 import { native } from '../src/base/native.js';
+import { PIN_DIR } from '../src/base/defaults.js';
 
 const MiB = 1 << 20;
+const CURRENT = path.basename(PIN_DIR); // this version's pin directory
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
 let root: string;
@@ -46,27 +48,43 @@ function syncedPairUnder(version: string) {
   return { source, drive };
 }
 
-test('v2 -> v3: the old programs\' history is inherited, nothing compared, the old programs detached', () => {
+test('v3 -> v4: the old programs\' history is inherited, nothing compared; v4 pins the last write\'s time', () => {
+  fx.tracking({ pinDir: path.join(root, 'v3'), withoutLastWrite: true });
+  const { source, drive } = syncedPairUnder('v3');
+  assert.ok(fs.existsSync(path.join(root, 'v3', 'issued')), 'v3\'s pins have the issue log');
+  assert.not.ok(fs.existsSync(path.join(root, 'v3', 'last_write')), 'but not the last write\'s time');
+  for (let i = 0; i < 5; i++) ddDirect(source, 2048 + i * 1024, 8);
+  const r = as(CURRENT, 'sync', 'p', '--json', '--quiet-period', '0.2');
+  assert.is(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout).syncs[0];
+  assert.is(report.comparedBytes, 0, 'no compare pass');
+  assert.is(report.copiedBytes, 5 * 4096);
+  assert.not.ok(fs.existsSync(path.join(root, 'v3')), 'v3 detached');
+  assert.ok(fs.existsSync(path.join(root, CURRENT, 'last_write')));
+  assert.is(sha256Of(drive, 32 * MiB), sha256Of(source, 32 * MiB));
+});
+
+test('v2 -> current: the old programs\' history is inherited, nothing compared, the old programs detached', () => {
   pinAsV2();
   const { source, drive } = syncedPairUnder('v2');
   assert.not.ok(fs.existsSync(path.join(root, 'v2', 'issued')), 'v2\'s pins have no issue log');
   for (let i = 0; i < 5; i++) ddDirect(source, 2048 + i * 1024, 8); // seen only by v2's programs
-  const r = as('v3', 'sync', 'p', '--json', '--quiet-period', '0.2');
+  const r = as(CURRENT, 'sync', 'p', '--json', '--quiet-period', '0.2');
   assert.is(r.status, 0, r.stderr);
   const report = JSON.parse(r.stdout).syncs[0];
   assert.is(report.comparedBytes, 0, 'no compare pass');
   assert.is(report.copiedBytes, 5 * 4096, 'exactly the writes the old programs saw');
   assert.not.ok(report.gaps.some((g: { cause: string }) => g.cause === 'unknown-history'), 'no gap');
   assert.not.ok(fs.existsSync(path.join(root, 'v2')), 'v2 detached');
-  for (const pin of ['link_complete', 'link_requeue', 'issued', 'missed', 'log_stats']) assert.ok(fs.existsSync(path.join(root, 'v3', pin)), `v3 pinned ${pin}`);
+  for (const pin of ['link_complete', 'link_requeue', 'issued', 'missed', 'log_stats', 'last_write']) assert.ok(fs.existsSync(path.join(root, CURRENT, pin)), `${CURRENT} pinned ${pin}`);
   assert.is(sha256Of(drive, 32 * MiB), sha256Of(source, 32 * MiB));
 });
 
-test('v1 -> v3: a version skipped over is inherited the same way', () => {
+test('v1 -> current: a version skipped over is inherited the same way', () => {
   fx.tracking({ pinDir: path.join(root, 'v1'), withoutIssueLog: true });
   const { source, drive } = syncedPairUnder('v1');
   for (let i = 0; i < 5; i++) ddDirect(source, 2048 + i * 1024, 8);
-  const r = as('v3', 'sync', 'p', '--json', '--quiet-period', '0.2');
+  const r = as(CURRENT, 'sync', 'p', '--json', '--quiet-period', '0.2');
   assert.is(r.status, 0, r.stderr);
   const report = JSON.parse(r.stdout).syncs[0];
   assert.is(report.comparedBytes, 0, 'no compare pass');
@@ -78,12 +96,12 @@ test('v1 -> v3: a version skipped over is inherited the same way', () => {
 test('a version this dpsr cannot read (a downgrade): a gap, compared in full, then exact', () => {
   const { source, drive } = syncedPairUnder('v9');
   for (let i = 0; i < 3; i++) ddDirect(source, 4096 + i * 1024, 8);
-  const st = as('v3', 'status', 'p', '--json');
+  const st = as(CURRENT, 'status', 'p', '--json');
   assert.is(st.status, 4, 'not usable until compared');
   const status = JSON.parse(st.stdout).pairs[0];
   assert.ok(status.gapsSinceSync.some((g: { cause: string }) => g.cause === 'unknown-history'), 'status shows the gap');
   assert.is(status.state, 'needs-compare');
-  const r = as('v3', 'sync', 'p', '--json', '--quiet-period', '0.2');
+  const r = as(CURRENT, 'sync', 'p', '--json', '--quiet-period', '0.2');
   assert.is(r.status, 0, r.stderr);
   const report = JSON.parse(r.stdout).syncs[0];
   assert.is(report.comparedBytes, 32 * MiB, 'the whole source compared');
@@ -92,12 +110,12 @@ test('a version this dpsr cannot read (a downgrade): a gap, compared in full, th
   assert.is(sha256Of(drive, 32 * MiB), sha256Of(source, 32 * MiB));
 });
 
-test('v2 -> v3 where v2\'s programs skipped completions: v2\'s count is judged, its regions compared, the drive ends exact', () => {
+test('v2 -> current where v2\'s programs skipped completions: v2\'s count is judged, its regions compared, the drive ends exact', () => {
   // v2's programs skip every 5th completion on a tracked disk (a test-only knob), as the kernel was seen to.
   pinAsV2({ skipEveryN: 5 });
   const { source, drive } = syncedPairUnder('v2');
   for (let i = 0; i < 20; i++) ddDirect(source, 2048 + i * 1024, 8); // v2's records miss some; its bitmaps do not
-  const r = as('v3', 'sync', 'p', '--json', '--quiet-period', '0.2');
+  const r = as(CURRENT, 'sync', 'p', '--json', '--quiet-period', '0.2');
   assert.is(r.status, 0, r.stderr);
   const report = JSON.parse(r.stdout).syncs[0];
   assert.ok(report.comparedBytes > 0, 'v2\'s regions compared');
@@ -128,8 +146,8 @@ test('an upgrade killed at each of its state writes loses no write: the next com
       pinAsV2();
       const { source, drive } = syncedPairUnder('v2');
       for (let i = 0; i < 64; i++) ddDirect(source, 2048 + i * 512, 8); // seen only by v2's programs, not yet persisted
-      const finished = killedAtStateWrite(envOf('v3'), n, ['sync', 'p', '--quiet-period', '0.2']);
-      const after = as('v3', 'sync', 'p', '--json', '--quiet-period', '0.2');
+      const finished = killedAtStateWrite(envOf(CURRENT), n, ['sync', 'p', '--quiet-period', '0.2']);
+      const after = as(CURRENT, 'sync', 'p', '--json', '--quiet-period', '0.2');
       assert.is(after.status, 0, `after a kill at state write ${n}: ${after.stderr}`);
       assert.is(sha256Of(drive, 32 * MiB), sha256Of(source, 32 * MiB), `killed at state write ${n}: the DPSR drive equals the source`);
       assert.not.ok(fs.existsSync(path.join(root, 'v2')), 'v2 detached in the end');

@@ -24,8 +24,10 @@ namespace {
 // The maps user space needs, by their names in bpf/dpsr.bpf.c.
 const char *const kMapNames[] = {"disks",     "slots",       "slot_stats", "bitmaps",
 				 "control",   "ring_stats",  "epoch_drops", "rings", "consumers"};
-// The issue log's maps: absent from the pins of versions before it (v1, v2).
+// Maps added after v1, absent from the pins of versions before them: the
+// issue log (v3 on), the last write's time per slot (v4 on).
 const char *const kLogMapNames[] = {"issued", "missed", "log_stats"};
+const char *const kLaterMapNames[] = {"last_write"};
 // The complete link is pinned last: its pin means the set is whole.
 const char kLinkIssue[] = "link_issue";
 const char kLinkRequeue[] = "link_requeue";
@@ -41,13 +43,15 @@ void UnpinAll(const std::string &dir) {
 	unlink(Join(dir, kLinkIssue).c_str());
 	for (const char *name : kMapNames) unlink(Join(dir, name).c_str());
 	for (const char *name : kLogMapNames) unlink(Join(dir, name).c_str());
+	for (const char *name : kLaterMapNames) unlink(Join(dir, name).c_str());
 }
 
 // Settings applied when the programs are loaded; all but the defaults are for tests.
 struct Knobs {
 	uint32_t skip_every_n = 0;	 // skip every Nth completion
 	uint32_t malformed_every_n = 0;	 // emit every Nth record malformed
-	bool without_issue_log = false;	 // load as a version without the issue log would
+	bool without_issue_log = false;	 // load as a version without the issue log would (v2)
+	bool without_last_write = false; // pin as a version without the last write's time would (v3)
 	uint32_t issued_entries = 0;	 // 0: the header's sizes
 	uint32_t missed_entries = 0;
 };
@@ -92,6 +96,8 @@ int LoadAndPin(const std::string &dir, const Knobs &knobs, std::string &what) {
 	what = "pin BPF maps";
 	err = PinMaps(skel, dir, kMapNames, sizeof(kMapNames) / sizeof(kMapNames[0]));
 	if (!err && !knobs.without_issue_log) err = PinMaps(skel, dir, kLogMapNames, sizeof(kLogMapNames) / sizeof(kLogMapNames[0]));
+	if (!err && !knobs.without_issue_log && !knobs.without_last_write)
+		err = PinMaps(skel, dir, kLaterMapNames, sizeof(kLaterMapNames) / sizeof(kLaterMapNames[0]));
 	if (err) goto cleanup;
 
 	// Requeue before issue: an issue is never logged without the requeue that clears it.
@@ -117,7 +123,7 @@ cleanup:
 	return err;
 }
 
-// Reads a knob object { skipEveryN, malformedEveryN, withoutIssueLog, issuedEntries, missedEntries },
+// Reads a knob object { skipEveryN, malformedEveryN, withoutIssueLog, withoutLastWrite, issuedEntries, missedEntries },
 // or a number (skipEveryN: the form of dpsr before v3, while both are installed side by side).
 bool ReadKnobs(const Napi::Value &v, Knobs &k) {
 	if (v.IsNumber()) {
@@ -135,6 +141,7 @@ bool ReadKnobs(const Napi::Value &v, Knobs &k) {
 	num("issuedEntries", k.issued_entries);
 	num("missedEntries", k.missed_entries);
 	k.without_issue_log = o.Get("withoutIssueLog").ToBoolean();
+	k.without_last_write = o.Get("withoutLastWrite").ToBoolean();
 	return true;
 }
 
@@ -185,6 +192,10 @@ Napi::Value Open(const Napi::CallbackInfo &info) {
 		maps.Set(name, Napi::Number::New(env, fd));
 	}
 	for (const char *name : kLogMapNames) {
+		int fd = bpf_obj_get(Join(dir, name).c_str());
+		if (fd >= 0) maps.Set(name, Napi::Number::New(env, fd));
+	}
+	for (const char *name : kLaterMapNames) {
 		int fd = bpf_obj_get(Join(dir, name).c_str());
 		if (fd >= 0) maps.Set(name, Napi::Number::New(env, fd));
 	}

@@ -8,13 +8,16 @@ export interface Settings {
   configPath: string;
 }
 
+/** Where this version pins its programs: a dpsr whose maps change shape pins under a new name. */
+export const PIN_DIR = '/sys/fs/bpf/dpsr/v4';
+
 export function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
   const socketPath = env.DPSR_SOCKET ?? '/run/dpsr/dpsr.sock';
   return {
     stateDir: env.DPSR_STATE_DIR ?? '/var/lib/dpsr',
     socketPath,
     ownerLockPath: env.DPSR_LOCK ?? socketPath.replace(/[^/]*$/, 'owner.lock'),
-    pinDir: env.DPSR_BPF_DIR ?? '/sys/fs/bpf/dpsr/v3',
+    pinDir: env.DPSR_BPF_DIR ?? PIN_DIR,
     kernelBtfPath: env.DPSR_KERNEL_BTF ?? '/sys/kernel/btf/vmlinux',
     configPath: env.DPSR_CONFIG ?? '/etc/dpsr/dpsr.toml',
   };

@@ -12,13 +12,14 @@ export interface OpenedTracking {
 export type MapName =
   | 'disks' | 'slots' | 'slot_stats' | 'bitmaps' | 'control'
   | 'ring_stats' | 'epoch_drops' | 'rings' | 'consumers';
-export type LogMapName = 'issued' | 'missed' | 'log_stats';
+export type LogMapName = 'issued' | 'missed' | 'log_stats' | 'last_write'; // absent from some versions' pins
 
 /** Settings applied when the programs are loaded; all but the defaults are for tests. */
 export interface LoadKnobs {
   skipEveryN?: number; // skip every Nth completion
   malformedEveryN?: number; // emit every Nth record malformed
   withoutIssueLog?: boolean; // pin as a version without the issue log (v2) would
+  withoutLastWrite?: boolean; // pin as a version without the last write's time (v3) would
   issuedEntries?: number; // the issue log's sizes (default: bpf/dpsr.h)
   missedEntries?: number;
 }

@@ -1,7 +1,7 @@
 // The command line: parses, dispatches, and maps every error to an exit
 // status in one place. User-facing errors print one line, no stack.
 import { Command, CommanderError } from 'commander';
-import { DEFAULT_RESERVE, settingsFromEnv } from '../base/defaults.js';
+import { DEFAULT_RESERVE, PIN_DIR, settingsFromEnv } from '../base/defaults.js';
 import { DpsrError, ERRORS, ExitStatus, UsageError } from '../base/errors.js';
 import { manPage } from './man-page.js';
 import { parseDuration, parseSize } from '../base/units.js';
@@ -20,7 +20,7 @@ const ENVIRONMENT = [
   ['DPSR_SOCKET', 'control socket (default /run/dpsr/dpsr.sock); the owner lock sits beside it'],
   ['DPSR_LOCK', 'the one-owner lock (default owner.lock beside the socket)'],
   ['DPSR_CONFIG', 'the daemon\'s configuration (default /etc/dpsr/dpsr.toml)'],
-  ['DPSR_BPF_DIR', 'where the tracking programs are pinned (default /sys/fs/bpf/dpsr/v3)'],
+  ['DPSR_BPF_DIR', `where the tracking programs are pinned (default ${PIN_DIR})`],
 ] as const;
 
 const EXIT_CODES_HELP = `

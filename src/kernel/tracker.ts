@@ -50,8 +50,6 @@ export interface RangeState {
   /** Sectors from retired epochs not yet confirmed by an exact reconciliation. */
   unreconciled: ExtentSet;
   receivedSectors: number;
-  /** When this process last received a record for the range (ms): a write completed no later. Not persisted. */
-  lastRecordMs?: number;
   baseline: Baseline;
   gaps: Gap[];
 }
@@ -204,7 +202,6 @@ export class Tracker {
   private ingestInto(batch: Buffer, rangeOfSlot: (slot: number) => RangeState | undefined): { records: number; malformed: number } {
     let n = 0;
     let malformed = 0;
-    const nowMs = Date.now();
     forEachRecord(batch, (r) => {
       n++;
       for (let mask = r.slotMask, i = 0; mask !== 0; i++, mask >>>= 1) {
@@ -230,7 +227,6 @@ export class Tracker {
           if (!st.discarded.isEmpty) st.discarded.subtract(s, e);
         }
         st.receivedSectors += e - s;
-        st.lastRecordMs = nowMs;
       }
     });
     this.onRecords?.(n);
@@ -319,6 +315,15 @@ export class Tracker {
   private forgetTaken(taken: Array<{ diskDev: number; ids: Set<string> }>): void {
     const saved = this.kt.missedWrites().filter((w) => taken.filter((t) => t.diskDev === w.dev).every((t) => t.ids.has(w.id)));
     this.kt.forgetMissed(saved.map((w) => w.key));
+  }
+
+  /**
+   * When the kernel last saw a write to the range complete (wall-clock ms;
+   * 0: none since it was tracked), whoever read the record. Now, when the
+   * programs do not keep it: the caller then waits a whole quiet period.
+   */
+  lastWriteMs(st: RangeState): number {
+    return this.kt.lastWriteMs(st.slot) ?? Date.now();
   }
 
   private read(st: RangeState): Reading {

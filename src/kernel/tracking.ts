@@ -47,6 +47,7 @@ const EXPECTED_VALUE_SIZES: Partial<Record<MapName | LogMapName, number>> = {
   issued: Layout.issued.size,
   missed: Layout.issued.size,
   log_stats: Layout.logStats.size,
+  last_write: 8,
 };
 
 /** /proc/PID/stat field 22, to tell a live consumer from a reused pid. */
@@ -126,8 +127,8 @@ export class KernelTracking {
     return this.lookup(map, key, perCpuStride(valueSize) * this.cpus)!;
   }
 
-  private zeroPerCpu(map: MapName, key: number, valueSize: number): void {
-    this.update(map, key, Buffer.alloc(perCpuStride(valueSize) * this.cpus));
+  private zeroPerCpu(map: MapName | 'last_write', key: number, valueSize: number): void {
+    native().mapUpdate(this.maps[map]!, u32Key(key), Buffer.alloc(perCpuStride(valueSize) * this.cpus));
   }
 
   // --- consumers -------------------------------------------------------
@@ -258,6 +259,7 @@ export class KernelTracking {
       }
       if (free < 0) throw new DpsrError(`all ${MAX_SLOTS} tracking slots are in use`, 'ESLOTSFULL');
       this.zeroPerCpu('slot_stats', free, Layout.slotStats.size);
+      if (this.maps.last_write !== undefined) this.zeroPerCpu('last_write', free, 8);
       this.update('bitmaps', free * 2, Buffer.alloc(Layout.bitmap.size));
       this.update('bitmaps', free * 2 + 1, Buffer.alloc(Layout.bitmap.size));
       this.update('slots', free, encodeSlot({
@@ -316,6 +318,25 @@ export class KernelTracking {
     const L = Layout.ringStats;
     const [records, drops] = sumPerCpu(this.lookupPerCpu('ring_stats', ring, L.size), L.size, this.cpus, [L.records, L.drops]);
     return { records, drops };
+  }
+
+  /**
+   * When a completed write last touched the slot, in wall-clock ms (the
+   * programs keep CLOCK_MONOTONIC, as process.hrtime does): 0 when none has
+   * since the slot was made; null for programs without the map (before v4).
+   */
+  lastWriteMs(index: number): number | null {
+    const fd = this.maps.last_write;
+    if (fd === undefined) return null;
+    const perCpu = native().mapLookup(fd, u32Key(index), 8 * this.cpus)!;
+    const nowNs = process.hrtime.bigint();
+    const nowMs = Date.now();
+    let latest = 0n;
+    for (let c = 0; c < this.cpus; c++) {
+      const t = perCpu.readBigUInt64LE(c * 8);
+      if (t > latest) latest = t;
+    }
+    return latest === 0n ? 0 : nowMs - Number(nowNs - latest) / 1e6;
   }
 
   // --- epochs (owner only) ---------------------------------------------

@@ -44,7 +44,7 @@ export interface SyncReport {
   dataBytes: number; // the size of the image
   passBytes: number[]; // written by each pass, the frozen final pass last
   freezeMs: number | null; // how long the file systems were frozen
-  quietSinceMs: number | null; // a raw source: the last write seen before the cut (0: none since this process began tracking)
+  quietSinceMs: number | null; // a raw source: the last write seen before the cut (0: none since the range was tracked)
   notConsistent?: string; // why a mounted source's image is not one point in time
   journaled: boolean; // through the redo journal (else written in place)
   generation: number;
@@ -215,8 +215,8 @@ async function frozenCut(s: Session, range: RangeState, srcFd: number, fileSyste
 
 /**
  * Waits until the disk has been idle for quietMs, counted from the last write
- * seen: a record (`idleSinceMs`: a daemon receives them as writes complete) or
- * a change of the kernel's count while we watch.
+ * seen: the programs' time of the range's last completed write (`idleSinceMs`),
+ * or a change of the kernel's count while we watch.
  */
 async function waitQuiet(disk: string, quietMs: number, timeoutMs: number,
   idleSinceMs: number): Promise<{ counters: DiskCounters; sinceMs: number } | null> {
@@ -243,10 +243,8 @@ async function waitQuiet(disk: string, quietMs: number, timeoutMs: number,
 async function quietCut(s: Session, pair: PairRecord, range: RangeState, srcFd: number, quietMs: number): Promise<FrozenCut> {
   let why = 'not quiescent';
   for (let attempt = 1; attempt <= QUIET_ATTEMPTS; attempt++) {
-    // The records of writes completed until now. None since this process began tracking: the
-    // previous owner drained the ring before it let go, so the source has been idle since.
     await s.tracker.cycle();
-    const quiet = await waitQuiet(range.disk, quietMs, quietMs * 4 + 2000, attempt === 1 ? range.lastRecordMs ?? 0 : Date.now());
+    const quiet = await waitQuiet(range.disk, quietMs, quietMs * 4 + 2000, attempt === 1 ? s.tracker.lastWriteMs(range) : Date.now());
     if (!quiet) {
       why = `not quiescent: ${pair.source.path} was never idle for ${quietMs} ms`;
       continue;
