@@ -2,6 +2,7 @@
 // page-aligned buffers for O_DIRECT.
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <cstdlib>
 
 #include "errors.h"
@@ -78,11 +79,28 @@ Napi::Value AlignedBuffer(const Napi::CallbackInfo &info) {
 	if (!ArgInt(info, 0, bytes) || !ArgInt(info, 1, align) || bytes <= 0 || align <= 0 ||
 	    (align & (align - 1)))
 		return ThrowUsage(env, "alignedBuffer(bytes, alignment: power of two)");
+	// A large buffer is placed on 2 MiB boundaries and asked for huge pages:
+	// its first touch (an O_DIRECT read into it) then faults a page per 2 MiB
+	// instead of per 4 KiB, which cost more than the read of scattered blocks.
+	const size_t huge = 2u << 20;
+	bool large = (size_t)bytes >= huge;
 	void *p = nullptr;
-	int err = posix_memalign(&p, (size_t)align, (size_t)bytes);
+	int err = posix_memalign(&p, large && (size_t)align < huge ? huge : (size_t)align, (size_t)bytes);
 	if (err) return ThrowErrno(env, err, "posix_memalign");
+	if (large) madvise(p, (size_t)bytes / huge * huge, MADV_HUGEPAGE);  // advice only: no THP, no harm
 	return Napi::Buffer<uint8_t>::New(env, static_cast<uint8_t *>(p), (size_t)bytes,
 					  [](Napi::Env, uint8_t *data) { free(data); });
+}
+
+// isAligned(buffer, alignment): whether the buffer's memory may be given to
+// O_DIRECT as it is (a view into an aligned buffer at an aligned offset).
+Napi::Value IsAligned(const Napi::CallbackInfo &info) {
+	Napi::Env env = info.Env();
+	Napi::Buffer<uint8_t> buf;
+	int64_t align;
+	if (!ArgBuffer(info, 0, buf) || !ArgInt(info, 1, align) || align <= 0 || (align & (align - 1)))
+		return ThrowUsage(env, "isAligned(buffer, alignment: power of two)");
+	return Napi::Boolean::New(env, (reinterpret_cast<uintptr_t>(buf.Data()) & (uintptr_t)(align - 1)) == 0);
 }
 
 }  // namespace
@@ -98,4 +116,5 @@ void InitSyscalls(Napi::Env env, Napi::Object exports) {
 	exports.Set("blkFlsBuf", Napi::Function::New(env, BlkFlsBuf));
 	exports.Set("blkDiscard", Napi::Function::New(env, BlkDiscard));
 	exports.Set("alignedBuffer", Napi::Function::New(env, AlignedBuffer));
+	exports.Set("isAligned", Napi::Function::New(env, IsAligned));
 }

@@ -64,6 +64,7 @@ export interface Native {
   blkFlsBuf(fd: number): void;
   blkDiscard(fd: number, offsetBytes: number, lengthBytes: number): void;
   alignedBuffer(bytes: number, alignment: number): Buffer;
+  isAligned(buffer: Buffer, alignment: number): boolean;
   /** Positioned reads or writes of fd through io_uring, up to depth in flight; ops are [bufferOffset, length, position] triples. */
   batchIo(fd: number, write: boolean, buffer: Buffer, ops: Float64Array, depth: number): Promise<void>;
 }

@@ -2,10 +2,12 @@
 // read from the source; and what a compare finds different from the DPSR
 // drive's current image. Reads are rounded out to 4 KiB (clipped to the
 // image) and done in batches (batch-io: thousands of scattered blocks in
-// flight at once), the next batch read while the current one is journaled;
-// memory stays bounded by two batches.
+// flight at once), the next batch read while the current one is journaled.
+// The batches' buffers come from a pool and go back to it once the sync is
+// applied: fresh memory costs its first touch, on a VM more than the read.
 import { type Chunk, type ChunkBatch, batchesOf, differingRuns, opsOf, planChunks } from '../io/copy.js';
 import { batchIo } from '../io/batch-io.js';
+import { giveBuffers, takeBuffers } from '../io/direct-io.js';
 import type { ExtentSet } from '../base/extents.js';
 import type { JournalEntry } from '../drive/journal.js';
 import { native } from '../base/native.js';
@@ -24,8 +26,24 @@ function batches(extents: ExtentSet, limitSectors: number): Iterator<ChunkBatch>
   return batchesOf(planChunks(extents, limitSectors, BLOCK_BYTES / SECTOR, MERGE_GAP_SECTORS, PIECE_SECTORS), BATCH_BYTES, BATCH_PIECES);
 }
 
-async function readBatch(fd: number, side: 'source' | 'destination', b: ChunkBatch): Promise<Buffer> {
-  const buf = native().alignedBuffer(b.bytes, BLOCK_BYTES);
+/** The buffers a sync's passes read into, until they go back to the pool. */
+export class PassBuffers {
+  private readonly taken: Buffer[] = [];
+
+  take(): Buffer {
+    const [buf] = takeBuffers(1, BATCH_BYTES); // a batch never holds more
+    this.taken.push(buf);
+    return buf;
+  }
+
+  /** Only once no read runs into them and no entry of them is still to be written (the sync is applied). */
+  giveBack(): void {
+    giveBuffers(this.taken.splice(0));
+  }
+}
+
+async function readBatch(fd: number, side: 'source' | 'destination', b: ChunkBatch, buffers: PassBuffers): Promise<Buffer> {
+  const buf = buffers.take();
   await batchIo('read', side, fd, buf, opsOf(b));
   return buf;
 }
@@ -51,8 +69,8 @@ export interface PassCounters { bytesRead: number; entryBytes: number }
 
 /** Entries copying every extent of the cut from the source. */
 export async function* copyEntries(srcFd: number, extents: ExtentSet, limitSectors: number,
-  counters: PassCounters): AsyncGenerator<JournalEntry> {
-  for await (const [b, buf] of readBatches(batches(extents, limitSectors), (x) => readBatch(srcFd, 'source', x))) {
+  counters: PassCounters, buffers: PassBuffers): AsyncGenerator<JournalEntry> {
+  for await (const [b, buf] of readBatches(batches(extents, limitSectors), (x) => readBatch(srcFd, 'source', x, buffers))) {
     for (let i = 0; i < b.chunks.length; i++) {
       const data = buf.subarray(b.offsets[i], b.offsets[i] + lengthOf(b.chunks[i]));
       counters.bytesRead += data.length;
@@ -64,8 +82,8 @@ export async function* copyEntries(srcFd: number, extents: ExtentSet, limitSecto
 
 /** Entries for the 4 KiB blocks where the source differs from the drive's current image. */
 export async function* differingEntries(srcFd: number, driveFd: number, extents: ExtentSet, limitSectors: number,
-  counters: PassCounters & { comparedBytes: number }): AsyncGenerator<JournalEntry> {
-  const both = (b: ChunkBatch) => Promise.all([readBatch(srcFd, 'source', b), readBatch(driveFd, 'destination', b)]);
+  counters: PassCounters & { comparedBytes: number }, buffers: PassBuffers): AsyncGenerator<JournalEntry> {
+  const both = (b: ChunkBatch) => Promise.all([readBatch(srcFd, 'source', b, buffers), readBatch(driveFd, 'destination', b, buffers)]);
   for await (const [b, [src, drv]] of readBatches(batches(extents, limitSectors), both)) {
     for (let i = 0; i < b.chunks.length; i++) {
       const p = b.chunks[i];

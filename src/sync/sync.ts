@@ -11,7 +11,7 @@ import { ExtentSet } from '../base/extents.js';
 import { finishedImage, journalRegionOf, openRecoveredDrive, updateLabel } from '../drive/paired-drive.js';
 import { type ImageState } from '../state/records.js';
 import { type JournalEntry, type JournalRegion, applyEntries, applyTransaction, entriesOverlap, journalBytesFor, journalDataCapacity, writeTransaction } from '../drive/journal.js';
-import { copyEntries, differingEntries } from './pass-source.js';
+import { PassBuffers, copyEntries, differingEntries } from './pass-source.js';
 import { withDriveLock } from '../base/locks.js';
 import { recordFreeze } from '../state/records.js';
 import { freeze, type ThawReport } from './freeze.js';
@@ -381,6 +381,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
   const counters = { bytesRead: 0, entryBytes: 0, comparedBytes: 0 };
   const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, quietSinceMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
   let settleEpoch = -1;
+  const buffers = new PassBuffers();
   const journaled = new ExtentSet(); // what earlier passes of this transaction wrote into it
   async function* entries(): AsyncGenerator<JournalEntry> {
     for (let pass = 1; ; pass++) {
@@ -393,9 +394,9 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
       for (const [start, end] of cut.discard) {
         if (start < limit) yield { kind: 'discard', targetSector: start, sectors: Math.min(end, limit) - start };
       }
-      yield* copyEntries(c.srcFd, cut.copy, limit, counters);
+      yield* copyEntries(c.srcFd, cut.copy, limit, counters, buffers);
       result.copied = counters.entryBytes;
-      yield* differingEntries(c.srcFd, c.driveFd, cut.compare, limit, counters);
+      yield* differingEntries(c.srcFd, c.driveFd, cut.compare, limit, counters, buffers);
       result.repaired += counters.entryBytes - result.copied;
       result.copied = counters.entryBytes - result.repaired;
       result.passBytes.push(counters.entryBytes - before);
@@ -450,6 +451,8 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
   // From memory when nothing overlaps (a block written again between passes does): the order cannot matter then.
   if (kept && !entriesOverlap(kept)) await applyEntries(c.driveFd, kept);
   else await applyTransaction(c.driveFd, committed);
+  kept = null;
+  buffers.giveBack(); // not on failure: a read may still be running into one
   pair.journalSeq = seq;
   pair.pendingTxn = null;
   result.compared = counters.comparedBytes;
