@@ -2,7 +2,6 @@
 import type { Settings } from '../../base/defaults.js';
 import { DpsrError, UsageError } from '../../base/errors.js';
 import { ControlClient } from '../../daemon/protocol.js';
-import { withSyncProgress } from '../../daemon/sync-progress.js';
 import type { SyncReport } from '../../sync/sync.js';
 import { formatBytes } from '../../base/units.js';
 import { jsonProgressLines, withProgressReporter } from '../../base/progress.js';
@@ -63,7 +62,8 @@ export async function syncCommand(opts: { name?: string; all: boolean; json: boo
     t.unref();
   }
   // Loaded only without a daemon: the store, the kernel tracking and the engine take a while to load.
-  const [{ closeSession, openSession }, { syncPair }] = await Promise.all([import('../../state/session.js'), import('../../sync/sync.js')]);
+  const [{ closeSession, openSession }, { syncPair }, { withSyncProgress }] = await Promise.all([
+    import('../../state/session.js'), import('../../sync/sync.js'), import('../../daemon/sync-progress.js')]);
   const s = await openSession(settings);
   try {
     const names = opts.all ? s.store.pairs().map((p) => p.name) : [opts.name!];
