@@ -1,12 +1,10 @@
 // A block device whose reads fail on demand, for fault tests: nbdkit serves
 // an image through a small Python plugin that fails reads overlapping the
-// byte ranges listed in a trigger file, nbdfuse exposes it as a file, and a
-// direct-I/O loop device (reads not served from the page cache) makes it a
-// disk that dpsr tracks like any other. The fixture owns every piece.
-import { spawn } from 'node:child_process';
+// byte ranges listed in a trigger file, on the nbd stack of nbd-disk.ts.
 import fs from 'node:fs';
 import path from 'node:path';
-import { type Fixture, sh } from './fixture.js';
+import type { Fixture } from './fixture.js';
+import { nbdDisk, pythonPlugin } from './nbd-disk.js';
 
 const PLUGIN = `import builtins, errno, json, os
 import nbdkit
@@ -41,30 +39,13 @@ export interface FaultDisk {
   heal(): void;
 }
 
-function waitForFile(file: string, what: string): void {
-  const deadline = Date.now() + 30_000;
-  while (!fs.existsSync(file) || fs.statSync(file).size === 0) {
-    if (Date.now() > deadline) throw new Error(`${what} did not start`);
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
-  }
-}
+let disks = 0;
 
 export function faultDisk(fx: Fixture, sizeMiB: number): FaultDisk {
-  const dir = fs.mkdtempSync(path.join(fx.dir, 'fault-'));
-  const plugin = path.join(dir, 'plugin.py');
-  const trigger = path.join(dir, 'fail-reads.json');
-  const pidFile = path.join(dir, 'nbdfuse.pid');
-  fs.writeFileSync(plugin, PLUGIN);
-  const img = fx.image(`${path.basename(dir)}.img`, sizeMiB);
-  const mnt = path.join(dir, 'mnt');
-  fs.mkdirSync(mnt);
-  const server = spawn('nbdfuse', ['-P', pidFile, path.join(mnt, 'disk'), '--command', 'nbdkit', '-s', 'python', plugin, `file=${img}`, `trigger=${trigger}`],
-    { stdio: ['ignore', 'ignore', fs.openSync(path.join(dir, 'server.log'), 'w')] });
-  fx.defer(`stop nbdfuse ${mnt}`, () => {
-    try { sh('fusermount3', ['-u', mnt]); } catch { server.kill('SIGKILL'); }
-  });
-  waitForFile(pidFile, 'nbdfuse');
-  const dev = fx.attach(path.join(mnt, 'disk'));
+  const name = `fail-reads-${++disks}`;
+  const plugin = pythonPlugin(fx, name, PLUGIN);
+  const trigger = path.join(fx.dir, `${name}.json`);
+  const { dev } = nbdDisk(fx, sizeMiB, (image) => ['python', plugin, `file=${image}`, `trigger=${trigger}`]);
   return {
     dev,
     failReads: (ranges) => fs.writeFileSync(trigger, JSON.stringify(ranges)),
