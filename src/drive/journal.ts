@@ -33,7 +33,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { type IoOp, batchIo } from '../io/batch-io.js';
-import { fullIo as copyFullIo } from '../io/direct-io.js';
+import { deviceOf, fullIo as copyFullIo } from '../io/direct-io.js';
 import { DpsrError } from '../base/errors.js';
 import { LABEL_AREA_BYTES } from './label.js';
 import { native } from '../base/native.js';
@@ -765,7 +765,7 @@ function fdatasync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => {
     fs.fdatasync(fd, (err) => {
       if (!err) return resolve();
-      reject(new DpsrError(`flushing the DPSR drive failed: ${err.message}; the journal may not be durable`, 'EIO', { errno: err.code, cause: err }));
+      reject(new DpsrError(`flushing the DPSR drive${deviceOf(fd)} failed: ${err.message}; the journal may not be durable`, 'EIO', { errno: err.code, cause: err }));
     });
   });
 }

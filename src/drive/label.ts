@@ -6,6 +6,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { DpsrError } from '../base/errors.js';
 import { native } from '../base/native.js';
+import { flush, ioError } from '../io/direct-io.js';
 import type { ImageState } from '../state/records.js';
 
 const LABEL_BYTES = 4096;
@@ -101,9 +102,8 @@ export function writeLabel(fd: number, label: Omit<DriveLabel, 'seq' | 'updatedM
   const full: DriveLabel = { ...label, seq: previousSeq + 1, updatedMs: Date.now() };
   const buf = native().alignedBuffer(LABEL_BYTES, 4096);
   encodeLabel(full).copy(buf);
-  const offset = slotOffsets(driveBytes)[full.seq % 2];
-  fs.writeSync(fd, buf, 0, LABEL_BYTES, offset);
-  fs.fdatasyncSync(fd);
+  writeSlot(fd, buf, slotOffsets(driveBytes)[full.seq % 2]);
+  flush(fd, 'the DPSR drive', 'its label may not be durable');
   return full;
 }
 
@@ -112,6 +112,15 @@ export function eraseLabel(fd: number): void {
   const driveBytes = native().blkGetSize64(fd);
   const buf = native().alignedBuffer(LABEL_BYTES, 4096);
   buf.fill(0);
-  for (const offset of slotOffsets(driveBytes)) fs.writeSync(fd, buf, 0, LABEL_BYTES, offset);
-  fs.fdatasyncSync(fd);
+  for (const offset of slotOffsets(driveBytes)) writeSlot(fd, buf, offset);
+  flush(fd, 'the DPSR drive', 'its label may not be durable');
+}
+
+/** One slot written, a failure as one line naming the drive and the offset. */
+function writeSlot(fd: number, buf: Buffer, offset: number): void {
+  try {
+    fs.writeSync(fd, buf, 0, LABEL_BYTES, offset);
+  } catch (err) {
+    throw ioError('write', 'DPSR drive label', fd, offset, LABEL_BYTES, err as NodeJS.ErrnoException);
+  }
 }

@@ -28,7 +28,7 @@ export async function batchIo(kind: 'read' | 'write', side: string, fd: number, 
         const at = e.position ?? 0;
         const op = ops.find((o) => at >= o.position && at < o.position + o.length);
         const left = op ? op.position + op.length - at : 0;
-        throw e.code === 'ESHORT' ? shortError(kind, side, at) : ioError(kind, side, fd, at, left, e);
+        throw e.code === 'ESHORT' ? shortError(kind, side, fd, at) : ioError(kind, side, fd, at, left, e);
       }
       // Not allowed here (disabled, seccomp, no kernel support): the plain path from now on;
       // anything else (a ring's memory) only for this batch.

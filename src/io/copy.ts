@@ -33,7 +33,11 @@ export interface CopyOptions {
   onProgress?: (p: CopyProgress) => void;
   /** Checked before every I/O; an abort throws an AbortError once the I/Os in flight have finished. */
   signal?: AbortSignal;
+  /** What src and dst are, for error messages: default a sync's ('source', 'DPSR drive'); a rollback copies the other way. */
+  sides?: { src: string; dst: string };
 }
+
+const SYNC_SIDES = { src: 'source', dst: 'DPSR drive' };
 
 export interface CopyResult {
   /** From both devices when comparing. */
@@ -95,15 +99,16 @@ const LARGE_CHUNK_BYTES = 1 << 20;
 /** Copies every extent from src to dst (same offsets). Fds opened O_DIRECT by the caller. */
 export async function copyExtents(srcFd: number, dstFd: number, extents: ExtentSet, opts: CopyOptions): Promise<CopyResult> {
   const plan = makePlan(extents, opts);
+  const sides = opts.sides ?? SYNC_SIDES;
   const counters: Counters = { bytesRead: 0, bytesWritten: 0, ios: 0 };
   const buffers = takeBuffers(plan.batchesAtOnce, plan.batchBytes);
   try {
     await runBatches(plan, opts, async (batch, slot, checkAbort) => {
       const buf = buffers[slot];
       const ops = opsOf(batch);
-      await counted(counters, 'read', ops, batchIo('read', 'source', srcFd, buf, ops));
+      await counted(counters, 'read', ops, batchIo('read', sides.src, srcFd, buf, ops));
       checkAbort();
-      await counted(counters, 'write', ops, batchIo('write', 'destination', dstFd, buf, ops));
+      await counted(counters, 'write', ops, batchIo('write', sides.dst, dstFd, buf, ops));
     });
   } finally {
     giveBuffers(buffers);
@@ -119,6 +124,7 @@ export async function compareExtents(srcFd: number, dstFd: number, extents: Exte
   opts: CopyOptions & { write: boolean }): Promise<CompareResult> {
   const plan = makePlan(extents, opts);
   const alignSectors = opts.alignSectors ?? DEFAULT_ALIGN_SECTORS;
+  const sides = opts.sides ?? SYNC_SIDES;
   const blockBytes = alignSectors * SECTOR;
   const counters: Counters = { bytesRead: 0, bytesWritten: 0, ios: 0 };
   const differing = new ExtentSet();
@@ -132,8 +138,8 @@ export async function compareExtents(srcFd: number, dstFd: number, extents: Exte
       const ops = opsOf(batch);
       // Both reads at once, but never leave one running on a buffer we are about to give back.
       const reads = await Promise.allSettled([
-        counted(counters, 'read', ops, batchIo('read', 'source', srcFd, a, ops)),
-        counted(counters, 'read', ops, batchIo('read', 'destination', dstFd, b, ops)),
+        counted(counters, 'read', ops, batchIo('read', sides.src, srcFd, a, ops)),
+        counted(counters, 'read', ops, batchIo('read', sides.dst, dstFd, b, ops)),
       ]);
       for (const r of reads) if (r.status === 'rejected') throw r.reason;
       const writes: IoOp[] = [];
@@ -147,7 +153,7 @@ export async function compareExtents(srcFd: number, dstFd: number, extents: Exte
       }
       if (opts.write && writes.length > 0) {
         checkAbort();
-        await counted(counters, 'write', writes, batchIo('write', 'destination', dstFd, a, writes));
+        await counted(counters, 'write', writes, batchIo('write', sides.dst, dstFd, a, writes));
       }
     });
   } finally {

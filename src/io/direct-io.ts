@@ -42,7 +42,7 @@ export function flush(fd: number, what = 'the DPSR drive', then = 'what was copi
   try {
     fs.fdatasyncSync(fd);
   } catch (err) {
-    throw new DpsrError(`flushing ${what} failed: ${(err as Error).message}; ${then}`, 'EIO', { errno: errnoOf(err), cause: err });
+    throw new DpsrError(`flushing ${what}${what.startsWith('/') ? '' : deviceOf(fd)} failed: ${(err as Error).message}; ${then}`, 'EIO', { errno: errnoOf(err), cause: err });
   }
 }
 
@@ -70,7 +70,7 @@ export async function fullIo(kind: 'read' | 'write', side: string, fd: number, b
       throw ioError(kind, side, fd, position + done, length - done, err as NodeJS.ErrnoException);
     }
     if (counters) counters.ios++;
-    if (n === 0) throw shortError(kind, side, position + done);
+    if (n === 0) throw shortError(kind, side, fd, position + done);
     done += n;
     if (!counters) continue;
     if (kind === 'read') counters.bytesRead += n;
@@ -78,9 +78,18 @@ export async function fullIo(kind: 'read' | 'write', side: string, fd: number, b
   }
 }
 
+/** The device node an fd is open on ("" if it cannot be told), for error messages: a role alone does not say which disk failed. */
+export function deviceOf(fd: number): string {
+  try {
+    return ` ${fs.readlinkSync(`/proc/self/fd/${fd}`)}`;
+  } catch {
+    return '';
+  }
+}
+
 /** An I/O that met the device's end. */
-export function shortError(kind: 'read' | 'write', side: string, position: number): DpsrError {
-  return new DpsrError(`${kind === 'read' ? 'reading' : 'writing'} the ${side} at byte ${position}: ` +
+export function shortError(kind: 'read' | 'write', side: string, fd: number, position: number): DpsrError {
+  return new DpsrError(`${kind === 'read' ? 'reading' : 'writing'} the ${side}${deviceOf(fd)} at byte ${position}: ` +
     'the device ends there (it is smaller than the copy expects)', 'ESHORT');
 }
 
@@ -96,7 +105,7 @@ export function ioError(kind: 'read' | 'write', side: string, fd: number, positi
   } else if (errno === 'EPERM' && kind === 'write') {
     hint = ': the device is read-only (BLKROSET)';
   }
-  return new DpsrError(`${kind === 'read' ? 'reading' : 'writing'} the ${side} at byte ${position} (${length} bytes) failed: ` +
+  return new DpsrError(`${kind === 'read' ? 'reading' : 'writing'} the ${side}${deviceOf(fd)} at byte ${position} (${length} bytes) failed: ` +
     `${err.message}${hint}`, 'EIO', { errno, cause: err });
 }
 

@@ -268,9 +268,10 @@ async function writeBack(w: Work, driveFd: number, hooks: { before?: () => Promi
     const total = bytesOf(w.copy) + bytesOf(w.compare);
     const verb = w.report.scope === 'rollback' ? 'rollback' : 'restore';
     const bar = progressBar(`${w.report.name}: ${verb}`, total);
-    const copied = await copyExtents(driveFd, writeFd, w.copy, { ...w.io, limitSectors, onProgress: (p) => bar.update(p.doneSectors * SECTOR) });
+    const sides = { src: 'DPSR drive', dst: 'source' }; // the other way round from a sync
+    const copied = await copyExtents(driveFd, writeFd, w.copy, { ...w.io, sides, limitSectors, onProgress: (p) => bar.update(p.doneSectors * SECTOR) });
     const compared = await compareExtents(driveFd, writeFd, w.compare, {
-      ...w.io, limitSectors, write: true, onProgress: (p) => bar.update(bytesOf(w.copy) + p.doneSectors * SECTOR),
+      ...w.io, sides, limitSectors, write: true, onProgress: (p) => bar.update(bytesOf(w.copy) + p.doneSectors * SECTOR),
     });
     bar.done();
     flush(writeFd, target.write.path, 'run the same command again');

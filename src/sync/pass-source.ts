@@ -42,7 +42,7 @@ export class PassBuffers {
   }
 }
 
-async function readBatch(fd: number, side: 'source' | 'destination', b: ChunkBatch, buffers: PassBuffers): Promise<Buffer> {
+async function readBatch(fd: number, side: 'source' | 'DPSR drive', b: ChunkBatch, buffers: PassBuffers): Promise<Buffer> {
   const buf = buffers.take();
   await batchIo('read', side, fd, buf, opsOf(b));
   return buf;
@@ -83,7 +83,7 @@ export async function* copyEntries(srcFd: number, extents: ExtentSet, limitSecto
 /** Entries for the 4 KiB blocks where the source differs from the drive's current image. */
 export async function* differingEntries(srcFd: number, driveFd: number, extents: ExtentSet, limitSectors: number,
   counters: PassCounters & { comparedBytes: number }, buffers: PassBuffers): AsyncGenerator<JournalEntry> {
-  const both = (b: ChunkBatch) => Promise.all([readBatch(srcFd, 'source', b, buffers), readBatch(driveFd, 'destination', b, buffers)]);
+  const both = (b: ChunkBatch) => Promise.all([readBatch(srcFd, 'source', b, buffers), readBatch(driveFd, 'DPSR drive', b, buffers)]);
   for await (const [b, [src, drv]] of readBatches(batches(extents, limitSectors), both)) {
     for (let i = 0; i < b.chunks.length; i++) {
       const p = b.chunks[i];
