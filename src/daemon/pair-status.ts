@@ -7,6 +7,7 @@ import { formatBytes, SECTOR } from '../base/units.js';
 import { UPGRADE_BYTES } from '../base/defaults.js';
 import type { PairRecord } from '../state/records.js';
 import type { Gap, RangeState } from '../kernel/tracker.js';
+import { ExtentSet } from '../base/extents.js';
 
 export type PairState = 'copying' | 'inconsistent' | 'syncing' | 'needs-compare' | 'gap' | 'consistent' | 'crash-consistent' | 'fuzzy' | 'error';
 
@@ -87,12 +88,17 @@ export const behindBytes = (range: RangeState) => changedBytes(range) + range.su
 /** Whether the DPSR drive is behind: writes since the last cut, or a cut that a failed or interrupted sync has not landed. */
 export const hasChanges = (range: RangeState, pair: PairRecord) => !range.dirty.isEmpty || !range.suspect.isEmpty || !range.discarded.isEmpty || pair.pending !== null;
 
+/** What a pending cut holds to copy or discard. */
+const pendingBytes = (pair: PairRecord) => !pair.pending ? 0
+  : (ExtentSet.fromBuffer(pair.pending.copy).totalSectors + (pair.pending.discard ? ExtentSet.fromBuffer(pair.pending.discard).totalSectors : 0)) * SECTOR;
+
 export function statusOf(pair: PairRecord, range: RangeState | undefined, problem: string | undefined, live: boolean,
   policy: Policy, schedule: Schedule | null, nowMs = Date.now()): PairStatus {
   const sinceMs = pair.lastSync?.atMs ?? 0;
   const gaps = range ? range.gaps.filter((g) => g.atMs > sinceMs) : [];
   const suspect = range ? range.suspect.totalSectors * SECTOR : 0;
-  const dirty = range ? changedBytes(range) : 0;
+  // A cut that a failed or interrupted sync took and did not land is still to be copied.
+  const dirty = range ? changedBytes(range) + pendingBytes(pair) : 0;
   const state: PairState = problem ? 'error'
     : !pair.fullCopy.complete ? 'copying'
       : pair.pending ? 'syncing'
@@ -100,7 +106,9 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
           : suspect > 0 ? 'needs-compare'
             : gaps.length > 0 ? 'gap'
               : pair.image === 'point-in-time' ? 'consistent' : (pair.image as PairState);
-  const usable = !problem && pair.generation > 0 && !pair.pending && suspect === 0 && pair.fullCopy.complete;
+  // A cut left pending never touched the image when it went to the journal (invariant 5): only a
+  // generation written in place ('partial') or a committed transaction not yet applied do.
+  const usable = !problem && pair.generation > 0 && pair.image !== 'partial' && !pair.pendingTxn && suspect === 0 && pair.fullCopy.complete;
   const warnings: string[] = [];
   const changed = range ? hasChanges(range, pair) : pair.pending !== null;
   if (policy.policy === 'manual' && changed && (live || range)) {
