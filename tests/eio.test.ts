@@ -1,0 +1,123 @@
+// I/O errors (EIO) injected below a loop device (tests/helpers/fault-disk.ts)
+// while dpsr reads the source, writes, flushes or reads the DPSR drive: one
+// line naming the device, the operation and the byte offset, exit 1, the
+// drive still a whole image (sha256), nothing recorded as copied, and the
+// first sync after the fault clears makes an exact copy.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { Fixture, ddDirect, freshCliFixture, randomFill, runDpsr, runDpsrOk, sha256Of } from './helpers/fixture.js';
+import { type FaultDisk, type Faults, faultDisk } from './helpers/fault-disk.js';
+
+const MiB = 1 << 20;
+const SOURCE_MIB = 16;
+const SOURCE_BYTES = SOURCE_MIB * MiB;
+const DRIVE_MIB = SOURCE_MIB + 10; // the image and an 8 MiB tail
+
+let fx: Fixture;
+let env: NodeJS.ProcessEnv;
+test.before.each(() => { ({ fx, env } = freshCliFixture()); });
+test.after.each(() => fx.cleanup());
+
+const dpsr = (...args: string[]) => runDpsr(env, args);
+const ok = (...args: string[]) => runDpsrOk(env, args);
+const sync = () => dpsr('sync', 'p', '--quiet-period', '0.2');
+
+/** A pair, synced, whose source or drive fails on demand; the source then changed. */
+function pairWithFaults(faulty: 'source' | 'drive'): { source: string; drive: string; disk: FaultDisk } {
+  const disk = faultDisk(fx, faulty === 'source' ? SOURCE_MIB : DRIVE_MIB);
+  const source = faulty === 'source' ? disk.dev : fx.loop(SOURCE_MIB);
+  const drive = faulty === 'drive' ? disk.dev : fx.loop(DRIVE_MIB);
+  randomFill(source, SOURCE_MIB);
+  ok('pair', source, drive, '--name', 'p', '--reserve', '8M');
+  ok('sync', 'p', '--quiet-period', '0.2');
+  for (let i = 0; i < 8; i++) ddDirect(source, i * 4096 + 64, 64);
+  return { source, drive, disk };
+}
+
+interface Snapshot { image: string; generation: number; imageTime: string | null; usable: boolean; dirtyBytes: number; exit: number | null }
+
+function snapshot(drive: string): Snapshot {
+  const r = dpsr('status', 'p', '--json');
+  const st = JSON.parse(r.stdout).pairs[0];
+  return { image: sha256Of(drive, SOURCE_BYTES), generation: st.generation, imageTime: st.imageTime, usable: st.usable, dirtyBytes: st.dirtyBytes, exit: r.status };
+}
+
+/** The drive still holds the image `before` named, status says so (exit 0, usable), and what changed is still to copy. */
+function keptImage(drive: string, before: Snapshot): void {
+  const after = snapshot(drive);
+  assert.is(after.image, before.image, 'the drive holds the old image');
+  assert.is(after.generation, before.generation, 'no generation recorded');
+  assert.is(after.imageTime, before.imageTime);
+  assert.ok(after.usable && after.exit === 0, `status says the image is usable: ${JSON.stringify(after)}`);
+  assert.ok(after.dirtyBytes >= before.dirtyBytes, `what changed is still to copy: ${after.dirtyBytes} bytes, were ${before.dirtyBytes}`);
+  assert.is(dpsr('status', '--drive', drive).status, 0, 'the label names a whole image');
+}
+
+/** Runs `args` with `faults` on, and checks the failure: one line naming what failed, exit 1, nothing advanced; then heals. */
+function failsWith(disk: FaultDisk, faults: Faults, args: string[], names: RegExp): string {
+  disk.fail(faults);
+  const r = dpsr(...args);
+  disk.heal();
+  console.log(`  ${JSON.stringify(faults)}: dpsr ${args[0]}: exit ${r.status}: ${r.stderr.trim()}`);
+  assert.is(r.status, 1, `exit 1 for an I/O error: ${r.stderr}`);
+  const lines = r.stderr.trim().split('\n');
+  assert.is(lines.length, 1, `one line: ${r.stderr}`);
+  assert.match(lines[0], names);
+  assert.not.match(r.stderr, /\n\s+at /, 'no stack trace');
+  return lines[0];
+}
+
+test('EIO writing the journal, or the label: the sync fails naming the drive, the write and its offset; the old image stays; the next sync is exact', () => {
+  const { source, drive, disk } = pairWithFaults('drive');
+  const labelStart = DRIVE_MIB * MiB - 8192;
+  for (const [range, what] of [[[SOURCE_BYTES, labelStart], 'DPSR drive'], [[labelStart, DRIVE_MIB * MiB], 'DPSR drive label']] as const) {
+    const before = snapshot(drive);
+    failsWith(disk, { write: [[...range]] }, ['sync', 'p', '--quiet-period', '0.2'], new RegExp(`writing the ${what} ${drive} at byte \\d+`));
+    keptImage(drive, before);
+  }
+  assert.is(sync().status, 0);
+  assert.is(sha256Of(drive, SOURCE_BYTES), sha256Of(source));
+});
+
+test('EIO writing the image in place after the commit: the sync fails; the committed transaction is applied by the next command; exact', () => {
+  const { source, drive, disk } = pairWithFaults('drive');
+  failsWith(disk, { write: [[0, SOURCE_BYTES]] }, ['sync', 'p', '--quiet-period', '0.2'], /writing the DPSR drive \/dev\/loop\d+ at byte \d+/);
+  const st = dpsr('status', '--drive', drive);
+  assert.is(st.status, 4, 'status --drive: a committed sync is not completely applied');
+  assert.match(st.stdout, /run dpsr recover/);
+  const after = snapshot(drive); // the owner applies the committed transaction from the drive
+  assert.ok(after.usable && after.exit === 0, JSON.stringify(after));
+  assert.is(after.image, sha256Of(source), 'the new image, applied');
+  assert.is(sync().status, 0);
+  assert.is(sha256Of(drive, SOURCE_BYTES), sha256Of(source));
+});
+
+test('EIO flushing the drive: the sync fails naming the flush; the old image stays; the next sync is exact', () => {
+  const { source, drive, disk } = pairWithFaults('drive');
+  const before = snapshot(drive);
+  failsWith(disk, { flush: true }, ['sync', 'p', '--quiet-period', '0.2'], /flushing the DPSR drive \/dev\/loop\d+ failed/);
+  keptImage(drive, before);
+  assert.is(sync().status, 0);
+  assert.is(sha256Of(drive, SOURCE_BYTES), sha256Of(source));
+});
+
+test('EIO reading the source: the sync fails naming the source, the read and its offset; nothing copied; the next sync is exact', () => {
+  const { source, drive, disk } = pairWithFaults('source');
+  const before = snapshot(drive);
+  failsWith(disk, { read: [[0, SOURCE_BYTES]] }, ['sync', 'p', '--quiet-period', '0.2'], new RegExp(`reading the source ${source} at byte \\d+`));
+  keptImage(drive, before);
+  assert.is(sync().status, 0);
+  assert.is(sha256Of(drive, SOURCE_BYTES), sha256Of(source));
+});
+
+test('EIO reading the drive: verify and rollback fail with one line naming the drive, the read and its offset', () => {
+  const { source, drive, disk } = pairWithFaults('drive');
+  assert.is(sync().status, 0);
+  failsWith(disk, { read: [[MiB, 2 * MiB]] }, ['verify', 'p'], new RegExp(`reading the DPSR drive ${drive} at byte \\d+`));
+  ddDirect(source, 2048, 8);
+  failsWith(disk, { read: [[0, SOURCE_BYTES]] }, ['rollback', 'p', '--yes'], new RegExp(`reading the DPSR drive ${drive} at byte \\d+`));
+  assert.is(dpsr('rollback', 'p', '--yes').status, 0);
+  assert.is(sha256Of(drive, SOURCE_BYTES), sha256Of(source));
+});
+
+test.run();
