@@ -6,7 +6,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, ddDirect, journaledKillPoint, runDpsr, runDpsrKilledAfter, runDpsrOk, scatteredChanges, sh, sha256Of, eachTestFreshCli, randomFill, loopBackingFile, writtenSectors } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, journaledKillPoint, runDpsr, runDpsrKilledAfter, runDpsrOk, scatteredChanges, sh, sha256Of, eachTestFreshCli, randomFill, loopBackingFile, withTestReserve, writtenSectors } from './helpers/fixture.js';
+import { faultDisk } from './helpers/fault-disk.js';
 
 const bin = DPSR_BIN;
 const MiB = 1 << 20;
@@ -161,10 +162,14 @@ test('writes during a sync land in the next generation; the next sync makes the 
 });
 
 test('kill -9 of a pair mid-copy and of a sync mid-copy: the next sync resumes and ends exact', async () => {
-  const { source, drive, bytes } = devices(512);
-  randomFill(source, 512);
-  // Killed once 2 MiB reached the drive: past its label, into the copy.
-  const pair = await runDpsrKilledAfter(env, ['pair', source, drive, '--name', 'p'], drive, 4096);
+  // The drive stalls its writes after 2 MiB (past the label, into the copy) until the kill: an
+  // exact kill point on any machine (tests/helpers/fault-disk.ts).
+  const source = fx.loop(64);
+  const disk = faultDisk(fx, 2 * 64 + 64);
+  const drive = disk.dev;
+  const bytes = 64 * MiB;
+  randomFill(source, 64);
+  const pair = await disk.killAtStall(process.execPath, [bin, ...withTestReserve(['pair', source, drive, '--name', 'p'])], env, 2 * MiB);
   assert.ok(pair.killed, `the pair was killed mid-copy, not after it: ${pair.stderr}`);
   ddDirect(source, 8, 8); // written while nobody runs
   const status = dpsr('status', 'p', '--json');
@@ -172,8 +177,8 @@ test('kill -9 of a pair mid-copy and of a sync mid-copy: the next sync resumes a
   assert.not.ok(JSON.parse(status.stdout).pairs[0].usable);
   syncJson('p');
   assert.is(hash(source), hash(drive, bytes));
-  randomFill(source, 400); // more than the journal holds: written in place, as asked
-  const sync = await runDpsrKilledAfter(env, ['sync', 'p', '--quiet-period', '0.2', '--in-place'], drive, 4096);
+  randomFill(source, 48); // written in place, as asked
+  const sync = await disk.killAtStall(process.execPath, [bin, 'sync', 'p', '--quiet-period', '0.2', '--in-place'], env, 2 * MiB);
   assert.ok(sync.killed, `the sync was killed mid-copy, not after it: ${sync.stderr}`);
   ddDirect(source, 16, 8);
   assert.is(dpsr('status', 'p').status, 4, 'an interrupted sync leaves a partial image: exit 4');
