@@ -3,7 +3,7 @@
 // compare what may have been written unseen, record the new image.
 import fs from 'node:fs';
 import { compareExtents, copyExtents } from '../io/copy.js';
-import { flush, openDirect } from '../io/direct-io.js';
+import { deviceOf, flush, openDirect } from '../io/direct-io.js';
 import { type DiskCounters, readDiskCounters, resolveBlockDevice } from '../devices/devices.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError, errnoOf } from '../base/errors.js';
@@ -100,7 +100,7 @@ function readIntoMemory(fd: number, extents: ExtentSet, limitSectors: number): H
         n = fs.readSync(fd, buf, done, length - done, a * SECTOR + done);
       } catch (err) {
         const errno = errnoOf(err) ?? 'EIO';
-        throw new DpsrError(`final pass: reading the source at byte ${a * SECTOR + done}: ${errno}`, 'EIO', { errno, cause: err });
+        throw new DpsrError(`final pass: reading the source${deviceOf(fd)} at byte ${a * SECTOR + done}: ${errno}`, 'EIO', { errno, cause: err });
       }
       if (n <= 0) throw new DpsrError(`final pass: reading the source at byte ${a * SECTOR + done}: unexpected end`, 'ESHORT');
       done += n;
