@@ -19,6 +19,8 @@ export class ExtentSet {
   private pendingStarts: Float64Array | null = null;
   private pendingEnds: Float64Array | null = null;
   private pendingCount = 0;
+  // Where the set changed since takeChanges(), once asked (incremental persistence).
+  private changed: ExtentSet | null = null;
 
   constructor() {
     this.starts = new Float64Array(16);
@@ -34,6 +36,7 @@ export class ExtentSet {
   add(startSector: number, endSector: number): void {
     checkSectors(startSector, endSector);
     if (endSector <= startSector) return;
+    this.changed?.add(startSector, endSector);
     let n = this.pendingCount;
     if (n > 0) {
       // Sequential and repeated writes are common: absorb them into the previous entry.
@@ -55,6 +58,7 @@ export class ExtentSet {
 
   addSet(other: ExtentSet): void {
     if (other === this) return;
+    this.changed?.addSet(other);
     this.flush();
     other.flush();
     this.mergeSorted(other.starts, other.ends, other.size);
@@ -64,6 +68,7 @@ export class ExtentSet {
     checkSectors(startSector, endSector);
     this.flush();
     if (endSector <= startSector) return;
+    this.changed?.add(startSector, endSector);
     const first = this.firstEndAbove(startSector);
     const last = this.firstStartAtOrAbove(endSector); // exclusive
     if (first >= last) return;
@@ -94,6 +99,7 @@ export class ExtentSet {
       this.clear();
       return;
     }
+    this.changed?.addSet(other);
     this.flush();
     other.flush();
     const n = this.size;
@@ -207,8 +213,30 @@ export class ExtentSet {
   }
 
   clear(): void {
+    if (this.changed && !this.isEmpty) {
+      this.flush();
+      this.changed.add(this.starts[0], this.ends[this.size - 1]);
+    }
     this.size = 0;
     this.pendingCount = 0;
+  }
+
+  /**
+   * From now on the set remembers where it changes: returns where it changed
+   * since the last call (null at the first). Every change lies inside: the set
+   * outside those windows is as it was.
+   */
+  takeChanges(): ExtentSet | null {
+    const was = this.changed;
+    this.changed = new ExtentSet();
+    return was;
+  }
+
+  /** The parts of the set inside `windows`. */
+  within(windows: ExtentSet): ExtentSet {
+    const out = new ExtentSet();
+    windows.forEach((a, b) => this.intersect(a, b).forEach((s, e) => out.add(s, e)));
+    return out;
   }
 
   clone(): ExtentSet {
