@@ -360,6 +360,23 @@ export class ExtentSet {
     let runStart = -1;
     let runEnd = -1;
     while (i >= keep || j >= 0) {
+      // Ours never touch each other: those starting past every incoming extent left, and not
+      // reaching the run being built, move as one block (a memmove, not a loop over each).
+      if (i >= keep && (j < 0 || s[i] > srcEnds[j]) && !(runStart >= 0 && e[i] >= runStart)) {
+        if (runStart >= 0) {
+          write--;
+          s[write] = runStart;
+          e[write] = runEnd;
+          runStart = -1;
+        }
+        const lo = j < 0 ? keep : this.firstStartAbove(srcEnds[j], keep, i);
+        const count = i - lo + 1;
+        s.copyWithin(write - count, lo, i + 1);
+        e.copyWithin(write - count, lo, i + 1);
+        write -= count;
+        i = lo - 1;
+        continue;
+      }
       let start: number;
       let end: number;
       // Descending by end: then nothing seen later can reach past a run already written.
@@ -384,12 +401,26 @@ export class ExtentSet {
         runEnd = end;
       }
     }
-    write--;
-    s[write] = runStart;
-    e[write] = runEnd;
+    if (runStart >= 0) {
+      write--;
+      s[write] = runStart;
+      e[write] = runEnd;
+    }
     s.copyWithin(keep, write, n + m);
     e.copyWithin(keep, write, n + m);
     this.size = keep + n + m - write;
+  }
+
+  /** The first index in [lo, hi] whose extent starts past `sector` (hi + 1 if none). */
+  private firstStartAbove(sector: number, lo: number, hi: number): number {
+    let a = lo;
+    let b = hi + 1;
+    while (a < b) {
+      const mid = (a + b) >>> 1;
+      if (this.starts[mid] > sector) b = mid;
+      else a = mid + 1;
+    }
+    return a;
   }
 
   private ensureCapacity(needed: number): void {
