@@ -83,6 +83,9 @@ export const ERRORS = {
   EPARTGEOMETRY: ['refused', 'the partition tables differ'],
   EPARTITIONPAIR: ['refused', 'the source is a partition: restore --whole restores it'],
   EMOUNT: ['failure', 'mounting the image failed'],
+  ENOHISTORY: ['refused', 'the pair keeps no restore points (pair it with --history)'],
+  ENOPOINT: ['failure', 'no restore point matches --at (or --drop)'],
+  EHISTORY: ['failure', 'an undo record of a restore point is damaged'],
   ERSYNC: ['failure', 'rsync failed'],
   // The daemon's control socket.
   EACCES: ['refused', 'the control socket is for root only'],

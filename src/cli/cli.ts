@@ -85,18 +85,20 @@ function program(): Command {
     .option('--force', 'overwrite a DPSR drive that carries a file system or partition table')
     .option('--reserve <SIZE>', 'the least room after the copy for dpsr\'s label and journal (the journal takes the whole tail; an apt upgrade changes 1-2 GiB)', DEFAULT_RESERVE)
     .option('--no-reserve', 'no tail: for a drive exactly the source\'s size with a hardware identity (WWN/serial)')
+    .option('--history <SIZE|all>', 'keep restore points (earlier images, dpsr history) in SIZE of the tail, or in all the space beyond the source and the reserve')
     .addHelpText('after', `
 Refuses (exit 3, nothing written) a drive that is mounted, swap, the running
-system's disk, smaller than the source plus the reserve, of another sector
+system's disk, smaller than the source plus the reserve (and history), of another sector
 size, or that carries data (without --force). Tracking starts before the copy,
 so writes during it are caught; an interrupted copy resumes when the same
 command is run again (or at the next sync). The drive is left read-only.`)
-    .action(async (source: string, drive: string, opts: { name?: string; force?: boolean; reserve: string | boolean }) => {
+    .action(async (source: string, drive: string, opts: { name?: string; force?: boolean; reserve: string | boolean; history?: string }) => {
       const { pairCommand } = await import('./commands/pair.js');
       const noReserve = opts.reserve === false;
       await pairCommand({
         source, drive, name: opts.name, force: opts.force === true, noReserve,
         reserveBytes: noReserve ? 0 : parseSize(String(opts.reserve)),
+        historyBytes: opts.history === undefined ? 0 : opts.history === 'all' ? 'all' : parseSize(opts.history),
       }, settings, log);
     });
 
@@ -117,6 +119,7 @@ command is run again (or at the next sync). The drive is left read-only.`)
     .option('--quiet-period <SECONDS>', 'an unmounted source must be idle this long (since the last write dpsr saw) before the final pass', '2')
     .option('--timeout <DURATION>', 'give up waiting after this long (e.g. 90s, 10m): exit 1; the DPSR drive keeps a whole image either way')
     .option('--in-place', 'write this sync in place instead of through the journal (for one too big for it): the DPSR drive is no whole image until it ends')
+    .option('--point <LABEL>', 'name the image this sync makes: a restore point found by that name (dpsr history, --at LABEL)')
     .addHelpText('after', `
 Everything a sync writes goes first into the redo journal in the DPSR
 drive's reserved tail, so the drive always holds one whole image. A sync with
@@ -131,12 +134,12 @@ for the final pass: the image is then one point in time. An unmounted source
 must be idle for the quiet period; the final pass is accepted only if nothing
 was written meanwhile, else retried, then the sync fails "not quiescent" and
 the DPSR drive keeps its previous image.`)
-    .action(async (name: string | undefined, opts: { all?: boolean; json?: boolean; freeze: boolean; quietPeriod: string; timeout?: string; inPlace?: boolean }) => {
+    .action(async (name: string | undefined, opts: { all?: boolean; json?: boolean; freeze: boolean; quietPeriod: string; timeout?: string; inPlace?: boolean; point?: string }) => {
       const { syncCommand } = await import('./commands/sync.js');
       const quietMs = Number(opts.quietPeriod) * 1000;
       if (!Number.isFinite(quietMs) || quietMs < 0) throw new UsageError(`--quiet-period ${opts.quietPeriod}: seconds, e.g. 2 or 0.5`);
       const timeoutMs = opts.timeout !== undefined ? parseDuration(opts.timeout, '--timeout') : undefined;
-      await syncCommand({ name, all: opts.all === true, json: opts.json === true, freeze: opts.freeze, quietMs, timeoutMs, inPlace: opts.inPlace === true }, settings, log);
+      await syncCommand({ name, all: opts.all === true, json: opts.json === true, freeze: opts.freeze, quietMs, timeoutMs, inPlace: opts.inPlace === true, point: pointLabel(opts.point) }, settings, log);
     });
 
   cli.command('status')
@@ -220,6 +223,7 @@ SIGTERM or SIGINT.`)
     .option('--force', 'look at an image that is not one point in time (crash-consistent, fuzzy, partial)')
     .option('--exit-code', 'exit 1 when there are differences (else 0 whenever the comparison ran)')
     .option('--json', 'one JSON document on stdout: {name, image, source, partition, path, entries: [{path, change, why, source, image}], summary}')
+    .option('--at <POINT>', 'compare with a restore point instead of the current image: a generation, a time ("2h ago", ISO 8601) or a label (dpsr history)')
     .addHelpText('after', `
 Left, the source now; right, the image: ≠ changed (type, size, mtime, mode,
 owner, symlink target; with --content also the bytes), - deleted since the sync
@@ -234,11 +238,11 @@ Refuses (exit 3) an image that is not one point in time (crash-consistent,
 fuzzy, partly applied: without replaying its journal, noload can show stale
 metadata) unless --force; and a source that is gone.`)
     .action(async (name: string, pathArg: string | undefined,
-      opts: { inPartition?: string; content?: boolean; force?: boolean; exitCode?: boolean; json?: boolean }) => {
+      opts: { inPartition?: string; content?: boolean; force?: boolean; exitCode?: boolean; json?: boolean; at?: string }) => {
       const { diffCommand } = await import('./commands/diff.js');
       process.exitCode = await diffCommand({
         name, path: pathArg, inPartition: partitionNumber(opts.inPartition, '--in-partition'), content: opts.content === true,
-        force: opts.force === true, json: opts.json === true, exitCode: opts.exitCode === true,
+        force: opts.force === true, json: opts.json === true, exitCode: opts.exitCode === true, at: opts.at,
       }, settings, log);
     });
 
@@ -264,6 +268,7 @@ metadata) unless --force; and a source that is gone.`)
     .option('--partition <N>', 'device restore: write partition N of the image back to the (unmounted) source partition')
     .option('--whole', 'device restore: write the whole image back to the (unmounted) source disk')
     .option('--yes', 'device restore: do not ask for confirmation')
+    .option('--at <POINT>', 'restore files from a restore point instead of the current image: a generation, a time ("2h ago", ISO 8601) or a label (dpsr history)')
     .addHelpText('after', `
 Files are copied with rsync -aHAX --numeric-ids from the image, mounted
 read-only in a private directory (nothing is written to the DPSR drive).
@@ -276,12 +281,13 @@ A file whose size and modification time equal the image's copy counts as
 unchanged unless --content, which compares the bytes as well.`)
     .action(async (name: string, paths: string[], opts: {
       to?: string; overwrite?: boolean; content?: boolean; dryRun?: boolean; inPartition?: string; force?: boolean; json?: boolean;
-      partition?: string; whole?: boolean; yes?: boolean;
+      partition?: string; whole?: boolean; yes?: boolean; at?: string;
     }) => {
       const device = opts.partition !== undefined || opts.whole === true;
       if (device) {
         if (paths.length > 0) throw new UsageError('dpsr restore: give PATHs (files and folders) or --partition/--whole (a device), not both');
         if (opts.partition !== undefined && opts.whole) throw new UsageError('dpsr restore: --partition or --whole, not both');
+        if (opts.at !== undefined) throw new UsageError('dpsr restore: --at restores files and folders; a device from a restore point is not supported yet');
         const fileOnly = (['to', 'overwrite', 'content', 'inPartition'] as const).filter((k) => opts[k] !== undefined);
         if (fileOnly.length > 0) throw new UsageError(`dpsr restore: ${fileOnly.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} restore files, not a device`);
         const { restoreDeviceCommand } = await import('./commands/restore-device.js');
@@ -295,9 +301,39 @@ unchanged unless --content, which compares the bytes as well.`)
       const { restoreCommand } = await import('./commands/restore.js');
       process.exitCode = await restoreCommand({
         name, paths, to: opts.to, overwrite: opts.overwrite === true, content: opts.content === true, dryRun: opts.dryRun === true,
-        inPartition: partitionNumber(opts.inPartition, '--in-partition'), force: opts.force === true, json: opts.json === true,
+        inPartition: partitionNumber(opts.inPartition, '--in-partition'), force: opts.force === true, json: opts.json === true, at: opts.at,
       }, settings, log);
     });
+
+  cli.command('history')
+    .description('the restore points kept on the DPSR drive (earlier images): generation, time, consistency, label, space held')
+    .argument('<NAME>')
+    .option('--json', 'one JSON document on stdout: {name, historyBytes, usedBytes, points: [{generation, time, image, label, bytes, current}], dropped}')
+    .option('--drop <GEN>', 'drop restore point GEN, and every older one (each needs the newer ones), freeing their space')
+    .addHelpText('after', `
+A pair keeps restore points when paired with --history SIZE (or all): before
+a sync overwrites blocks of the image, their old content is saved in the
+DPSR drive's history region, durably and before the first block is written.
+Point GEN is the image generation GEN made; the newest is the current image.
+restore --at and diff --at read a point read-only (the drive is not written).
+When the region is full the oldest points go first; status lists what was
+dropped. A sync written in place (--in-place) drops every point.`)
+    .action(async (name: string, opts: { json?: boolean; drop?: string }) => {
+      const { historyCommand } = await import('./commands/history.js');
+      let drop: number | undefined;
+      if (opts.drop !== undefined) {
+        drop = Number(opts.drop);
+        if (!/^\d+$/.test(opts.drop) || !Number.isSafeInteger(drop)) throw new UsageError(`--drop ${opts.drop}: a generation number (dpsr history ${name})`);
+      }
+      await historyCommand({ name, json: opts.json === true, drop }, settings, log);
+    });
+
+  /** A restore point's name (sync --point): no spaces or control characters, not a number (those are generations). */
+  const pointLabel = (text: string | undefined): string | undefined => {
+    if (text === undefined) return undefined;
+    if (!/^[A-Za-z][A-Za-z0-9._:+-]{0,63}$/.test(text)) throw new UsageError(`--point ${text}: a name starting with a letter (letters, digits, . _ : + -), e.g. before-upgrade`);
+    return text;
+  };
 
   cli.command('rollback')
     .description('return the source to the DPSR drive\'s image, writing back only what changed since it (the source must be unmounted)')

@@ -54,7 +54,7 @@ interface SyncWatch {
   finished(name: string, startedMs: number, result: SyncReport | Error): void;
 }
 
-async function syncNames(s: Session, names: string[], opts: { freeze?: boolean; quietMs?: number; inPlace?: boolean }, watch: SyncWatch): Promise<SyncReport[]> {
+async function syncNames(s: Session, names: string[], opts: { freeze?: boolean; quietMs?: number; inPlace?: boolean; point?: string }, watch: SyncWatch): Promise<SyncReport[]> {
   const reports: SyncReport[] = [];
   for (const name of names) {
     const started = Date.now();
@@ -147,7 +147,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
         const names = req.all ? s.store.pairs().map((p) => p.name) : req.names;
         for (const n of names) if (!s.store.pair(n)) throw new DpsrError(`no pair named ${n}`, 'ENOPAIR');
         return serial(() => withProgressReporter(reportTo,
-          () => syncNames(s, names, { freeze: req.freeze, quietMs: req.quietMs ?? opts.quietMs, inPlace: req.inPlace }, syncWatch)));
+          () => syncNames(s, names, { freeze: req.freeze, quietMs: req.quietMs ?? opts.quietMs, inPlace: req.inPlace, point: req.point }, syncWatch)));
       }
       case 'rollback':
         return serial(() => withProgressReporter(reportTo, () => rollbackInSession(s, req)));

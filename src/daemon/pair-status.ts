@@ -5,7 +5,7 @@ import { type DaemonConfig, type Policy, nextSyncMs } from './config.js';
 import { journalCapacityOf } from '../drive/journal.js';
 import { formatBytes, SECTOR } from '../base/units.js';
 import { UPGRADE_BYTES } from '../base/defaults.js';
-import type { PairRecord } from '../state/records.js';
+import type { DroppedPoint, PairRecord } from '../state/records.js';
 import type { Gap, RangeState } from '../kernel/tracker.js';
 import { ExtentSet } from '../base/extents.js';
 
@@ -35,6 +35,8 @@ export interface PairStatus {
   freezeP99Ms: number | null; // over the last syncs that froze
   scrub: { lastRoundDone: string | null; progressPercent: number | null; mismatchesTotal: number };
   lastError: string | null; // the daemon's last failed sync of this pair
+  /** Restore points (dpsr history): the region's size, and the points dropped lately, newest last. Absent without history. */
+  restorePoints?: { historyBytes: number; dropped: DroppedPoint[] };
   warnings: string[];
   problem?: string;
 }
@@ -45,6 +47,9 @@ export interface Schedule {
   lastError: string | null;
 }
 
+
+/** How long status warns about a dropped restore point. */
+const DROPPED_WARNING_MS = 24 * 3600 * 1000;
 
 export function humanDuration(ms: number): string {
   const s = Math.round(ms / 1000);
@@ -123,6 +128,9 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
     warnings.push(`${formatBytes(data)} changed: nearing what one sync can journal (${formatBytes(capacity)}, ${formatBytes(Math.max(0, capacity - data))} left; ` +
       `an apt upgrade changes 1-2 GiB); sync soon, or a sync with more is refused`);
   }
+  for (const d of (pair.historyDropped ?? []).filter((x) => nowMs - x.atMs < DROPPED_WARNING_MS)) {
+    warnings.push(`restore point ${d.generation}${d.label ? ` labelled "${d.label}"` : ''} was dropped ${humanDuration(nowMs - d.atMs)} ago: ${d.reason}`);
+  }
   const next = schedule ? nextSyncMs(policy, { changed, lastSyncStartMs: schedule.lastSyncStartMs, imageTimeMs: pair.imageTimeMs }, nowMs) : null;
   const scrub = pair.scrub;
   return {
@@ -153,6 +161,7 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
       mismatchesTotal: scrub?.mismatchesTotal ?? 0,
     },
     lastError: schedule?.lastError ?? null,
+    ...(pair.historySectors ? { restorePoints: { historyBytes: pair.historySectors * SECTOR, dropped: pair.historyDropped ?? [] } } : {}),
     warnings,
     ...(problem ? { problem } : {}),
   };

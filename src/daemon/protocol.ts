@@ -13,7 +13,7 @@ const MAX_FRAME_BYTES = 64 << 20;
 
 export interface HelloRequest { command: 'hello'; version: number }
 /** `progress`: the client wants progress frames ({id, progress}) before the reply. */
-export interface SyncRequest { command: 'sync'; names: string[]; all: boolean; freeze?: boolean; quietMs?: number; inPlace?: boolean; progress?: boolean }
+export interface SyncRequest { command: 'sync'; names: string[]; all: boolean; freeze?: boolean; quietMs?: number; inPlace?: boolean; point?: string; progress?: boolean }
 export interface StatusRequest { command: 'status'; name?: string }
 /** Rollback or device restore by the owner; a dry run plans only (the CLI asks, then sends it again). */
 export interface RollbackRequest { command: 'rollback'; name: string; scope: RestoreScope; dryRun: boolean; progress?: boolean }

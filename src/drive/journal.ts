@@ -35,6 +35,7 @@ import fs from 'node:fs';
 import { type IoOp, batchIo } from '../io/batch-io.js';
 import { deviceOf, fullIo as copyFullIo } from '../io/direct-io.js';
 import { DpsrError } from '../base/errors.js';
+import { ExtentSet } from '../base/extents.js';
 import { LABEL_AREA_BYTES } from './label.js';
 import { native } from '../base/native.js';
 import { SECTOR, formatBytes } from '../base/units.js';
@@ -100,16 +101,16 @@ export function journalBytesFor(dataBytes: number, entries: number): number {
 
 const MIN_JOURNAL_BYTES = 1 << 20;
 
-/** Where the journal lives on a drive of `driveBytes`: the reserved tail between the image and the label, or null (none, or too small for one). */
-export function journalPlace(driveBytes: number, pair: { dataSectors: number; reservedSectors: number }): { startBytes: number; lengthBytes: number } | null {
+/** Where the journal lives on a drive of `driveBytes`: the reserved tail between the image (and its history region) and the label, or null (none, or too small for one). */
+export function journalPlace(driveBytes: number, pair: { dataSectors: number; reservedSectors: number; historySectors?: number }): { startBytes: number; lengthBytes: number } | null {
   if (pair.reservedSectors === 0) return null;
-  const startBytes = roundUp(pair.dataSectors * SECTOR, JOURNAL_BLOCK);
+  const startBytes = roundUp(pair.dataSectors * SECTOR, JOURNAL_BLOCK) + (pair.historySectors ?? 0) * SECTOR; // after the history region
   const endBytes = Math.floor((driveBytes - LABEL_AREA_BYTES) / JOURNAL_BLOCK) * JOURNAL_BLOCK;
   return endBytes - startBytes >= MIN_JOURNAL_BYTES ? { startBytes, lengthBytes: endBytes - startBytes } : null;
 }
 
 /** The most changed data one journaled sync of a pair may carry, from its record (null: no journal, its syncs write in place). */
-export function journalCapacityOf(pair: { dataSectors: number; reservedSectors: number; drive: { sizeSectors: number } }): number | null {
+export function journalCapacityOf(pair: { dataSectors: number; reservedSectors: number; historySectors?: number; drive: { sizeSectors: number } }): number | null {
   const place = journalPlace(pair.drive.sizeSectors * SECTOR, pair);
   return place ? journalDataCapacity(place.lengthBytes) : null;
 }
@@ -135,6 +136,16 @@ export class CommittedTransaction {
     descriptors: Buffer,
   ) {
     this.descriptors = descriptors;
+  }
+
+  /** Every sector the transaction writes (data and discards): what its undo must hold. */
+  targetExtents(): ExtentSet {
+    const out = new ExtentSet();
+    for (let i = 0; i < this.entryCount; i++) {
+      const d = decodeDescriptor(this.descriptors, i);
+      out.add(d.targetSector, d.targetSector + d.sectors);
+    }
+    return out;
   }
 
   /**

@@ -28,7 +28,12 @@ export interface DriveLabel {
   journal: 'none' | 'tail';
   journalSeq: number; // the last transaction applied
   /** A transaction being written: once committed, it makes the image this one (replayed from the drive alone). */
-  pendingTxn?: { seq: number; image: ImageState; imageTimeMs: number } | null;
+  pendingTxn?: { seq: number; image: ImageState; imageTimeMs: number; label?: string | null } | null;
+  /** The history region's size (restore points); absent in labels written before it existed: none. */
+  historySectors?: number;
+  /** The generation of the image, and the name `sync --point` gave it: what its restore point is called. */
+  generation?: number;
+  imageLabel?: string | null;
   updatedMs: number;
 }
 

@@ -9,6 +9,7 @@ import { checkTrackable, devNumber, readSysOrNull, resolveBlockDevice, type Bloc
 import { UsageError, refuse } from '../base/errors.js';
 import { hasHardwareIdentity, identify, type DeviceIdentity } from '../devices/identity.js';
 import { labelAt } from './label.js';
+import { MIN_HISTORY_BYTES } from './history-region.js';
 import { partitionsOf } from '../devices/mounts.js';
 import { SECTOR, formatBytes } from '../base/units.js';
 
@@ -18,6 +19,8 @@ export interface PairRequest {
   force: boolean; // overwrite a drive that carries a file system, partition table or other signature
   noReserve: boolean; // no tail for dpsr's label and journal: the drive may be exactly the source's size
   reserveBytes: number; // size of that tail (rounded up to 1 MiB)
+  /** Room for restore points before the journal (rounded down to 1 MiB), 'all' the spare space beyond the reserve, 0 none. */
+  historyBytes?: number | 'all';
 }
 
 export interface PairPlan {
@@ -29,10 +32,13 @@ export interface PairPlan {
   dataSectors: number;
   /** The tail after the copy for dpsr's label and journal (0 with noReserve), a multiple of 1 MiB. */
   reservedSectors: number;
+  /** The history region's size (restore points), a multiple of 1 MiB; 0: none. */
+  historySectors: number;
   warnings: string[];
 }
 
 const MIB = 1024 * 1024;
+
 
 
 
@@ -150,6 +156,22 @@ function sourceWarnings(source: BlockDevice): string[] {
 }
 
 
+/** The history region a request asks for, in sectors (whole MiB); refused when there is no room for one. */
+function historySectorsFor(req: PairRequest, driveSectors: number, dataSectors: number, reservedSectors: number): number {
+  const asked = req.historyBytes ?? 0;
+  if (asked === 0) return 0;
+  if (req.noReserve) throw new UsageError('--history needs a reserved tail (it lives there beside the journal and the label): drop --no-reserve');
+  const mib = MIB / SECTOR;
+  const spare = Math.floor((driveSectors - Math.ceil(dataSectors / 8) * 8 - reservedSectors) / mib) * mib;
+  const sectors = asked === 'all' ? spare : Math.floor(asked / MIB) * mib;
+  if (sectors * SECTOR < MIN_HISTORY_BYTES) {
+    refuse(asked === 'all'
+      ? `--history all: the DPSR drive ${req.drive} has ${formatBytes(Math.max(0, spare) * SECTOR)} beyond the source and the ${formatBytes(reservedSectors * SECTOR)} reserve; restore points need at least ${formatBytes(MIN_HISTORY_BYTES)}`
+      : `--history ${formatBytes(asked)}: restore points need at least ${formatBytes(MIN_HISTORY_BYTES)}`, 'ETOOSMALL');
+  }
+  return sectors;
+}
+
 /** Checks a pairing request; returns the plan, or throws RefusedError on the first problem. Writes nothing. */
 export function checkPairable(req: PairRequest): PairPlan {
   if (!req.noReserve && !(Number.isFinite(req.reserveBytes) && req.reserveBytes > 0)) {
@@ -205,7 +227,8 @@ export function checkPairable(req: PairRequest): PairPlan {
   const asDrive = labelAt(S);
   const dataSectors = asDrive && asDrive.dataSectors < source.sizeSectors ? asDrive.dataSectors : source.sizeSectors;
   const reservedSectors = req.noReserve ? 0 : Math.ceil(req.reserveBytes / MIB) * (MIB / SECTOR);
-  const needed = dataSectors + reservedSectors;
+  const historySectors = historySectorsFor(req, drive.sizeSectors, dataSectors, reservedSectors);
+  const needed = dataSectors + reservedSectors + historySectors;
   const srcSize = formatBytes(dataSectors * SECTOR);
   const drvSize = formatBytes(drive.sizeSectors * SECTOR);
   if (drive.sizeSectors < dataSectors) {
@@ -219,7 +242,7 @@ export function checkPairable(req: PairRequest): PairPlan {
       refuse(`the DPSR drive ${D} is exactly the size of the source ${S} and has no WWN or serial number${/^loop\d+$/.test(drive.disk) ? ' (loop devices have none)' : ''}: with --no-reserve there is no room for dpsr's label, so nothing could prove later that it is still the paired drive; use a drive at least 1 MiB bigger without --no-reserve`, 'ENOIDENTITY');
     }
   } else if (drive.sizeSectors < needed) {
-    refuse(`the DPSR drive ${D} (${drvSize}) is too small for the source ${S} (${srcSize}) plus the ${formatBytes(reservedSectors * SECTOR)} reserve for dpsr's label and journal: ${formatBytes((needed - drive.sizeSectors) * SECTOR)} short; use a bigger drive or a smaller reserve`, 'ETOOSMALL');
+    refuse(`the DPSR drive ${D} (${drvSize}) is too small for the source ${S} (${srcSize}) plus the ${formatBytes(reservedSectors * SECTOR)} reserve for dpsr's label and journal${historySectors ? ` and the ${formatBytes(historySectors * SECTOR)} of history` : ''}: ${formatBytes((needed - drive.sizeSectors) * SECTOR)} short; use a bigger drive or a smaller reserve${historySectors ? ' or history' : ''}`, 'ETOOSMALL');
   }
 
   // 6. Nothing on the drive that someone may still want, unless told to overwrite it.
@@ -248,5 +271,5 @@ export function checkPairable(req: PairRequest): PairPlan {
   if (dataSectors < source.sizeSectors) {
     warnings.push(`${S} is the DPSR drive of pair ${asDrive!.pairName}: only its image (the first ${formatBytes(dataSectors * SECTOR)}) is copied, not dpsr's tail after it`);
   }
-  return { source, drive, sourceId, driveId, dataSectors, reservedSectors, warnings };
+  return { source, drive, sourceId, driveId, dataSectors, reservedSectors, historySectors, warnings };
 }

@@ -12,7 +12,8 @@ import { openDirect } from '../io/direct-io.js';
 import type { RangeState } from '../kernel/tracker.js';
 import type { ImageState, PairRecord } from '../state/records.js';
 import type { Session } from '../state/session.js';
-import { type JournalRegion, applyTransaction, journalPlace, readCommitted } from './journal.js';
+import { type CommittedTransaction, type JournalRegion, applyTransaction, journalPlace, readCommitted } from './journal.js';
+import { type PointMeta, dropAllPoints, historyRegionOf, undoBeforeApply } from './history-region.js';
 import { type DriveLabel, readLabel, writeLabel } from './label.js';
 
 /** The paired DPSR drive, opened (O_DIRECT) once proven to be it. */
@@ -99,6 +100,7 @@ function labelFor(pair: PairRecord): Parameters<typeof writeLabel>[1] {
     journal: pair.reservedSectors > 0 ? 'tail' : 'none',
     journalSeq: pair.journalSeq ?? 0,
     pendingTxn: pair.pendingTxn ?? null,
+    ...(pair.historySectors ? { historySectors: pair.historySectors, generation: pair.generation, imageLabel: pair.imageLabel ?? null } : {}),
   };
 }
 
@@ -109,7 +111,7 @@ export function updateLabel(fd: number, pair: PairRecord): void {
 }
 
 /** The redo journal of pair `pairId` on the open drive. */
-export function journalRegionOf(fd: number, pair: Pick<PairRecord, 'dataSectors' | 'reservedSectors'>, pairId: string): JournalRegion | null {
+export function journalRegionOf(fd: number, pair: Pick<PairRecord, 'dataSectors' | 'reservedSectors' | 'historySectors'>, pairId: string): JournalRegion | null {
   const place = journalPlace(native().blkGetSize64(fd), pair);
   return place ? { fd, ...place, pairId } : null;
 }
@@ -143,9 +145,10 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
   const txn = await readCommitted(region, applied + 1);
   const pendingTxn = pendingTxnOf(pair, label);
   if (txn) {
+    await saveUndoOf(pair, fd, txn);
     await applyTransaction(fd, txn);
     pair.journalSeq = txn.seq;
-    if (pendingTxn?.seq === txn.seq) Object.assign(pair, finishedImage(pair, pendingTxn.image, pendingTxn.imageTimeMs));
+    if (pendingTxn?.seq === txn.seq) Object.assign(pair, finishedImage(pair, pendingTxn.image, pendingTxn.imageTimeMs), { imageLabel: pendingTxn.label ?? null });
     if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
     pair.pending = null;
   } else {
@@ -155,6 +158,24 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
   updateLabel(fd, pair);
   await s.store.putPair(pair);
   return txn !== null;
+}
+
+/** The restore point the pair's image is, before a transaction replaces it. */
+export function pointOf(pair: PairRecord): PointMeta {
+  return { generation: pair.generation, timeMs: pair.imageTimeMs, image: pair.image, label: pair.imageLabel ?? null };
+}
+
+/** The undo of `txn` saved in the pair's history region (when it has one) before it is applied; drops remembered for status. */
+export async function saveUndoOf(pair: PairRecord, fd: number, txn: CommittedTransaction): Promise<void> {
+  const r = await undoBeforeApply(fd, pair, pair.id, txn, pointOf(pair));
+  if (r && r.dropped.length > 0) pair.historyDropped = [...(pair.historyDropped ?? []), ...r.dropped].slice(-20);
+}
+
+/** Drops every restore point, durably, before the image is written in place (no undo is kept then). */
+export function forgetPoints(pair: PairRecord, fd: number, reason: string): void {
+  const region = historyRegionOf(fd, pair, pair.id);
+  const gone = region ? dropAllPoints(region, reason) : [];
+  if (gone.length > 0) pair.historyDropped = [...(pair.historyDropped ?? []), ...gone].slice(-20);
 }
 
 /** The image a generation made, for a pair record or a label: a point in time is also the last good one. */

@@ -9,6 +9,7 @@ import { type CommittedTransaction, applyTransaction, readCommitted } from './jo
 import { type DriveLabel, writeLabel } from './label.js';
 import { native } from '../base/native.js';
 import { finishedImage, journalRegionOf } from './paired-drive.js';
+import { undoBeforeApply } from './history-region.js';
 
 /** The committed transaction after the one the label records as applied, if any. */
 export async function committedOnDrive(fd: number, label: DriveLabel): Promise<CommittedTransaction | null> {
@@ -30,9 +31,13 @@ export async function applyFromDrive(drivePath: string, label: DriveLabel, txn: 
   try {
     native().blkRoSet(fd, false);
     try {
+      await undoBeforeApply(fd, label, label.pairId, txn,
+        { generation: label.generation ?? 0, timeMs: label.imageTimeMs, image: label.image, label: label.imageLabel ?? null });
       await applyTransaction(fd, txn);
       const { seq, updatedMs: _updated, ...rest } = label;
-      writeLabel(fd, { ...rest, ...imageAfter(label, txn), journalSeq: txn.seq, pendingTxn: null }, seq);
+      const made = label.pendingTxn?.seq === txn.seq ? label.pendingTxn : null;
+      const next = made && label.generation !== undefined ? { generation: label.generation + 1, imageLabel: made.label ?? null } : {};
+      writeLabel(fd, { ...rest, ...imageAfter(label, txn), ...next, journalSeq: txn.seq, pendingTxn: null }, seq);
     } finally {
       native().blkRoSet(fd, true);
     }

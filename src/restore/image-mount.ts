@@ -67,8 +67,8 @@ function privateDir(prefix: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix)); // mkdtemp makes it 0700
 }
 
-/** Registers the undo steps of a mount, run once, in order: unmount, detach, remove the directory. */
-function tracked(mountPoint: string, fsType: string, steps: Array<() => void>): PrivateMount {
+/** Registers the undo steps of a mount, run once, in order: unmount, detach, remove the directory (also on exit and signals). */
+export function tracked(mountPoint: string, fsType: string, steps: Array<() => void>): PrivateMount {
   let done = false;
   const undo = () => {
     if (done) return;
@@ -415,7 +415,8 @@ const NOT_POINT_IN_TIME: Record<Exclude<ImageState, 'point-in-time'>, string> = 
  * needs the owner lock: with a daemon owning tracking, refused. An image
  * that is not a point in time is refused unless `force`.
  */
-export async function committedImage(settings: Settings, name: string, opts: { force: boolean; doing: string; log: (s: string) => void }): Promise<PairRecord> {
+export async function committedImage(settings: Settings, name: string,
+  opts: { force: boolean; doing: string; log: (s: string) => void; anyState?: boolean }): Promise<PairRecord> {
   const store = Store.open(settings.stateDir);
   let pair: PairRecord | undefined;
   try {
@@ -445,7 +446,7 @@ export async function committedImage(settings: Settings, name: string, opts: { f
     }
   }
   const state: ImageState = pair.fullCopy.complete ? pair.image : 'none';
-  if (state !== 'point-in-time') {
+  if (state !== 'point-in-time' && !opts.anyState) { // anyState: a restore point is read, not this image
     const why = `pair ${name}: ${NOT_POINT_IN_TIME[state]}`;
     if (!opts.force) throw new RefusedError(`${why}; --force to ${opts.doing} anyway`, 'ENOTPOINTINTIME');
     opts.log(`warning: ${why} (--force)`);

@@ -41,6 +41,9 @@ export interface PendingGeneration {
   discard?: Buffer;
 }
 
+/** A restore point that was dropped, and why. */
+export interface DroppedPoint { generation: number; timeMs: number | null; label: string | null; reason: string; atMs: number }
+
 export interface PairRecord {
   name: string;
   id: string;
@@ -58,7 +61,13 @@ export interface PairRecord {
   lastGoodTimeMs: number | null;
   lastSync: SyncRecord | null;
   journalSeq?: number; // the last journal transaction applied to the drive
-  pendingTxn?: { seq: number; image: ImageState; imageTimeMs: number } | null; // being written
+  pendingTxn?: { seq: number; image: ImageState; imageTimeMs: number; label?: string | null } | null; // being written
+  /** The history region's size (restore points; 0 or absent: none), chosen at pair time. */
+  historySectors?: number;
+  /** The name `dpsr sync --point LABEL` gave the current image. */
+  imageLabel?: string | null;
+  /** Restore points dropped lately (space, --drop, a sync in place), newest last: status says so. */
+  historyDropped?: DroppedPoint[];
   scrub?: ScrubProgress;
   /** Freeze durations of the last syncs (ms), newest last: status shows their p99. */
   freezeHistoryMs?: number[];

@@ -8,7 +8,7 @@ import { type DiskCounters, readDiskCounters, resolveBlockDevice } from '../devi
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError, errnoOf } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
-import { finishedImage, journalRegionOf, openRecoveredDrive, updateLabel } from '../drive/paired-drive.js';
+import { finishedImage, forgetPoints, journalRegionOf, openRecoveredDrive, saveUndoOf, updateLabel } from '../drive/paired-drive.js';
 import { type ImageState } from '../state/records.js';
 import { type JournalEntry, type JournalRegion, applyEntries, applyTransaction, entriesOverlap, journalBytesFor, journalDataCapacity, writeTransaction } from '../drive/journal.js';
 import { PassBuffers, copyEntries, differingEntries } from './pass-source.js';
@@ -313,6 +313,7 @@ interface SyncContext {
   finalMode: 'freeze' | 'quiet' | 'none';
   quietMs: number;
   generation: number;
+  point?: string; // the name `--point` gives the image
 }
 
 /** After the last pass without a freeze: was it one point in time? */
@@ -427,7 +428,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
       result.image = await imageWithoutFreeze(c);
     }
     // Before the commit: the label names the image this transaction makes.
-    pair.pendingTxn = { seq, image: result.image, imageTimeMs: result.cutMs };
+    pair.pendingTxn = { seq, image: result.image, imageTimeMs: result.cutMs, label: c.point ?? null };
     updateLabel(c.driveFd, pair);
   }
   // The entries stay in memory up to a bound, so the apply need not read the journal back.
@@ -448,6 +449,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
     if (settleEpoch >= 0) await s.tracker.settle(settleEpoch);
   }
   if (!committed) throw new DpsrError(`pair ${pair.name}: journal transaction ${seq} was not committed`, 'EJOURNAL');
+  await saveUndoOf(pair, c.driveFd, committed); // the previous image's blocks, durable before the first write in place
   // From memory when nothing overlaps (a block written again between passes does): the order cannot matter then.
   if (kept && !entriesOverlap(kept)) await applyEntries(c.driveFd, kept);
   else await applyTransaction(c.driveFd, committed);
@@ -545,6 +547,8 @@ export interface SyncOptions {
   quietMs?: number;
   /** How long to wait for a diff or restore holding the drive (the daemon: 0, its ticks must go on). */
   lockWaitMs?: number;
+  /** A name for the image this sync makes, kept as a restore point (dpsr history). */
+  point?: string;
 }
 
 async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Promise<SyncReport> {
@@ -572,7 +576,7 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     const c: SyncContext = {
       s, pair, range, srcFd, driveFd: drive.fd, fileSystems,
       finalMode: fileSystems.length === 0 ? 'quiet' : opts.freeze === false ? 'none' : 'freeze',
-      quietMs: opts.quietMs ?? DEFAULT_QUIET_MS, generation: pair.generation + 1,
+      quietMs: opts.quietMs ?? DEFAULT_QUIET_MS, generation: pair.generation + 1, point: opts.point,
     };
     const carried = pendingCut(pair);
     // The journal must hold this generation: what is known now, with room for what comes during the passes.
@@ -586,6 +590,7 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     const fits = region !== null && journalBytesFor(knownBytes, Math.ceil(knownBytes / 4096) + 1) <= region.lengthBytes;
     const journaled = opts.inPlace !== true && region !== null && (fits || pair.image !== 'partial');
     if (journaled && !fits) throw tooBigForJournal(pair, `${formatBytes(knownBytes)} changed since the image, more than its journal holds`, region);
+    if (!journaled) forgetPoints(pair, drive.fd, `generation ${c.generation} was written in place`);
     let r: GenerationResult;
     try {
       r = journaled ? await journaledGeneration(c, region, carried) : await directGeneration(c, carried);
@@ -598,7 +603,7 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     const durationMs = Date.now() - startedMs;
     recordFreeze(pair, r.freezeMs);
     Object.assign(pair, {
-      generation: c.generation, pending: null, ...finishedImage(pair, r.image, r.cutMs),
+      generation: c.generation, pending: null, ...finishedImage(pair, r.image, r.cutMs), imageLabel: opts.point ?? null,
       lastSync: {
         generation: c.generation, atMs: r.cutMs, durationMs, image: r.image, passBytes: r.passBytes, freezeMs: r.freezeMs,
         copiedBytes: r.copied, comparedBytes: r.compared, repairedBytes: r.repaired, journaled,

@@ -8,6 +8,8 @@ import type { Settings } from '../../base/defaults.js';
 import { withDriveLock } from '../../base/locks.js';
 import { ExitStatus, type ExitStatusValue, RefusedError, UsageError } from '../../base/errors.js';
 import { type DiffEntry, type FileMeta, diffTrees, listBoth, pathInside } from '../../restore/file-diff.js';
+import { withImageAt } from '../../restore/point-image.js';
+import type { PairRecord } from '../../state/records.js';
 import { bindReadOnly, committedImage, describeFs, locate, mountReadOnly, type PrivateMount, surroundingsOf, withMounts } from '../../restore/image-mount.js';
 import { formatBytes } from '../../base/units.js';
 
@@ -19,6 +21,8 @@ export interface DiffOptions {
   force: boolean;
   json: boolean;
   exitCode: boolean;
+  /** A restore point to compare with instead of the current image (dpsr history). */
+  at?: string;
 }
 
 /** --json: one entry's side. */
@@ -97,52 +101,56 @@ export function summarize(entries: DiffEntry[]): { changed: number; deleted: num
 export async function diffCommand(opts: DiffOptions, settings: Settings, log: (s: string) => void): Promise<ExitStatusValue> {
   const tell = opts.json ? (s: string) => process.stderr.write(`${s}\n`) : log;
   return withDriveLock(settings, opts.name, async () => {
-    const pair = await committedImage(settings, opts.name, { force: opts.force, doing: 'look', log: tell });
-    const loc = locate(pair, opts.path, opts.inPartition, surroundingsOf(pair));
-    const src = loc.source;
-    if (!src) {
-      throw new RefusedError(`pair ${pair.name}: the source ${pair.source.path} is not there (or is another device now): nothing to compare; dpsr restore --to DIR still copies files out of the image`, 'ENOSOURCE');
-    }
-    if (!src.mount && src.otherMounts.length > 0) {
-      throw new RefusedError(`the source's ${describeFs(loc)} is mounted only as a subdirectory (${src.otherMounts.join(', ')}): mount its root somewhere to compare`, 'EBINDONLY');
-    }
-    const sourceMount = (): PrivateMount => src.mount
-      ? bindReadOnly(src.mount.mountPoint, src.mount.fsType)
-      : mountReadOnly(src.device, src, `the source ${src.device}`);
-    return withMounts([() => mountReadOnly(pair.drive.path, loc.image, `pair ${pair.name}'s image`), sourceMount], async ([image, source]) => {
-      const inImage = pathInside(image.mountPoint, loc.relPath, 'the image');
-      const onSource = pathInside(source.mountPoint, loc.relPath, 'the source');
-      if (!fs.existsSync(inImage) && !fs.existsSync(onSource) && !isLink(inImage) && !isLink(onSource)) {
-        throw new UsageError(`${opts.path}: neither on the source nor in the image (${describeFs(loc)}, path /${loc.relPath})`);
-      }
-      const entries = diffTrees(source.mountPoint, image.mountPoint, loc.relPath, { content: opts.content });
-      const summary = summarize(entries);
-      if (opts.json) {
-        process.stdout.write(`${JSON.stringify({
-          name: pair.name,
-          image: { state: pair.image, time: pair.imageTimeMs ? new Date(pair.imageTimeMs).toISOString() : null, drive: pair.drive.path, fsType: image.fsType },
-          source: { device: src.device, mountPoint: src.mount?.mountPoint ?? null },
-          partition: loc.partition,
-          path: `/${loc.relPath}`,
-          entries: entries.map((e) => ({ path: e.path, change: e.change, why: e.why, source: jsonMeta(e.source), image: jsonMeta(e.image) })),
-          summary,
-          // PATH's own entries on both sides, unchanged ones too (a folder's listing for the Cockpit page).
-          children: listBoth(source.mountPoint, image.mountPoint, loc.relPath, { content: opts.content })
-            .map((e) => ({ name: e.name, change: e.change, why: e.why, source: jsonMeta(e.source), image: jsonMeta(e.image) })),
-        })}\n`);
-      } else {
-        const where = src.mount ? `mounted on ${src.mount.mountPoint}` : 'not mounted';
-        log(`${pair.name}: ${src.device}${loc.partition !== null ? ` partition ${loc.partition}` : ''} (${where}) against the DPSR drive ${pair.drive.path}, ` +
-          `image ${pair.image}${pair.imageTimeMs ? ` of ${localTime(pair.imageTimeMs)}` : ''}; path ${path.posix.join('/', loc.relPath)}`);
-        if (entries.length === 0) log('no differences');
-        else {
-          for (const line of formatPanels(entries, pair.imageTimeMs)) log(line);
-          log(`${entries.length} difference${entries.length === 1 ? '' : 's'}: ${summary.changed} changed, ${summary.deleted} deleted since the sync, ${summary.added} new since the sync`);
-        }
-      }
-      return opts.exitCode && entries.length > 0 ? ExitStatus.failure : ExitStatus.ok;
-    });
+    const current = await committedImage(settings, opts.name, { force: opts.force, doing: 'look', log: tell, anyState: opts.at !== undefined });
+    return withImageAt(current, opts.at, { force: opts.force, doing: 'look', log: tell }, (pair) => diffWith(pair, opts, log));
   }, { onWait: () => tell(`waiting: pair ${opts.name}'s DPSR drive is in use by another dpsr command`) });
+}
+
+async function diffWith(pair: PairRecord, opts: DiffOptions, log: (s: string) => void): Promise<ExitStatusValue> {
+  const loc = locate(pair, opts.path, opts.inPartition, surroundingsOf(pair));
+  const src = loc.source;
+  if (!src) {
+    throw new RefusedError(`pair ${pair.name}: the source ${pair.source.path} is not there (or is another device now): nothing to compare; dpsr restore --to DIR still copies files out of the image`, 'ENOSOURCE');
+  }
+  if (!src.mount && src.otherMounts.length > 0) {
+    throw new RefusedError(`the source's ${describeFs(loc)} is mounted only as a subdirectory (${src.otherMounts.join(', ')}): mount its root somewhere to compare`, 'EBINDONLY');
+  }
+  const sourceMount = (): PrivateMount => src.mount
+    ? bindReadOnly(src.mount.mountPoint, src.mount.fsType)
+    : mountReadOnly(src.device, src, `the source ${src.device}`);
+  return withMounts([() => mountReadOnly(pair.drive.path, loc.image, `pair ${pair.name}'s image`), sourceMount], async ([image, source]) => {
+    const inImage = pathInside(image.mountPoint, loc.relPath, 'the image');
+    const onSource = pathInside(source.mountPoint, loc.relPath, 'the source');
+    if (!fs.existsSync(inImage) && !fs.existsSync(onSource) && !isLink(inImage) && !isLink(onSource)) {
+      throw new UsageError(`${opts.path}: neither on the source nor in the image (${describeFs(loc)}, path /${loc.relPath})`);
+    }
+    const entries = diffTrees(source.mountPoint, image.mountPoint, loc.relPath, { content: opts.content });
+    const summary = summarize(entries);
+    if (opts.json) {
+      process.stdout.write(`${JSON.stringify({
+        name: pair.name,
+        image: { state: pair.image, time: pair.imageTimeMs ? new Date(pair.imageTimeMs).toISOString() : null, drive: pair.drive.path, fsType: image.fsType },
+        source: { device: src.device, mountPoint: src.mount?.mountPoint ?? null },
+        partition: loc.partition,
+        path: `/${loc.relPath}`,
+        entries: entries.map((e) => ({ path: e.path, change: e.change, why: e.why, source: jsonMeta(e.source), image: jsonMeta(e.image) })),
+        summary,
+        // PATH's own entries on both sides, unchanged ones too (a folder's listing for the Cockpit page).
+        children: listBoth(source.mountPoint, image.mountPoint, loc.relPath, { content: opts.content })
+          .map((e) => ({ name: e.name, change: e.change, why: e.why, source: jsonMeta(e.source), image: jsonMeta(e.image) })),
+      })}\n`);
+    } else {
+      const where = src.mount ? `mounted on ${src.mount.mountPoint}` : 'not mounted';
+      log(`${pair.name}: ${src.device}${loc.partition !== null ? ` partition ${loc.partition}` : ''} (${where}) against the DPSR drive ${pair.drive.path}, ` +
+        `${opts.at !== undefined ? `restore point ${pair.generation}${pair.imageLabel ? ` (${pair.imageLabel})` : ''}, ` : ''}image ${pair.image}${pair.imageTimeMs ? ` of ${localTime(pair.imageTimeMs)}` : ''}; path ${path.posix.join('/', loc.relPath)}`);
+      if (entries.length === 0) log('no differences');
+      else {
+        for (const line of formatPanels(entries, pair.imageTimeMs)) log(line);
+        log(`${entries.length} difference${entries.length === 1 ? '' : 's'}: ${summary.changed} changed, ${summary.deleted} deleted since the sync, ${summary.added} new since the sync`);
+      }
+    }
+    return opts.exitCode && entries.length > 0 ? ExitStatus.failure : ExitStatus.ok;
+  });
 }
 
 function isLink(p: string): boolean {

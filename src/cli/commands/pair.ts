@@ -11,6 +11,7 @@ import type { PairRecord } from '../../state/records.js';
 import { fullCopy } from '../../sync/sync.js';
 import { journalRegionOf, openPairedDrive, updateLabel } from '../../drive/paired-drive.js';
 import { invalidate, journalCapacityOf } from '../../drive/journal.js';
+import { historyRegionOf, resetHistory } from '../../drive/history-region.js';
 
 export interface PairOptions {
   source: string;
@@ -19,10 +20,12 @@ export interface PairOptions {
   force: boolean;
   noReserve: boolean;
   reserveBytes: number;
+  /** Room for restore points: bytes, 'all' the spare space, 0 or absent none. */
+  historyBytes?: number | 'all';
 }
 
 export async function pairCommand(opts: PairOptions, settings: Settings, log: (s: string) => void): Promise<PairRecord> {
-  const plan = checkPairable({ source: opts.source, drive: opts.drive, force: opts.force, noReserve: opts.noReserve, reserveBytes: opts.reserveBytes });
+  const plan = checkPairable({ source: opts.source, drive: opts.drive, force: opts.force, noReserve: opts.noReserve, reserveBytes: opts.reserveBytes, historyBytes: opts.historyBytes });
   const name = opts.name ?? plan.source.name;
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) throw new RefusedError(`pair name "${name}": use letters, digits, '.', '_' or '-'`, 'ENAME');
   for (const w of plan.warnings) log(`warning: ${w}`);
@@ -49,6 +52,7 @@ export async function pairCommand(opts: PairOptions, settings: Settings, log: (s
         dataSectors: plan.dataSectors, reservedSectors: plan.reservedSectors, labelSeq: 0,
         fullCopy: { doneSectors: 0, complete: false }, generation: 0, pending: null,
         image: 'none', imageTimeMs: null, lastGoodTimeMs: null, lastSync: null,
+        ...(plan.historySectors ? { historySectors: plan.historySectors } : {}),
       };
     }
     // Tracking starts before the copy: whatever is written meanwhile is caught.
@@ -62,6 +66,8 @@ export async function pairCommand(opts: PairOptions, settings: Settings, log: (s
       // A transaction an earlier pairing left in the tail must never be taken for one of this pair.
       const region = journalRegionOf(drive.fd, pair, pair.id);
       if (region && pair.fullCopy.doneSectors === 0) await invalidate(region);
+      const history = historyRegionOf(drive.fd, pair, pair.id);
+      if (history && pair.fullCopy.doneSectors === 0) resetHistory(history); // likewise the restore points
       const bytes = await fullCopy(s, pair, range, srcFd, drive.fd);
       pair.image = 'fuzzy'; // whole, but copied live: consistent after the first sync
       updateLabel(drive.fd, pair);
@@ -71,7 +77,8 @@ export async function pairCommand(opts: PairOptions, settings: Settings, log: (s
         `the DPSR drive is read-only and inconsistent until the first sync (dpsr sync ${name})` +
         (pair.reservedSectors === 0 ? '; no reserved tail: no label on the drive, no journal (not crash-safe during a sync)'
           : capacity === null ? '; the reserved tail is too small for a journal: syncs write in place (not crash-safe during a sync)'
-            : `; a sync may carry up to ${formatBytes(capacity)} of changes (the journal in the reserved tail)`));
+            : `; a sync may carry up to ${formatBytes(capacity)} of changes (the journal in the reserved tail)`) +
+        (pair.historySectors ? `; ${formatBytes(pair.historySectors * 512)} keep restore points (dpsr history ${name})` : ''));
       // Smaller than one apt upgrade: the sync after the next upgrade may be refused.
       if (capacity !== null && capacity < UPGRADE_BYTES) {
         log(`warning: a sync with more than ${formatBytes(capacity)} of changes is refused, and an apt upgrade with a new kernel ` +

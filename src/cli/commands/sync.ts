@@ -32,7 +32,7 @@ function deadline<T>(work: Promise<T>, ms: number | undefined, onTimeout: () => 
   return Promise.race([work, expiry]).finally(() => clearTimeout(timer));
 }
 
-export async function syncCommand(opts: { name?: string; all: boolean; json: boolean; freeze?: boolean; quietMs?: number; timeoutMs?: number; inPlace?: boolean }, settings: Settings,
+export async function syncCommand(opts: { name?: string; all: boolean; json: boolean; freeze?: boolean; quietMs?: number; timeoutMs?: number; inPlace?: boolean; point?: string }, settings: Settings,
   log: (s: string) => void): Promise<SyncReport[]> {
   if (!opts.name && !opts.all) throw new UsageError('dpsr sync: name a pair or give --all');
   // --json: progress as JSON lines on stderr, from the daemon or from this process.
@@ -42,7 +42,7 @@ export async function syncCommand(opts: { name?: string; all: boolean; json: boo
   if (daemon) {
     try {
       const reports = await deadline(daemon.request({
-        command: 'sync', names: opts.name ? [opts.name] : [], all: opts.all, freeze: opts.freeze, quietMs: opts.quietMs, inPlace: opts.inPlace,
+        command: 'sync', names: opts.name ? [opts.name] : [], all: opts.all, freeze: opts.freeze, quietMs: opts.quietMs, inPlace: opts.inPlace, point: opts.point,
         progress: progress !== null,
       }, progress ?? undefined), opts.timeoutMs, () => timedOut(opts.timeoutMs!, 'the daemon goes on with it')) as SyncReport[];
       if (opts.json) process.stdout.write(`${JSON.stringify({ syncs: reports })}\n`);
@@ -71,7 +71,7 @@ export async function syncCommand(opts: { name?: string; all: boolean; json: boo
     const reports: SyncReport[] = [];
     for (const name of names) {
       const r = await withProgressReporter(progress,
-        () => withSyncProgress(name, s.ranges.get(name), () => syncPair(s, name, { freeze: opts.freeze, quietMs: opts.quietMs, inPlace: opts.inPlace })));
+        () => withSyncProgress(name, s.ranges.get(name), () => syncPair(s, name, { freeze: opts.freeze, quietMs: opts.quietMs, inPlace: opts.inPlace, point: opts.point })));
       reports.push(r);
       if (!opts.json) log(describeSync(r));
     }

@@ -1,0 +1,375 @@
+// Restore points: earlier images kept in the DPSR drive's history region as
+// undo records. Before a journal transaction is applied, the old content of
+// every block it will write is appended here and made durable, and the
+// index then marks that transaction's undo as done: a replay after a crash
+// saves it again only while that mark is missing, which is exactly while no
+// block of the transaction has been applied (the image is still the
+// previous one). An older image is the current one with the undo records of
+// every later generation laid over it (point-image.ts).
+//
+// On-disk format (all blocks 4 KiB; offsets from the region start; integers little-endian):
+//
+//   [0, 128 KiB)     the index: two 64 KiB slots written alternately (slot seq % 2, then fdatasync);
+//                    each: magic "DPSRHIX1", format u32 = 1, payload length u32, SHA-256 of the payload,
+//                    then the payload, UTF-8 JSON of HistoryIndex. A reader takes the valid slot of this
+//                    pair with the highest seq, so a torn write leaves the other.
+//   [128 KiB, end)   undo records, a ring: each starts where the newest ends, or at 128 KiB when it would
+//                    not fit before the end; the points it overlaps are dropped (from the index, durably)
+//                    before it is written, and with them every older point (each point needs all later
+//                    records). A record: a header block (magic "DPSRUND1", version u32 = 1, extent count u32,
+//                    transaction seq u64, generation u64, data bytes u64, SHA-256 of the extent table,
+//                    SHA-256 of the data, then headHash = SHA-256 of pair id ‖ the 104 bytes before it),
+//                    the extent table (16 bytes each: start sector u64, sectors u64; padded to 4 KiB), and
+//                    the data of the extents in table order (whole 4 KiB blocks).
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { DpsrError } from '../base/errors.js';
+import { ExtentSet } from '../base/extents.js';
+import { native } from '../base/native.js';
+import { SECTOR } from '../base/units.js';
+import { batchIo } from '../io/batch-io.js';
+import { fullIo as copyFullIo } from '../io/direct-io.js';
+import type { DroppedPoint, ImageState } from '../state/records.js';
+import type { CommittedTransaction } from './journal.js';
+
+const BLOCK = 4096;
+const INDEX_SLOT_BYTES = 64 << 10;
+const INDEX_AREA_BYTES = 2 * INDEX_SLOT_BYTES;
+/** The smallest history region dpsr makes: the index and a little room for records. */
+export const MIN_HISTORY_BYTES = 1 << 20;
+const INDEX_MAGIC = Buffer.from('DPSRHIX1');
+const RECORD_MAGIC = Buffer.from('DPSRUND1');
+const FORMAT = 1;
+const INDEX_HEADER = 8 + 4 + 4 + 32;
+const HEAD_HASHED = 104;
+const EXTENT_BYTES = 16;
+const COPY_CHUNK_BYTES = 4 << 20;
+const DROPPED_KEPT = 20;
+
+export interface HistoryRegion {
+  fd: number;
+  startBytes: number;
+  lengthBytes: number;
+  pairId: string;
+}
+
+/** One restore point: the image of `generation`, held as the undo of the transaction that replaced it. */
+export interface UndoPoint {
+  generation: number;
+  timeMs: number | null;
+  image: ImageState;
+  label: string | null;
+  /** The journal transaction whose apply this record undoes. */
+  txnSeq: number;
+  offsetBytes: number; // from the region start
+  bytes: number; // the record's size in the region
+  dataBytes: number;
+  headHash: string; // hex: binds the record to this index entry
+  savedMs: number;
+}
+
+
+export interface HistoryIndex {
+  pairId: string;
+  seq: number;
+  /** The last journal transaction whose undo is durable (or was knowingly not kept): a replay never saves it again. */
+  undoneTxnSeq: number;
+  points: UndoPoint[]; // oldest first
+  dropped: DroppedPoint[]; // the latest drops, newest last
+}
+
+/** The image a point holds, as the pair record or the drive label says before the transaction is applied. */
+export interface PointMeta { generation: number; timeMs: number | null; image: ImageState; label: string | null }
+
+const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
+
+/** Where the history region lives: right after the image, before the journal; null when the pair has none. */
+export function historyPlace(pair: { dataSectors: number; historySectors?: number }): { startBytes: number; lengthBytes: number } | null {
+  const lengthBytes = (pair.historySectors ?? 0) * SECTOR;
+  if (lengthBytes < MIN_HISTORY_BYTES) return null;
+  return { startBytes: roundUp(pair.dataSectors * SECTOR, BLOCK), lengthBytes };
+}
+
+/** The pair's history region on the open drive, or null. */
+export function historyRegionOf(fd: number, pair: { dataSectors: number; historySectors?: number }, pairId: string): HistoryRegion | null {
+  const place = historyPlace(pair);
+  return place ? { fd, ...place, pairId } : null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The index
+
+function emptyIndex(pairId: string): HistoryIndex {
+  return { pairId, seq: 0, undoneTxnSeq: 0, points: [], dropped: [] };
+}
+
+/** The newest valid index of this pair, or an empty one (a new region, or one left by another pairing). */
+export function readIndex(region: HistoryRegion): HistoryIndex {
+  const buf = native().alignedBuffer(INDEX_SLOT_BYTES, BLOCK);
+  let best: HistoryIndex | null = null;
+  for (let slot = 0; slot < 2; slot++) {
+    readSync(region, buf, INDEX_SLOT_BYTES, slot * INDEX_SLOT_BYTES);
+    const index = decodeIndex(buf);
+    if (index && index.pairId === region.pairId && (!best || index.seq > best.seq)) best = index;
+  }
+  return best ?? emptyIndex(region.pairId);
+}
+
+function decodeIndex(b: Buffer): HistoryIndex | null {
+  if (!b.subarray(0, 8).equals(INDEX_MAGIC) || b.readUInt32LE(8) !== FORMAT) return null;
+  const length = b.readUInt32LE(12);
+  if (INDEX_HEADER + length > b.length) return null;
+  const payload = b.subarray(INDEX_HEADER, INDEX_HEADER + length);
+  if (!sha256(payload).equals(b.subarray(16, 48))) return null;
+  try {
+    return JSON.parse(payload.toString('utf8')) as HistoryIndex;
+  } catch {
+    return null;
+  }
+}
+
+/** Writes the index with the next seq into the older slot, durably. Drops the oldest points if it would not fit its slot. */
+export function writeIndex(region: HistoryRegion, index: HistoryIndex): void {
+  index.seq += 1;
+  let payload = Buffer.from(JSON.stringify(index));
+  while (INDEX_HEADER + payload.length > INDEX_SLOT_BYTES && index.points.length > 0) {
+    dropOldest(index, 1, 'the history index was full');
+    payload = Buffer.from(JSON.stringify(index));
+  }
+  const buf = native().alignedBuffer(INDEX_SLOT_BYTES, BLOCK);
+  buf.fill(0);
+  INDEX_MAGIC.copy(buf, 0);
+  buf.writeUInt32LE(FORMAT, 8);
+  buf.writeUInt32LE(payload.length, 12);
+  sha256(payload).copy(buf, 16);
+  payload.copy(buf, INDEX_HEADER);
+  const used = roundUp(INDEX_HEADER + payload.length, BLOCK);
+  fs.writeSync(region.fd, buf, 0, used, region.startBytes + (index.seq % 2) * INDEX_SLOT_BYTES);
+  fs.fdatasyncSync(region.fd);
+}
+
+/** A new, empty history for a pairing (both slots, so nothing of an earlier pairing is read). */
+export function resetHistory(region: HistoryRegion): void {
+  const index = emptyIndex(region.pairId);
+  writeIndex(region, index);
+  writeIndex(region, index);
+}
+
+/** Drops the `count` oldest points, remembering why. */
+function dropOldest(index: HistoryIndex, count: number, reason: string): DroppedPoint[] {
+  const gone = index.points.splice(0, count).map((p) => ({ generation: p.generation, timeMs: p.timeMs, label: p.label, reason, atMs: Date.now() }));
+  index.dropped = [...index.dropped, ...gone].slice(-DROPPED_KEPT);
+  return gone;
+}
+
+/**
+ * Drops point `generation` and every older one (an older point needs every
+ * later record), durably. Returns what was dropped (nothing: no such point).
+ */
+export function dropPoints(region: HistoryRegion, generation: number, reason: string): DroppedPoint[] {
+  const index = readIndex(region);
+  const i = index.points.findIndex((p) => p.generation === generation);
+  if (i < 0) return [];
+  const gone = dropOldest(index, i + 1, reason);
+  writeIndex(region, index);
+  return gone;
+}
+
+/** Drops every point (their images can no longer be rebuilt: a sync wrote the image in place), durably. */
+export function dropAllPoints(region: HistoryRegion, reason: string): DroppedPoint[] {
+  const index = readIndex(region);
+  if (index.points.length === 0) return [];
+  const gone = dropOldest(index, index.points.length, reason);
+  writeIndex(region, index);
+  return gone;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Saving undo
+
+/** What saveUndo did. */
+export interface UndoResult { saved: UndoPoint | null; dropped: DroppedPoint[]; already: boolean }
+
+/**
+ * Saves the image's current content of `targets` (the sectors transaction
+ * `txnSeq` will write) as the undo record of point `meta`, and marks the
+ * transaction's undo as done, durably: call it after the commit and before
+ * the first write of the apply. Idempotent per transaction: once the mark is
+ * durable it does nothing, since the image may be half-applied by then.
+ */
+export async function saveUndo(region: HistoryRegion, imageFd: number, txnSeq: number, targets: ExtentSet, meta: PointMeta,
+  imageSectors: number): Promise<UndoResult> {
+  const index = readIndex(region);
+  if (index.undoneTxnSeq >= txnSeq) return { saved: null, dropped: [], already: true };
+  const extents = blocksWithin(targets, roundUp(imageSectors, BLOCK / SECTOR));
+  const dataBytes = extents.totalSectors * SECTOR;
+  const tableBytes = roundUp(extents.count * EXTENT_BYTES, BLOCK);
+  const bytes = BLOCK + tableBytes + dataBytes;
+  const dropped: DroppedPoint[] = [];
+  if (bytes > region.lengthBytes - INDEX_AREA_BYTES) {
+    dropped.push(...dropOldest(index, index.points.length, `generation ${meta.generation + 1} changed more than the history region holds`));
+    dropped.push({ ...meta, reason: `its undo (${dataBytes} bytes) is larger than the history region`, atMs: Date.now() });
+    index.dropped = [...index.dropped, dropped[dropped.length - 1]].slice(-DROPPED_KEPT);
+    index.undoneTxnSeq = txnSeq;
+    writeIndex(region, index);
+    return { saved: null, dropped, already: false };
+  }
+  const newest = index.points[index.points.length - 1];
+  let at = newest ? newest.offsetBytes + newest.bytes : INDEX_AREA_BYTES;
+  if (at + bytes > region.lengthBytes) at = INDEX_AREA_BYTES;
+  const lastOverlap = index.points.reduce((last, p, i) => (p.offsetBytes < at + bytes && at < p.offsetBytes + p.bytes ? i : last), -1);
+  if (lastOverlap >= 0) {
+    dropped.push(...dropOldest(index, lastOverlap + 1, 'the history region was full (oldest first)'));
+    writeIndex(region, index); // before their space is overwritten
+  }
+  const headHash = await writeRecord(region, imageFd, at, txnSeq, meta.generation, extents, tableBytes);
+  const saved: UndoPoint = { ...meta, txnSeq, offsetBytes: at, bytes, dataBytes, headHash, savedMs: Date.now() };
+  index.points.push(saved);
+  index.undoneTxnSeq = txnSeq;
+  writeIndex(region, index); // the mark: from here on the apply may write
+  return { saved, dropped, already: false };
+}
+
+/**
+ * Before transaction `txn` is applied to a drive whose image is still point
+ * `meta`: its undo, saved unless already done (see saveUndo). Null without a history region.
+ */
+export async function undoBeforeApply(fd: number, pair: { dataSectors: number; historySectors?: number }, pairId: string,
+  txn: CommittedTransaction, meta: PointMeta): Promise<UndoResult | null> {
+  const region = historyRegionOf(fd, pair, pairId);
+  return region ? saveUndo(region, fd, txn.seq, txn.targetExtents(), meta, pair.dataSectors) : null;
+}
+
+/** Extents rounded out to whole 4 KiB blocks, within the image's blocks. */
+function blocksWithin(targets: ExtentSet, limitSectors: number): ExtentSet {
+  const out = new ExtentSet();
+  targets.forEach((s, e) => {
+    const a = Math.floor(s / 8) * 8;
+    const b = Math.min(roundUp(e, 8), limitSectors);
+    if (b > a) out.add(a, b);
+  });
+  return out;
+}
+
+async function writeRecord(region: HistoryRegion, imageFd: number, at: number, txnSeq: number, generation: number,
+  extents: ExtentSet, tableBytes: number): Promise<string> {
+  const table = native().alignedBuffer(Math.max(tableBytes, BLOCK), BLOCK);
+  table.fill(0);
+  let i = 0;
+  extents.forEach((s, e) => {
+    table.writeBigUInt64LE(BigInt(s), i * EXTENT_BYTES);
+    table.writeBigUInt64LE(BigInt(e - s), i * EXTENT_BYTES + 8);
+    i++;
+  });
+  const dataHash = crypto.createHash('sha256');
+  let pos = region.startBytes + at + BLOCK + tableBytes;
+  const buf = native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK);
+  // The old blocks, read from the image in batches of scattered reads, written one after another.
+  let ops: Array<{ bufferOffset: number; length: number; position: number }> = [];
+  let fill = 0;
+  const flushChunk = async () => {
+    if (fill === 0) return;
+    await batchIo('read', 'DPSR drive', imageFd, buf, ops);
+    dataHash.update(buf.subarray(0, fill));
+    await fullIo('write', region.fd, buf, 0, fill, pos);
+    pos += fill;
+    ops = [];
+    fill = 0;
+  };
+  for (const [s, e] of extents) {
+    for (let done = s * SECTOR; done < e * SECTOR;) {
+      const n = Math.min(e * SECTOR - done, COPY_CHUNK_BYTES - fill);
+      ops.push({ bufferOffset: fill, length: n, position: done });
+      fill += n;
+      done += n;
+      if (fill === COPY_CHUNK_BYTES) await flushChunk();
+    }
+  }
+  await flushChunk();
+  const head = native().alignedBuffer(BLOCK, BLOCK);
+  head.fill(0);
+  RECORD_MAGIC.copy(head, 0);
+  head.writeUInt32LE(FORMAT, 8);
+  head.writeUInt32LE(extents.count, 12);
+  head.writeBigUInt64LE(BigInt(txnSeq), 16);
+  head.writeBigUInt64LE(BigInt(generation), 24);
+  head.writeBigUInt64LE(BigInt(extents.totalSectors * SECTOR), 32);
+  sha256(table.subarray(0, extents.count * EXTENT_BYTES)).copy(head, 40);
+  dataHash.digest().copy(head, 72);
+  const headHash = headHashOf(region.pairId, head);
+  headHash.copy(head, HEAD_HASHED);
+  await fullIo('write', region.fd, head, 0, BLOCK, region.startBytes + at);
+  if (tableBytes > 0) await fullIo('write', region.fd, table, 0, tableBytes, region.startBytes + at + BLOCK);
+  fs.fdatasyncSync(region.fd);
+  return headHash.toString('hex');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading records
+
+/** An extent of a record: the image sectors [startSector, endSector) and where their old content is on the drive. */
+export interface UndoExtent { startSector: number; endSector: number; driveBytes: number }
+
+/**
+ * The extents of a point's record, verified (header bound to the index
+ * entry, the table to the header) and, with `verifyData`, its data too.
+ */
+export async function readUndoExtents(region: HistoryRegion, point: UndoPoint, verifyData: boolean): Promise<UndoExtent[]> {
+  const head = native().alignedBuffer(BLOCK, BLOCK);
+  readSync(region, head, BLOCK, point.offsetBytes);
+  const bad = (why: string) => new DpsrError(`history: the undo record of generation ${point.generation} is damaged (${why}); drop it with dpsr history NAME --drop ${point.generation}`, 'EHISTORY');
+  if (!head.subarray(0, 8).equals(RECORD_MAGIC) || head.readUInt32LE(8) !== FORMAT) throw bad('no record header');
+  if (headHashOf(region.pairId, head).toString('hex') !== point.headHash || head.subarray(HEAD_HASHED, HEAD_HASHED + 32).toString('hex') !== point.headHash) {
+    throw bad('header checksum');
+  }
+  const count = head.readUInt32LE(12);
+  const tableBytes = roundUp(count * EXTENT_BYTES, BLOCK);
+  const table = native().alignedBuffer(Math.max(tableBytes, BLOCK), BLOCK);
+  if (tableBytes > 0) readSync(region, table, tableBytes, point.offsetBytes + BLOCK);
+  if (!sha256(table.subarray(0, count * EXTENT_BYTES)).equals(head.subarray(40, 72))) throw bad('extent table checksum');
+  const dataStart = region.startBytes + point.offsetBytes + BLOCK + tableBytes;
+  const out: UndoExtent[] = [];
+  let off = 0;
+  for (let i = 0; i < count; i++) {
+    const s = Number(table.readBigUInt64LE(i * EXTENT_BYTES));
+    const n = Number(table.readBigUInt64LE(i * EXTENT_BYTES + 8));
+    out.push({ startSector: s, endSector: s + n, driveBytes: dataStart + off });
+    off += n * SECTOR;
+  }
+  if (off !== Number(head.readBigUInt64LE(32))) throw bad('data length');
+  if (verifyData) {
+    const hash = crypto.createHash('sha256');
+    const buf = native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK);
+    for (let done = 0; done < off;) {
+      const n = Math.min(COPY_CHUNK_BYTES, off - done);
+      await fullIo('read', region.fd, buf, 0, n, dataStart + done);
+      hash.update(buf.subarray(0, n));
+      done += n;
+    }
+    if (!hash.digest().equals(head.subarray(72, 104))) throw bad('data checksum');
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+function sha256(b: Buffer): Buffer {
+  return crypto.createHash('sha256').update(b).digest();
+}
+
+function headHashOf(pairId: string, head: Buffer): Buffer {
+  return crypto.createHash('sha256').update(pairId, 'utf8').update(head.subarray(0, HEAD_HASHED)).digest();
+}
+
+function readSync(region: HistoryRegion, buf: Buffer, length: number, offset: number): void {
+  for (let done = 0; done < length;) {
+    const n = fs.readSync(region.fd, buf, done, length - done, region.startBytes + offset + done);
+    if (n <= 0) throw new DpsrError(`history: the DPSR drive ended at byte ${region.startBytes + offset + done}`, 'ESHORT');
+    done += n;
+  }
+}
+
+function fullIo(kind: 'read' | 'write', fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+  return copyFullIo(kind, 'DPSR drive', fd, buf, offset, length, position);
+}

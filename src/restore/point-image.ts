@@ -1,0 +1,161 @@
+// An older image, read-only: the current image with the undo records of
+// every later generation laid over it (for each block, the record of the
+// oldest generation at or after the point that holds it), served by nbdkit
+// (a small Python plugin reading the DPSR drive through a map), exposed as a
+// file by nbdfuse, and as a read-only loop device by losetup -r: the device
+// diff and restore then mount like the drive itself. Nothing is written to
+// the DPSR drive; everything is undone in close(), on exit and on signals.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DpsrError, RefusedError } from '../base/errors.js';
+import { ExtentSet } from '../base/extents.js';
+import { SECTOR } from '../base/units.js';
+import { openDirect } from '../io/direct-io.js';
+import { historyRegionOf, readUndoExtents } from '../drive/history-region.js';
+import type { PairRecord } from '../state/records.js';
+import { tracked } from './image-mount.js';
+import { type RestorePoint, choosePoint, pointsOf, readHistoryOf } from './restore-points.js';
+import { execFileSync } from 'node:child_process';
+
+const PLUGIN = `import bisect, builtins, json, os
+import nbdkit
+API_VERSION = 2
+cfg = {}
+def config(key, value): cfg[key] = value
+def config_complete():
+    global size, segs, starts
+    with builtins.open(cfg['map']) as f:
+        m = json.load(f)
+    size, segs = m['sizeBytes'], m['segments']
+    starts = [s[0] for s in segs]
+def thread_model(): return nbdkit.THREAD_MODEL_PARALLEL
+def open(readonly): return os.open(cfg['drive'], os.O_RDONLY)
+def close(h): os.close(h)
+def get_size(h): return size
+def can_write(h): return False
+def can_multi_conn(h): return True
+def pread(h, buf, offset, flags):
+    n, pos = len(buf), 0
+    while pos < n:
+        at = offset + pos
+        i = bisect.bisect_right(starts, at) - 1
+        if i >= 0 and at < segs[i][1]:
+            take, src = min(n - pos, segs[i][1] - at), segs[i][2] + (at - segs[i][0])
+        else:
+            end = starts[i + 1] if i + 1 < len(starts) else size
+            take, src = min(n - pos, end - at), at
+        buf[pos:pos + take] = os.pread(h, take, src)
+        pos += take
+`;
+
+/** [startByte, endByte, driveByte]: image bytes read from elsewhere on the drive; the rest from the image itself. */
+export type Segment = [number, number, number];
+
+/**
+ * Where each byte of point `generation`'s image is: the records of the point
+ * and every later one, oldest first, each taking the blocks no older one took.
+ */
+export function overlay(records: Array<Array<{ startSector: number; endSector: number; driveBytes: number }>>, imageSectors: number): Segment[] {
+  const taken = new ExtentSet();
+  const out: Segment[] = [];
+  for (const extents of records) {
+    for (const x of extents) {
+      const end = Math.min(x.endSector, imageSectors);
+      if (end <= x.startSector) continue;
+      const fresh = ExtentSet.from([[x.startSector, end]]);
+      fresh.subtractSet(taken);
+      fresh.forEach((a, b) => out.push([a * SECTOR, b * SECTOR, x.driveBytes + (a - x.startSector) * SECTOR]));
+      taken.add(x.startSector, end);
+    }
+  }
+  return out.sort((p, q) => p[0] - q[0]);
+}
+
+export interface PointImage {
+  /** A read-only block device holding the point's image ([0, dataSectors) of the drive as it was). */
+  device: string;
+  point: RestorePoint;
+  close(): void;
+}
+
+/**
+ * The image of the point `at` names, as a read-only block device. The
+ * current image needs no overlay, but is served the same way. Call it
+ * holding the drive lock (no sync may change the drive meanwhile).
+ */
+export async function openPointImage(pair: PairRecord, at: string): Promise<PointImage> {
+  const index = readHistoryOf(pair);
+  const point = choosePoint(pair, pointsOf(pair, index), at);
+  const records = index.points.filter((p) => p.generation >= point.generation); // oldest first
+  const fd = openDirect(pair.drive.path, false);
+  let segments: Segment[];
+  try {
+    const region = historyRegionOf(fd, pair, pair.id)!;
+    const extents = [];
+    for (const r of records) extents.push(await readUndoExtents(region, r, true));
+    segments = overlay(extents, pair.dataSectors);
+  } finally {
+    fs.closeSync(fd);
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dpsr-point-'));
+  const mnt = path.join(dir, 'mnt');
+  const file = path.join(mnt, 'image');
+  const pidFile = path.join(dir, 'nbdfuse.pid');
+  fs.mkdirSync(mnt);
+  fs.writeFileSync(path.join(dir, 'plugin.py'), PLUGIN);
+  fs.writeFileSync(path.join(dir, 'map.json'), JSON.stringify({ sizeBytes: pair.dataSectors * SECTOR, segments }));
+  const log = fs.openSync(path.join(dir, 'server.log'), 'w');
+  const server = spawn('nbdfuse', ['-r', '-P', pidFile, file, '--command', 'nbdkit', '-s', '-r', 'python', path.join(dir, 'plugin.py'),
+    `map=${path.join(dir, 'map.json')}`, `drive=${pair.drive.path}`], { stdio: ['ignore', 'ignore', log] });
+  server.unref();
+  fs.closeSync(log);
+  let loop: string | null = null;
+  const handle = tracked(mnt, 'point', [
+    () => { if (loop) execFileSync('losetup', ['-d', loop], { stdio: 'ignore' }); },
+    () => {
+      try { execFileSync('fusermount3', ['-u', mnt], { stdio: 'ignore' }); } catch { server.kill('SIGKILL'); }
+    },
+    () => fs.rmSync(dir, { recursive: true, force: true }),
+  ]);
+  try {
+    const exited = new Promise<void>((resolve) => server.once('exit', () => resolve()));
+    for (let waited = 0; !(fs.existsSync(pidFile) && fs.statSync(pidFile).size > 0); waited += 50) {
+      if (server.exitCode !== null || waited > 30_000) {
+        const why = fs.readFileSync(path.join(dir, 'server.log'), 'utf8').trim().split('\n').pop();
+        throw new DpsrError(`pair ${pair.name}: serving restore point ${point.generation} failed (nbdfuse/nbdkit${why ? `: ${why}` : ''})`, 'EMOUNT');
+      }
+      await Promise.race([sleep(50), exited]);
+    }
+    loop = execFileSync('losetup', ['-r', '-f', '--show', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+  } catch (err) {
+    handle.unmount();
+    if (err instanceof DpsrError) throw err;
+    throw new DpsrError(`pair ${pair.name}: a read-only device for restore point ${point.generation}: ${(err as Error).message.split('\n')[0]}`, 'EMOUNT');
+  }
+  return { device: loop, point, close: handle.unmount };
+}
+
+/**
+ * Runs `fn` with the pair as it was at point `at` (its drive path the point's
+ * read-only device, its image state and time the point's), or as it is when
+ * `at` is undefined. A point that is not one point in time is refused unless `force`.
+ */
+export async function withImageAt<T>(pair: PairRecord, at: string | undefined, opts: { force: boolean; doing: string; log: (s: string) => void },
+  fn: (pair: PairRecord) => Promise<T>): Promise<T> {
+  if (at === undefined) return fn(pair);
+  const image = await openPointImage(pair, at);
+  try {
+    const p = image.point;
+    if (p.image !== 'point-in-time') {
+      const why = `pair ${pair.name}: restore point ${p.generation} is ${p.image}, not one point in time`;
+      if (!opts.force) throw new RefusedError(`${why}; --force to ${opts.doing} anyway`, 'ENOTPOINTINTIME');
+      opts.log(`warning: ${why} (--force)`);
+    }
+    return await fn({ ...pair, drive: { ...pair.drive, path: image.device }, generation: p.generation, image: p.image, imageTimeMs: p.timeMs, imageLabel: p.label });
+  } finally {
+    image.close();
+  }
+}
