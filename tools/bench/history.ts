@@ -1,0 +1,89 @@
+// Restore points: a journaled sync with history on against the same sync
+// with history off, side by side in one run (two pairs over equal sources,
+// the same random 4 KiB changes, synced in alternating order), and the bytes
+// each wrote to its DPSR drive (the kernel's count) against the bytes
+// changed. Goal (issue 20): time <= 1.3x, bytes written <= 2x changed + the
+// journal's own. Run: node dist/tools/bench/history.js [--mib N] [--rounds N] [--percent P]
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { run, scratchSpace, benchSettings } from './scratch.js';
+import { pairCommand } from '../../src/cli/commands/pair.js';
+import { syncCommand } from '../../src/cli/commands/sync.js';
+import { unpairCommand } from '../../src/cli/commands/unpair.js';
+
+const arg = (name: string, dflt: number) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : dflt;
+};
+const MiB = 1 << 20;
+const sizeMiB = arg('mib', 1024);
+const rounds = arg('rounds', 4);
+const percent = arg('percent', 2);
+const now = () => performance.now();
+const { dir, cleanups, cleanup, attach } = scratchSpace('dpsr-bench-history-');
+
+/** Sectors the kernel counted as written to a device. */
+const writtenSectors = (dev: string) => Number(fs.readFileSync(`/sys/class/block/${path.basename(dev)}/stat`, 'utf8').trim().split(/\s+/)[6]);
+
+/** `percent` of the device in random 4 KiB O_DIRECT writes, the same on every device given the same seed. */
+function change(dev: string, seed: number): number {
+  const bytes = Math.round((sizeMiB * MiB * percent) / 100 / 4096) * 4096;
+  run('fio', ['--name=change', `--filename=${dev}`, '--rw=randwrite', '--bs=4k', '--direct=1', '--ioengine=libaio',
+    '--iodepth=16', `--io_size=${bytes}`, `--randseed=${seed}`, '--randrepeat=0', '--norandommap', '--output=/dev/null']);
+  return bytes;
+}
+
+async function main(): Promise<void> {
+  const settings = benchSettings(dir, 'history', cleanups);
+  const journal = Math.max(64, Math.ceil((sizeMiB * percent) / 100) * 4);
+  const history = journal * rounds;
+  const pairs = {
+    on: { source: attach('on-source.img', sizeMiB * MiB), drive: attach('on-drive.img', (sizeMiB + journal + history + 1) * MiB), history },
+    off: { source: attach('off-source.img', sizeMiB * MiB), drive: attach('off-drive.img', (sizeMiB + journal + 1) * MiB), history: 0 },
+  };
+  console.log(`# dpsr history benchmark: two ${sizeMiB} MiB sources (loop over files in ${os.tmpdir()}, direct I/O), ` +
+    `${percent}% changed per round in 4 KiB writes, ${rounds} rounds; journal ${journal} MiB, history ${history} MiB`);
+  console.log(`# command: node ${path.relative(process.cwd(), process.argv[1])} ${process.argv.slice(2).join(' ')}`);
+  for (const [name, p] of Object.entries(pairs)) {
+    run('fio', ['--name=fill', `--filename=${p.source}`, '--rw=write', '--bs=4M', '--direct=1', '--ioengine=libaio', '--iodepth=4',
+      `--size=${sizeMiB}M`, '--refill_buffers', '--output=/dev/null']);
+    await pairCommand({ source: p.source, drive: p.drive, name, force: true, noReserve: false, reserveBytes: journal * MiB,
+      historyBytes: p.history ? p.history * MiB : 0 }, settings, () => {});
+    await syncCommand({ name, all: false, json: false, quietMs: 0 }, settings, () => {});
+  }
+  const rows: Array<{ on: number; off: number; onWritten: number; offWritten: number; changed: number }> = [];
+  for (let r = 0; r < rounds; r++) {
+    const changed = change(pairs.on.source, 7000 + r);
+    change(pairs.off.source, 7000 + r);
+    const seconds: Record<string, number> = {};
+    const written: Record<string, number> = {};
+    for (const name of r % 2 === 0 ? ['on', 'off'] : ['off', 'on']) {
+      const drive = pairs[name as 'on' | 'off'].drive;
+      const w0 = writtenSectors(drive);
+      const t0 = now();
+      await syncCommand({ name, all: false, json: false, quietMs: 0 }, settings, () => {});
+      seconds[name] = (now() - t0) / 1000;
+      written[name] = (writtenSectors(drive) - w0) * 512;
+    }
+    rows.push({ on: seconds.on, off: seconds.off, onWritten: written.on, offWritten: written.off, changed });
+    console.log(`round ${r + 1}: ${(changed / MiB).toFixed(1)} MiB changed: sync with history ${seconds.on.toFixed(2)} s, without ${seconds.off.toFixed(2)} s ` +
+      `(${(seconds.on / seconds.off).toFixed(2)}x); written to the drive ${(written.on / MiB).toFixed(1)} vs ${(written.off / MiB).toFixed(1)} MiB ` +
+      `(${(written.on / changed).toFixed(2)}x vs ${(written.off / changed).toFixed(2)}x changed)`);
+  }
+  for (const name of Object.keys(pairs)) await unpairCommand({ name }, settings, () => {});
+  const best = (f: (x: (typeof rows)[0]) => number) => Math.min(...rows.map(f));
+  const mean = (f: (x: (typeof rows)[0]) => number) => rows.reduce((a, x) => a + f(x), 0) / rows.length;
+  const summary = {
+    sizeMiB, rounds, percent,
+    timeRatioBest: best((x) => x.on) / best((x) => x.off), timeRatioMean: mean((x) => x.on / x.off),
+    writtenOverChangedOn: mean((x) => x.onWritten / x.changed), writtenOverChangedOff: mean((x) => x.offWritten / x.changed),
+  };
+  console.log(`summary: with history, sync time ${summary.timeRatioBest.toFixed(2)}x (best of each) / ${summary.timeRatioMean.toFixed(2)}x (mean of rounds) ` +
+    `of without (goal <= 1.3x); written ${summary.writtenOverChangedOn.toFixed(2)}x changed with history, ${summary.writtenOverChangedOff.toFixed(2)}x without ` +
+    `(goal with history <= 2x + the journal's own, i.e. about 3x)`);
+  console.log(`BENCH_JSON ${JSON.stringify(summary)}`);
+}
+
+process.env.UV_THREADPOOL_SIZE ??= '32';
+main().then(cleanup, (err) => { console.error(err); cleanup(); process.exit(1); });
