@@ -28,7 +28,7 @@ import { ExtentSet } from '../base/extents.js';
 import { native } from '../base/native.js';
 import { SECTOR } from '../base/units.js';
 import { batchIo } from '../io/batch-io.js';
-import { fullIo as copyFullIo } from '../io/direct-io.js';
+import { flush, fullIo as copyFullIo, ioError } from '../io/direct-io.js';
 import type { DroppedPoint, ImageState } from '../state/records.js';
 import type { CommittedTransaction } from './journal.js';
 
@@ -144,8 +144,13 @@ export function writeIndex(region: HistoryRegion, index: HistoryIndex): void {
   sha256(payload).copy(buf, 16);
   payload.copy(buf, INDEX_HEADER);
   const used = roundUp(INDEX_HEADER + payload.length, BLOCK);
-  fs.writeSync(region.fd, buf, 0, used, region.startBytes + (index.seq % 2) * INDEX_SLOT_BYTES);
-  fs.fdatasyncSync(region.fd);
+  const at = region.startBytes + (index.seq % 2) * INDEX_SLOT_BYTES;
+  try {
+    fs.writeSync(region.fd, buf, 0, used, at);
+  } catch (err) {
+    throw ioError('write', 'DPSR drive history index', region.fd, at, used, err as NodeJS.ErrnoException);
+  }
+  flush(region.fd, 'the DPSR drive', 'its restore points may not be durable');
 }
 
 /** A new, empty history for a pairing (both slots, so nothing of an earlier pairing is read). */
@@ -300,7 +305,7 @@ async function writeRecord(region: HistoryRegion, imageFd: number, at: number, t
   headHash.copy(head, HEAD_HASHED);
   await fullIo('write', region.fd, head, 0, BLOCK, region.startBytes + at);
   if (tableBytes > 0) await fullIo('write', region.fd, table, 0, tableBytes, region.startBytes + at + BLOCK);
-  fs.fdatasyncSync(region.fd);
+  flush(region.fd, 'the DPSR drive', 'its restore points may not be durable');
   return headHash.toString('hex');
 }
 
@@ -364,7 +369,12 @@ function headHashOf(pairId: string, head: Buffer): Buffer {
 
 function readSync(region: HistoryRegion, buf: Buffer, length: number, offset: number): void {
   for (let done = 0; done < length;) {
-    const n = fs.readSync(region.fd, buf, done, length - done, region.startBytes + offset + done);
+    let n: number;
+    try {
+      n = fs.readSync(region.fd, buf, done, length - done, region.startBytes + offset + done);
+    } catch (err) {
+      throw ioError('read', 'DPSR drive history', region.fd, region.startBytes + offset + done, length - done, err as NodeJS.ErrnoException);
+    }
     if (n <= 0) throw new DpsrError(`history: the DPSR drive ended at byte ${region.startBytes + offset + done}`, 'ESHORT');
     done += n;
   }
