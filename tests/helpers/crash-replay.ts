@@ -180,7 +180,7 @@ function judgeSource(env: NodeJS.ProcessEnv, sc: Scenario, drive: string, dev: s
  * adding to `outcomes` per operation name. `env` is a CLI environment of its own.
  */
 export async function replayScenario(fx: Fixture, env: NodeJS.ProcessEnv, sc: Scenario, seed: number, subsets: number,
-  outcomes: Map<string, Outcomes>): Promise<void> {
+  outcomes: Map<string, Outcomes>, beforeEach: () => Promise<void> = async () => {}): Promise<void> {
   const random = mulberry32(seed ^ 0x5eed);
   for (const op of sc.ops) {
     const counts = outcomes.get(op.name) ?? emptyOutcomes();
@@ -193,11 +193,17 @@ export async function replayScenario(fx: Fixture, env: NodeJS.ProcessEnv, sc: Sc
     };
     if (op.target === 'drive') {
       const file = path.join(fx.dir, 'crash-state.img');
-      await replayStates(op.log, op.before, states, file, async (state) => tally(state, await withLoop(file, (dev) => judgeDrive(env, op, dev, counts))));
+      await replayStates(op.log, op.before, states, file, async (state) => {
+        await beforeEach();
+        tally(state, await withLoop(file, (dev) => judgeDrive(env, op, dev, counts)));
+      });
     } else {
       // The source's states sit where its pair recorded the loop file, as after a reboot.
       await withLoop(sc.rollbackDrive, (drive) => replayStates(op.log, op.before, states, sc.sourceLoopFile,
-        async (state) => tally(state, await withLoop(sc.sourceLoopFile, (dev) => judgeSource(env, sc, drive, dev)))));
+        async (state) => {
+          await beforeEach();
+          tally(state, await withLoop(sc.sourceLoopFile, (dev) => judgeSource(env, sc, drive, dev)));
+        }));
     }
   }
 }

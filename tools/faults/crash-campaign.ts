@@ -3,7 +3,9 @@
 // every operation's writes (plus a torn one and the flush boundaries),
 // then prints the states per operation and outcome, and every mix.
 // Usage (after a build, as root): node dist/tools/faults/crash-campaign.js [--seeds N] [--subsets N] [--seed S]
-// Exit 1 on any mix.
+// Exit 1 on any mix. It waits while /tmp/dpsr-quiet exists (someone benchmarks on this machine).
+import fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { type Outcomes, recordScenario, replayScenario } from '../../tests/helpers/crash-replay.js';
 import { freshCliFixture } from '../../tests/helpers/fixture.js';
@@ -12,12 +14,16 @@ const { values } = parseArgs({ options: { seeds: { type: 'string', default: '3' 
 const seeds = Number(values.seeds);
 const subsets = Number(values.subsets);
 const outcomes = new Map<string, Outcomes>();
+// A shared machine: while someone benchmarks (the file exists), wait between states.
+const QUIET_FILE = '/tmp/dpsr-quiet';
+const waitWhileQuiet = async () => { while (fs.existsSync(QUIET_FILE)) await sleep(15_000); };
 const startedMs = Date.now();
 for (let seed = Number(values.seed); seed < Number(values.seed) + seeds; seed++) {
+  await waitWhileQuiet();
   const { fx, env } = freshCliFixture();
   try {
     const scenario = recordScenario(fx, env, seed);
-    await replayScenario(fx, fx.cliEnv(), scenario, seed, subsets, outcomes);
+    await replayScenario(fx, fx.cliEnv(), scenario, seed, subsets, outcomes, waitWhileQuiet);
   } finally {
     fx.cleanup();
   }
