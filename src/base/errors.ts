@@ -48,6 +48,7 @@ export const ERRORS = {
   ELABEL: ['refused', "the DPSR drive does not carry this pair's label"],
   ENOLABEL: ['notUsable', 'the device carries no dpsr label'],
   EPAIR: ['refused', 'the pair has a problem found when the session opened'],
+  ESTATE: ['failure', "the state directory's database is damaged or truncated"],
   // Who holds what.
   EOWNED: ['failure', 'another dpsr process owns tracking'],
   EDRIVELOCKED: ['failure', 'another dpsr command uses the DPSR drive'],

@@ -11,6 +11,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { type Key, open, type RootDatabase, type Transaction } from 'lmdb';
+import { checkStateFile } from './state-file.js';
 import { ExtentSet } from '../base/extents.js';
 import type { Baseline } from '../kernel/reconcile.js';
 import type { PairRecord } from './records.js';
@@ -71,6 +72,7 @@ export class Store implements TrackerStore {
 
   static open(stateDir: string): Store {
     fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    checkStateFile(path.join(stateDir, 'state.mdb'));
     return new Store(open({ path: path.join(stateDir, 'state.mdb'), compression: false }));
   }
 
