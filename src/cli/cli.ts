@@ -71,7 +71,8 @@ function program(): Command {
   const cli = new Command('dpsr')
     .description('Keep a second disk, the DPSR drive, as an identical bootable copy of a system disk, copying only the sectors written since the last sync (tracked by eBPF in the block layer).')
     .version(process.env.npm_package_version ?? '0.1.0')
-    .showHelpAfterError('(run dpsr --help for usage)')
+    // A usage error is one line, as every other error is: the hint goes on it.
+    .configureOutput({ outputError: (message, write) => write(`dpsr: ${message.trim().replace(/\s*\n\s*/g, ' ')} (run dpsr --help for usage)\n`) })
     .addHelpText('after', EXIT_CODES_HELP)
     .exitOverride();
 
