@@ -14,9 +14,14 @@ const { values } = parseArgs({ options: { seeds: { type: 'string', default: '3' 
 const seeds = Number(values.seeds);
 const subsets = Number(values.subsets);
 const outcomes = new Map<string, Outcomes>();
-// A shared machine: while someone benchmarks (the file exists), wait between states.
+// A shared machine: while someone benchmarks (the file exists), wait between states. Each
+// state also yields to the event loop, where Ctrl-C and SIGTERM are heard (the fixture then
+// releases every loop device and mount): the replay's awaits alone never leave the microtasks.
 const QUIET_FILE = '/tmp/dpsr-quiet';
-const waitWhileQuiet = async () => { while (fs.existsSync(QUIET_FILE)) await sleep(15_000); };
+const waitWhileQuiet = async () => {
+  await new Promise((resolve) => setImmediate(resolve));
+  while (fs.existsSync(QUIET_FILE)) await sleep(15_000);
+};
 const startedMs = Date.now();
 for (let seed = Number(values.seed); seed < Number(values.seed) + seeds; seed++) {
   await waitWhileQuiet();
