@@ -5,7 +5,8 @@
 // first sync after the fault clears makes an exact copy.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Fixture, ddDirect, freshCliFixture, randomFill, runDpsr, runDpsrOk, sha256Of } from './helpers/fixture.js';
+import fs from 'node:fs';
+import { Fixture, ddDirect, freshCliFixture, randomFill, runDpsr, runDpsrOk, sh, sha256Of } from './helpers/fixture.js';
 import { type FaultDisk, type Faults, faultDisk } from './helpers/fault-disk.js';
 
 const MiB = 1 << 20;
@@ -90,6 +91,31 @@ test('EIO writing the image in place after the commit: the sync fails; the commi
   assert.is(after.image, sha256Of(source), 'the new image, applied');
   assert.is(sync().status, 0);
   assert.is(sha256Of(drive, SOURCE_BYTES), sha256Of(source));
+});
+
+test('a committed transaction damaged after a failed apply: status --drive and recover say the image is not usable and write nothing; status agrees; the next sync is exact', () => {
+  const { source, drive, disk } = pairWithFaults('drive');
+  failsWith(disk, { write: [[0, SOURCE_BYTES]] }, ['sync', 'p', '--quiet-period', '0.2'], /writing the DPSR drive/);
+  // Bit rot in the journal's data area (it starts a block after the head, at the image's end).
+  sh('blockdev', ['--setrw', drive]);
+  const fd = fs.openSync(drive, 'r+');
+  fs.writeSync(fd, Buffer.from('rot'), 0, 3, SOURCE_BYTES + 4096 + 100);
+  fs.closeSync(fd);
+  sh('blockdev', ['--setro', drive]);
+  const mixed = sha256Of(drive);
+  for (const args of [['status', '--drive', drive], ['recover', drive]]) {
+    const r = dpsr(...args);
+    assert.is(r.status, 4, `${args[0]}: exit 4: ${r.stderr}`);
+    assert.match(r.stderr, /journal transaction \d+ of pair p was committed, but its data no longer verifies/);
+    assert.is(r.stderr.trim().split('\n').length, 1);
+  }
+  assert.is(sha256Of(drive), mixed, 'nothing written');
+  const st = dpsr('status', 'p', '--json');
+  assert.is(st.status, 4, 'the pair knows its image is a mix');
+  assert.is(JSON.parse(st.stdout).pairs[0].image, 'partial');
+  assert.is(sync().status, 0);
+  assert.is(sha256Of(drive, SOURCE_BYTES), sha256Of(source));
+  assert.is(dpsr('status', 'p').status, 0);
 });
 
 test('EIO flushing the drive: the sync fails naming the flush; the old image stays; the next sync is exact', () => {

@@ -428,6 +428,28 @@ function decodeHead(b: Buffer): Head | null {
 // Reading
 
 /**
+ * The sequence number of the transaction whose head says committed, whether or not its data
+ * still verifies (null when the head is not a valid commit). The commit is written only once
+ * the data is durable, so a commit head whose transaction does not verify was damaged after it
+ * was committed, and may have been partly applied.
+ */
+export async function committedHeadSeq(region: JournalRegion): Promise<number | null> {
+  checkRegion(region);
+  if (region.lengthBytes < JOURNAL_BLOCK) return null;
+  const block = native().alignedBuffer(JOURNAL_BLOCK, JOURNAL_BLOCK);
+  await fullIo('read', region.fd, block, 0, JOURNAL_BLOCK, region.startBytes);
+  const head = decodeHead(block);
+  return head && head.type === TYPE_COMMIT ? head.seq : null;
+}
+
+/** A committed transaction whose data no longer verifies, as one line with the way out. */
+export function damagedTransaction(pairName: string, seq: number): DpsrError {
+  return new DpsrError(`journal transaction ${seq} of pair ${pairName} was committed, but its data no longer verifies (damaged on the drive): ` +
+    `the image may be partly applied and is not usable; nothing written. dpsr sync ${pairName} writes again what it held ` +
+    `(or pair again with --force: a full copy)`, 'ENOTUSABLE');
+}
+
+/**
  * The committed transaction with exactly sequence `seq`, verified end to end (every descriptor
  * block's seq and nonce, and txnHash over all data and descriptors), or null if the region holds
  * none, a torn or corrupt one, or one with another seq. I/O errors are thrown.

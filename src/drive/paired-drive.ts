@@ -12,7 +12,7 @@ import { openDirect } from '../io/direct-io.js';
 import type { RangeState } from '../kernel/tracker.js';
 import type { ImageState, PairRecord } from '../state/records.js';
 import type { Session } from '../state/session.js';
-import { type CommittedTransaction, type JournalRegion, applyTransaction, journalPlace, readCommitted } from './journal.js';
+import { type CommittedTransaction, type JournalRegion, applyTransaction, committedHeadSeq, damagedTransaction, journalPlace, readCommitted } from './journal.js';
 import { type PointMeta, dropAllPoints, historyRegionOf, undoBeforeApply } from './history-region.js';
 import { type DriveLabel, readLabel, writeLabel } from './label.js';
 
@@ -153,6 +153,12 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
     pair.pending = null;
   } else {
     pair.journalSeq = applied;
+    if (await committedHeadSeq(region) === applied + 1) {
+      // Committed, so maybe partly applied, and damaged since: the image is a mix until the cut
+      // it carried is written again, which only the pending cut can tell (else the drive alone can't).
+      if (!pair.pending) throw damagedTransaction(pair.name, applied + 1);
+      pair.image = 'partial';
+    }
   }
   pair.pendingTxn = null;
   updateLabel(fd, pair);

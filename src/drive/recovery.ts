@@ -5,17 +5,25 @@
 // the drive (invariant 5); until then the image on the drive is a mix.
 import fs from 'node:fs';
 import { openDirect } from '../io/direct-io.js';
-import { type CommittedTransaction, applyTransaction, readCommitted } from './journal.js';
+import { type CommittedTransaction, applyTransaction, committedHeadSeq, damagedTransaction, readCommitted } from './journal.js';
 import { type DriveLabel, writeLabel } from './label.js';
 import { native } from '../base/native.js';
 import { finishedImage, journalRegionOf } from './paired-drive.js';
 import { undoBeforeApply } from './history-region.js';
 
-/** The committed transaction after the one the label records as applied, if any. */
+/**
+ * The committed transaction after the one the label records as applied, if any. One committed
+ * but no longer verifying (damaged after its commit) throws ENOTUSABLE: it may have been partly
+ * applied, so the image may be a mix that nothing on the drive can finish.
+ */
 export async function committedOnDrive(fd: number, label: DriveLabel): Promise<CommittedTransaction | null> {
   if (label.journal !== 'tail') return null;
   const region = journalRegionOf(fd, label, label.pairId);
-  return region ? readCommitted(region, label.journalSeq + 1) : null;
+  if (!region) return null;
+  const seq = label.journalSeq + 1;
+  const txn = await readCommitted(region, seq);
+  if (!txn && await committedHeadSeq(region) === seq) throw damagedTransaction(label.pairName, seq);
+  return txn;
 }
 
 /** What the drive's image is once `txn` is applied (the label named it before the commit). */
