@@ -8,11 +8,10 @@
 // be exactly the image after `rollback --drive` runs again.
 // Shared by tests/crash-replay.test.ts (a fixed-seed subset) and
 // tools/faults/crash-campaign.ts (the campaign).
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { type CrashState, crashStates, replayStates } from './crash-states.js';
-import { DPSR_BIN, type Fixture, ddDirect, randomFill, sh, sha256Of } from './fixture.js';
+import { type Fixture, ddDirect, randomFill, runDpsr, runDpsrOk, sh, sha256Of } from './fixture.js';
 import { mulberry32 } from './seeded-random.js';
 import { type LogEntry, type RecordingDisk, recordingDisk } from './write-log.js';
 
@@ -58,19 +57,9 @@ export interface Outcomes {
 
 export const emptyOutcomes = (): Outcomes => ({ states: 0, old: 0, new: 0, noImage: 0, noLabel: 0, applied: 0, mixes: [] });
 
-function cli(env: NodeJS.ProcessEnv, args: string[]) {
-  const r = spawnSync(process.execPath, [DPSR_BIN, ...args], { env, encoding: 'utf8', timeout: 120_000 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-function cliOk(env: NodeJS.ProcessEnv, args: string[]): string {
-  const r = cli(env, args);
-  if (r.status !== 0) throw new Error(`dpsr ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
-  return r.stdout;
-}
 
 function labelOf(env: NodeJS.ProcessEnv, dev: string): Label | null {
-  const r = cli(env, ['status', '--drive', dev, '--json']);
+  const r = runDpsr(env, ['status', '--drive', dev, '--json']);
   return r.stdout.trim() ? JSON.parse(r.stdout).label as Label : null;
 }
 
@@ -104,12 +93,12 @@ export function recordScenario(fx: Fixture, env: NodeJS.ProcessEnv, seed: number
     ops.push({ name, target, before, log: disk.entriesSince(mark), oldLabel, newLabel: labelOf(env, drive.dev), oldHash, newHash: sha256Of(disk.dev, SOURCE_BYTES) });
   };
   const sync = () => {
-    cliOk(env, ['sync', 'p', '--quiet-period', '0.2']);
+    runDpsrOk(env, ['sync', 'p', '--quiet-period', '0.2']);
     if (sha256Of(source.dev) !== sha256Of(drive.dev, SOURCE_BYTES)) throw new Error('a sync did not make an exact copy');
   };
 
   randomFill(source.dev, SOURCE_MIB);
-  record('pair (full copy)', drive, 'drive', () => cliOk(env, ['pair', source.dev, drive.dev, '--name', 'p', '--reserve', RESERVE]));
+  record('pair (full copy)', drive, 'drive', () => runDpsrOk(env, ['pair', source.dev, drive.dev, '--name', 'p', '--reserve', RESERVE]));
   changeSource(source.dev, random, 8);
   record('journaled sync', drive, 'drive', sync);
   changeSource(source.dev, random, 4);
@@ -120,9 +109,9 @@ export function recordScenario(fx: Fixture, env: NodeJS.ProcessEnv, seed: number
   fs.copyFileSync(drive.image, rollbackDrive);
   const rollbackImageHash = sha256Of(drive.dev, SOURCE_BYTES);
   changeSource(source.dev, random, 8);
-  record('rollback', source, 'source', () => cliOk(env, ['rollback', 'p', '--yes']));
+  record('rollback', source, 'source', () => runDpsrOk(env, ['rollback', 'p', '--yes']));
   if (sha256Of(source.dev) !== rollbackImageHash) throw new Error('the rollback did not return the source to the image');
-  record('unpair', drive, 'drive', () => cliOk(env, ['unpair', 'p']));
+  record('unpair', drive, 'drive', () => runDpsrOk(env, ['unpair', 'p']));
   source.stop();
   drive.stop();
   return { ops, rollbackDrive, rollbackImageHash, sourceLoopFile: source.fuseFile };
@@ -141,21 +130,21 @@ async function withLoop<T>(file: string, fn: (dev: string) => Promise<T> | T): P
 
 /** Judges a drive crash state at `dev`: the next commands leave the old or the new image; returns the outcome or why it is a mix. */
 function judgeDrive(env: NodeJS.ProcessEnv, op: RecordedOp, dev: string, counts: Outcomes): string {
-  const first = cli(env, ['status', '--drive', dev, '--json']);
+  const first = runDpsr(env, ['status', '--drive', dev, '--json']);
   if (!first.stdout.trim()) {
     if (!/carries no dpsr label/.test(first.stderr) || first.status !== 4) return `status --drive: exit ${first.status}: ${first.stderr.trim()}`;
     if (op.oldLabel && op.newLabel) return 'the label was lost';
-    const rec = cli(env, ['recover', dev]);
+    const rec = runDpsr(env, ['recover', dev]);
     if (rec.status !== 4) return `recover without a label: exit ${rec.status}: ${rec.stderr.trim()}`;
     if (op.oldLabel && sha256Of(dev, SOURCE_BYTES) !== op.oldHash) return 'no label, and the image changed';
     return 'noLabel';
   }
-  const rec = cli(env, ['recover', dev, '--json']);
+  const rec = runDpsr(env, ['recover', dev, '--json']);
   if (rec.status !== 0) return `recover: exit ${rec.status}: ${rec.stderr.trim()}`;
   const applied = JSON.parse(rec.stdout).applied !== null;
   if (first.status === 0 && applied) return 'status --drive said usable, but a transaction was left to apply';
   if (applied) counts.applied++;
-  const after = cli(env, ['status', '--drive', dev, '--json']);
+  const after = runDpsr(env, ['status', '--drive', dev, '--json']);
   const { label, unappliedTransaction } = JSON.parse(after.stdout) as { label: Label; unappliedTransaction: number | null };
   if (unappliedTransaction !== null) return `after recover, transaction ${unappliedTransaction} is still to apply`;
   const hash = sha256Of(dev, SOURCE_BYTES);
@@ -170,7 +159,7 @@ function judgeDrive(env: NodeJS.ProcessEnv, op: RecordedOp, dev: string, counts:
 
 /** Judges a source state cut mid-rollback: `rollback --drive` run again must make it the image. */
 function judgeSource(env: NodeJS.ProcessEnv, sc: Scenario, drive: string, dev: string): 'new' | string {
-  const r = cli(env, ['rollback', '--drive', drive, '--source', dev, '--yes']);
+  const r = runDpsr(env, ['rollback', '--drive', drive, '--source', dev, '--yes']);
   if (r.status !== 0) return `rollback --drive again: exit ${r.status}: ${r.stderr.trim()}`;
   return sha256Of(dev, SOURCE_BYTES) === sc.rollbackImageHash ? 'new' : 'the source is not the image after rollback --drive';
 }
