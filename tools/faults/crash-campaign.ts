@@ -32,15 +32,22 @@ for (let seed = Number(values.seed); seed < Number(values.seed) + seeds; seed++)
   } finally {
     fx.cleanup();
   }
-  console.log(`seed ${seed} done, ${[...outcomes.values()].reduce((n, o) => n + o.states, 0)} states so far, ${((Date.now() - startedMs) / 1000).toFixed(0)} s`);
+  console.log(`seed ${seed} done, ${((Date.now() - startedMs) / 1000).toFixed(0)} s:`);
+  report(); // so far: a long run can be read before it ends
 }
-let states = 0;
-let mixes = 0;
-for (const [op, o] of outcomes) {
-  console.log(`${op}: ${o.states} states: ${o.old} old, ${o.new} new, ${o.noImage} no image yet, ${o.noLabel} no label (${o.applied} applied by recover), ${o.mixes.length} mixes`);
-  for (const m of o.mixes) console.log(`  MIX ${m}`);
-  states += o.states;
-  mixes += o.mixes.length;
+
+/** The states per operation and outcome, every mix, and the totals; returns the mixes. */
+function report(): number {
+  let states = 0;
+  let mixes = 0;
+  for (const [op, o] of outcomes) {
+    console.log(`${op}: ${o.states} states: ${o.old} old, ${o.new} new, ${o.noImage} no image yet, ${o.noLabel} no label (${o.applied} applied by recover), ${o.mixes.length} mixes`);
+    for (const m of o.mixes) console.log(`  MIX ${m}`);
+    states += o.states;
+    mixes += o.mixes.length;
+  }
+  console.log(`${states} crash states replayed in ${((Date.now() - startedMs) / 1000).toFixed(0)} s: ${mixes} mixes`);
+  return mixes;
 }
-console.log(`${states} crash states replayed over ${seeds} seeds in ${((Date.now() - startedMs) / 1000).toFixed(0)} s: ${mixes} mixes`);
+const mixes = report();
 process.exit(mixes > 0 ? 1 : 0);
