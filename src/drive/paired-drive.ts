@@ -137,7 +137,8 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
   if (!region) return false;
   if (label?.pairId === pair.id && label.journalSeq > (pair.journalSeq ?? 0)) {
     // Applied from the drive alone (a rescue system's rollback --drive or recover): the label knows the image.
-    Object.assign(pair, { image: label.image, imageTimeMs: label.imageTimeMs, lastGoodTimeMs: label.lastGoodTimeMs, journalSeq: label.journalSeq });
+    Object.assign(pair, { image: label.image, imageTimeMs: label.imageTimeMs, lastGoodTimeMs: label.lastGoodTimeMs, journalSeq: label.journalSeq,
+      ...(label.imageLabel !== undefined ? { imageLabel: label.imageLabel } : {}) });
     if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
     pair.pending = null;
   }
