@@ -6,6 +6,8 @@ export interface Settings {
   pinDir: string; // versioned: a dpsr whose maps change shape pins elsewhere
   kernelBtfPath: string;
   configPath: string;
+  /** Where the boot id is read (tests that simulate a reboot); undefined: the kernel's. */
+  bootIdFile?: string;
 }
 
 /** Where this version pins its programs: a dpsr whose maps change shape pins under a new name. */
@@ -20,6 +22,7 @@ export function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
     pinDir: env.DPSR_BPF_DIR ?? PIN_DIR,
     kernelBtfPath: env.DPSR_KERNEL_BTF ?? '/sys/kernel/btf/vmlinux',
     configPath: env.DPSR_CONFIG ?? '/etc/dpsr/dpsr.toml',
+    ...(env.DPSR_BOOT_ID_FILE ? { bootIdFile: env.DPSR_BOOT_ID_FILE } : {}),
   };
 }
 

@@ -6,6 +6,7 @@ import { DpsrError, ERRORS, ExitStatus, UsageError } from '../base/errors.js';
 import { manPage } from './man-page.js';
 import { parseDuration, parseSize } from '../base/units.js';
 import type { ErrnoError } from '../base/native.js';
+import { useBootIdFile } from '../devices/boot-id.js';
 
 const EXIT_STATUSES = [
   ['0', 'ok'],
@@ -21,6 +22,7 @@ const ENVIRONMENT = [
   ['DPSR_LOCK', 'the one-owner lock (default owner.lock beside the socket)'],
   ['DPSR_CONFIG', 'the daemon\'s configuration (default /etc/dpsr/dpsr.toml)'],
   ['DPSR_BPF_DIR', `where the tracking programs are pinned (default ${PIN_DIR})`],
+  ['DPSR_BOOT_ID_FILE', 'read the boot id from this file (tests that simulate a reboot; default the kernel\'s)'],
 ] as const;
 
 const EXIT_CODES_HELP = `
@@ -68,6 +70,7 @@ const FILES = [
 
 function program(): Command {
   const settings = settingsFromEnv(process.env);
+  if (settings.bootIdFile) useBootIdFile(settings.bootIdFile);
   const cli = new Command('dpsr')
     .description('Keep a second disk, the DPSR drive, as an identical bootable copy of a system disk, copying only the sectors written since the last sync (tracked by eBPF in the block layer).')
     .version(process.env.npm_package_version ?? '0.1.0')
@@ -359,6 +362,48 @@ partial or none. Interrupted, the same command run again completes it.`)
       await rollbackCommand({
         name, drive: opts.drive, source: opts.source, yes: opts.yes === true, dryRun: opts.dryRun === true, json: opts.json === true,
       }, settings, log);
+    });
+
+  cli.command('shutdown')
+    .description('at the end of a clean shutdown: write each pair\'s shutdown record into its DPSR drive, so the next boot needs no compare')
+    .option('--json', 'one JSON document on stdout')
+    .addHelpText('after', `
+Run by the systemd-shutdown hook (/usr/lib/systemd/system-shutdown/dpsr, put in
+place by dpsr install) after every service has stopped and every file system
+is read-only; other init systems call it from their last script. For each pair
+it drains what the kernel recorded, judges the counts, and writes into the
+drive's reserved tail: the changed, discarded and suspect regions, a cut but
+uncommitted generation, the source's write counter, this boot's id and a
+fingerprint of the source's file-system superblocks; it reads the counter
+again afterwards and voids the record if anything wrote meanwhile. Nothing
+is released from the kernel: run again, it writes the same. One line per pair;
+exit 0 when every pair got its record, 1 otherwise (that pair is compared after
+the boot). Refused while the daemon owns tracking (stop it first).`)
+    .action(async (opts: { json?: boolean }) => {
+      const { shutdownCommand } = await import('./commands/shutdown.js');
+      process.exitCode = await shutdownCommand({ json: opts.json === true }, settings, log);
+    });
+
+  cli.command('boot')
+    .description('early in a boot: attach tracking before anything writes, and resume each pair from its shutdown record with no gap')
+    .option('--json', 'one JSON document on stdout')
+    .option('--wait <DURATION>', 'wait this long for a source device to appear', '10s')
+    .addHelpText('after', `
+Run by dpsr-boot.service (no default dependencies, before systemd-fsck-root,
+systemd-remount-fs and the local file systems) or the initramfs hook. It
+attaches the programs, tracks every pair's source, then judges: when the
+kernel counted no write to the source before tracking began, the record was
+written by the previous boot for this pair at its current generation, and the
+superblock fingerprint matches, the pair resumes with the record's regions
+and no gap. Otherwise a gap with its cause: unclean-shutdown (no record, or
+one that cannot be trusted), written-before-attach, changed-offline; the
+daemon then compares in the background. Each record is erased durably as it
+is read. The state directory may be read-only: the verdicts are kept in
+/run/dpsr/boot for the daemon, which runs the same adoption itself when
+dpsr boot did not. Exit 0 whatever the verdicts.`)
+    .action(async (opts: { json?: boolean; wait: string }) => {
+      const { bootCommand } = await import('./commands/boot.js');
+      process.exitCode = await bootCommand({ json: opts.json === true, waitMs: parseDuration(opts.wait, '--wait') }, settings, log);
     });
 
   cli.command('install')

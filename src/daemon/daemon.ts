@@ -19,7 +19,8 @@ import { type MetricsSnapshot, writeMetricsFile } from './metrics.js';
 import { History, historyPath, sampleOf } from './history.js';
 import { withSyncProgress } from './sync-progress.js';
 import { describeExtents, scrubStep, scrubWanted } from '../sync/scrub.js';
-import { closeSession, openSession, recheckSources, type Session } from '../state/session.js';
+import { closeSession, recheckSources, type Session } from '../state/session.js';
+import { openTrackingSession } from '../drive/boot-adoption.js';
 import { type SyncReport, syncPair } from '../sync/sync.js';
 import { journalCapacityOf } from '../drive/journal.js';
 import { rollbackInSession } from '../restore/rollback.js';
@@ -124,7 +125,7 @@ function withOverrides(config: DaemonConfig, opts: DaemonOptions): DaemonConfig 
 export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (line: string) => void): Promise<void> {
   let config = withOverrides(loadConfig(settings.configPath), opts); // bad config: exit 2 before anything
   const startedMs = Date.now();
-  const s = await openSession(settings, { waitMs: OWNER_WAIT_MS });
+  const s = await openTrackingSession(settings, { waitMs: OWNER_WAIT_MS });
   const serial = serializer();
   let server: net.Server;
   try {

@@ -9,6 +9,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { bootId as currentBootId } from './boot-id.js';
 import { formatDev, type BlockDevice } from './devices.js';
 
 export interface DeviceIdentity {
@@ -120,8 +121,6 @@ function probeSignatures(dev: BlockDevice): Record<string, string> {
   }
 }
 
-const BOOT_ID_FILE = '/proc/sys/kernel/random/boot_id';
-
 /** Reads everything that tells this device apart from another (only reads: sysfs, losetup, blkid -p). */
 /**
  * Who `dev` is now. `known` is the identity recorded for it: read in this
@@ -134,7 +133,7 @@ export function identify(dev: BlockDevice, known?: DeviceIdentity): DeviceIdenti
   const sys = `/sys/block/${dev.disk}`;
   const seq = readText(path.join(sys, 'diskseq'));
   const diskseq = seq !== null && /^\d+$/.test(seq) ? Number(seq) : null;
-  const bootId = readText(BOOT_ID_FILE);
+  const bootId = currentBootId();
   const same = known !== undefined && diskseq !== null && known.diskseq === diskseq && bootId !== null && known.bootId === bootId &&
     known.disk === dev.disk && known.isPartition === dev.isPartition;
   const signatures = same ? {} : probeSignatures(dev);

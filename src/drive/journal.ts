@@ -36,7 +36,7 @@ import { type IoOp, batchIo } from '../io/batch-io.js';
 import { deviceOf, fullIo as copyFullIo } from '../io/direct-io.js';
 import { DpsrError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
-import { LABEL_AREA_BYTES } from './label.js';
+import { tailEndBytes } from './shutdown-record.js';
 import { native } from '../base/native.js';
 import { SECTOR, formatBytes } from '../base/units.js';
 
@@ -101,11 +101,11 @@ export function journalBytesFor(dataBytes: number, entries: number): number {
 
 const MIN_JOURNAL_BYTES = 1 << 20;
 
-/** Where the journal lives on a drive of `driveBytes`: the reserved tail between the image (and its history region) and the label, or null (none, or too small for one). */
+/** Where the journal lives on a drive of `driveBytes`: the reserved tail between the image (and its history region) and the shutdown record (below the label), or null (none, or too small for one). */
 export function journalPlace(driveBytes: number, pair: { dataSectors: number; reservedSectors: number; historySectors?: number }): { startBytes: number; lengthBytes: number } | null {
   if (pair.reservedSectors === 0) return null;
   const startBytes = roundUp(pair.dataSectors * SECTOR, JOURNAL_BLOCK) + (pair.historySectors ?? 0) * SECTOR; // after the history region
-  const endBytes = Math.floor((driveBytes - LABEL_AREA_BYTES) / JOURNAL_BLOCK) * JOURNAL_BLOCK;
+  const endBytes = tailEndBytes(driveBytes, pair);
   return endBytes - startBytes >= MIN_JOURNAL_BYTES ? { startBytes, lengthBytes: endBytes - startBytes } : null;
 }
 

@@ -22,7 +22,10 @@ export type GapCause =
   | 'unknown-history' // a range tracked before this tracker knew it
   | 'identity-changed' // the device was re-attached or changed media meanwhile
   | 'scrub-mismatch' // the scrub found a difference where the tracker saw no write
-  | 'malformed-records'; // ring records that could not be read: their epochs' regions are suspect
+  | 'malformed-records' // ring records that could not be read: their epochs' regions are suspect
+  | 'unclean-shutdown' // a reboot without a shutdown record for the pair (or one that cannot be trusted)
+  | 'written-before-attach' // a reboot: the kernel counted writes to the source before tracking began
+  | 'changed-offline'; // a reboot: the source's file systems changed while this system was down
 
 export interface Gap {
   cause: GapCause;
@@ -104,6 +107,8 @@ export class Tracker {
   private malformedJudged = 0; // of those, how many a flip has made suspect
   /** Where a shortfall verdict of judge() lies, when the issue log could tell: distrust() compares only that. */
   private readonly placements = new WeakMap<Verdict, ExtentSet>();
+  /** Records read before the first flip, replayed by track() for a slot adopted later (tracked since `dpsr boot`). */
+  private orphans: Buffer[] | null = [];
 
   private constructor(
     private readonly kt: KernelTracking,
@@ -158,6 +163,7 @@ export class Tracker {
       gaps: [],
     };
     this.bySlot[slot] = state;
+    for (const batch of this.orphans ?? []) this.ingestInto(batch, (i) => (i === slot ? state : undefined));
     // A saved baseline counts against the programs that measured it; states saved before that was kept are ours.
     const ours = restored !== undefined && (restored.baseline.countedBy ?? this.kt.pinDir) === this.kt.pinDir;
     if (created || !ours) state.baseline = await this.measureBaseline(state);
@@ -186,6 +192,7 @@ export class Tracker {
   }
 
   private ingest(batch: Buffer): void {
+    this.orphans?.push(Buffer.from(batch)); // a slot may be adopted later
     const { records, malformed } = this.ingestInto(batch, (slot) => this.bySlot[slot]);
     this.drained += records;
     this.malformedRead += malformed;
@@ -269,6 +276,7 @@ export class Tracker {
     const before = this.drained;
     const old = this.kt.flipEpoch();
     this.drain();
+    this.orphans = null; // adoption is over: a session adopts every pair before its first cycle
     // Read, not cleared: the count is cleared in settle(), after the state that records it is saved.
     const drops = this.kt.epochDrops(OWNER_RING, old);
     this.retiredDrops.set(old, drops);

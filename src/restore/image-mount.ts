@@ -17,7 +17,8 @@ import { type DriveLabel, readLabel } from '../drive/label.js';
 import { type ImageState } from '../state/records.js';
 import { mountEntriesOf, readMounts } from '../devices/mounts.js';
 import type { Settings } from '../base/defaults.js';
-import { closeSession, openSession } from '../state/session.js';
+import { closeSession } from '../state/session.js';
+import { openTrackingSession } from '../drive/boot-adoption.js';
 import { Store } from '../state/store.js';
 import { type PairRecord } from '../state/records.js';
 import { pendingTxnOf, recoverPairedDrive } from '../drive/paired-drive.js';
@@ -430,7 +431,7 @@ export async function committedImage(settings: Settings, name: string,
   if (pendingTxn) {
     let s;
     try {
-      s = await openSession(settings, { waitMs: 0 });
+      s = await openTrackingSession(settings, { waitMs: 0 });
     } catch (err) {
       if ((err as DpsrError).code !== 'EOWNED') throw err;
       throw new RefusedError(`pair ${name}: a sync was interrupted (journal transaction ${pendingTxn.seq} may be committed but not applied) and the daemon owns the pair; run dpsr sync ${name} first`, 'EPENDING');

@@ -4,6 +4,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type Settings, OWNER_RING_BYTES } from '../base/defaults.js';
 import { type BlockDevice, readSysOrNull, resolveBlockDevice } from '../devices/devices.js';
+import { bootId } from '../devices/boot-id.js';
+import { ExtentSet } from '../base/extents.js';
+import type { Baseline } from '../kernel/reconcile.js';
 import { systemDisks } from '../devices/in-use.js';
 import { DpsrError, RefusedError } from '../base/errors.js';
 import { type DeviceIdentity, identify, identityChanges, isReplaced } from '../devices/identity.js';
@@ -23,6 +26,24 @@ export interface Session {
   ranges: Map<string, RangeState>;
   /** Pairs that could not be adopted, and why (device missing or replaced). */
   problems: Map<string, string>;
+}
+
+/**
+ * Adoption across a reboot (drive/boot-adoption.ts: it reads the DPSR drive's
+ * shutdown record, which this layer cannot).
+ */
+export interface RebootAdopter {
+  /** Runs before any pair is adopted. */
+  beforeAdoption(pairs: PairRecord[]): void;
+  /** The counts' starting point `dpsr boot` measured for the pair in this boot, when it did. */
+  baselineOf(pair: PairRecord): Baseline | null;
+  /**
+   * Judges a range first adopted in this boot (its sets hold only what was
+   * written since tracking began; `trackedSinceBoot`: since `dpsr boot`
+   * measured `baselineOf`) and gives it its history: resumed, or a gap.
+   */
+  adopt(s: Session, pair: PairRecord, range: RangeState, saved: Omit<RangeState, 'slot'>, dev: BlockDevice,
+    savedBootId: string | null, trackedSinceBoot: boolean): Promise<void>;
 }
 
 async function startTracker(kt: KernelTracking, settings: Settings, store: Store, waitMs: number): Promise<Tracker> {
@@ -62,11 +83,25 @@ async function noteSourceChanges(s: Session, pair: PairRecord, range: RangeState
 }
 
 /** Tracks a pair's source again, after checking it is still the same device. */
-async function adoptPair(s: Session, pair: PairRecord, opts: { inheritable?: boolean } = {}): Promise<RangeState> {
+async function adoptPair(s: Session, pair: PairRecord, opts: { inheritable?: boolean; rebooted?: RebootAdopter } = {}): Promise<RangeState> {
   const dev = resolveBlockDevice(pair.source.path);
   const now = identify(dev, pair.source);
   refuseReplaced(pair, now);
-  const range = await s.tracker.track(dev, pair.name, s.store.range(pair.name), opts);
+  const saved = s.store.range(pair.name);
+  const savedBootId = s.store.rangeBootId(pair.name);
+  let range: RangeState;
+  if (saved && opts.rebooted && savedBootId !== null && savedBootId !== bootId()) {
+    // Saved in another boot: the range starts from what was written since tracking began, the adopter gives it its past.
+    const baseline = opts.rebooted.baselineOf(pair);
+    const fresh = baseline ? {
+      ...saved, device: dev.path, disk: dev.disk, diskDev: dev.diskDev, startSector: dev.startSector, endSector: dev.startSector + dev.sizeSectors,
+      dirty: new ExtentSet(), suspect: new ExtentSet(), discarded: new ExtentSet(), unreconciled: new ExtentSet(), gaps: [], baseline,
+    } : undefined;
+    range = await s.tracker.track(dev, pair.name, fresh);
+    await opts.rebooted.adopt(s, pair, range, saved, dev, savedBootId, baseline !== null && range.baseline === baseline);
+  } else {
+    range = await s.tracker.track(dev, pair.name, saved, opts);
+  }
   await noteSourceChanges(s, pair, range, now);
   s.ranges.set(pair.name, range);
   return range;
@@ -118,7 +153,7 @@ export function runningFromDrive(pair: PairRecord, system: Set<string>): string 
     `to go back, pair it in reverse onto a new or repaired disk (dpsr unpair ${pair.name}; dpsr pair ${pair.drive.path} NEW_DISK), sync, and boot that disk`;
 }
 
-export async function openSession(settings: Settings, opts: { waitMs?: number } = {}): Promise<Session> {
+export async function openSession(settings: Settings, opts: { waitMs?: number; rebooted?: RebootAdopter } = {}): Promise<Session> {
   checkTrackingSupport(settings.kernelBtfPath);
   const store = Store.open(settings.stateDir);
   let kt: KernelTracking | undefined;
@@ -129,9 +164,10 @@ export async function openSession(settings: Settings, opts: { waitMs?: number } 
     // Another version's programs still attached (an upgrade): ours are attached now, theirs hold the history since.
     const others = otherPinVersions(settings.pinDir);
     const pairs = store.pairs();
+    opts.rebooted?.beforeAdoption(pairs);
     for (const pair of pairs) {
       try {
-        await adoptPair(s, pair, { inheritable: others.length > 0 });
+        await adoptPair(s, pair, { inheritable: others.length > 0, rebooted: opts.rebooted });
       } catch (err) {
         s.problems.set(pair.name, (err as Error).message);
       }

@@ -13,6 +13,7 @@ import path from 'node:path';
 import { type Key, open, type RootDatabase, type Transaction } from 'lmdb';
 import { checkStateFile } from './state-file.js';
 import { ExtentSet } from '../base/extents.js';
+import { bootId } from '../devices/boot-id.js';
 import type { Baseline } from '../kernel/reconcile.js';
 import type { PairRecord } from './records.js';
 import type { Gap, RangeState, TrackerStore } from '../kernel/tracker.js';
@@ -31,6 +32,8 @@ interface StoredRange {
   receivedSectors: number;
   baseline: Baseline;
   gaps: Gap[];
+  /** The boot it was saved in: a range saved in another boot is adopted across a reboot (absent in older states). */
+  bootId?: string | null;
 }
 
 const MAX_GAPS_KEPT = 200;
@@ -61,7 +64,7 @@ function setsToStored(r: Pick<RangeState, SetName>): Pick<StoredRange, SetName> 
 function restOf(r: Omit<RangeState, 'slot'>): Omit<StoredRange, SetName> {
   return {
     id: r.id, device: r.device, disk: r.disk, diskDev: r.diskDev, startSector: r.startSector, endSector: r.endSector,
-    receivedSectors: r.receivedSectors, baseline: r.baseline, gaps: r.gaps.slice(-MAX_GAPS_KEPT),
+    receivedSectors: r.receivedSectors, baseline: r.baseline, gaps: r.gaps.slice(-MAX_GAPS_KEPT), bootId: bootId(),
   };
 }
 
@@ -76,6 +79,13 @@ export class Store implements TrackerStore {
     return new Store(open({ path: path.join(stateDir, 'state.mdb'), compression: false }));
   }
 
+  /** Opens for reading only, also on a read-only file system (early boot, the end of shutdown); null when there is none. */
+  static openReadOnly(stateDir: string): Store | null {
+    const file = path.join(stateDir, 'state.mdb');
+    if (!fs.existsSync(file)) return null;
+    return new Store(open({ path: file, compression: false, readOnly: true }));
+  }
+
   /**
    * Folds what was saved as deltas into snapshots first (what is saved, not
    * what is in memory: that is saved only where the tracker chooses), so at
@@ -85,7 +95,7 @@ export class Store implements TrackerStore {
     const ids = [...this.snapshotted.entries()].filter(([, snap]) => snap.nextSeq > 0).map(([id]) => id);
     const folded = ids.map((id) => ({ id, saved: this.range(id), deltas: this.deltas(id).map((d) => d.key) }));
     this.snapshotted.clear();
-    await this.write(() => {
+    if (folded.length > 0) await this.write(() => {
       for (const { id, saved, deltas } of folded) {
         if (!saved) continue;
         this.db.put(['range', id], { ...restOf(saved), ...setsToStored(saved) });
@@ -103,6 +113,18 @@ export class Store implements TrackerStore {
     return [...this.db.getRange({ start: ['pair'], end: ['pair\uffff'] })]
       .filter(({ key }) => Array.isArray(key) && key[0] === 'pair')
       .map(({ value }) => value as PairRecord);
+  }
+
+  /** The boot a pair's tracker state was last saved in (null: never saved, or saved before it was kept). */
+  rangeBootId(name: string): string | null {
+    const transaction = this.db.useReadTransaction();
+    try {
+      let rest = this.db.get(['range', name], { transaction }) as Omit<StoredRange, SetName> | undefined;
+      for (const { value } of this.deltas(name, transaction)) rest = value.rest;
+      return rest?.bootId ?? null;
+    } finally {
+      transaction.done();
+    }
   }
 
   /** The tracker state saved for a pair (its snapshot with its deltas laid over it), ready to hand to Tracker.track. */

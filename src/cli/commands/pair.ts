@@ -6,7 +6,8 @@ import { RefusedError } from '../../base/errors.js';
 import { openDirect } from '../../io/direct-io.js';
 import { checkPairable } from '../../drive/pair-checks.js';
 import { formatBytes } from '../../base/units.js';
-import { closeSession, openSession } from '../../state/session.js';
+import { closeSession } from '../../state/session.js';
+import { openTrackingSession } from '../../drive/boot-adoption.js';
 import type { PairRecord } from '../../state/records.js';
 import { fullCopy } from '../../sync/sync.js';
 import { journalRegionOf, openPairedDrive, updateLabel } from '../../drive/paired-drive.js';
@@ -29,7 +30,7 @@ export async function pairCommand(opts: PairOptions, settings: Settings, log: (s
   const name = opts.name ?? plan.source.name;
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) throw new RefusedError(`pair name "${name}": use letters, digits, '.', '_' or '-'`, 'ENAME');
   for (const w of plan.warnings) log(`warning: ${w}`);
-  const s = await openSession(settings);
+  const s = await openTrackingSession(settings);
   try {
     let pair = s.store.pair(name);
     const same = (p: PairRecord) => p.source.path === opts.source && p.drive.path === opts.drive;

@@ -7,7 +7,8 @@ import { DpsrError, UsageError } from '../../base/errors.js';
 import { formatBytes } from '../../base/units.js';
 import { ControlClient } from '../../daemon/protocol.js';
 import { type RestoreScope, type RollbackReport, rollbackFromDrive, rollbackInSession, withOwnerLock } from '../../restore/rollback.js';
-import { closeSession, openSession } from '../../state/session.js';
+import { closeSession } from '../../state/session.js';
+import { openTrackingSession } from '../../drive/boot-adoption.js';
 import { jsonProgressLines, withProgressReporter } from '../../base/progress.js';
 
 export interface ConfirmOptions {
@@ -100,7 +101,7 @@ export async function throughOwner(settings: Settings, req: { name: string; scop
       daemon.close();
     }
   }
-  const s = await openSession(settings);
+  const s = await openTrackingSession(settings);
   try {
     return await planConfirmRun((dryRun) => withProgressReporter(progress, () => rollbackInSession(s, { ...req, dryRun })), opts, log);
   } finally {

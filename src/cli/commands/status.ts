@@ -7,7 +7,8 @@ import { DpsrError, ExitStatus, type ExitStatusValue } from '../../base/errors.j
 import { openDirect } from '../../io/direct-io.js';
 import { readLabel } from '../../drive/label.js';
 import { committedOnDrive } from '../../drive/recovery.js';
-import { closeSession, openSession, type Session } from '../../state/session.js';
+import { closeSession, type Session } from '../../state/session.js';
+import { openTrackingSession } from '../../drive/boot-adoption.js';
 import { recoverPairedDrive } from '../../drive/paired-drive.js';
 import { Store } from '../../state/store.js';
 import type { RangeState } from '../../kernel/tracker.js';
@@ -136,7 +137,7 @@ export async function statusCommand(opts: StatusOptions, settings: Settings, log
   await peek.close();
   if (anyPairs) {
     try {
-      session = await openSession(settings, { waitMs: 0 });
+      session = await openTrackingSession(settings, { waitMs: 0 });
     } catch (err) {
       if ((err as DpsrError).code !== 'EOWNED') throw err;
     }

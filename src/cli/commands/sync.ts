@@ -62,9 +62,9 @@ export async function syncCommand(opts: { name?: string; all: boolean; json: boo
     t.unref();
   }
   // Loaded only without a daemon: the store, the kernel tracking and the engine take a while to load.
-  const [{ closeSession, openSession }, { syncPair }, { withSyncProgress }] = await Promise.all([
-    import('../../state/session.js'), import('../../sync/sync.js'), import('../../daemon/sync-progress.js')]);
-  const s = await openSession(settings);
+  const [{ closeSession }, { openTrackingSession }, { syncPair }, { withSyncProgress }] = await Promise.all([
+    import('../../state/session.js'), import('../../drive/boot-adoption.js'), import('../../sync/sync.js'), import('../../daemon/sync-progress.js')]);
+  const s = await openTrackingSession(settings);
   try {
     const names = opts.all ? s.store.pairs().map((p) => p.name) : [opts.name!];
     if (opts.name && !s.store.pair(opts.name)) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');

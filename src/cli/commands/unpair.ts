@@ -4,11 +4,12 @@ import { DpsrError } from '../../base/errors.js';
 import { openDirect } from '../../io/direct-io.js';
 import { eraseLabel, readLabel } from '../../drive/label.js';
 import { native } from '../../base/native.js';
-import { closeSession, openSession } from '../../state/session.js';
+import { closeSession } from '../../state/session.js';
+import { openTrackingSession } from '../../drive/boot-adoption.js';
 import fs from 'node:fs';
 
 export async function unpairCommand(opts: { name: string }, settings: Settings, log: (s: string) => void): Promise<void> {
-  const s = await openSession(settings);
+  const s = await openTrackingSession(settings);
   try {
     const pair = s.store.pair(opts.name);
     if (!pair) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');

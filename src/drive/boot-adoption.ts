@@ -1,0 +1,282 @@
+// Tracking across a reboot: the first owner of a boot (`dpsr boot`, else the
+// daemon's or a command's session) judges each pair's shutdown record against
+// what the kernel counted since the boot began, consumes it, and either
+// resumes the pair with the record's sets and no gap, or records the gap with
+// its cause. The verdict is kept in /run for the rest of the boot, so that
+// `dpsr boot`'s judgement (made before the file systems were mounted) is
+// the one later sessions apply.
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { OWNER_RING_BYTES, type Settings } from '../base/defaults.js';
+import { ExtentSet } from '../base/extents.js';
+import { native } from '../base/native.js';
+import { writeFileAtomic } from '../base/atomic-write.js';
+import { bootId } from '../devices/boot-id.js';
+import { type BlockDevice, formatDev, resolveBlockDevice } from '../devices/devices.js';
+import { superblockFingerprint } from '../devices/fingerprint.js';
+import type { Baseline } from '../kernel/reconcile.js';
+import { checkTrackingSupport } from '../kernel/preflight.js';
+import { type GapCause, type RangeState, Tracker } from '../kernel/tracker.js';
+import { KernelTracking } from '../kernel/tracking.js';
+import { SECTOR } from '../base/units.js';
+import type { PairRecord } from '../state/records.js';
+import { type RebootAdopter, type Session, openSession } from '../state/session.js';
+import { Store } from '../state/store.js';
+import { openCheckedDrive } from './paired-drive.js';
+import { type ShutdownRecord, eraseShutdownRecord, readShutdownRecord } from './shutdown-record.js';
+
+/** What the first owner of a boot decided for a pair. */
+export interface BootVerdict {
+  pairId: string;
+  bootId: string | null;
+  atMs: number;
+  resumed: boolean;
+  /** Why not (a gap), with the words said to the admin. */
+  cause: GapCause | null;
+  detail: string;
+  /** The counts' starting point when tracking began in this boot (null: not tracked when judged). */
+  baseline: Baseline | null;
+  /** The record's sets when resumed (base64 of ExtentSet.toBuffer()). */
+  sets: { dirty: string; suspect: string; discarded: string } | null;
+  pending: { generation: number; copy: string; compare: string; discard: string } | null;
+}
+
+/** Where this boot's verdicts live: beside the control socket, in /run (gone at the next boot). */
+export const bootDir = (settings: Settings) => path.join(path.dirname(settings.socketPath), 'boot');
+const verdictFile = (settings: Settings, name: string) => path.join(bootDir(settings), `${name}.json`);
+/** Made by `dpsr shutdown`: a later owner in the same boot voids the records (the system did not go down). */
+export const shutdownMarker = (settings: Settings) => path.join(bootDir(settings), 'shutdown-records-written');
+
+/** This boot's verdict for the pair, if one was made. */
+export function readVerdict(settings: Settings, pair: PairRecord): BootVerdict | null {
+  try {
+    const v = JSON.parse(fs.readFileSync(verdictFile(settings, pair.name), 'utf8')) as BootVerdict;
+    return v.pairId === pair.id && v.bootId === bootId() ? v : null;
+  } catch {
+    return null;
+  }
+}
+
+function writeVerdict(settings: Settings, name: string, v: BootVerdict): void {
+  fs.mkdirSync(bootDir(settings), { recursive: true, mode: 0o700 });
+  writeFileAtomic(verdictFile(settings, name), `${JSON.stringify(v)}\n`, 0o600);
+}
+
+const b64 = (s: ExtentSet) => s.toBuffer().toString('base64');
+const setOf = (s: string) => ExtentSet.fromBuffer(Buffer.from(s, 'base64'));
+
+/** Why a record cannot be trusted for this pair now, or null when it can. */
+function distrust(rec: ShutdownRecord, pair: PairRecord, dev: BlockDevice, savedBootId: string | null): string | null {
+  if (rec.pairId !== pair.id) return `the shutdown record belongs to another pairing (${rec.pairName})`;
+  if (rec.bootId === bootId()) return 'the shutdown record was written in this boot, which ran on after it';
+  if (rec.baseBootId !== savedBootId) return 'the shutdown record is older than the state saved since (a boot in between did not end with dpsr shutdown)';
+  if (rec.generation !== pair.generation || rec.journalSeq !== (pair.journalSeq ?? 0)) {
+    return `the shutdown record was written at generation ${rec.generation}, the pair is at ${pair.generation}`;
+  }
+  if (rec.source.sizeSectors !== dev.sizeSectors || rec.source.startSector !== dev.startSector) return 'the source is not where the shutdown record says';
+  return null;
+}
+
+/**
+ * Judges a pair across the reboot and consumes its shutdown record: `baseline`
+ * is what the kernel counted on the source's disk before tracking began (no
+ * write: offset 0, confirmed). The record is erased durably before the
+ * verdict is kept or applied, so no later crash can take it again.
+ */
+export function judgeAcrossReboot(settings: Settings, pair: PairRecord, dev: BlockDevice, baseline: Baseline | null, savedBootId: string | null): BootVerdict {
+  const gap = (cause: GapCause, detail: string): BootVerdict =>
+    ({ pairId: pair.id, bootId: bootId(), atMs: Date.now(), resumed: false, cause, detail, baseline, sets: null, pending: null });
+  let verdict: BootVerdict;
+  let checked;
+  try {
+    checked = openCheckedDrive(pair, true);
+  } catch (err) {
+    verdict = gap('unclean-shutdown', `the DPSR drive could not be read for a shutdown record (${(err as Error).message}): the whole source is compared`);
+    writeVerdict(settings, pair.name, verdict);
+    return verdict;
+  }
+  const { fd } = checked;
+  try {
+    const read = readShutdownRecord(fd, pair);
+    if ('none' in read) {
+      verdict = gap('unclean-shutdown', 'no shutdown record: the last boot did not end with dpsr shutdown (a crash, a power cut, or the hook was not installed)');
+    } else if ('invalid' in read) {
+      verdict = gap('unclean-shutdown', `the shutdown record cannot be trusted: ${read.invalid}`);
+    } else {
+      const rec = read.record;
+      const why = distrust(rec, pair, dev, savedBootId);
+      if (why) verdict = gap('unclean-shutdown', why);
+      else if (!baseline || !baseline.exact) verdict = gap('written-before-attach', `writes were in flight on ${dev.disk} when tracking began: what came before cannot be confirmed`);
+      else if (baseline.offsetSectors !== 0) verdict = gap('written-before-attach', `the kernel counted ${baseline.offsetSectors} sectors written to ${dev.disk} (${formatDev(dev.diskDev)}) before tracking began in this boot`);
+      else if (superblockFingerprint(dev) !== rec.fingerprint) verdict = gap('changed-offline', `the file-system superblocks of ${pair.source.path} changed while this system was down (mounted read-write elsewhere?)`);
+      else {
+        verdict = {
+          ...gap('unclean-shutdown', ''), resumed: true, cause: null,
+          detail: `resumed from the shutdown record of ${new Date(rec.writtenMs).toISOString()}: no gap`,
+          sets: { dirty: b64(rec.sets.dirty), suspect: b64(rec.sets.suspect), discarded: b64(rec.sets.discarded) },
+          pending: rec.pending && { generation: rec.pending.generation, copy: b64(rec.pending.copy), compare: b64(rec.pending.compare), discard: b64(rec.pending.discard) },
+        };
+      }
+      consume(fd, pair);
+    }
+    if ('invalid' in read) consume(fd, pair);
+  } catch (err) {
+    verdict = gap('unclean-shutdown', `the shutdown record could not be read and consumed (${(err as Error).message}): not trusted`);
+  } finally {
+    fs.closeSync(fd);
+  }
+  writeVerdict(settings, pair.name, verdict);
+  return verdict;
+}
+
+/** Erases the record with the drive writable for that moment (it is kept read-only otherwise). */
+function consume(fd: number, pair: PairRecord): number {
+  native().blkRoSet(fd, false);
+  try {
+    return eraseShutdownRecord(fd, pair);
+  } finally {
+    native().blkRoSet(fd, true);
+  }
+}
+
+/**
+ * Applies a verdict to a range adopted afresh in this boot (its sets hold
+ * only what was written since tracking began): resumed, the record's sets
+ * come first and the writes since on top; otherwise the saved sets and the
+ * whole range suspect, with the gap's cause.
+ */
+export function applyVerdict(s: Session, pair: PairRecord, range: RangeState, saved: Omit<RangeState, 'slot'>, v: BootVerdict): void {
+  const since = { dirty: range.dirty.clone(), discarded: range.discarded.clone() };
+  const base = v.resumed && v.sets
+    ? { dirty: setOf(v.sets.dirty), suspect: setOf(v.sets.suspect), discarded: setOf(v.sets.discarded) }
+    : { dirty: saved.dirty, suspect: saved.suspect, discarded: saved.discarded };
+  // The later of a write and a discard wins (as the tracker has it): what was written since is dirty, what was discarded since is discarded.
+  base.dirty.subtractSet(since.discarded);
+  base.discarded.subtractSet(since.dirty);
+  range.dirty.addSet(base.dirty);
+  range.discarded.addSet(base.discarded);
+  range.suspect.addSet(base.suspect);
+  if (!v.resumed) range.suspect.addSet(saved.unreconciled);
+  range.receivedSectors = saved.receivedSectors;
+  range.gaps = [...saved.gaps, ...range.gaps];
+  if (v.resumed && v.pending && pair.pending?.generation !== v.pending.generation) {
+    // A cut the store does not hold any more (it should): taken again as changes, never lost.
+    range.dirty.addSet(setOf(v.pending.copy));
+    range.suspect.addSet(setOf(v.pending.compare));
+    range.discarded.addSet(setOf(v.pending.discard));
+  }
+  if (!v.resumed) s.tracker.suspectAll(range, v.cause ?? 'unclean-shutdown', `${pair.name}: ${v.detail}`);
+}
+
+/** Voids the records `dpsr shutdown` wrote earlier in this boot: the system went on running, so they are stale. */
+export function voidShutdownRecords(settings: Settings, pairs: PairRecord[]): void {
+  const marker = shutdownMarker(settings);
+  if (!fs.existsSync(marker) || fs.readFileSync(marker, 'utf8').trim() !== bootId()) return;
+  for (const pair of pairs) {
+    try {
+      const { fd } = openCheckedDrive(pair, true);
+      try { consume(fd, pair); } finally { fs.closeSync(fd); }
+    } catch {
+      // the drive is not here: its record says this boot, which the next boot refuses anyway
+    }
+  }
+  fs.rmSync(marker, { force: true });
+}
+
+/** The adoption every session of this dpsr runs for a range last saved in another boot. */
+export function rebootAdopter(settings: Settings): RebootAdopter {
+  return {
+    beforeAdoption: (pairs) => voidShutdownRecords(settings, pairs),
+    baselineOf: (pair) => readVerdict(settings, pair)?.baseline ?? null,
+    adopt: async (s, pair, range, saved, dev, savedBootId, trackedSinceBoot) => {
+      const earlier = trackedSinceBoot ? readVerdict(settings, pair) : null;
+      const v = earlier ?? judgeAcrossReboot(settings, pair, dev, range.baseline, savedBootId);
+      applyVerdict(s, pair, range, saved, v);
+    },
+  };
+}
+
+/** A session that adopts pairs across a reboot: what every command and the daemon open. */
+export function openTrackingSession(settings: Settings, opts: { waitMs?: number } = {}): Promise<Session> {
+  return openSession(settings, { ...opts, rebooted: rebootAdopter(settings) });
+}
+
+export interface BootOutcome {
+  name: string;
+  resumed: boolean;
+  cause: GapCause | null;
+  detail: string;
+  dirtyBytes: number;
+  suspectBytes: number;
+}
+
+/** Waits up to `waitMs` for a device node (early in a boot udev may still be making it); null when it never came. */
+async function waitForDevice(devPath: string, waitMs: number): Promise<BlockDevice | null> {
+  for (const deadline = Date.now() + waitMs; ;) {
+    try {
+      return resolveBlockDevice(devPath);
+    } catch {
+      if (Date.now() >= deadline) return null;
+      await sleep(100);
+    }
+  }
+}
+
+/**
+ * `dpsr boot`: early in a boot, before the file systems are mounted
+ * read-write, attaches the programs, tracks every pair's source, and judges
+ * each across the reboot. The state directory is read-only then: the verdicts
+ * go to /run, and the first session of the boot applies them; the records
+ * read since stay in the kernel's ring for it. Run again in the same boot,
+ * it reports the verdicts made.
+ */
+export async function adoptAtBoot(settings: Settings, opts: { waitMs: number }): Promise<BootOutcome[]> {
+  const store = Store.openReadOnly(settings.stateDir);
+  if (!store) return [];
+  try {
+    const pairs = store.pairs();
+    if (pairs.length === 0) return [];
+    checkTrackingSupport(settings.kernelBtfPath);
+    const kt = KernelTracking.open({ pinDir: settings.pinDir });
+    try {
+      const tracker = Tracker.start(kt, { ownerLockPath: settings.ownerLockPath, ringBytes: OWNER_RING_BYTES });
+      try {
+        const out: BootOutcome[] = [];
+        const devs = new Map<string, BlockDevice | null>();
+        // Every source tracked first, so that no record written meanwhile moves a count the verdicts read.
+        for (const pair of pairs) {
+          const savedBootId = store.rangeBootId(pair.name);
+          if (readVerdict(settings, pair) || savedBootId === bootId()) continue;
+          const dev = await waitForDevice(pair.source.path, opts.waitMs);
+          devs.set(pair.name, dev);
+        }
+        const ranges = new Map<string, RangeState>();
+        for (const [name, dev] of devs) if (dev) ranges.set(name, await tracker.track(dev, name));
+        for (const pair of pairs) {
+          const made = readVerdict(settings, pair);
+          const dev = devs.get(pair.name);
+          let v: BootVerdict | null = made;
+          if (!made && dev) v = judgeAcrossReboot(settings, pair, dev, ranges.get(pair.name)!.baseline, store.rangeBootId(pair.name));
+          const range = ranges.get(pair.name);
+          const sets = v?.sets ? { dirty: setOf(v.sets.dirty), suspect: setOf(v.sets.suspect) } : null;
+          out.push({
+            name: pair.name,
+            resumed: v?.resumed ?? false,
+            cause: v?.cause ?? null,
+            detail: v ? v.detail : dev === undefined ? 'tracked in this boot already: nothing to adopt' : `the source ${pair.source.path} is not here: the first session that finds it compares it`,
+            dirtyBytes: ((sets?.dirty.totalSectors ?? 0) + (range?.dirty.totalSectors ?? 0)) * SECTOR,
+            suspectBytes: (v && !v.resumed ? pair.dataSectors : sets?.suspect.totalSectors ?? 0) * SECTOR,
+          });
+        }
+        return out;
+      } finally {
+        tracker.abandon(); // the records read stay in the ring for the first session
+      }
+    } finally {
+      kt.close();
+    }
+  } finally {
+    await store.close();
+  }
+}

@@ -1,0 +1,204 @@
+// The end of a clean shutdown (`dpsr shutdown`): for every pair, what the
+// tracker holds and the kernel has not handed over yet, judged against the
+// kernel's counts, written as a shutdown record into the DPSR drive's tail.
+// The state directory is read-only by then (the root file system is), so
+// nothing is persisted there and nothing is released from the kernel: if
+// the system runs on after all, the next owner reads it all again and voids
+// the records (boot-adoption.ts).
+import fs from 'node:fs';
+import path from 'node:path';
+import { OWNER_RING_BYTES, type Settings } from '../base/defaults.js';
+import { DpsrError } from '../base/errors.js';
+import { ExtentSet } from '../base/extents.js';
+import { native } from '../base/native.js';
+import { SECTOR } from '../base/units.js';
+import { bootId } from '../devices/boot-id.js';
+import { type BlockDevice, readDiskCounters, resolveBlockDevice } from '../devices/devices.js';
+import { superblockFingerprint } from '../devices/fingerprint.js';
+import { writableFileSystemsOf } from '../devices/mounts.js';
+import { OWNER_RING } from '../kernel/kernel-abi.js';
+import { type RangeState, Tracker } from '../kernel/tracker.js';
+import { KernelTracking } from '../kernel/tracking.js';
+import type { PairRecord } from '../state/records.js';
+import { Store } from '../state/store.js';
+import { readVerdict, shutdownMarker } from './boot-adoption.js';
+import { openCheckedDrive } from './paired-drive.js';
+import { type ShutdownRecord, eraseShutdownRecord, writeShutdownRecord } from './shutdown-record.js';
+
+export interface ShutdownOutcome {
+  name: string;
+  recorded: boolean;
+  /** What was recorded, or why nothing was (the next boot compares the pair). */
+  detail: string;
+  dirtyBytes: number;
+  suspectBytes: number;
+  discardedBytes: number;
+}
+
+interface Prepared {
+  pair: PairRecord;
+  dev: BlockDevice;
+  range: RangeState;
+  baseBootId: string | null;
+}
+
+/** The tracker state the record extends: saved in this boot, or the sets `dpsr boot` resumed with (no session saved since). */
+function baseOf(settings: Settings, store: Store, pair: PairRecord): { saved: Omit<RangeState, 'slot'>; baseBootId: string | null } | string {
+  const saved = store.range(pair.name);
+  if (!saved) return 'no tracker state was ever saved for it';
+  const savedBootId = store.rangeBootId(pair.name);
+  if (savedBootId === bootId()) return { saved, baseBootId: savedBootId };
+  const v = readVerdict(settings, pair);
+  if (!v?.resumed || !v.sets || !v.baseline) {
+    return `its history in this boot is unknown (${v ? `${v.cause}: ${v.detail}` : 'no dpsr adopted it since the boot'})`;
+  }
+  const set = (s: string) => ExtentSet.fromBuffer(Buffer.from(s, 'base64'));
+  return {
+    saved: { ...saved, dirty: set(v.sets.dirty), suspect: set(v.sets.suspect), discarded: set(v.sets.discarded), unreconciled: new ExtentSet(), baseline: v.baseline },
+    baseBootId: savedBootId,
+  };
+}
+
+/** Why the pair gets no record, or null when it can have one. */
+function refusal(kt: KernelTracking, pair: PairRecord, dev: BlockDevice): string | null {
+  if (pair.pendingTxn) return 'a sync was interrupted with its journal transaction pending (the next sync finishes it)';
+  const writable = writableFileSystemsOf(dev);
+  if (writable.length > 0) return `${dev.path} is still mounted read-write (${writable.map((w) => w.path).join(', ')}): a record is only made when nothing can write any more`;
+  const tracked = kt.slotsOf(OWNER_RING).some(({ slot }) => slot.diskDev === dev.diskDev && slot.startSector === dev.startSector && slot.endSector === dev.startSector + dev.sizeSectors);
+  return tracked ? null : 'it is not tracked in this boot';
+}
+
+/**
+ * Makes a shutdown record for every pair. Throws EOWNED while another
+ * process (the daemon) owns tracking: it must have stopped first.
+ */
+export async function writeShutdownRecords(settings: Settings): Promise<ShutdownOutcome[]> {
+  const store = Store.openReadOnly(settings.stateDir);
+  if (!store) return [];
+  const outcomes = new Map<string, ShutdownOutcome>();
+  const none = (pair: PairRecord, detail: string) => outcomes.set(pair.name, { name: pair.name, recorded: false, detail, dirtyBytes: 0, suspectBytes: 0, discardedBytes: 0 });
+  try {
+    const pairs = store.pairs();
+    if (pairs.length === 0) return [];
+    if (!fs.existsSync(path.join(settings.pinDir, 'link_complete'))) {
+      for (const pair of pairs) none(pair, 'nothing is tracked in this boot (no programs pinned)');
+      return [...outcomes.values()];
+    }
+    const kt = KernelTracking.open({ pinDir: settings.pinDir });
+    try {
+      let tracker: Tracker;
+      try {
+        tracker = Tracker.start(kt, { ownerLockPath: settings.ownerLockPath, ringBytes: OWNER_RING_BYTES });
+      } catch (err) {
+        if ((err as DpsrError).code === 'EOWNED') {
+          throw new DpsrError('another dpsr process owns tracking (the daemon?): stop it first (systemctl stop dpsr); the shutdown hook runs after every service has stopped', 'EOWNED');
+        }
+        throw err;
+      }
+      try {
+        await recordAll(settings, store, kt, tracker, pairs, none, outcomes);
+      } finally {
+        tracker.abandon(); // nothing released: a system that runs on reads it all again
+      }
+    } finally {
+      kt.close();
+    }
+    return pairs.map((p) => outcomes.get(p.name)!);
+  } finally {
+    await store.close();
+  }
+}
+
+async function recordAll(settings: Settings, store: Store, kt: KernelTracking, tracker: Tracker, pairs: PairRecord[],
+  none: (pair: PairRecord, detail: string) => void, outcomes: Map<string, ShutdownOutcome>): Promise<void> {
+  const prepared: Prepared[] = [];
+  for (const pair of pairs) {
+    try {
+      const base = baseOf(settings, store, pair);
+      if (typeof base === 'string') { none(pair, base); continue; }
+      const dev = resolveBlockDevice(pair.source.path);
+      const why = refusal(kt, pair, dev);
+      if (why) { none(pair, why); continue; }
+      const range = await tracker.track(dev, pair.name, base.saved);
+      prepared.push({ pair, dev, range, baseBootId: base.baseBootId });
+    } catch (err) {
+      none(pair, (err as Error).message);
+    }
+  }
+  if (prepared.length === 0) return;
+  // The counts the records claim: any write from here on voids them.
+  const disks = new Set(prepared.map((p) => p.dev.disk));
+  const before = new Map([...disks].map((d) => [d, readDiskCounters(d)]));
+  tracker.flip(); // drain, and the retired epoch's bits in; memory only
+  const { verdicts, distrusted } = await tracker.judge();
+  for (const st of distrusted) tracker.distrust(st, verdicts.get(st)!);
+  const ownSectors = new Map<string, number>(); // what the records themselves wrote, per disk
+  const written: Prepared[] = [];
+  for (const p of prepared) {
+    const { pair, dev, range } = p;
+    if (verdicts.get(range)?.kind !== 'exact') range.suspect.addSet(range.unreconciled); // unconfirmed: compared after the boot
+    range.unreconciled.clear();
+    const rec: ShutdownRecord = {
+      pairId: pair.id, pairName: pair.name, generation: pair.generation, journalSeq: pair.journalSeq ?? 0,
+      bootId: bootId() ?? '', baseBootId: p.baseBootId, writtenMs: Date.now(),
+      source: { sizeSectors: dev.sizeSectors, startSector: dev.startSector, disk: dev.disk, serial: pair.source.serial, wwid: pair.source.wwid, loopBackingFile: pair.source.loopBackingFile },
+      diskWrittenSectors: before.get(dev.disk)!.writtenSectors,
+      fingerprint: superblockFingerprint(dev),
+      sets: { dirty: range.dirty, suspect: range.suspect, discarded: range.discarded },
+      pending: pair.pending && {
+        generation: pair.pending.generation, copy: ExtentSet.fromBuffer(pair.pending.copy), compare: ExtentSet.fromBuffer(pair.pending.compare),
+        discard: pair.pending.discard ? ExtentSet.fromBuffer(pair.pending.discard) : new ExtentSet(),
+      },
+    };
+    const outcome: ShutdownOutcome = {
+      name: pair.name, recorded: false, detail: '',
+      dirtyBytes: range.dirty.totalSectors * SECTOR, suspectBytes: range.suspect.totalSectors * SECTOR, discardedBytes: range.discarded.totalSectors * SECTOR,
+    };
+    outcomes.set(pair.name, outcome);
+    try {
+      const { fd } = openCheckedDrive(pair, true);
+      const driveDisk = resolveBlockDevice(pair.drive.path).disk;
+      try {
+        native().blkRoSet(fd, false);
+        const r = writeShutdownRecord(fd, pair, rec);
+        native().blkRoSet(fd, true);
+        if ('why' in r) { outcome.detail = r.why; continue; }
+        ownSectors.set(driveDisk, (ownSectors.get(driveDisk) ?? 0) + r.bytes / SECTOR);
+      } finally {
+        fs.closeSync(fd);
+      }
+      outcome.recorded = true;
+      written.push(p);
+    } catch (err) {
+      outcome.detail = `the record could not be written: ${(err as Error).message}`;
+    }
+  }
+  // A write between the counts and now (other than the records themselves) voids the records of its disk.
+  for (const p of written) {
+    const was = before.get(p.dev.disk)!;
+    const now = readDiskCounters(p.dev.disk);
+    const outcome = outcomes.get(p.pair.name)!;
+    if (was.inFlightWrites === 0 && now.writtenSectors === was.writtenSectors + (ownSectors.get(p.dev.disk) ?? 0)) {
+      outcome.detail = 'recorded';
+      continue;
+    }
+    outcome.recorded = false;
+    outcome.detail = `${p.dev.disk} was written while the record was made (${now.writtenSectors - was.writtenSectors} sectors): record voided`;
+    try {
+      const { fd } = openCheckedDrive(p.pair, true);
+      try {
+        native().blkRoSet(fd, false);
+        eraseShutdownRecord(fd, p.pair);
+        native().blkRoSet(fd, true);
+      } finally {
+        fs.closeSync(fd);
+      }
+    } catch (err) {
+      outcome.detail += ` (erasing it failed: ${(err as Error).message}: run dpsr shutdown again before the reboot)`;
+    }
+  }
+  if (written.some((p) => outcomes.get(p.pair.name)!.recorded)) {
+    fs.mkdirSync(path.dirname(shutdownMarker(settings)), { recursive: true, mode: 0o700 });
+    fs.writeFileSync(shutdownMarker(settings), `${bootId() ?? ''}\n`);
+  }
+}

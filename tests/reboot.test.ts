@@ -1,0 +1,181 @@
+// A clean reboot keeps the tracking: `dpsr shutdown` leaves a record in the
+// DPSR drive, a "reboot" removes the pinned programs and gives the loop
+// devices fresh counters over the same image files (and another boot id),
+// and `dpsr boot` resumes with no gap, so the next sync copies exactly what
+// was written after the last one and compares nothing. Each way the record
+// must not be trusted is a gap with its cause, and the copy is exact after.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import fs from 'node:fs';
+import path from 'node:path';
+import { native } from '../src/base/native.js';
+import { Fixture, ddDirect, eachTestFreshCli, loopBackingFile, randomFill, runDpsr, runDpsrOk, sh, sha256Of } from './helpers/fixture.js';
+
+let fx: Fixture;
+let env: NodeJS.ProcessEnv;
+eachTestFreshCli(test, (f) => {
+  ({ fx, env } = f);
+  env.DPSR_BOOT_ID_FILE = path.join(fx.dir, 'boot_id');
+  fs.writeFileSync(env.DPSR_BOOT_ID_FILE, 'boot-1\n');
+});
+
+const ok = (...args: string[]) => runDpsrOk(env, args);
+const json = (...args: string[]) => JSON.parse(ok(...args, '--json'));
+const syncJson = () => json('sync', 'p', '--quiet-period', '0.2').syncs[0];
+const SOURCE_MiB = 32;
+
+/** Detaches a loop device and removes it (LOOP_CTL_REMOVE), so that attaching again starts its counters at zero. */
+function freshLoop(dev: string): void {
+  const img = loopBackingFile(dev)!;
+  sh('blockdev', ['--setrw', dev]);
+  sh('losetup', ['-d', dev]);
+  const n = Number(dev.replace('/dev/loop', ''));
+  sh('python3', ['-c', `import fcntl, os, time
+fd = os.open('/dev/loop-control', os.O_RDWR)
+for i in range(50):
+    try:
+        fcntl.ioctl(fd, 0x4C81, ${n})
+        break
+    except OSError as e:
+        if e.errno != 16: raise
+        time.sleep(0.1)
+`]);
+  fx.attach(img, dev);
+}
+
+/** The machine goes down and comes back: programs gone, devices re-probed with fresh counters, a new boot id. */
+function reboot(source: string, drive: string, between?: () => void): void {
+  native().detach(env.DPSR_BPF_DIR!);
+  freshLoop(drive);
+  between?.();
+  freshLoop(source);
+  fs.writeFileSync(env.DPSR_BOOT_ID_FILE!, `boot-${Date.now()}\n`);
+}
+
+function pairWritten(): { source: string; drive: string; bytes: number; afterSync: number } {
+  const { source, drive, bytes } = fx.pairDevices(SOURCE_MiB);
+  randomFill(source, 4);
+  ok('pair', source, drive, '--name', 'p');
+  ddDirect(source, 2048, 16);
+  syncJson();
+  // Written after the last sync: what the sync after the reboot must copy, and nothing else.
+  const after = [ddDirect(source, 1000, 8), ddDirect(source, 30000, 64)];
+  return { source, drive, bytes, afterSync: after.reduce((n, [s, e]) => n + (e - s) * 512, 0) };
+}
+
+/** The gaps `dpsr status` shows (it exits 4 while the pair needs a compare). */
+function gapCauses(): string[] {
+  return JSON.parse(runDpsr(env, ['status', 'p', '--json']).stdout).pairs[0].gapsSinceSync.map((g: { cause: string }) => g.cause);
+}
+
+test('a clean reboot resumes with no gap: the sync copies exactly what was written after the last one, compares nothing', () => {
+  const { source, drive, bytes, afterSync } = pairWritten();
+  const down = json('shutdown');
+  assert.is(down.shutdown.length, 1);
+  assert.ok(down.shutdown[0].recorded, JSON.stringify(down));
+  assert.is(json('shutdown').shutdown[0].recorded, true, 'run again, the same record');
+  reboot(source, drive);
+  const up = json('boot');
+  assert.ok(up.boot[0].resumed, JSON.stringify(up));
+  assert.match(ok('boot'), /p: (resumed, no gap|gap)/, 'run again in the same boot, it reports');
+  const r = syncJson();
+  assert.is(r.comparedBytes, 0, JSON.stringify(r));
+  assert.is(r.copiedBytes, afterSync, JSON.stringify(r));
+  assert.equal(r.gaps, [], 'no gap');
+  assert.is(sha256Of(source), sha256Of(drive, bytes));
+});
+
+test('the daemon\'s or a command\'s session runs the same adoption when dpsr boot did not', () => {
+  const { source, drive, bytes, afterSync } = pairWritten();
+  assert.ok(json('shutdown').shutdown[0].recorded);
+  reboot(source, drive);
+  const r = syncJson();
+  assert.is(r.comparedBytes, 0, JSON.stringify(r));
+  assert.is(r.copiedBytes, afterSync);
+  assert.is(sha256Of(source), sha256Of(drive, bytes));
+});
+
+test('without a shutdown record the reboot is a gap (unclean-shutdown): the sync compares, exact afterwards', () => {
+  const { source, drive, bytes } = pairWritten();
+  reboot(source, drive);
+  const up = json('boot').boot[0];
+  assert.not.ok(up.resumed);
+  assert.is(up.cause, 'unclean-shutdown');
+  assert.ok(gapCauses().includes('unclean-shutdown'));
+  const r = syncJson();
+  assert.ok(r.comparedBytes >= SOURCE_MiB * 2 ** 20, 'the whole source compared');
+  assert.is(sha256Of(source), sha256Of(drive, bytes));
+});
+
+test('a write before tracking began is a gap (written-before-attach), and the record is consumed all the same', () => {
+  const { source, drive, bytes } = pairWritten();
+  assert.ok(json('shutdown').shutdown[0].recorded);
+  reboot(source, drive);
+  ddDirect(source, 5000, 8); // before dpsr boot: unseen
+  const up = json('boot').boot[0];
+  assert.is(up.cause, 'written-before-attach', JSON.stringify(up));
+  const r = syncJson();
+  assert.ok(r.comparedBytes >= SOURCE_MiB * 2 ** 20);
+  assert.is(sha256Of(source), sha256Of(drive, bytes));
+  // The record is gone: a second "reboot" without a shutdown finds none.
+  reboot(source, drive);
+  assert.is(json('boot').boot[0].cause, 'unclean-shutdown');
+});
+
+test('the source mounted read-write elsewhere while down is a gap (changed-offline), exact afterwards', () => {
+  const { source, drive, bytes } = fx.pairDevices(SOURCE_MiB);
+  fx.mkfs(source, 'ext4');
+  ok('pair', source, drive, '--name', 'p');
+  syncJson();
+  const mnt = fx.mount(source);
+  fs.writeFileSync(path.join(mnt, 'a'), 'after the sync');
+  fx.unmount(mnt);
+  assert.ok(json('shutdown').shutdown[0].recorded);
+  reboot(source, drive, () => {
+    // "Another system": the image file mounted through another loop device, read-write, while the source is away.
+    const other = fx.attach(loopBackingFile(source)!);
+    const m = fx.mount(other);
+    fx.unmount(m);
+    sh('losetup', ['-d', other]);
+  });
+  const up = json('boot').boot[0];
+  assert.is(up.cause, 'changed-offline', JSON.stringify(up));
+  const r = syncJson();
+  assert.ok(r.comparedBytes >= SOURCE_MiB * 2 ** 20);
+  assert.is(sha256Of(source), sha256Of(drive, bytes));
+  sh('fsck.ext4', ['-n', '-f', source]);
+});
+
+test('a damaged record is never trusted: a gap (unclean-shutdown), exact afterwards', () => {
+  const { source, drive, bytes } = pairWritten();
+  assert.ok(json('shutdown').shutdown[0].recorded);
+  // Flip one byte inside the record's payload (the area below the label, 1 MiB, at a 4 KiB boundary).
+  const size = Number(sh('blockdev', ['--getsize64', drive]).trim());
+  const at = Math.floor((size - 8192 - (1 << 20)) / 4096) * 4096 + 100;
+  sh('blockdev', ['--setrw', drive]);
+  const fd = fs.openSync(drive, 'r+');
+  const b = Buffer.alloc(1);
+  fs.readSync(fd, b, 0, 1, at);
+  b[0] ^= 0xff;
+  fs.writeSync(fd, b, 0, 1, at);
+  fs.fsyncSync(fd);
+  fs.closeSync(fd);
+  reboot(source, drive);
+  const up = json('boot').boot[0];
+  assert.is(up.cause, 'unclean-shutdown');
+  assert.match(up.detail, /checksum/);
+  syncJson();
+  assert.is(sha256Of(source), sha256Of(drive, bytes));
+});
+
+test('shutdown with the source mounted read-write: no record for it, exit 1, the line says why', () => {
+  const { source, drive } = fx.pairDevices(SOURCE_MiB);
+  fx.mkfs(source, 'ext4');
+  ok('pair', source, drive, '--name', 'p');
+  fx.mount(source);
+  const r = runDpsr(env, ['shutdown']);
+  assert.is(r.status, 1, r.stderr);
+  assert.match(r.stdout, /p: no shutdown record: .*mounted read-write/);
+});
+
+test.run();
