@@ -298,7 +298,7 @@ function treeHash(dir: string): Record<string, string> {
   return out;
 }
 
-test('install into a root: unit (systemd-analyze verify clean), rule, probe, hook, wrapper, example config; uninstall removes exactly that', () => {
+test('install into a root: units (systemd-analyze verify clean), shutdown hook, rule, probe, hook, wrapper, example config; uninstall removes exactly that', () => {
   const root = fs.mkdtempSync(path.join(fx.dir, 'root-'));
   fs.mkdirSync(path.join(root, 'etc/initramfs-tools'), { recursive: true });
   const dry = dpsr('install', '--root', root, '--dry-run');
@@ -314,6 +314,8 @@ test('install into a root: unit (systemd-analyze verify clean), rule, probe, hoo
   assert.is(fs.readFileSync(at('etc/systemd/system/dpsr.service'), 'utf8'), fs.readFileSync(path.join(HOME, 'packaging/dpsr.service'), 'utf8'));
   assert.is(fs.statSync(at('usr/local/sbin/dpsr')).mode & 0o777, 0o755);
   assert.is(fs.statSync(at('etc/initramfs-tools/hooks/dpsr')).mode & 0o777, 0o755);
+  assert.is(fs.readFileSync(at('etc/systemd/system/dpsr-boot.service'), 'utf8'), fs.readFileSync(path.join(HOME, 'packaging/dpsr-boot.service'), 'utf8'));
+  assert.is(fs.statSync(at('usr/lib/systemd/system-shutdown/dpsr')).mode & 0o777, 0o755, 'systemd-shutdown runs it');
   assert.ok(fs.existsSync(at('etc/udev/rules.d/60-dpsr.rules')));
   assert.equal(fs.readFileSync(at('usr/local/sbin/dpsr-udev-probe')), fs.readFileSync(PROBE_PATH), 'a copy of the built probe');
   assert.is(fs.statSync(at('usr/local/sbin/dpsr-udev-probe')).mode & 0o777, 0o755);
@@ -328,7 +330,7 @@ test('install into a root: unit (systemd-analyze verify clean), rule, probe, hoo
   fs.mkdirSync(at('bin'));
   fs.copyFileSync('/bin/kill', at('bin/kill'));
   fs.chmodSync(at('bin/kill'), 0o755);
-  const verify = spawnSync('systemd-analyze', ['verify', `--root=${root}`, at('etc/systemd/system/dpsr.service')], { encoding: 'utf8' });
+  const verify = spawnSync('systemd-analyze', ['verify', `--root=${root}`, at('etc/systemd/system/dpsr.service'), at('etc/systemd/system/dpsr-boot.service')], { encoding: 'utf8' });
   assert.is(verify.status, 0, verify.stderr);
   assert.is(`${verify.stdout}${verify.stderr}`.trim(), '', 'verify is clean');
 
@@ -355,7 +357,8 @@ test('install into a root: unit (systemd-analyze verify clean), rule, probe, hoo
   const u = dpsr('uninstall', '--root', root);
   assert.is(u.status, 0, u.stderr);
   assert.match(u.stdout, /left .*60-dpsr\.rules: changed/);
-  for (const p of ['usr/local/sbin/dpsr', 'usr/local/sbin/dpsr-udev-probe', 'etc/systemd/system/dpsr.service', 'etc/initramfs-tools/hooks/dpsr', 'usr/local/share/man/man8/dpsr.8', 'var/lib/dpsr/install-manifest.json']) {
+  for (const p of ['usr/local/sbin/dpsr', 'usr/local/sbin/dpsr-udev-probe', 'etc/systemd/system/dpsr.service', 'etc/systemd/system/dpsr-boot.service',
+    'usr/lib/systemd/system-shutdown/dpsr', 'etc/initramfs-tools/hooks/dpsr', 'usr/local/share/man/man8/dpsr.8', 'var/lib/dpsr/install-manifest.json']) {
     assert.not.ok(fs.existsSync(at(p)), p);
   }
   assert.is(fs.readFileSync(at('etc/dpsr/dpsr.toml'), 'utf8'), 'tick = "2s"\n');

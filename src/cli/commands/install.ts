@@ -1,5 +1,5 @@
 // dpsr install [--root DIR] [--dry-run] and dpsr uninstall [--root DIR]: put
-// the systemd unit, the udev rule, the initramfs hook, a wrapper that runs
+// the systemd units, the shutdown hook, the udev rule, the initramfs hook, a wrapper that runs
 // this dpsr, the manual page and the Cockpit page in place, and take away exactly those again
 // (a manifest of what was written, with checksums). An admin's config and dpsr's state are never
 // touched; a file install did not write, or that was changed since, is never
@@ -19,6 +19,10 @@ const WRAPPER_PATH = '/usr/local/sbin/dpsr';
 /** A copy, not a link into this tree: udevd and the initramfs run it wherever this tree lives (a 0700 home, say). */
 const PROBE_INSTALL_PATH = '/usr/local/sbin/dpsr-udev-probe';
 const UNIT_PATH = '/etc/systemd/system/dpsr.service';
+/** Early in a boot: tracking attached, pairs resumed from their shutdown records (dpsr.service wants it). */
+const BOOT_UNIT_PATH = '/etc/systemd/system/dpsr-boot.service';
+/** systemd-shutdown runs what is here just before the final reboot(2): `dpsr shutdown`. */
+const SHUTDOWN_HOOK_PATH = '/usr/lib/systemd/system-shutdown/dpsr';
 const RULES_PATH = '/etc/udev/rules.d/60-dpsr.rules';
 const INITRAMFS_HOOK_PATH = '/etc/initramfs-tools/hooks/dpsr';
 const MAN_PAGE_PATH = '/usr/local/share/man/man8/dpsr.8';
@@ -137,6 +141,8 @@ function plan(root: string, manPage: string): Planned[] {
     { path: WRAPPER_PATH, content: wrapperScript(process.execPath, HOME), mode: 0o755, what: 'the dpsr command the unit runs', tracked: true },
     { path: PROBE_INSTALL_PATH, content: builtProbe(), mode: 0o755, what: 'the udev probe the udev rule runs', tracked: true },
     { path: UNIT_PATH, content: packaged('dpsr.service'), mode: 0o644, what: 'the systemd unit', tracked: true },
+    { path: BOOT_UNIT_PATH, content: packaged('dpsr-boot.service'), mode: 0o644, what: 'the boot unit (dpsr boot, before the file systems are written)', tracked: true },
+    { path: SHUTDOWN_HOOK_PATH, content: packaged('systemd-shutdown-hook'), mode: 0o755, what: 'the shutdown hook (dpsr shutdown, after every file system is read-only)', tracked: true },
     { path: RULES_PATH, content: packaged('60-dpsr.rules'), mode: 0o644, what: 'the udev rule', tracked: true },
     { path: MAN_PAGE_PATH, content: manPage, mode: 0o644, what: 'the manual page (man 8 dpsr)', tracked: true },
     ...cockpitPage(),
