@@ -1,11 +1,16 @@
 // dpsr as a user runs it: a real Debian 12 guest (systemd 252, its udevd and
 // kernel) under qemu, `dpsr install` as the README says, a source disk mounted
-// from fstab by UUID and paired with a DPSR drive, then rebooted twice. What
+// from fstab by UUID and paired with a DPSR drive, then rebooted: twice
+// cleanly (the shutdown hook leaves a record, dpsr-boot.service resumes with
+// no gap and the sync compares nothing), once killed (qemu killed: an unclean
+// shutdown, a compare), once after the host mounted the source read-write
+// (changed-offline, a compare); the host checks both disks with sha256. What
 // the guest saw comes back through the 9p share (tests/helpers/guest.ts).
 // Disks: vda the guest's root, vdb the source (GPT, one ext4 partition), vdc
 // the DPSR drive. The guest is built once (4-7 min, cached); under software
 // emulation the first boot takes about 6 min (update-initramfs, the full
 // copy), the others about 2.
+import crypto from 'node:crypto';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import fs from 'node:fs';
@@ -94,10 +99,21 @@ r udevdKilledProbes "$(journalctl -b -u systemd-udevd | grep -c 'dpsr-udev-probe
 
 head -c 8M /dev/urandom >/data/after-pair && sync
 dpsr sync data --json >/mnt/host/out/sync-1.json 2>/mnt/host/out/sync-1.err; r sync "$?"
+# Written after the last sync: what the first sync after the clean reboot copies, with nothing compared.
+head -c 4M /dev/urandom >/data/after-sync && sync
+`;
+
+// Every boot after the first: what dpsr-boot.service said, and how long it took.
+const BOOT_UNIT = String.raw`
+r bootUnit "$(systemctl is-active dpsr-boot)"
+r bootSaid "$(journalctl -b -u dpsr-boot -o cat | grep -m1 '^data: ')"
+t0=$(systemctl show dpsr-boot -p ExecMainStartTimestampMonotonic --value); t1=$(systemctl show dpsr-boot -p ExecMainExitTimestampMonotonic --value)
+r bootUnitMs "$(( (t1 - t0) / 1000 ))"
+r fsckRootAfter "$(systemctl show systemd-remount-fs -p After --value | grep -c dpsr-boot)"
 `;
 
 // Boots 2 and 3: nothing is run by hand before the checks of the unit.
-const REBOOT = String.raw`
+const REBOOT = BOOT_UNIT + String.raw`
 waitfor 180 unit_settled
 r active "$(systemctl is-active dpsr)"
 r restarts "$(systemctl show dpsr -p NRestarts --value)"
@@ -113,6 +129,7 @@ r sourceSectorsRead "$(awk '{print $3}' /sys/block/vdb/stat)"
 
 const BOOT2_MORE = String.raw`
 head -c 4M /dev/urandom >/data/boot-2 && sync
+dpsr status data --json >/mnt/host/out/status-before-sync-2.json
 dpsr sync data --json >/mnt/host/out/sync-2.json 2>/mnt/host/out/sync-2.err; r sync "$?"
 udevadm trigger --subsystem-match=block --action=change; hidden_state change
 udevadm trigger --subsystem-match=block --action=add; hidden_state add
@@ -124,6 +141,44 @@ echo 1 >/sys/bus/pci/rescan; waitfor 60 test -b /dev/vdc1; r replugged "$?"
 hidden_state hotplug
 `;
 
+// Boot 3 ends killed: written, then qemu is killed (guest.sh, at this line on the console): no shutdown record.
+const KILL = String.raw`
+head -c 4M /dev/urandom >/data/boot-3 && sync
+sync; echo DPSR-TEST-KILL-QEMU >/dev/console
+sleep 600
+`;
+const KILL_ENV = { GUEST_FATAL: 'DPSR-TEST-KILL-QEMU' };
+
+// Boots 4 and 5: a gap (unclean-shutdown, changed-offline), compared in the background; then the source is
+// unmounted and synced, so that the host can compare both disks whole once the guest is off.
+const AFTER_GAP = BOOT_UNIT + String.raw`
+waitfor 180 unit_settled
+r data "$(findmnt -n -o SOURCE /data)"
+waitfor 900 compare_done; r compared "$?"
+dpsr status data --json >"/mnt/host/out/status-$GUEST_BOOT.json"
+umount /data
+dpsr sync data --json >"/mnt/host/out/sync-$GUEST_BOOT.json" 2>"/mnt/host/out/sync-$GUEST_BOOT.err"; r sync "$?"
+`;
+
+const sha256File = (file: string, bytes: number) => {
+  const fd = fs.openSync(file, 'r');
+  const h = crypto.createHash('sha256');
+  const buf = Buffer.alloc(4 << 20);
+  try {
+    for (let pos = 0; pos < bytes;) {
+      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, bytes - pos), pos);
+      if (n <= 0) break;
+      h.update(buf.subarray(0, n));
+      pos += n;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return h.digest('hex');
+};
+/** After boots 4 and 5 (the guest off): [source, the drive's image] hashes. */
+const hashes: Record<number, [string, string]> = {};
+
 test.before(() => {
   fx = new Fixture();
   image = guestImage();
@@ -134,21 +189,40 @@ test.before(() => {
   sh('truncate', ['-s', `${SOURCE_MiB}M`, images[0]]);
   sh('truncate', ['-s', `${DRIVE_MiB}M`, images[1]]);
   const disks = images.flatMap((f) => ['-drive', `file=${f},if=virtio,format=raw`]);
-  const scripts = [PRELUDE + BOOT1, PRELUDE + REBOOT + BOOT2_MORE, PRELUDE + REBOOT];
-  for (const [i, script] of scripts.entries()) {
-    const b = bootOnce(image, host, script, disks, BOOT_TIMEOUT_S);
+  const started = Date.now();
+  const sourceHashes = (n: number) => { hashes[n] = [sha256File(images[0], SOURCE_MiB << 20), sha256File(images[1], SOURCE_MiB << 20)]; };
+  const plan: Array<{ script: string; env?: Record<string, string>; expect: number; after?: (n: number) => void }> = [
+    { script: PRELUDE + BOOT1, expect: 0 },
+    { script: PRELUDE + REBOOT + BOOT2_MORE, expect: 0 },
+    { script: PRELUDE + REBOOT + KILL, env: KILL_ENV, expect: 3 },
+    {
+      script: PRELUDE + AFTER_GAP, expect: 0,
+      after: (n) => {
+        sourceHashes(n);
+        // Another system mounts the source read-write while this one is down.
+        const mnt = fx.mount(images[0], ['-o', `loop,offset=${2048 * 512}`]);
+        fs.writeFileSync(path.join(mnt, 'offline'), 'written while the guest was down');
+        fx.unmount(mnt);
+      },
+    },
+    { script: PRELUDE + AFTER_GAP, expect: 0, after: sourceHashes },
+  ];
+  for (const [i, step] of plan.entries()) {
+    const b = bootOnce(image, host, step.script, disks, BOOT_TIMEOUT_S, step.env);
     boots.push(b);
     console.log(`  boot ${i + 1}: ${(b.wallMs / 1000).toFixed(0)} s, ${JSON.stringify(b.results)}`);
-    if (b.status !== 0) break; // the tests say what went wrong
+    if (b.status !== step.expect) break; // the tests say what went wrong
+    step.after?.(i + 1);
   }
+  console.log(`  ${boots.length} boots: ${((Date.now() - started) / 1000).toFixed(0)} s`);
 });
 test.after(() => fx.cleanup());
 
-/** The boot's outcome, asserting the guest came up and powered off by itself. */
+/** The boot's outcome, asserting the guest came up and powered off by itself (boot 3: was killed). */
 function boot(n: number): BootOutcome {
   const b = boots[n - 1];
   assert.ok(b, `boot ${n} did not happen (an earlier boot failed)`);
-  assert.is(b.status, 0, `boot ${n}: guest.sh exit ${b.status}: ${b.stderr}\n${b.log.slice(-2000)}`);
+  assert.is(b.status, n === 3 ? 3 : 0, `boot ${n}: guest.sh exit ${b.status}: ${b.stderr}\n${b.log.slice(-2000)}`);
   return b;
 }
 const out = (name: string) => fs.readFileSync(path.join(host, 'out', name), 'utf8');
@@ -219,6 +293,53 @@ test('a sync by the daemon freezes the mounted source (freezeMs reported)', () =
     assert.ok(report.sourceMounted.length > 0, `boot ${n}: ${JSON.stringify(report)}`);
     assert.type(report.freezeMs, 'number', `boot ${n}: ${JSON.stringify(report)}`);
   }
+});
+
+const console_ = (n: number) => fs.readFileSync(path.join(host, 'out', `console-${n}.log`), 'utf8').replace(/\r/g, '');
+const gaps = (n: number) => (JSON.parse(out(`status-${n}.json`)).pairs[0].gapsSinceSync ?? []).map((g: { cause: string }) => g.cause);
+
+test('a clean shutdown runs the installed hook: a shutdown record for the pair', () => {
+  for (const n of [1, 2]) {
+    boot(n);
+    const said = console_(n).match(/dpsr-shutdown: data: .*/g) ?? [];
+    assert.match(said.join('\n'), /dpsr-shutdown: data: shutdown record written/, `boot ${n}: ${said.join('\n')}\n${console_(n).slice(-1500)}`);
+    console.log(`  boot ${n}: shutdown hook ${console_(n).match(/dpsr-shutdown: took (\d+) ms/)?.[1]} ms`);
+  }
+});
+
+test('after a clean reboot dpsr-boot.service resumes with no gap, before the root is remounted; the sync copies what was written, compares nothing', () => {
+  for (const n of [2, 3]) {
+    const r = boot(n).results;
+    assert.is(r.bootUnit, 'active', `boot ${n}: ${JSON.stringify(r)}`);
+    assert.match(r.bootSaid, /^data: resumed, no gap/, `boot ${n}`);
+    assert.is(r.fsckRootAfter, '1', 'systemd-remount-fs is ordered after dpsr-boot');
+    assert.equal(gaps(n), [], `boot ${n}: no gap in status`);
+    console.log(`  boot ${n}: dpsr boot ${r.bootUnitMs} ms`);
+  }
+  const before = JSON.parse(out('status-before-sync-2.json')).pairs[0];
+  const report = JSON.parse(out('sync-2.json')).syncs[0];
+  assert.is(report.comparedBytes, 0, JSON.stringify(report));
+  // 4 MiB written after boot 1's sync and 4 MiB in boot 2, with their file-system metadata: nothing of the rest.
+  assert.ok(report.copiedBytes >= 8 << 20 && report.copiedBytes <= before.dirtyBytes + (4 << 20), `${JSON.stringify(report)} (status before: ${before.dirtyBytes} dirty)`);
+  console.log(`  boot 2: first sync after the clean reboot copied ${report.copiedBytes} bytes (status said ${before.dirtyBytes} dirty), compared ${report.comparedBytes}`);
+});
+
+test('qemu killed: the next boot is a gap (unclean-shutdown), compared in the background; the disks are equal afterwards', () => {
+  assert.not.match(console_(3), /dpsr-shutdown:/, 'no shutdown hook ran');
+  const r = boot(4).results;
+  assert.match(r.bootSaid, /^data: gap \(unclean-shutdown\)/, JSON.stringify(r));
+  assert.is(r.compared, '0');
+  assert.ok(gaps(4).includes('unclean-shutdown'), gaps(4).join());
+  assert.is(r.sync, '0', out('sync-4.err'));
+  assert.is(hashes[4][0], hashes[4][1], 'sha256 of the source and the drive\'s image');
+});
+
+test('the source mounted read-write by another system while down: a gap (changed-offline); equal afterwards', () => {
+  const r = boot(5).results;
+  assert.match(r.bootSaid, /^data: gap \(changed-offline\)/, JSON.stringify(r));
+  assert.ok(gaps(5).includes('changed-offline'), gaps(5).join());
+  assert.is(r.sync, '0', out('sync-5.err'));
+  assert.is(hashes[5][0], hashes[5][1], 'sha256 of the source and the drive\'s image');
 });
 
 test.run();

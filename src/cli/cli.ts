@@ -56,6 +56,11 @@ in the background after a gap and scrubs what it holds clean. The other
 commands talk to it through its control socket, and work alone when none
 runs.
 
+A clean reboot needs no compare: the systemd-shutdown hook runs dpsr
+shutdown, which leaves a shutdown record in each DPSR drive, and dpsr boot
+(dpsr-boot.service, before anything writes) resumes each pair from it when
+the kernel's counts prove that nothing wrote to the source meanwhile.
+
 When the system disk dies, boot the DPSR drive. When an upgrade went wrong,
 dpsr rollback writes back only the sectors changed since the image. Single
 files and folders come back with dpsr diff and dpsr restore.`;
@@ -64,8 +69,9 @@ const FILES = [
   ['/etc/dpsr/dpsr.toml', 'the daemon\'s configuration (policies, scrub, failure hook, metrics file)'],
   ['/var/lib/dpsr', 'the state: pairs and tracked sectors (LMDB), drive locks, the install manifest'],
   ['/run/dpsr/dpsr.sock', 'the daemon\'s control socket (root only) and, beside it, the owner lock'],
+  ['/run/dpsr/boot', 'this boot\'s verdicts of dpsr boot (resumed, or the gap), for the daemon'],
   ['/sys/fs/bpf/dpsr', 'the pinned tracking programs and maps (they keep tracking across restarts of dpsr)'],
-  ['/etc/systemd/system/dpsr.service, /etc/udev/rules.d/60-dpsr.rules', 'what dpsr install puts in place'],
+  ['/etc/systemd/system/dpsr.service, /etc/systemd/system/dpsr-boot.service, /usr/lib/systemd/system-shutdown/dpsr, /etc/udev/rules.d/60-dpsr.rules', 'what dpsr install puts in place'],
 ] as const;
 
 function program(): Command {
@@ -412,7 +418,9 @@ dpsr boot did not. Exit 0 whatever the verdicts.`)
     .option('--dry-run', 'print what would be written; write nothing')
     .addHelpText('after', `
 Writes /usr/local/sbin/dpsr, /etc/systemd/system/dpsr.service,
-/etc/udev/rules.d/60-dpsr.rules, /etc/initramfs-tools/hooks/dpsr (when
+/etc/systemd/system/dpsr-boot.service (dpsr boot early in each boot; pulled
+in by dpsr.service), /usr/lib/systemd/system-shutdown/dpsr (dpsr shutdown at
+the end of each clean shutdown), /etc/udev/rules.d/60-dpsr.rules, /etc/initramfs-tools/hooks/dpsr (when
 /etc/initramfs-tools exists), /usr/local/share/man/man8/dpsr.8, the Cockpit
 page in /usr/local/share/cockpit/dpsr ("DPSR drives" in Cockpit), an example
 /etc/dpsr/dpsr.toml when there is none (never over yours), and a manifest in /var/lib/dpsr for dpsr uninstall;

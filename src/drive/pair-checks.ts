@@ -10,6 +10,7 @@ import { UsageError, refuse } from '../base/errors.js';
 import { hasHardwareIdentity, identify, type DeviceIdentity } from '../devices/identity.js';
 import { labelAt } from './label.js';
 import { MIN_HISTORY_BYTES } from './history-region.js';
+import { RECORD_AREA_BYTES, recordPlace } from './shutdown-record.js';
 import { partitionsOf } from '../devices/mounts.js';
 import { SECTOR, formatBytes } from '../base/units.js';
 
@@ -264,7 +265,9 @@ export function checkPairable(req: PairRequest): PairPlan {
     warnings.push(`${S} and ${D} are on the same disk ${source.disk}: if that disk fails, the copy is lost with it`);
   }
   if (req.noReserve) {
-    warnings.push(`--no-reserve: the DPSR drive ${D} has no journal, so a crash during a sync can leave it a mix of two images`);
+    warnings.push(`--no-reserve: the DPSR drive ${D} has no journal, so a crash during a sync can leave it a mix of two images, and no room for a shutdown record, so every reboot compares the whole source`);
+  } else if (recordPlace(drive.sizeSectors * SECTOR, { dataSectors, reservedSectors, historySectors }) === null) {
+    warnings.push(`the DPSR drive ${D} has no room in its tail for a shutdown record (${formatBytes(RECORD_AREA_BYTES)} beside the label): every reboot compares the whole source`);
   }
   warnings.push(...sourceWarnings(source));
 

@@ -73,17 +73,18 @@ export interface BootOutcome {
 
 /**
  * Boots the guest once with `script` as the share's boot.sh (run after
- * multi-user.target), and returns when it has powered off. `hostDir` is the
+ * multi-user.target), and returns when it has powered off (or guest.sh
+ * killed it: `env` may give GUEST_FATAL, what on the console makes it kill qemu). `hostDir` is the
  * share and keeps the guest's disk overlay from one boot to the next.
  */
-export function bootOnce(image: GuestImage, hostDir: string, script: string, qemuArgs: string[], timeoutS: number): BootOutcome {
+export function bootOnce(image: GuestImage, hostDir: string, script: string, qemuArgs: string[], timeoutS: number, env: Record<string, string> = {}): BootOutcome {
   fs.writeFileSync(path.join(hostDir, 'boot.sh'), script);
   fs.writeFileSync(path.join(hostDir, 'poweroff'), '');
   const n = Number(fs.existsSync(path.join(hostDir, 'bootnum')) ? fs.readFileSync(path.join(hostDir, 'bootnum'), 'utf8') : 0) + 1;
   const started = Date.now();
   // guest.sh kills qemu at its own timeout, and on TERM; spawnSync's is a last resort.
   const r = spawnSync('bash', [GUEST_SH, 'run', image.dir, hostDir, ...qemuArgs], {
-    encoding: 'utf8', env: { PATH: process.env.PATH, GUEST_TIMEOUT: String(timeoutS) }, timeout: (timeoutS + 60) * 1000,
+    encoding: 'utf8', env: { PATH: process.env.PATH, GUEST_TIMEOUT: String(timeoutS), ...env }, timeout: (timeoutS + 60) * 1000,
   });
   const read = (f: string) => (fs.existsSync(path.join(hostDir, 'out', f)) ? fs.readFileSync(path.join(hostDir, 'out', f), 'utf8') : '');
   const results = Object.fromEntries(read(`results-${n}.txt`).split('\n').filter((l) => l.includes('='))
