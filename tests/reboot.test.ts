@@ -178,4 +178,52 @@ test('shutdown with the source mounted read-write: no record for it, exit 1, the
   assert.match(r.stdout, /p: no shutdown record: .*mounted read-write/);
 });
 
+test('two pairs on one disk (two partitions) each resume, their records proven by the disk\'s one counter', () => {
+  const { disk, parts } = fx.partitionedLoop(80, [32, 32]);
+  const drives = [fx.loop(SOURCE_MiB + 16), fx.loop(SOURCE_MiB + 16)];
+  parts.forEach((part, i) => ok('pair', part, drives[i], '--name', `p${i}`, '--reserve', '8M'));
+  ok('sync', '--all', '--quiet-period', '0.2');
+  const after = [ddDirect(parts[0], 100, 8), ddDirect(parts[1], 200, 16)];
+  const down = json('shutdown').shutdown;
+  assert.equal(down.map((o: { recorded: boolean }) => o.recorded), [true, true], JSON.stringify(down));
+  native().detach(env.DPSR_BPF_DIR!);
+  drives.forEach(freshLoop);
+  sh('partx', ['-d', disk]);
+  freshLoop(disk);
+  sh('partx', ['-a', disk]);
+  fs.writeFileSync(env.DPSR_BOOT_ID_FILE!, 'boot-2\n');
+  const up = json('boot').boot;
+  assert.equal(up.map((o: { resumed: boolean }) => o.resumed), [true, true], JSON.stringify(up));
+  const syncs = json('sync', '--all', '--quiet-period', '0.2').syncs;
+  syncs.forEach((r: { comparedBytes: number; copiedBytes: number }, i: number) => {
+    assert.is(r.comparedBytes, 0, JSON.stringify(r));
+    assert.is(r.copiedBytes, (after[i][1] - after[i][0]) * 512);
+  });
+  parts.forEach((part, i) => assert.is(sha256Of(part), sha256Of(drives[i], 32 << 20)));
+});
+
+test('a drive missing at shutdown: no record, the line says why, exit 1; missing at boot: a gap, compared once it is back', () => {
+  const { source, drive, bytes } = pairWritten();
+  const img = loopBackingFile(drive)!;
+  sh('blockdev', ['--setrw', drive]);
+  sh('losetup', ['-d', drive]);
+  const r = runDpsr(env, ['shutdown']);
+  assert.is(r.status, 1, r.stderr);
+  assert.match(r.stdout, /^p: no shutdown record: .*the next boot compares the whole source$/m);
+  fx.attach(img, drive);
+  assert.ok(json('shutdown').shutdown[0].recorded, 'back: recorded');
+  native().detach(env.DPSR_BPF_DIR!);
+  freshLoop(source);
+  sh('blockdev', ['--setrw', drive]);
+  sh('losetup', ['-d', drive]);
+  fs.writeFileSync(env.DPSR_BOOT_ID_FILE!, 'boot-2\n');
+  const up = json('boot').boot[0];
+  assert.is(up.cause, 'unclean-shutdown', JSON.stringify(up));
+  assert.match(up.detail, /DPSR drive could not be read/);
+  fx.attach(img, drive);
+  const s = syncJson();
+  assert.ok(s.comparedBytes >= SOURCE_MiB * 2 ** 20);
+  assert.is(sha256Of(source), sha256Of(drive, bytes));
+});
+
 test.run();

@@ -211,6 +211,19 @@ export interface BootOutcome {
   suspectBytes: number;
 }
 
+/** What `dpsr boot` says of a pair: its verdict, why there is none, and what the next sync has to do. */
+function outcomeOf(pair: PairRecord, v: BootVerdict | null, dev: BlockDevice | null | undefined, range: RangeState | undefined): BootOutcome {
+  const sets = v?.sets ? { dirty: setOf(v.sets.dirty), suspect: setOf(v.sets.suspect) } : null;
+  return {
+    name: pair.name,
+    resumed: v?.resumed ?? false,
+    cause: v?.cause ?? null,
+    detail: v ? v.detail : dev === null ? `the source ${pair.source.path} is not here: the first session that finds it compares it` : 'adopted in this boot already',
+    dirtyBytes: ((sets?.dirty.totalSectors ?? 0) + (range?.dirty.totalSectors ?? 0)) * SECTOR,
+    suspectBytes: (v && !v.resumed ? pair.dataSectors : sets?.suspect.totalSectors ?? 0) * SECTOR,
+  };
+}
+
 /** Waits up to `waitMs` for a device node (early in a boot udev may still be making it); null when it never came. */
 async function waitForDevice(devPath: string, waitMs: number): Promise<BlockDevice | null> {
   for (const deadline = Date.now() + waitMs; ;) {
@@ -236,40 +249,25 @@ export async function adoptAtBoot(settings: Settings, opts: { waitMs: number }):
   if (!store) return [];
   try {
     const pairs = store.pairs();
-    if (pairs.length === 0) return [];
+    // Judged already in this boot (dpsr boot ran, or a session saved since): only reported.
+    const todo = pairs.filter((pair) => !readVerdict(settings, pair) && store.rangeBootId(pair.name) !== bootId());
+    if (todo.length === 0) return pairs.map((pair) => outcomeOf(pair, readVerdict(settings, pair), undefined, undefined));
     checkTrackingSupport(settings.kernelBtfPath);
     const kt = KernelTracking.open({ pinDir: settings.pinDir });
     try {
       const tracker = Tracker.start(kt, { ownerLockPath: settings.ownerLockPath, ringBytes: OWNER_RING_BYTES });
       try {
-        const out: BootOutcome[] = [];
         const devs = new Map<string, BlockDevice | null>();
         // Every source tracked first, so that no record written meanwhile moves a count the verdicts read.
-        for (const pair of pairs) {
-          const savedBootId = store.rangeBootId(pair.name);
-          if (readVerdict(settings, pair) || savedBootId === bootId()) continue;
-          const dev = await waitForDevice(pair.source.path, opts.waitMs);
-          devs.set(pair.name, dev);
-        }
+        for (const pair of todo) devs.set(pair.name, await waitForDevice(pair.source.path, opts.waitMs));
         const ranges = new Map<string, RangeState>();
         for (const [name, dev] of devs) if (dev) ranges.set(name, await tracker.track(dev, name));
-        for (const pair of pairs) {
-          const made = readVerdict(settings, pair);
+        return pairs.map((pair) => {
           const dev = devs.get(pair.name);
-          let v: BootVerdict | null = made;
-          if (!made && dev) v = judgeAcrossReboot(settings, pair, dev, ranges.get(pair.name)!.baseline, store.rangeBootId(pair.name));
           const range = ranges.get(pair.name);
-          const sets = v?.sets ? { dirty: setOf(v.sets.dirty), suspect: setOf(v.sets.suspect) } : null;
-          out.push({
-            name: pair.name,
-            resumed: v?.resumed ?? false,
-            cause: v?.cause ?? null,
-            detail: v ? v.detail : dev === undefined ? 'tracked in this boot already: nothing to adopt' : `the source ${pair.source.path} is not here: the first session that finds it compares it`,
-            dirtyBytes: ((sets?.dirty.totalSectors ?? 0) + (range?.dirty.totalSectors ?? 0)) * SECTOR,
-            suspectBytes: (v && !v.resumed ? pair.dataSectors : sets?.suspect.totalSectors ?? 0) * SECTOR,
-          });
-        }
-        return out;
+          const v = dev && range ? judgeAcrossReboot(settings, pair, dev, range.baseline, store.rangeBootId(pair.name)) : readVerdict(settings, pair);
+          return outcomeOf(pair, v, dev, range);
+        });
       } finally {
         tracker.abandon(); // the records read stay in the ring for the first session
       }
