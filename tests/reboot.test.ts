@@ -24,23 +24,41 @@ const json = (...args: string[]) => JSON.parse(ok(...args, '--json'));
 const syncJson = () => json('sync', 'p', '--quiet-period', '0.2').syncs[0];
 const SOURCE_MiB = 32;
 
-/** Detaches a loop device and removes it (LOOP_CTL_REMOVE), so that attaching again starts its counters at zero. */
+/**
+ * Detaches a loop device, removes it (LOOP_CTL_REMOVE) and makes it again over the same file, in one
+ * process so that no `losetup -f` elsewhere takes the number meanwhile: its counters start at zero, as
+ * a disk's do at boot. Cleanup detaches it while it is still this file's.
+ */
 function freshLoop(dev: string): void {
   const img = loopBackingFile(dev)!;
   sh('blockdev', ['--setrw', dev]);
-  sh('losetup', ['-d', dev]);
-  const n = Number(dev.replace('/dev/loop', ''));
-  sh('python3', ['-c', `import fcntl, os, time
-fd = os.open('/dev/loop-control', os.O_RDWR)
-for i in range(50):
-    try:
-        fcntl.ioctl(fd, 0x4C81, ${n})
-        break
-    except OSError as e:
-        if e.errno != 16: raise
-        time.sleep(0.1)
+  sh('python3', ['-c', `import errno, fcntl, os, time
+n, img = ${Number(dev.replace('/dev/loop', ''))}, ${JSON.stringify(img)}
+LOOP_SET_FD, LOOP_CLR_FD, LOOP_SET_DIRECT_IO, CTL_ADD, CTL_REMOVE = 0x4C00, 0x4C01, 0x4C08, 0x4C80, 0x4C81
+def retry(fn):
+    for i in range(100):
+        try:
+            return fn()
+        except OSError as e:
+            if e.errno not in (errno.EBUSY, errno.ENOENT, errno.ENXIO) or i == 99: raise
+            time.sleep(0.05)
+d = os.open('/dev/loop%d' % n, os.O_RDONLY)
+fcntl.ioctl(d, LOOP_CLR_FD)
+os.close(d)
+ctl = os.open('/dev/loop-control', os.O_RDWR)
+retry(lambda: fcntl.ioctl(ctl, CTL_REMOVE, n))
+fcntl.ioctl(ctl, CTL_ADD, n)
+d = retry(lambda: os.open('/dev/loop%d' % n, os.O_RDWR))
+f = os.open(img, os.O_RDWR)
+fcntl.ioctl(d, LOOP_SET_FD, f)
+fcntl.ioctl(d, LOOP_SET_DIRECT_IO, 1)
 `]);
-  fx.attach(img, dev);
+  fx.defer(`losetup -d ${dev}`, () => {
+    const b = loopBackingFile(dev);
+    if (b !== img && b !== `${img} (deleted)`) return;
+    sh('blockdev', ['--setrw', dev]);
+    sh('losetup', ['-d', dev]);
+  });
 }
 
 /** The machine goes down and comes back: programs gone, devices re-probed with fresh counters, a new boot id. */
@@ -179,11 +197,15 @@ test('shutdown with the source mounted read-write: no record for it, exit 1, the
 });
 
 test('two pairs on one disk (two partitions) each resume, their records proven by the disk\'s one counter', () => {
-  const { disk, parts } = fx.partitionedLoop(80, [32, 32]);
+  const disk = fx.loop(80);
+  sh('sfdisk', ['--quiet', disk], { input: 'label: gpt\nsize=32MiB\nsize=32MiB\n' });
+  sh('partx', ['-a', disk]);
+  const parts = [`${disk}p1`, `${disk}p2`];
+  fx.defer(`partx -d ${disk}`, () => { if (fs.existsSync(parts[0])) sh('partx', ['-d', disk]); });
   const drives = [fx.loop(SOURCE_MiB + 16), fx.loop(SOURCE_MiB + 16)];
   parts.forEach((part, i) => ok('pair', part, drives[i], '--name', `p${i}`, '--reserve', '8M'));
   ok('sync', '--all', '--quiet-period', '0.2');
-  const after = [ddDirect(parts[0], 100, 8), ddDirect(parts[1], 200, 16)];
+  const after = [ddDirect(parts[0], 96, 8), ddDirect(parts[1], 200, 16)];
   const down = json('shutdown').shutdown;
   assert.equal(down.map((o: { recorded: boolean }) => o.recorded), [true, true], JSON.stringify(down));
   native().detach(env.DPSR_BPF_DIR!);
@@ -191,6 +213,7 @@ test('two pairs on one disk (two partitions) each resume, their records proven b
   sh('partx', ['-d', disk]);
   freshLoop(disk);
   sh('partx', ['-a', disk]);
+  fx.defer(`partx -d ${disk}`, () => sh('partx', ['-d', disk])); // before the detach freshLoop deferred
   fs.writeFileSync(env.DPSR_BOOT_ID_FILE!, 'boot-2\n');
   const up = json('boot').boot;
   assert.equal(up.map((o: { resumed: boolean }) => o.resumed), [true, true], JSON.stringify(up));
@@ -202,25 +225,31 @@ test('two pairs on one disk (two partitions) each resume, their records proven b
   parts.forEach((part, i) => assert.is(sha256Of(part), sha256Of(drives[i], 32 << 20)));
 });
 
+/** The device node moved away (the drive unplugged, as dpsr sees it), so that no one else's losetup can take the loop meanwhile; returns the way back. */
+function unplug(dev: string): () => void {
+  const away = `${dev}.unplugged`;
+  fs.renameSync(dev, away);
+  const back = () => { if (fs.existsSync(away)) fs.renameSync(away, dev); };
+  fx.defer(`mv ${away} ${dev}`, back);
+  return back;
+}
+
 test('a drive missing at shutdown: no record, the line says why, exit 1; missing at boot: a gap, compared once it is back', () => {
   const { source, drive, bytes } = pairWritten();
-  const img = loopBackingFile(drive)!;
-  sh('blockdev', ['--setrw', drive]);
-  sh('losetup', ['-d', drive]);
+  let replug = unplug(drive);
   const r = runDpsr(env, ['shutdown']);
   assert.is(r.status, 1, r.stderr);
-  assert.match(r.stdout, /^p: no shutdown record: .*the next boot compares the whole source$/m);
-  fx.attach(img, drive);
+  assert.match(r.stdout, /^p: no shutdown record: .*no such device.*the next boot compares the whole source$/m);
+  replug();
   assert.ok(json('shutdown').shutdown[0].recorded, 'back: recorded');
   native().detach(env.DPSR_BPF_DIR!);
   freshLoop(source);
-  sh('blockdev', ['--setrw', drive]);
-  sh('losetup', ['-d', drive]);
+  replug = unplug(drive);
   fs.writeFileSync(env.DPSR_BOOT_ID_FILE!, 'boot-2\n');
   const up = json('boot').boot[0];
   assert.is(up.cause, 'unclean-shutdown', JSON.stringify(up));
   assert.match(up.detail, /DPSR drive could not be read/);
-  fx.attach(img, drive);
+  replug();
   const s = syncJson();
   assert.ok(s.comparedBytes >= SOURCE_MiB * 2 ** 20);
   assert.is(sha256Of(source), sha256Of(drive, bytes));
