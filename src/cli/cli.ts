@@ -71,7 +71,9 @@ const FILES = [
   ['/run/dpsr/dpsr.sock', 'the daemon\'s control socket (root only) and, beside it, the owner lock'],
   ['/run/dpsr/boot', 'this boot\'s verdicts of dpsr boot (resumed, or the gap), for the daemon'],
   ['/sys/fs/bpf/dpsr', 'the pinned tracking programs and maps (they keep tracking across restarts of dpsr)'],
-  ['/etc/systemd/system/dpsr.service, /etc/systemd/system/dpsr-boot.service, /usr/lib/systemd/system-shutdown/dpsr, /etc/udev/rules.d/60-dpsr.rules', 'what dpsr install puts in place'],
+  ['/etc/systemd/system/dpsr.service, /etc/udev/rules.d/60-dpsr.rules', 'what dpsr install puts in place'],
+  ['/etc/systemd/system/dpsr-boot.service', 'runs dpsr boot early in each boot (dpsr install)'],
+  ['/usr/lib/systemd/system-shutdown/dpsr', 'runs dpsr shutdown at the end of each clean shutdown (dpsr install)'],
 ] as const;
 
 function program(): Command {
