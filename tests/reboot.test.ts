@@ -8,6 +8,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import fs from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { native } from '../src/base/native.js';
 import { Fixture, ddDirect, eachTestFreshCli, loopBackingFile, randomFill, runDpsr, runDpsrOk, sh, sha256Of } from './helpers/fixture.js';
 
@@ -23,36 +24,16 @@ const ok = (...args: string[]) => runDpsrOk(env, args);
 const json = (...args: string[]) => JSON.parse(ok(...args, '--json'));
 const syncJson = () => json('sync', 'p', '--quiet-period', '0.2').syncs[0];
 const SOURCE_MiB = 32;
+const FRESH_LOOP = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../tools/fresh-loop.py');
 
 /**
- * Detaches a loop device, removes it (LOOP_CTL_REMOVE) and makes it again over the same file, in one
- * process so that no `losetup -f` elsewhere takes the number meanwhile: its counters start at zero, as
+ * The loop device made again over the same file (tools/fresh-loop.py): its counters start at zero, as
  * a disk's do at boot. Cleanup detaches it while it is still this file's.
  */
 function freshLoop(dev: string): void {
   const img = loopBackingFile(dev)!;
   sh('blockdev', ['--setrw', dev]);
-  sh('python3', ['-c', `import errno, fcntl, os, time
-n, img = ${Number(dev.replace('/dev/loop', ''))}, ${JSON.stringify(img)}
-LOOP_SET_FD, LOOP_CLR_FD, LOOP_SET_DIRECT_IO, CTL_ADD, CTL_REMOVE = 0x4C00, 0x4C01, 0x4C08, 0x4C80, 0x4C81
-def retry(fn):
-    for i in range(100):
-        try:
-            return fn()
-        except OSError as e:
-            if e.errno not in (errno.EBUSY, errno.ENOENT, errno.ENXIO) or i == 99: raise
-            time.sleep(0.05)
-d = os.open('/dev/loop%d' % n, os.O_RDONLY)
-fcntl.ioctl(d, LOOP_CLR_FD)
-os.close(d)
-ctl = os.open('/dev/loop-control', os.O_RDWR)
-retry(lambda: fcntl.ioctl(ctl, CTL_REMOVE, n))
-fcntl.ioctl(ctl, CTL_ADD, n)
-d = retry(lambda: os.open('/dev/loop%d' % n, os.O_RDWR))
-f = os.open(img, os.O_RDWR)
-fcntl.ioctl(d, LOOP_SET_FD, f)
-fcntl.ioctl(d, LOOP_SET_DIRECT_IO, 1)
-`]);
+  sh('python3', [FRESH_LOOP, dev]);
   fx.defer(`losetup -d ${dev}`, () => {
     const b = loopBackingFile(dev);
     if (b !== img && b !== `${img} (deleted)`) return;

@@ -45,28 +45,7 @@ function dpsr(...args: string[]): { ms: number; out: string } {
 const sectorsRead = (dev: string) => Number(fs.readFileSync(`/sys/block/${path.basename(dev)}/stat`, 'utf8').trim().split(/\s+/)[2]);
 
 /** The loop device detached, removed and attached again over its file: its counters start at zero. */
-function freshLoop(dev: string): void {
-  const img = fs.readFileSync(`/sys/block/${path.basename(dev)}/loop/backing_file`, 'utf8').trim();
-  run('blockdev', ['--setrw', dev]);
-  run('losetup', ['-d', dev]);
-  run('python3', ['-c', `import fcntl, os, time
-fd = os.open('/dev/loop-control', os.O_RDWR)
-for i in range(50):
-    try:
-        fcntl.ioctl(fd, 0x4C81, ${Number(path.basename(dev).slice(4))}); break
-    except OSError as e:
-        if e.errno != 16: raise
-        time.sleep(0.1)`]);
-  for (let i = 0; ; i++) {
-    try {
-      run('losetup', ['--direct-io=on', dev, img]);
-      return;
-    } catch (err) {
-      if (i > 50) throw err;
-      run('sleep', ['0.1']);
-    }
-  }
-}
+const freshLoop = (dev: string) => run('python3', [path.resolve(path.dirname(BIN), '../tools/fresh-loop.py'), dev]);
 
 function reboot(devs: string[], n: number): void {
   native().detach(settings.pinDir);
@@ -83,12 +62,13 @@ function change(dev: string, seed: number): number {
 }
 
 const source = attach('source.img', sizeGiB * GiB);
-const drive = attach('drive.img', sizeGiB * GiB + 64 * MiB);
+// A journal as big as the source: after a crash the sync compares it all, and a compare must fit the journal.
+const drive = attach('drive.img', 2 * sizeGiB * GiB + 128 * MiB);
 fs.writeFileSync(bootIdFile, 'bench-boot-0\n');
 console.log(`# dpsr reboot benchmark: ${sizeGiB} GiB loop devices over files in ${dir} (direct I/O), ${rounds} rounds`);
 run('fio', ['--name=fill', `--filename=${source}`, '--rw=write', '--bs=4M', '--direct=1', '--ioengine=libaio', '--iodepth=4',
   `--size=${sizeGiB}G`, '--refill_buffers', '--output=/dev/null']);
-dpsr('pair', source, drive, '--name', 'bench', '--force', '--reserve', '64M');
+dpsr('pair', source, drive, '--name', 'bench', '--force', '--reserve', `${sizeGiB * 1024 + 64}M`);
 let boot = 0;
 for (let r = 0; r < rounds; r++) {
   for (const clean of [true, false]) {
