@@ -19,7 +19,7 @@ import path from 'node:path';
 import { Fixture, sh } from './helpers/fixture.js';
 import { type BootOutcome, type GuestImage, bootOnce, guestImage, packDpsr } from './helpers/guest.js';
 
-const BOOT_TIMEOUT_S = 600; // a bound, not a wait: a boot returns when the guest powers off
+const BOOT_TIMEOUT_S = 900; // a bound, not a wait: a boot returns when the guest powers off (boot 1 took 8 min at load 10 here)
 const SOURCE_MiB = 96;
 const DRIVE_MiB = SOURCE_MiB + 16;
 

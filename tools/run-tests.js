@@ -30,7 +30,7 @@ for (const file of files) {
     env,
     encoding: 'utf8',
     // A bound, not a wait: the guest test builds its guest (4-7 min on CI) and boots it four times.
-    timeout: 35 * 60 * 1000,
+    timeout: 40 * 60 * 1000,
   });
   const out = strip(res.stdout || '');
   process.stdout.write(out);
