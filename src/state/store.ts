@@ -83,6 +83,7 @@ export class Store implements TrackerStore {
   static openReadOnly(stateDir: string): Store | null {
     const file = path.join(stateDir, 'state.mdb');
     if (!fs.existsSync(file)) return null;
+    checkStateFile(file);
     return new Store(open({ path: file, compression: false, readOnly: true }));
   }
 
