@@ -6,7 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, ddDirect, journaledKillPoint, runDpsr, runDpsrKilledAfter, runDpsrOk, scatteredChanges, sh, sha256Of, eachTestFreshCli, randomFill, loopBackingFile, withTestReserve, writtenSectors } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, journaledKillPoint, runDpsr, runDpsrOk, scatteredChanges, sh, sha256Of, eachTestFreshCli, randomFill, loopBackingFile, withTestReserve, writtenSectors } from './helpers/fixture.js';
 import { faultDisk } from './helpers/fault-disk.js';
 
 const bin = DPSR_BIN;
@@ -209,7 +209,11 @@ test('a shortfall forced with the skip knob ends in an exact copy through a comp
  * Returns which it was, per kill point.
  */
 async function killSyncsAt(fractions: number[], sourceDies: boolean): Promise<string[]> {
-  const { source, drive, bytes } = devices(64);
+  // The drive stalls its writes at the kill point until the kill: exact on any machine.
+  const source = fx.loop(64);
+  const disk = faultDisk(fx, 2 * 64 + 64);
+  const drive = disk.dev;
+  const bytes = 64 * MiB;
   randomFill(source, 64);
   ok('pair', source, drive, '--name', 'p');
   assert.ok(syncJson('p').journaled, 'the generation went through the journal');
@@ -219,7 +223,9 @@ async function killSyncsAt(fractions: number[], sourceDies: boolean): Promise<st
     const oldHash = hash(drive, bytes);
     const data = scatteredChanges(source, round * 131);
     const newHash = hash(source);
-    const k = await runDpsrKilledAfter(env, ['sync', 'p', '--quiet-period', '0.2'], drive, Math.floor(fraction * data));
+    const start = writtenSectors(drive);
+    const run = await disk.killAtStall(process.execPath, [bin, 'sync', 'p', '--quiet-period', '0.2'], env, Math.floor(fraction * data) * 512);
+    const k = { killed: run.killed, writtenSectors: writtenSectors(drive) - start }; // its writes have all ended: it exited
     const at = `killed at ${k.writtenSectors} sectors written for ${data} changed`;
     if (sourceDies) sh('losetup', ['-d', source]);
     dpsr('status', 'p'); // the owner replays a committed transaction, as mounting replays a log
