@@ -11,12 +11,11 @@
 // the DPSR drive. The guest is built once (4-7 min, cached); under software
 // emulation the first boot takes about 6 min (update-initramfs, the full
 // copy), the others about 2.
-import crypto from 'node:crypto';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Fixture, sh } from './helpers/fixture.js';
+import { Fixture, sh, sha256Of } from './helpers/fixture.js';
 import { type BootOutcome, type GuestImage, bootOnce, guestImage, packDpsr } from './helpers/guest.js';
 
 const BOOT_TIMEOUT_S = 900; // a bound, not a wait: a boot returns when the guest powers off (boot 1 took 8 min at load 10 here)
@@ -166,22 +165,6 @@ umount /data
 dpsr sync data --json >"/mnt/host/out/sync-$GUEST_BOOT.json" 2>"/mnt/host/out/sync-$GUEST_BOOT.err"; r sync "$?"
 `;
 
-const sha256File = (file: string, bytes: number) => {
-  const fd = fs.openSync(file, 'r');
-  const h = crypto.createHash('sha256');
-  const buf = Buffer.alloc(4 << 20);
-  try {
-    for (let pos = 0; pos < bytes;) {
-      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, bytes - pos), pos);
-      if (n <= 0) break;
-      h.update(buf.subarray(0, n));
-      pos += n;
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
-};
 /** After boot 4 (the guest off): [source, the drive's image] hashes. */
 const hashes: Record<number, [string, string]> = {};
 
@@ -196,7 +179,7 @@ test.before(() => {
   sh('truncate', ['-s', `${DRIVE_MiB}M`, images[1]]);
   const disks = images.flatMap((f) => ['-drive', `file=${f},if=virtio,format=raw`]);
   const started = Date.now();
-  const sourceHashes = (n: number) => { hashes[n] = [sha256File(images[0], SOURCE_MiB << 20), sha256File(images[1], SOURCE_MiB << 20)]; };
+  const sourceHashes = (n: number) => { hashes[n] = [sha256Of(images[0], SOURCE_MiB << 20), sha256Of(images[1], SOURCE_MiB << 20)]; };
   const plan: Array<{ script: string; env?: Record<string, string>; expect: number; after?: (n: number) => void }> = [
     { script: PRELUDE + BOOT1, expect: 0 },
     {
