@@ -197,6 +197,32 @@ test('many unread adds (several full pending buffers) match a bitmap model', () 
   });
 });
 
+test('large batches of sector numbers up to 2^48 (the radix path) match a sorted union', () => {
+  withSeed(BASE_SEED, (rng) => {
+    for (const span of [2 ** 20, 2 ** 33, 2 ** 48 - 2 ** 12]) {
+      const set = new ExtentSet();
+      const pairs: Array<[number, number]> = [];
+      // Clustered starts, so extents overlap, nest and touch across batch boundaries.
+      const centres = Array.from({ length: 64 }, () => Math.floor(rng() * (span - 2 ** 12)));
+      for (let k = 0; k < 150_000; k++) {
+        const start = centres[randInt(rng, centres.length)] + randInt(rng, 4096);
+        const end = Math.min(start + 1 + randInt(rng, rng() < 0.9 ? 8 : 300), span);
+        set.add(start, end);
+        pairs.push([start, end]);
+        if (k === 70_000) set.count; // fold one batch mid-way, so later ones merge into a set
+      }
+      pairs.sort((a, b) => a[0] - b[0]);
+      const union: Array<[number, number]> = [];
+      for (const [s, e] of pairs) {
+        const last = union[union.length - 1];
+        if (last && s <= last[1]) last[1] = Math.max(last[1], e);
+        else union.push([s, e]);
+      }
+      assertSameRuns(set.toArray(), union);
+    }
+  });
+});
+
 test('adjacent ranges merge', () => {
   const set = new ExtentSet();
   set.add(0, 8);

@@ -85,13 +85,15 @@ export function u32Key(n: number): Buffer {
 export function forEachRecord(batch: Buffer, each: (r: WriteRecord) => void): void {
   const L = Layout.record;
   const r: WriteRecord = { startSector: 0, endSector: 0, dev: 0, op: 0, flags: 0, slotMask: 0 };
+  // A DataView reads each field inline; Buffer's readers are calls with bounds checks of their own.
+  const v = new DataView(batch.buffer, batch.byteOffset, batch.length);
   for (let off = 0; off + L.size <= batch.length; off += L.size) {
-    r.startSector = u64(batch, off + L.sector);
-    r.endSector = r.startSector + batch.readUInt32LE(off + L.sectors);
-    r.dev = batch.readUInt32LE(off + L.dev);
-    r.op = batch.readUInt16LE(off + L.op);
-    r.flags = batch.readUInt16LE(off + L.flags);
-    r.slotMask = batch.readUInt32LE(off + L.slotMask);
+    r.startSector = v.getUint32(off + L.sector, true) + v.getUint32(off + L.sector + 4, true) * 0x1_0000_0000;
+    r.endSector = r.startSector + v.getUint32(off + L.sectors, true);
+    r.dev = v.getUint32(off + L.dev, true);
+    r.op = v.getUint16(off + L.op, true);
+    r.flags = v.getUint16(off + L.flags, true);
+    r.slotMask = v.getUint32(off + L.slotMask, true);
     each(r);
   }
 }
