@@ -146,6 +146,13 @@ test('random operation sequences match a bitmap model', () => {
           set.subtractSet(other.set);
           for (let i = 0; i < SPACE; i++) model.bits[i] &= other.model.bits[i] ^ 1;
           checkAgainstModel(other.set, other.model, rng);
+        } else if (op < 0.93) {
+          const windows = randomPair(rng, randInt(rng, 12));
+          const before = set.toArray();
+          const inside = new Bitmap();
+          for (let i = 0; i < SPACE; i++) inside.bits[i] = model.bits[i] & windows.model.bits[i];
+          checkAgainstModel(set.within(windows.set), inside, rng);
+          assert.equal(set.toArray(), before, 'within must not modify the set');
         } else if (op < 0.97) {
           const [s, e] = randRange(rng);
           const before = set.toArray();

@@ -7,6 +7,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
 	InitRingReader(env, exports);
 	InitSyscalls(env, exports);
 	InitBatchIo(env, exports);
+	InitExtents(env, exports);
 	return exports;
 }
 

@@ -6,3 +6,4 @@ void InitTracking(Napi::Env env, Napi::Object exports);
 void InitRingReader(Napi::Env env, Napi::Object exports);
 void InitSyscalls(Napi::Env env, Napi::Object exports);
 void InitBatchIo(Napi::Env env, Napi::Object exports);
+void InitExtents(Napi::Env env, Napi::Object exports);

@@ -1,4 +1,5 @@
 /** A set of 512-byte sectors, kept as sorted, coalesced half-open extents [start, end) in flat Float64Arrays. */
+import { native } from './native.js';
 
 // Sector numbers go up to 2^48, so they live in float64 (exact to 2^53); never one object per extent.
 const INITIAL_PENDING = 256;
@@ -234,8 +235,21 @@ export class ExtentSet {
 
   /** The parts of the set inside `windows`. */
   within(windows: ExtentSet): ExtentSet {
+    this.flush();
+    windows.flush();
     const out = new ExtentSet();
-    windows.forEach((a, b) => this.intersect(a, b).forEach((s, e) => out.add(s, e)));
+    // Windows are sorted and never touch, so the clipped pieces come out sorted and
+    // apart: appended as they are, with no set made per window (a tick has thousands).
+    for (let w = 0; w < windows.size; w++) {
+      const a = windows.starts[w];
+      const b = windows.ends[w];
+      for (let i = this.firstEndAbove(a); i < this.size && this.starts[i] < b; i++) {
+        out.ensureCapacity(out.size + 1);
+        out.starts[out.size] = Math.max(this.starts[i], a);
+        out.ends[out.size] = Math.min(this.ends[i], b);
+        out.size++;
+      }
+    }
     return out;
   }
 
@@ -327,7 +341,7 @@ export class ExtentSet {
     this.pendingCount = 0;
     const s = this.pendingStarts!.subarray(0, n);
     const e = this.pendingEnds!.subarray(0, n);
-    const out = n >= RADIX_MIN ? coalesceByRadix(s, e, n) : coalesceBySort(s, e, n);
+    const out = n >= NATIVE_MIN ? native().coalesceExtents(s, e, n) : coalesceBySort(s, e, n);
     this.mergeSorted(s, e, out);
   }
 
@@ -445,15 +459,12 @@ export class ExtentSet {
 }
 
 
-// A batch this large is sorted by radix: a tracker folds tens of thousands of
-// records per tick, and two comparison sorts (starts, ends) cost ~0.1 µs per
-// record each, the daemon's largest cost per tracked write.
-const RADIX_MIN = 4096;
-const RADIX_BITS = 16;
-const RADIX_BUCKETS = 1 << RADIX_BITS;
-let radixCounts: Uint32Array | null = null;
-let scratchStarts = new Float64Array(0);
-let scratchEnds = new Float64Array(0);
+// A batch this large is sorted and coalesced by the addon (a radix sort): a
+// tracker folds tens of thousands of records per tick, and two comparison
+// sorts (starts, ends) cost ~0.1 µs per record each, the daemon's largest
+// cost per tracked write. In JS the radix sort runs cold (a few batches a
+// tick never get optimized) and is slower still.
+const NATIVE_MIN = 4096;
 
 /**
  * Sorts starts and ends independently (native numeric sort, no comparator, no index) and
@@ -475,63 +486,6 @@ function coalesceBySort(s: Float64Array, e: Float64Array, n: number): number {
     }
   }
   return out;
-}
-
-/** 16 bits of a sector number (< 2^48) for a radix pass: bits 0-15, 16-31 or 32-47. */
-function radixDigit(v: number, pass: number): number {
-  if (pass === 0) return v & 0xffff; // ToInt32 keeps v mod 2^32, exactly, for integers
-  if (pass === 1) return (v >>> 16) & 0xffff;
-  return Math.floor(v / 4294967296) & 0xffff;
-}
-
-/** Sorts the pairs by start (LSD radix, 3 passes of 16 bits) and coalesces in place; returns the extents kept. */
-function coalesceByRadix(s: Float64Array, e: Float64Array, n: number): number {
-  if (scratchStarts.length < n) {
-    scratchStarts = new Float64Array(n);
-    scratchEnds = new Float64Array(n);
-  }
-  const counts = (radixCounts ??= new Uint32Array(RADIX_BUCKETS));
-  let fromS: Float64Array = s;
-  let fromE: Float64Array = e;
-  let toS: Float64Array = scratchStarts;
-  let toE: Float64Array = scratchEnds;
-  for (let pass = 0; pass < 3; pass++) {
-    counts.fill(0);
-    for (let i = 0; i < n; i++) counts[radixDigit(fromS[i], pass)]++;
-    if (counts[radixDigit(fromS[0], pass)] === n) continue; // one digit for all: the order stands
-    let sum = 0;
-    for (let k = 0; k < RADIX_BUCKETS; k++) {
-      const c = counts[k];
-      counts[k] = sum;
-      sum += c;
-    }
-    for (let i = 0; i < n; i++) {
-      const v = fromS[i];
-      const at = counts[radixDigit(v, pass)]++;
-      toS[at] = v;
-      toE[at] = fromE[i];
-    }
-    [fromS, toS] = [toS, fromS];
-    [fromE, toE] = [toE, fromE];
-  }
-  // Sorted by start: a sweep keeps the furthest end of the run being built.
-  let out = 0;
-  let runStart = fromS[0];
-  let runEnd = fromE[0];
-  for (let i = 1; i < n; i++) {
-    if (fromS[i] > runEnd) {
-      s[out] = runStart; // out < i: nothing unread is overwritten, even when fromS is s
-      e[out] = runEnd;
-      out++;
-      runStart = fromS[i];
-      runEnd = fromE[i];
-    } else if (fromE[i] > runEnd) {
-      runEnd = fromE[i];
-    }
-  }
-  s[out] = runStart;
-  e[out] = runEnd;
-  return out + 1;
 }
 
 function checkSectors(startSector: number, endSector: number): void {

@@ -67,6 +67,8 @@ export interface Native {
   isAligned(buffer: Buffer, alignment: number): boolean;
   /** Positioned reads or writes of fd through io_uring, up to depth in flight; ops are [bufferOffset, length, position] triples. */
   batchIo(fd: number, write: boolean, buffer: Buffer, ops: Float64Array, depth: number): Promise<void>;
+  /** Sorts the first n extents [starts[i], ends[i]) by start and unites those that overlap or touch, in place; returns how many remain. */
+  coalesceExtents(starts: Float64Array, ends: Float64Array, n: number): number;
 }
 
 /** Errors from the addon carry errno's name. */

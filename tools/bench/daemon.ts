@@ -75,7 +75,10 @@ function dpsr(env: NodeJS.ProcessEnv, ...args: string[]): string {
 const niceArg = () => (process.argv.includes('--nice') ? option('--nice', 10) : 0);
 
 async function startDaemon(env: NodeJS.ProcessEnv, nice = 0): Promise<ChildProcess> {
-  const argv = [process.execPath, DPSR_BIN, 'daemon'];
+  // --profile DIR: the daemon writes a V8 CPU profile there when it stops (where its CPU per write goes).
+  const profileAt = process.argv.indexOf('--profile');
+  const profile = profileAt > 0 ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(process.argv[profileAt + 1])] : [];
+  const argv = [process.execPath, ...profile, DPSR_BIN, 'daemon'];
   const child = spawn(nice ? 'nice' : argv[0], nice ? ['-n', String(nice), ...argv] : argv.slice(1), { env, stdio: ['ignore', 'pipe', 'inherit'] });
   space.cleanups.push(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
   await new Promise<void>((resolve, reject) => {
