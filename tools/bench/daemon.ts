@@ -100,6 +100,9 @@ function cpuTicks(pid: number): number {
   return Number(fields[11]) + Number(fields[12]); // utime, stime
 }
 
+/** Times the daemon's main thread slept and was woken (ring poll, timers, socket): its voluntary context switches. */
+const wakeups = (pid: number) => Number(fs.readFileSync(`/proc/${pid}/task/${pid}/status`, 'utf8').match(/voluntary_ctxt_switches:\s+(\d+)/)![1]);
+
 const memKiB = (pid: number, key: string) => Number(fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(new RegExp(`${key}:\\s+(\\d+)`))![1]);
 
 function pct(values: number[], p: number): number {
@@ -162,10 +165,15 @@ async function trackingCost(): Promise<void> {
   await sleep(1000);
   const pid = daemon.pid!;
   const ticks0 = cpuTicks(pid);
+  const switches0 = wakeups(pid);
   const b = await fio(job);
   const cpuS = (cpuTicks(pid) - ticks0) / CLK_TCK;
+  const wakeupsPerS = (wakeups(pid) - switches0) / seconds;
   const rss = memKiB(pid, 'VmRSS');
   const hwm = memKiB(pid, 'VmHWM');
+  // RSS counts the rings the daemon maps (kernel memory shared with the programs) as well as its own heap.
+  const anon = memKiB(pid, 'RssAnon');
+  const shared = memKiB(pid, 'RssFile') + memKiB(pid, 'RssShmem');
   const st = JSON.parse(dpsr(env, 'status', 'raw', '--json')).pairs[0];
   await stopDaemon(daemon);
   native().detach(env.DPSR_BPF_DIR!);
@@ -174,7 +182,7 @@ async function trackingCost(): Promise<void> {
   console.log(`(2) ${seconds} s of fio 4k randwrite at a 100k IOPS cap, raw loop over /dev/shm:`);
   console.log(`    IOPS: nothing attached (A) ${a0.iops.toFixed(0)}, daemon tracking (B) ${b.iops.toFixed(0)}: ratio B/A ${(b.iops / a0.iops).toFixed(3)}`);
   console.log(`    p99 completion latency: A ${a0.p99us.toFixed(0)} µs (again at the end: ${a1.p99us.toFixed(0)} µs), programs without a consumer (C) ${c.p99us.toFixed(0)} µs, B ${b.p99us.toFixed(0)} µs: ratio B/A ${(b.p99us / a0.p99us).toFixed(2)}, C/A ${(c.p99us / a0.p99us).toFixed(2)}`);
-  console.log(`    daemon CPU ${(100 * cpuS / seconds).toFixed(1)}% of one CPU (${((cpuS * 1e6) / writes).toFixed(2)} µs per write), RSS ${(rss / 1024).toFixed(0)} MiB (peak ${(hwm / 1024).toFixed(0)} MiB); dirty ${(st.dirtyBytes / MiB).toFixed(0)} MiB tracked`);
+  console.log(`    daemon CPU ${(100 * cpuS / seconds).toFixed(1)}% of one CPU (${((cpuS * 1e6) / writes).toFixed(2)} µs per write, ${wakeupsPerS.toFixed(0)} wakeups/s), RSS ${(rss / 1024).toFixed(0)} MiB (peak ${(hwm / 1024).toFixed(0)} MiB; its own memory ${(anon / 1024).toFixed(0)} MiB, mapped files and rings ${(shared / 1024).toFixed(0)} MiB); dirty ${(st.dirtyBytes / MiB).toFixed(0)} MiB tracked`);
 }
 
 try {
