@@ -5,13 +5,16 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { AbortError, compareExtents, copyExtents, type CopyProgress } from '../src/io/copy.js';
-import { flush, openDirect } from '../src/io/direct-io.js';
+import { openDirect } from '../src/io/direct-io.js';
 import { batchIo } from '../src/io/batch-io.js';
 import { DpsrError, RefusedError } from '../src/base/errors.js';
 import { ExtentSet } from '../src/base/extents.js';
 import { native } from '../src/base/native.js';
 import { progressBar } from '../src/base/progress.js';
 import { Fixture, ddDirect, sh } from './helpers/fixture.js';
+import { LocalDevice } from '../src/io/local-device.js';
+
+const dev = (fd: number) => new LocalDevice(fd);
 
 const SECTOR = 512;
 
@@ -139,8 +142,8 @@ function filledPair(mib: number) {
 test('a full copy makes the destination identical', async () => {
   const { src, dst, srcFd, dstFd, limit } = filledPair(64);
   const seen: CopyProgress[] = [];
-  const r = await copyExtents(srcFd, dstFd, ExtentSet.from([[0, limit]]), { limitSectors: limit, onProgress: (p) => seen.push(p) });
-  flush(dstFd);
+  const r = await copyExtents(dev(srcFd), dev(dstFd), ExtentSet.from([[0, limit]]), { limitSectors: limit, onProgress: (p) => seen.push(p) });
+  dev(dstFd).flushSync('the copy', 'not durable');
   assert.is(r.bytesRead, limit * SECTOR);
   assert.is(r.bytesWritten, limit * SECTOR);
   assert.is(r.ios, 2 * (64 / 2)); // 2 MiB chunks by default
@@ -157,7 +160,7 @@ test('scattered, unaligned extents: exactly their 4 KiB blocks change', async ()
   const extents = scatteredExtents(limit);
   const set = ExtentSet.from(extents);
   const seen: CopyProgress[] = [];
-  const r = await copyExtents(srcFd, dstFd, set, {
+  const r = await copyExtents(dev(srcFd), dev(dstFd), set, {
     limitSectors: limit, mergeGapSectors: 0, onProgress: (p) => seen.push(p),
   });
   const expected = roundedOut(extents, limit);
@@ -173,7 +176,7 @@ test('merging nearby extents copies the gaps too, never past the merged runs', a
   const { src, dst, srcFd, dstFd, limit } = filledPair(32);
   const extents = scatteredExtents(limit);
   // Small chunks and odd parallelism so runs are cut into several chunks.
-  const r = await copyExtents(srcFd, dstFd, ExtentSet.from(extents), {
+  const r = await copyExtents(dev(srcFd), dev(dstFd), ExtentSet.from(extents), {
     limitSectors: limit, mergeGapSectors: 128, chunkBytes: 12 * 1024, inFlight: 3,
   });
   // The runs, computed independently: rounded blocks joined when the gap between them is < 128.
@@ -193,7 +196,7 @@ test('merging nearby extents copies the gaps too, never past the merged runs', a
 
 test('compareExtents finds and repairs exactly the differing 4 KiB blocks', async () => {
   const { src, dst, srcFd, dstFd, limit } = filledPair(32);
-  await copyExtents(srcFd, dstFd, ExtentSet.from([[0, limit]]), { limitSectors: limit });
+  await copyExtents(dev(srcFd), dev(dstFd), ExtentSet.from([[0, limit]]), { limitSectors: limit });
   // Damage: whole blocks, one sector inside a block, two adjacent blocks, and the last block.
   const damaged: Array<[number, number]> = [ddDirect(dst, 800, 8), ddDirect(dst, 7000 * 8 + 5, 1), ddDirect(dst, 20000, 16),
     ddDirect(dst, limit - 8, 8)];
@@ -201,20 +204,20 @@ test('compareExtents finds and repairs exactly the differing 4 KiB blocks', asyn
   const all = ExtentSet.from([[0, limit]]);
   const before = sha256(readAll(dst));
 
-  const look = await compareExtents(srcFd, dstFd, all, { limitSectors: limit, write: false });
+  const look = await compareExtents(dev(srcFd), dev(dstFd), all, { limitSectors: limit, write: false });
   assert.equal(look.differing.toArray(), blocks.toArray());
   assert.is(look.bytesWritten, 0);
   assert.is(look.comparedSectors, limit);
   assert.is(look.bytesRead, 2 * limit * SECTOR);
   assert.is(sha256(readAll(dst)), before, 'write:false wrote nothing');
 
-  const fix = await compareExtents(srcFd, dstFd, all, { limitSectors: limit, write: true });
-  flush(dstFd);
+  const fix = await compareExtents(dev(srcFd), dev(dstFd), all, { limitSectors: limit, write: true });
+  dev(dstFd).flushSync('the copy', 'not durable');
   assert.equal(fix.differing.toArray(), blocks.toArray());
   assert.is(fix.bytesWritten, blocks.totalSectors * SECTOR);
   assert.is(sha256(readAll(dst)), sha256(readAll(src)));
 
-  const again = await compareExtents(srcFd, dstFd, all, { limitSectors: limit, write: true });
+  const again = await compareExtents(dev(srcFd), dev(dstFd), all, { limitSectors: limit, write: true });
   assert.ok(again.differing.isEmpty);
   assert.is(again.bytesWritten, 0);
 });
@@ -223,7 +226,7 @@ test('compareExtents over a few unaligned extents compares only their blocks', a
   const { src, dst, srcFd, dstFd, limit } = filledPair(32);
   // dst is zeros: every compared block differs.
   const extents: Array<[number, number]> = [[3, 5], [5000, 5001], [limit - 2, limit]];
-  const r = await compareExtents(srcFd, dstFd, ExtentSet.from(extents), { limitSectors: limit, write: true, mergeGapSectors: 0 });
+  const r = await compareExtents(dev(srcFd), dev(dstFd), ExtentSet.from(extents), { limitSectors: limit, write: true, mergeGapSectors: 0 });
   const blocks = roundedOut(extents, limit);
   assert.equal(r.differing.toArray(), blocks.toArray());
   assert.is(r.comparedSectors, blocks.totalSectors);
@@ -241,16 +244,16 @@ test('a device whose size is not a multiple of 4 KiB copies its last sectors', a
   assert.is(limit * SECTOR, bytes);
   assert.is(native().blkSszGet(srcFd), 512);
   // Only the tail: the last 3 sectors form a partial 4 KiB block.
-  const tail = await copyExtents(srcFd, dstFd, ExtentSet.from([[limit - 1, limit]]), { limitSectors: limit });
+  const tail = await copyExtents(dev(srcFd), dev(dstFd), ExtentSet.from([[limit - 1, limit]]), { limitSectors: limit });
   assert.is(tail.bytesWritten, 3 * SECTOR);
   const afterTail = readAll(dst);
   assert.equal(nonZeroSectors(afterTail).toArray(), [[limit - 3, limit]]);
   // Then everything, and a compare that agrees.
-  const r = await copyExtents(srcFd, dstFd, ExtentSet.from([[0, limit]]), { limitSectors: limit });
+  const r = await copyExtents(dev(srcFd), dev(dstFd), ExtentSet.from([[0, limit]]), { limitSectors: limit });
   assert.is(r.bytesWritten, bytes);
   assert.is(sha256(readAll(dst)), sha256(readAll(src)));
   ddDirect(dst, limit - 2, 1);
-  const c = await compareExtents(srcFd, dstFd, ExtentSet.from([[0, limit]]), { limitSectors: limit, write: true });
+  const c = await compareExtents(dev(srcFd), dev(dstFd), ExtentSet.from([[0, limit]]), { limitSectors: limit, write: true });
   assert.equal(c.differing.toArray(), [[limit - 3, limit]]);
   assert.is(c.bytesWritten, 3 * SECTOR);
   assert.is(sha256(readAll(dst)), sha256(readAll(src)));
@@ -263,7 +266,7 @@ test('limitSectors is never crossed, even by rounding', async () => {
   const srcFd = open(src, false);
   const dstFd = open(dst, true);
   const limit = sizeSectors(srcFd) - 8 * 100 - 5; // as if the drive had a reserved tail
-  const r = await copyExtents(srcFd, dstFd, ExtentSet.from([[limit - 1, limit + 50], [limit + 100, limit + 200]]), { limitSectors: limit });
+  const r = await copyExtents(dev(srcFd), dev(dstFd), ExtentSet.from([[limit - 1, limit + 50], [limit + 100, limit + 200]]), { limitSectors: limit });
   assert.equal(nonZeroSectors(readAll(dst)).toArray(), [[Math.floor((limit - 1) / 8) * 8, limit]]);
   assert.is(r.bytesWritten, (limit - Math.floor((limit - 1) / 8) * 8) * SECTOR);
 });
@@ -305,7 +308,7 @@ test('an abort stops the copy early with an AbortError', async () => {
   const ac = new AbortController();
   let last = 0;
   try {
-    await copyExtents(srcFd, dstFd, ExtentSet.from([[0, limit]]), {
+    await copyExtents(dev(srcFd), dev(dstFd), ExtentSet.from([[0, limit]]), {
       limitSectors: limit, chunkBytes: 256 * 1024, signal: ac.signal,
       onProgress: (p) => { last = p.doneSectors; if (p.doneSectors > 0) ac.abort(); },
     });
@@ -320,7 +323,7 @@ test('an abort stops the copy early with an AbortError', async () => {
   // Already aborted: nothing is touched.
   let ios = -1;
   try {
-    const r = await compareExtents(srcFd, dstFd, ExtentSet.from([[0, limit]]), { limitSectors: limit, write: true, signal: AbortSignal.abort() });
+    const r = await compareExtents(dev(srcFd), dev(dstFd), ExtentSet.from([[0, limit]]), { limitSectors: limit, write: true, signal: AbortSignal.abort() });
     ios = r.ios;
     assert.unreachable('the compare should have been aborted');
   } catch (err) {
@@ -345,7 +348,7 @@ test('errors: missing device, reading past the end, a read-only destination', as
   const dstFd = open(dst, true);
   const size = sizeSectors(srcFd);
   try {
-    await copyExtents(srcFd, dstFd, ExtentSet.from([[size - 8, size + 8]]), { limitSectors: size + 8 });
+    await copyExtents(dev(srcFd), dev(dstFd), ExtentSet.from([[size - 8, size + 8]]), { limitSectors: size + 8 });
     assert.unreachable();
   } catch (err) {
     assert.instance(err, DpsrError);
@@ -353,7 +356,7 @@ test('errors: missing device, reading past the end, a read-only destination', as
   }
   native().blkRoSet(dstFd, true);
   try {
-    await copyExtents(srcFd, dstFd, ExtentSet.from([[0, 8]]), { limitSectors: size });
+    await copyExtents(dev(srcFd), dev(dstFd), ExtentSet.from([[0, 8]]), { limitSectors: size });
     assert.unreachable();
   } catch (err) {
     assert.instance(err, DpsrError);
@@ -398,7 +401,7 @@ test('randomized plans (files, no O_DIRECT): every chunk lands exactly where the
     let last: CopyProgress | undefined;
     const opts = { limitSectors: limit, alignSectors: align, mergeGapSectors: gap, chunkBytes, inFlight: 1 + (round % 5), onProgress: (p: CopyProgress) => { last = p; } };
     try {
-      const r = await copyExtents(srcFd, dstFd, set, opts);
+      const r = await copyExtents(dev(srcFd), dev(dstFd), set, opts);
       const what = JSON.stringify({ align, gap, chunkBytes, extents: set.toArray() });
       assert.is(r.bytesWritten, expected.totalSectors * SECTOR, what);
       const dst = fs.readFileSync(dstFile);
@@ -407,7 +410,7 @@ test('randomized plans (files, no O_DIRECT): every chunk lands exactly where the
       const clipped = set.intersect(0, limit).totalSectors;
       assert.equal(last, { doneSectors: clipped, totalSectors: clipped }, what);
       // Compare agrees; then one damaged sector inside the copied runs is found as its block, and repaired.
-      const c = await compareExtents(srcFd, dstFd, set, { ...opts, write: false });
+      const c = await compareExtents(dev(srcFd), dev(dstFd), set, { ...opts, write: false });
       assert.ok(c.differing.isEmpty, what);
       assert.is(c.comparedSectors, expected.totalSectors, what);
       const [rs, re] = runs[Math.floor(Math.random() * runs.length)] ?? [0, 0];
@@ -415,7 +418,7 @@ test('randomized plans (files, no O_DIRECT): every chunk lands exactly where the
         const bad = rs + Math.floor(Math.random() * (re - rs));
         fs.writeSync(dstFd, Buffer.alloc(SECTOR, 0xa5), 0, SECTOR, bad * SECTOR);
         const block: [number, number] = [Math.floor(bad / align) * align, Math.min(Math.floor(bad / align) * align + align, limit)];
-        const fix = await compareExtents(srcFd, dstFd, set, { ...opts, write: true });
+        const fix = await compareExtents(dev(srcFd), dev(dstFd), set, { ...opts, write: true });
         assert.equal(fix.differing.toArray(), [block], what);
         assert.is(fix.bytesWritten, (block[1] - block[0]) * SECTOR, what);
         assert.ok(fs.readFileSync(dstFile).subarray(0, limit * SECTOR).equals(Buffer.concat([dst.subarray(0, bad * SECTOR), src.subarray(bad * SECTOR, (bad + 1) * SECTOR), dst.subarray((bad + 1) * SECTOR)])), what);

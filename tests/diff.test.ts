@@ -12,6 +12,9 @@ import { openDirect } from '../src/io/direct-io.js';
 import { compareMeta, type FileMeta } from '../src/restore/file-diff.js';
 import { readLabel, writeLabel } from '../src/drive/label.js';
 import { DPSR_BIN, Fixture, runDpsr, runDpsrOk, sh, sha256Of, eachTestFreshCli } from './helpers/fixture.js';
+import { LocalDevice } from '../src/io/local-device.js';
+
+const dev = (fd: number) => new LocalDevice(fd);
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
@@ -262,8 +265,8 @@ test('an interrupted sync named in the label: refused while another process owns
   sh('blockdev', ['--setrw', drive]);
   const fd = openDirect(drive, true);
   try {
-    const label = readLabel(fd)!;
-    writeLabel(fd, { ...label, pendingTxn: { seq: label.journalSeq + 1, image: 'point-in-time', imageTimeMs: Date.now() } }, label.seq);
+    const label = readLabel(dev(fd))!;
+    writeLabel(dev(fd), { ...label, pendingTxn: { seq: label.journalSeq + 1, image: 'point-in-time', imageTimeMs: Date.now() } }, label.seq);
   } finally {
     fs.closeSync(fd);
     sh('blockdev', ['--setro', drive]);

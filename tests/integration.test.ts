@@ -17,6 +17,9 @@ import { hookEnvironment, runFailureHook, type HookEvent } from '../src/daemon/f
 import { escapeLabelValue, renderMetrics, writeMetricsFile, type MetricsSnapshot, type PairMetrics } from '../src/daemon/metrics.js';
 import { type DeviceIdentity, matchRecordedSource } from '../src/devices/identity.js';
 import { DPSR_BIN, Fixture, eachTestFreshCli, runDpsr, sh, sha256Of } from './helpers/fixture.js';
+import { LocalDevice } from '../src/io/local-device.js';
+
+const io = (fd: number) => new LocalDevice(fd);
 
 const HOME = path.resolve(path.dirname(DPSR_BIN), '..');
 let fx: Fixture;
@@ -196,9 +199,9 @@ test('probe: reads the label as label.ts writes it: the newest slot wins; a torn
   };
   const fd = openDirect(dev, true);
   try {
-    writeLabel(fd, label, 0); // seq 1: the last 4 KiB
+    writeLabel(io(fd), label, 0); // seq 1: the last 4 KiB
     assert.equal(probe(dev), { DPSR_DRIVE: '1', DPSR_PAIR: 'one', DPSR_SOURCE_PRESENT: '0' });
-    writeLabel(fd, { ...label, pairName: 'two' }, 1); // seq 2: the 4 KiB before
+    writeLabel(io(fd), { ...label, pairName: 'two' }, 1); // seq 2: the 4 KiB before
     assert.is(probe(dev).DPSR_PAIR, 'two');
     // A torn newest slot: the other one holds.
     const buf = native().alignedBuffer(4096, 4096);
@@ -208,10 +211,10 @@ test('probe: reads the label as label.ts writes it: the newest slot wins; a torn
     fs.writeSync(fd, buf, 0, 4096, slot0);
     assert.is(probe(dev).DPSR_PAIR, 'one');
     for (const pairName of ['bad name', 'x'.repeat(65), 'ok\u0000', '-dash']) {
-      writeLabel(fd, { ...label, pairName }, 5);
+      writeLabel(io(fd), { ...label, pairName }, 5);
       assert.equal(probe(dev), {}, JSON.stringify(pairName));
     }
-    writeLabel(fd, { ...label, source: { ...label.source, sizeSectors: 1.5 } }, 7);
+    writeLabel(io(fd), { ...label, source: { ...label.source, sizeSectors: 1.5 } }, 7);
     assert.equal(probe(dev), {}, 'a size that is no integer');
   } finally {
     fs.closeSync(fd);

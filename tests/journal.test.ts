@@ -11,6 +11,9 @@ import {
 } from '../src/drive/journal.js';
 import { native } from '../src/base/native.js';
 import { Fixture, ddDirect, freshCliFixture, runDpsr, sha256Of, sh } from './helpers/fixture.js';
+import { LocalDevice } from '../src/io/local-device.js';
+
+const dev = (fd: number) => new LocalDevice(fd);
 
 const SECTOR = 512;
 const MiB = 1 << 20;
@@ -30,7 +33,7 @@ function drive(sizeMiB = DRIVE_MIB): { dev: string; fd: number; region: JournalR
   const fd = openDirect(dev, true);
   fx.defer(`close ${dev}`, () => fs.closeSync(fd));
   const size = native().blkGetSize64(fd);
-  return { dev, fd, region: { fd, startBytes: IMAGE_BYTES, lengthBytes: size - 8192 - IMAGE_BYTES, pairId: 'test-pair' } };
+  return { dev, fd, region: { drive: new LocalDevice(fd), startBytes: IMAGE_BYTES, lengthBytes: size - 8192 - IMAGE_BYTES, pairId: 'test-pair' } };
 }
 
 function readAt(fd: number, position: number, length: number): Buffer {
@@ -126,7 +129,7 @@ test('round trip: committed entries come back and apply in place; the discard re
   assert.is(await readCommitted(region, 6), null);
   assert.is(await readCommitted(region, 8), null);
 
-  await applyTransaction(fd, txn!);
+  await applyTransaction(dev(fd), txn!);
   const after = readAt(fd, 0, IMAGE_BYTES);
   const expected = Buffer.from(before);
   for (const e of entries) {
@@ -150,7 +153,7 @@ test('later entries win over earlier overlapping ones, with several batches in f
   await writeTransaction(region, 1, entries, { chunkBytes: 64 * 1024 });
   const txn = await readCommitted(region, 1, { chunkBytes: 64 * 1024 });
   assert.ok(txn);
-  await applyTransaction(fd, txn!, { chunkBytes: 16 * 1024, inFlight: 8 });
+  await applyTransaction(dev(fd), txn!, { chunkBytes: 16 * 1024, inFlight: 8 });
   const expected = Buffer.from(before);
   for (const e of entries) {
     if (e.kind === 'data') e.data.copy(expected, e.targetSector * SECTOR);
@@ -180,7 +183,7 @@ test('applied from memory (page-aligned data, as a sync keeps it): the image is 
     if (e.kind === 'data') e.data.copy(expected, e.targetSector * SECTOR);
     else expected.fill(0, e.targetSector * SECTOR, (e.targetSector + e.sectors) * SECTOR);
   }
-  await applyEntries(fd, entries);
+  await applyEntries(dev(fd), entries);
   assert.is(sha256(readAt(fd, 0, IMAGE_BYTES)), sha256(expected), 'every entry landed, the discard reads as zeros');
 });
 
@@ -195,7 +198,7 @@ test('an async iterable of entries streams in; many entries need several descrip
   const txn = await readCommitted(region, 3);
   assert.ok(txn);
   assert.equal(normalize(await collect(txn!)), normalize(entries));
-  await applyTransaction(fd, txn!);
+  await applyTransaction(dev(fd), txn!);
   for (const e of entries.slice(0, 50)) {
     if (e.kind === 'data') assert.ok(readAt(fd, e.targetSector * SECTOR - ((e.targetSector * SECTOR) % 4096), 8192)
       .subarray((e.targetSector * SECTOR) % 4096, (e.targetSector * SECTOR) % 4096 + e.data.length).equals(e.data));
@@ -223,7 +226,7 @@ test('torn: entries written without the commit, or a zeroed commit block, never 
 });
 
 test('stale: an uncommitted seq 6 over a committed seq 5 returns neither, never a mix', async () => {
-  const { region } = drive();
+  const { fd, region } = drive();
   const five = [data(0, MiB), data(4096, 2 * MiB), { kind: 'discard' as const, targetSector: 10_000, sectors: 8 }];
   await writeTransaction(region, 5, five);
   assert.ok(await readCommitted(region, 5));
@@ -240,18 +243,18 @@ test('stale: an uncommitted seq 6 over a committed seq 5 returns neither, never 
   assert.ok(six.bytes > 0);
   // Replay the old head of a committed seq 5 on top of seq 6's blocks: a stale head with new data.
   await writeTransaction(region, 5, five);
-  const staleHead = readAt(region.fd, region.startBytes, 4096);
+  const staleHead = readAt(fd, region.startBytes, 4096);
   await writeTransaction(region, 6, [data(8, 256 * 1024)], { commit: false });
-  writeAt(region.fd, region.startBytes, staleHead);
+  writeAt(fd, region.startBytes, staleHead);
   assert.is(await readCommitted(region, 5), null, 'a committed head over other data never verifies');
   assert.is(await readCommitted(region, 6), null);
 
   // Same entries, same seq, written twice: the second's nonce differs, the first's head does not verify it.
   await writeTransaction(region, 5, five);
-  const head1 = readAt(region.fd, region.startBytes, 4096);
+  const head1 = readAt(fd, region.startBytes, 4096);
   await writeTransaction(region, 5, five);
   assert.ok(await readCommitted(region, 5));
-  writeAt(region.fd, region.startBytes, head1);
+  writeAt(fd, region.startBytes, head1);
   assert.is(await readCommitted(region, 5), null, 'data identical but descriptors carry another nonce');
 });
 
@@ -271,14 +274,14 @@ test('corruption: one flipped byte in a data block or a descriptor block → nul
 });
 
 test('too big: a clear error before anything is written; journalBytesFor predicts exactly', async () => {
-  const { region } = drive();
+  const { fd, region } = drive();
   const small = { ...region, lengthBytes: 2 * MiB };
   assert.is(journalBytesFor(0, 0), 4096);
   assert.is(journalBytesFor(512, 1), 3 * 4096);
   assert.is(journalBytesFor(4096, 252), 3 * 4096);
   assert.is(journalBytesFor(4608, 253), 4 * 4096 + 4096);
   await writeTransaction(small, 1, [data(0, 4096)]);
-  const headBefore = readAt(region.fd, region.startBytes, 4096);
+  const headBefore = readAt(fd, region.startBytes, 4096);
   try {
     await writeTransaction(small, 2, [data(0, MiB), data(4096, MiB)]);
     assert.unreachable('should have thrown');
@@ -287,7 +290,7 @@ test('too big: a clear error before anything is written; journalBytesFor predict
     assert.is((err as { code?: string }).code, 'EJOURNALFULL');
     assert.match((err as Error).message, /too big.*2 entries.*2\.0 MiB of data need 2\.0 MiB \(2105344 bytes\).*holds 2\.0 MiB/);
   }
-  assert.equal(readAt(region.fd, region.startBytes, 4096), headBefore, 'the array was refused before any write');
+  assert.equal(readAt(fd, region.startBytes, 4096), headBefore, 'the array was refused before any write');
   assert.ok(await readCommitted(small, 1));
   // Streaming: refused when the overflow is seen; no transaction is left committed.
   async function* gen(): AsyncGenerator<JournalEntry> { yield data(0, MiB); yield data(4096, MiB); }
@@ -313,19 +316,19 @@ test('idempotent apply, and invalidate makes the transaction unreplayable', asyn
   await writeTransaction(region, 11, entries);
   const txn = await readCommitted(region, 11);
   assert.ok(txn);
-  await applyTransaction(fd, txn!);
+  await applyTransaction(dev(fd), txn!);
   const once = sha256(readAt(fd, 0, IMAGE_BYTES));
-  await applyTransaction(fd, txn!);
+  await applyTransaction(dev(fd), txn!);
   assert.is(sha256(readAt(fd, 0, IMAGE_BYTES)), once);
   const again = await readCommitted(region, 11); // as after a crash mid-apply: read and apply again
-  await applyTransaction(fd, again!);
+  await applyTransaction(dev(fd), again!);
   assert.is(sha256(readAt(fd, 0, IMAGE_BYTES)), once);
   // The handle writeTransaction returns applies the same, without a verify pass.
   const { committed } = await writeTransaction(region, 12, entries);
   assert.ok(committed);
   assert.is(committed!.seq, 12);
   assert.equal(committed!.descriptors, (await readCommitted(region, 12))!.descriptors);
-  await applyTransaction(fd, committed!);
+  await applyTransaction(dev(fd), committed!);
   assert.is(sha256(readAt(fd, 0, IMAGE_BYTES)), once);
   await invalidate(region);
   assert.is(await readCommitted(region, 12), null);
@@ -361,12 +364,12 @@ test('a drive paired again after unpair never replays the earlier pairing\'s tra
 });
 
 test('an entry aimed at the journal region itself is refused at apply', async () => {
-  const { fd, region } = drive();
+  const { region } = drive();
   await writeTransaction(region, 1, [data(region.startBytes / SECTOR + 8, 4096)]);
   const txn = await readCommitted(region, 1);
   assert.ok(txn);
   try {
-    await applyTransaction(fd, txn!);
+    await applyTransaction(region.drive, txn!);
     assert.unreachable('should have thrown');
   } catch (err) {
     assert.is((err as { code?: string }).code, 'EJOURNAL');

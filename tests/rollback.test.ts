@@ -17,6 +17,9 @@ import type { PairRecord } from '../src/state/records.js';
 import { journalRegionOf } from '../src/drive/paired-drive.js';
 import { runningFromDrive } from '../src/state/session.js';
 import { systemDisks } from '../src/devices/in-use.js';
+import { LocalDevice } from '../src/io/local-device.js';
+
+const dev = (fd: number) => new LocalDevice(fd);
 
 const MiB = 1 << 20;
 let fx: Fixture;
@@ -319,8 +322,8 @@ async function commitUnapplied(source: string, drive: string, dataSectors: numbe
   const fd = fs.openSync(drive, fs.constants.O_RDWR | fs.constants.O_DIRECT);
   const src = fs.openSync(source, 'r');
   try {
-    const label = readLabel(fd)!;
-    const region = journalRegionOf(fd, { dataSectors, reservedSectors: label.reservedSectors } as PairRecord, label.pairId)!;
+    const label = readLabel(dev(fd))!;
+    const region = journalRegionOf(dev(fd), { dataSectors, reservedSectors: label.reservedSectors } as PairRecord, label.pairId)!;
     const seq = label.journalSeq + 1;
     const entries = extents.map(([start, end]): JournalEntry => {
       const data = Buffer.alloc((end - start) * 512);
@@ -328,7 +331,7 @@ async function commitUnapplied(source: string, drive: string, dataSectors: numbe
       return { kind: 'data', targetSector: start, data };
     });
     const { seq: labelSeq, updatedMs: _, ...rest } = label;
-    writeLabel(fd, { ...rest, pendingTxn: { seq, image: 'point-in-time', imageTimeMs: Date.now() } }, labelSeq);
+    writeLabel(dev(fd), { ...rest, pendingTxn: { seq, image: 'point-in-time', imageTimeMs: Date.now() } }, labelSeq);
     await writeTransaction(region, seq, entries);
     return seq;
   } finally {

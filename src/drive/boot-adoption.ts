@@ -10,11 +10,11 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { OWNER_RING_BYTES, type Settings } from '../base/defaults.js';
 import { ExtentSet } from '../base/extents.js';
-import { native } from '../base/native.js';
 import { writeFileAtomic } from '../base/atomic-write.js';
 import { bootId } from '../devices/boot-id.js';
 import { type BlockDevice, formatDev, resolveBlockDevice } from '../devices/devices.js';
 import { superblockFingerprint } from '../devices/fingerprint.js';
+import type { BlockIo } from '../io/block-io.js';
 import type { Baseline } from '../kernel/reconcile.js';
 import { checkTrackingSupport } from '../kernel/preflight.js';
 import { type GapCause, type RangeState, Tracker } from '../kernel/tracker.js';
@@ -96,9 +96,9 @@ export function judgeAcrossReboot(settings: Settings, pair: PairRecord, dev: Blo
     writeVerdict(settings, pair.name, verdict);
     return verdict;
   }
-  const { fd } = checked;
+  const { io } = checked;
   try {
-    const read = readShutdownRecord(fd, pair);
+    const read = readShutdownRecord(io, pair);
     if ('none' in read) {
       verdict = gap('unclean-shutdown', 'no shutdown record: the last boot did not end with dpsr shutdown (a crash, a power cut, or the hook was not installed)');
     } else if ('invalid' in read) {
@@ -118,25 +118,25 @@ export function judgeAcrossReboot(settings: Settings, pair: PairRecord, dev: Blo
           pending: rec.pending && { generation: rec.pending.generation, copy: b64(rec.pending.copy), compare: b64(rec.pending.compare), discard: b64(rec.pending.discard) },
         };
       }
-      consume(fd, pair);
+      consume(io, pair);
     }
-    if ('invalid' in read) consume(fd, pair);
+    if ('invalid' in read) consume(io, pair);
   } catch (err) {
     verdict = gap('unclean-shutdown', `the shutdown record could not be read and consumed (${(err as Error).message}): not trusted`);
   } finally {
-    fs.closeSync(fd);
+    io.close();
   }
   writeVerdict(settings, pair.name, verdict);
   return verdict;
 }
 
 /** Erases the record with the drive writable for that moment (it is kept read-only otherwise). */
-function consume(fd: number, pair: PairRecord): number {
-  native().blkRoSet(fd, false);
+function consume(io: BlockIo, pair: PairRecord): number {
+  io.setReadOnly(false);
   try {
-    return eraseShutdownRecord(fd, pair);
+    return eraseShutdownRecord(io, pair);
   } finally {
-    native().blkRoSet(fd, true);
+    io.setReadOnly(true);
   }
 }
 
@@ -175,8 +175,8 @@ export function voidShutdownRecords(settings: Settings, pairs: PairRecord[]): vo
   if (!fs.existsSync(marker) || fs.readFileSync(marker, 'utf8').trim() !== bootId()) return;
   for (const pair of pairs) {
     try {
-      const { fd } = openCheckedDrive(pair, true);
-      try { consume(fd, pair); } finally { fs.closeSync(fd); }
+      const { io } = openCheckedDrive(pair, true);
+      try { consume(io, pair); } finally { io.close(); }
     } catch {
       // the drive is not here: its record says this boot, which the next boot refuses anyway
     }

@@ -10,7 +10,6 @@ import path from 'node:path';
 import { OWNER_RING_BYTES, type Settings } from '../base/defaults.js';
 import { DpsrError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
-import { native } from '../base/native.js';
 import { SECTOR } from '../base/units.js';
 import { bootId } from '../devices/boot-id.js';
 import { type BlockDevice, readDiskCounters, resolveBlockDevice } from '../devices/devices.js';
@@ -156,16 +155,16 @@ async function recordAll(settings: Settings, store: Store, kt: KernelTracking, t
     };
     outcomes.set(pair.name, outcome);
     try {
-      const { fd } = openCheckedDrive(pair, true);
+      const { io } = openCheckedDrive(pair, true);
       const driveDisk = resolveBlockDevice(pair.drive.path).disk;
       try {
-        native().blkRoSet(fd, false);
-        const r = writeShutdownRecord(fd, pair, rec);
-        native().blkRoSet(fd, true);
+        io.setReadOnly(false);
+        const r = writeShutdownRecord(io, pair, rec);
+        io.setReadOnly(true);
         if ('why' in r) { outcome.detail = r.why; continue; }
         ownSectors.set(driveDisk, (ownSectors.get(driveDisk) ?? 0) + r.bytes / SECTOR);
       } finally {
-        fs.closeSync(fd);
+        io.close();
       }
       outcome.recorded = true;
       written.push(p);
@@ -185,13 +184,13 @@ async function recordAll(settings: Settings, store: Store, kt: KernelTracking, t
     outcome.recorded = false;
     outcome.detail = `${p.dev.disk} was written while the record was made (${now.writtenSectors - was.writtenSectors} sectors): record voided`;
     try {
-      const { fd } = openCheckedDrive(p.pair, true);
+      const { io } = openCheckedDrive(p.pair, true);
       try {
-        native().blkRoSet(fd, false);
-        eraseShutdownRecord(fd, p.pair);
-        native().blkRoSet(fd, true);
+        io.setReadOnly(false);
+        eraseShutdownRecord(io, p.pair);
+        io.setReadOnly(true);
       } finally {
-        fs.closeSync(fd);
+        io.close();
       }
     } catch (err) {
       outcome.detail += ` (erasing it failed: ${(err as Error).message}: run dpsr shutdown again before the reboot)`;

@@ -22,13 +22,11 @@
 //                    the extent table (16 bytes each: start sector u64, sectors u64; padded to 4 KiB), and
 //                    the data of the extents in table order (whole 4 KiB blocks).
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import { DpsrError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { native } from '../base/native.js';
 import { SECTOR } from '../base/units.js';
-import { batchIo } from '../io/batch-io.js';
-import { flush, fullIo as copyFullIo, ioError } from '../io/direct-io.js';
+import type { BlockIo } from '../io/block-io.js';
 import type { DroppedPoint, ImageState } from '../state/records.js';
 import type { CommittedTransaction } from './journal.js';
 
@@ -47,7 +45,7 @@ const COPY_CHUNK_BYTES = 4 << 20;
 const DROPPED_KEPT = 20;
 
 export interface HistoryRegion {
-  fd: number;
+  drive: BlockIo;
   startBytes: number;
   lengthBytes: number;
   pairId: string;
@@ -91,9 +89,9 @@ export function historyPlace(pair: { dataSectors: number; historySectors?: numbe
 }
 
 /** The pair's history region on the open drive, or null. */
-export function historyRegionOf(fd: number, pair: { dataSectors: number; historySectors?: number }, pairId: string): HistoryRegion | null {
+export function historyRegionOf(drive: BlockIo, pair: { dataSectors: number; historySectors?: number }, pairId: string): HistoryRegion | null {
   const place = historyPlace(pair);
-  return place ? { fd, ...place, pairId } : null;
+  return place ? { drive, ...place, pairId } : null;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -146,11 +144,11 @@ export function writeIndex(region: HistoryRegion, index: HistoryIndex): void {
   const used = roundUp(INDEX_HEADER + payload.length, BLOCK);
   const at = region.startBytes + (index.seq % 2) * INDEX_SLOT_BYTES;
   try {
-    fs.writeSync(region.fd, buf, 0, used, at);
+    region.drive.writeSync(buf, 0, used, at);
   } catch (err) {
-    throw ioError('write', 'DPSR drive history index', region.fd, at, used, err as NodeJS.ErrnoException);
+    throw region.drive.ioError('write', 'DPSR drive history index', at, used, err as NodeJS.ErrnoException);
   }
-  flush(region.fd, 'the DPSR drive', 'its restore points may not be durable');
+  region.drive.flushSync('the DPSR drive', 'its restore points may not be durable');
 }
 
 /** A new, empty history for a pairing (both slots, so nothing of an earlier pairing is read). */
@@ -202,7 +200,7 @@ export interface UndoResult { saved: UndoPoint | null; dropped: DroppedPoint[]; 
  * the first write of the apply. Idempotent per transaction: once the mark is
  * durable it does nothing, since the image may be half-applied by then.
  */
-export async function saveUndo(region: HistoryRegion, imageFd: number, txnSeq: number, targets: ExtentSet, meta: PointMeta,
+export async function saveUndo(region: HistoryRegion, image: BlockIo, txnSeq: number, targets: ExtentSet, meta: PointMeta,
   imageSectors: number): Promise<UndoResult> {
   const index = readIndex(region);
   if (index.undoneTxnSeq >= txnSeq) return { saved: null, dropped: [], already: true };
@@ -227,7 +225,7 @@ export async function saveUndo(region: HistoryRegion, imageFd: number, txnSeq: n
     dropped.push(...dropOldest(index, lastOverlap + 1, 'the history region was full (oldest first)'));
     writeIndex(region, index); // before their space is overwritten
   }
-  const headHash = await writeRecord(region, imageFd, at, txnSeq, meta.generation, extents, tableBytes);
+  const headHash = await writeRecord(region, image, at, txnSeq, meta.generation, extents, tableBytes);
   const saved: UndoPoint = { ...meta, txnSeq, offsetBytes: at, bytes, dataBytes, headHash, savedMs: Date.now() };
   index.points.push(saved);
   index.undoneTxnSeq = txnSeq;
@@ -239,10 +237,10 @@ export async function saveUndo(region: HistoryRegion, imageFd: number, txnSeq: n
  * Before transaction `txn` is applied to a drive whose image is still point
  * `meta`: its undo, saved unless already done (see saveUndo). Null without a history region.
  */
-export async function undoBeforeApply(fd: number, pair: { dataSectors: number; historySectors?: number }, pairId: string,
+export async function undoBeforeApply(drive: BlockIo, pair: { dataSectors: number; historySectors?: number }, pairId: string,
   txn: CommittedTransaction, meta: PointMeta): Promise<UndoResult | null> {
-  const region = historyRegionOf(fd, pair, pairId);
-  return region ? saveUndo(region, fd, txn.seq, txn.targetExtents(), meta, pair.dataSectors) : null;
+  const region = historyRegionOf(drive, pair, pairId);
+  return region ? saveUndo(region, drive, txn.seq, txn.targetExtents(), meta, pair.dataSectors) : null;
 }
 
 /** Extents rounded out to whole 4 KiB blocks, within the image's blocks. */
@@ -256,7 +254,7 @@ function blocksWithin(targets: ExtentSet, limitSectors: number): ExtentSet {
   return out;
 }
 
-async function writeRecord(region: HistoryRegion, imageFd: number, at: number, txnSeq: number, generation: number,
+async function writeRecord(region: HistoryRegion, image: BlockIo, at: number, txnSeq: number, generation: number,
   extents: ExtentSet, tableBytes: number): Promise<string> {
   const table = native().alignedBuffer(Math.max(tableBytes, BLOCK), BLOCK);
   table.fill(0);
@@ -274,9 +272,9 @@ async function writeRecord(region: HistoryRegion, imageFd: number, at: number, t
   let fill = 0;
   const flushChunk = async () => {
     if (fill === 0) return;
-    await batchIo('read', 'DPSR drive', imageFd, buf, ops);
+    await image.batch('read', 'DPSR drive', buf, ops);
     dataHash.update(buf.subarray(0, fill));
-    await fullIo('write', region.fd, buf, 0, fill, pos);
+    await fullIo('write', region.drive, buf, 0, fill, pos);
     pos += fill;
     ops = [];
     fill = 0;
@@ -303,9 +301,9 @@ async function writeRecord(region: HistoryRegion, imageFd: number, at: number, t
   dataHash.digest().copy(head, 72);
   const headHash = headHashOf(region.pairId, head);
   headHash.copy(head, HEAD_HASHED);
-  await fullIo('write', region.fd, head, 0, BLOCK, region.startBytes + at);
-  if (tableBytes > 0) await fullIo('write', region.fd, table, 0, tableBytes, region.startBytes + at + BLOCK);
-  flush(region.fd, 'the DPSR drive', 'its restore points may not be durable');
+  await fullIo('write', region.drive, head, 0, BLOCK, region.startBytes + at);
+  if (tableBytes > 0) await fullIo('write', region.drive, table, 0, tableBytes, region.startBytes + at + BLOCK);
+  region.drive.flushSync('the DPSR drive', 'its restore points may not be durable');
   return headHash.toString('hex');
 }
 
@@ -347,7 +345,7 @@ export async function readUndoExtents(region: HistoryRegion, point: UndoPoint, v
     const buf = native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK);
     for (let done = 0; done < off;) {
       const n = Math.min(COPY_CHUNK_BYTES, off - done);
-      await fullIo('read', region.fd, buf, 0, n, dataStart + done);
+      await fullIo('read', region.drive, buf, 0, n, dataStart + done);
       hash.update(buf.subarray(0, n));
       done += n;
     }
@@ -371,15 +369,15 @@ function readSync(region: HistoryRegion, buf: Buffer, length: number, offset: nu
   for (let done = 0; done < length;) {
     let n: number;
     try {
-      n = fs.readSync(region.fd, buf, done, length - done, region.startBytes + offset + done);
+      n = region.drive.readSync(buf, done, length - done, region.startBytes + offset + done);
     } catch (err) {
-      throw ioError('read', 'DPSR drive history', region.fd, region.startBytes + offset + done, length - done, err as NodeJS.ErrnoException);
+      throw region.drive.ioError('read', 'DPSR drive history', region.startBytes + offset + done, length - done, err as NodeJS.ErrnoException);
     }
     if (n <= 0) throw new DpsrError(`history: the DPSR drive ended at byte ${region.startBytes + offset + done}`, 'ESHORT');
     done += n;
   }
 }
 
-function fullIo(kind: 'read' | 'write', fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
-  return copyFullIo(kind, 'DPSR drive', fd, buf, offset, length, position);
+function fullIo(kind: 'read' | 'write', drive: BlockIo, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+  return drive.io(kind, 'DPSR drive', buf, offset, length, position);
 }

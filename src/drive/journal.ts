@@ -31,9 +31,8 @@
 // read again lazily: entries() yields entries (data entries in pieces of at most 4 MiB), and
 // applyTransaction() copies the data area onto the image in large reads and writes.
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import { type IoOp, batchIo } from '../io/batch-io.js';
-import { deviceOf, fullIo as copyFullIo } from '../io/direct-io.js';
+import type { IoOp } from '../io/batch-io.js';
+import type { BlockIo } from '../io/block-io.js';
 import { DpsrError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { tailEndBytes } from './shutdown-record.js';
@@ -68,7 +67,7 @@ const DEFAULT_IN_FLIGHT = 4;
 const MAX_BATCH_PIECES = 1024;
 
 export interface JournalRegion {
-  fd: number;
+  drive: BlockIo;
   startBytes: number;
   lengthBytes: number;
   /** The pair whose transactions it holds: bound into every transaction's hash. */
@@ -171,7 +170,7 @@ export class CommittedTransaction {
         const from = dataOffset + done;
         const alignedFrom = Math.floor(from / JOURNAL_BLOCK) * JOURNAL_BLOCK;
         const alignedTo = roundUp(from + n, JOURNAL_BLOCK);
-        await fullIo('read', this.region.fd, buf, 0, alignedTo - alignedFrom, dataStart + alignedFrom);
+        await fullIo('read', this.region.drive, buf, 0, alignedTo - alignedFrom, dataStart + alignedFrom);
         const skip = from - alignedFrom;
         yield { kind: 'data', targetSector: d.targetSector + done / SECTOR, data: Buffer.from(buf.subarray(skip, skip + n)) };
         done += n;
@@ -206,9 +205,9 @@ export async function writeTransaction(region: JournalRegion, seq: number,
   const hash = txnHashStart(VERSION, region.pairId, seq, nonce);
   const head = native().alignedBuffer(JOURNAL_BLOCK, JOURNAL_BLOCK);
   encodeHead(head, { version: VERSION, type: TYPE_OPEN, seq, nonce, entryCount: 0, dataBytes: 0, totalBytes: 0, txnHash: Buffer.alloc(32) });
-  await fullIo('write', region.fd, head, 0, JOURNAL_BLOCK, region.startBytes);
+  await fullIo('write', region.drive, head, 0, JOURNAL_BLOCK, region.startBytes);
 
-  const writer = new StreamWriter(region.fd, region.startBytes + JOURNAL_BLOCK, chunkBytes, inFlight);
+  const writer = new StreamWriter(region.drive, region.startBytes + JOURNAL_BLOCK, chunkBytes, inFlight);
   const table = new DescriptorTable(seq, nonce);
   let dataBytes = 0;
   // Entries read together lie side by side in one buffer: hashed and copied as one run,
@@ -252,11 +251,11 @@ export async function writeTransaction(region: JournalRegion, seq: number,
   if (writer.position - region.startBytes !== totalBytes) {
     throw new Error(`journal: wrote ${writer.position - region.startBytes} bytes, expected ${totalBytes}`); // a bug
   }
-  await fdatasync(region.fd);
+  await fdatasync(region.drive);
   if (opts.commit === false) return { bytes: totalBytes, committed: null };
   encodeHead(head, { version: VERSION, type: TYPE_COMMIT, seq, nonce, entryCount: table.count, dataBytes, totalBytes, txnHash: hash.digest() });
-  await fullIo('write', region.fd, head, 0, JOURNAL_BLOCK, region.startBytes);
-  await fdatasync(region.fd);
+  await fullIo('write', region.drive, head, 0, JOURNAL_BLOCK, region.startBytes);
+  await fdatasync(region.drive);
   const descriptors = Buffer.concat(table.blocks.map((b) => b.subarray(DESC_HEADER, DESC_HEADER + b.readUInt32LE(40) * DESC_BYTES)));
   return { bytes: totalBytes, committed: new CommittedTransaction(region, seq, table.count, dataBytes, totalBytes, descriptors) };
 }
@@ -266,8 +265,8 @@ export async function invalidate(region: JournalRegion): Promise<void> {
   checkRegion(region);
   const head = native().alignedBuffer(JOURNAL_BLOCK, JOURNAL_BLOCK);
   head.fill(0);
-  await fullIo('write', region.fd, head, 0, JOURNAL_BLOCK, region.startBytes);
-  await fdatasync(region.fd);
+  await fullIo('write', region.drive, head, 0, JOURNAL_BLOCK, region.startBytes);
+  await fdatasync(region.drive);
 }
 
 /** Sequential writes from a byte stream, gathered into chunkBytes buffers, several in flight. */
@@ -280,7 +279,7 @@ class StreamWriter {
   /** Device offset of the next byte to be appended. */
   position: number;
 
-  constructor(private readonly fd: number, start: number, private readonly chunkBytes: number, inFlight: number) {
+  constructor(private readonly drive: BlockIo, start: number, private readonly chunkBytes: number, inFlight: number) {
     this.position = start;
     this.buffers = Array.from({ length: inFlight }, () => native().alignedBuffer(chunkBytes, JOURNAL_BLOCK));
     this.pending = this.buffers.map(() => null);
@@ -336,7 +335,7 @@ class StreamWriter {
     const buf = from ?? this.buffers[this.slot];
     const length = from ? from.length : this.fill;
     const at = this.position - length;
-    this.pending[this.slot] = fullIo('write', this.fd, buf, 0, length, at).then(() => undefined, (error) => {
+    this.pending[this.slot] = fullIo('write', this.drive, buf, 0, length, at).then(() => undefined, (error) => {
       this.error ??= { error };
     });
     this.slot = (this.slot + 1) % this.buffers.length;
@@ -437,7 +436,7 @@ export async function committedHeadSeq(region: JournalRegion): Promise<number | 
   checkRegion(region);
   if (region.lengthBytes < JOURNAL_BLOCK) return null;
   const block = native().alignedBuffer(JOURNAL_BLOCK, JOURNAL_BLOCK);
-  await fullIo('read', region.fd, block, 0, JOURNAL_BLOCK, region.startBytes);
+  await fullIo('read', region.drive, block, 0, JOURNAL_BLOCK, region.startBytes);
   const head = decodeHead(block);
   return head && head.type === TYPE_COMMIT ? head.seq : null;
 }
@@ -460,7 +459,7 @@ export async function readCommitted(region: JournalRegion, seq: number, opts: Jo
   const { chunkBytes, inFlight } = ioOptions(opts);
   if (region.lengthBytes < JOURNAL_BLOCK) return null;
   const block = native().alignedBuffer(JOURNAL_BLOCK, JOURNAL_BLOCK);
-  await fullIo('read', region.fd, block, 0, JOURNAL_BLOCK, region.startBytes);
+  await fullIo('read', region.drive, block, 0, JOURNAL_BLOCK, region.startBytes);
   const head = decodeHead(block);
   if (!head || head.type !== TYPE_COMMIT || head.seq !== seq) return null;
   if (head.dataBytes % SECTOR !== 0 || head.totalBytes !== journalBytesFor(head.dataBytes, head.entryCount)
@@ -472,7 +471,7 @@ export async function readCommitted(region: JournalRegion, seq: number, opts: Jo
   let dataSectors = 0;
   let pos = 0; // relative to the data area
   let descIndex = 0;
-  for await (const chunk of readAhead(region.fd, region.startBytes + JOURNAL_BLOCK, head.totalBytes - JOURNAL_BLOCK, chunkBytes, inFlight)) {
+  for await (const chunk of readAhead(region.drive, region.startBytes + JOURNAL_BLOCK, head.totalBytes - JOURNAL_BLOCK, chunkBytes, inFlight)) {
     // Chunks are 4 KiB multiples and the data area is padded to 4 KiB: no descriptor block straddles two chunks.
     if (pos < head.dataBytes) hash.update(chunk.subarray(0, Math.min(chunk.length, head.dataBytes - pos)));
     let off = pos + chunk.length > paddedData ? Math.max(0, paddedData - pos) : chunk.length;
@@ -501,14 +500,14 @@ export async function readCommitted(region: JournalRegion, seq: number, opts: Jo
 }
 
 /** Reads [start, start + length) in order in chunkBytes pieces, up to inFlight reads ahead. A yielded chunk is valid until the next step. */
-async function* readAhead(fd: number, start: number, length: number, chunkBytes: number, inFlight: number): AsyncGenerator<Buffer> {
+async function* readAhead(drive: BlockIo, start: number, length: number, chunkBytes: number, inFlight: number): AsyncGenerator<Buffer> {
   const count = Math.ceil(length / chunkBytes);
   const slots = Math.min(inFlight, Math.max(1, count));
   const buffers = Array.from({ length: slots }, () => native().alignedBuffer(chunkBytes, JOURNAL_BLOCK));
   const reads: Array<Promise<unknown> | null> = buffers.map(() => null);
   const issue = (k: number): void => {
     const n = Math.min(chunkBytes, length - k * chunkBytes);
-    const p = fullIo('read', fd, buffers[k % slots], 0, n, start + k * chunkBytes);
+    const p = fullIo('read', drive, buffers[k % slots], 0, n, start + k * chunkBytes);
     p.catch(() => { /* awaited below */ });
     reads[k % slots] = p;
   };
@@ -549,16 +548,16 @@ interface Batch {
 }
 
 /**
- * Applies a committed transaction in place on `fd` (the DPSR drive, O_DIRECT, writable): data at
+ * Applies a committed transaction in place on `drive` (the DPSR drive, writable): data at
  * targetSector × 512, discards with BLKDISCARD (zeros written where the device refuses), then
  * fdatasync. Several batches in flight; a write never overtakes an earlier overlapping one, so
  * later entries win as in the transaction. Idempotent.
  */
-export async function applyTransaction(fd: number, txn: CommittedTransaction, opts: JournalIoOptions = {}): Promise<void> {
+export async function applyTransaction(drive: BlockIo, txn: CommittedTransaction, opts: JournalIoOptions = {}): Promise<void> {
   const { chunkBytes, inFlight } = ioOptions(opts);
   const region = txn.region;
   const dataStart = region.startBytes + JOURNAL_BLOCK;
-  if (fd === region.fd) {
+  if (drive === region.drive) {
     // Sanity: nothing may land on the journal itself.
     for (let i = 0; i < txn.entryCount; i++) {
       const d = decodeDescriptor(txn.descriptors, i);
@@ -586,7 +585,7 @@ export async function applyTransaction(fd: number, txn: CommittedTransaction, op
     for (let batch = next(); batch !== null; batch = next()) {
       try {
         if (batch.readTo > batch.readFrom) {
-          await fullIo('read', region.fd, buf, 0, batch.readTo - batch.readFrom, dataStart + batch.readFrom);
+          await fullIo('read', region.drive, buf, 0, batch.readTo - batch.readFrom, dataStart + batch.readFrom);
         }
         for (const [i, earlier] of active) {
           if (i < batch.index && overlaps(earlier.ranges, batch.ranges)) await earlier.done;
@@ -595,15 +594,15 @@ export async function applyTransaction(fd: number, txn: CommittedTransaction, op
         const one = async (p: Piece): Promise<void> => {
           const at = p.targetSector * SECTOR;
           const length = p.sectors * SECTOR;
-          if (p.kind === KIND_DATA) await fullIo('write', fd, buf, p.dataOffset - batch!.readFrom, length, at);
-          else zeros = await discard(fd, at, length, zeros, chunkBytes);
+          if (p.kind === KIND_DATA) await fullIo('write', drive, buf, p.dataOffset - batch!.readFrom, length, at);
+          else zeros = await discard(drive, at, length, zeros, chunkBytes);
         };
         if (batch.pieces.length === 1 || selfOverlaps(batch.ranges)) {
           for (const p of batch.pieces) await one(p); // in order: later pieces win
         } else {
           // Disjoint pieces (small scattered extents): all the data in one batch of writes.
           const data = batch.pieces.filter((p) => p.kind === KIND_DATA);
-          await batchIo('write', 'DPSR drive', fd, buf, data.map((p) => ({
+          await drive.batch('write', 'DPSR drive', buf, data.map((p) => ({
             bufferOffset: p.dataOffset - batch!.readFrom, length: p.sectors * SECTOR, position: p.targetSector * SECTOR,
           })));
           for (const p of batch.pieces) if (p.kind !== KIND_DATA) await one(p);
@@ -619,7 +618,7 @@ export async function applyTransaction(fd: number, txn: CommittedTransaction, op
   };
   await Promise.all(buffers.map((_, slot) => worker(slot)));
   if (failure) throw (failure as { error: unknown }).error;
-  await fdatasync(fd);
+  await fdatasync(drive);
 }
 
 const entryEnd = (e: JournalEntry) => e.targetSector + (e.kind === 'data' ? e.data.length / SECTOR : e.sectors);
@@ -637,7 +636,7 @@ export function entriesOverlap(entries: JournalEntry[]): boolean {
  * no two of them overlap (entriesOverlap): the same writes as
  * applyTransaction without reading the journal back, in any order.
  */
-export async function applyEntries(fd: number, entries: JournalEntry[], opts: JournalIoOptions = {}): Promise<void> {
+export async function applyEntries(drive: BlockIo, entries: JournalEntry[], opts: JournalIoOptions = {}): Promise<void> {
   if (entriesOverlap(entries)) throw new DpsrError('applyEntries: overlapping entries need the journal\'s ordered apply', 'EFAIL'); // a bug
   const { chunkBytes } = ioOptions(opts);
   const writes = new Map<ArrayBufferLike, IoOp[]>();
@@ -648,9 +647,9 @@ export async function applyEntries(fd: number, entries: JournalEntry[], opts: Jo
     writes.set(e.data.buffer, ops);
     ops.push({ bufferOffset: e.data.byteOffset, length: e.data.length, position: e.targetSector * SECTOR });
   }
-  for (const [buffer, ops] of writes) await batchIo('write', 'DPSR drive', fd, Buffer.from(buffer), ops);
-  for (const e of entries) if (e.kind === 'discard') zeros = await discard(fd, e.targetSector * SECTOR, e.sectors * SECTOR, zeros, chunkBytes);
-  await fdatasync(fd);
+  for (const [buffer, ops] of writes) await drive.batch('write', 'DPSR drive', Buffer.from(buffer), ops);
+  for (const e of entries) if (e.kind === 'discard') zeros = await discard(drive, e.targetSector * SECTOR, e.sectors * SECTOR, zeros, chunkBytes);
+  await fdatasync(drive);
 }
 
 function* planBatches(txn: CommittedTransaction, chunkBytes: number): Generator<Batch> {
@@ -722,9 +721,9 @@ function overlaps(a: Array<[number, number]>, b: Array<[number, number]>): boole
 const REFUSED_DISCARD = new Set(['EOPNOTSUPP', 'ENOTSUP', 'ENOTTY', 'EINVAL', 'ENOSYS']);
 
 /** BLKDISCARD, or zeros written where the device does not discard. Returns the zero buffer it used. */
-async function discard(fd: number, at: number, length: number, zeros: Buffer | null, chunkBytes: number): Promise<Buffer | null> {
+async function discard(drive: BlockIo, at: number, length: number, zeros: Buffer | null, chunkBytes: number): Promise<Buffer | null> {
   try {
-    native().blkDiscard(fd, at, length);
+    drive.discard(at, length);
     return zeros;
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? '';
@@ -738,7 +737,7 @@ async function discard(fd: number, at: number, length: number, zeros: Buffer | n
   }
   for (let done = 0; done < length;) {
     const n = Math.min(zeros.length, length - done);
-    await fullIo('write', fd, zeros, 0, n, at + done);
+    await fullIo('write', drive, zeros, 0, n, at + done);
     done += n;
   }
   return zeros;
@@ -794,16 +793,11 @@ function u64(n: number): Buffer {
   return b;
 }
 
-function fdatasync(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    fs.fdatasync(fd, (err) => {
-      if (!err) return resolve();
-      reject(new DpsrError(`flushing the DPSR drive${deviceOf(fd)} failed: ${err.message}; the journal may not be durable`, 'EIO', { errno: err.code, cause: err }));
-    });
-  });
+function fdatasync(drive: BlockIo): Promise<void> {
+  return drive.flush('the DPSR drive', 'the journal may not be durable');
 }
 
 /** One positioned read or write of exactly `length` bytes of the DPSR drive (copy.ts's, with its error messages). */
-function fullIo(kind: 'read' | 'write', fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
-  return copyFullIo(kind, 'DPSR drive', fd, buf, offset, length, position);
+function fullIo(kind: 'read' | 'write', drive: BlockIo, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+  return drive.io(kind, 'DPSR drive', buf, offset, length, position);
 }

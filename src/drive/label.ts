@@ -6,7 +6,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { DpsrError } from '../base/errors.js';
 import { native } from '../base/native.js';
-import { flush, ioError } from '../io/direct-io.js';
+import type { BlockIo } from '../io/block-io.js';
+import { LocalDevice } from '../io/local-device.js';
 import type { ImageState } from '../state/records.js';
 
 const LABEL_BYTES = 4096;
@@ -67,14 +68,14 @@ function slotOffsets(driveBytes: number): [number, number] {
   return [driveBytes - LABEL_AREA_BYTES, driveBytes - LABEL_BYTES];
 }
 
-/** Reads both slots of an O_DIRECT fd; returns the newest valid label. */
-export function readLabel(fd: number): DriveLabel | null {
-  const driveBytes = native().blkGetSize64(fd);
+/** Reads both slots of a drive; returns the newest valid label. */
+export function readLabel(drive: BlockIo): DriveLabel | null {
+  const driveBytes = drive.sizeBytes();
   if (driveBytes < LABEL_AREA_BYTES) return null;
   const buf = native().alignedBuffer(LABEL_BYTES, 4096);
   let best: DriveLabel | null = null;
   for (const offset of slotOffsets(driveBytes)) {
-    if (fs.readSync(fd, buf, 0, LABEL_BYTES, offset) !== LABEL_BYTES) continue;
+    if (drive.readSync(buf, 0, LABEL_BYTES, offset) !== LABEL_BYTES) continue;
     const label = decodeLabel(buf);
     if (label && (!best || label.seq > best.seq)) best = label;
   }
@@ -90,7 +91,7 @@ export function labelAt(devPath: string): DriveLabel | null {
     return null;
   }
   try {
-    return readLabel(fd);
+    return readLabel(new LocalDevice(fd));
   } catch {
     return null;
   } finally {
@@ -100,32 +101,32 @@ export function labelAt(devPath: string): DriveLabel | null {
 
 /**
  * Writes the label with the next sequence number into the older slot and
- * makes it durable. The fd must be open for writing (O_DIRECT).
+ * makes it durable. The drive must be open for writing.
  */
-export function writeLabel(fd: number, label: Omit<DriveLabel, 'seq' | 'updatedMs'>, previousSeq: number): DriveLabel {
-  const driveBytes = native().blkGetSize64(fd);
+export function writeLabel(drive: BlockIo, label: Omit<DriveLabel, 'seq' | 'updatedMs'>, previousSeq: number): DriveLabel {
+  const driveBytes = drive.sizeBytes();
   const full: DriveLabel = { ...label, seq: previousSeq + 1, updatedMs: Date.now() };
   const buf = native().alignedBuffer(LABEL_BYTES, 4096);
   encodeLabel(full).copy(buf);
-  writeSlot(fd, buf, slotOffsets(driveBytes)[full.seq % 2]);
-  flush(fd, 'the DPSR drive', 'its label may not be durable');
+  writeSlot(drive, buf, slotOffsets(driveBytes)[full.seq % 2]);
+  drive.flushSync('the DPSR drive', 'its label may not be durable');
   return full;
 }
 
 /** Erases both slots (unpair). */
-export function eraseLabel(fd: number): void {
-  const driveBytes = native().blkGetSize64(fd);
+export function eraseLabel(drive: BlockIo): void {
+  const driveBytes = drive.sizeBytes();
   const buf = native().alignedBuffer(LABEL_BYTES, 4096);
   buf.fill(0);
-  for (const offset of slotOffsets(driveBytes)) writeSlot(fd, buf, offset);
-  flush(fd, 'the DPSR drive', 'its label may not be durable');
+  for (const offset of slotOffsets(driveBytes)) writeSlot(drive, buf, offset);
+  drive.flushSync('the DPSR drive', 'its label may not be durable');
 }
 
 /** One slot written, a failure as one line naming the drive and the offset. */
-function writeSlot(fd: number, buf: Buffer, offset: number): void {
+function writeSlot(drive: BlockIo, buf: Buffer, offset: number): void {
   try {
-    fs.writeSync(fd, buf, 0, LABEL_BYTES, offset);
+    drive.writeSync(buf, 0, LABEL_BYTES, offset);
   } catch (err) {
-    throw ioError('write', 'DPSR drive label', fd, offset, LABEL_BYTES, err as NodeJS.ErrnoException);
+    throw drive.ioError('write', 'DPSR drive label', offset, LABEL_BYTES, err as NodeJS.ErrnoException);
   }
 }

@@ -2,13 +2,12 @@
 // writable only while dpsr writes it, its label kept in step with the pair
 // record, and a transaction an interrupted sync committed applied before
 // anyone reads or writes the image (invariant 5).
-import fs from 'node:fs';
 import { RefusedError } from '../base/errors.js';
-import { native } from '../base/native.js';
 import { identify, identityChanges, isReplaced, type DeviceIdentity } from '../devices/identity.js';
 import { resolveBlockDevice } from '../devices/devices.js';
 import { mountsOf } from '../devices/mounts.js';
-import { openDirect } from '../io/direct-io.js';
+import type { BlockIo } from '../io/block-io.js';
+import { openLocalDevice } from '../io/local-device.js';
 import type { RangeState } from '../kernel/tracker.js';
 import type { ImageState, PairRecord } from '../state/records.js';
 import type { Session } from '../state/session.js';
@@ -16,9 +15,9 @@ import { type CommittedTransaction, type JournalRegion, applyTransaction, commit
 import { type PointMeta, dropAllPoints, historyRegionOf, undoBeforeApply } from './history-region.js';
 import { type DriveLabel, readLabel, writeLabel } from './label.js';
 
-/** The paired DPSR drive, opened (O_DIRECT) once proven to be it. */
+/** The paired DPSR drive, opened once proven to be it. */
 export interface CheckedDrive {
-  fd: number;
+  io: BlockIo;
   label: DriveLabel | null;
   changes: string[]; // how it differs from what was recorded (re-attached: its image is compared in full)
   now: DeviceIdentity;
@@ -40,22 +39,22 @@ export function openCheckedDrive(pair: PairRecord, write: boolean): CheckedDrive
   if (mounts.length > 0) {
     throw new RefusedError(`pair ${pair.name}: the DPSR drive ${dev.path} is mounted on ${mounts.join(', ')}: its image may be changing; unmount it first; nothing written`, 'EMOUNTED');
   }
-  const fd = openDirect(dev.path, write);
+  const io = openLocalDevice(dev.path, write);
   try {
-    const label = readLabel(fd);
+    const label = readLabel(io);
     if (pair.labelSeq > 0 && pair.reservedSectors > 0 && label?.pairId !== pair.id) {
       throw new RefusedError(`pair ${pair.name}: ${dev.path} does not carry this pair's label${label ? ` (it belongs to pair ${label.pairName})` : ''}; nothing written`, 'ELABEL');
     }
-    return { fd, label, changes, now };
+    return { io, label, changes, now };
   } catch (err) {
-    fs.closeSync(fd);
+    io.close();
     throw err;
   }
 }
 
 /** An open DPSR drive, writable until released (then read-only again). */
 export interface OpenDrive {
-  fd: number;
+  io: BlockIo;
   label: DriveLabel | null; // as read when opened
   release(): void;
 }
@@ -66,22 +65,22 @@ export interface OpenDrive {
  * image becomes suspect.
  */
 export function openPairedDrive(s: Session, pair: PairRecord, range: RangeState | undefined): OpenDrive {
-  const { fd, label, changes, now } = openCheckedDrive(pair, true);
+  const { io, label, changes, now } = openCheckedDrive(pair, true);
   try {
     if (changes.length > 0 && range) {
       s.tracker.suspectAll(range, 'identity-changed', `the DPSR drive ${pair.drive.path} changed (${changes.join('; ')}): its image is compared in full`);
       pair.drive = { ...now, path: pair.drive.path };
     }
-    native().blkRoSet(fd, false);
+    io.setReadOnly(false);
   } catch (err) {
-    fs.closeSync(fd);
+    io.close();
     throw err;
   }
   return {
-    fd,
+    io,
     label,
     release: () => {
-      try { native().blkRoSet(fd, true); } finally { fs.closeSync(fd); }
+      try { io.setReadOnly(true); } finally { io.close(); }
     },
   };
 }
@@ -105,15 +104,15 @@ function labelFor(pair: PairRecord): Parameters<typeof writeLabel>[1] {
 }
 
 /** Writes the pair's state into the drive's label (when it has a tail for one). */
-export function updateLabel(fd: number, pair: PairRecord): void {
+export function updateLabel(drive: BlockIo, pair: PairRecord): void {
   if (pair.reservedSectors === 0) return;
-  pair.labelSeq = writeLabel(fd, labelFor(pair), pair.labelSeq).seq;
+  pair.labelSeq = writeLabel(drive, labelFor(pair), pair.labelSeq).seq;
 }
 
 /** The redo journal of pair `pairId` on the open drive. */
-export function journalRegionOf(fd: number, pair: Pick<PairRecord, 'dataSectors' | 'reservedSectors' | 'historySectors'>, pairId: string): JournalRegion | null {
-  const place = journalPlace(native().blkGetSize64(fd), pair);
-  return place ? { fd, ...place, pairId } : null;
+export function journalRegionOf(drive: BlockIo, pair: Pick<PairRecord, 'dataSectors' | 'reservedSectors' | 'historySectors'>, pairId: string): JournalRegion | null {
+  const place = journalPlace(drive.sizeBytes(), pair);
+  return place ? { drive, ...place, pairId } : null;
 }
 
 /** The last journal transaction applied to the drive, by the pair's record or the drive's own label. */
@@ -132,8 +131,8 @@ export function pendingTxnOf(pair: PairRecord, label: DriveLabel | null): PairRe
  * never committed is forgotten (the image is still the previous one).
  */
 export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDrive): Promise<boolean> {
-  const { fd, label } = drive;
-  const region = journalRegionOf(fd, pair, pair.id);
+  const { io, label } = drive;
+  const region = journalRegionOf(io, pair, pair.id);
   if (!region) return false;
   if (label?.pairId === pair.id && label.journalSeq > (pair.journalSeq ?? 0)) {
     // Applied from the drive alone (a rescue system's rollback --drive or recover): the label knows the image.
@@ -146,8 +145,8 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
   const txn = await readCommitted(region, applied + 1);
   const pendingTxn = pendingTxnOf(pair, label);
   if (txn) {
-    await saveUndoOf(pair, fd, txn);
-    await applyTransaction(fd, txn);
+    await saveUndoOf(pair, io, txn);
+    await applyTransaction(io, txn);
     pair.journalSeq = txn.seq;
     if (pendingTxn?.seq === txn.seq) Object.assign(pair, finishedImage(pair, pendingTxn.image, pendingTxn.imageTimeMs), { imageLabel: pendingTxn.label ?? null });
     if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
@@ -162,7 +161,7 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
     }
   }
   pair.pendingTxn = null;
-  updateLabel(fd, pair);
+  updateLabel(io, pair);
   await s.store.putPair(pair);
   return txn !== null;
 }
@@ -173,14 +172,14 @@ export function pointOf(pair: PairRecord): PointMeta {
 }
 
 /** The undo of `txn` saved in the pair's history region (when it has one) before it is applied; drops remembered for status. */
-export async function saveUndoOf(pair: PairRecord, fd: number, txn: CommittedTransaction): Promise<void> {
-  const r = await undoBeforeApply(fd, pair, pair.id, txn, pointOf(pair));
+export async function saveUndoOf(pair: PairRecord, drive: BlockIo, txn: CommittedTransaction): Promise<void> {
+  const r = await undoBeforeApply(drive, pair, pair.id, txn, pointOf(pair));
   if (r && r.dropped.length > 0) pair.historyDropped = [...(pair.historyDropped ?? []), ...r.dropped].slice(-20);
 }
 
 /** Drops every restore point, durably, before the image is written in place (no undo is kept then). */
-export function forgetPoints(pair: PairRecord, fd: number, reason: string): void {
-  const region = historyRegionOf(fd, pair, pair.id);
+export function forgetPoints(pair: PairRecord, drive: BlockIo, reason: string): void {
+  const region = historyRegionOf(drive, pair, pair.id);
   const gone = region ? dropAllPoints(region, reason) : [];
   if (gone.length > 0) pair.historyDropped = [...(pair.historyDropped ?? []), ...gone].slice(-20);
 }

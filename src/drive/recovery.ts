@@ -3,11 +3,10 @@
 // transaction committed but not recorded as applied in the drive's label is
 // the sync that was landing when the source died. Applying it needs only
 // the drive (invariant 5); until then the image on the drive is a mix.
-import fs from 'node:fs';
-import { openDirect } from '../io/direct-io.js';
+import type { BlockIo } from '../io/block-io.js';
+import { openLocalDevice } from '../io/local-device.js';
 import { type CommittedTransaction, applyTransaction, committedHeadSeq, damagedTransaction, readCommitted } from './journal.js';
 import { type DriveLabel, writeLabel } from './label.js';
-import { native } from '../base/native.js';
 import { finishedImage, journalRegionOf } from './paired-drive.js';
 import { undoBeforeApply } from './history-region.js';
 
@@ -16,9 +15,9 @@ import { undoBeforeApply } from './history-region.js';
  * but no longer verifying (damaged after its commit) throws ENOTUSABLE: it may have been partly
  * applied, so the image may be a mix that nothing on the drive can finish.
  */
-export async function committedOnDrive(fd: number, label: DriveLabel): Promise<CommittedTransaction | null> {
+export async function committedOnDrive(drive: BlockIo, label: DriveLabel): Promise<CommittedTransaction | null> {
   if (label.journal !== 'tail') return null;
-  const region = journalRegionOf(fd, label, label.pairId);
+  const region = journalRegionOf(drive, label, label.pairId);
   if (!region) return null;
   const seq = label.journalSeq + 1;
   const txn = await readCommitted(region, seq);
@@ -35,21 +34,21 @@ export function imageAfter(label: DriveLabel, txn: CommittedTransaction): Pick<D
 
 /** Applies a committed transaction from the drive alone and records it in the label (as recoverJournal does with a pair record). */
 export async function applyFromDrive(drivePath: string, label: DriveLabel, txn: CommittedTransaction): Promise<void> {
-  const fd = openDirect(drivePath, true);
+  const drive = openLocalDevice(drivePath, true);
   try {
-    native().blkRoSet(fd, false);
+    drive.setReadOnly(false);
     try {
-      await undoBeforeApply(fd, label, label.pairId, txn,
+      await undoBeforeApply(drive, label, label.pairId, txn,
         { generation: label.generation ?? 0, timeMs: label.imageTimeMs, image: label.image, label: label.imageLabel ?? null });
-      await applyTransaction(fd, txn);
+      await applyTransaction(drive, txn);
       const { seq, updatedMs: _updated, ...rest } = label;
       const made = label.pendingTxn?.seq === txn.seq ? label.pendingTxn : null;
       const next = made && label.generation !== undefined ? { generation: label.generation + 1, imageLabel: made.label ?? null } : {};
-      writeLabel(fd, { ...rest, ...imageAfter(label, txn), ...next, journalSeq: txn.seq, pendingTxn: null }, seq);
+      writeLabel(drive, { ...rest, ...imageAfter(label, txn), ...next, journalSeq: txn.seq, pendingTxn: null }, seq);
     } finally {
-      native().blkRoSet(fd, true);
+      drive.setReadOnly(true);
     }
   } finally {
-    fs.closeSync(fd);
+    drive.close();
   }
 }

@@ -12,9 +12,9 @@
 // Written with one write and fdatasync; erased (consumed) by zeroing its first
 // 4 KiB and fdatasync. A torn write fails the checksum: no record, a gap.
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import { ExtentSet } from '../base/extents.js';
 import { native } from '../base/native.js';
+import type { BlockIo } from '../io/block-io.js';
 import { SECTOR } from '../base/units.js';
 import { LABEL_AREA_BYTES } from './label.js';
 
@@ -116,42 +116,42 @@ function decode(head: Buffer, readMore: (length: number) => Buffer): ReadRecord 
   }
 }
 
-/** Reads the record area of an O_DIRECT drive fd. */
-export function readShutdownRecord(fd: number, pair: TailOwner): ReadRecord {
-  const start = recordPlace(native().blkGetSize64(fd), pair);
+/** Reads the record area of a drive. */
+export function readShutdownRecord(drive: BlockIo, pair: TailOwner): ReadRecord {
+  const start = recordPlace(drive.sizeBytes(), pair);
   if (start === null) return { none: true };
   const head = native().alignedBuffer(BLOCK, BLOCK);
-  if (fs.readSync(fd, head, 0, BLOCK, start) !== BLOCK) return { invalid: 'its area cannot be read whole' };
+  if (drive.readSync(head, 0, BLOCK, start) !== BLOCK) return { invalid: 'its area cannot be read whole' };
   return decode(head, (length) => {
     const bytes = Math.ceil(length / BLOCK) * BLOCK;
     const b = native().alignedBuffer(bytes, BLOCK);
-    if (fs.readSync(fd, b, 0, bytes, start) !== bytes) throw new Error('short read of the shutdown record');
+    if (drive.readSync(b, 0, bytes, start) !== bytes) throw new Error('short read of the shutdown record');
     return b;
   });
 }
 
 /**
- * Writes the record durably into a writable O_DIRECT drive fd. Returns the
+ * Writes the record durably into a writable drive. Returns the
  * bytes written, or why it was not written (no room on the drive, or too many
  * extents for the area).
  */
-export function writeShutdownRecord(fd: number, pair: TailOwner, rec: ShutdownRecord): { bytes: number } | { why: string } {
-  const start = recordPlace(native().blkGetSize64(fd), pair);
+export function writeShutdownRecord(drive: BlockIo, pair: TailOwner, rec: ShutdownRecord): { bytes: number } | { why: string } {
+  const start = recordPlace(drive.sizeBytes(), pair);
   if (start === null) return { why: 'the DPSR drive has no room for a shutdown record in its reserved tail' };
   const b = encode(rec);
   if (b === null) return { why: `the changed regions are too many for the ${RECORD_AREA_BYTES >> 20} MiB record area` };
-  fs.writeSync(fd, b, 0, b.length, start);
-  fs.fdatasyncSync(fd);
+  drive.writeSync(b, 0, b.length, start);
+  drive.flushSync('the DPSR drive', 'the shutdown record may not be durable');
   return { bytes: b.length };
 }
 
 /** Consumes the record: zeroes its head durably, so it can never be taken again. Returns the bytes written (0: no area). */
-export function eraseShutdownRecord(fd: number, pair: TailOwner): number {
-  const start = recordPlace(native().blkGetSize64(fd), pair);
+export function eraseShutdownRecord(drive: BlockIo, pair: TailOwner): number {
+  const start = recordPlace(drive.sizeBytes(), pair);
   if (start === null) return 0;
   const b = native().alignedBuffer(BLOCK, BLOCK);
   b.fill(0);
-  fs.writeSync(fd, b, 0, BLOCK, start);
-  fs.fdatasyncSync(fd);
+  drive.writeSync(b, 0, BLOCK, start);
+  drive.flushSync('the DPSR drive', 'the shutdown record may still be taken');
   return BLOCK;
 }

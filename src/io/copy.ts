@@ -1,6 +1,7 @@
-// Moves sectors between block devices with O_DIRECT, several I/Os in flight: copy and compare.
+// Moves sectors between block devices (BlockIo), several I/Os in flight: copy and compare.
 import { ExtentSet } from '../base/extents.js';
-import { type IoOp, batchIo } from './batch-io.js';
+import type { IoOp } from './batch-io.js';
+import type { BlockIo } from './block-io.js';
 import { BUFFER_ALIGNMENT, type Counters, giveBuffers, takeBuffers } from './direct-io.js';
 import { SECTOR } from '../base/units.js';
 
@@ -96,8 +97,8 @@ const BATCH_BYTES = 8 << 20;
 const LARGE_CHUNK_BYTES = 1 << 20;
 
 
-/** Copies every extent from src to dst (same offsets). Fds opened O_DIRECT by the caller. */
-export async function copyExtents(srcFd: number, dstFd: number, extents: ExtentSet, opts: CopyOptions): Promise<CopyResult> {
+/** Copies every extent from src to dst (same offsets), both opened by the caller. */
+export async function copyExtents(src: BlockIo, dst: BlockIo, extents: ExtentSet, opts: CopyOptions): Promise<CopyResult> {
   const plan = makePlan(extents, opts);
   const sides = opts.sides ?? SYNC_SIDES;
   const counters: Counters = { bytesRead: 0, bytesWritten: 0, ios: 0 };
@@ -106,9 +107,9 @@ export async function copyExtents(srcFd: number, dstFd: number, extents: ExtentS
     await runBatches(plan, opts, async (batch, slot, checkAbort) => {
       const buf = buffers[slot];
       const ops = opsOf(batch);
-      await counted(counters, 'read', ops, batchIo('read', sides.src, srcFd, buf, ops));
+      await counted(counters, 'read', ops, src.batch('read', sides.src, buf, ops));
       checkAbort();
-      await counted(counters, 'write', ops, batchIo('write', sides.dst, dstFd, buf, ops));
+      await counted(counters, 'write', ops, dst.batch('write', sides.dst, buf, ops));
     });
   } finally {
     giveBuffers(buffers);
@@ -120,7 +121,7 @@ export async function copyExtents(srcFd: number, dstFd: number, extents: ExtentS
  * Reads both sides and compares them alignSectors block by block; with `write`, copies the
  * differing blocks from src to dst. Returns the blocks that differed.
  */
-export async function compareExtents(srcFd: number, dstFd: number, extents: ExtentSet,
+export async function compareExtents(src: BlockIo, dst: BlockIo, extents: ExtentSet,
   opts: CopyOptions & { write: boolean }): Promise<CompareResult> {
   const plan = makePlan(extents, opts);
   const alignSectors = opts.alignSectors ?? DEFAULT_ALIGN_SECTORS;
@@ -138,8 +139,8 @@ export async function compareExtents(srcFd: number, dstFd: number, extents: Exte
       const ops = opsOf(batch);
       // Both reads at once, but never leave one running on a buffer we are about to give back.
       const reads = await Promise.allSettled([
-        counted(counters, 'read', ops, batchIo('read', sides.src, srcFd, a, ops)),
-        counted(counters, 'read', ops, batchIo('read', sides.dst, dstFd, b, ops)),
+        counted(counters, 'read', ops, src.batch('read', sides.src, a, ops)),
+        counted(counters, 'read', ops, dst.batch('read', sides.dst, b, ops)),
       ]);
       for (const r of reads) if (r.status === 'rejected') throw r.reason;
       const writes: IoOp[] = [];
@@ -153,7 +154,7 @@ export async function compareExtents(srcFd: number, dstFd: number, extents: Exte
       }
       if (opts.write && writes.length > 0) {
         checkAbort();
-        await counted(counters, 'write', writes, batchIo('write', sides.dst, dstFd, a, writes));
+        await counted(counters, 'write', writes, dst.batch('write', sides.dst, a, writes));
       }
     });
   } finally {

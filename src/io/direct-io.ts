@@ -37,15 +37,6 @@ export function openDirect(path: string, write: boolean): number {
   }
 }
 
-/** fdatasync a device so what was written is durable (on a block device this also flushes its write cache). */
-export function flush(fd: number, what = 'the DPSR drive', then = 'what was copied may not be durable'): void {
-  try {
-    fs.fdatasyncSync(fd);
-  } catch (err) {
-    throw new DpsrError(`flushing ${what}${what.startsWith('/') ? '' : deviceOf(fd)} failed: ${(err as Error).message}; ${then}`, 'EIO', { errno: errnoOf(err), cause: err });
-  }
-}
-
 function readAt(fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
   return new Promise((resolve, reject) => {
     fs.read(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n)));

@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { openDirect } from '../io/direct-io.js';
+import { openLocalDevice } from '../io/local-device.js';
 import { devNumber, resolveBlockDevice, type BlockDevice } from '../devices/devices.js';
 import { DpsrError, RefusedError, UsageError } from '../base/errors.js';
 import { identify, identityChanges, isReplaced } from '../devices/identity.js';
@@ -181,12 +181,12 @@ function checkPairedDrive(pair: PairRecord): DriveLabel | null {
   if (isReplaced(pair.drive, now)) {
     throw new RefusedError(`pair ${pair.name}: ${pair.drive.path} is not the paired DPSR drive any more (${identityChanges(pair.drive, now).join('; ')})`, 'EDRIVECHANGED');
   }
-  const fd = openDirect(dev.path, false);
+  const drive = openLocalDevice(dev.path, false);
   let label: DriveLabel | null;
   try {
-    label = readLabel(fd);
+    label = readLabel(drive);
   } finally {
-    fs.closeSync(fd);
+    drive.close();
   }
   if (pair.reservedSectors > 0 && label?.pairId !== pair.id) {
     throw new RefusedError(`pair ${pair.name}: ${dev.path} does not carry this pair's label${label ? ` (it belongs to pair ${label.pairName})` : ''}`, 'ELABEL');

@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { SECTOR } from '../base/units.js';
-import { openDirect } from '../io/direct-io.js';
+import { openLocalDevice } from '../io/local-device.js';
 import { historyRegionOf, readUndoExtents } from '../drive/history-region.js';
 import type { PairRecord } from '../state/records.js';
 import { tracked } from './image-mount.js';
@@ -90,15 +90,15 @@ export async function openPointImage(pair: PairRecord, at: string): Promise<Poin
   const index = readHistoryOf(pair);
   const point = choosePoint(pair, pointsOf(pair, index), at);
   const records = index.points.filter((p) => p.generation >= point.generation); // oldest first
-  const fd = openDirect(pair.drive.path, false);
+  const drive = openLocalDevice(pair.drive.path, false);
   let segments: Segment[];
   try {
-    const region = historyRegionOf(fd, pair, pair.id)!;
+    const region = historyRegionOf(drive, pair, pair.id)!;
     const extents = [];
     for (const r of records) extents.push(await readUndoExtents(region, r, true));
     segments = overlay(extents, pair.dataSectors);
   } finally {
-    fs.closeSync(fd);
+    drive.close();
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dpsr-point-'));
   const mnt = path.join(dir, 'mnt');

@@ -1,10 +1,9 @@
 // The restore points of a pair: the current image and the earlier ones kept
 // as undo records in the DPSR drive's history region, listed, and chosen by
 // `--at` (a generation, a time, or a label given by sync --point).
-import fs from 'node:fs';
 import { DpsrError, RefusedError } from '../base/errors.js';
 import { durationOf } from '../base/units.js';
-import { openDirect } from '../io/direct-io.js';
+import { openLocalDevice } from '../io/local-device.js';
 import { type HistoryIndex, type UndoPoint, historyRegionOf, readIndex } from '../drive/history-region.js';
 import type { ImageState, PairRecord } from '../state/records.js';
 
@@ -32,11 +31,11 @@ export function readHistoryOf(pair: PairRecord): HistoryIndex {
   if (!pair.historySectors) {
     throw new RefusedError(`pair ${pair.name} keeps no restore points: it was paired without --history (pair again with --history SIZE to keep them)`, 'ENOHISTORY');
   }
-  const fd = openDirect(pair.drive.path, false);
+  const drive = openLocalDevice(pair.drive.path, false);
   try {
-    return readIndex(historyRegionOf(fd, pair, pair.id)!);
+    return readIndex(historyRegionOf(drive, pair, pair.id)!);
   } finally {
-    fs.closeSync(fd);
+    drive.close();
   }
 }
 

@@ -10,7 +10,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { type CopyOptions, DEFAULT_ALIGN_SECTORS as ALIGN_SECTORS, DEFAULT_MERGE_GAP_SECTORS, compareExtents, copyExtents } from '../io/copy.js';
-import { flush, openDirect } from '../io/direct-io.js';
+import type { BlockIo } from '../io/block-io.js';
+import { openDirect } from '../io/direct-io.js';
+import { LocalDevice, openLocalDevice } from '../io/local-device.js';
 import { systemDisks, whyInUse } from '../devices/in-use.js';
 import { type BlockDevice, readSysOrNull, resolveBlockDevice } from '../devices/devices.js';
 import { tryLockFile, withDriveLock } from '../base/locks.js';
@@ -252,7 +254,7 @@ interface Written { writtenBytes: number; readBytes: number }
  * meanwhile), flushed. `before` runs after the source is flushed and before the first write,
  * `after` once the writes are durable, still holding it: the tracker's bookkeeping.
  */
-async function writeBack(w: Work, driveFd: number, hooks: { before?: () => Promise<void>; after?: (r: Written) => Promise<void> } = {}): Promise<Written> {
+async function writeBack(w: Work, drive: BlockIo, hooks: { before?: () => Promise<void>; after?: (r: Written) => Promise<void> } = {}): Promise<Written> {
   const { target } = w;
   const through = target.write.path !== target.exclusive.path; // a partition, written through its disk
   const exclusiveFd = openExclusive(target.exclusive.path, through ? fs.constants.O_RDONLY : fs.constants.O_RDWR | fs.constants.O_DIRECT,
@@ -260,8 +262,9 @@ async function writeBack(w: Work, driveFd: number, hooks: { before?: () => Promi
   let writeFd = exclusiveFd;
   try {
     if (through) writeFd = openDirect(target.write.path, true);
+    const dst = new LocalDevice(writeFd);
     // Whatever another node of the disk holds dirty lands now, not in the middle of our count.
-    flush(writeFd, target.write.path, 'run the same command again');
+    dst.flushSync(target.write.path, 'run the same command again');
     dropCaches(target.exclusive);
     await hooks.before?.();
     const limitSectors = target.endSector;
@@ -269,12 +272,12 @@ async function writeBack(w: Work, driveFd: number, hooks: { before?: () => Promi
     const verb = w.report.scope === 'rollback' ? 'rollback' : 'restore';
     const bar = progressBar(`${w.report.name}: ${verb}`, total);
     const sides = { src: 'DPSR drive', dst: 'source' }; // the other way round from a sync
-    const copied = await copyExtents(driveFd, writeFd, w.copy, { ...w.io, sides, limitSectors, onProgress: (p) => bar.update(p.doneSectors * SECTOR) });
-    const compared = await compareExtents(driveFd, writeFd, w.compare, {
+    const copied = await copyExtents(drive, dst, w.copy, { ...w.io, sides, limitSectors, onProgress: (p) => bar.update(p.doneSectors * SECTOR) });
+    const compared = await compareExtents(drive, dst, w.compare, {
       ...w.io, sides, limitSectors, write: true, onProgress: (p) => bar.update(bytesOf(w.copy) + p.doneSectors * SECTOR),
     });
     bar.done();
-    flush(writeFd, target.write.path, 'run the same command again');
+    dst.flushSync(target.write.path, 'run the same command again');
     dropCaches(target.exclusive);
     const r = { writtenBytes: copied.bytesWritten + compared.bytesWritten, readBytes: copied.bytesRead + compared.bytesRead };
     await hooks.after?.(r);
@@ -366,7 +369,7 @@ async function rollbackLocked(s: Session, req: RollbackRequest): Promise<Rollbac
   const drive = openCheckedDrive(pair, false);
   try {
     // As mounting replays a log: a committed transaction is part of the image.
-    const region = journalRegionOf(drive.fd, pair, pair.id);
+    const region = journalRegionOf(drive.io, pair, pair.id);
     const txn = region ? await readCommitted(region, lastAppliedSeq(pair, drive.label) + 1) : null;
     const pendingTxn = pendingTxnOf(pair, drive.label);
     let image = txn && pendingTxn?.seq === txn.seq ? pendingTxn.image : pair.image;
@@ -395,7 +398,7 @@ async function rollbackLocked(s: Session, req: RollbackRequest): Promise<Rollbac
     if (what.copy.isEmpty && what.compare.isEmpty) return { ...work.report, durationMs: Date.now() - startedMs, clean: true };
     let before = { receivedSectors: 0, gaps: 0, seen: new ExtentSet() };
     let notClean: string | null = null;
-    const written = await writeBack(work, drive.fd, {
+    const written = await writeBack(work, drive.io, {
       before: async () => {
         await s.tracker.cycle(); // what arrived before our first write is not ours
         const seen = range.dirty.clone();
@@ -407,7 +410,7 @@ async function rollbackLocked(s: Session, req: RollbackRequest): Promise<Rollbac
     });
     return { ...work.report, ...written, durationMs: Date.now() - startedMs, clean: notClean === null, notClean };
   } finally {
-    fs.closeSync(drive.fd);
+    drive.io.close();
   }
 }
 
@@ -462,9 +465,9 @@ export async function withOwnerLock<T>(lockPath: string, fn: () => Promise<T>): 
 export async function rollbackFromDrive(req: DriveRollbackRequest): Promise<RollbackReport> {
   const startedMs = Date.now();
   const driveDev = resolveBlockDevice(req.drive);
-  let fd = openDirect(driveDev.path, false);
+  let drive = openLocalDevice(driveDev.path, false);
   try {
-    const label = readLabel(fd);
+    const label = readLabel(drive);
     if (!label) refuse(`${req.drive} carries no dpsr label: not a DPSR drive; nothing written`, 'ENOLABEL');
     const l = label!;
     if (req.name && req.name !== l.pairName) refuse(`${req.drive} is the DPSR drive of pair ${l.pairName}, not ${req.name}; nothing written`, 'ELABEL');
@@ -474,7 +477,7 @@ export async function rollbackFromDrive(req: DriveRollbackRequest): Promise<Roll
       refuse(`${source.path} overlaps the DPSR drive ${req.drive}; nothing written`, 'EOVERLAP');
     }
     checkTargetFree(source, 'the source');
-    const txn = await committedOnDrive(fd, l);
+    const txn = await committedOnDrive(drive, l);
     const { image, imageTimeMs } = txn ? imageAfter(l, txn) : l;
     const driveMounts = mountsOf(driveDev);
     const warnings = imageWarnings(image);
@@ -485,8 +488,8 @@ export async function rollbackFromDrive(req: DriveRollbackRequest): Promise<Roll
     }
     if (txn && !req.dryRun) {
       await applyFromDrive(driveDev.path, l, txn);
-      fs.closeSync(fd);
-      fd = openDirect(driveDev.path, false);
+      drive.close();
+      drive = openLocalDevice(driveDev.path, false);
     }
     checkWhole(l.pairName, image);
     const limit = l.dataSectors;
@@ -501,10 +504,10 @@ export async function rollbackFromDrive(req: DriveRollbackRequest): Promise<Roll
       }),
     };
     if (req.dryRun) return { ...work.report, durationMs: Date.now() - startedMs };
-    const written = await writeBack(work, fd);
+    const written = await writeBack(work, drive);
     return { ...work.report, ...written, durationMs: Date.now() - startedMs, notClean: 'no tracker state was used (--drive): where tracking still runs, the next sync takes these writes for changes' };
   } finally {
-    fs.closeSync(fd);
+    drive.close();
   }
 }
 

@@ -6,7 +6,7 @@
 // The batches' buffers come from a pool and go back to it once the sync is
 // applied: fresh memory costs its first touch, on a VM more than the read.
 import { type Chunk, type ChunkBatch, batchesOf, differingRuns, opsOf, planChunks } from '../io/copy.js';
-import { batchIo } from '../io/batch-io.js';
+import type { BlockIo } from '../io/block-io.js';
 import { giveBuffers, takeBuffers } from '../io/direct-io.js';
 import type { ExtentSet } from '../base/extents.js';
 import type { JournalEntry } from '../drive/journal.js';
@@ -42,9 +42,9 @@ export class PassBuffers {
   }
 }
 
-async function readBatch(fd: number, side: 'source' | 'DPSR drive', b: ChunkBatch, buffers: PassBuffers): Promise<Buffer> {
+async function readBatch(from: BlockIo, side: 'source' | 'DPSR drive', b: ChunkBatch, buffers: PassBuffers): Promise<Buffer> {
   const buf = buffers.take();
-  await batchIo('read', side, fd, buf, opsOf(b));
+  await from.batch('read', side, buf, opsOf(b));
   return buf;
 }
 
@@ -68,9 +68,9 @@ async function* readBatches<T>(all: Iterator<ChunkBatch>, read: (b: ChunkBatch) 
 export interface PassCounters { bytesRead: number; entryBytes: number }
 
 /** Entries copying every extent of the cut from the source. */
-export async function* copyEntries(srcFd: number, extents: ExtentSet, limitSectors: number,
+export async function* copyEntries(source: BlockIo, extents: ExtentSet, limitSectors: number,
   counters: PassCounters, buffers: PassBuffers): AsyncGenerator<JournalEntry> {
-  for await (const [b, buf] of readBatches(batches(extents, limitSectors), (x) => readBatch(srcFd, 'source', x, buffers))) {
+  for await (const [b, buf] of readBatches(batches(extents, limitSectors), (x) => readBatch(source, 'source', x, buffers))) {
     for (let i = 0; i < b.chunks.length; i++) {
       const data = buf.subarray(b.offsets[i], b.offsets[i] + lengthOf(b.chunks[i]));
       counters.bytesRead += data.length;
@@ -81,9 +81,9 @@ export async function* copyEntries(srcFd: number, extents: ExtentSet, limitSecto
 }
 
 /** Entries for the 4 KiB blocks where the source differs from the drive's current image. */
-export async function* differingEntries(srcFd: number, driveFd: number, extents: ExtentSet, limitSectors: number,
+export async function* differingEntries(source: BlockIo, drive: BlockIo, extents: ExtentSet, limitSectors: number,
   counters: PassCounters & { comparedBytes: number }, buffers: PassBuffers): AsyncGenerator<JournalEntry> {
-  const both = (b: ChunkBatch) => Promise.all([readBatch(srcFd, 'source', b, buffers), readBatch(driveFd, 'DPSR drive', b, buffers)]);
+  const both = (b: ChunkBatch) => Promise.all([readBatch(source, 'source', b, buffers), readBatch(drive, 'DPSR drive', b, buffers)]);
   for await (const [b, [src, drv]] of readBatches(batches(extents, limitSectors), both)) {
     for (let i = 0; i < b.chunks.length; i++) {
       const p = b.chunks[i];

@@ -8,10 +8,10 @@
 //   mismatch: a gap, an alarm, and dirty, so the next sync repairs it.
 // Only the owner calls this, between its cycles and syncs (never during one),
 // so nothing writes the DPSR drive while it is read here.
-import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { compareExtents } from '../io/copy.js';
-import { openDirect } from '../io/direct-io.js';
+import type { BlockIo } from '../io/block-io.js';
+import { openLocalDevice } from '../io/local-device.js';
 import { ExtentSet } from '../base/extents.js';
 import type { Session } from '../state/session.js';
 import type { PairRecord, ScrubProgress } from '../state/records.js';
@@ -75,8 +75,8 @@ function roundDue(pair: PairRecord, p: ScrubProgress, policy: ScrubPolicy, nowMs
   return policy.roundEveryMs > 0 && nowMs - (p.lastRoundDoneMs ?? pair.createdMs) >= policy.roundEveryMs;
 }
 
-async function differingBlocks(srcFd: number, driveFd: number, extents: ExtentSet, limitSectors: number): Promise<ExtentSet> {
-  return (await compareExtents(srcFd, driveFd, extents, { ...GENTLE_IO, limitSectors, write: false })).differing;
+async function differingBlocks(source: BlockIo, drive: BlockIo, extents: ExtentSet, limitSectors: number): Promise<ExtentSet> {
+  return (await compareExtents(source, drive, extents, { ...GENTLE_IO, limitSectors, write: false })).differing;
 }
 
 /** Compares up to budgetBytes of the pair, suspect regions first; updates the range and the pair's progress (persisted by the caller's next cycle). */
@@ -86,15 +86,15 @@ export async function scrubStep(s: Session, pair: PairRecord, range: RangeState,
   if (!scrubbable(pair)) return step;
   const limit = pair.dataSectors;
   const budget = Math.max(8, Math.floor(budgetBytes / SECTOR));
-  const srcFd = openDirect(pair.source.path, false);
-  const driveFd = openDirect(pair.drive.path, false);
+  const source = openLocalDevice(pair.source.path, false);
+  const drive = openLocalDevice(pair.drive.path, false);
   try {
     const suspect = firstSectors(range.suspect, limit, budget);
     if (!suspect.isEmpty) {
       // Taken out before reading: a gap found meanwhile makes its regions suspect again.
       range.suspect.subtractSet(suspect);
       try {
-        range.dirty.addSet(await differingBlocks(srcFd, driveFd, suspect, limit)); // the equal ones are clean now
+        range.dirty.addSet(await differingBlocks(source, drive, suspect, limit)); // the equal ones are clean now
       } catch (err) {
         range.suspect.addSet(suspect); // not compared: still suspect
         throw err;
@@ -111,7 +111,7 @@ export async function scrubStep(s: Session, pair: PairRecord, range: RangeState,
     const window = ExtentSet.from([[p.cursorSector, end]]);
     window.subtractSet(notClean(range));
     if (!window.isEmpty) {
-      const differing = await differingBlocks(srcFd, driveFd, window, limit);
+      const differing = await differingBlocks(source, drive, window, limit);
       if (!differing.isEmpty) {
         // A write in flight while we read is not recorded yet: drain, wait, and read the blocks again.
         await s.tracker.cycle();
@@ -119,7 +119,7 @@ export async function scrubStep(s: Session, pair: PairRecord, range: RangeState,
         await sleep(RECHECK_DELAY_MS);
         await s.tracker.cycle();
         if (!differing.isEmpty) {
-          step.mismatches = await differingBlocks(srcFd, driveFd, differing, limit);
+          step.mismatches = await differingBlocks(source, drive, differing, limit);
           step.mismatches.subtractSet(notClean(range));
         }
       }
@@ -137,8 +137,8 @@ export async function scrubStep(s: Session, pair: PairRecord, range: RangeState,
     await s.tracker.cycle();
     return step;
   } finally {
-    fs.closeSync(srcFd);
-    fs.closeSync(driveFd);
+    source.close();
+    drive.close();
   }
 }
 

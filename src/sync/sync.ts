@@ -3,7 +3,9 @@
 // compare what may have been written unseen, record the new image.
 import fs from 'node:fs';
 import { compareExtents, copyExtents } from '../io/copy.js';
-import { deviceOf, flush, openDirect } from '../io/direct-io.js';
+import type { BlockIo } from '../io/block-io.js';
+import { deviceOf, openDirect } from '../io/direct-io.js';
+import { LocalDevice } from '../io/local-device.js';
 import { type DiskCounters, readDiskCounters, resolveBlockDevice } from '../devices/devices.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError, errnoOf } from '../base/errors.js';
@@ -30,6 +32,7 @@ const FULL_COPY_SEGMENT_SECTORS = (1 << 30) / SECTOR;
 // An incremental sync moves many small scattered extents: more, smaller I/Os
 // in flight (the CLI sizes libuv's pool to match), and gaps merged only when
 // reading them costs less than another I/O (about bandwidth / IOPS).
+const COPIED_NOT_DURABLE = 'what was copied may not be durable';
 const SCATTERED_IO = { chunkBytes: 512 << 10, inFlight: 32, mergeGapSectors: 32 };
 const MAX_PASSES = 5;
 const CONVERGED_BYTES = 4 << 20; // passes stop when this little is left: the final pass (frozen) reads it
@@ -60,14 +63,14 @@ export interface SyncReport {
 }
 
 /** Copies the whole source, from where an interrupted copy stopped. */
-export async function fullCopy(s: Session, pair: PairRecord, range: RangeState, srcFd: number, dstFd: number): Promise<number> {
+export async function fullCopy(s: Session, pair: PairRecord, range: RangeState, source: BlockIo, drive: BlockIo): Promise<number> {
   const total = pair.dataSectors;
   const bar = progressBar(`${pair.name}: full copy`, total * SECTOR);
   let copied = 0;
   while (pair.fullCopy.doneSectors < total) {
     const start = pair.fullCopy.doneSectors;
     const end = Math.min(total, start + FULL_COPY_SEGMENT_SECTORS);
-    const r = await copyExtents(srcFd, dstFd, ExtentSet.from([[start, end]]), {
+    const r = await copyExtents(source, drive, ExtentSet.from([[start, end]]), {
       limitSectors: total,
       onProgress: (p) => bar.update((start + p.doneSectors) * SECTOR),
     });
@@ -75,7 +78,7 @@ export async function fullCopy(s: Session, pair: PairRecord, range: RangeState, 
     pair.fullCopy.doneSectors = end;
     await s.store.putPairAndRange(pair, range);
   }
-  flush(dstFd);
+  drive.flushSync('the DPSR drive', COPIED_NOT_DURABLE);
   pair.fullCopy.complete = true;
   await s.store.putPairAndRange(pair, range);
   bar.done();
@@ -305,8 +308,9 @@ interface SyncContext {
   s: Session;
   pair: PairRecord;
   range: RangeState;
-  srcFd: number;
-  driveFd: number;
+  srcFd: number; // the final pass reads it synchronously under a freeze
+  source: BlockIo;
+  drive: BlockIo;
   /** The source's writable file systems, one each (frozen for the final pass). */
   fileSystems: WritableFileSystem[];
   /** How the last pass is made one point in time: a freeze (mounted), a quiet period (raw), or not at all (--no-freeze). */
@@ -395,9 +399,9 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
       for (const [start, end] of cut.discard) {
         if (start < limit) yield { kind: 'discard', targetSector: start, sectors: Math.min(end, limit) - start };
       }
-      yield* copyEntries(c.srcFd, cut.copy, limit, counters, buffers);
+      yield* copyEntries(c.source, cut.copy, limit, counters, buffers);
       result.copied = counters.entryBytes;
-      yield* differingEntries(c.srcFd, c.driveFd, cut.compare, limit, counters, buffers);
+      yield* differingEntries(c.source, c.drive, cut.compare, limit, counters, buffers);
       result.repaired += counters.entryBytes - result.copied;
       result.copied = counters.entryBytes - result.repaired;
       result.passBytes.push(counters.entryBytes - before);
@@ -429,7 +433,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
     }
     // Before the commit: the label names the image this transaction makes.
     pair.pendingTxn = { seq, image: result.image, imageTimeMs: result.cutMs, label: c.point ?? null };
-    updateLabel(c.driveFd, pair);
+    updateLabel(c.drive, pair);
   }
   // The entries stay in memory up to a bound, so the apply need not read the journal back.
   let kept: JournalEntry[] | null = [];
@@ -449,10 +453,10 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
     if (settleEpoch >= 0) await s.tracker.settle(settleEpoch);
   }
   if (!committed) throw new DpsrError(`pair ${pair.name}: journal transaction ${seq} was not committed`, 'EJOURNAL');
-  await saveUndoOf(pair, c.driveFd, committed); // the previous image's blocks, durable before the first write in place
+  await saveUndoOf(pair, c.drive, committed); // the previous image's blocks, durable before the first write in place
   // From memory when nothing overlaps (a block written again between passes does): the order cannot matter then.
-  if (kept && !entriesOverlap(kept)) await applyEntries(c.driveFd, kept);
-  else await applyTransaction(c.driveFd, committed);
+  if (kept && !entriesOverlap(kept)) await applyEntries(c.drive, kept);
+  else await applyTransaction(c.drive, committed);
   kept = null;
   buffers.giveBack(); // not on failure: a read may still be running into one
   pair.journalSeq = seq;
@@ -465,7 +469,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
 function markPartial(c: SyncContext): void {
   if (c.pair.image === 'partial') return;
   c.pair.image = 'partial';
-  updateLabel(c.driveFd, c.pair);
+  updateLabel(c.drive, c.pair);
 }
 
 /**
@@ -484,10 +488,10 @@ async function directGeneration(c: SyncContext, carried: Cut | null): Promise<Ge
     if (!cut.copy.isEmpty || !cut.compare.isEmpty) markPartial(c);
     await savePending(s, pair, range, c.generation, result.cutMs, cut); // saves the record's "partial" too
     const bar = progressBar(`${pair.name}: sync pass ${pass}`, (cut.copy.totalSectors + cut.compare.totalSectors) * SECTOR);
-    const copied = await copyExtents(c.srcFd, c.driveFd, cut.copy, {
+    const copied = await copyExtents(c.source, c.drive, cut.copy, {
       ...SCATTERED_IO, limitSectors, onProgress: (p) => bar.update(p.doneSectors * SECTOR),
     });
-    const compared = await compareExtents(c.srcFd, c.driveFd, cut.compare, {
+    const compared = await compareExtents(c.source, c.drive, cut.compare, {
       ...SCATTERED_IO, limitSectors, write: true, onProgress: (p) => bar.update((cut.copy.totalSectors + p.doneSectors) * SECTOR),
     });
     bar.done();
@@ -498,7 +502,7 @@ async function directGeneration(c: SyncContext, carried: Cut | null): Promise<Ge
     await s.tracker.cycle();
     if (remainderSmall(c, pass)) break;
   }
-  flush(c.driveFd);
+  c.drive.flushSync('the DPSR drive', COPIED_NOT_DURABLE);
   const final = finalCut(c);
   if (final) {
     const f = await final;
@@ -508,8 +512,8 @@ async function directGeneration(c: SyncContext, carried: Cut | null): Promise<Ge
       if (f.held.length > 0) markPartial(c);
       await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet(), discard: new ExtentSet() });
       let bytes = 0;
-      for (const h of f.held) bytes += fs.writeSync(c.driveFd, h.buf, 0, h.length, h.position);
-      flush(c.driveFd);
+      for (const h of f.held) bytes += c.drive.writeSync(h.buf, 0, h.length, h.position);
+      c.drive.flushSync('the DPSR drive', COPIED_NOT_DURABLE);
       result.copied += bytes;
       result.passBytes.push(bytes);
       result.cutMs = f.cutMs;
@@ -568,13 +572,13 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     throw err;
   }
   try {
-    const fullCopyBytes = pair.fullCopy.complete ? 0 : await fullCopy(s, pair, range, srcFd, drive.fd);
+    const fullCopyBytes = pair.fullCopy.complete ? 0 : await fullCopy(s, pair, range, new LocalDevice(srcFd), drive.io);
     await s.tracker.cycle();
     await s.tracker.reconcile();
     const fileSystems = writableFileSystemsOf(resolveBlockDevice(pair.source.path));
     const mounts = fileSystems.map((f) => f.path);
     const c: SyncContext = {
-      s, pair, range, srcFd, driveFd: drive.fd, fileSystems,
+      s, pair, range, srcFd, source: new LocalDevice(srcFd), drive: drive.io, fileSystems,
       finalMode: fileSystems.length === 0 ? 'quiet' : opts.freeze === false ? 'none' : 'freeze',
       quietMs: opts.quietMs ?? DEFAULT_QUIET_MS, generation: pair.generation + 1, point: opts.point,
     };
@@ -584,13 +588,13 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     known.addSet(range.suspect);
     if (carried) { known.addSet(carried.copy); known.addSet(carried.compare); }
     const knownBytes = Math.min(known.totalSectors, pair.dataSectors) * SECTOR; // a region both carried and written since counts once
-    const region = journalRegionOf(drive.fd, pair, pair.id);
+    const region = journalRegionOf(drive.io, pair, pair.id);
     // In place only when chosen: --in-place, or a pair without a journal (--no-reserve, a tail too small for one);
     // or to finish a sync that was written in place and cut short (the drive is a mix already).
     const fits = region !== null && journalBytesFor(knownBytes, Math.ceil(knownBytes / 4096) + 1) <= region.lengthBytes;
     const journaled = opts.inPlace !== true && region !== null && (fits || pair.image !== 'partial');
     if (journaled && !fits) throw tooBigForJournal(pair, `${formatBytes(knownBytes)} changed since the image, more than its journal holds`, region);
-    if (!journaled) forgetPoints(pair, drive.fd, `generation ${c.generation} was written in place`);
+    if (!journaled) forgetPoints(pair, drive.io, `generation ${c.generation} was written in place`);
     let r: GenerationResult;
     try {
       r = journaled ? await journaledGeneration(c, region, carried) : await directGeneration(c, carried);
@@ -609,7 +613,7 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
         copiedBytes: r.copied, comparedBytes: r.compared, repairedBytes: r.repaired, journaled,
       },
     });
-    updateLabel(drive.fd, pair);
+    updateLabel(drive.io, pair);
     await s.store.putPairAndRange(pair, range);
     return {
       name, dataBytes: pair.dataSectors * SECTOR, generation: c.generation, image: r.image, imageTimeMs: r.cutMs, fullCopyBytes, durationMs, sourceMounted: mounts,

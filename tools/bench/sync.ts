@@ -2,13 +2,11 @@
 // writes, `dpsr sync` against (a) a full compare-and-copy of the devices and
 // (b) a full dd copy, side by side; and the full copy of `dpsr pair` against
 // dd between the same devices. Run: node dist/tools/bench/sync.js [--gib N] [--rounds N]
-import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { compareExtents } from '../../src/io/copy.js';
-import { openDirect } from '../../src/io/direct-io.js';
+import { openLocalDevice } from '../../src/io/local-device.js';
 import { ExtentSet } from '../../src/base/extents.js';
-import { native } from '../../src/base/native.js';
 import { run, scratchSpace, benchSettings } from './scratch.js';
 import { pairCommand } from '../../src/cli/commands/pair.js';
 import { syncCommand } from '../../src/cli/commands/sync.js';
@@ -66,13 +64,13 @@ async function main(): Promise<void> {
     const sync = (now() - t0) / 1000;
     // (2) what a tool without tracking must do: read both devices whole, write what differs.
     changeOnePercent(source, 1001 + r * 3);
-    const src = openDirect(source, false), dst = openDirect(drive, true);
-    native().blkRoSet(dst, false);
+    const src = openLocalDevice(source, false), dst = openLocalDevice(drive, true);
+    dst.setReadOnly(false);
     t0 = now();
     await compareExtents(src, dst, ExtentSet.from([[0, sizeGiB * GiB / 512]]), { limitSectors: sizeGiB * GiB / 512, write: true });
     const compare = (now() - t0) / 1000;
-    fs.closeSync(src);
-    fs.closeSync(dst);
+    src.close();
+    dst.close();
     // (3) or copy it all.
     changeOnePercent(source, 1002 + r * 3);
     const ddCopy = dd(source, drive);

@@ -1,10 +1,8 @@
 // dpsr history NAME [--json] [--drop GEN]: the restore points kept on the
 // DPSR drive, or one dropped (with every older one) to free its space.
-import fs from 'node:fs';
 import type { Settings } from '../../base/defaults.js';
 import { DpsrError } from '../../base/errors.js';
 import { withDriveLock } from '../../base/locks.js';
-import { native } from '../../base/native.js';
 import { formatBytes, SECTOR } from '../../base/units.js';
 import { dropPoints, historyRegionOf } from '../../drive/history-region.js';
 import { openCheckedDrive } from '../../drive/paired-drive.js';
@@ -27,7 +25,7 @@ function pairNamed(settings: Settings, name: string): Promise<PairRecord> {
 export async function historyCommand(opts: HistoryOptions, settings: Settings, log: (s: string) => void): Promise<void> {
   if (opts.drop !== undefined) return dropCommand(opts, settings, log);
   const pair = await pairNamed(settings, opts.name);
-  fs.closeSync(openCheckedDrive(pair, false).fd); // proves it is the paired drive (identity, label)
+  openCheckedDrive(pair, false).io.close(); // proves it is the paired drive (identity, label)
   const index = readHistoryOf(pair);
   const points = pointsOf(pair, index);
   const usedBytes = index.points.reduce((n, p) => n + p.bytes, 0);
@@ -62,16 +60,16 @@ async function dropCommand(opts: HistoryOptions, settings: Settings, log: (s: st
     }
     const drive = openCheckedDrive(pair, true);
     try {
-      native().blkRoSet(drive.fd, false);
+      drive.io.setReadOnly(false);
       try {
-        const gone = dropPoints(historyRegionOf(drive.fd, pair, pair.id)!, gen, `dropped by dpsr history --drop ${gen}`);
+        const gone = dropPoints(historyRegionOf(drive.io, pair, pair.id)!, gen, `dropped by dpsr history --drop ${gen}`);
         log(`${pair.name}: dropped restore point${gone.length === 1 ? '' : 's'} ${gone.map((d) => `${d.generation}${d.label ? ` (${d.label})` : ''}`).join(', ')}` +
           (gone.length > 1 ? ` (each older point needs the newer ones)` : ''));
       } finally {
-        native().blkRoSet(drive.fd, true);
+        drive.io.setReadOnly(true);
       }
     } finally {
-      fs.closeSync(drive.fd);
+      drive.io.close();
     }
   });
 }

@@ -1,9 +1,8 @@
 // dpsr pair SOURCE DPSR_DRIVE: check, label, start tracking, full copy.
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import { type Settings, DEFAULT_RESERVE, UPGRADE_BYTES } from '../../base/defaults.js';
 import { RefusedError } from '../../base/errors.js';
-import { openDirect } from '../../io/direct-io.js';
+import { openLocalDevice } from '../../io/local-device.js';
 import { checkPairable } from '../../drive/pair-checks.js';
 import { formatBytes } from '../../base/units.js';
 import { closeSession } from '../../state/session.js';
@@ -61,17 +60,17 @@ export async function pairCommand(opts: PairOptions, settings: Settings, log: (s
     s.ranges.set(name, range);
     await s.store.putPairAndRange(pair, range);
     const drive = openPairedDrive(s, pair, range);
-    const srcFd = openDirect(opts.source, false);
+    const source = openLocalDevice(opts.source, false);
     try {
-      updateLabel(drive.fd, pair);
+      updateLabel(drive.io, pair);
       // A transaction an earlier pairing left in the tail must never be taken for one of this pair.
-      const region = journalRegionOf(drive.fd, pair, pair.id);
+      const region = journalRegionOf(drive.io, pair, pair.id);
       if (region && pair.fullCopy.doneSectors === 0) await invalidate(region);
-      const history = historyRegionOf(drive.fd, pair, pair.id);
+      const history = historyRegionOf(drive.io, pair, pair.id);
       if (history && pair.fullCopy.doneSectors === 0) resetHistory(history); // likewise the restore points
-      const bytes = await fullCopy(s, pair, range, srcFd, drive.fd);
+      const bytes = await fullCopy(s, pair, range, source, drive.io);
       pair.image = 'fuzzy'; // whole, but copied live: consistent after the first sync
-      updateLabel(drive.fd, pair);
+      updateLabel(drive.io, pair);
       await s.store.putPairAndRange(pair, range);
       const capacity = journalCapacityOf(pair);
       log(`paired ${name}: ${opts.source} → ${opts.drive}, ${formatBytes(bytes)} copied; ` +
@@ -86,7 +85,7 @@ export async function pairCommand(opts: PairOptions, settings: Settings, log: (s
           `changes 1-2 GiB of a Debian system disk: sync often, or give the drive a bigger reserved tail (--reserve ${DEFAULT_RESERVE}, or a bigger drive)`);
       }
     } finally {
-      fs.closeSync(srcFd);
+      source.close();
       drive.release();
     }
     return pair;

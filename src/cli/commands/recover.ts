@@ -2,9 +2,8 @@
 // committed but not completely applied because the source (and the state
 // directory with it) died meanwhile. Run from a rescue system before
 // booting the drive; `dpsr status --drive DRIVE` says when it is needed.
-import fs from 'node:fs';
 import type { Settings } from '../../base/defaults.js';
-import { openDirect } from '../../io/direct-io.js';
+import { openLocalDevice } from '../../io/local-device.js';
 import { resolveBlockDevice } from '../../devices/devices.js';
 import { applyFromDrive, committedOnDrive, imageAfter } from '../../drive/recovery.js';
 import { DpsrError, RefusedError } from '../../base/errors.js';
@@ -17,17 +16,17 @@ export async function recoverCommand(opts: { drive: string; json: boolean }, set
   const mounts = mountsOf(dev);
   if (mounts.length > 0) throw new RefusedError(`${opts.drive} is mounted on ${mounts.join(', ')}: a journal cannot be applied under a mount; nothing written`, 'EMOUNTED');
   await withOwnerLock(settings.ownerLockPath, async () => {
-    const fd = openDirect(dev.path, false);
+    const drive = openLocalDevice(dev.path, false);
     let label;
     let txn;
     try {
-      label = readLabel(fd);
+      label = readLabel(drive);
       if (!label) throw new DpsrError(`${opts.drive} carries no dpsr label: not a DPSR drive`, 'ENOLABEL');
-      txn = await committedOnDrive(fd, label);
-      // Applied while `fd` is open: the transaction reads its journal entries through it.
+      txn = await committedOnDrive(drive, label);
+      // Applied while `drive` is open: the transaction reads its journal entries through it.
       if (txn) await applyFromDrive(dev.path, label, txn);
     } finally {
-      fs.closeSync(fd);
+      drive.close();
     }
     const after = txn ? imageAfter(label, txn) : label;
     const when = after.imageTimeMs ? new Date(after.imageTimeMs).toISOString() : 'unknown';

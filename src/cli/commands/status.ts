@@ -1,10 +1,9 @@
 // dpsr status [NAME] [--json] [--max-age D] [--drive DEV]: what each DPSR
 // drive holds, how old it is, what is dirty since, and every gap.
-import fs from 'node:fs';
 import type { Settings } from '../../base/defaults.js';
 import { formatBytes } from '../../base/units.js';
 import { DpsrError, ExitStatus, type ExitStatusValue } from '../../base/errors.js';
-import { openDirect } from '../../io/direct-io.js';
+import { openLocalDevice } from '../../io/local-device.js';
 import { readLabel } from '../../drive/label.js';
 import { committedOnDrive } from '../../drive/recovery.js';
 import { closeSession, type Session } from '../../state/session.js';
@@ -93,13 +92,13 @@ interface StatusOptions { name?: string; json: boolean; long?: boolean; maxAge?:
 export async function statusCommand(opts: StatusOptions, settings: Settings, log: (s: string) => void): Promise<ExitStatusValue> {
   const maxAgeMs = opts.maxAge !== undefined ? parseDuration(opts.maxAge) : undefined;
   if (opts.drive) {
-    const fd = openDirect(opts.drive, false);
+    const drive = openLocalDevice(opts.drive, false);
     const { label, txn } = await (async () => {
       try {
-        const l = readLabel(fd);
-        return { label: l, txn: l ? await committedOnDrive(fd, l) : null };
+        const l = readLabel(drive);
+        return { label: l, txn: l ? await committedOnDrive(drive, l) : null };
       } finally {
-        fs.closeSync(fd);
+        drive.close();
       }
     })();
     if (!label) throw new DpsrError(`${opts.drive} carries no dpsr label`, 'ENOLABEL');

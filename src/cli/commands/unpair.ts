@@ -1,12 +1,10 @@
 // dpsr unpair NAME: stop tracking, make the drive writable again, remove its label.
 import type { Settings } from '../../base/defaults.js';
 import { DpsrError } from '../../base/errors.js';
-import { openDirect } from '../../io/direct-io.js';
+import { openLocalDevice } from '../../io/local-device.js';
 import { eraseLabel, readLabel } from '../../drive/label.js';
-import { native } from '../../base/native.js';
 import { closeSession } from '../../state/session.js';
 import { openTrackingSession } from '../../drive/boot-adoption.js';
-import fs from 'node:fs';
 
 export async function unpairCommand(opts: { name: string }, settings: Settings, log: (s: string) => void): Promise<void> {
   const s = await openTrackingSession(settings);
@@ -18,18 +16,18 @@ export async function unpairCommand(opts: { name: string }, settings: Settings, 
     s.ranges.delete(opts.name);
     s.problems.delete(opts.name);
     try {
-      const fd = openDirect(pair.drive.path, true);
+      const drive = openLocalDevice(pair.drive.path, true);
       try {
         // Only the drive that carries this pair's label is touched.
-        const label = pair.reservedSectors > 0 ? readLabel(fd) : null;
+        const label = pair.reservedSectors > 0 ? readLabel(drive) : null;
         if (pair.reservedSectors > 0 && label?.pairId !== pair.id) {
           log(`warning: ${pair.drive.path} does not carry this pair's label; left as it is`);
         } else {
-          native().blkRoSet(fd, false);
-          if (label) eraseLabel(fd);
+          drive.setReadOnly(false);
+          if (label) eraseLabel(drive);
         }
       } finally {
-        fs.closeSync(fd);
+        drive.close();
       }
     } catch (err) {
       log(`warning: could not clear ${pair.drive.path} (${(err as Error).message}); its label may remain`);

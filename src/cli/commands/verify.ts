@@ -1,9 +1,8 @@
 // dpsr verify NAME: compare the source with the DPSR drive, sector for sector.
-import fs from 'node:fs';
 import type { Settings } from '../../base/defaults.js';
 import { DpsrError, ExitStatus, type ExitStatusValue } from '../../base/errors.js';
 import { compareExtents } from '../../io/copy.js';
-import { openDirect } from '../../io/direct-io.js';
+import { openLocalDevice } from '../../io/local-device.js';
 import { resolveBlockDevice } from '../../devices/devices.js';
 import { ExtentSet } from '../../base/extents.js';
 import { mountsOf } from '../../devices/mounts.js';
@@ -22,8 +21,8 @@ export async function verifyCommand(opts: { name: string; json: boolean }, setti
   if (!pair) throw new DpsrError(`no pair named ${opts.name}`, 'ENOPAIR');
   const mounted = mountsOf(resolveBlockDevice(pair.source.path));
   if (mounted.length > 0 && !opts.json) log(`warning: ${pair.source.path} is mounted on ${mounted.join(', ')}: differences may be writes since the last sync`);
-  const src = openDirect(pair.source.path, false);
-  const dst = openDirect(pair.drive.path, false);
+  const src = openLocalDevice(pair.source.path, false);
+  const dst = openLocalDevice(pair.drive.path, false);
   try {
     const bar = progressBar(`${pair.name}: verify`, pair.dataSectors * SECTOR);
     const r = await compareExtents(src, dst, ExtentSet.from([[0, pair.dataSectors]]), {
@@ -41,7 +40,7 @@ export async function verifyCommand(opts: { name: string; json: boolean }, setti
     }
     return differing.length === 0 ? ExitStatus.ok : ExitStatus.failure;
   } finally {
-    fs.closeSync(src);
-    fs.closeSync(dst);
+    src.close();
+    dst.close();
   }
 }
