@@ -472,7 +472,7 @@ const NATIVE_MIN = 4096;
  * i-th smallest end there is a gap iff the (i+1)-th smallest start lies beyond it, since no
  * more extents can be open there.
  */
-function coalesceBySort(s: Float64Array, e: Float64Array, n: number): number {
+export function coalesceBySort(s: Float64Array, e: Float64Array, n: number): number {
   s.sort();
   e.sort();
   let out = 0;
