@@ -229,7 +229,7 @@ test('across a reboot, a disk without a serial keeps its identity: the new disks
   assert.equal(identityChanges(blank, nextBoot({ contentUuid: null })), []);
 });
 
-test('across a reboot, a disk without a serial that holds other UUIDs is reported; so is a new device number', () => {
+test('across a reboot, a disk without a serial that holds other UUIDs is reported; a new device number only when nothing else tells it apart', () => {
   assert.equal(identityChanges(virtio, nextBoot({ contentUuid: '11111111-2222-4333-8444-555555555555' })), [
     "file system UUID changed from '0f3a8e4c-77a5-4b43-9b0e-2f4cbbd2a1d1' to '11111111-2222-4333-8444-555555555555' (since the last boot)",
   ]);
@@ -237,7 +237,11 @@ test('across a reboot, a disk without a serial that holds other UUIDs is reporte
   assert.equal(identityChanges(table, nextBoot({ ptUuid: 'deadbeef', contentUuid: null })), [
     "partition table UUID changed from 'c0ffee00' to 'deadbeef' (since the last boot)",
   ]);
-  assert.equal(identityChanges(virtio, nextBoot({ minor: 32, diskDev: (254 << 20) | 32 })), ['device number changed from 254:16 to 254:32']);
+  // Its UUIDs are the same: the same disk, probed in another order.
+  assert.equal(identityChanges(virtio, nextBoot({ minor: 32, diskDev: (254 << 20) | 32 })), []);
+  assert.equal(identityChanges({ ...base, bootId: 'boot-1' }, { ...base, bootId: 'boot-2', diskseq: 9, minor: 32, diskDev: (8 << 20) | 32 }), [], 'the same serial and WWID');
+  const blank = { ...virtio, contentUuid: null };
+  assert.equal(identityChanges(blank, nextBoot({ contentUuid: null, minor: 32, diskDev: (254 << 20) | 32 })), ['device number changed from 254:16 to 254:32']);
   assert.match(identityChanges(virtio, nextBoot({ sizeSectors: 1 << 20 })).join('\n'), /size changed/);
 });
 

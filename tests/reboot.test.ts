@@ -106,6 +106,23 @@ test('without a shutdown record the reboot is a gap (unclean-shutdown): the sync
   assert.is(sha256Of(source), sha256Of(drive, bytes));
 });
 
+test('an unclean reboot with a journal smaller than the source: the sync without a daemon compares first and journals only the differences', () => {
+  const source = fx.loop(SOURCE_MiB);
+  const drive = fx.loop(SOURCE_MiB + 10); // the tail: a journal of about 8 MiB for a 32 MiB source
+  const bytes = SOURCE_MiB * 2 ** 20;
+  randomFill(source, 4);
+  ok('pair', source, drive, '--name', 'p', '--reserve', '8M');
+  syncJson();
+  const written = ddDirect(source, 30000, 64);
+  reboot(source, drive);
+  assert.ok(gapCauses().includes('unclean-shutdown'));
+  const r = syncJson();
+  assert.ok(r.journaled, JSON.stringify(r));
+  assert.ok(r.comparedBytes >= SOURCE_MiB * 2 ** 20, `the whole source compared: ${JSON.stringify(r)}`);
+  assert.is(r.copiedBytes, (written[1] - written[0]) * 512, 'only what differs is copied');
+  assert.is(sha256Of(source), sha256Of(drive, bytes));
+});
+
 test('a write before tracking began is a gap (written-before-attach), and the record is consumed all the same', () => {
   const { source, drive, bytes } = pairWritten();
   assert.ok(json('shutdown').shutdown[0].recorded);
@@ -204,6 +221,36 @@ test('two pairs on one disk (two partitions) each resume, their records proven b
     assert.is(r.copiedBytes, (after[i][1] - after[i][0]) * 512);
   });
   parts.forEach((part, i) => assert.is(sha256Of(part), sha256Of(drives[i], 32 << 20)));
+});
+
+test('the source back under another device number after the reboot (the same file, found by a link): no identity-changed, resumed', () => {
+  const { source, drive, bytes } = fx.pairDevices(SOURCE_MiB);
+  randomFill(source, 4);
+  const link = path.join(fx.dir, 'source-link');
+  fs.symlinkSync(source, link);
+  ok('pair', link, drive, '--name', 'p');
+  syncJson();
+  const written = ddDirect(source, 3000, 24);
+  assert.ok(json('shutdown').shutdown[0].recorded);
+  native().detach(env.DPSR_BPF_DIR!);
+  freshLoop(drive);
+  // The image comes back on another loop (attached before the old one goes, so the number differs), counters at zero.
+  const img = loopBackingFile(source)!;
+  const moved = fx.attach(img);
+  assert.is.not(moved, source);
+  sh('losetup', ['-d', source]);
+  freshLoop(moved); // a loop number used before keeps its counters over a plain attach
+  fs.rmSync(link);
+  fs.symlinkSync(moved, link);
+  fs.writeFileSync(env.DPSR_BOOT_ID_FILE!, 'boot-2\n');
+  const up = json('boot').boot[0];
+  assert.ok(up.resumed, JSON.stringify(up));
+  const r = syncJson();
+  assert.equal(r.gaps, [], JSON.stringify(r));
+  assert.is(r.comparedBytes, 0, JSON.stringify(r));
+  assert.is(r.copiedBytes, (written[1] - written[0]) * 512);
+  assert.not.ok(gapCauses().includes('identity-changed'));
+  assert.is(sha256Of(moved), sha256Of(drive, bytes));
 });
 
 /** The device node moved away (the drive unplugged, as dpsr sees it), so that no one else's losetup can take the loop meanwhile; returns the way back. */

@@ -202,6 +202,11 @@ export function matchRecordedSource(rec: RecordedSource, now: RecordedSource): {
   return { verdict, differences };
 }
 
+/** Something recorded that tells the disk apart across a reboot: a WWID, a serial, a loop file, a partition or content UUID. */
+function survivingIdentity(id: DeviceIdentity): boolean {
+  return hasHardwareIdentity(id) || id.loopBackingFile !== null || id.partUuid !== null || (id.ptUuid ?? null) !== null || (id.contentUuid ?? null) !== null;
+}
+
 /** A WWN or serial number: an identity that survives a reboot and re-enumeration. */
 export function hasHardwareIdentity(id: DeviceIdentity): boolean {
   return id.wwid !== null || id.serial !== null;
@@ -229,9 +234,9 @@ function sameBoot(recorded: DeviceIdentity, now: DeviceIdentity): boolean {
 /**
  * What makes `now` not the device that was `recorded`, one human-readable item
  * each; empty when it is the same. A new path or kernel name alone is not a
- * change (nodes are renamed), but a new device number is: tracking is by dev_t.
- * Within a boot a new disk sequence number is a change (re-attached, new
- * media); across a reboot it is not, and a disk without a WWID, serial or
+ * change (nodes are renamed), but within a boot a new device number is:
+ * tracking is by dev_t. Within a boot a new disk sequence number is a change
+ * (re-attached, new media); across a reboot neither is, and a disk without a WWID, serial or
  * loop file must show the partition table or content UUID it had (when one
  * was recorded: a mkfs within the boot was tracked, but a device that came
  * back with other UUIDs may be another disk).
@@ -270,6 +275,10 @@ export function identityChanges(recorded: DeviceIdentity, now: DeviceIdentity): 
     changes.push(`partition UUID changed from ${show(recorded.partUuid)} to ${show(now.partUuid)}`);
   }
   if (rebooted) changes.push(...rebootChanges(recorded, now));
+  // Across a reboot device numbers are handed out afresh (probe order, a loop number) and tracking is
+  // attached anew anyway: a new one is no change for a disk with an identity that survives a reboot.
+  // A disk with none (no WWID, serial, loop file or UUID) has only its size, path and number to go by.
+  if (rebooted && survivingIdentity(recorded)) return changes;
   if (differ(recorded.major, now.major) || differ(recorded.minor, now.minor)) {
     changes.push(`device number changed from ${recorded.major}:${recorded.minor} to ${now.major}:${now.minor}`);
   } else if (differ(recorded.diskDev, now.diskDev)) {

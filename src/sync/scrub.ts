@@ -9,7 +9,7 @@
 // Only the owner calls this, between its cycles and syncs (never during one),
 // so nothing writes the DPSR drive while it is read here.
 import { setTimeout as sleep } from 'node:timers/promises';
-import { compareExtents } from '../io/copy.js';
+import { type CopyOptions, compareExtents } from '../io/copy.js';
 import type { BlockIo } from '../io/block-io.js';
 import { openLocalDevice } from '../io/local-device.js';
 import { ExtentSet } from '../base/extents.js';
@@ -79,6 +79,26 @@ async function differingBlocks(source: BlockIo, drive: BlockIo, extents: ExtentS
   return (await compareExtents(source, drive, extents, { ...GENTLE_IO, limitSectors, write: false })).differing;
 }
 
+/**
+ * Reads `extents` of the range's suspect regions on both disks: equal blocks become clean,
+ * differing ones dirty. Read-only. Returns the bytes compared. `io` defaults to the background's gentle pace.
+ */
+export async function resolveSuspect(s: Session, range: RangeState, source: BlockIo, drive: BlockIo, extents: ExtentSet,
+  limitSectors: number, io: Omit<CopyOptions, 'limitSectors'> = GENTLE_IO): Promise<number> {
+  // Taken out before reading: a gap found meanwhile makes its regions suspect again.
+  range.suspect.subtractSet(extents);
+  let r;
+  try {
+    r = await compareExtents(source, drive, extents, { ...io, limitSectors, write: false });
+  } catch (err) {
+    range.suspect.addSet(extents); // not compared: still suspect
+    throw err;
+  }
+  range.dirty.addSet(r.differing); // the equal ones are clean now; a write during the read is recorded dirty by the tracker
+  await s.tracker.cycle();
+  return r.comparedSectors * SECTOR;
+}
+
 /** Compares up to budgetBytes of the pair, suspect regions first; updates the range and the pair's progress (persisted by the caller's next cycle). */
 export async function scrubStep(s: Session, pair: PairRecord, range: RangeState, budgetBytes: number,
   policy: ScrubPolicy, nowMs = Date.now()): Promise<ScrubStep> {
@@ -91,15 +111,7 @@ export async function scrubStep(s: Session, pair: PairRecord, range: RangeState,
   try {
     const suspect = firstSectors(range.suspect, limit, budget);
     if (!suspect.isEmpty) {
-      // Taken out before reading: a gap found meanwhile makes its regions suspect again.
-      range.suspect.subtractSet(suspect);
-      try {
-        range.dirty.addSet(await differingBlocks(source, drive, suspect, limit)); // the equal ones are clean now
-      } catch (err) {
-        range.suspect.addSet(suspect); // not compared: still suspect
-        throw err;
-      }
-      await s.tracker.cycle();
+      await resolveSuspect(s, range, source, drive, suspect, limit);
       return step;
     }
     const p = pair.scrub ?? newScrubProgress();

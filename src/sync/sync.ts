@@ -24,6 +24,7 @@ import { progressBar } from '../base/progress.js';
 import type { Session } from '../state/session.js';
 import type { PairRecord } from '../state/records.js';
 import type { Gap, RangeState } from '../kernel/tracker.js';
+import { resolveSuspect } from './scrub.js';
 
 // Progress of a full copy is saved this often (without a flush: a crash of
 // dpsr loses nothing written with O_DIRECT, and after a power loss the
@@ -584,16 +585,25 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     };
     const carried = pendingCut(pair);
     // The journal must hold this generation: what is known now, with room for what comes during the passes.
-    const known = range.dirty.clone(); // discards take no data
-    known.addSet(range.suspect);
-    if (carried) { known.addSet(carried.copy); known.addSet(carried.compare); }
-    const knownBytes = Math.min(known.totalSectors, pair.dataSectors) * SECTOR; // a region both carried and written since counts once
+    const knownBytes = () => {
+      const known = range.dirty.clone(); // discards take no data
+      known.addSet(range.suspect);
+      if (carried) { known.addSet(carried.copy); known.addSet(carried.compare); }
+      return Math.min(known.totalSectors, pair.dataSectors) * SECTOR; // a region both carried and written since counts once
+    };
     const region = journalRegionOf(drive.io, pair, pair.id);
+    const fitsJournal = () => region !== null && journalBytesFor(knownBytes(), Math.ceil(knownBytes() / 4096) + 1) <= region.lengthBytes;
+    // Suspect regions (after an unclean reboot: the whole source) counted whole may outgrow the journal, yet
+    // only the blocks that differ need room in it: compared first, read-only, as the daemon does in the background.
+    let comparedFirst = 0;
+    if (opts.inPlace !== true && region !== null && !fitsJournal() && !range.suspect.isEmpty) {
+      comparedFirst = await resolveSuspect(s, range, c.source, drive.io, range.suspect.clone(), pair.dataSectors, {});
+    }
     // In place only when chosen: --in-place, or a pair without a journal (--no-reserve, a tail too small for one);
     // or to finish a sync that was written in place and cut short (the drive is a mix already).
-    const fits = region !== null && journalBytesFor(knownBytes, Math.ceil(knownBytes / 4096) + 1) <= region.lengthBytes;
+    const fits = fitsJournal();
     const journaled = opts.inPlace !== true && region !== null && (fits || pair.image !== 'partial');
-    if (journaled && !fits) throw tooBigForJournal(pair, `${formatBytes(knownBytes)} changed since the image, more than its journal holds`, region);
+    if (journaled && !fits) throw tooBigForJournal(pair, `${formatBytes(knownBytes())} changed since the image, more than its journal holds`, region);
     if (!journaled) forgetPoints(pair, drive.io, `generation ${c.generation} was written in place`);
     let r: GenerationResult;
     try {
@@ -610,7 +620,7 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
       generation: c.generation, pending: null, ...finishedImage(pair, r.image, r.cutMs), imageLabel: opts.point ?? null,
       lastSync: {
         generation: c.generation, atMs: r.cutMs, durationMs, image: r.image, passBytes: r.passBytes, freezeMs: r.freezeMs,
-        copiedBytes: r.copied, comparedBytes: r.compared, repairedBytes: r.repaired, journaled,
+        copiedBytes: r.copied, comparedBytes: r.compared + comparedFirst, repairedBytes: r.repaired, journaled,
       },
     });
     updateLabel(drive.io, pair);
@@ -619,7 +629,7 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
       name, dataBytes: pair.dataSectors * SECTOR, generation: c.generation, image: r.image, imageTimeMs: r.cutMs, fullCopyBytes, durationMs, sourceMounted: mounts,
       passBytes: r.passBytes, freezeMs: r.freezeMs, quietSinceMs: r.quietSinceMs, journaled,
       ...(r.notConsistent ? { notConsistent: r.notConsistent } : {}),
-      copiedBytes: r.copied, comparedBytes: r.compared, repairedBytes: r.repaired,
+      copiedBytes: r.copied, comparedBytes: r.compared + comparedFirst, repairedBytes: r.repaired,
       gaps: range.gaps.slice(gapsBefore),
     };
   } finally {
