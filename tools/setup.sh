@@ -8,6 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
 	clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev   # BPF object, skeleton, addon
 	liburing-dev                                           # the addon's batched I/O (io_uring)
+	libnbd-dev                                             # the addon's NBD client: a DPSR drive on an NBD export
 	make g++ python3                                       # node-gyp
 	util-linux fdisk e2fsprogs xfsprogs kmod fio strace    # devices, file systems; tests and benchmarks (strace: exact kill points)
 	lvm2 cryptsetup-bin btrfs-progs dosfstools             # signatures the pair checks warn about; vfat tools

@@ -1,5 +1,5 @@
 // dpsr's native addon: BPF tracking objects, ring buffer delivery, and the
-// block-device syscalls Node lacks, batched I/O. Mechanism only; policy lives in src/.
+// block-device syscalls Node lacks, batched I/O, NBD exports (libnbd). Mechanism only; policy lives in src/.
 #include "exports.h"
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -8,6 +8,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
 	InitSyscalls(env, exports);
 	InitBatchIo(env, exports);
 	InitExtents(env, exports);
+	InitNbd(env, exports);
 	return exports;
 }
 

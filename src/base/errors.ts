@@ -69,6 +69,12 @@ export const ERRORS = {
   ETIMEDOUT: ['failure', 'the command did not finish in time (--timeout)'],
   EIO: ['failure', 'a read, write, discard or flush failed (errno attached)'],
   ESHORT: ['failure', 'a device ended before the copy expected'],
+  // A DPSR drive on an NBD export.
+  ENBDCONNECT: ['failure', 'the NBD server cannot be reached or dropped the connection'],
+  ENBDEXPORT: ['refused', 'the NBD server has no such export'],
+  ENBDTLS: ['refused', 'the TLS handshake with the NBD server failed'],
+  EINSECURE: ['refused', 'plain NBD to a host that is not loopback (use nbds://, or --insecure)'],
+  ECREDENTIALS: ['refused', 'a TLS key or certificate directory is not root-only'],
   // Reading and restoring the image.
   ENOTUSABLE: ['notUsable', 'the image is no whole point in time to return to'],
   ENOTPOINTINTIME: ['refused', 'the image is not one point in time (use --force)'],

@@ -69,6 +69,29 @@ export interface Native {
   batchIo(fd: number, write: boolean, buffer: Buffer, ops: Float64Array, depth: number): Promise<void>;
   /** Sorts the first n extents [starts[i], ends[i]) by start and unites those that overlap or touch, in place; returns how many remain. */
   coalesceExtents(starts: Float64Array, ends: Float64Array, n: number): number;
+  /** Connects to an NBD export by URI (libnbd); throws an ErrnoError. */
+  NbdClient: new (uri: string) => NbdClient;
+}
+
+/** One connection to an NBD export; single calls block, batch() runs on a worker with up to depth requests in flight. */
+export interface NbdClient {
+  size(): number;
+  readOnly(): boolean;
+  canFlush(): boolean;
+  canTrim(): boolean;
+  canZero(): boolean;
+  tlsNegotiated(): boolean;
+  /** Exactly length bytes; returns length. */
+  pread(buffer: Buffer, bufferOffset: number, length: number, position: number): number;
+  pwrite(buffer: Buffer, bufferOffset: number, length: number, position: number): number;
+  flush(): void;
+  trim(position: number, length: number): void;
+  /** Reads as zeros afterwards (the server may deallocate). */
+  zero(position: number, length: number): void;
+  /** ops are [bufferOffset, length, position] triples; rejects with an ErrnoError carrying `position`. */
+  batch(write: boolean, buffer: Buffer, ops: Float64Array, depth: number): Promise<void>;
+  flushAsync(): Promise<void>;
+  close(): void;
 }
 
 /** Errors from the addon carry errno's name. */

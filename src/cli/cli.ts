@@ -98,19 +98,24 @@ function program(): Command {
     .option('--reserve <SIZE>', 'the least room after the copy for dpsr\'s label and journal (the journal takes the whole tail; an apt upgrade changes 1-2 GiB)', DEFAULT_RESERVE)
     .option('--no-reserve', 'no tail: for a drive exactly the source\'s size with a hardware identity (WWN/serial)')
     .option('--history <SIZE|all>', 'keep restore points (earlier images, dpsr history) in SIZE of the tail, or in all the space beyond the source and the reserve')
+    .option('--insecure', 'allow a DPSR drive on plain nbd:// to a host that is not loopback (unencrypted)')
     .addHelpText('after', `
 Refuses (exit 3, nothing written) a drive that is mounted, swap, the running
 system's disk, smaller than the source plus the reserve (and history), of another sector
 size, or that carries data (without --force). Tracking starts before the copy,
 so writes during it are caught; an interrupted copy resumes when the same
-command is run again (or at the next sync). The drive is left read-only.`)
-    .action(async (source: string, drive: string, opts: { name?: string; force?: boolean; reserve: string | boolean; history?: string }) => {
+command is run again (or at the next sync). The drive is left read-only.
+The DPSR drive may be an NBD export: nbd://HOST[:PORT]/EXPORT (loopback
+only, unless --insecure), nbds://HOST/EXPORT?tls-psk-file=FILE (or
+tls-certificates=DIR; root-only files), nbd+unix:///EXPORT?socket=PATH.`)
+    .action(async (source: string, drive: string, opts: { name?: string; force?: boolean; reserve: string | boolean; history?: string; insecure?: boolean }) => {
       const { pairCommand } = await import('./commands/pair.js');
       const noReserve = opts.reserve === false;
       await pairCommand({
         source, drive, name: opts.name, force: opts.force === true, noReserve,
         reserveBytes: noReserve ? 0 : parseSize(String(opts.reserve)),
         historyBytes: opts.history === undefined ? 0 : opts.history === 'all' ? 'all' : parseSize(opts.history),
+        insecure: opts.insecure === true,
       }, settings, log);
     });
 

@@ -22,6 +22,7 @@ import type { PairRecord } from '../state/records.js';
 import { Store } from '../state/store.js';
 import { readVerdict, shutdownMarker } from './boot-adoption.js';
 import { openCheckedDrive } from './paired-drive.js';
+import { isRemote } from './remote-drive.js';
 import { type ShutdownRecord, eraseShutdownRecord, writeShutdownRecord } from './shutdown-record.js';
 
 export interface ShutdownOutcome {
@@ -156,13 +157,13 @@ async function recordAll(settings: Settings, store: Store, kt: KernelTracking, t
     outcomes.set(pair.name, outcome);
     try {
       const { io } = openCheckedDrive(pair, true);
-      const driveDisk = resolveBlockDevice(pair.drive.path).disk;
+      const driveDisk = isRemote(pair) ? null : resolveBlockDevice(pair.drive.path).disk; // an export's writes are not on a local disk
       try {
         io.setReadOnly(false);
         const r = writeShutdownRecord(io, pair, rec);
         io.setReadOnly(true);
         if ('why' in r) { outcome.detail = r.why; continue; }
-        ownSectors.set(driveDisk, (ownSectors.get(driveDisk) ?? 0) + r.bytes / SECTOR);
+        if (driveDisk) ownSectors.set(driveDisk, (ownSectors.get(driveDisk) ?? 0) + r.bytes / SECTOR);
       } finally {
         io.close();
       }

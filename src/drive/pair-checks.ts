@@ -26,7 +26,7 @@ export interface PairRequest {
 
 export interface PairPlan {
   source: BlockDevice;
-  drive: BlockDevice;
+  drive: Pick<BlockDevice, 'path'>;
   sourceId: DeviceIdentity;
   driveId: DeviceIdentity;
   /** The copy occupies [0, dataSectors) of the drive: the whole source, or a former DPSR drive's image. */
@@ -223,6 +223,35 @@ export function checkPairable(req: PairRequest): PairPlan {
   // 5. Big enough: the copy, then dpsr's tail.
   const sourceId = identify(source);
   const driveId = identify(drive);
+  const { dataSectors, reservedSectors, historySectors } = checkSizes(req, source, D, drive.sizeSectors,
+    hasHardwareIdentity(driveId) ? null : `has no WWN or serial number${/^loop\d+$/.test(drive.disk) ? ' (loop devices have none)' : ''}`);
+
+  // 6. Nothing on the drive that someone may still want, unless told to overwrite it.
+  const warnings: string[] = [];
+  const carried = signaturesOf(drive);
+  if (carried.length > 0) {
+    const what = carried.join(' and ');
+    if (!req.force) {
+      refuse(`the DPSR drive ${D} carries ${what}: pairing would overwrite it; check it is the right drive, then use --force`, 'ESIGNATURE');
+    }
+    warnings.push(`the DPSR drive ${D} carries ${what}: it will be overwritten (--force)`);
+  }
+
+  // 7. Warnings: nothing unsafe now, but worth knowing.
+  const sameDisk = source.diskDev === drive.diskDev ? `${S} and ${D} are on the same disk ${source.disk}: if that disk fails, the copy is lost with it` : null;
+  warnings.push(...commonWarnings(req, source, D, drive.sizeSectors, { dataSectors, reservedSectors, historySectors }, sameDisk));
+  return { source, drive, sourceId, driveId, dataSectors, reservedSectors, historySectors, warnings };
+}
+
+/**
+ * The image's size (the whole source, or a former DPSR drive's image), the
+ * reserve and the history region on a drive of `driveSectors`; refuses a drive
+ * too small. `noIdentity` says why a drive exactly the source's size could not
+ * be recognised later without a label (null: it has a hardware identity).
+ */
+export function checkSizes(req: PairRequest, source: BlockDevice, D: string, driveSectors: number, noIdentity: string | null): { dataSectors: number; reservedSectors: number; historySectors: number } {
+  const S = source.path;
+  const drive = { sizeSectors: driveSectors };
   // A source that is itself a DPSR drive (a system running from its copy, paired back onto a new disk):
   // its image is what is copied, not its tail of journal and label, so a disk of the original size will do.
   const asDrive = labelAt(S);
@@ -239,40 +268,34 @@ export function checkPairable(req: PairRequest): PairPlan {
     if (!req.noReserve) {
       refuse(`the DPSR drive ${D} is exactly the size of the source ${S} (${srcSize}): it needs ${formatBytes(reservedSectors * SECTOR)} more for dpsr's label and journal; use a bigger drive, or --no-reserve if it has a WWN or serial number`, 'ETOOSMALL');
     }
-    if (!hasHardwareIdentity(driveId)) {
-      refuse(`the DPSR drive ${D} is exactly the size of the source ${S} and has no WWN or serial number${/^loop\d+$/.test(drive.disk) ? ' (loop devices have none)' : ''}: with --no-reserve there is no room for dpsr's label, so nothing could prove later that it is still the paired drive; use a drive at least 1 MiB bigger without --no-reserve`, 'ENOIDENTITY');
+    if (noIdentity !== null) {
+      refuse(`the DPSR drive ${D} is exactly the size of the source ${S} and ${noIdentity}: with --no-reserve there is no room for dpsr's label, so nothing could prove later that it is still the paired drive; use a drive at least 1 MiB bigger without --no-reserve`, 'ENOIDENTITY');
     }
   } else if (drive.sizeSectors < needed) {
     refuse(`the DPSR drive ${D} (${drvSize}) is too small for the source ${S} (${srcSize}) plus the ${formatBytes(reservedSectors * SECTOR)} reserve for dpsr's label and journal${historySectors ? ` and the ${formatBytes(historySectors * SECTOR)} of history` : ''}: ${formatBytes((needed - drive.sizeSectors) * SECTOR)} short; use a bigger drive or a smaller reserve${historySectors ? ' or history' : ''}`, 'ETOOSMALL');
   }
+  return { dataSectors, reservedSectors, historySectors };
+}
 
-  // 6. Nothing on the drive that someone may still want, unless told to overwrite it.
+/** What is worth knowing about any pairing of `source`: nothing unsafe now. */
+export function commonWarnings(req: PairRequest, source: BlockDevice, D: string, driveSectors: number,
+  sizes: { dataSectors: number; reservedSectors: number; historySectors: number }, sameDisk: string | null = null): string[] {
+  const S = source.path;
+  const { dataSectors } = sizes;
   const warnings: string[] = [];
-  const carried = signaturesOf(drive);
-  if (carried.length > 0) {
-    const what = carried.join(' and ');
-    if (!req.force) {
-      refuse(`the DPSR drive ${D} carries ${what}: pairing would overwrite it; check it is the right drive, then use --force`, 'ESIGNATURE');
-    }
-    warnings.push(`the DPSR drive ${D} carries ${what}: it will be overwritten (--force)`);
-  }
-
-  // 7. Warnings: nothing unsafe now, but worth knowing.
   if (source.isPartition) {
     warnings.push(`the source ${S} is a partition of ${source.disk}: its copy alone does not boot the machine (the boot loader and partition table stay on ${source.disk}); pair the whole disk for a bootable copy`);
   }
-  if (source.diskDev === drive.diskDev) {
-    warnings.push(`${S} and ${D} are on the same disk ${source.disk}: if that disk fails, the copy is lost with it`);
-  }
+  if (sameDisk) warnings.push(sameDisk);
   if (req.noReserve) {
     warnings.push(`--no-reserve: the DPSR drive ${D} has no journal, so a crash during a sync can leave it a mix of two images, and no room for a shutdown record, so every reboot compares the whole source`);
-  } else if (recordPlace(drive.sizeSectors * SECTOR, { dataSectors, reservedSectors, historySectors }) === null) {
+  } else if (recordPlace(driveSectors * SECTOR, sizes) === null) {
     warnings.push(`the DPSR drive ${D} has no room in its tail for a shutdown record (${formatBytes(RECORD_AREA_BYTES)} beside the label): every reboot compares the whole source`);
   }
   warnings.push(...sourceWarnings(source));
 
   if (dataSectors < source.sizeSectors) {
-    warnings.push(`${S} is the DPSR drive of pair ${asDrive!.pairName}: only its image (the first ${formatBytes(dataSectors * SECTOR)}) is copied, not dpsr's tail after it`);
+    warnings.push(`${S} is the DPSR drive of pair ${labelAt(S)?.pairName}: only its image (the first ${formatBytes(dataSectors * SECTOR)}) is copied, not dpsr's tail after it`);
   }
-  return { source, drive, sourceId, driveId, dataSectors, reservedSectors, historySectors, warnings };
+  return warnings;
 }

@@ -8,6 +8,9 @@ import { resolveBlockDevice } from '../devices/devices.js';
 import { mountsOf } from '../devices/mounts.js';
 import type { BlockIo } from '../io/block-io.js';
 import { openLocalDevice } from '../io/local-device.js';
+import { openNbdDevice } from '../io/nbd-device.js';
+import { SECTOR } from '../base/units.js';
+import { isRemote } from './remote-drive.js';
 import type { RangeState } from '../kernel/tracker.js';
 import type { ImageState, PairRecord } from '../state/records.js';
 import type { Session } from '../state/session.js';
@@ -29,6 +32,7 @@ export interface CheckedDrive {
  * mounted (its image could be changing). Writes nothing.
  */
 export function openCheckedDrive(pair: PairRecord, write: boolean): CheckedDrive {
+  if (isRemote(pair)) return openCheckedExport(pair, write);
   const dev = resolveBlockDevice(pair.drive.path);
   const now = identify(dev, pair.drive);
   const changes = identityChanges(pair.drive, now);
@@ -41,11 +45,31 @@ export function openCheckedDrive(pair: PairRecord, write: boolean): CheckedDrive
   }
   const io = openLocalDevice(dev.path, write);
   try {
-    const label = readLabel(io);
-    if (pair.labelSeq > 0 && pair.reservedSectors > 0 && label?.pairId !== pair.id) {
-      throw new RefusedError(`pair ${pair.name}: ${dev.path} does not carry this pair's label${label ? ` (it belongs to pair ${label.pairName})` : ''}; nothing written`, 'ELABEL');
+    return { io, label: checkedLabel(pair, io, dev.path), changes, now };
+  } catch (err) {
+    io.close();
+    throw err;
+  }
+}
+
+/** The drive's label, which must be this pair's once one was written. */
+function checkedLabel(pair: PairRecord, io: BlockIo, where: string): DriveLabel | null {
+  const label = readLabel(io);
+  if (pair.labelSeq > 0 && pair.reservedSectors > 0 && label?.pairId !== pair.id) {
+    throw new RefusedError(`pair ${pair.name}: ${where} does not carry this pair's label${label ? ` (it belongs to pair ${label.pairName})` : ''}; nothing written`, 'ELABEL');
+  }
+  return label;
+}
+
+/** An export proves itself by its size and the pair's label (it has no device identity). */
+function openCheckedExport(pair: PairRecord, write: boolean): CheckedDrive {
+  const io = openNbdDevice(pair.drive.path, { write, insecure: pair.driveInsecure });
+  try {
+    const sectors = Math.floor(io.sizeBytes() / SECTOR);
+    if (sectors !== pair.drive.sizeSectors) {
+      throw new RefusedError(`pair ${pair.name}: the export ${pair.drive.name} is ${sectors} sectors, not the ${pair.drive.sizeSectors} paired: not the paired DPSR drive any more; nothing written`, 'EDRIVECHANGED');
     }
-    return { io, label, changes, now };
+    return { io, label: checkedLabel(pair, io, pair.drive.name), changes: [], now: pair.drive };
   } catch (err) {
     io.close();
     throw err;

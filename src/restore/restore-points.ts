@@ -3,7 +3,7 @@
 // `--at` (a generation, a time, or a label given by sync --point).
 import { DpsrError, RefusedError } from '../base/errors.js';
 import { durationOf } from '../base/units.js';
-import { openLocalDevice } from '../io/local-device.js';
+import { openDriveIo } from '../drive/remote-drive.js';
 import { type HistoryIndex, type UndoPoint, historyRegionOf, readIndex } from '../drive/history-region.js';
 import type { ImageState, PairRecord } from '../state/records.js';
 
@@ -31,7 +31,7 @@ export function readHistoryOf(pair: PairRecord): HistoryIndex {
   if (!pair.historySectors) {
     throw new RefusedError(`pair ${pair.name} keeps no restore points: it was paired without --history (pair again with --history SIZE to keep them)`, 'ENOHISTORY');
   }
-  const drive = openLocalDevice(pair.drive.path, false);
+  const drive = openDriveIo(pair, false);
   try {
     return readIndex(historyRegionOf(drive, pair, pair.id)!);
   } finally {

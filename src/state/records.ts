@@ -49,7 +49,9 @@ export interface PairRecord {
   id: string;
   createdMs: number;
   source: DeviceIdentity;
-  drive: DeviceIdentity;
+  drive: DeviceIdentity; // an NBD export's: its URI as path (remote-drive.ts)
+  /** A drive on plain NBD to a host that is not loopback, allowed at pair time with --insecure. */
+  driveInsecure?: boolean;
   dataSectors: number;
   reservedSectors: number;
   labelSeq: number;

@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type CopyOptions, compareExtents } from '../io/copy.js';
 import type { BlockIo } from '../io/block-io.js';
 import { openLocalDevice } from '../io/local-device.js';
+import { openDriveIo } from '../drive/remote-drive.js';
 import { ExtentSet } from '../base/extents.js';
 import type { Session } from '../state/session.js';
 import type { PairRecord, ScrubProgress } from '../state/records.js';
@@ -107,7 +108,7 @@ export async function scrubStep(s: Session, pair: PairRecord, range: RangeState,
   const limit = pair.dataSectors;
   const budget = Math.max(8, Math.floor(budgetBytes / SECTOR));
   const source = openLocalDevice(pair.source.path, false);
-  const drive = openLocalDevice(pair.drive.path, false);
+  const drive = openDriveIo(pair, false);
   try {
     const suspect = firstSectors(range.suspect, limit, budget);
     if (!suspect.isEmpty) {

@@ -4,6 +4,7 @@ import { type Settings, DEFAULT_RESERVE, UPGRADE_BYTES } from '../../base/defaul
 import { RefusedError } from '../../base/errors.js';
 import { openLocalDevice } from '../../io/local-device.js';
 import { checkPairable } from '../../drive/pair-checks.js';
+import { checkRemotePairable, isNbdUri } from '../../drive/remote-drive.js';
 import { formatBytes } from '../../base/units.js';
 import { closeSession } from '../../state/session.js';
 import { openTrackingSession } from '../../drive/boot-adoption.js';
@@ -22,10 +23,14 @@ export interface PairOptions {
   reserveBytes: number;
   /** Room for restore points: bytes, 'all' the spare space, 0 or absent none. */
   historyBytes?: number | 'all';
+  /** Plain NBD to a host that is not loopback. */
+  insecure?: boolean;
 }
 
 export async function pairCommand(opts: PairOptions, settings: Settings, log: (s: string) => void): Promise<PairRecord> {
-  const plan = checkPairable({ source: opts.source, drive: opts.drive, force: opts.force, noReserve: opts.noReserve, reserveBytes: opts.reserveBytes, historyBytes: opts.historyBytes });
+  const req = { source: opts.source, drive: opts.drive, force: opts.force, noReserve: opts.noReserve, reserveBytes: opts.reserveBytes, historyBytes: opts.historyBytes };
+  const remote = isNbdUri(opts.drive);
+  const plan = remote ? checkRemotePairable({ ...req, insecure: opts.insecure }) : checkPairable(req);
   const name = opts.name ?? plan.source.name;
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) throw new RefusedError(`pair name "${name}": use letters, digits, '.', '_' or '-'`, 'ENAME');
   for (const w of plan.warnings) log(`warning: ${w}`);
@@ -48,7 +53,7 @@ export async function pairCommand(opts: PairOptions, settings: Settings, log: (s
     } else {
       pair = {
         name, id: crypto.randomUUID(), createdMs: Date.now(),
-        source: plan.sourceId, drive: plan.driveId,
+        source: plan.sourceId, drive: plan.driveId, ...(remote && opts.insecure ? { driveInsecure: true } : {}),
         dataSectors: plan.dataSectors, reservedSectors: plan.reservedSectors, labelSeq: 0,
         fullCopy: { doneSectors: 0, complete: false }, generation: 0, pending: null,
         image: 'none', imageTimeMs: null, lastGoodTimeMs: null, lastSync: null,

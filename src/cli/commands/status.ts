@@ -4,6 +4,8 @@ import type { Settings } from '../../base/defaults.js';
 import { formatBytes } from '../../base/units.js';
 import { DpsrError, ExitStatus, type ExitStatusValue } from '../../base/errors.js';
 import { openLocalDevice } from '../../io/local-device.js';
+import { openNbdDevice } from '../../io/nbd-device.js';
+import { isNbdUri } from '../../io/nbd-uri.js';
 import { readLabel } from '../../drive/label.js';
 import { committedOnDrive } from '../../drive/recovery.js';
 import { closeSession, type Session } from '../../state/session.js';
@@ -92,7 +94,7 @@ interface StatusOptions { name?: string; json: boolean; long?: boolean; maxAge?:
 export async function statusCommand(opts: StatusOptions, settings: Settings, log: (s: string) => void): Promise<ExitStatusValue> {
   const maxAgeMs = opts.maxAge !== undefined ? parseDuration(opts.maxAge) : undefined;
   if (opts.drive) {
-    const drive = openLocalDevice(opts.drive, false);
+    const drive = isNbdUri(opts.drive) ? openNbdDevice(opts.drive, { write: false }) : openLocalDevice(opts.drive, false);
     const { label, txn } = await (async () => {
       try {
         const l = readLabel(drive);

@@ -1,7 +1,7 @@
 // dpsr unpair NAME: stop tracking, make the drive writable again, remove its label.
 import type { Settings } from '../../base/defaults.js';
 import { DpsrError } from '../../base/errors.js';
-import { openLocalDevice } from '../../io/local-device.js';
+import { openDriveIo } from '../../drive/remote-drive.js';
 import { eraseLabel, readLabel } from '../../drive/label.js';
 import { closeSession } from '../../state/session.js';
 import { openTrackingSession } from '../../drive/boot-adoption.js';
@@ -16,7 +16,7 @@ export async function unpairCommand(opts: { name: string }, settings: Settings, 
     s.ranges.delete(opts.name);
     s.problems.delete(opts.name);
     try {
-      const drive = openLocalDevice(pair.drive.path, true);
+      const drive = openDriveIo(pair, true);
       try {
         // Only the drive that carries this pair's label is touched.
         const label = pair.reservedSectors > 0 ? readLabel(drive) : null;

@@ -3,6 +3,7 @@ import type { Settings } from '../../base/defaults.js';
 import { DpsrError, ExitStatus, type ExitStatusValue } from '../../base/errors.js';
 import { compareExtents } from '../../io/copy.js';
 import { openLocalDevice } from '../../io/local-device.js';
+import { openDriveIo } from '../../drive/remote-drive.js';
 import { resolveBlockDevice } from '../../devices/devices.js';
 import { ExtentSet } from '../../base/extents.js';
 import { mountsOf } from '../../devices/mounts.js';
@@ -22,7 +23,7 @@ export async function verifyCommand(opts: { name: string; json: boolean }, setti
   const mounted = mountsOf(resolveBlockDevice(pair.source.path));
   if (mounted.length > 0 && !opts.json) log(`warning: ${pair.source.path} is mounted on ${mounted.join(', ')}: differences may be writes since the last sync`);
   const src = openLocalDevice(pair.source.path, false);
-  const dst = openLocalDevice(pair.drive.path, false);
+  const dst = openDriveIo(pair, false);
   try {
     const bar = progressBar(`${pair.name}: verify`, pair.dataSectors * SECTOR);
     const r = await compareExtents(src, dst, ExtentSet.from([[0, pair.dataSectors]]), {
