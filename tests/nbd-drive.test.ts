@@ -116,27 +116,31 @@ test('pair and syncs onto an export over a unix socket: the server\'s image is t
   assert.is(runDpsr(env, ['verify', 'remote']).status, 1, 'verify sees a change not synced yet');
 });
 
-test('the server killed mid-sync: one clear line; restarted, the next sync is exact without a full copy', () => {
+test('the server killed mid-sync, before and after the commit: one clear line; restarted, the next sync is exact without a full copy', () => {
   const { source, bytes } = pairedSource();
   const image = fx.image('export.img', EXPORT_MIB);
   let server = serve({ image });
   runDpsrOk(env, ['pair', source, server.uri, '--name', 'remote']);
-  server.stop();
-  for (let i = 0; i < 4; i++) ddDirect(source, 1024 + i * 8192, 256);
-  // Killed at its 3rd write (the label, the journal's head, then its data): while the sync writes
-  // its journal. One worker thread: strace counts calls per thread.
-  server = serve({ image, sock: server.sock, args: ['--threads=1'],
-    prefix: ['strace', '-f', '-qq', '-o', '/dev/null', '-e', 'trace=pwrite64', '-e', 'inject=pwrite64:signal=SIGKILL:when=3'] });
-  const r = runDpsr(env, ['sync', 'remote', '--quiet-period', '0.2']);
-  assert.is(r.status, 1, r.stderr);
-  assert.is(r.stderr.trim().split('\n').length, 1, r.stderr);
-  assert.match(r.stderr, /DPSR drive|nbd/);
-  server.stop();
-  server = serve({ image, sock: server.sock });
-  const [rep] = JSON.parse(runDpsrOk(env, ['sync', 'remote', '--json', '--quiet-period', '0.2'])).syncs;
-  assert.is(rep.fullCopyBytes, 0, 'no full copy again');
-  assert.ok(rep.copiedBytes + rep.comparedBytes < bytes / 2, `only what changed: copied ${rep.copiedBytes}, compared ${rep.comparedBytes}`);
-  assert.is(sha256Of(image, bytes), sha256Of(source, bytes));
+  // A sync's writes to the export: the label, the journal's head (open), the label naming the
+  // transaction, the journal's data, its descriptors, the head (commit), the writes in place, the
+  // label. Killed at the 3rd (nothing committed) and at the 7th (committed, not applied).
+  for (const when of [3, 7]) {
+    server.stop();
+    for (let i = 0; i < 4; i++) ddDirect(source, 1024 + i * 8192 + when, 256);
+    // One worker thread: strace counts the calls of each thread.
+    server = serve({ image, sock: server.sock, args: ['--threads=1'],
+      prefix: ['strace', '-f', '-qq', '-o', '/dev/null', '-e', 'trace=pwrite64', '-e', `inject=pwrite64:signal=SIGKILL:when=${when}`] });
+    const r = runDpsr(env, ['sync', 'remote', '--quiet-period', '0.2']);
+    assert.is(r.status, 1, r.stderr);
+    assert.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr, /the NBD server went away/);
+    server.stop();
+    server = serve({ image, sock: server.sock });
+    const [rep] = JSON.parse(runDpsrOk(env, ['sync', 'remote', '--json', '--quiet-period', '0.2'])).syncs;
+    assert.is(rep.fullCopyBytes, 0, 'no full copy again');
+    assert.ok(rep.copiedBytes + rep.comparedBytes < bytes / 2, `only what changed: copied ${rep.copiedBytes}, compared ${rep.comparedBytes}`);
+    assert.is(sha256Of(image, bytes), sha256Of(source, bytes), `killed at write ${when}, then synced`);
+  }
 });
 
 test('pair over TLS-PSK on 127.0.0.1: exact; a wrong key and a plain server are refused in one line', async () => {

@@ -11,6 +11,9 @@ import type { Counters } from './direct-io.js';
 import { checkNbdSecurity, redactUri } from './nbd-uri.js';
 
 const DEPTH = 16; // requests in flight per batch
+const GONE = new Set(['ENOTCONN', 'ECONNRESET', 'EPIPE', 'ESHUTDOWN']);
+const goneHint = (err: { code?: string }): string =>
+  (GONE.has(err.code ?? '') ? ' (the NBD server went away: the drive keeps the previous image or the committed one, and the next sync finishes or repeats this one)' : '');
 
 export class NbdDevice implements BlockIo {
   constructor(private readonly client: NbdClient, readonly uri: string) {}
@@ -47,7 +50,7 @@ export class NbdDevice implements BlockIo {
   }
   ioError(kind: IoKind, side: string, position: number, length: number, err: NodeJS.ErrnoException): DpsrError {
     return new DpsrError(`${kind === 'read' ? 'reading' : 'writing'} the ${side}${this.where()} at byte ${position} (${length} bytes) failed: ` +
-      `${err.message}`, 'EIO', { errno: err.code ?? 'EIO', cause: err });
+      `${err.message}${goneHint(err)}`, 'EIO', { errno: err.code ?? 'EIO', cause: err });
   }
   flushSync(what: string, then: string): void {
     try {
@@ -76,7 +79,7 @@ export class NbdDevice implements BlockIo {
   }
 
   private flushError(what: string, then: string, err: ErrnoError): DpsrError {
-    return new DpsrError(`flushing ${what}${this.where()} failed: ${err.message}; ${then}`, 'EIO', { errno: err.code, cause: err });
+    return new DpsrError(`flushing ${what}${this.where()} failed: ${err.message}${goneHint(err)}; ${then}`, 'EIO', { errno: err.code, cause: err });
   }
 }
 
