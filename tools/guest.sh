@@ -9,7 +9,7 @@
 #       DIR/build.log, DIR/info (kernel version, node version, build time).
 #       The root has systemd, udev, kmod, linux-image-amd64, initramfs-tools,
 #       e2fsprogs, xfsprogs, util-linux, fdisk, libbpf1, libelf1, zlib1g,
-#       liburing2, rsync, bpftool, and the host's /usr/bin/node as
+#       liburing2, libnbd0, rsync, bpftool, and the host's /usr/bin/node as
 #       /usr/local/bin/node (Debian 12's nodejs is 18; dpsr's addon is built for
 #       the host's node). Root has no password; ttyS0 logs root in. No network.
 #       initramfs-tools in the guest: MODULES=dep, COMPRESSLEVEL=1 (Debian's
@@ -141,7 +141,7 @@ cmd_build() {
   say "build: mmdebstrap bookworm into $rootfs (log $log)"
   # shellcheck disable=SC2016
   mmdebstrap --variant=minbase --mode=root \
-    --include=systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,e2fsprogs,xfsprogs,util-linux,fdisk,mount,libbpf1,libelf1,zlib1g,liburing2,libstdc++6,rsync,bpftool,procps,less,zstd \
+    --include=systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,e2fsprogs,xfsprogs,util-linux,fdisk,mount,libbpf1,libelf1,zlib1g,liburing2,libnbd0,libstdc++6,rsync,bpftool,procps,less,zstd \
     --customize-hook='chroot "$1" passwd -d root' \
     --customize-hook='echo guest >"$1/etc/hostname"; printf "127.0.0.1 localhost\n127.0.1.1 guest\n" >"$1/etc/hosts"' \
     --customize-hook='printf "/dev/vda / ext4 rw,errors=remount-ro 0 1\n" >"$1/etc/fstab"' \
