@@ -9,9 +9,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Fixture, eachTestFreshCli, randomFill, runDpsr, runDpsrKilledAfter, runDpsrOk, scatteredChanges, sh, sha256Of } from './helpers/fixture.js';
-import { Store } from '../src/state/store.js';
-import { openPointImage } from '../src/restore/point-image.js';
+import { Fixture, ddDirect, eachTestFreshCli, randomFill, runDpsr, runDpsrKilledAfter, runDpsrOk, scatteredChanges, sh, sha256Of } from './helpers/fixture.js';
+import { pointHash as pointHashOf } from './helpers/points.js';
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
@@ -23,17 +22,7 @@ const statusOf = (name: string) => JSON.parse(dpsr('status', name, '--json').std
 const historyOf = (name: string) => JSON.parse(ok('history', name, '--json'));
 
 /** sha256 of a restore point's image, read through the same read-only device restore --at mounts. */
-async function pointHash(name: string, at: string): Promise<string> {
-  const store = Store.open(env.DPSR_STATE_DIR!);
-  const pair = store.pair(name)!;
-  await store.close();
-  const image = await openPointImage(pair, at);
-  try {
-    return sha256Of(image.device, pair.dataSectors * 512);
-  } finally {
-    image.close();
-  }
-}
+const pointHash = (name: string, at: string) => pointHashOf(env, name, at);
 
 /** A file at v1…vN across N syncs, each version restored by --at (generation, label for v3, time for v2) and compared; diff --at; the drive unchanged. */
 function versionsComeBack(type: 'ext4' | 'xfs', versions: number): void {
@@ -77,6 +66,79 @@ test('ext4: a file at v1…v5 across five syncs comes back at each version by ge
 
 test('xfs: a file at v1…v3 across three syncs comes back at each version; diff --at sees it; the drive never changes', () => {
   versionsComeBack('xfs', 3);
+});
+
+test('rollback --at returns an ext4 source to point 2 (fsck clean, the file at v2, the source hashes as the point), writing only what changed; the next sync makes it current and keeps the image it replaces', async () => {
+  const source = fx.loop(96);
+  const drive = fx.loop(96 + 64 + 64);
+  const bytes = 96 << 20;
+  sh('mkfs.ext4', ['-q', '-F', '-E', 'lazy_itable_init=0,lazy_journal_init=0', source]);
+  let mnt = fx.mount(source, ['-o', 'noatime']);
+  ok('pair', source, drive, '--name', 'p', '--history', 'all');
+  fs.writeFileSync(path.join(mnt, 'other.bin'), Buffer.alloc(4 << 20, 7)); // never changes
+  const texts: string[] = [];
+  const gens: number[] = [];
+  for (let v = 1; v <= 4; v++) {
+    texts.push(`version ${v}\n`.repeat(3000 * v));
+    fs.writeFileSync(path.join(mnt, 'f.txt'), texts[v - 1]);
+    gens.push(JSON.parse(ok('sync', 'p', '--json')).syncs[0].generation);
+  }
+  fs.writeFileSync(path.join(mnt, 'f.txt'), 'version 5, never synced\n'); // tracked, not in any image
+  fx.unmount(mnt);
+  const point2 = await pointHash('p', String(gens[1]));
+  const current = sha256Of(drive, bytes);
+  const driveBefore = sha256Of(drive);
+
+  const plan = JSON.parse(ok('rollback', 'p', '--at', String(gens[1]), '--dry-run', '--json')).rollback;
+  assert.equal(plan.point, { generation: gens[1], label: null });
+  assert.is(plan.mode, 'tracked');
+  assert.ok(plan.copyBytes > 0 && plan.copyBytes < bytes / 8, `writes what changed since the point, not the disk: ${plan.copyBytes}`);
+  assert.is(sha256Of(drive), driveBefore, 'a dry run wrote to the drive');
+
+  const r = JSON.parse(ok('rollback', 'p', '--at', String(gens[1]), '--yes', '--json')).rollback;
+  assert.is(r.point.generation, gens[1]);
+  assert.ok(r.writtenBytes < bytes / 8, `wrote ${r.writtenBytes} (planned ${plan.copyBytes}, rounded out to 4 KiB and merged across small gaps)`);
+  assert.is(sha256Of(source), point2, 'the source is point 2\'s image');
+  assert.is(sha256Of(drive), driveBefore, 'rollback --at wrote to the DPSR drive');
+  sh('fsck.ext4', ['-n', '-f', source]);
+  mnt = fx.mount(source, ['-o', 'ro']);
+  assert.is(fs.readFileSync(path.join(mnt, 'f.txt'), 'utf8'), texts[1], 'f.txt is at v2');
+  fx.unmount(mnt);
+
+  const st = statusOf('p');
+  assert.ok(st.dirtyBytes > 0, 'the source differs from the current image: it must not be called in sync');
+  const s = JSON.parse(ok('sync', 'p', '--quiet-period', '0.2', '--json')).syncs[0];
+  assert.is(sha256Of(drive, bytes), point2, 'the next sync makes point 2\'s image the current one');
+  assert.is(await pointHash('p', String(s.generation - 1)), current, 'the image it replaced is kept as a point');
+});
+
+test('restore --partition N --at and --whole --at write a restore point\'s partition and disk back', async () => {
+  const { disk, parts } = fx.partitionedLoop(96, [40, 40]);
+  const drive = fx.loop(96 + 64 + 32);
+  const bytes = 96 << 20;
+  fx.mkfs(parts[0], 'ext4');
+  fx.mkfs(parts[1], 'ext4');
+  ok('pair', disk, drive, '--name', 'p', '--history', 'all');
+  const gens: number[] = [];
+  for (let v = 1; v <= 2; v++) {
+    const m = fx.mount(parts[1]);
+    fs.writeFileSync(path.join(m, 'f.txt'), `partition 2 at v${v}\n`.repeat(5000));
+    fx.unmount(m);
+    gens.push(JSON.parse(ok('sync', 'p', '--quiet-period', '0.2', '--json')).syncs[0].generation);
+  }
+  ddDirect(parts[0], 4096, 64); // partition 1 changed after the last sync: the partition restore leaves it alone
+  const p1 = sha256Of(parts[0]);
+  const point1 = await pointHash('p', String(gens[0]));
+  const r = JSON.parse(ok('restore', 'p', '--partition', '2', '--at', String(gens[0]), '--yes', '--json')).restore;
+  assert.is(r.point.generation, gens[0]);
+  const m = fx.mount(parts[1], ['-o', 'ro']);
+  assert.is(fs.readFileSync(path.join(m, 'f.txt'), 'utf8'), 'partition 2 at v1\n'.repeat(5000));
+  fx.unmount(m);
+  sh('fsck.ext4', ['-n', '-f', parts[1]]);
+  assert.is(sha256Of(parts[0]), p1, 'partition 1 untouched');
+  const w = JSON.parse(ok('restore', 'p', '--whole', '--at', String(gens[0]), '--yes', '--json')).restore;
+  assert.is(w.writtenBytes, bytes);
+  assert.is(sha256Of(disk), point1, 'the whole disk is point 1\'s image');
 });
 
 test('a full history drops the oldest points first (a labelled one with a warning), and status says so', () => {
@@ -172,7 +234,9 @@ test('bad input: an unknown point, --at on a pair without history, a history too
     [['history', 'p', '--drop', '99'], 1, /no restore point of generation 99 to drop/],
     [['history', 'p', '--drop', 'x'], 2, /--drop x: a generation number/],
     [['sync', 'p', '--point', 'two words'], 2, /--point two words: a name starting with a letter/],
-    [['restore', 'p', '--whole', '--at', '1'], 2, /--at restores files and folders/],
+    [['rollback', '--drive', drive, '--at', '1'], 2, /--at goes with a pair name/],
+    [['rollback', 'p', '--at', '99', '--yes'], 1, /no restore point of generation 99/],
+    [['restore', 'p', '--whole', '--at', 'nope', '--yes'], 1, /no restore point labelled "nope"/],
   ];
   for (const [args, status, message] of cases) {
     const r = dpsr(...args);

@@ -92,6 +92,7 @@ export const ERRORS = {
   EMOUNT: ['failure', 'mounting the image failed'],
   ENOHISTORY: ['refused', 'the pair keeps no restore points (pair it with --history)'],
   ENOPOINT: ['failure', 'no restore point matches --at (or --drop)'],
+  ENOJOURNAL: ['refused', 'the pair has no journal (paired with --no-reserve): a revert needs one to be crash-safe'],
   EHISTORY: ['failure', 'an undo record of a restore point is damaged'],
   ERSYNC: ['failure', 'rsync failed'],
   // The daemon's control socket.

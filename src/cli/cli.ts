@@ -285,7 +285,7 @@ metadata) unless --force; and a source that is gone.`)
     .option('--partition <N>', 'device restore: write partition N of the image back to the (unmounted) source partition')
     .option('--whole', 'device restore: write the whole image back to the (unmounted) source disk')
     .option('--yes', 'device restore: do not ask for confirmation')
-    .option('--at <POINT>', 'restore files from a restore point instead of the current image: a generation, a time ("2h ago", ISO 8601) or a label (dpsr history)')
+    .option('--at <POINT>', 'restore from a restore point instead of the current image (files, or with --partition/--whole the device): a generation, a time ("2h ago", ISO 8601) or a label (dpsr history)')
     .addHelpText('after', `
 Files are copied with rsync -aHAX --numeric-ids from the image, mounted
 read-only in a private directory (nothing is written to the DPSR drive).
@@ -304,13 +304,12 @@ unchanged unless --content, which compares the bytes as well.`)
       if (device) {
         if (paths.length > 0) throw new UsageError('dpsr restore: give PATHs (files and folders) or --partition/--whole (a device), not both');
         if (opts.partition !== undefined && opts.whole) throw new UsageError('dpsr restore: --partition or --whole, not both');
-        if (opts.at !== undefined) throw new UsageError('dpsr restore: --at restores files and folders; a device from a restore point is not supported yet');
         const fileOnly = (['to', 'overwrite', 'content', 'inPartition'] as const).filter((k) => opts[k] !== undefined);
         if (fileOnly.length > 0) throw new UsageError(`dpsr restore: ${fileOnly.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} restore files, not a device`);
         const { restoreDeviceCommand } = await import('./commands/restore-device.js');
         await restoreDeviceCommand({
           name, partition: partitionNumber(opts.partition, '--partition'), whole: opts.whole === true, yes: opts.yes === true, json: opts.json === true,
-          dryRun: opts.dryRun === true,
+          dryRun: opts.dryRun === true, at: opts.at,
         }, settings, log);
         return;
       }
@@ -360,6 +359,7 @@ dropped. A sync written in place (--in-place) drops every point.`)
     .option('--json', 'one JSON document on stdout: {rollback: {name, source, drive, mode, why, copyBytes, compareBytes, writtenBytes, readBytes, journalSeq, clean, ...}}')
     .option('--drive <DEV>', 'without the state directory (a rescue system): the pair from the drive\'s label; compares the whole source')
     .option('--source <DEV>', 'with --drive: the source, if it is not at the path the label records (checked against its identity)')
+    .option('--at <POINT>', 'return to a restore point instead of the current image: a generation, a time ("2h ago", ISO 8601) or a label (dpsr history)')
     .addHelpText('after', `
 Copies back from the DPSR drive the sectors the tracker recorded since the
 image (after a gap that leaves history unknown, or with --drive, it reads both
@@ -369,12 +369,40 @@ needed (exit 2). Refuses (exit 3, nothing written) a source that is mounted,
 swap, in use (exclusive open), or the running system's disk (run it from a
 rescue system), and a DPSR drive that is mounted or runs the system (its image
 would change while copied: pair in reverse instead). Exit 4: the image is
-partial or none. Interrupted, the same command run again completes it.`)
-    .action(async (name: string | undefined, opts: { yes?: boolean; dryRun?: boolean; json?: boolean; drive?: string; source?: string }) => {
+partial or none. Interrupted, the same command run again completes it.
+With --at, the source returns to a restore point: it writes what the tracker
+recorded plus every block a later sync changed, read from the point's image
+(read-only, the drive is not written); those blocks stay dirty, so the next
+sync makes that image the current one (the replaced image stays a point).`)
+    .action(async (name: string | undefined, opts: { yes?: boolean; dryRun?: boolean; json?: boolean; drive?: string; source?: string; at?: string }) => {
       const { rollbackCommand } = await import('./commands/rollback.js');
       await rollbackCommand({
-        name, drive: opts.drive, source: opts.source, yes: opts.yes === true, dryRun: opts.dryRun === true, json: opts.json === true,
+        name, drive: opts.drive, source: opts.source, at: opts.at, yes: opts.yes === true, dryRun: opts.dryRun === true, json: opts.json === true,
       }, settings, log);
+    });
+
+  cli.command('revert')
+    .description('turn the DPSR drive itself back to a restore point (to boot it), crash-safe through its journal')
+    .argument('<NAME>')
+    .requiredOption('--at <POINT>', 'the restore point: a generation, a time ("2h ago", ISO 8601) or a label (dpsr history)')
+    .option('--drop-newer', 'drop the points newer than it (and the image it replaces) instead of keeping them')
+    .option('--yes', 'with --drop-newer: do not ask for confirmation (scripts)')
+    .option('--dry-run', 'print what it would write and which points it keeps or drops, and write nothing')
+    .option('--json', 'one JSON document on stdout: {revert: {name, point, fromGeneration, generation, writeBytes, keepNewer, newer, journalSeq, warnings}}')
+    .addHelpText('after', `
+Writes, through one journal transaction, the point's content of every block a
+later sync changed (read from the undo records, checked first): killed at any
+moment, the drive holds the old image or the reverted one, and the next dpsr
+command finishes it. The image it replaces is kept as a restore point, as every
+newer one is, unless --drop-newer (asks on a terminal, else needs --yes). The
+source is not written: those blocks are dirty, so the next sync copies the
+source again (the reverted image then stays a point); boot the DPSR drive
+before that, or keep the pair manual. Refuses (exit 3, nothing written) a pair
+without history or journal, a revert larger than the journal, a mounted drive.`)
+    .action(async (name: string, opts: { at: string; dropNewer?: boolean; yes?: boolean; dryRun?: boolean; json?: boolean }) => {
+      const { revertCommand } = await import('./commands/revert.js');
+      await revertCommand({ name, at: opts.at, keepNewer: opts.dropNewer !== true, yes: opts.yes === true, dryRun: opts.dryRun === true, json: opts.json === true },
+        settings, log);
     });
 
   cli.command('shutdown')

@@ -24,6 +24,7 @@ import { openTrackingSession } from '../drive/boot-adoption.js';
 import { type SyncReport, syncPair } from '../sync/sync.js';
 import { journalCapacityOf } from '../drive/journal.js';
 import { rollbackInSession } from '../restore/rollback.js';
+import { revertInSession } from '../restore/revert.js';
 import type { Gap } from '../kernel/tracker.js';
 import { SECTOR } from '../base/units.js';
 
@@ -152,6 +153,8 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       }
       case 'rollback':
         return serial(() => withProgressReporter(reportTo, () => rollbackInSession(s, req)));
+      case 'revert':
+        return serial(() => revertInSession(s, req));
       case 'status':
         // Not queued behind a sync (a full copy can take an hour): it only reads what is in memory.
         return s.store.pairs().filter((p) => !req.name || p.name === req.name).map((p) =>

@@ -8,7 +8,7 @@ import { DpsrError, type ExitStatusValue, isErrorCode } from '../base/errors.js'
 import type { RestoreScope } from '../restore/rollback.js';
 import type { ProgressEvent } from '../base/progress.js';
 
-export const PROTOCOL_VERSION = 2; // 2: status replies are PairStatus[], rollback requests
+export const PROTOCOL_VERSION = 3; // 2: status replies are PairStatus[], rollback requests; 3: rollback to a restore point (at), revert
 const MAX_FRAME_BYTES = 64 << 20;
 
 export interface HelloRequest { command: 'hello'; version: number }
@@ -16,8 +16,10 @@ export interface HelloRequest { command: 'hello'; version: number }
 export interface SyncRequest { command: 'sync'; names: string[]; all: boolean; freeze?: boolean; quietMs?: number; inPlace?: boolean; point?: string; progress?: boolean }
 export interface StatusRequest { command: 'status'; name?: string }
 /** Rollback or device restore by the owner; a dry run plans only (the CLI asks, then sends it again). */
-export interface RollbackRequest { command: 'rollback'; name: string; scope: RestoreScope; dryRun: boolean; progress?: boolean }
-export type Request = HelloRequest | SyncRequest | StatusRequest | RollbackRequest;
+export interface RollbackRequest { command: 'rollback'; name: string; scope: RestoreScope; dryRun: boolean; at?: string; progress?: boolean }
+/** The DPSR drive turned back to a restore point (dpsr revert). */
+export interface RevertRequest { command: 'revert'; name: string; at: string; keepNewer: boolean; dryRun: boolean }
+export type Request = HelloRequest | SyncRequest | StatusRequest | RollbackRequest | RevertRequest;
 
 export interface WireError { message: string; code: string; exitStatus: ExitStatusValue }
 export type Reply = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: WireError };

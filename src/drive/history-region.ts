@@ -27,7 +27,7 @@ import { ExtentSet } from '../base/extents.js';
 import { native } from '../base/native.js';
 import { SECTOR } from '../base/units.js';
 import type { BlockIo } from '../io/block-io.js';
-import type { DroppedPoint, ImageState } from '../state/records.js';
+import type { DroppedPoint, ImageState, RevertOf } from '../state/records.js';
 import type { CommittedTransaction } from './journal.js';
 
 const BLOCK = 4096;
@@ -234,13 +234,35 @@ export async function saveUndo(region: HistoryRegion, image: BlockIo, txnSeq: nu
 }
 
 /**
+ * For a revert that drops the newer points: instead of an undo, the points
+ * from `toGeneration` on are dropped (the image becomes that point; the older
+ * ones need only their own records then) and the transaction marked, durably.
+ */
+function dropNewerBefore(region: HistoryRegion, txnSeq: number, toGeneration: number): UndoResult {
+  const index = readIndex(region);
+  if (index.undoneTxnSeq >= txnSeq) return { saved: null, dropped: [], already: true };
+  const first = index.points.findIndex((p) => p.generation >= toGeneration);
+  const gone = first < 0 ? [] : index.points.splice(first).map((p) => ({
+    generation: p.generation, timeMs: p.timeMs, label: p.label, atMs: Date.now(),
+    reason: p.generation === toGeneration ? 'the DPSR drive was reverted to it: it is the current image' : `the DPSR drive was reverted to point ${toGeneration}, dropping the newer points (by choice)`,
+  }));
+  index.dropped = [...index.dropped, ...gone].slice(-DROPPED_KEPT);
+  index.undoneTxnSeq = txnSeq;
+  writeIndex(region, index);
+  return { saved: null, dropped: gone, already: false };
+}
+
+/**
  * Before transaction `txn` is applied to a drive whose image is still point
- * `meta`: its undo, saved unless already done (see saveUndo). Null without a history region.
+ * `meta`: its undo, saved unless already done (see saveUndo); for a revert
+ * that drops the newer points, those dropped instead. Null without a history region.
  */
 export async function undoBeforeApply(drive: BlockIo, pair: { dataSectors: number; historySectors?: number }, pairId: string,
-  txn: CommittedTransaction, meta: PointMeta): Promise<UndoResult | null> {
+  txn: CommittedTransaction, meta: PointMeta, revert?: RevertOf): Promise<UndoResult | null> {
   const region = historyRegionOf(drive, pair, pairId);
-  return region ? saveUndo(region, drive, txn.seq, txn.targetExtents(), meta, pair.dataSectors) : null;
+  if (!region) return null;
+  if (revert && !revert.keepNewer) return dropNewerBefore(region, txn.seq, revert.toGeneration);
+  return saveUndo(region, drive, txn.seq, txn.targetExtents(), meta, pair.dataSectors);
 }
 
 /** Extents rounded out to whole 4 KiB blocks, within the image's blocks. */

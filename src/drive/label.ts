@@ -8,7 +8,7 @@ import { DpsrError } from '../base/errors.js';
 import { native } from '../base/native.js';
 import type { BlockIo } from '../io/block-io.js';
 import { LocalDevice } from '../io/local-device.js';
-import type { ImageState } from '../state/records.js';
+import type { ImageState, PendingTxn } from '../state/records.js';
 
 const LABEL_BYTES = 4096;
 export const LABEL_AREA_BYTES = 2 * LABEL_BYTES;
@@ -29,7 +29,7 @@ export interface DriveLabel {
   journal: 'none' | 'tail';
   journalSeq: number; // the last transaction applied
   /** A transaction being written: once committed, it makes the image this one (replayed from the drive alone). */
-  pendingTxn?: { seq: number; image: ImageState; imageTimeMs: number; label?: string | null } | null;
+  pendingTxn?: PendingTxn | null;
   /** The history region's size (restore points); absent in labels written before it existed: none. */
   historySectors?: number;
   /** The generation of the image, and the name `sync --point` gave it: what its restore point is called. */

@@ -169,10 +169,12 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
   const txn = await readCommitted(region, applied + 1);
   const pendingTxn = pendingTxnOf(pair, label);
   if (txn) {
-    await saveUndoOf(pair, io, txn);
+    await saveUndoOf(pair, io, txn, pendingTxn);
     await applyTransaction(io, txn);
     pair.journalSeq = txn.seq;
     if (pendingTxn?.seq === txn.seq) Object.assign(pair, finishedImage(pair, pendingTxn.image, pendingTxn.imageTimeMs), { imageLabel: pendingTxn.label ?? null });
+    // A revert makes a generation without a cut: the transaction names it.
+    if (pendingTxn?.seq === txn.seq && pendingTxn.revert) pair.generation = Math.max(pair.generation, pendingTxn.revert.generation);
     if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
     pair.pending = null;
   } else {
@@ -195,9 +197,12 @@ export function pointOf(pair: PairRecord): PointMeta {
   return { generation: pair.generation, timeMs: pair.imageTimeMs, image: pair.image, label: pair.imageLabel ?? null };
 }
 
-/** The undo of `txn` saved in the pair's history region (when it has one) before it is applied; drops remembered for status. */
-export async function saveUndoOf(pair: PairRecord, drive: BlockIo, txn: CommittedTransaction): Promise<void> {
-  const r = await undoBeforeApply(drive, pair, pair.id, txn, pointOf(pair));
+/**
+ * The undo of `txn` saved in the pair's history region (when it has one) before it is applied
+ * (`made`: the pending transaction it is, which says whether it is a revert); drops remembered for status.
+ */
+export async function saveUndoOf(pair: PairRecord, drive: BlockIo, txn: CommittedTransaction, made = pair.pendingTxn): Promise<void> {
+  const r = await undoBeforeApply(drive, pair, pair.id, txn, pointOf(pair), made?.seq === txn.seq ? made.revert : undefined);
   if (r && r.dropped.length > 0) pair.historyDropped = [...(pair.historyDropped ?? []), ...r.dropped].slice(-20);
 }
 

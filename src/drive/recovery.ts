@@ -38,12 +38,12 @@ export async function applyFromDrive(drivePath: string, label: DriveLabel, txn: 
   try {
     drive.setReadOnly(false);
     try {
+      const made = label.pendingTxn?.seq === txn.seq ? label.pendingTxn : null;
       await undoBeforeApply(drive, label, label.pairId, txn,
-        { generation: label.generation ?? 0, timeMs: label.imageTimeMs, image: label.image, label: label.imageLabel ?? null });
+        { generation: label.generation ?? 0, timeMs: label.imageTimeMs, image: label.image, label: label.imageLabel ?? null }, made?.revert);
       await applyTransaction(drive, txn);
       const { seq, updatedMs: _updated, ...rest } = label;
-      const made = label.pendingTxn?.seq === txn.seq ? label.pendingTxn : null;
-      const next = made && label.generation !== undefined ? { generation: label.generation + 1, imageLabel: made.label ?? null } : {};
+      const next = made && label.generation !== undefined ? { generation: made.revert?.generation ?? label.generation + 1, imageLabel: made.label ?? null } : {};
       writeLabel(drive, { ...rest, ...imageAfter(label, txn), ...next, journalSeq: txn.seq, pendingTxn: null }, seq);
     } finally {
       drive.setReadOnly(true);

@@ -74,10 +74,43 @@ export function overlay(records: Array<Array<{ startSector: number; endSector: n
   return out.sort((p, q) => p[0] - q[0]);
 }
 
+/** A point's image as a map: where each of its bytes is on the drive, and which sectors differ from the current image. */
+export interface PointOverlay {
+  point: RestorePoint;
+  segments: Segment[];
+  /** The sectors the point's image may hold differently from the current one: every later record's extents. */
+  changed: ExtentSet;
+}
+
+/**
+ * The point `at` names and its overlay, from the records of the point and
+ * every later one, verified (with `verifyData`, their data too). Call it
+ * holding the drive lock (no sync may change the drive meanwhile).
+ */
+export async function pointOverlay(pair: PairRecord, at: string, verifyData: boolean): Promise<PointOverlay> {
+  const index = readHistoryOf(pair);
+  const point = choosePoint(pair, pointsOf(pair, index), at);
+  const records = index.points.filter((p) => p.generation >= point.generation); // oldest first
+  const drive = openLocalDevice(pair.drive.path, false);
+  try {
+    const region = historyRegionOf(drive, pair, pair.id)!;
+    const extents = [];
+    for (const r of records) extents.push(await readUndoExtents(region, r, verifyData));
+    const segments = overlay(extents, pair.dataSectors);
+    const changed = new ExtentSet();
+    for (const [a, b] of segments) changed.add(a / SECTOR, b / SECTOR);
+    return { point, segments, changed };
+  } finally {
+    drive.close();
+  }
+}
+
 export interface PointImage {
   /** A read-only block device holding the point's image ([0, dataSectors) of the drive as it was). */
   device: string;
   point: RestorePoint;
+  /** The sectors where it may differ from the current image. */
+  changed: ExtentSet;
   close(): void;
 }
 
@@ -87,19 +120,7 @@ export interface PointImage {
  * holding the drive lock (no sync may change the drive meanwhile).
  */
 export async function openPointImage(pair: PairRecord, at: string): Promise<PointImage> {
-  const index = readHistoryOf(pair);
-  const point = choosePoint(pair, pointsOf(pair, index), at);
-  const records = index.points.filter((p) => p.generation >= point.generation); // oldest first
-  const drive = openLocalDevice(pair.drive.path, false);
-  let segments: Segment[];
-  try {
-    const region = historyRegionOf(drive, pair, pair.id)!;
-    const extents = [];
-    for (const r of records) extents.push(await readUndoExtents(region, r, true));
-    segments = overlay(extents, pair.dataSectors);
-  } finally {
-    drive.close();
-  }
+  const { point, segments, changed } = await pointOverlay(pair, at, true);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dpsr-point-'));
   const mnt = path.join(dir, 'mnt');
   const file = path.join(mnt, 'image');
@@ -135,7 +156,7 @@ export async function openPointImage(pair: PairRecord, at: string): Promise<Poin
     if (err instanceof DpsrError) throw err;
     throw new DpsrError(`pair ${pair.name}: a read-only device for restore point ${point.generation}: ${(err as Error).message.split('\n')[0]}`, 'EMOUNT');
   }
-  return { device: loop, point, close: handle.unmount };
+  return { device: loop, point, changed, close: handle.unmount };
 }
 
 /**

@@ -67,7 +67,8 @@ export function choosePoint(pair: PairRecord, points: RestorePoint[], at: string
   }
   const t = parseAtTime(at, nowMs);
   if (t !== null) {
-    const p = points.find((x) => x.timeMs !== null && x.timeMs <= t); // newest first
+    // The image taken last at or before t (a reverted image is newer than the time it holds: not simply the first in the list).
+    const p = points.filter((x) => x.timeMs !== null && x.timeMs <= t).reduce<RestorePoint | null>((best, x) => (!best || x.timeMs! > best.timeMs! ? x : best), null);
     if (!p) throw none(`at or before ${new Date(t).toISOString()}`);
     return p;
   }

@@ -32,6 +32,8 @@ import type { PairRecord } from '../state/records.js';
 import { journalRegionOf, lastAppliedSeq, openCheckedDrive, pendingTxnOf, recoverPairedDrive } from '../drive/paired-drive.js';
 import { applyFromDrive, committedOnDrive, imageAfter } from '../drive/recovery.js';
 import type { RangeState } from '../kernel/tracker.js';
+import { type PointImage, openPointImage, pointOverlay } from './point-image.js';
+import type { RestorePoint } from './restore-points.js';
 
 // Tracked extents are small and scattered: many small I/Os in flight, as an incremental sync does.
 const SCATTERED_IO = { chunkBytes: 512 << 10, inFlight: 32, mergeGapSectors: 32 };
@@ -50,6 +52,8 @@ export interface RollbackRequest {
   name: string;
   scope: RestoreScope;
   dryRun: boolean;
+  /** A restore point to return to instead of the current image (--at: a generation, a time or a label). */
+  at?: string;
 }
 
 export interface RollbackReport {
@@ -67,6 +71,8 @@ export interface RollbackReport {
   compareBytes: number; // read on both sides; only the differences are written
   image: ImageState;
   imageTimeMs: number | null;
+  /** The restore point returned to (--at), or null: the current image. */
+  point: { generation: number; label: string | null } | null;
   journalSeq: number | null; // a committed journal transaction applied first (or, dry run, to apply)
   warnings: string[];
   writtenBytes: number;
@@ -139,12 +145,14 @@ interface Work {
   copy: ExtentSet;
   compare: ExtentSet;
   io: Partial<CopyOptions>;
+  /** Where what is written is not the drive's current image (a restore point's blocks): dirty afterwards, never clean. */
+  notImage: ExtentSet;
 }
 
-/** Partition N of the image, from the partition table in it (sfdisk reads it from the drive), in the image's sectors. */
-function imagePartition(drivePath: string, n: number, dataSectors: number): [number, number] {
-  const table = partitionTable(drivePath);
-  if (table.length === 0) refuse(`the image on ${drivePath} has no partition table sfdisk can read: restore --whole instead; nothing written`, 'ENOPART');
+/** Partition N of the image, from the partition table in it (sfdisk reads it from the drive or a point's image), in the image's sectors. */
+function imagePartition(imagePath: string, n: number, dataSectors: number): [number, number] {
+  const table = partitionTable(imagePath);
+  if (table.length === 0) refuse(`the image on ${imagePath} has no partition table sfdisk can read: restore --whole instead; nothing written`, 'ENOPART');
   const p = table.find((q) => q.number === n);
   if (!p) refuse(`the image has no partition ${n} (it has ${table.length}); nothing written`, 'ENOPART');
   const extent: [number, number] = [p!.startBytes / SECTOR, (p!.startBytes + p!.sizeBytes) / SECTOR];
@@ -166,11 +174,12 @@ function sourcePartition(disk: BlockDevice, n: number, extent: [number, number])
   return refuse(`${disk.path} has no partition ${n} (the kernel lists none: its partition table differs from the image's); use rollback or restore --whole; nothing written`, 'ENOPART');
 }
 
-function targetOf(pair: PairRecord, scope: RestoreScope): Target {
+/** `imagePath`: where the image returned to is (the drive, or a restore point's read-only device). */
+function targetOf(pair: PairRecord, scope: RestoreScope, imagePath: string): Target {
   const source = resolveBlockDevice(pair.source.path);
   if (scope.kind !== 'partition') return { write: source, exclusive: source, startSector: 0, endSector: pair.dataSectors, partition: null };
   if (pair.source.isPartition) refuse(`pair ${pair.name}: the source ${pair.source.path} is a partition: restore --whole restores it`, 'EPARTITIONPAIR');
-  const extent = imagePartition(pair.drive.path, scope.number, pair.dataSectors);
+  const extent = imagePartition(imagePath, scope.number, pair.dataSectors);
   const part = sourcePartition(source, scope.number, extent);
   return { write: source, exclusive: part, startSector: extent[0], endSector: extent[1], partition: scope.number };
 }
@@ -315,7 +324,7 @@ async function settleTracker(s: Session, pair: PairRecord, range: RangeState, w:
     range.dirty.subtractSet(touched);
     range.discarded.subtractSet(touched);
     range.suspect.subtractSet(touched);
-    // What an uncommitted sync had cut is now the image on both sides.
+    // What an uncommitted sync had cut is now the image on both sides (or, where a restore point differs from it, dirty below).
     if (pair.pending && w.report.scope !== 'partition') pair.pending = null;
   } else {
     // Not provably clean, but what we wrote is the image's data unless something else wrote too:
@@ -324,6 +333,12 @@ async function settleTracker(s: Session, pair: PairRecord, range: RangeState, w:
     range.suspect.addSet(inside(range.discarded, touched));
     range.dirty.subtractSet(touched);
     range.discarded.subtractSet(touched);
+  }
+  // A restore point's blocks differ from the current image: the next sync copies them (and the image it replaces stays a point).
+  if (!w.notImage.isEmpty) {
+    const differs = inside(w.notImage, touched);
+    range.dirty.addSet(differs);
+    range.suspect.subtractSet(differs);
   }
   await s.store.putPairAndRange(pair, range);
   return why && `${why}: the next sync compares the restored regions with the image instead of holding them clean`;
@@ -349,24 +364,34 @@ function emptyReport(fields: Omit<RollbackReport, 'writtenBytes' | 'readBytes' |
  */
 export async function rollbackInSession(s: Session, req: RollbackRequest): Promise<RollbackReport> {
   if (!s.store.pair(req.name)) throw new DpsrError(`no pair named ${req.name} (without its state: dpsr rollback --drive DEV)`, 'ENOPAIR');
-  if (req.dryRun) return rollbackLocked(s, req);
-  // A diff or file restore may have the image mounted: a journal transaction must not land under it.
-  return withDriveLock(s.settings, req.name, () => rollbackLocked(s, req), {
+  if (req.dryRun && req.at === undefined) return rollbackLocked(s, req); // a restore point is read under the lock, dry run or not
+  return underDriveLock(s, req.name, () => rollbackLocked(s, req));
+}
+
+/** Runs fn holding the pair's drive lock: a diff or file restore may have the image mounted, and no journal transaction may land under it. */
+export function underDriveLock<T>(s: Session, name: string, fn: () => Promise<T>): Promise<T> {
+  return withDriveLock(s.settings, name, fn, {
     waitMs: DRIVE_LOCK_WAIT_MS,
-    onWait: () => process.stderr.write(`dpsr: pair ${req.name}: waiting for another dpsr command using its DPSR drive\n`),
+    onWait: () => process.stderr.write(`dpsr: pair ${name}: waiting for another dpsr command using its DPSR drive\n`),
   });
+}
+
+/** The pair and its tracked range, refused (nothing written) when the session found a problem with it. */
+export function ownedPair(s: Session, name: string): { pair: PairRecord; range: RangeState } {
+  const problem = s.problems.get(name);
+  if (problem) throw new RefusedError(`${problem}; nothing written`, 'EPAIR');
+  return { pair: s.store.pair(name)!, range: s.ranges.get(name)! };
 }
 
 async function rollbackLocked(s: Session, req: RollbackRequest): Promise<RollbackReport> {
   const startedMs = Date.now();
-  const pair = s.store.pair(req.name)!;
-  const problem = s.problems.get(req.name);
-  if (problem) throw new RefusedError(`${problem}; nothing written`, 'EPAIR');
-  const range = s.ranges.get(req.name)!;
-  const target = targetOf(pair, req.scope);
+  const { pair, range } = ownedPair(s, req.name);
+  let target = targetOf(pair, req.scope, pair.drive.path);
   checkTargetFree(target.exclusive, 'the source');
   if (!pair.fullCopy.complete) checkWhole(pair.name, 'none');
   const drive = openCheckedDrive(pair, false);
+  let pointImage: PointImage | null = null;
+  let imageIo: BlockIo = drive.io; // where the image returned to is read: the drive, or a restore point's device
   try {
     // As mounting replays a log: a committed transaction is part of the image.
     const region = journalRegionOf(drive.io, pair, pair.id);
@@ -380,17 +405,43 @@ async function rollbackLocked(s: Session, req: RollbackRequest): Promise<Rollbac
       imageTimeMs = pair.imageTimeMs;
     }
     checkWhole(pair.name, image);
+    // --at: the point's image, read-only, in place of the drive's; it differs from the current image where later records hold blocks.
+    let point: RollbackReport['point'] = null;
+    const notImage = new ExtentSet();
+    if (req.at !== undefined) {
+      let changed: ExtentSet;
+      let p: RestorePoint;
+      if (req.dryRun && txn) {
+        // A committed transaction not yet applied: plan from the records' extents and its own (applied, its undo is one more record).
+        ({ point: p, changed } = await pointOverlay(pair, req.at, false));
+        changed.addSet(txn.targetExtents());
+      } else {
+        pointImage = await openPointImage(pair, req.at);
+        ({ point: p, changed } = pointImage);
+        imageIo = openLocalDevice(pointImage.device, false);
+        target = targetOf(pair, req.scope, pointImage.device);
+        checkTargetFree(target.exclusive, 'the source');
+      }
+      checkWhole(pair.name, p.image);
+      ({ image, timeMs: imageTimeMs } = p);
+      point = { generation: p.generation, label: p.label };
+      notImage.addSet(changed.intersect(target.startSector, target.endSector));
+    }
     await s.tracker.cycle();
     await s.tracker.reconcile();
     const whole = req.scope.kind !== 'rollback';
     const what = whole ? { copy: ExtentSet.from([[target.startSector, target.endSector]]), compare: new ExtentSet(), mode: 'full' as const, why: null }
       : trackedWork(pair, range, drive.changes);
+    if (what.mode === 'tracked') {
+      what.copy.addSet(notImage);
+      what.compare.subtractSet(what.copy);
+    }
     const work: Work = {
-      target, copy: what.copy, compare: what.compare, io: what.mode === 'tracked' ? SCATTERED_IO : {},
+      target, copy: what.copy, compare: what.compare, io: what.mode === 'tracked' ? SCATTERED_IO : {}, notImage,
       report: emptyReport({
         name: pair.name, scope: req.scope.kind, partition: target.partition, source: target.write.path, drive: pair.drive.path,
         dryRun: req.dryRun, mode: what.mode, why: what.why, startSector: target.startSector, endSector: target.endSector,
-        copyBytes: bytesOf(what.copy), compareBytes: bytesOf(what.compare), image, imageTimeMs,
+        copyBytes: bytesOf(what.copy), compareBytes: bytesOf(what.compare), image, imageTimeMs, point,
         journalSeq: txn?.seq ?? null, warnings: imageWarnings(image),
       }),
     };
@@ -398,7 +449,7 @@ async function rollbackLocked(s: Session, req: RollbackRequest): Promise<Rollbac
     if (what.copy.isEmpty && what.compare.isEmpty) return { ...work.report, durationMs: Date.now() - startedMs, clean: true };
     let before = { receivedSectors: 0, gaps: 0, seen: new ExtentSet() };
     let notClean: string | null = null;
-    const written = await writeBack(work, drive.io, {
+    const written = await writeBack(work, imageIo, {
       before: async () => {
         await s.tracker.cycle(); // what arrived before our first write is not ours
         const seen = range.dirty.clone();
@@ -410,6 +461,8 @@ async function rollbackLocked(s: Session, req: RollbackRequest): Promise<Rollbac
     });
     return { ...work.report, ...written, durationMs: Date.now() - startedMs, clean: notClean === null, notClean };
   } finally {
+    if (imageIo !== drive.io) imageIo.close();
+    pointImage?.close();
     drive.io.close();
   }
 }
@@ -495,12 +548,12 @@ export async function rollbackFromDrive(req: DriveRollbackRequest): Promise<Roll
     const limit = l.dataSectors;
     const work: Work = {
       target: { write: source, exclusive: source, startSector: 0, endSector: limit, partition: null },
-      copy: new ExtentSet(), compare: ExtentSet.from([[0, limit]]), io: {},
+      copy: new ExtentSet(), compare: ExtentSet.from([[0, limit]]), io: {}, notImage: new ExtentSet(),
       report: emptyReport({
         name: l.pairName, scope: 'rollback', partition: null, source: source.path, drive: driveDev.path, dryRun: req.dryRun,
         mode: 'compare', why: `no tracker history: comparing the whole source, ${formatBytes(limit * SECTOR)}`,
         startSector: 0, endSector: limit, copyBytes: 0, compareBytes: limit * SECTOR,
-        image, imageTimeMs, journalSeq: txn?.seq ?? null, warnings,
+        image, imageTimeMs, point: null, journalSeq: txn?.seq ?? null, warnings,
       }),
     };
     if (req.dryRun) return { ...work.report, durationMs: Date.now() - startedMs };

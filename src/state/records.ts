@@ -63,7 +63,7 @@ export interface PairRecord {
   lastGoodTimeMs: number | null;
   lastSync: SyncRecord | null;
   journalSeq?: number; // the last journal transaction applied to the drive
-  pendingTxn?: { seq: number; image: ImageState; imageTimeMs: number; label?: string | null } | null; // being written
+  pendingTxn?: PendingTxn | null; // being written
   /** The history region's size (restore points; 0 or absent: none), chosen at pair time. */
   historySectors?: number;
   /** The name `dpsr sync --point LABEL` gave the current image. */
@@ -74,6 +74,18 @@ export interface PairRecord {
   /** Freeze durations of the last syncs (ms), newest last: status shows their p99. */
   freezeHistoryMs?: number[];
 }
+
+/** A journal transaction being written, and the image it makes once committed (replayed from the pair record or the drive's label). */
+export interface PendingTxn {
+  seq: number;
+  image: ImageState;
+  imageTimeMs: number;
+  label?: string | null;
+  /** dpsr revert: the generation the image becomes, the point it returns to, and whether the newer points stay. */
+  revert?: RevertOf;
+}
+
+export interface RevertOf { generation: number; toGeneration: number; keepNewer: boolean }
 
 const FREEZE_HISTORY = 100;
 

@@ -3,7 +3,11 @@
 // the same random 4 KiB changes, synced in alternating order), and the bytes
 // each wrote to its DPSR drive (the kernel's count) against the bytes
 // changed. Goal (issue 20): time <= 1.3x, bytes written <= 2x changed + the
-// journal's own. Run: node dist/tools/bench/history.js [--mib N] [--rounds N] [--percent P]
+// journal's own. Then a file restored from the point --points syncs back
+// against the same file from the current image (an ext4 pair of its own,
+// best of 3 each), and the history space used per MiB changed.
+// Run: node dist/tools/bench/history.js [--mib N] [--rounds N] [--percent P] [--points N (0: skip)]
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -11,6 +15,10 @@ import { run, scratchSpace, benchSettings } from './scratch.js';
 import { pairCommand } from '../../src/cli/commands/pair.js';
 import { syncCommand } from '../../src/cli/commands/sync.js';
 import { unpairCommand } from '../../src/cli/commands/unpair.js';
+import { restoreCommand } from '../../src/cli/commands/restore.js';
+import { readHistoryOf } from '../../src/restore/restore-points.js';
+import { Store } from '../../src/state/store.js';
+import type { Settings } from '../../src/base/defaults.js';
 
 const arg = (name: string, dflt: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -20,6 +28,7 @@ const MiB = 1 << 20;
 const sizeMiB = arg('mib', 1024);
 const rounds = arg('rounds', 4);
 const percent = arg('percent', 2);
+const pointsBack = arg('points', 10);
 const now = () => performance.now();
 const { dir, cleanups, cleanup, attach } = scratchSpace('dpsr-bench-history-');
 
@@ -82,7 +91,60 @@ async function main(): Promise<void> {
   console.log(`summary: with history, sync time ${summary.timeRatioBest.toFixed(2)}x (best of each) / ${summary.timeRatioMean.toFixed(2)}x (mean of rounds) ` +
     `of without (goal <= 1.3x); written ${summary.writtenOverChangedOn.toFixed(2)}x changed with history, ${summary.writtenOverChangedOff.toFixed(2)}x without ` +
     `(goal with history <= 2x + the journal's own, i.e. about 3x)`);
-  console.log(`BENCH_JSON ${JSON.stringify(summary)}`);
+  const restore = pointsBack > 0 ? await restoreFromPoints(settings) : null;
+  console.log(`BENCH_JSON ${JSON.stringify({ ...summary, restore })}`);
+}
+
+/** One run of fn, in seconds. */
+async function timed(fn: () => Promise<unknown>): Promise<number> {
+  const t0 = now();
+  await fn();
+  return (now() - t0) / 1000;
+}
+
+/**
+ * An ext4 pair: a 16 MiB file rewritten before each of pointsBack + 1 syncs (with 16 MiB of other churn), then
+ * that file restored from pointsBack points back and from the current image, in turns, best of 3 each.
+ */
+async function restoreFromPoints(settings: Settings) {
+  const mib = 256;
+  const historyMiB = (pointsBack + 2) * 40;
+  const source = attach('rp-source.img', mib * MiB);
+  const drive = attach('rp-drive.img', (mib + 64 + historyMiB + 1) * MiB);
+  run('mkfs.ext4', ['-q', '-F', '-E', 'lazy_itable_init=0,lazy_journal_init=0', source]);
+  const mnt = fs.mkdtempSync(path.join(dir, 'mnt-'));
+  run('mount', [source, mnt]);
+  cleanups.push(() => run('umount', [mnt]));
+  await pairCommand({ source, drive, name: 'rp', force: true, noReserve: false, reserveBytes: 64 * MiB, historyBytes: historyMiB * MiB }, settings, () => {});
+  const gens: number[] = [];
+  let changed = 0;
+  for (let g = 0; g <= pointsBack; g++) {
+    fs.writeFileSync(path.join(mnt, 'f.bin'), crypto.randomBytes(16 * MiB));
+    fs.writeFileSync(path.join(mnt, `churn-${g % 4}.bin`), crypto.randomBytes(16 * MiB));
+    changed += 32 * MiB;
+    const r = await syncCommand({ name: 'rp', all: false, json: false, quietMs: 0 }, settings, () => {});
+    gens.push(r[0].generation);
+  }
+  const store = Store.open(settings.stateDir);
+  const pair = store.pair('rp')!;
+  await store.close();
+  const usedBytes = readHistoryOf(pair).points.reduce((n, p) => n + p.bytes, 0);
+  const at = String(gens[0]);
+  const restoreTo = (name: string, atPoint?: string) => restoreCommand({
+    name: 'rp', paths: ['f.bin'], to: path.join(dir, name), overwrite: true, content: false, dryRun: false, force: false, json: false, at: atPoint,
+  }, settings, () => {});
+  let current = Infinity;
+  let back = Infinity;
+  for (let i = 0; i < 3; i++) { // in turns: the machine's load moves
+    current = Math.min(current, await timed(() => restoreTo(`cur-${i}`)));
+    back = Math.min(back, await timed(() => restoreTo(`back-${i}`, at)));
+  }
+  await unpairCommand({ name: 'rp' }, settings, () => {});
+  const result = { pointsBack, currentSeconds: current, backSeconds: back, ratio: back / current, historyUsedPerMiBChanged: usedBytes / changed };
+  console.log(`restore of a 16 MiB file: from ${pointsBack} points back ${back.toFixed(2)} s, from the current image ${current.toFixed(2)} s ` +
+    `(${result.ratio.toFixed(2)}x, best of 3 each); history used ${(usedBytes / MiB).toFixed(1)} MiB for ${(changed / MiB).toFixed(0)} MiB changed ` +
+    `(${result.historyUsedPerMiBChanged.toFixed(2)} MiB per MiB)`);
+  return result;
 }
 
 process.env.UV_THREADPOOL_SIZE ??= '32';

@@ -6,7 +6,7 @@ import { UsageError } from '../../base/errors.js';
 import type { RestoreScope, RollbackReport } from '../../restore/rollback.js';
 import { throughOwner } from './rollback.js';
 
-export async function restoreDeviceCommand(opts: { name: string; partition?: number; whole?: boolean; yes: boolean; json: boolean; dryRun?: boolean },
+export async function restoreDeviceCommand(opts: { name: string; partition?: number; whole?: boolean; yes: boolean; json: boolean; dryRun?: boolean; at?: string },
   settings: Settings, log: (s: string) => void): Promise<RollbackReport> {
   const whole = opts.whole === true;
   if (whole === (opts.partition !== undefined)) throw new UsageError('dpsr restore: give either --whole or --partition N');
@@ -14,5 +14,5 @@ export async function restoreDeviceCommand(opts: { name: string; partition?: num
     throw new UsageError(`--partition ${opts.partition}: a partition number, 1 or more`);
   }
   const scope: RestoreScope = whole ? { kind: 'whole' } : { kind: 'partition', number: opts.partition! };
-  return throughOwner(settings, { name: opts.name, scope }, { yes: opts.yes, json: opts.json, dryRun: opts.dryRun === true }, log);
+  return throughOwner(settings, { name: opts.name, scope, at: opts.at }, { yes: opts.yes, json: opts.json, dryRun: opts.dryRun === true }, log);
 }

@@ -21,13 +21,15 @@ export interface ConfirmOptions {
 function describePlan(p: RollbackReport): string[] {
   const verb = p.scope === 'rollback' ? 'rollback' : p.partition !== null ? `restore of partition ${p.partition}` : 'restore';
   const when = p.imageTimeMs ? ` of ${new Date(p.imageTimeMs).toISOString()}` : '';
-  const lines = [`${p.name}: ${verb} of ${p.source} from the DPSR drive ${p.drive}: image ${p.image}${when}`];
+  const which = p.point ? `restore point ${p.point.generation}${p.point.label ? ` (${p.point.label})` : ''}, ` : '';
+  const lines = [`${p.name}: ${verb} of ${p.source} from the DPSR drive ${p.drive}: ${which}image ${p.image}${when}`];
   if (p.journalSeq !== null) lines.push(`  ${p.dryRun ? 'will apply' : 'applies'} the committed journal transaction ${p.journalSeq} on the DPSR drive first`);
   if (p.mode === 'full') lines.push(`  writes ${formatBytes(p.copyBytes)} (sectors ${p.startSector} to ${p.endSector})`);
   else if (p.mode === 'compare') lines.push(`  ${p.why}; writes only what differs (at most ${formatBytes(p.compareBytes)})`);
   else {
     const compare = p.compareBytes > 0 ? ` and compares ${formatBytes(p.compareBytes)} where writes may have gone unseen (writing only what differs)` : '';
-    lines.push(`  tracked since the image: writes back ${formatBytes(p.copyBytes)}${compare}`);
+    const since = p.point ? 'changed since the restore point (by the tracker and the later syncs)' : 'tracked since the image';
+    lines.push(`  ${since}: writes back ${formatBytes(p.copyBytes)}${compare}`);
   }
   for (const w of p.warnings) lines.push(`  warning: ${w}`);
   return lines;
@@ -88,7 +90,7 @@ async function planConfirmRun(run: (dryRun: boolean) => Promise<RollbackReport>,
 }
 
 /** A rollback or restore by the owner: the daemon when one answers, else a session of our own. */
-export async function throughOwner(settings: Settings, req: { name: string; scope: RestoreScope }, opts: ConfirmOptions,
+export async function throughOwner(settings: Settings, req: { name: string; scope: RestoreScope; at?: string }, opts: ConfirmOptions,
   log: (s: string) => void): Promise<RollbackReport> {
   // --json: progress as JSON lines on stderr, from the daemon or from this process.
   const progress = opts.json ? jsonProgressLines() : null;
@@ -109,9 +111,10 @@ export async function throughOwner(settings: Settings, req: { name: string; scop
   }
 }
 
-export async function rollbackCommand(opts: ConfirmOptions & { name?: string; drive?: string; source?: string },
+export async function rollbackCommand(opts: ConfirmOptions & { name?: string; drive?: string; source?: string; at?: string },
   settings: Settings, log: (s: string) => void): Promise<RollbackReport> {
   if (opts.source && !opts.drive) throw new UsageError('dpsr rollback: --source goes with --drive (the pair record names the source)');
+  if (opts.drive && opts.at !== undefined) throw new UsageError('dpsr rollback: --at goes with a pair name (the restore points are read through the pair record), not --drive');
   if (opts.drive) {
     const drive = opts.drive;
     return withOwnerLock(settings.ownerLockPath,
@@ -119,5 +122,5 @@ export async function rollbackCommand(opts: ConfirmOptions & { name?: string; dr
         () => rollbackFromDrive({ drive, source: opts.source, name: opts.name, dryRun })), opts, log));
   }
   if (!opts.name) throw new UsageError('dpsr rollback: name a pair, or give --drive DEV (without the state directory)');
-  return throughOwner(settings, { name: opts.name, scope: { kind: 'rollback' } }, opts, log);
+  return throughOwner(settings, { name: opts.name, scope: { kind: 'rollback' }, at: opts.at }, opts, log);
 }

@@ -1,0 +1,131 @@
+// dpsr revert on real pairs: the DPSR drive turned back to a restore point
+// boots under qemu with that point's state; kill -9 at exact points of a
+// revert (in the journal, in the undo, in the apply) leaves the old image or
+// the reverted one, never a mix, the next command finishes it, no point is
+// lost, and the next sync brings the drive back to the source (the tracker
+// held the reverted blocks dirty); --drop-newer drops exactly the newer
+// points and the older ones still read right.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import fs from 'node:fs';
+import path from 'node:path';
+import { type Fixture, ddDirect, eachTestFreshCli, randomFill, runDpsr, runDpsrKilledAfter, runDpsrOk, sha256Of } from './helpers/fixture.js';
+import { BOOTED_MARKER, SYSTEM_DISK_MiB, bootPieces, makeSystemDisk, withMounted } from './helpers/boot-image.js';
+import { bootGuest, serialTail } from './helpers/qemu.js';
+import { pointHash as pointHashOf } from './helpers/points.js';
+
+let fx: Fixture;
+let env: NodeJS.ProcessEnv;
+eachTestFreshCli(test, (f) => ({ fx, env } = f));
+
+const dpsr = (...args: string[]) => runDpsr(env, args);
+const ok = (...args: string[]) => runDpsrOk(env, args);
+const pointHash = (name: string, at: string) => pointHashOf(env, name, at);
+const points = (name: string): number[] => JSON.parse(ok('history', name, '--json')).points.map((p: { generation: number }) => p.generation);
+/** 16 writes of 128 KiB at offsets set by `seed` within the first 60 MiB (2 MiB a round: the history holds every round's points). */
+const changeSome = (dev: string, seed: number) => {
+  for (let i = 0; i < 16; i++) ddDirect(dev, ((i * 7919 + seed * 131) % 480) * 256, 256);
+};
+const syncGen = (name: string, ...more: string[]): number => JSON.parse(ok('sync', name, '--quiet-period', '0.2', '--json', ...more)).syncs[0].generation;
+
+test('kill -9 in the journal, the undo and the apply of a revert: old or reverted image, never a mix; the next command finishes it; no point lost; the next sync copies the source back', async () => {
+  const source = fx.loop(64);
+  const drive = fx.loop(64 + 64 + 192);
+  const bytes = 64 << 20;
+  randomFill(source, 64);
+  ok('pair', source, drive, '--name', 'p', '--history', '192M');
+  const seen = new Map<number, string>(); // generation → its image's hash
+  for (let round = 0; round < 3; round++) {
+    if (round > 0) changeSome(source, round);
+    seen.set(syncGen('p'), sha256Of(drive, bytes));
+  }
+  const target = [...seen.keys()][0];
+  const outcomes: string[] = [];
+  for (const [round, fraction] of [0.4, 1.4, 2.4, 2.9].entries()) {
+    changeSome(source, 10 + round);
+    seen.set(syncGen('p'), sha256Of(drive, bytes));
+    const before = sha256Of(drive, bytes);
+    const plan = JSON.parse(ok('revert', 'p', '--at', String(target), '--dry-run', '--json')).revert;
+    assert.ok(plan.writeBytes > 0 && plan.writeBytes < bytes / 2, `a revert writes what changed since the point: ${plan.writeBytes}`);
+    assert.is(sha256Of(drive, bytes), before, 'a dry run wrote to the drive');
+    // About one plan's worth each: the journal, then the undo of the image it replaces, then the apply.
+    const k = await runDpsrKilledAfter(env, ['revert', 'p', '--at', String(target)], drive, Math.floor(fraction * plan.writeBytes / 512));
+    dpsr('status', 'p'); // the owner replays a committed transaction
+    let h = sha256Of(drive, bytes);
+    assert.ok(h === before || h === seen.get(target), `killed at ${k.writtenSectors} sectors written for ${plan.writeBytes / 512}: the drive is a mix`);
+    outcomes.push(`${h === before ? 'old' : 'reverted'}@${k.killed ? fraction : 'done'}`);
+    if (h === before) {
+      const r = JSON.parse(ok('revert', 'p', '--at', String(target), '--json')).revert;
+      assert.is(r.keepNewer, true);
+      h = sha256Of(drive, bytes);
+    }
+    assert.is(h, seen.get(target), 'the drive is the point it was reverted to');
+    const gen = JSON.parse(dpsr('status', 'p', '--json').stdout).pairs[0].generation;
+    seen.set(gen, h);
+    for (const g of seen.keys()) assert.ok(points('p').includes(g), `generation ${g} was an image and is no point after the revert`);
+    assert.ok(JSON.parse(dpsr('status', 'p', '--json').stdout).pairs[0].dirtyBytes > 0, 'the source differs from the reverted drive: not in sync');
+    const sourceHash = sha256Of(source);
+    seen.set(syncGen('p'), sha256Of(drive, bytes));
+    assert.is(sha256Of(drive, bytes), sourceHash, 'the sync after a revert brings the drive back to the source');
+  }
+  console.log(`  kill -9 outcomes (image@fraction of the revert's data written): ${outcomes.join(' ')}`);
+  assert.ok(outcomes.some((o) => o.startsWith('old@') && !o.endsWith('done')), 'some kill came before the commit');
+  assert.ok(outcomes.some((o) => o.startsWith('reverted@') && !o.endsWith('done')), 'some kill came after the commit');
+  for (const [gen, h] of seen) assert.is(await pointHash('p', String(gen)), h, `restore point ${gen} is not the image it was`);
+
+  // --drop-newer: the points after the target go (with the image replaced); the older ones still read as they were.
+  const r = dpsr('revert', 'p', '--at', String(target), '--drop-newer');
+  assert.is(r.status, 2, r.stderr); // no terminal, no --yes: nothing done
+  const left = JSON.parse(ok('revert', 'p', '--at', String(target), '--drop-newer', '--yes', '--json')).revert;
+  assert.is(left.keepNewer, false);
+  const kept = points('p');
+  assert.ok(kept.every((g) => g < target || g === kept[0]), `only older points and the current image: ${kept}`);
+  assert.is(sha256Of(drive, bytes), seen.get(target));
+  for (const g of kept.slice(1).filter((x) => seen.has(x))) assert.is(await pointHash('p', String(g)), seen.get(g), `older point ${g} after --drop-newer`);
+});
+
+test('revert, then boot the reverted DPSR drive in qemu: it comes up with the older state', async () => {
+  const pieces = bootPieces();
+  const sys = makeSystemDisk(fx, pieces, 'v1');
+  const drive = fx.loop(SYSTEM_DISK_MiB + 64 + 64);
+  ok('pair', sys.dev, drive, '--name', 'system', '--history', 'all');
+  const v1 = syncGen('system', '--point', 'installed');
+  for (const state of ['v2', 'v3']) {
+    withMounted(fx, sys.rootPart, (mnt) => fs.writeFileSync(path.join(mnt, 'var/lib/state'), state));
+    syncGen('system');
+  }
+  const point = await pointHash('system', 'installed');
+  const r = JSON.parse(ok('revert', 'system', '--at', 'installed', '--json')).revert;
+  assert.is(r.point.generation, v1);
+  assert.is(sha256Of(drive, sys.bytes), point, 'the drive holds the point\'s image');
+  const b = await bootGuest(fx, { disks: [{ path: drive, snapshot: true }], timeoutMs: 120_000, watchFor: new RegExp(BOOTED_MARKER) });
+  const state = b.serial.match(new RegExp(`${BOOTED_MARKER} state=([^\\r\\n]*)`))?.[1] ?? null;
+  assert.is(state, 'v1', `the reverted drive boots with the state of point ${v1}:\n${serialTail(b.serial)}`);
+});
+
+test('bad input: no history, an unknown point, --at missing: one line, exit status, nothing written', () => {
+  const plain = { source: fx.loop(32), drive: fx.loop(32 + 64) };
+  randomFill(plain.source, 32);
+  ok('pair', plain.source, plain.drive, '--name', 'q');
+  const source = fx.loop(32);
+  const drive = fx.loop(32 + 64 + 8);
+  randomFill(source, 32);
+  ok('pair', source, drive, '--name', 'p', '--history', '8M');
+  const hashes = () => [sha256Of(source), sha256Of(drive), sha256Of(plain.source), sha256Of(plain.drive)];
+  const before = hashes();
+  const cases: Array<[string[], number, RegExp]> = [
+    [['revert', 'q', '--at', '0'], 3, /keeps no restore points/],
+    [['revert', 'p', '--at', '99'], 1, /no restore point of generation 99/],
+    [['revert', 'p'], 2, /--at/],
+    [['revert', 'nope', '--at', '1'], 1, /no pair named nope/],
+  ];
+  for (const [args, status, message] of cases) {
+    const r = dpsr(...args);
+    assert.is(r.status, status, `dpsr ${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, message);
+    assert.is(r.stderr.trim().split('\n').length, 1, `dpsr ${args.join(' ')}: one line: ${r.stderr}`);
+  }
+  assert.equal(hashes(), before, 'bad input wrote to a device');
+});
+
+test.run();
