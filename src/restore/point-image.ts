@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { SECTOR } from '../base/units.js';
-import { openLocalDevice } from '../io/local-device.js';
+import { openDriveIo } from '../drive/remote-drive.js';
 import { historyRegionOf, readUndoExtents } from '../drive/history-region.js';
 import type { PairRecord } from '../state/records.js';
 import { tracked } from './image-mount.js';
@@ -91,7 +91,7 @@ export async function pointOverlay(pair: PairRecord, at: string, verifyData: boo
   const index = readHistoryOf(pair);
   const point = choosePoint(pair, pointsOf(pair, index), at);
   const records = index.points.filter((p) => p.generation >= point.generation); // oldest first
-  const drive = openLocalDevice(pair.drive.path, false);
+  const drive = openDriveIo(pair, false);
   try {
     const region = historyRegionOf(drive, pair, pair.id)!;
     const extents = [];
