@@ -143,6 +143,25 @@ test('the server killed mid-sync, before and after the commit: one clear line; r
   }
 });
 
+test('the server killed mid-full-copy: pair fails in one line; restarted, the next sync finishes the copy, exact', () => {
+  const { source, bytes } = pairedSource();
+  const image = fx.image('export.img', EXPORT_MIB);
+  // pair's writes: the label, the journal's head voided, then the copy in 2 MiB writes: killed at the 6th.
+  let server = serve({ image, args: ['--threads=1'],
+    prefix: ['strace', '-f', '-qq', '-o', '/dev/null', '-e', 'trace=pwrite64', '-e', 'inject=pwrite64:signal=SIGKILL:when=6'] });
+  const r = runDpsr(env, ['pair', source, server.uri, '--name', 'remote']);
+  assert.is(r.status, 1, r.stderr);
+  assert.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+  assert.match(r.stderr, /the NBD server went away/);
+  assert.is.not(sha256Of(image, bytes), sha256Of(source, bytes), 'the copy was cut short');
+  server.stop();
+  server = serve({ image, sock: server.sock });
+  ddDirect(source, 8192, 64);
+  const [rep] = JSON.parse(runDpsrOk(env, ['sync', 'remote', '--json', '--quiet-period', '0.2'])).syncs;
+  assert.ok(rep.fullCopyBytes > 0, 'the copy was finished');
+  assert.is(sha256Of(image, bytes), sha256Of(source, bytes));
+});
+
 test('pair over TLS-PSK on 127.0.0.1: exact; a wrong key and a plain server are refused in one line', async () => {
   const { source, bytes } = pairedSource();
   const psk = pskFile('keys.psk');

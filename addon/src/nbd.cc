@@ -34,13 +34,16 @@ std::string LastError() {
 	return e ? e : "unknown libnbd error";
 }
 
-int LastErrno() {
+// A connection the server dropped says ENOTCONN whatever call noticed it first (libnbd
+// may report a dead handle's state as EINVAL), so callers can tell "the server went away".
+int LastErrno(struct nbd_handle *h = nullptr) {
+	if (h && (nbd_aio_is_dead(h) == 1 || nbd_aio_is_closed(h) == 1)) return ENOTCONN;
 	int e = nbd_get_errno();
 	return e ? e : EIO;
 }
 
-Napi::Value ThrowNbd(Napi::Env env, const std::string &what) {
-	int err = LastErrno();
+Napi::Value ThrowNbd(Napi::Env env, const std::string &what, struct nbd_handle *h = nullptr) {
+	int err = LastErrno(h);
 	const char *name = strerrorname_np(err);
 	Napi::Error e = Napi::Error::New(env, what + ": " + LastError());
 	e.Set("code", Napi::String::New(env, name ? name : "EIO"));
@@ -88,7 +91,7 @@ protected:
 			return;
 		}
 		if (kind_ == FLUSH) {
-			if (nbd_flush(h, 0) == -1) Fail(LastErrno(), "flush", 0, LastError());
+			if (nbd_flush(h, 0) == -1) Fail(LastErrno(h), "flush", 0, LastError());
 			return;
 		}
 		std::vector<Done> done(ops_.size());
@@ -103,7 +106,7 @@ protected:
 				int64_t cookie = kind_ == WRITE ? nbd_aio_pwrite(h, p, o.length, o.position, cb, 0)
 				                                : nbd_aio_pread(h, p, o.length, o.position, cb, 0);
 				if (cookie == -1) {
-					Fail(LastErrno(), kind_ == WRITE ? "write" : "read", o.position, LastError());
+					Fail(LastErrno(h), kind_ == WRITE ? "write" : "read", o.position, LastError());
 					break;
 				}
 				in_flight_++;
@@ -111,7 +114,7 @@ protected:
 			if (in_flight_ == 0) break;
 			if (nbd_poll(h, -1) == -1) {
 				// The connection is dead: its commands will never complete (libnbd retires them).
-				Fail(LastErrno(), kind_ == WRITE ? "write" : "read", 0, LastError());
+				Fail(LastErrno(h), kind_ == WRITE ? "write" : "read", 0, LastError());
 				break;
 			}
 		}
@@ -253,7 +256,7 @@ private:
 			uint64_t n = std::min<uint64_t>(len - done, MAX_REQUEST);
 			uint8_t *p = buffer.Data() + off + done;
 			int r = write ? nbd_pwrite(h, p, n, pos + done, 0) : nbd_pread(h, p, n, pos + done, 0);
-			if (r == -1) return ThrowNbd(env, std::string(write ? "write" : "read") + " at byte " + std::to_string(pos + done));
+			if (r == -1) return ThrowNbd(env, std::string(write ? "write" : "read") + " at byte " + std::to_string(pos + done), h);
 			done += n;
 		}
 		return Napi::Number::New(env, (double)len);
@@ -265,7 +268,7 @@ private:
 		std::lock_guard<std::mutex> guard(conn_->lock);
 		struct nbd_handle *h = Handle(info.Env());
 		if (!h) return info.Env().Undefined();
-		if (nbd_flush(h, 0) == -1) return ThrowNbd(info.Env(), "flush");
+		if (nbd_flush(h, 0) == -1) return ThrowNbd(info.Env(), "flush", h);
 		return info.Env().Undefined();
 	}
 
@@ -282,7 +285,7 @@ private:
 		for (int64_t done = 0; done < len;) {
 			uint64_t n = std::min<uint64_t>(len - done, most);
 			int r = zero ? nbd_zero(h, n, pos + done, 0) : nbd_trim(h, n, pos + done, 0);
-			if (r == -1) return ThrowNbd(env, std::string(zero ? "zero" : "trim") + " at byte " + std::to_string(pos + done));
+			if (r == -1) return ThrowNbd(env, std::string(zero ? "zero" : "trim") + " at byte " + std::to_string(pos + done), h);
 			done += n;
 		}
 		return env.Undefined();

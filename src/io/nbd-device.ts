@@ -13,7 +13,7 @@ import { checkNbdSecurity, redactUri } from './nbd-uri.js';
 const DEPTH = 16; // requests in flight per batch
 const GONE = new Set(['ENOTCONN', 'ECONNRESET', 'EPIPE', 'ESHUTDOWN']);
 const goneHint = (err: { code?: string }): string =>
-  (GONE.has(err.code ?? '') ? ' (the NBD server went away: the drive keeps the previous image or the committed one, and the next sync finishes or repeats this one)' : '');
+  (GONE.has(err.code ?? '') ? ' (the NBD server went away: nothing committed is lost; run the command again, or the next sync, once it is back)' : '');
 
 export class NbdDevice implements BlockIo {
   constructor(private readonly client: NbdClient, readonly uri: string) {}
