@@ -40,6 +40,20 @@ test('a state database overwritten with garbage or cut short: every command says
   assert.is(runDpsr(env, ['status', 'p']).status, 0, 'the database back: all is well');
 });
 
+test('contradictory or empty choices are usage errors: exit 2, one line, before any device is opened', () => {
+  const { source, drive } = fx.pairDevices(16);
+  const before = [sha256Of(source), sha256Of(drive)];
+  // `sync --all p` exited 1 ("no pair named p"), `status p --drive` and `--timeout 0` went on to open devices.
+  for (const args of [['sync', '--all', 'p'], ['sync'], ['sync', 'p', '--timeout', '0'], ['status', 'p', '--drive', drive],
+    ['rollback'], ['rollback', 'p', '--source', source], ['restore', 'p'], ['restore', 'p', 'x', '--whole'],
+    ['restore', 'p', '--partition', '1', '--whole'], ['restore', 'p', '--partition', '0'], ['pair', source], ['verify', 'p', 'q']]) {
+    const r = runDpsr(env, args);
+    assert.is(r.status, 2, `dpsr ${args.join(' ')}: ${r.stderr}`);
+    assert.ok(oneLine(r.stderr), `one line: ${r.stderr}`);
+  }
+  assert.equal([sha256Of(source), sha256Of(drive)], before, 'nothing written');
+});
+
 test('fuzzed command lines: one line, an exit status from the table, never a stack trace', () => {
   const random = mulberry32(17);
   const pick = <T>(a: readonly T[]) => a[Math.floor(random() * a.length)];

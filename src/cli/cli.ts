@@ -156,6 +156,7 @@ the DPSR drive keeps its previous image.`)
       const quietMs = Number(opts.quietPeriod) * 1000;
       if (!Number.isFinite(quietMs) || quietMs < 0) throw new UsageError(`--quiet-period ${opts.quietPeriod}: seconds, e.g. 2 or 0.5`);
       const timeoutMs = opts.timeout !== undefined ? parseDuration(opts.timeout, '--timeout') : undefined;
+      if (timeoutMs === 0) throw new UsageError(`--timeout ${opts.timeout}: a duration above 0 (e.g. 10m)`);
       await syncCommand({ name, all: opts.all === true, json: opts.json === true, freeze: opts.freeze, quietMs, timeoutMs, inPlace: opts.inPlace === true, point: pointLabel(opts.point) }, settings, log);
     });
 

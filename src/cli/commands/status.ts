@@ -2,7 +2,7 @@
 // drive holds, how old it is, what is dirty since, and every gap.
 import type { Settings } from '../../base/defaults.js';
 import { formatBytes } from '../../base/units.js';
-import { DpsrError, ExitStatus, type ExitStatusValue } from '../../base/errors.js';
+import { DpsrError, ExitStatus, type ExitStatusValue, UsageError } from '../../base/errors.js';
 import { openLocalDevice } from '../../io/local-device.js';
 import { openNbdDevice } from '../../io/nbd-device.js';
 import { isNbdUri } from '../../io/nbd-uri.js';
@@ -93,6 +93,7 @@ interface StatusOptions { name?: string; json: boolean; long?: boolean; maxAge?:
 
 export async function statusCommand(opts: StatusOptions, settings: Settings, log: (s: string) => void): Promise<ExitStatusValue> {
   const maxAgeMs = opts.maxAge !== undefined ? parseDuration(opts.maxAge) : undefined;
+  if (opts.drive && opts.name) throw new UsageError(`dpsr status: name a pair or give --drive DEV, not both (--drive reads the drive's label alone)`);
   if (opts.drive) {
     const drive = isNbdUri(opts.drive) ? openNbdDevice(opts.drive, { write: false }) : openLocalDevice(opts.drive, false);
     const { label, txn } = await (async () => {

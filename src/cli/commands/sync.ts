@@ -35,6 +35,7 @@ function deadline<T>(work: Promise<T>, ms: number | undefined, onTimeout: () => 
 export async function syncCommand(opts: { name?: string; all: boolean; json: boolean; freeze?: boolean; quietMs?: number; timeoutMs?: number; inPlace?: boolean; point?: string }, settings: Settings,
   log: (s: string) => void): Promise<SyncReport[]> {
   if (!opts.name && !opts.all) throw new UsageError('dpsr sync: name a pair or give --all');
+  if (opts.name && opts.all) throw new UsageError(`dpsr sync: name a pair or give --all, not both (${opts.name} and --all)`);
   // --json: progress as JSON lines on stderr, from the daemon or from this process.
   const progress = opts.json ? jsonProgressLines() : null;
   // A running daemon owns tracking: the flush goes through it and returns when committed.
