@@ -8,7 +8,8 @@ import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DPSR_BIN, Fixture, ddDirect, eachTestFreshCli, journaledKillPoint, runDpsr, runDpsrKilledAfter, runDpsrOk, scatteredChanges, sh, sha256Of, randomFill, writtenSectors } from './helpers/fixture.js';
+import { DPSR_BIN, Fixture, ddDirect, eachTestFreshCli, journaledKillPoint, runDpsr, runDpsrOk, scatteredChanges, sh, sha256Of, randomFill, writtenSectors } from './helpers/fixture.js';
+import { faultDisk } from './helpers/fault-disk.js';
 import { type JournalEntry, writeTransaction } from '../src/drive/journal.js';
 import { readLabel, writeLabel } from '../src/drive/label.js';
 import { native } from '../src/base/native.js';
@@ -99,37 +100,65 @@ for (const fsType of ['ext4', 'xfs'] as const) {
   });
 }
 
-/** A synced 384 MiB pair whose source then had 256 MiB rewritten: a rollback long enough to be caught writing. */
+/**
+ * A synced 64 MiB pair whose source (a fault disk: tests/helpers/fault-disk.ts) then had 32 MiB
+ * rewritten: its writes can be stalled at an exact point of a rollback, however fast the machine.
+ */
 function bigChangeAfterSync() {
-  const { source, drive, bytes } = syncedPair(384);
+  const disk = faultDisk(fx, 64);
+  const source = disk.dev;
+  const drive = fx.loop(2 * 64 + 64);
+  const bytes = 64 * MiB;
+  randomFill(source, 64);
+  ok('pair', source, drive, '--name', 'p');
+  ok('sync', 'p', '--quiet-period', '0.2');
   const image = hash(drive, bytes);
-  sh('dd', ['if=/dev/urandom', `of=${source}`, 'bs=1M', 'count=256', 'seek=64', 'oflag=direct', 'conv=notrunc', 'status=none']);
-  return { source, drive, bytes, image };
+  sh('dd', ['if=/dev/urandom', `of=${source}`, 'bs=1M', 'count=32', 'seek=16', 'oflag=direct', 'conv=notrunc', 'status=none']);
+  return { disk, source, drive, bytes, image };
 }
 
 test('kill -9 mid-rollback: the source is a mix; the same command run again completes it', async () => {
-  const { source, image } = bigChangeAfterSync();
+  const { disk, source, image } = bigChangeAfterSync();
   const changed = hash(source);
-  const k = await runDpsrKilledAfter(env, ['rollback', 'p', '--yes'], source, 0);
+  const k = await disk.killAtStall(process.execPath, [DPSR_BIN, 'rollback', 'p', '--yes'], env, 8 * MiB);
   assert.ok(k.killed, `killed while writing, not after it finished: ${k.stderr}`);
   const mid = hash(source);
   assert.ok(mid !== image && mid !== changed, 'killed part way: the source is neither the image nor what it was');
   const r = rollbackJson('p');
-  console.log(`  after kill -9: the re-run wrote ${mib(r.writtenBytes)} for 256 MiB changed`);
+  console.log(`  after kill -9: the re-run wrote ${mib(r.writtenBytes)} for 32 MiB changed`);
   assert.is(hash(source), image, 'the re-run completed the rollback');
-  assert.ok(r.writtenBytes >= 256 * MiB && r.writtenBytes <= 260 * MiB, `re-run wrote ${r.writtenBytes}`);
+  assert.ok(r.writtenBytes >= 32 * MiB && r.writtenBytes <= 36 * MiB, `re-run wrote ${r.writtenBytes}`);
 });
 
+/** Whether process `pid` waits inside a write(2) in uninterruptible sleep: its request is queued to the device. */
+function blockedInWrite(pid: number): boolean {
+  try {
+    const state = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0];
+    return state === 'D' && fs.readFileSync(`/proc/${pid}/syscall`, 'utf8').split(' ')[0] === '1';
+  } catch {
+    return false;
+  }
+}
+
 test('another writer during the rollback: the regions are not held clean, and the next rollback restores its write too', async () => {
-  const { source, drive, bytes, image } = bigChangeAfterSync();
+  // The rollback's writes stall after 4 MiB. The other write (sector 8, outside what it restores)
+  // is queued behind them meanwhile, ahead of the rollback's later writes and its final flush:
+  // the loop device serves its queue in order, so it lands during the rollback on any machine.
+  const { disk, source, image } = bigChangeAfterSync();
+  disk.stallWrites(4 * MiB);
   const child = spawn(process.execPath, [DPSR_BIN, 'rollback', 'p', '--yes', '--json'], { env });
   fx.defer('stop rollback', () => { if (child.exitCode === null) child.kill('SIGKILL'); });
   let out = '';
   child.stdout!.on('data', (d) => { out += d; });
   const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
-  const start = writtenSectors(source);
-  while (writtenSectors(source) === start && child.exitCode === null) await new Promise((r) => setTimeout(r, 2));
-  ddDirect(source, 8, 8); // not the rollback's: outside what it restores, while it writes
+  assert.ok(await disk.untilStalled(child), `the rollback stalled mid-write: ${out}`);
+  const other = spawn('dd', ['if=/dev/urandom', `of=${source}`, 'bs=4096', 'seek=1', 'count=1', 'oflag=direct', 'conv=notrunc', 'status=none']);
+  fx.defer('stop dd', () => { if (other.exitCode === null) other.kill('SIGKILL'); });
+  const written = new Promise<number | null>((resolve) => other.on('exit', resolve));
+  while (!blockedInWrite(other.pid!) && other.exitCode === null) await new Promise((r) => setTimeout(r, 5));
+  assert.is(other.exitCode, null, 'the other write waits behind the stalled rollback');
+  disk.heal();
+  assert.is(await written, 0);
   assert.is(await exited, 0, out);
   const r = JSON.parse(out).rollback;
   assert.not.ok(r.clean, 'not held clean');
@@ -137,7 +166,7 @@ test('another writer during the rollback: the regions are not held clean, and th
   assert.is.not(hash(source), image, 'the other write is there');
   const again = rollbackJson('p');
   assert.is(again.writtenBytes, 4096, 'only the other write differs: the restored regions were compared');
-  assert.ok(again.compareBytes >= 256 * MiB, `compared ${again.compareBytes}`);
+  assert.ok(again.compareBytes >= 32 * MiB, `compared ${again.compareBytes}`);
   assert.is(hash(source), image);
 });
 
@@ -216,13 +245,15 @@ test('refusals: mounted, in use, no terminal without --yes, a partial image; bot
   check(['rollback', '--drive', drive, '--source', fx.loop(96), '--yes'], 3, /not the source/);
   check(['rollback', 'nope', '--yes'], 1, /no pair named nope/);
 
-  // A partial image: a sync written in place (--in-place), killed part way.
-  const other = devices(256);
-  randomFill(other.source, 256);
+  // A partial image: a sync written in place (--in-place), killed part way (its drive stalled
+  // after 2 MiB: past the label writes, into the data).
+  const otherDisk = faultDisk(fx, 64 + 8);
+  const other = { source: fx.loop(64), drive: otherDisk.dev };
+  randomFill(other.source, 64);
   ok('pair', other.source, other.drive, '--name', 'q', '--reserve', '2M');
   ok('sync', 'q', '--quiet-period', '0.2');
-  randomFill(other.source, 256);
-  const k = await runDpsrKilledAfter(env, ['sync', 'q', '--quiet-period', '0.2', '--in-place'], other.drive, 4096); // past the label writes: into the data
+  randomFill(other.source, 64);
+  const k = await otherDisk.killAtStall(process.execPath, [DPSR_BIN, 'sync', 'q', '--quiet-period', '0.2', '--in-place'], env, 2 * MiB);
   assert.ok(k.killed, `killed while writing, not after it finished: ${k.stderr}`);
   const before = [hash(other.source), hash(other.drive)];
   const r = dpsr('rollback', 'q', '--yes');
@@ -290,12 +321,20 @@ test('after a gap that leaves history unknown, rollback compares the whole sourc
 });
 
 test('a sync killed at any point: rollback applies a committed transaction first, or writes back what the sync had cut', async () => {
-  const { source, drive, bytes } = syncedPair(64);
+  // The drive stalls its writes at the kill point until the kill: exact on any machine.
+  const disk = faultDisk(fx, 2 * 64 + 64);
+  const { source, drive, bytes } = { source: fx.loop(64), drive: disk.dev, bytes: 64 * MiB };
+  randomFill(source, 64);
+  ok('pair', source, drive, '--name', 'p');
+  ok('sync', 'p', '--quiet-period', '0.2');
   const outcomes: string[] = [];
   for (const [round, fraction] of [0.3, 0.9, 1.2, 1.5, 1.8].entries()) {
     const data = scatteredChanges(source, round * 131);
     // Killed once the drive got `fraction` times the changed data: the journal's copy, then the apply.
-    const k = await runDpsrKilledAfter(env, ['sync', 'p', '--quiet-period', '0.2'], drive, Math.floor(fraction * data));
+    const start = writtenSectors(drive);
+    const run = await disk.killAtStall(process.execPath, [DPSR_BIN, 'sync', 'p', '--quiet-period', '0.2'], env, Math.floor(fraction * data) * 512);
+    const k = { killed: run.killed, writtenSectors: writtenSectors(drive) - start }; // its writes have all ended: it exited
+    assert.ok(k.killed, `killed at ${fraction} of the changed data written, before the sync ended: ${run.stderr}`);
     const at = `killed at ${k.writtenSectors} sectors written for ${data} changed`;
     const synced = hash(source);
     const r = rollbackJson('p');
@@ -303,9 +342,9 @@ test('a sync killed at any point: rollback applies a committed transaction first
     const point = journaledKillPoint(k.writtenSectors, data);
     // Before the commit nothing of this sync is in the image. After it the image is the synced
     // source: applied by rollback, or by the sync itself when the kill came after its apply.
-    if (k.killed && point === 'before commit') assert.is(r.journalSeq, null, `${at}: ${point}: ${JSON.stringify(r)}`);
-    if (k.killed && point === 'after commit') assert.is(hash(source), synced, `${at}: ${point}: the image is the synced source: ${JSON.stringify(r)}`);
-    outcomes.push(`${k.killed ? fraction : 'done'}: ${r.journalSeq !== null ? `journal ${r.journalSeq} applied, wrote ${mib(r.writtenBytes)}` : `wrote ${mib(r.writtenBytes)}`}`);
+    if (point === 'before commit') assert.is(r.journalSeq, null, `${at}: ${point}: ${JSON.stringify(r)}`);
+    if (point === 'after commit') assert.is(hash(source), synced, `${at}: ${point}: the image is the synced source: ${JSON.stringify(r)}`);
+    outcomes.push(`${fraction}: ${r.journalSeq !== null ? `journal ${r.journalSeq} applied, wrote ${mib(r.writtenBytes)}` : `wrote ${mib(r.writtenBytes)}`}`);
     const after = ok('rollback', 'p', '--dry-run');
     if (r.journalSeq !== null) assert.match(after, /nothing to write/, `${JSON.stringify(r)}\n${after}`);
   }

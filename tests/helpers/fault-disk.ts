@@ -12,8 +12,11 @@ import { nbdDisk, pythonPlugin } from './nbd-disk.js';
 // The trigger file (replaced atomically): {"read": [[start, end], ...], "write": [...],
 // "flush": true, "stallWritesAfter": N, "id": K}, byte ranges half-open; a request overlapping
 // a listed range fails with EIO, every flush when "flush". With stallWritesAfter, the writes
-// after the first N bytes written since the trigger with this id appeared wait (and TRIGGER.stalled
-// is made) until the trigger changes: a process writing through it stops at an exact point.
+// after the first N bytes written since the trigger with this id appeared wait (and
+// TRIGGER.stalled is made) until the trigger changes: a process writing through it stops at an
+// exact point. Every other write queued to the disk meanwhile, from any process, waits behind it
+// (the loop device serves its queue in order; nbdkit in parallel and another blkio cgroup did
+// not change that here).
 const PLUGIN = `import builtins, errno, json, os, time
 import nbdkit
 API_VERSION = 2
@@ -61,6 +64,9 @@ export interface Faults {
   flush?: boolean;
 }
 
+/** A child process spawned by the test. */
+interface Child { exitCode: number | null; signalCode: NodeJS.Signals | null }
+
 /** A child process run until a disk stalled its writes, then killed: see FaultDisk.killAtStall. */
 export interface KilledRun { killed: boolean; stderr: string }
 
@@ -74,6 +80,10 @@ export interface FaultDisk {
   fail(faults: Faults): void;
   /** Every request succeeds again (and stalled writes go on). */
   heal(): void;
+  /** From now on, once `afterBytes` more were written, every further write waits until heal(). */
+  stallWrites(afterBytes: number): void;
+  /** Resolves true once a write waits at the stall, false if `child` exited first. */
+  untilStalled(child: Child): Promise<boolean>;
   /**
    * Runs `cmd args` and kills it (SIGKILL) at an exact point: once `afterBytes` were written
    * to this disk, its next write waits, so the process cannot get further, however fast or
@@ -95,24 +105,32 @@ export function faultDisk(fx: Fixture, sizeMiB: number): FaultDisk {
     fs.renameSync(`${trigger}.new`, trigger); // never read half-written
   };
   const heal = () => fs.rmSync(trigger, { force: true });
+  const stalled = `${trigger}.stalled`;
   let stalls = 0;
+  const stallWrites = (afterBytes: number) => {
+    fs.rmSync(stalled, { force: true });
+    set({ stallWritesAfter: afterBytes, id: ++stalls });
+  };
+  const untilStalled = async (child: Child) => {
+    // No race: while it waits on the stalled write, the child cannot finish.
+    while (!fs.existsSync(stalled) && child.exitCode === null && child.signalCode === null) await new Promise((r) => setTimeout(r, 5));
+    return fs.existsSync(stalled);
+  };
   return {
     dev,
     image,
     failReads: (ranges) => set({ read: ranges }),
     fail: set,
     heal,
+    stallWrites,
+    untilStalled,
     killAtStall: async (cmd, args, env, afterBytes) => {
-      const stalled = `${trigger}.stalled`;
-      fs.rmSync(stalled, { force: true });
-      set({ stallWritesAfter: afterBytes, id: ++stalls });
+      stallWrites(afterBytes);
       const child = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
       let stderr = '';
       child.stderr.on('data', (d) => { stderr += d; });
       const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
-      // No race: while it waits on the stalled write, the child cannot finish.
-      while (!fs.existsSync(stalled) && child.exitCode === null && child.signalCode === null) await new Promise((r) => setTimeout(r, 5));
-      const killed = fs.existsSync(stalled);
+      const killed = await untilStalled(child);
       child.kill('SIGKILL');
       heal(); // its exit waits for the write it had in flight
       await exited;
