@@ -15,8 +15,12 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Fixture, sh, sha256Of } from './helpers/fixture.js';
+import crypto from 'node:crypto';
+import { Fixture, freshCliFixture, runDpsr, runDpsrOk, sh, sha256Of } from './helpers/fixture.js';
 import { type BootOutcome, type GuestImage, bootOnce, guestImage, packDpsr } from './helpers/guest.js';
+import { fillSystemRoot, withMounted } from './helpers/boot-image.js';
+import { faultDisk } from './helpers/fault-disk.js';
+import { bootGuest, serialTail } from './helpers/qemu.js';
 
 const BOOT_TIMEOUT_S = 900; // a bound, not a wait: a boot returns when the guest powers off (boot 1 took 8 min at load 10 here)
 const SOURCE_MiB = 96;
@@ -76,6 +80,9 @@ cp "/boot/initrd.img-$(uname -r)" /mnt/host/initrd.img
 lsinitramfs /mnt/host/initrd.img >/run/dpsr-test-initramfs.txt
 r initramfsProbe "$(grep -c '^usr/local/sbin/dpsr-udev-probe$' /run/dpsr-test-initramfs.txt)"
 r initramfsRule "$(grep -c 'lib/udev/rules.d/60-dpsr.rules$' /run/dpsr-test-initramfs.txt)"
+r initramfsNode "$(grep -c '^usr/local/bin/node$' /run/dpsr-test-initramfs.txt)"
+r initramfsPremount "$(grep -c '^scripts/local-premount/dpsr$' /run/dpsr-test-initramfs.txt)"
+r initramfsBytes "$(stat -c %s /mnt/host/initrd.img)"
 waitfor 120 unit_settled; r active "$(systemctl is-active dpsr)"
 
 # dpsr pair takes tracking itself (it does not go through the daemon): the daemon stops meanwhile.
@@ -220,6 +227,9 @@ test('dpsr install, enable and update-initramfs as the README says; the pair is 
     `${JSON.stringify(r)}\n${out('pair.log')}`);
   assert.is(r.initramfsProbe, '1', 'the initramfs holds the probe where the rule runs it');
   assert.ok(Number(r.initramfsRule) >= 1, 'the initramfs holds the rule');
+  assert.is(r.initramfsNode, '1', 'the initramfs holds node');
+  assert.is(r.initramfsPremount, '1', 'the initramfs runs dpsr before the root is mounted');
+  console.log(`  initramfs with dpsr: ${(Number(r.initramfsBytes) / 2 ** 20).toFixed(1)} MiB`);
 });
 
 test('after each reboot the unit is active without anyone running dpsr, and the guest reaches its default target', () => {
@@ -294,6 +304,22 @@ test('a clean shutdown runs the installed hook: a shutdown record for the pair',
   }
 });
 
+/** Where initramfs-tools checks the root (fsck), or else where it has mounted it (local-bottom follows the mount). */
+const rootChecked = (c: string) => c.search(/Will now check root file system|Running \/scripts\/local-bottom/);
+
+test('the initramfs runs dpsr boot before the root is checked and mounted: resumed at boot 2, changed-offline at 3, unclean-shutdown at 4', () => {
+  const said = [2, 3, 4].map((n) => console_(n).match(/dpsr-initramfs: data: .*/)?.[0] ?? `boot ${n}: nothing:\n${console_(n).slice(-3000)}`);
+  assert.match(said[0], /data: resumed, no gap/);
+  assert.match(said[1], /data: gap \(changed-offline\)/);
+  assert.match(said[2], /data: gap \(unclean-shutdown\)/);
+  for (const n of [2, 3, 4]) {
+    const c = console_(n);
+    const judged = c.indexOf('dpsr-initramfs: data:');
+    assert.ok(judged >= 0 && judged < rootChecked(c), `boot ${n}: judged before the root was checked and mounted`);
+    console.log(`  boot ${n}: dpsr boot in the initramfs ${c.match(/dpsr-initramfs: dpsr boot took (\d+) ms/)?.[1]} ms`);
+  }
+});
+
 test('after a clean reboot dpsr-boot.service resumes with no gap, before the root is remounted; the sync copies what was written, compares nothing', () => {
   const r = boot(2).results;
   assert.is(r.bootUnit, 'active', JSON.stringify(r));
@@ -326,6 +352,51 @@ test('qemu killed: the next boot is a gap (unclean-shutdown), compared in the ba
   assert.ok(gaps(4).includes('unclean-shutdown'), gaps(4).join());
   assert.is(r.sync, '0', out('sync-4.err'));
   assert.is(hashes[4][0], hashes[4][1], 'sha256 of the source and the drive\'s image');
+});
+
+test('the DPSR drive booted right after a sync failed between its commit and the end of its writes: the initramfs applies the committed transaction before the root is mounted and says so; the system comes up with the synced state', async () => {
+  boot(1); // its update-initramfs made the initramfs with dpsr's hook and script (host/initrd.img)
+  const { fx: f, env } = freshCliFixture();
+  try {
+    const SRC_MiB = 24;
+    const srcBytes = SRC_MiB << 20;
+    const source = f.loop(SRC_MiB);
+    sh('mkfs.ext4', ['-q', '-F', '-L', 'system', source]);
+    const uuid = sh('blkid', ['-s', 'UUID', '-o', 'value', source]).trim();
+    withMounted(f, source, (mnt) => fillSystemRoot(mnt, 'synced-before'));
+    const drive = faultDisk(f, SRC_MiB + 10);
+    runDpsrOk(env, ['pair', source, drive.dev, '--name', 'system', '--reserve', '8M']);
+    runDpsrOk(env, ['sync', 'system', '--quiet-period', '0.2']);
+    withMounted(f, source, (mnt) => {
+      fs.writeFileSync(path.join(mnt, 'var/lib/state'), 'committed');
+      fs.writeFileSync(path.join(mnt, 'var/lib/more'), crypto.randomBytes(4 << 20));
+    });
+    // The in-place writes of the second half of the image fail: the transaction is committed, the image half-applied.
+    drive.fail({ write: [[srcBytes / 2, srcBytes]] });
+    const failed = runDpsr(env, ['sync', 'system', '--quiet-period', '0.2']);
+    drive.heal();
+    assert.is(failed.status, 1, failed.stderr);
+    const st = runDpsr(env, ['status', '--drive', drive.dev]);
+    assert.is(st.status, 4, `status --drive: a committed sync not completely applied: ${st.stdout}`);
+    const synced = sha256Of(source);
+    assert.is.not(sha256Of(drive.image, srcBytes), synced, 'the image is not the synced one yet');
+
+    // The source is gone: the machine boots its DPSR drive alone, with the initramfs the guest made.
+    const b = await bootGuest(f, {
+      disks: [{ path: drive.image }], timeoutMs: BOOT_TIMEOUT_S * 1000, memoryMiB: 1024,
+      kernel: { vmlinuz: path.join(image.dir, 'vmlinuz'), initrd: path.join(host, 'initrd.img'), append: `root=UUID=${uuid} ro console=ttyS0 panic=-1` },
+      watchFor: /DPSR-TEST-BOOTED/, stopOn: /Kernel panic|DPSR-TEST-FAILED|\(initramfs\) $/m,
+    });
+    const c = b.serial.replace(/\r/g, '');
+    const applied = c.search(/dpsr-initramfs: \/dev\/vda: applied journal transaction \d+ of pair system/);
+    assert.ok(applied >= 0, `the initramfs applied the committed transaction and said so:\n${serialTail(b.serial, 60)}`);
+    assert.ok(applied < rootChecked(c), 'before the root was checked and mounted');
+    assert.match(c, /DPSR-TEST-BOOTED state=committed/, serialTail(b.serial, 40));
+    assert.is(sha256Of(drive.image, srcBytes), synced, 'the drive holds the synced image, sector for sector');
+    console.log(`  ${c.match(/dpsr-initramfs: \/dev\/vda: applied .*/)?.[0]}; booted in ${((b.watchedAt! - b.startedAt) / 1000).toFixed(0)} s`);
+  } finally {
+    f.cleanup();
+  }
 });
 
 test.run();

@@ -13,6 +13,7 @@ import { systemDisks } from '../src/devices/in-use.js';
 import { openDirect } from '../src/io/direct-io.js';
 import { writeLabel, type DriveLabel } from '../src/drive/label.js';
 import { native } from '../src/base/native.js';
+import { wrapperScript } from '../src/cli/commands/install.js';
 import { hookEnvironment, runFailureHook, type HookEvent } from '../src/daemon/failure-hook.js';
 import { escapeLabelValue, renderMetrics, writeMetricsFile, type MetricsSnapshot, type PairMetrics } from '../src/daemon/metrics.js';
 import { type DeviceIdentity, matchRecordedSource } from '../src/devices/identity.js';
@@ -317,6 +318,7 @@ test('install into a root: units (systemd-analyze verify clean), shutdown hook, 
   assert.is(fs.readFileSync(at('etc/systemd/system/dpsr.service'), 'utf8'), fs.readFileSync(path.join(HOME, 'packaging/dpsr.service'), 'utf8'));
   assert.is(fs.statSync(at('usr/local/sbin/dpsr')).mode & 0o777, 0o755);
   assert.is(fs.statSync(at('etc/initramfs-tools/hooks/dpsr')).mode & 0o777, 0o755);
+  assert.is(fs.statSync(at('etc/initramfs-tools/scripts/local-premount/dpsr')).mode & 0o777, 0o755);
   assert.is(fs.readFileSync(at('etc/systemd/system/dpsr-boot.service'), 'utf8'), fs.readFileSync(path.join(HOME, 'packaging/dpsr-boot.service'), 'utf8'));
   assert.is(fs.statSync(at('usr/lib/systemd/system-shutdown/dpsr')).mode & 0o777, 0o755, 'systemd-shutdown runs it');
   assert.ok(fs.existsSync(at('etc/udev/rules.d/60-dpsr.rules')));
@@ -361,7 +363,8 @@ test('install into a root: units (systemd-analyze verify clean), shutdown hook, 
   assert.is(u.status, 0, u.stderr);
   assert.match(u.stdout, /left .*60-dpsr\.rules: changed/);
   for (const p of ['usr/local/sbin/dpsr', 'usr/local/sbin/dpsr-udev-probe', 'etc/systemd/system/dpsr.service', 'etc/systemd/system/dpsr-boot.service',
-    'usr/lib/systemd/system-shutdown/dpsr', 'etc/initramfs-tools/hooks/dpsr', 'usr/local/share/man/man8/dpsr.8', 'var/lib/dpsr/install-manifest.json']) {
+    'usr/lib/systemd/system-shutdown/dpsr', 'etc/initramfs-tools/hooks/dpsr', 'etc/initramfs-tools/scripts/local-premount/dpsr',
+    'usr/local/share/man/man8/dpsr.8', 'var/lib/dpsr/install-manifest.json']) {
     assert.not.ok(fs.existsSync(at(p)), p);
   }
   assert.is(fs.readFileSync(at('etc/dpsr/dpsr.toml'), 'utf8'), 'tick = "2s"\n');
@@ -402,7 +405,7 @@ test('install refuses to overwrite a file it did not write (exit 3, nothing writ
   assert.equal(treeHash(root), before);
 });
 
-test('the initramfs hook puts the rule and the compiled probe into the image, and no node; the probe runs there', () => {
+test('the initramfs hook puts the rule, the compiled probe, node and dpsr into the image; the probe and dpsr run there from its files alone', () => {
   if (!fs.existsSync('/usr/share/initramfs-tools/hook-functions')) {
     assert.unreachable('initramfs-tools-core is not installed (apt-get install initramfs-tools-core)');
   }
@@ -416,8 +419,9 @@ test('the initramfs hook puts the rule and the compiled probe into the image, an
     fs.mkdirSync(path.join(dest, 'usr', d), { recursive: true });
     fs.symlinkSync(`usr/${d}`, path.join(dest, d));
   }
+  fs.writeFileSync(path.join(stage, 'dpsr'), wrapperScript(process.execPath, HOME), { mode: 0o755 });
   const script = `set -e
-mount -t tmpfs none /usr/local/sbin; cp -p "$S/dpsr-udev-probe" /usr/local/sbin/
+mount -t tmpfs none /usr/local/sbin; cp -p "$S/dpsr-udev-probe" "$S/dpsr" /usr/local/sbin/
 mkdir -p /etc/udev/rules.d; mount -t tmpfs none /etc/udev/rules.d; cp "$R" /etc/udev/rules.d/
 DESTDIR="$DEST" verbose=n sh "$H"`;
   execFileSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script], {
@@ -426,14 +430,18 @@ DESTDIR="$DEST" verbose=n sh "$H"`;
   });
   const inImage = (p: string) => fs.existsSync(path.join(dest, p)) || fs.existsSync(path.join(dest, 'usr', p));
   for (const p of ['/usr/local/sbin/dpsr-udev-probe', '/lib/udev/rules.d/60-dpsr.rules']) assert.ok(inImage(p), `${p} in the image`);
-  for (const p of [process.execPath, '/usr/local/sbin/dpsr', `${HOME}/bin/dpsr.js`]) assert.not.ok(inImage(p), `${p} not in the image`);
+  for (const p of [process.execPath, '/usr/local/sbin/dpsr', `${HOME}/bin/dpsr.js`, `${HOME}/addon/build/Release/dpsr.node`]) assert.ok(inImage(p), `${p} in the image`);
+  assert.not.ok(inImage(`${HOME}/node_modules/uvu`), 'no development dependency in the image');
   // The probe, run inside the image's files alone (a chroot with /dev, /proc and /sys).
   const chroot = `set -e
 for d in dev proc sys; do mkdir -p "$DEST/$d"; mount --rbind /$d "$DEST/$d"; done
-chroot "$DEST" /usr/local/sbin/dpsr-udev-probe "$DEV"`;
-  const out = execFileSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', chroot], { encoding: 'utf8', env: { PATH: process.env.PATH, DEST: dest, DEV: drive } });
+chroot "$DEST" /usr/local/sbin/dpsr-udev-probe "$DEV"
+chroot "$DEST" "$NODE" "$HOME_/bin/dpsr.js" status --drive "$DEV"`; // what the wrapper runs (an initramfs has its own /bin/sh)
+  const out = execFileSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', chroot],
+    { encoding: 'utf8', env: { PATH: process.env.PATH, DEST: dest, DEV: drive, NODE: process.execPath, HOME_: HOME } });
   assert.match(out, /^DPSR_DRIVE=1$/m);
   assert.match(out, /^DPSR_PAIR=itest$/m);
+  assert.match(out, /itest/, `dpsr status --drive ran in the image's files alone: ${out}`);
 });
 
 // ---- the failure hook ----

@@ -431,8 +431,11 @@ the boot). Refused while the daemon owns tracking (stop it first).`)
     .option('--json', 'one JSON document on stdout')
     .option('--wait <DURATION>', 'wait this long for a source device to appear', '10s')
     .addHelpText('after', `
-Run by dpsr-boot.service (no default dependencies, before systemd-fsck-root,
-systemd-remount-fs and the local file systems) or the initramfs hook. It
+Run by the initramfs script before the root is checked and mounted (with
+DPSR_STATE_DIR on the root mounted read-only for that moment), then by
+dpsr-boot.service (no default dependencies, before systemd-fsck-root,
+systemd-remount-fs and the local file systems), which reports what the
+initramfs judged or judges where it did not. It
 attaches the programs, tracks every pair's source, then judges: when the
 kernel counted no write to the source before tracking began, the record was
 written by the previous boot for this pair at its current generation, and the
@@ -456,8 +459,10 @@ dpsr boot did not. Exit 0 whatever the verdicts.`)
 Writes /usr/local/sbin/dpsr, /etc/systemd/system/dpsr.service,
 /etc/systemd/system/dpsr-boot.service (dpsr boot early in each boot; pulled
 in by dpsr.service), /usr/lib/systemd/system-shutdown/dpsr (dpsr shutdown at
-the end of each clean shutdown), /etc/udev/rules.d/60-dpsr.rules, /etc/initramfs-tools/hooks/dpsr (when
-/etc/initramfs-tools exists), /usr/local/share/man/man8/dpsr.8, the Cockpit
+the end of each clean shutdown), /etc/udev/rules.d/60-dpsr.rules, /etc/initramfs-tools/hooks/dpsr and
+/etc/initramfs-tools/scripts/local-premount/dpsr (when /etc/initramfs-tools exists: node and dpsr in the
+initramfs, which applies a sync committed on a booted DPSR drive, or runs dpsr boot, before the root is
+mounted), /usr/local/share/man/man8/dpsr.8, the Cockpit
 page in /usr/local/share/cockpit/dpsr ("DPSR drives" in Cockpit), an example
 /etc/dpsr/dpsr.toml when there is none (never over yours), and a manifest in /var/lib/dpsr for dpsr uninstall;
 then prints the commands to run next. Refuses (exit 3, nothing written) to

@@ -244,6 +244,17 @@ export interface SystemDisk {
   bytes: number;
 }
 
+/** The test system's files (busybox, /sbin/init, /etc, the state file) into a mounted root file system. */
+export function fillSystemRoot(mnt: string, state: string): void {
+  for (const d of ['bin', 'sbin', 'etc', 'dev', 'proc', 'sys', 'run', 'var/lib']) fs.mkdirSync(path.join(mnt, d), { recursive: true });
+  fs.copyFileSync(BUSYBOX, path.join(mnt, 'bin/busybox'));
+  fs.chmodSync(path.join(mnt, 'bin/busybox'), 0o755);
+  fs.writeFileSync(path.join(mnt, 'sbin/init'), SYSTEM_INIT, { mode: 0o755 });
+  fs.writeFileSync(path.join(mnt, 'etc/os-release'), 'PRETTY_NAME="dpsr boot test system"\nID=dpsr-test\n');
+  fs.writeFileSync(path.join(mnt, 'etc/hostname'), 'dpsr-test\n');
+  fs.writeFileSync(path.join(mnt, 'var/lib/state'), state);
+}
+
 /**
  * A bootable system disk on a new loop device: MBR boot code, one bootable
  * ext4 partition with the kernel, initramfs, extlinux, busybox, /sbin/init,
@@ -261,13 +272,8 @@ export function makeSystemDisk(fx: Fixture, pieces: BootPieces, state: string, s
   const rootUuid = sh('blkid', ['-s', 'UUID', '-o', 'value', rootPart]).trim();
   const mnt = fx.mount(rootPart);
   try {
-    for (const d of ['bin', 'sbin', 'etc', 'boot', 'dev', 'proc', 'sys', 'var/lib']) fs.mkdirSync(path.join(mnt, d), { recursive: true });
-    fs.copyFileSync(BUSYBOX, path.join(mnt, 'bin/busybox'));
-    fs.chmodSync(path.join(mnt, 'bin/busybox'), 0o755);
-    fs.writeFileSync(path.join(mnt, 'sbin/init'), SYSTEM_INIT, { mode: 0o755 });
-    fs.writeFileSync(path.join(mnt, 'etc/os-release'), 'PRETTY_NAME="dpsr boot test system"\nID=dpsr-test\n');
-    fs.writeFileSync(path.join(mnt, 'etc/hostname'), 'dpsr-test\n');
-    fs.writeFileSync(path.join(mnt, 'var/lib/state'), state);
+    fillSystemRoot(mnt, state);
+    fs.mkdirSync(path.join(mnt, 'boot'));
     fs.copyFileSync(pieces.kernel, path.join(mnt, 'boot/vmlinuz'));
     fs.copyFileSync(pieces.initramfs, path.join(mnt, 'boot/initramfs.gz'));
     // panic=-1: a kernel that panics reboots at once, and qemu -no-reboot then exits.

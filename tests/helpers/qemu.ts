@@ -28,6 +28,10 @@ export interface BootOptions {
   stopOn?: RegExp;
   /** The first time the console matches this is reported (epoch ms). */
   watchFor?: RegExp;
+  /** Boot this kernel and initramfs directly (qemu -kernel), not the first disk's boot loader. */
+  kernel?: { vmlinuz: string; initrd: string; append: string };
+  /** Guest memory (default 256 MiB). */
+  memoryMiB?: number;
 }
 
 export interface BootResult {
@@ -78,6 +82,8 @@ function waitGone(pid: number, timeoutMs = 5000): void {
 /** Boots until the guest powers off (qemu exits), `stopOn` matches or the timeout. */
 export function bootGuest(fx: Fixture, opts: BootOptions): Promise<BootResult> {
   const args = [...BASE_ARGS, ...driveArgs(opts.disks)];
+  if (opts.kernel) args.push('-kernel', opts.kernel.vmlinuz, '-initrd', opts.kernel.initrd, '-append', opts.kernel.append);
+  if (opts.memoryMiB) args.push('-m', String(opts.memoryMiB)); // the last -m wins
   for (const [name, value] of Object.entries(opts.fwCfg ?? {})) args.push('-fw_cfg', `name=${name},string=${value}`);
   const startedAt = Date.now();
   const child = spawn('qemu-system-x86_64', args, { stdio: ['pipe', 'pipe', 'pipe'] });

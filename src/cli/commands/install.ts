@@ -25,6 +25,8 @@ const BOOT_UNIT_PATH = '/etc/systemd/system/dpsr-boot.service';
 const SHUTDOWN_HOOK_PATH = '/usr/lib/systemd/system-shutdown/dpsr';
 const RULES_PATH = '/etc/udev/rules.d/60-dpsr.rules';
 const INITRAMFS_HOOK_PATH = '/etc/initramfs-tools/hooks/dpsr';
+/** Before the root is checked and mounted: a sync committed on a booted DPSR drive applied, or `dpsr boot`. */
+const INITRAMFS_PREMOUNT_PATH = '/etc/initramfs-tools/scripts/local-premount/dpsr';
 const MAN_PAGE_PATH = '/usr/local/share/man/man8/dpsr.8';
 /** Where Cockpit finds pages of local software (XDG_DATA_DIRS/cockpit/NAME); the page is packaging/cockpit/. */
 const COCKPIT_PAGE_DIR = '/usr/local/share/cockpit/dpsr';
@@ -149,6 +151,10 @@ function plan(root: string, manPage: string): Planned[] {
   ];
   if (fs.existsSync(under(root, '/etc/initramfs-tools'))) {
     files.push({ path: INITRAMFS_HOOK_PATH, content: packaged('initramfs-hook'), mode: 0o755, what: 'the initramfs hook', tracked: true });
+    files.push({
+      path: INITRAMFS_PREMOUNT_PATH, content: packaged('initramfs-premount'), mode: 0o755,
+      what: 'the initramfs script (before the root is mounted: a committed sync applied on a booted DPSR drive, dpsr boot)', tracked: true,
+    });
   }
   if (!fs.existsSync(under(root, CONFIG_PATH))) {
     files.push({ path: CONFIG_PATH, content: EXAMPLE_CONFIG, mode: 0o644, what: 'an example configuration (all commented)', tracked: false });
