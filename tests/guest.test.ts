@@ -22,7 +22,7 @@ import { fillSystemRoot, withMounted } from './helpers/boot-image.js';
 import { faultDisk } from './helpers/fault-disk.js';
 import { bootGuest, serialTail } from './helpers/qemu.js';
 
-const BOOT_TIMEOUT_S = 900; // a bound, not a wait: a boot returns when the guest powers off (boot 1 took 8 min at load 10 here)
+const BOOT_TIMEOUT_S = 1500; // a bound, not a wait: a boot returns when the guest powers off (boot 1, update-initramfs with node inside, took 10-15 min at load 10 here)
 const SOURCE_MiB = 96;
 const DRIVE_MiB = SOURCE_MiB + 16;
 
