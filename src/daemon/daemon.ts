@@ -9,7 +9,7 @@ import net from 'node:net';
 import path from 'node:path';
 import type { Settings } from '../base/defaults.js';
 import { DpsrError, ExitStatus } from '../base/errors.js';
-import { ControlClient, PROTOCOL_VERSION, type ProgressFrame, type Reply, type Request, frameReader, writeFrame } from './protocol.js';
+import { ControlClient, PROTOCOL_VERSION, type ProgressFrame, type Received, type Reply, type Request, frameReader, parseRequest, writeFrame } from './protocol.js';
 import { type ProgressReporter, withProgressReporter } from '../base/progress.js';
 import { type DaemonConfig, loadConfig } from './config.js';
 import { type Policy, decide } from './schedule.js';
@@ -165,16 +165,29 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
   };
 
   server.on('connection', (sock) => {
+    const answerError = (id: number, err: DpsrError) => writeFrame(sock, {
+      id, ok: false,
+      error: { message: err.message, code: err.code ?? 'EFAIL', exitStatus: err.exitStatus ?? ExitStatus.failure },
+    } satisfies Reply);
     sock.on('data', frameReader((msg) => {
-      const { id, ...req } = msg as { id: number } & Request;
-      handle(req as Request, (progress) => writeFrame(sock, { id, progress } satisfies ProgressFrame)).then(
+      let received: Received;
+      try {
+        received = parseRequest(msg);
+      } catch (err) {
+        answerError((err as { id?: number }).id ?? 0, err as DpsrError); // and the connection goes on: the frame was whole
+        return;
+      }
+      const { id, req } = received;
+      handle(req, (progress) => writeFrame(sock, { id, progress } satisfies ProgressFrame)).then(
         (result) => writeFrame(sock, { id, ok: true, result } satisfies Reply),
-        (err: DpsrError) => writeFrame(sock, {
-          id, ok: false,
-          error: { message: err.message, code: err.code ?? 'EFAIL', exitStatus: err.exitStatus ?? ExitStatus.failure },
-        } satisfies Reply),
+        (err: DpsrError) => answerError(id, err),
       );
-    }, () => sock.destroy()));
+    }, (err) => {
+      // The stream cannot be followed past a frame it cannot read: say why, then hang up.
+      answerError(0, err as DpsrError);
+      sock.end();
+      sock.removeAllListeners('data');
+    }));
     sock.on('error', () => {});
   });
 
@@ -193,7 +206,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
   };
   function scheduleOf(name: string): Schedule {
     const r = runtimeOf(name);
-    return { lastSyncStartMs: r.lastSyncStartMs, lastError: r.lastError };
+    return { lastSyncStartMs: r.lastSyncStartMs, lastError: r.lastError, failuresInARow: r.failuresInARow };
   }
   const alarm = (kind: HookEventKind, pair: string, reason: string) => {
     log(`dpsr daemon: ${pair}: ${kind}: ${reason}`);

@@ -2,6 +2,7 @@
 // interface, documented in the README), built from the pair's record, its
 // tracker state and, when a daemon runs, the daemon's schedule.
 import { type DaemonConfig, type Policy, nextSyncMs } from './config.js';
+import { backoffMs } from './schedule.js';
 import { journalCapacityOf } from '../drive/journal.js';
 import { formatBytes, SECTOR } from '../base/units.js';
 import { UPGRADE_BYTES } from '../base/defaults.js';
@@ -45,6 +46,7 @@ export interface PairStatus {
 export interface Schedule {
   lastSyncStartMs: number;
   lastError: string | null;
+  failuresInARow: number;
 }
 
 
@@ -131,7 +133,9 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
   for (const d of (pair.historyDropped ?? []).filter((x) => nowMs - x.atMs < DROPPED_WARNING_MS)) {
     warnings.push(`restore point ${d.generation}${d.label ? ` labelled "${d.label}"` : ''} was dropped ${humanDuration(nowMs - d.atMs)} ago: ${d.reason}`);
   }
-  const next = schedule ? nextSyncMs(policy, { changed, lastSyncStartMs: schedule.lastSyncStartMs, imageTimeMs: pair.imageTimeMs }, nowMs) : null;
+  const planned = schedule ? nextSyncMs(policy, { changed, lastSyncStartMs: schedule.lastSyncStartMs, imageTimeMs: pair.imageTimeMs }, nowMs) : null;
+  // After failed syncs the daemon waits out its backoff first (as schedule.ts decides).
+  const next = planned === null ? null : Math.max(planned, schedule!.lastSyncStartMs + backoffMs(schedule!.failuresInARow));
   const scrub = pair.scrub;
   return {
     name: pair.name,

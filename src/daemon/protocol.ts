@@ -26,6 +26,43 @@ export type Reply = { id: number; ok: true; result: unknown } | { id: number; ok
 /** Sent, only to a client that asked, while its request runs. */
 export interface ProgressFrame { id: number; progress: ProgressEvent }
 
+/** A request as the daemon received it: its id (0 when it had none) and the request, checked. */
+export interface Received { id: number; req: Request }
+
+const isString = (v: unknown): v is string => typeof v === 'string';
+const optional = (v: unknown, check: (v: unknown) => boolean) => v === undefined || check(v);
+const isBool = (v: unknown) => typeof v === 'boolean';
+const isCount = (v: unknown) => typeof v === 'number' && Number.isFinite(v) && v >= 0;
+
+/** The shape each request must have: a client is not trusted to send what it should. */
+const SHAPES: Record<Request['command'], (m: Record<string, unknown>) => boolean> = {
+  hello: (m) => typeof m.version === 'number',
+  sync: (m) => Array.isArray(m.names) && m.names.every(isString) && isBool(m.all) && optional(m.freeze, isBool) &&
+    optional(m.quietMs, isCount) && optional(m.inPlace, isBool) && optional(m.point, isString) && optional(m.progress, isBool),
+  status: (m) => optional(m.name, isString),
+  rollback: (m) => isString(m.name) && isBool(m.dryRun) && optional(m.progress, isBool) && isScope(m.scope),
+};
+
+function isScope(v: unknown): boolean {
+  const s = v as { kind?: unknown; number?: unknown } | null;
+  if (typeof s !== 'object' || s === null) return false;
+  return s.kind === 'rollback' || s.kind === 'whole' || (s.kind === 'partition' && Number.isInteger(s.number) && (s.number as number) > 0);
+}
+
+/** Checks a decoded frame; throws EPROTO (with the id it carried, if any, to answer to) when it is not a request. */
+export function parseRequest(msg: unknown): Received {
+  const m = (typeof msg === 'object' && msg !== null && !Array.isArray(msg) ? msg : {}) as Record<string, unknown>;
+  const id = Number.isSafeInteger(m.id) && (m.id as number) >= 0 ? m.id as number : 0;
+  const fail = (why: string) => { throw Object.assign(new DpsrError(`control socket: ${why}`, 'EPROTO'), { id }); };
+  if (m !== msg) fail(`a frame that is not a map (${msg === null ? 'null' : Array.isArray(msg) ? 'an array' : typeof msg})`);
+  if (id !== m.id) fail('a request without a numeric id');
+  const command = m.command;
+  if (!isString(command) || !Object.hasOwn(SHAPES, command)) fail(`unknown request ${JSON.stringify(command)?.slice(0, 40)}`);
+  if (!SHAPES[command as Request['command']](m)) fail(`a malformed ${command as string} request`);
+  const { id: _, ...req } = m;
+  return { id, req: req as unknown as Request };
+}
+
 /** Splits a byte stream into frames and hands each decoded message on. */
 export function frameReader(onMessage: (msg: unknown) => void, onError: (err: Error) => void): (chunk: Buffer) => void {
   let buf = Buffer.alloc(0);
