@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { openLocalDevice } from '../io/local-device.js';
+import { giveBuffers, takeBuffers } from '../io/direct-io.js';
 import { devNumber, resolveBlockDevice, type BlockDevice } from '../devices/devices.js';
 import { DpsrError, RefusedError, UsageError } from '../base/errors.js';
 import { identify, identityChanges, isReplaced } from '../devices/identity.js';
@@ -114,18 +115,41 @@ function readOnlyOptions(fsType: string): string {
   }
 }
 
+/** Where blkid looks for superblocks (ext4 at 1 KiB, xfs at 0, btrfs at 64 KiB, ...). */
+const PROBED_BYTES = 1 << 20;
+
+/**
+ * Reads the start of the region where blkid found no file system: a read error there, not a
+ * missing file system, is then the reason, said as one line naming the device and the offset.
+ */
+function assertReadable(device: string, range: { offsetBytes: number; sizeBytes: number }, side: string): void {
+  const length = Math.min(range.sizeBytes, PROBED_BYTES) & ~4095;
+  if (length === 0) return;
+  const dev = openLocalDevice(device, false);
+  const [buf] = takeBuffers(1, length);
+  try {
+    dev.readSync(buf, 0, length, range.offsetBytes);
+  } catch (err) {
+    throw dev.ioError('read', side, range.offsetBytes, length, err as NodeJS.ErrnoException);
+  } finally {
+    giveBuffers([buf]);
+    dev.close();
+  }
+}
+
 /**
  * Mounts the file system at [offsetBytes, offsetBytes + sizeBytes) of a
  * device through a read-only loop device: the kernel refuses any write to
- * it, whatever the file system does.
+ * it, whatever the file system does. `side` names the device in I/O errors.
  */
-export function mountReadOnly(device: string, range: { offsetBytes: number; sizeBytes: number }, what: string): PrivateMount {
+export function mountReadOnly(device: string, range: { offsetBytes: number; sizeBytes: number }, what: string, side = 'DPSR drive'): PrivateMount {
   const loop = run('losetup', ['-r', '-f', '--show', '--direct-io=on', '-o', String(range.offsetBytes),
     '--sizelimit', String(range.sizeBytes), device]).trim();
   const detach = () => { tryRun('losetup', ['-d', loop]); };
   let dir: string | undefined;
   try {
     const fsType = probeFsType(loop);
+    if (!fsType) assertReadable(device, range, side);
     if (!fsType) throw new RefusedError(`${what}: no file system found (blkid) at byte ${range.offsetBytes} of ${device}`, 'ENOFS');
     if (fsType === 'btrfs') {
       throw new RefusedError(`${what}: a btrfs copy carries the source's fsid, and btrfs would confuse it with the source; not mounted`, 'EBTRFS');

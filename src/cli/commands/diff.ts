@@ -117,7 +117,7 @@ async function diffWith(pair: PairRecord, opts: DiffOptions, log: (s: string) =>
   }
   const sourceMount = (): PrivateMount => src.mount
     ? bindReadOnly(src.mount.mountPoint, src.mount.fsType)
-    : mountReadOnly(src.device, src, `the source ${src.device}`);
+    : mountReadOnly(src.device, src, `the source ${src.device}`, 'source');
   return withMounts([() => mountReadOnly(pair.drive.path, loc.image, `pair ${pair.name}'s image`), sourceMount], async ([image, source]) => {
     const inImage = pathInside(image.mountPoint, loc.relPath, 'the image');
     const onSource = pathInside(source.mountPoint, loc.relPath, 'the source');
