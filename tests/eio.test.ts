@@ -5,7 +5,10 @@
 // first sync after the fault clears makes an exact copy.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
+import { startDaemon, statusOf, waitFor } from './helpers/daemon-child.js';
 import { Fixture, ddDirect, freshCliFixture, randomFill, runDpsr, runDpsrOk, sh, sha256Of } from './helpers/fixture.js';
 import { type FaultDisk, type Faults, faultDisk } from './helpers/fault-disk.js';
 
@@ -144,6 +147,96 @@ test('EIO reading the drive: verify and rollback fail with one line naming the d
   failsWith(disk, { read: [[0, SOURCE_BYTES]] }, ['rollback', 'p', '--yes'], new RegExp(`reading the DPSR drive ${drive} at byte \\d+`));
   assert.is(dpsr('rollback', 'p', '--yes').status, 0);
   assert.is(sha256Of(drive, SOURCE_BYTES), sha256Of(source));
+});
+
+test('EIO reading the drive under diff and restore: one line naming the drive, the read and its offset, exit 1 (it said "no file system found", exit 3); nothing written', () => {
+  const disk = faultDisk(fx, DRIVE_MIB);
+  const source = fx.loop(SOURCE_MIB);
+  const drive = disk.dev;
+  fx.mkfs(source, 'ext4');
+  let mnt = fx.mount(source);
+  for (let i = 0; i < 4; i++) fs.writeFileSync(path.join(mnt, `f${i}`), crypto.randomBytes(MiB));
+  sh('umount', [mnt]);
+  ok('pair', source, drive, '--name', 'p', '--reserve', '8M');
+  ok('sync', 'p', '--quiet-period', '0.2');
+  mnt = fx.mount(source);
+  fs.rmSync(path.join(mnt, 'f2'));
+  sh('umount', [mnt]);
+  const before = [sha256Of(source), sha256Of(drive)];
+  const to = path.join(fx.dir, 'restored');
+  const names = new RegExp(`reading the DPSR drive ${drive} at byte 0 \\(\\d+ bytes\\) failed: EIO`);
+  for (const args of [['diff', 'p'], ['restore', 'p', '/f2', '--to', to], ['restore', 'p', '--whole', '--yes']]) {
+    failsWith(disk, { read: [[0, SOURCE_BYTES]] }, args, names);
+  }
+  assert.equal([sha256Of(source), sha256Of(drive)], before, 'nothing written to either device');
+  assert.not.ok(fs.existsSync(path.join(to, 'f2')), 'nothing restored');
+  ok('restore', 'p', '/f2', '--to', to);
+  assert.ok(fs.existsSync(path.join(to, 'f2')), 'restored once the fault cleared');
+});
+
+/** A failure hook appending `EVENT PAIR REASON` lines to a file, and a daemon configuration using it. */
+function daemonConfig(extra: string): { hookLog: string; metrics: string } {
+  const hookLog = path.join(fx.dir, 'hook.log');
+  const metrics = path.join(fx.dir, 'dpsr.prom');
+  fs.writeFileSync(path.join(fx.dir, 'hook.sh'), `echo "$DPSR_EVENT $DPSR_PAIR $DPSR_REASON" >> ${hookLog}\n`);
+  fs.writeFileSync(env.DPSR_CONFIG!, `tick = "200ms"\non_failure = "sh ${fx.dir}/hook.sh"\nmetrics_file = "${metrics}"\n${extra}`);
+  return { hookLog, metrics };
+}
+const hookLines = (hookLog: string) => (fs.existsSync(hookLog) ? fs.readFileSync(hookLog, 'utf8').trim().split('\n').filter(Boolean) : []);
+
+test('through the daemon, EIO writing the drive: each failed sync counted, retried after a doubling backoff, the hook told; the first sync after the fault clears is exact', async () => {
+  const { source, drive, disk } = pairWithFaults('drive');
+  const { hookLog, metrics } = daemonConfig('scrub_every = "off"\n[pairs.p]\npolicy = "continuous"\nrpo = "1s"\nmin_interval = "200ms"\n');
+  const before = snapshot(drive);
+  disk.fail({ write: [[SOURCE_BYTES, DRIVE_MIB * MiB]] }); // the journal and the label
+  const daemon = await startDaemon(fx, env);
+  // The next sync the daemon plans, as status shows it after each failure. Each retry waits 2 s
+  // after the first failure, doubling: the k-th value seen lies at least 2^(k+1) s after the one
+  // before (a slower machine only spaces them further). Values already due are not plans.
+  const planned: number[] = [];
+  await waitFor('three retries planned', async () => {
+    const st = await statusOf(env, 'p');
+    const next = st.nextSync ? Date.parse(st.nextSync) : null;
+    if (st.lastError && next !== null && next - Date.now() > 300 && next !== planned.at(-1)) planned.push(next);
+    return planned.length >= 3;
+  }, 180_000);
+  const gaps = planned.slice(1).map((t, i) => t - planned[i]);
+  console.log(`  retries planned ${gaps.map((g) => `${(g / 1000).toFixed(1)} s`).join(', ')} apart`);
+  gaps.forEach((g, i) => assert.ok(g >= 2000 * 2 ** (i + 1), `retry ${i + 2} came ${g} ms after the one before: no backoff`));
+  const failed = Number(/^dpsr_syncs_failed_total\{pair="p"\} (\d+)$/m.exec(fs.readFileSync(metrics, 'utf8'))?.[1]);
+  assert.ok(failed >= 3, `the metrics count the failures: ${failed}`);
+  const told = hookLines(hookLog).filter((l) => l.startsWith('sync-failed p '));
+  assert.ok(told.length >= 1 && told.length < failed, `the hook heard of it, not of each retry: ${told.join('; ')}`);
+  assert.match(told[0], new RegExp(`writing the DPSR drive (label )?${drive} at byte \\d+`));
+  assert.is(sha256Of(drive, SOURCE_BYTES), before.image, 'the drive keeps its image');
+  disk.heal();
+  const st = await waitFor('a sync after the fault cleared', async () => {
+    const s = await statusOf(env, 'p');
+    return s.lastError === null && s.generation > before.generation && s;
+  }, 120_000);
+  await daemon.stop();
+  assert.is(st.image, 'point-in-time');
+  assert.is(sha256Of(drive, SOURCE_BYTES), sha256Of(source), 'the first sync after the fault is exact');
+});
+
+test('EIO reading the drive during the daemon\'s scrub: said once, naming the drive, the read and its offset; no mismatch, no gap, no hook; the round completes once the fault clears', async () => {
+  const { drive, disk } = pairWithFaults('drive');
+  const { hookLog } = daemonConfig('scrub_every = "1s"\nscrub_bandwidth = "1G"\ncompare_bandwidth = "1G"\n');
+  disk.failReads([[0, SOURCE_BYTES]]);
+  const daemon = await startDaemon(fx, env);
+  const line = new RegExp(`p: background compare: reading the DPSR drive ${drive} at byte \\d+`);
+  await waitFor('the scrub\'s read error in the log', async () => line.test(daemon.output()));
+  const st = await statusOf(env, 'p');
+  assert.is(st.scrub.mismatchesTotal, 0, 'a read error is no mismatch');
+  assert.equal(st.gapsSinceSync, [], 'nor a gap');
+  assert.equal(hookLines(hookLog), [], 'nor an alarm');
+  disk.heal();
+  await waitFor('the scrub round', async () => /p: scrub round complete, 0 mismatches/.test(daemon.output()));
+  await daemon.stop();
+  const said = daemon.output().split('\n').filter((l) => line.test(l));
+  console.log(`  ${said[0]}`);
+  assert.is(said.length, 1, `said once: ${daemon.output()}`);
+  assert.equal(hookLines(hookLog), []);
 });
 
 test.run();

@@ -7,9 +7,12 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { Fixture, eachTestFreshCli, randomFill, runDpsr, runDpsrOk, sha256Of } from './helpers/fixture.js';
 import { mulberry32 } from './helpers/seeded-random.js';
+import { startDaemon } from './helpers/daemon-child.js';
+import { ControlClient, frameReader, writeFrame } from '../src/daemon/protocol.js';
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
@@ -78,6 +81,71 @@ test('fuzzed command lines: one line, an exit status from the table, never a sta
     seen.set(r.status!, (seen.get(r.status!) ?? 0) + 1);
   }
   console.log(`  ${cases} command lines: ${[...seen].sort().map(([s, n]) => `exit ${s}: ${n}`).join(', ')}`);
+});
+
+/** A raw connection to the control socket: what it was sent back, and whether the daemon hung up. */
+async function rawClient(socketPath: string) {
+  const sock = net.createConnection(socketPath);
+  await new Promise((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject); });
+  const replies: Array<{ id: number; ok: boolean; error?: { message: string; code: string } }> = [];
+  let closed = false;
+  sock.on('data', frameReader((m) => replies.push(m as (typeof replies)[number]), () => {}));
+  sock.on('close', () => { closed = true; });
+  sock.on('error', () => {});
+  return { sock, replies, closed: () => closed };
+}
+
+test('the control socket fed garbage: the daemon answers an error to each malformed frame, hangs up on an unreadable stream, never crashes or stalls other clients', async () => {
+  const daemon = await startDaemon(fx, env, '--tick', '0.2');
+  const socketPath = env.DPSR_SOCKET!;
+  const answers = async () => {
+    const c = await ControlClient.connect(socketPath); // a hello with the version check
+    try {
+      return await c!.request({ command: 'status' });
+    } finally {
+      c!.close();
+    }
+  };
+  // Clients that stall: one connected and silent, one mid-header, one announcing a 60 MiB frame and sending nothing.
+  const stalled = [await rawClient(socketPath), await rawClient(socketPath), await rawClient(socketPath)];
+  stalled[1].sock.write(Buffer.from([7, 0]));
+  stalled[2].sock.write(Buffer.from([0, 0, 0xc0, 3]));
+  // Whole frames that are not requests: each is answered with EPROTO, and the connection goes on.
+  const malformed: unknown[] = [null, 42, 'status', [1, 2], {}, { id: 'x', command: 'status' }, { id: 3, command: 'frob' },
+    { id: 4, command: 'sync', names: 5, all: false }, { id: 5, command: 'sync', names: [1], all: false }, { id: 6, command: 'sync', names: [] },
+    { id: 7, command: 'rollback', name: 'p', scope: 'x', dryRun: false }, { id: 8, command: 'rollback', name: 'p', scope: { kind: 'partition', number: -1 }, dryRun: true },
+    { id: 9, command: 'status', name: { toString: 1 } }, { id: 10, command: '__proto__' }, { id: 11, command: 'hello' }];
+  const c = await rawClient(socketPath);
+  for (const m of malformed) writeFrame(c.sock, m);
+  writeFrame(c.sock, { id: 99, command: 'hello', version: 999 }); // an unknown version: the daemon says its own
+  writeFrame(c.sock, { id: 100, command: 'status' });
+  while (c.replies.length < malformed.length + 2 && !c.closed()) await new Promise((r) => setTimeout(r, 20));
+  assert.is(c.replies.length, malformed.length + 2, `every frame answered: ${JSON.stringify(c.replies)}`);
+  const errors = c.replies.filter((r) => !r.ok);
+  assert.is(errors.length, malformed.length, JSON.stringify(c.replies));
+  for (const e of errors) assert.is(e.error!.code, 'EPROTO', JSON.stringify(e));
+  console.log(`  e.g. ${errors.slice(0, 3).map((e) => e.error!.message).join('; ')}`);
+  assert.ok(c.replies.some((r) => r.id === 99 && r.ok), 'hello answered with the daemon\'s version');
+  assert.ok(c.replies.some((r) => r.id === 100 && r.ok), 'a good request after bad ones on the same connection');
+  // Streams that cannot be followed: an error, then the daemon hangs up.
+  const random = mulberry32(23);
+  for (let i = 0; i < 20; i++) {
+    const bytes = Buffer.from(Array.from({ length: 4 + Math.floor(random() * 200) }, () => Math.floor(random() * 256)));
+    if (i % 2 === 0) bytes.writeUInt32LE(bytes.length - 4, 0); // whole frames of random bytes, undecodable or not
+    if (i === 1) bytes.writeUInt32LE(0xffffffff, 0); // an absurd length
+    const r = await rawClient(socketPath);
+    r.sock.write(bytes);
+    if (i % 2 === 1) r.sock.end();
+    while (!r.closed() && r.replies.length === 0) await new Promise((res) => setTimeout(res, 20));
+    r.sock.destroy();
+    assert.is(daemon.exitCode, null, `the daemon lives after ${bytes.toString('hex').slice(0, 80)}`);
+  }
+  assert.equal(await answers(), [], 'another client is answered while the stalled ones hold their connections');
+  for (const s of stalled) assert.not.ok(s.closed(), 'a stalled client is left alone (it costs a socket, not a turn)');
+  stalled.forEach((s) => s.sock.destroy());
+  assert.equal(await answers(), []);
+  await daemon.stop();
+  assert.is(daemon.exitCode, 0, daemon.output());
 });
 
 test.run();
