@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { Fixture, eachTestFreshCli, randomFill, runDpsr, runDpsrOk, sha256Of } from './helpers/fixture.js';
+import { Fixture, eachTestFreshCli, randomFill, runDpsr, runDpsrOk, sh as execSh, sha256Of } from './helpers/fixture.js';
 import { mulberry32 } from './helpers/seeded-random.js';
 import { startDaemon } from './helpers/daemon-child.js';
 import { ControlClient, frameReader, writeFrame } from '../src/daemon/protocol.js';
@@ -81,6 +81,64 @@ test('fuzzed command lines: one line, an exit status from the table, never a sta
     seen.set(r.status!, (seen.get(r.status!) ?? 0) + 1);
   }
   console.log(`  ${cases} command lines: ${[...seen].sort().map(([s, n]) => `exit ${s}: ${n}`).join(', ')}`);
+});
+
+test('a damaged label or journal head: one bad slot is read past, both bad say so with the way out, a torn journal head is no transaction; nothing written', () => {
+  const { source, drive } = fx.pairDevices(16);
+  randomFill(source, 16);
+  runDpsrOk(env, ['pair', source, drive, '--name', 'p']);
+  runDpsrOk(env, ['sync', 'p', '--quiet-period', '0.2']);
+  const size = Number(execSh('blockdev', ['--getsize64', drive]));
+  const poke = (pos: number, bytes: Buffer) => {
+    execSh('blockdev', ['--setrw', drive]);
+    const fd = fs.openSync(drive, 'r+');
+    fs.writeSync(fd, bytes, 0, bytes.length, pos);
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    execSh('blockdev', ['--setro', drive]);
+  };
+  const rescue = { ...env, DPSR_STATE_DIR: path.join(fx.dir, 'rescue-state') };
+  const readOnly = (what: string, args: string[], status: number, says: RegExp) => {
+    const before = [sha256Of(source), sha256Of(drive)];
+    const r = runDpsr(rescue, args);
+    assert.is(r.status, status, `${what}: dpsr ${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr + r.stdout, says, `${what}: dpsr ${args.join(' ')}`);
+    if (r.status !== 0) assert.ok(oneLine(r.stderr), `${what}: one line: ${r.stderr}`);
+    assert.equal([sha256Of(source), sha256Of(drive)], before, `${what}: dpsr ${args.join(' ')} wrote nothing`);
+    return r.stderr.trim();
+  };
+  poke(size - 8192 + 100, Buffer.from('rot')); // the payload of the first slot
+  readOnly('one slot damaged', ['status', '--drive', drive], 0, /DPSR drive of pair p/);
+  readOnly('one slot damaged', ['recover', drive], 0, /nothing to apply/);
+  poke(size - 4096 + 100, Buffer.from('rot'));
+  let said = '';
+  for (const [args, status] of [[['status', '--drive', drive], 4], [['recover', drive], 4], [['rollback', '--drive', drive, '--yes'], 3]] as const) {
+    said = readOnly('both slots damaged', [...args], status, /fails its checksum \(both slots damaged\).*dpsr pair SOURCE .* --force/);
+  }
+  console.log(`  ${said}`);
+  const other = fx.pairDevices(16);
+  readOnly('no label at all', ['status', '--drive', other.drive], 4, /carries no dpsr label: not a DPSR drive/);
+  // A torn journal head (the journal starts where the image ends): no transaction to apply.
+  const { source: s2, drive: d2 } = other;
+  randomFill(s2, 16);
+  runDpsrOk(env, ['pair', s2, d2, '--name', 'q']);
+  runDpsrOk(env, ['sync', 'q', '--quiet-period', '0.2']);
+  randomFill(s2, 1);
+  runDpsrOk(env, ['sync', 'q', '--quiet-period', '0.2']); // a transaction committed and applied
+  execSh('blockdev', ['--setrw', d2]);
+  const fd = fs.openSync(d2, 'r+');
+  fs.writeSync(fd, Buffer.from('torn'), 0, 4, 16 * 2 ** 20 + 40);
+  fs.closeSync(fd);
+  execSh('blockdev', ['--setro', d2]);
+  const image = sha256Of(d2, 16 * 2 ** 20);
+  for (const args of [['status', '--drive', d2], ['recover', d2]]) {
+    const r = runDpsr(rescue, args);
+    assert.is(r.status, 0, `torn journal head: dpsr ${args.join(' ')}: ${r.stderr}`);
+  }
+  assert.is(sha256Of(d2, 16 * 2 ** 20), image, 'the image untouched');
+  randomFill(s2, 1);
+  runDpsrOk(env, ['sync', 'q', '--quiet-period', '0.2']);
+  assert.is(sha256Of(d2, 16 * 2 ** 20), sha256Of(s2), 'the next sync writes a new transaction over it: exact');
 });
 
 /** A raw connection to the control socket: what it was sent back, and whether the daemon hung up. */

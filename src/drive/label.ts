@@ -82,6 +82,20 @@ export function readLabel(drive: BlockIo): DriveLabel | null {
   return best;
 }
 
+/**
+ * Why readLabel found no label on `path`: none at all (not a DPSR drive), or slots that carry
+ * the label's magic but fail their checksum (damaged: say so, and the way out).
+ */
+export function noLabelReason(drive: BlockIo, path: string): string {
+  const driveBytes = drive.sizeBytes();
+  const buf = native().alignedBuffer(LABEL_BYTES, 4096);
+  const damaged = driveBytes < LABEL_AREA_BYTES ? 0 : slotOffsets(driveBytes).filter((offset) =>
+    drive.readSync(buf, 0, LABEL_BYTES, offset) === LABEL_BYTES && buf.subarray(0, 8).equals(MAGIC)).length;
+  if (damaged === 0) return `${path} carries no dpsr label: not a DPSR drive`;
+  return `${path} carries a dpsr label that fails its checksum (${damaged === 2 ? 'both slots' : 'its one slot'} damaged): ` +
+    `which image the drive holds cannot be told; pair it again (dpsr unpair NAME, then dpsr pair SOURCE ${path} --force: a full copy)`;
+}
+
 /** The label of the device at `devPath`; null when it has none or cannot be read. Only reads. */
 export function labelAt(devPath: string): DriveLabel | null {
   let fd: number;

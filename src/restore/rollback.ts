@@ -20,7 +20,7 @@ import { DpsrError, RefusedError, errnoOf, refuse } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { identify, matchRecordedSource } from '../devices/identity.js';
 import { readCommitted } from '../drive/journal.js';
-import { type DriveLabel, readLabel } from '../drive/label.js';
+import { type DriveLabel, noLabelReason, readLabel } from '../drive/label.js';
 import { type ImageState } from '../state/records.js';
 import { coveredDevNumbers, mountsOf, partitionsOf } from '../devices/mounts.js';
 import { native } from '../base/native.js';
@@ -521,7 +521,7 @@ export async function rollbackFromDrive(req: DriveRollbackRequest): Promise<Roll
   let drive = openLocalDevice(driveDev.path, false);
   try {
     const label = readLabel(drive);
-    if (!label) refuse(`${req.drive} carries no dpsr label: not a DPSR drive; nothing written`, 'ENOLABEL');
+    if (!label) refuse(`${noLabelReason(drive, req.drive)}; nothing written`, 'ENOLABEL');
     const l = label!;
     if (req.name && req.name !== l.pairName) refuse(`${req.drive} is the DPSR drive of pair ${l.pairName}, not ${req.name}; nothing written`, 'ELABEL');
     const source = labelSource(l, req.drive, req.source);

@@ -132,7 +132,7 @@ async function withLoop<T>(file: string, fn: (dev: string) => Promise<T> | T): P
 function judgeDrive(env: NodeJS.ProcessEnv, op: RecordedOp, dev: string, counts: Outcomes): string {
   const first = runDpsr(env, ['status', '--drive', dev, '--json']);
   if (!first.stdout.trim()) {
-    if (!/carries no dpsr label/.test(first.stderr) || first.status !== 4) return `status --drive: exit ${first.status}: ${first.stderr.trim()}`;
+    if (!/carries no dpsr label|fails its checksum/.test(first.stderr) || first.status !== 4) return `status --drive: exit ${first.status}: ${first.stderr.trim()}`;
     if (op.oldLabel && op.newLabel) return 'the label was lost';
     const rec = runDpsr(env, ['recover', dev]);
     if (rec.status !== 4) return `recover without a label: exit ${rec.status}: ${rec.stderr.trim()}`;

@@ -7,7 +7,7 @@ import { openLocalDevice } from '../../io/local-device.js';
 import { resolveBlockDevice } from '../../devices/devices.js';
 import { applyFromDrive, committedOnDrive, imageAfter } from '../../drive/recovery.js';
 import { DpsrError, RefusedError } from '../../base/errors.js';
-import { readLabel } from '../../drive/label.js';
+import { noLabelReason, readLabel } from '../../drive/label.js';
 import { mountsOf } from '../../devices/mounts.js';
 import { withOwnerLock } from '../../restore/rollback.js';
 
@@ -21,7 +21,7 @@ export async function recoverCommand(opts: { drive: string; json: boolean }, set
     let txn;
     try {
       label = readLabel(drive);
-      if (!label) throw new DpsrError(`${opts.drive} carries no dpsr label: not a DPSR drive`, 'ENOLABEL');
+      if (!label) throw new DpsrError(noLabelReason(drive, opts.drive), 'ENOLABEL');
       txn = await committedOnDrive(drive, label);
       // Applied while `drive` is open: the transaction reads its journal entries through it.
       if (txn) await applyFromDrive(dev.path, label, txn);

@@ -6,7 +6,7 @@ import { DpsrError, ExitStatus, type ExitStatusValue, UsageError } from '../../b
 import { openLocalDevice } from '../../io/local-device.js';
 import { openNbdDevice } from '../../io/nbd-device.js';
 import { isNbdUri } from '../../io/nbd-uri.js';
-import { readLabel } from '../../drive/label.js';
+import { noLabelReason, readLabel } from '../../drive/label.js';
 import { committedOnDrive } from '../../drive/recovery.js';
 import { closeSession, type Session } from '../../state/session.js';
 import { openTrackingSession } from '../../drive/boot-adoption.js';
@@ -99,12 +99,12 @@ export async function statusCommand(opts: StatusOptions, settings: Settings, log
     const { label, txn } = await (async () => {
       try {
         const l = readLabel(drive);
-        return { label: l, txn: l ? await committedOnDrive(drive, l) : null };
+        if (!l) throw new DpsrError(noLabelReason(drive, opts.drive!), 'ENOLABEL');
+        return { label: l, txn: await committedOnDrive(drive, l) };
       } finally {
         drive.close();
       }
     })();
-    if (!label) throw new DpsrError(`${opts.drive} carries no dpsr label`, 'ENOLABEL');
     // A committed transaction not yet applied: the sync that was landing when the source died.
     const unapplied = txn ? `a committed sync (journal transaction ${txn.seq}) is not completely applied: run dpsr recover ${opts.drive} before booting or restoring from it` : null;
     if (opts.json) process.stdout.write(`${JSON.stringify({ drive: opts.drive, label, unappliedTransaction: txn?.seq ?? null })}\n`);
