@@ -164,7 +164,10 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     }
   };
 
+  const clients = new Set<net.Socket>();
   server.on('connection', (sock) => {
+    clients.add(sock);
+    sock.on('close', () => clients.delete(sock));
     const answerError = (id: number, err: DpsrError) => writeFrame(sock, {
       id, ok: false,
       error: { message: err.message, code: err.code ?? 'EFAIL', exitStatus: err.exitStatus ?? ExitStatus.failure },
@@ -355,6 +358,8 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
   server.close();
   await serial(() => closeSession(s));
   fs.rmSync(settings.socketPath, { force: true });
+  // A client that holds its connection (or stalls mid-frame) must not keep the daemon from exiting.
+  for (const c of clients) c.destroy();
 }
 
 

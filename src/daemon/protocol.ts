@@ -40,7 +40,8 @@ const SHAPES: Record<Request['command'], (m: Record<string, unknown>) => boolean
   sync: (m) => Array.isArray(m.names) && m.names.every(isString) && isBool(m.all) && optional(m.freeze, isBool) &&
     optional(m.quietMs, isCount) && optional(m.inPlace, isBool) && optional(m.point, isString) && optional(m.progress, isBool),
   status: (m) => optional(m.name, isString),
-  rollback: (m) => isString(m.name) && isBool(m.dryRun) && optional(m.progress, isBool) && isScope(m.scope),
+  rollback: (m) => isString(m.name) && isBool(m.dryRun) && optional(m.at, isString) && optional(m.progress, isBool) && isScope(m.scope),
+  revert: (m) => isString(m.name) && isString(m.at) && isBool(m.keepNewer) && isBool(m.dryRun),
 };
 
 function isScope(v: unknown): boolean {
