@@ -112,7 +112,7 @@ test('a damaged label or journal head: one bad slot is read past, both bad say s
   readOnly('one slot damaged', ['recover', drive], 0, /nothing to apply/);
   poke(size - 4096 + 100, Buffer.from('rot'));
   let said = '';
-  for (const [args, status] of [[['status', '--drive', drive], 4], [['recover', drive], 4], [['rollback', '--drive', drive, '--yes'], 3]] as const) {
+  for (const [args, status] of [[['status', '--drive', drive], 4], [['recover', drive], 4], [['rollback', '--drive', drive, '--yes'], 4]] as const) {
     said = readOnly('both slots damaged', [...args], status, /fails its checksum \(both slots damaged\).*dpsr pair SOURCE .* --force/);
   }
   console.log(`  ${said}`);
