@@ -36,10 +36,13 @@ test('pair, then sync: an exact copy; verify agrees; the drive is read-only', ()
   assert.is(hash(source), hash(drive, bytes));
   ok('verify', 'p');
   assert.is(sh('blockdev', ['--getro', drive]).trim(), '1');
+  const whole = hash(drive); // image, journal and label: status only reads
   const st = JSON.parse(ok('status', 'p', '--json')).pairs[0];
   assert.is(st.state, 'consistent');
   assert.ok(st.usable);
+  ok('status', 'p');
   assert.is(dpsr('status', '--drive', drive).status, 0, 'the label is readable from the drive alone');
+  assert.is(hash(drive), whole, 'status wrote nothing to the DPSR drive (its label was rewritten at every status)');
 });
 
 test('an incremental sync copies about what was written', () => {

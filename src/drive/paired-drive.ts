@@ -127,6 +127,17 @@ function labelFor(pair: PairRecord): Parameters<typeof writeLabel>[1] {
   };
 }
 
+/** Whether the drive's label holds the pair's state already (its own sequence number and time aside). */
+function labelSays(label: DriveLabel | null, pair: PairRecord): boolean {
+  if (!label || label.seq !== pair.labelSeq) return false;
+  const wanted: Record<string, unknown> = labelFor(pair);
+  const held: Record<string, unknown> = { ...label };
+  delete held.seq;
+  delete held.updatedMs;
+  const keys = new Set([...Object.keys(wanted), ...Object.keys(held)]);
+  return [...keys].every((k) => JSON.stringify(wanted[k] ?? null) === JSON.stringify(held[k] ?? null));
+}
+
 /** Writes the pair's state into the drive's label (when it has a tail for one). */
 export function updateLabel(drive: BlockIo, pair: PairRecord): void {
   if (pair.reservedSectors === 0) return;
@@ -187,7 +198,8 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
     }
   }
   pair.pendingTxn = null;
-  updateLabel(io, pair);
+  // A reader (status, diff) that finds nothing to finish writes nothing: the label already says it.
+  if (!labelSays(label, pair)) updateLabel(io, pair);
   await s.store.putPair(pair);
   return txn !== null;
 }
