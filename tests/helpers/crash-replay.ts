@@ -121,6 +121,7 @@ export function recordScenario(fx: Fixture, env: NodeJS.ProcessEnv, seed: number
 async function withLoop<T>(file: string, fn: (dev: string) => Promise<T> | T): Promise<T> {
   const dev = sh('losetup', ['-f', '--show', '--direct-io=on', file]).trim();
   try {
+    sh('blockdev', ['--setrw', dev]); // a read-only flag left on the number by its last user
     return await fn(dev);
   } finally {
     sh('blockdev', ['--setrw', dev]); // BLKROSET outlives a detach

@@ -126,6 +126,14 @@ function groupAlive(pgid: number): boolean {
   return false;
 }
 
+/**
+ * A loop number keeps a read-only flag (BLKROSET, which dpsr sets on a DPSR drive) after a
+ * detach, so whatever used it last, a test or an admin, could leave the next test a read-only disk.
+ */
+function writable(dev: string): void {
+  sh('blockdev', ['--setrw', dev]);
+}
+
 export class Fixture {
   readonly dir: string;
   private cleanups: Array<{ what: string; fn: () => void }> = [];
@@ -168,6 +176,7 @@ export class Fixture {
     if (opts.sectorSize) args.push('-b', String(opts.sectorSize));
     const dev = sh('losetup', [...args, img]).trim();
     this.deferDetach(dev, img);
+    writable(dev);
     return dev;
   }
 
@@ -181,6 +190,7 @@ export class Fixture {
       try {
         const node = dev ? (sh('losetup', ['--direct-io=on', dev, img]), dev) : sh('losetup', ['-f', '--show', '--direct-io=on', img]).trim();
         this.deferDetach(node, img);
+        writable(node);
         return node;
       } catch (err) {
         if (!dev || i >= 20) throw err; // a just-detached loop can stay bound for a moment
