@@ -107,10 +107,19 @@ test('a damaged label or journal head: one bad slot is read past, both bad say s
     assert.equal([sha256Of(source), sha256Of(drive)], before, `${what}: dpsr ${args.join(' ')} wrote nothing`);
     return r.stderr.trim();
   };
-  poke(size - 8192 + 100, Buffer.from('rot')); // the payload of the first slot
+  // The slot holding the older label: which one that is depends on how many label writes came before.
+  const seqAt = (pos: number) => {
+    const b = Buffer.alloc(4096);
+    const fd = fs.openSync(drive, 'r');
+    fs.readSync(fd, b, 0, 4096, pos);
+    fs.closeSync(fd);
+    return (JSON.parse(b.subarray(48, 48 + b.readUInt32LE(12)).toString('utf8')) as { seq: number }).seq;
+  };
+  const [older, newer] = seqAt(size - 8192) < seqAt(size - 4096) ? [size - 8192, size - 4096] : [size - 4096, size - 8192];
+  poke(older + 100, Buffer.from('rot')); // the payload of the older slot
   readOnly('one slot damaged', ['status', '--drive', drive], 0, /DPSR drive of pair p/);
   readOnly('one slot damaged', ['recover', drive], 0, /nothing to apply/);
-  poke(size - 4096 + 100, Buffer.from('rot'));
+  poke(newer + 100, Buffer.from('rot'));
   let said = '';
   for (const [args, status] of [[['status', '--drive', drive], 4], [['recover', drive], 4], [['rollback', '--drive', drive, '--yes'], 4]] as const) {
     said = readOnly('both slots damaged', [...args], status, /fails its checksum \(both slots damaged\).*dpsr pair SOURCE .* --force/);
