@@ -2,9 +2,9 @@
 // it belongs to and what its image is, readable without the state
 // directory (which may have died with the source). Two slots written
 // alternately, each with a checksum, so a torn write leaves the other.
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { DpsrError } from '../base/errors.js';
+import { CHECKED_HEADER_BYTES, checkedLength, checkedPayload, putChecked } from './checked-block.js';
 import { native } from '../base/native.js';
 import type { BlockIo } from '../io/block-io.js';
 import { LocalDevice } from '../io/local-device.js';
@@ -14,7 +14,7 @@ const LABEL_BYTES = 4096;
 export const LABEL_AREA_BYTES = 2 * LABEL_BYTES;
 const MAGIC = Buffer.from('DPSRLBL1');
 const FORMAT = 1;
-const HEADER = MAGIC.length + 4 + 4 + 32; // magic, format, payload length, sha256
+const HEADER = CHECKED_HEADER_BYTES;
 
 export interface DriveLabel {
   pairName: string;
@@ -42,21 +42,16 @@ function encodeLabel(label: DriveLabel): Buffer {
   const payload = Buffer.from(JSON.stringify(label));
   if (HEADER + payload.length > LABEL_BYTES) throw new DpsrError('label too large', 'ELABELSIZE');
   const b = Buffer.alloc(LABEL_BYTES);
-  MAGIC.copy(b, 0);
-  b.writeUInt32LE(FORMAT, 8);
-  b.writeUInt32LE(payload.length, 12);
-  crypto.createHash('sha256').update(payload).digest().copy(b, 16);
-  payload.copy(b, HEADER);
+  putChecked(b, MAGIC, FORMAT, payload);
   return b;
 }
 
 /** The label in one slot, or null if the slot holds none (or a torn one). */
 function decodeLabel(b: Buffer): DriveLabel | null {
   if (b.length < HEADER || !b.subarray(0, 8).equals(MAGIC) || b.readUInt32LE(8) !== FORMAT) return null;
-  const length = b.readUInt32LE(12);
-  if (HEADER + length > b.length) return null;
-  const payload = b.subarray(HEADER, HEADER + length);
-  if (!crypto.createHash('sha256').update(payload).digest().equals(b.subarray(16, 48))) return null;
+  if (HEADER + checkedLength(b) > b.length) return null;
+  const payload = checkedPayload(b);
+  if (!payload) return null;
   try {
     return JSON.parse(payload.toString('utf8')) as DriveLabel;
   } catch {

@@ -11,18 +11,18 @@
 // ShutdownRecord, extent sets as base64 of ExtentSet.toBuffer()) from byte 48.
 // Written with one write and fdatasync; erased (consumed) by zeroing its first
 // 4 KiB and fdatasync. A torn write fails the checksum: no record, a gap.
-import crypto from 'node:crypto';
 import { ExtentSet } from '../base/extents.js';
 import { native } from '../base/native.js';
 import type { BlockIo } from '../io/block-io.js';
 import { SECTOR } from '../base/units.js';
+import { CHECKED_HEADER_BYTES, checkedLength, checkedPayload, putChecked } from './checked-block.js';
 import { LABEL_AREA_BYTES } from './label.js';
 
 export const RECORD_AREA_BYTES = 1 << 20;
 const BLOCK = 4096;
 const MAGIC = Buffer.from('DPSRSHT1');
 const FORMAT = 1;
-const HEADER = MAGIC.length + 4 + 4 + 32;
+const HEADER = CHECKED_HEADER_BYTES;
 
 /** The tracker's sets of one pair at shutdown, relative to the source. */
 export interface RecordSets {
@@ -82,11 +82,7 @@ function encode(rec: ShutdownRecord): Buffer | null {
   const bytes = Math.ceil((HEADER + payload.length) / BLOCK) * BLOCK;
   const b = native().alignedBuffer(bytes, BLOCK);
   b.fill(0);
-  MAGIC.copy(b, 0);
-  b.writeUInt32LE(FORMAT, 8);
-  b.writeUInt32LE(payload.length, 12);
-  crypto.createHash('sha256').update(payload).digest().copy(b, 16);
-  payload.copy(b, HEADER);
+  putChecked(b, MAGIC, FORMAT, payload);
   return b;
 }
 
@@ -96,11 +92,10 @@ export type ReadRecord = { record: ShutdownRecord } | { none: true } | { invalid
 function decode(head: Buffer, readMore: (length: number) => Buffer): ReadRecord {
   if (!head.subarray(0, 8).equals(MAGIC)) return { none: true };
   if (head.readUInt32LE(8) !== FORMAT) return { invalid: `format ${head.readUInt32LE(8)}, this dpsr reads ${FORMAT}` };
-  const length = head.readUInt32LE(12);
+  const length = checkedLength(head);
   if (HEADER + length > RECORD_AREA_BYTES) return { invalid: 'its length runs past the area' };
-  const all = readMore(HEADER + length);
-  const payload = all.subarray(HEADER, HEADER + length);
-  if (!crypto.createHash('sha256').update(payload).digest().equals(all.subarray(16, 48))) return { invalid: 'its checksum does not match (torn or damaged)' };
+  const payload = checkedPayload(readMore(HEADER + length));
+  if (!payload) return { invalid: 'its checksum does not match (torn or damaged)' };
   try {
     const raw = JSON.parse(payload.toString('utf8'));
     const p = raw.pending;
