@@ -502,12 +502,12 @@ function pairMetrics(o: Partial<PairMetrics> = {}): PairMetrics {
     pair: 'system', imageTimeMs: 1_700_000_000_000, imageConsistent: true, dirtyBytes: 4096, suspectBytes: 0,
     syncedBytesTotal: 1 << 30, syncsTotal: 12, syncsFailedTotal: 1, lastSyncDurationMs: 1500, lastSyncEndMs: 1_700_000_001_500,
     freeze: { count: 11, sumMs: 330, p50Ms: 25, p99Ms: 80 }, ringDropsTotal: 0, malformedRecordsTotal: 3, reconcileShortfallSectorsTotal: 16,
-    gapsTotal: { reboot: 1, drops: 2 }, scrubMismatchesTotal: 0, ...o,
+    gapsTotal: { reboot: 1, drops: 2 }, scrubMismatchesTotal: 0, driveUnreachableSinceMs: null, ...o,
   };
 }
 
 test('metrics: Prometheus text with HELP and TYPE, per pair, label values escaped', () => {
-  const snap: MetricsSnapshot = { atMs: 1_700_000_030_000, pairs: [pairMetrics(), pairMetrics({ pair: 'we"ird\\na\nme', imageTimeMs: null, lastSyncDurationMs: null, lastSyncEndMs: null, freeze: { count: 0, sumMs: 0, p50Ms: null, p99Ms: null }, gapsTotal: {} })] };
+  const snap: MetricsSnapshot = { atMs: 1_700_000_030_000, pairs: [pairMetrics(), pairMetrics({ pair: 'we"ird\\na\nme', driveUnreachableSinceMs: 1_700_000_010_000, imageTimeMs: null, lastSyncDurationMs: null, lastSyncEndMs: null, freeze: { count: 0, sumMs: 0, p50Ms: null, p99Ms: null }, gapsTotal: {} })] };
   const text = renderMetrics(snap);
   assert.ok(text.endsWith('\n'));
   const lines = text.split('\n');
@@ -519,6 +519,8 @@ test('metrics: Prometheus text with HELP and TYPE, per pair, label values escape
   assert.ok(lines.includes('dpsr_gaps_total{pair="system",cause="drops"} 2'));
   assert.ok(lines.includes('dpsr_synced_bytes_total{pair="system"} 1073741824'));
   assert.ok(lines.includes('dpsr_malformed_records_total{pair="system"} 3'));
+  assert.ok(lines.includes('dpsr_drive_unreachable_seconds{pair="system"} 0'));
+  assert.ok(lines.includes('dpsr_drive_unreachable_seconds{pair="we\\"ird\\\\na\\nme"} 20'), 'its server away for 20 s');
   assert.ok(lines.includes('dpsr_image_consistent{pair="we\\"ird\\\\na\\nme"} 1'));
   assert.not.ok(text.includes('dpsr_rpo_seconds{pair="we'), 'no image: no RPO sample');
   assert.is(escapeLabelValue('a\\b"c\nd'), 'a\\\\b\\"c\\nd');
@@ -530,7 +532,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse
 fams = list(parse(sys.stdin.read()))
 print(len(fams), sum(len(f.samples) for f in fams), [s.labels['pair'] for f in fams for s in f.samples if f.name == 'dpsr_image_consistent'])`],
   { input: text, encoding: 'utf8' });
-  if (py.status === 0) assert.is(py.stdout.trim(), `16 ${lines.filter((x) => x && !x.startsWith('#')).length} ['system', 'we"ird\\\\na\\nme']`);
+  if (py.status === 0) assert.is(py.stdout.trim(), `17 ${lines.filter((x) => x && !x.startsWith('#')).length} ['system', 'we"ird\\\\na\\nme']`);
   else console.log(`  (no prometheus_client to cross-check: ${py.stderr.trim().split('\n').pop()})`);
 });
 

@@ -5,12 +5,11 @@
 // every refusal one line with its exit status and nothing written.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { type Fixture, ddDirect, eachTestFreshCli, randomFill, runDpsr, runDpsrOk, sha256Of } from './helpers/fixture.js';
+import { type NbdServer, type ServeOptions, freePort, pskFile as pskFileOf, serveNbd } from './helpers/nbd-server.js';
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
@@ -18,65 +17,10 @@ eachTestFreshCli(test, (f) => ({ fx, env } = f));
 
 const SOURCE_MIB = 32;
 const EXPORT_MIB = 2 * SOURCE_MIB + 64; // the test reserve journals a sync that rewrites the whole source
-const napMs = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 
-interface Server { uri: string; image: string; sock: string; child: ChildProcess; stop(): void }
-
-/**
- * nbdkit in the foreground over `image` (made of `sizeMiB` unless it exists), stopped by the
- * fixture. `prefix` runs it under another command (strace, to kill it at an exact write).
- */
-function serve(opts: { image?: string; sizeMiB?: number; sock?: string; args?: string[]; listen?: string[]; uri?: string; prefix?: string[]; exportArgs?: string[] } = {}): Server {
-  const image = opts.image ?? fx.image(`export-${crypto.randomBytes(3).toString('hex')}.img`, opts.sizeMiB ?? EXPORT_MIB);
-  const sock = opts.sock ?? path.join(fx.dir, `nbd-${crypto.randomBytes(3).toString('hex')}.sock`);
-  fs.rmSync(sock, { force: true }); // left by a server killed before
-  const listen = opts.listen ?? ['--unix', sock];
-  const argv = [...(opts.prefix ?? []), 'nbdkit', '-f', ...listen, ...(opts.args ?? []), 'file', image, ...(opts.exportArgs ?? [])];
-  const log = path.join(fx.dir, 'nbdkit.log');
-  // Its own process group: stopping it kills strace and nbdkit together (a tracee outlives its tracer).
-  const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', 'ignore', fs.openSync(log, 'a')] });
-  let stopped = false;
-  const stop = () => {
-    if (stopped) return;
-    stopped = true;
-    try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* gone */ }
-    for (const deadline = Date.now() + 10_000; child.exitCode === null && child.signalCode === null && groupAlive(child.pid!) && Date.now() < deadline;) napMs(20);
-  };
-  fx.defer(`stop nbdkit on ${image}`, stop);
-  const ready = opts.listen ? () => portOpen(listen[listen.indexOf('-p') + 1]) : () => fs.existsSync(sock);
-  for (const deadline = Date.now() + 20_000; !ready(); napMs(20)) {
-    if (Date.now() > deadline || child.exitCode !== null) throw new Error(`nbdkit did not start: ${fs.readFileSync(log, 'utf8')}`);
-  }
-  return { uri: opts.uri ?? `nbd+unix:///?socket=${sock}`, image, sock, child, stop };
-}
-
-function portOpen(port: string): boolean {
-  return spawnSync('bash', ['-c', `exec 3<>/dev/tcp/127.0.0.1/${port}`], { stdio: 'ignore' }).status === 0;
-}
-
-/** Whether any process of group `pgid` is still alive (not a zombie). */
-function groupAlive(pgid: number): boolean {
-  return spawnSync('pgrep', ['-g', String(pgid)], { stdio: 'ignore' }).status === 0;
-}
-
-/** A TCP port nobody listens on now. */
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-    s.on('error', reject);
-  });
-}
-
-function pskFile(name: string, mode = 0o600): string {
-  const file = path.join(fx.dir, name);
-  fs.writeFileSync(file, `dpsr:${crypto.randomBytes(32).toString('hex')}\n`, { mode });
-  fs.chmodSync(file, mode);
-  return file;
-}
+type Server = NbdServer;
+const serve = (opts: ServeOptions = {}) => serveNbd(fx, { sizeMiB: EXPORT_MIB, ...opts });
+const pskFile = (name: string, mode?: number) => pskFileOf(fx, name, mode);
 
 /** Fails unless `args` exit with `status` and one line of stderr that matches. */
 function refused(args: string[], status: number, says: RegExp): void {

@@ -6,11 +6,12 @@
 // promise for the lot. One request stream per connection at a time: calls
 // and batches take the connection's lock in turn.
 //
-// new NbdClient(uri) connects or throws {code, errno, message};
+// new NbdClient(uri, connectTimeoutMs) connects (0: no timeout) or throws {code, errno, message};
 // batch(write, buffer, ops: Float64Array [bufferOffset, length, position]*, depth)
 //   -> Promise<void>, rejecting with {code, errno, syscall, position}.
 #include <libnbd.h>
 
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -171,6 +172,24 @@ private:
 	std::string message_;
 };
 
+// nbd_connect_uri with an upper bound (0: none): a host that never answers (packets dropped, a
+// server that accepts and says nothing) fails after timeout_ms instead of when TCP gives up.
+// Returns 0, -1 with libnbd's error set, or an errno of its own (ETIMEDOUT, ENOTCONN).
+int Connect(struct nbd_handle *h, const char *uri, int64_t timeout_ms) {
+	if (nbd_aio_connect_uri(h, uri) == -1) return -1;
+	auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+	while (nbd_aio_is_connecting(h) == 1) {
+		int wait = -1;
+		if (timeout_ms > 0) {
+			auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+			if (left <= 0) return ETIMEDOUT;
+			wait = (int)left;
+		}
+		if (nbd_poll(h, wait) == -1) return -1;
+	}
+	return nbd_aio_is_ready(h) == 1 ? 0 : ENOTCONN;
+}
+
 class NbdClient : public Napi::ObjectWrap<NbdClient> {
 public:
 	static Napi::Function Define(Napi::Env env) {
@@ -204,12 +223,26 @@ public:
 			ThrowNbd(env, "nbd_create");
 			return;
 		}
-		// The URI's tls-psk-file and tls-certificates name local files: the caller has checked them.
-		if (nbd_set_uri_allow_local_file(conn_->h, true) == -1 || nbd_connect_uri(conn_->h, uri.c_str()) == -1) {
-			ThrowNbd(env, "connect");
-			nbd_close(conn_->h);
-			conn_->h = nullptr;
+		int64_t timeout_ms = 0;
+		if (info.Length() > 1 && (!ArgInt(info, 1, timeout_ms) || timeout_ms < 0)) {
+			ThrowUsage(env, "new NbdClient(uri, connectTimeoutMs)");
+			return;
 		}
+		// The URI's tls-psk-file and tls-certificates name local files: the caller has checked them.
+		int r = nbd_set_uri_allow_local_file(conn_->h, true) == -1 ? -1 : Connect(conn_->h, uri.c_str(), timeout_ms);
+		if (r == 0) return;
+		if (r == -1) {
+			ThrowNbd(env, "connect");
+		} else {
+			std::string why = r == ETIMEDOUT ? "timed out" : "the server closed the connection during the handshake";
+			Napi::Error e = Napi::Error::New(env, "connect: " + why);
+			e.Set("code", Napi::String::New(env, strerrorname_np(r)));
+			e.Set("errno", Napi::Number::New(env, r));
+			e.Set("syscall", Napi::String::New(env, "connect"));
+			e.ThrowAsJavaScriptException();
+		}
+		nbd_close(conn_->h);
+		conn_->h = nullptr;
 	}
 
 private:

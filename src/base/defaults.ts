@@ -8,6 +8,8 @@ export interface Settings {
   configPath: string;
   /** Where the boot id is read (tests that simulate a reboot); undefined: the kernel's. */
   bootIdFile?: string;
+  /** How long a connection to an NBD export may take before it fails (DPSR_NBD_CONNECT_TIMEOUT, seconds); undefined: 30 s. */
+  nbdConnectTimeoutMs?: number;
 }
 
 /** Where this version pins its programs: a dpsr whose maps change shape pins under a new name. */
@@ -23,6 +25,7 @@ export function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
     kernelBtfPath: env.DPSR_KERNEL_BTF ?? '/sys/kernel/btf/vmlinux',
     configPath: env.DPSR_CONFIG ?? '/etc/dpsr/dpsr.toml',
     ...(env.DPSR_BOOT_ID_FILE ? { bootIdFile: env.DPSR_BOOT_ID_FILE } : {}),
+    ...(Number(env.DPSR_NBD_CONNECT_TIMEOUT) > 0 ? { nbdConnectTimeoutMs: Number(env.DPSR_NBD_CONNECT_TIMEOUT) * 1000 } : {}),
   };
 }
 

@@ -69,8 +69,8 @@ export interface Native {
   batchIo(fd: number, write: boolean, buffer: Buffer, ops: Float64Array, depth: number): Promise<void>;
   /** Sorts the first n extents [starts[i], ends[i]) by start and unites those that overlap or touch, in place; returns how many remain. */
   coalesceExtents(starts: Float64Array, ends: Float64Array, n: number): number;
-  /** Connects to an NBD export by URI (libnbd); throws an ErrnoError. */
-  NbdClient: new (uri: string) => NbdClient;
+  /** Connects to an NBD export by URI (libnbd), giving up after connectTimeoutMs (0: never); throws an ErrnoError (ETIMEDOUT when it gave up). */
+  NbdClient: new (uri: string, connectTimeoutMs?: number) => NbdClient;
 }
 
 /** One connection to an NBD export; single calls block, batch() runs on a worker with up to depth requests in flight. */

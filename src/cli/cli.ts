@@ -1,6 +1,7 @@
 // The command line: parses, dispatches, and maps every error to an exit
 // status in one place. User-facing errors print one line, no stack.
 import { Command, CommanderError } from 'commander';
+import { useNbdConnectTimeout } from '../io/nbd-device.js';
 import { DEFAULT_RESERVE, PIN_DIR, settingsFromEnv } from '../base/defaults.js';
 import { DpsrError, ERRORS, ExitStatus, UsageError } from '../base/errors.js';
 import { manPage } from './man-page.js';
@@ -23,6 +24,7 @@ const ENVIRONMENT = [
   ['DPSR_CONFIG', 'the daemon\'s configuration (default /etc/dpsr/dpsr.toml)'],
   ['DPSR_BPF_DIR', `where the tracking programs are pinned (default ${PIN_DIR})`],
   ['DPSR_BOOT_ID_FILE', 'read the boot id from this file (tests that simulate a reboot; default the kernel\'s)'],
+  ['DPSR_NBD_CONNECT_TIMEOUT', 'seconds a connection to a DPSR drive on an NBD export may take before it fails (default 30)'],
 ] as const;
 
 const EXIT_CODES_HELP = `
@@ -79,6 +81,7 @@ const FILES = [
 function program(): Command {
   const settings = settingsFromEnv(process.env);
   if (settings.bootIdFile) useBootIdFile(settings.bootIdFile);
+  if (settings.nbdConnectTimeoutMs) useNbdConnectTimeout(settings.nbdConnectTimeoutMs);
   const cli = new Command('dpsr')
     .description('Keep a second disk, the DPSR drive, as an identical bootable copy of a system disk, copying only the sectors written since the last sync (tracked by eBPF in the block layer).')
     .version(process.env.npm_package_version ?? '0.1.0')

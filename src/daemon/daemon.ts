@@ -16,6 +16,7 @@ import { type Policy, decide } from './schedule.js';
 import { type Schedule, changedBytes, hasChanges, percentile, policyOf, statusOf } from './pair-status.js';
 import { type HookEventKind, runFailureHook } from './failure-hook.js';
 import { type MetricsSnapshot, writeMetricsFile } from './metrics.js';
+import { serverUnreachable } from '../io/nbd-device.js';
 import { History, historyPath, sampleOf } from './history.js';
 import { withSyncProgress } from './sync-progress.js';
 import { describeExtents, scrubStep, scrubWanted } from '../sync/scrub.js';
@@ -92,6 +93,8 @@ export interface PairRuntime {
   lastFailureAlarmMs: number;
   lastCompareError: string | null;
   shortfallSectors: number;
+  /** Since when the DPSR drive's NBD server has been unreachable (the first failed sync that said so); null: reached. */
+  unreachableSinceMs: number | null;
 }
 
 async function listen(socketPath: string): Promise<net.Server> {
@@ -202,14 +205,14 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
       // Never synced: schedules count from the pair's creation (a calendar searches forward from it).
       r = { lastSyncStartMs: pair?.lastSync?.atMs ?? pair?.createdMs ?? 0, lastError: null, syncsTotal: 0, syncsFailed: 0, bytesSyncedTotal: 0, gapsNotified: s.ranges.get(name)?.gaps.filter((g) => g.atMs < startedMs).length ?? 0,
         lastSyncEndMs: null, freezeCount: 0, freezeSumMs: 0, gapsTotal: {}, ringDrops: 0, malformedRecords: 0, shortfallSectors: 0,
-        failuresInARow: 0, lastFailureAlarmMs: 0, lastCompareError: null };
+        failuresInARow: 0, lastFailureAlarmMs: 0, lastCompareError: null, unreachableSinceMs: null };
       runtime.set(name, r);
     }
     return r;
   };
   function scheduleOf(name: string): Schedule {
     const r = runtimeOf(name);
-    return { lastSyncStartMs: r.lastSyncStartMs, lastError: r.lastError, failuresInARow: r.failuresInARow };
+    return { lastSyncStartMs: r.lastSyncStartMs, lastError: r.lastError, failuresInARow: r.failuresInARow, unreachableSinceMs: r.unreachableSinceMs };
   }
   const alarm = (kind: HookEventKind, pair: string, reason: string) => {
     log(`dpsr daemon: ${pair}: ${kind}: ${reason}`);
@@ -222,6 +225,8 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     const r = runtimeOf(name);
     r.lastSyncStartMs = startedMs;
     r.syncsTotal++;
+    // The server away: retried with the failures' backoff (a reconnect each time); the tracker keeps tracking meanwhile.
+    r.unreachableSinceMs = result instanceof Error && serverUnreachable(result) ? r.unreachableSinceMs ?? startedMs : null;
     if (result instanceof Error) {
       r.syncsFailed++;
       r.failuresInARow++;
@@ -386,6 +391,7 @@ function metricsSnapshot(s: Session, runtimeOf: (name: string) => PairRuntime): 
         reconcileShortfallSectorsTotal: r.shortfallSectors,
         gapsTotal: r.gapsTotal,
         scrubMismatchesTotal: p.scrub?.mismatchesTotal ?? 0,
+        driveUnreachableSinceMs: r.unreachableSinceMs,
       };
     }),
   };

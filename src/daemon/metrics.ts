@@ -28,6 +28,8 @@ export interface PairMetrics {
   /** Gaps since the daemon started, by cause ("drops", "reboot", "unknown-write", ...). */
   gapsTotal: Record<string, number>;
   scrubMismatchesTotal: number;
+  /** Since when the DPSR drive's NBD server has been unreachable; null: reached (or a local drive). */
+  driveUnreachableSinceMs: number | null;
 }
 
 export interface MetricsSnapshot {
@@ -49,6 +51,8 @@ const one = (value: number | null): Sample[] => (value === null ? [] : [{ labels
 const seconds = (ms: number | null) => (ms === null ? null : ms / 1000);
 
 const FAMILIES: Family[] = [
+  { name: 'dpsr_drive_unreachable_seconds', type: 'gauge', help: 'How long the DPSR drive\'s NBD server has been unreachable (0: reached, or a local drive).',
+    samples: (p, at) => one(p.driveUnreachableSinceMs === null ? 0 : Math.max(0, at - p.driveUnreachableSinceMs) / 1000) },
   { name: 'dpsr_rpo_seconds', type: 'gauge', help: 'Age of the DPSR drive\'s image (now minus its point in time) when the file was written.',
     samples: (p, at) => one(p.imageTimeMs === null ? null : Math.max(0, at - p.imageTimeMs) / 1000) },
   { name: 'dpsr_image_timestamp_seconds', type: 'gauge', help: 'Point in time of the DPSR drive\'s image, Unix time.',

@@ -36,6 +36,8 @@ export interface PairStatus {
   freezeP99Ms: number | null; // over the last syncs that froze
   scrub: { lastRoundDone: string | null; progressPercent: number | null; mismatchesTotal: number };
   lastError: string | null; // the daemon's last failed sync of this pair
+  /** Since when the daemon has not reached the DPSR drive's NBD server (ISO time); null: reached, a local drive, or no daemon. */
+  driveUnreachableSince: string | null;
   /** Restore points (dpsr history): the region's size, and the points dropped lately, newest last. Absent without history. */
   restorePoints?: { historyBytes: number; dropped: DroppedPoint[] };
   warnings: string[];
@@ -47,6 +49,7 @@ export interface Schedule {
   lastSyncStartMs: number;
   lastError: string | null;
   failuresInARow: number;
+  unreachableSinceMs: number | null;
 }
 
 
@@ -122,6 +125,10 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
     warnings.push(`${formatBytes(dirty + suspect)} changed since the image; the pair is manual: dpsr sync ${pair.name} when the source is in a good state`);
   }
   if (suspect > 0) warnings.push(`${formatBytes(suspect)} may differ unseen (${[...new Set(gaps.map((g) => g.cause))].join(', ') || 'gap'}): compared in the background by the daemon, or at the next sync`);
+  if (schedule?.unreachableSinceMs != null) {
+    warnings.push(`the DPSR drive's NBD server has been unreachable since ${new Date(schedule.unreachableSinceMs).toISOString()} ` +
+      `(${humanDuration(nowMs - schedule.unreachableSinceMs)}): writes are tracked meanwhile; the daemon reconnects with backoff and then copies only what changed`);
+  }
   if (schedule?.lastError) warnings.push(`the last sync failed: ${schedule.lastError}`);
   if (pair.reservedSectors === 0) warnings.push('no journal: not crash-safe during a sync');
   const capacity = journalCapacityOf(pair);
@@ -165,6 +172,7 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
       mismatchesTotal: scrub?.mismatchesTotal ?? 0,
     },
     lastError: schedule?.lastError ?? null,
+    driveUnreachableSince: schedule?.unreachableSinceMs != null ? new Date(schedule.unreachableSinceMs).toISOString() : null,
     ...(pair.historySectors ? { restorePoints: { historyBytes: pair.historySectors * SECTOR, dropped: pair.historyDropped ?? [] } } : {}),
     warnings,
     ...(problem ? { problem } : {}),

@@ -11,9 +11,21 @@ import type { Counters } from './direct-io.js';
 import { checkNbdSecurity, redactUri } from './nbd-uri.js';
 
 const DEPTH = 16; // requests in flight per batch
+let connectTimeoutMs = 30_000; // a host that never answers: long before TCP gives up (minutes)
+
+/** How long a connection may take before it fails (the CLI sets it from DPSR_NBD_CONNECT_TIMEOUT). */
+export function useNbdConnectTimeout(ms: number): void {
+  connectTimeoutMs = ms;
+}
 const GONE = new Set(['ENOTCONN', 'ECONNRESET', 'EPIPE', 'ESHUTDOWN']);
 const goneHint = (err: { code?: string }): string =>
   (GONE.has(err.code ?? '') ? ' (the NBD server went away: nothing committed is lost; run the command again, or the next sync, once it is back)' : '');
+
+/** Whether a failure says the NBD server cannot be reached or went away (not that it refused something, or failed one I/O). */
+export function serverUnreachable(err: unknown): boolean {
+  const e = err as { code?: string; errno?: string };
+  return e.code === 'ENBDCONNECT' || GONE.has(e.errno ?? '');
+}
 
 export class NbdDevice implements BlockIo {
   constructor(private readonly client: NbdClient, readonly uri: string) {}
@@ -94,7 +106,7 @@ export function openNbdDevice(uri: string, opts: NbdOpenOptions): NbdDevice {
   checkNbdSecurity(uri, opts.insecure ?? false);
   let client: NbdClient;
   try {
-    client = new (native().NbdClient)(uri);
+    client = new (native().NbdClient)(uri, connectTimeoutMs);
   } catch (err) {
     throw connectError(uri, err as ErrnoError);
   }
@@ -110,6 +122,9 @@ export function openNbdDevice(uri: string, opts: NbdOpenOptions): NbdDevice {
 function connectError(uri: string, err: ErrnoError): DpsrError {
   const where = redactUri(uri);
   const text = err.message.replace(/^connect: /, '');
+  if (err.code === 'ETIMEDOUT' && text === 'timed out') {
+    return new DpsrError(`cannot connect to ${where}: no answer within ${connectTimeoutMs / 1000} s (the host is down, or a firewall drops the packets)`, 'ENBDCONNECT', { errno: err.code, cause: err });
+  }
   if (/tls|gnutls|psk|certificate/i.test(text)) {
     return new RefusedError(`cannot connect to ${where}: TLS failed (${text}): check the key or certificates and that the server uses TLS too`, 'ENBDTLS', { errno: err.code, cause: err });
   }

@@ -22,7 +22,9 @@ import { closeSession } from '../state/session.js';
 import { openTrackingSession } from '../drive/boot-adoption.js';
 import { Store } from '../state/store.js';
 import { type PairRecord } from '../state/records.js';
-import { pendingTxnOf, recoverPairedDrive } from '../drive/paired-drive.js';
+import { openCheckedDrive, pendingTxnOf, recoverPairedDrive } from '../drive/paired-drive.js';
+import { isRemote } from '../drive/remote-drive.js';
+import { openNbdView } from '../io/nbd-view.js';
 import { SECTOR } from '../base/units.js';
 
 
@@ -184,6 +186,23 @@ export function bindReadOnly(mountPoint: string, fsType: string): PrivateMount {
   return m;
 }
 
+/**
+ * Runs fn with the pair's DPSR drive at a local block device's path, which
+ * mount, blkid, sfdisk and a restore point's server read: the drive itself,
+ * or for an NBD export a read-only view of it (io/nbd-view.ts), closed
+ * whatever happens (on exit and signals too).
+ */
+export async function withDriveDevice<T>(pair: PairRecord, fn: (pair: PairRecord) => Promise<T>): Promise<T> {
+  if (!isRemote(pair)) return fn(pair);
+  const view = await openNbdView(pair.drive.path);
+  const handle = tracked(view.device, 'nbd-view', [view.close]);
+  try {
+    return await fn({ ...pair, drive: { ...pair.drive, path: view.device } });
+  } finally {
+    handle.unmount();
+  }
+}
+
 /** Runs fn with mounts made by `make`, unmounting them whatever happens. */
 export async function withMounts<T>(make: Array<() => PrivateMount>, fn: (mounts: PrivateMount[]) => Promise<T>): Promise<T> {
   const mounts: PrivateMount[] = [];
@@ -200,6 +219,11 @@ export async function withMounts<T>(make: Array<() => PrivateMount>, fn: (mounts
 
 /** Checks, reading only, that the pair's drive is still the paired one; returns its label. */
 function checkPairedDrive(pair: PairRecord): DriveLabel | null {
+  if (isRemote(pair)) {
+    const remote = openCheckedDrive(pair, false); // its size and label prove it
+    remote.io.close();
+    return remote.label;
+  }
   const dev = resolveBlockDevice(pair.drive.path);
   const now = identify(dev, pair.drive);
   if (isReplaced(pair.drive, now)) {

@@ -16,7 +16,7 @@ import { SECTOR } from '../base/units.js';
 import { openDriveIo } from '../drive/remote-drive.js';
 import { historyRegionOf, readUndoExtents } from '../drive/history-region.js';
 import type { PairRecord } from '../state/records.js';
-import { tracked } from './image-mount.js';
+import { tracked, withDriveDevice } from './image-mount.js';
 import { type RestorePoint, choosePoint, pointsOf, readHistoryOf } from './restore-points.js';
 import { execFileSync } from 'node:child_process';
 
@@ -162,11 +162,15 @@ export async function openPointImage(pair: PairRecord, at: string): Promise<Poin
 /**
  * Runs `fn` with the pair as it was at point `at` (its drive path the point's
  * read-only device, its image state and time the point's), or as it is when
- * `at` is undefined. A point that is not one point in time is refused unless `force`.
+ * `at` is undefined (its drive path a local device: an export's read-only view). A point that is not one point in time is refused unless `force`.
  */
 export async function withImageAt<T>(pair: PairRecord, at: string | undefined, opts: { force: boolean; doing: string; log: (s: string) => void },
   fn: (pair: PairRecord) => Promise<T>): Promise<T> {
-  if (at === undefined) return fn(pair);
+  return withDriveDevice(pair, (local) => (at === undefined ? fn(local) : withPointImage(local, at, opts, fn)));
+}
+
+async function withPointImage<T>(pair: PairRecord, at: string, opts: { force: boolean; doing: string; log: (s: string) => void },
+  fn: (pair: PairRecord) => Promise<T>): Promise<T> {
   const image = await openPointImage(pair, at);
   try {
     const p = image.point;

@@ -25,12 +25,13 @@ import { type ImageState } from '../state/records.js';
 import { coveredDevNumbers, mountsOf, partitionsOf } from '../devices/mounts.js';
 import { native } from '../base/native.js';
 import { formatBytes, SECTOR } from '../base/units.js';
-import { partitionTable } from './image-mount.js';
+import { partitionTable, withDriveDevice } from './image-mount.js';
 import { progressBar } from '../base/progress.js';
 import type { Session } from '../state/session.js';
 import type { PairRecord } from '../state/records.js';
 import { journalRegionOf, lastAppliedSeq, openCheckedDrive, pendingTxnOf, recoverPairedDrive } from '../drive/paired-drive.js';
 import { applyFromDrive, committedOnDrive, imageAfter } from '../drive/recovery.js';
+import { isRemote } from '../drive/remote-drive.js';
 import type { RangeState } from '../kernel/tracker.js';
 import { type PointImage, openPointImage, pointOverlay } from './point-image.js';
 import type { RestorePoint } from './restore-points.js';
@@ -384,9 +385,16 @@ export function ownedPair(s: Session, name: string): { pair: PairRecord; range: 
 }
 
 async function rollbackLocked(s: Session, req: RollbackRequest): Promise<RollbackReport> {
-  const startedMs = Date.now();
   const { pair, range } = ownedPair(s, req.name);
-  let target = targetOf(pair, req.scope, pair.drive.path);
+  if (!isRemote(pair) || (req.scope.kind !== 'partition' && req.at === undefined)) return rollbackFrom(s, req, pair, range, pair.drive.path);
+  // An export's partition table and restore points are read through its read-only view (a local device).
+  return withDriveDevice(pair, (local) => rollbackFrom(s, req, pair, range, local.drive.path));
+}
+
+/** `localDrive`: the drive's path as a local device, for sfdisk and a restore point's server (an export's read-only view). */
+async function rollbackFrom(s: Session, req: RollbackRequest, pair: PairRecord, range: RangeState, localDrive: string): Promise<RollbackReport> {
+  const startedMs = Date.now();
+  let target = targetOf(pair, req.scope, localDrive);
   checkTargetFree(target.exclusive, 'the source');
   if (!pair.fullCopy.complete) checkWhole(pair.name, 'none');
   const drive = openCheckedDrive(pair, false);
@@ -416,7 +424,7 @@ async function rollbackLocked(s: Session, req: RollbackRequest): Promise<Rollbac
         ({ point: p, changed } = await pointOverlay(pair, req.at, false));
         changed.addSet(txn.targetExtents());
       } else {
-        pointImage = await openPointImage(pair, req.at);
+        pointImage = await openPointImage({ ...pair, drive: { ...pair.drive, path: localDrive } }, req.at);
         ({ point: p, changed } = pointImage);
         imageIo = openLocalDevice(pointImage.device, false);
         target = targetOf(pair, req.scope, pointImage.device);

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import type { Fixture } from './fixture.js';
 
 export interface GuestDisk {
-  /** A block device or image file, opened raw. */
+  /** A block device or image file, opened raw, or an NBD URI (qemu's built-in NBD client). */
   path: string;
   /**
    * Writes go to a throwaway overlay and the disk is opened read-only: a boot
@@ -53,7 +53,9 @@ const BASE_ARGS = ['-nodefaults', '-nographic', '-serial', 'stdio', '-monitor', 
 function driveArgs(disks: GuestDisk[]): string[] {
   return disks.flatMap((d, i) => {
     // cache=none: O_DIRECT on the host device, so a guest write reaches the loop device's block layer at once.
-    const drive = [`file=${d.path}`, 'format=raw', 'if=none', `id=disk${i}`, 'cache=none', 'aio=threads'];
+    // An NBD URI (nbd://, nbd+unix://) is read by qemu's own NBD client: no host file to open directly.
+    const local = !/^nbds?(\+unix)?:\/\//.test(d.path);
+    const drive = [`file=${d.path}`, 'format=raw', 'if=none', `id=disk${i}`, ...(local ? ['cache=none', 'aio=threads'] : [])];
     if (d.snapshot) drive.push('snapshot=on');
     const device = ['virtio-blk-pci', `drive=disk${i}`];
     if (d.bootIndex !== undefined) device.push(`bootindex=${d.bootIndex}`);
