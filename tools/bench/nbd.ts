@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../../src/base/native.js';
-import { run } from './scratch.js';
+import { run, scratchSpace } from './scratch.js';
 
 const arg = (name: string, dflt: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -27,15 +27,7 @@ const bin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..
 const napMs = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 const now = () => performance.now();
 
-const dir = fs.mkdtempSync('/dev/shm/dpsr-bench-nbd-');
-const cleanups: Array<() => void> = [() => fs.rmSync(dir, { recursive: true, force: true })];
-const cleanup = () => {
-  for (const fn of cleanups.splice(0).reverse()) {
-    try { fn(); } catch (e) { console.error(`cleanup: ${(e as Error).message}`); }
-  }
-};
-process.on('exit', cleanup);
-process.on('SIGINT', () => { cleanup(); process.exit(130); });
+const { dir, cleanups } = scratchSpace('dpsr-bench-nbd-', '/dev/shm');
 
 const env = {
   ...process.env,

@@ -9,8 +9,9 @@ import { native } from '../../src/base/native.js';
 
 export const run = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
-export function scratchSpace(prefix: string) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+/** `parent`: where the temp dir goes (default the system's; /dev/shm keeps images in memory). */
+export function scratchSpace(prefix: string, parent = os.tmpdir()) {
+  const dir = fs.mkdtempSync(path.join(parent, prefix));
   const cleanups: Array<() => void> = [() => fs.rmSync(dir, { recursive: true, force: true })];
   const cleanup = () => {
     for (const fn of cleanups.splice(0).reverse()) {
