@@ -333,8 +333,10 @@ test('install into a root: units (systemd-analyze verify clean), shutdown hook, 
 
   // systemd-analyze resolves ExecStart= and ExecReload= inside the root: give it the kill a Debian system has.
   fs.mkdirSync(at('bin'));
-  fs.copyFileSync('/bin/kill', at('bin/kill'));
-  fs.chmodSync(at('bin/kill'), 0o755);
+  for (const b of ['kill', 'sh']) {
+    fs.copyFileSync(`/bin/${b}`, at(`bin/${b}`));
+    fs.chmodSync(at(`bin/${b}`), 0o755);
+  }
   const verify = spawnSync('systemd-analyze', ['verify', `--root=${root}`, at('etc/systemd/system/dpsr.service'), at('etc/systemd/system/dpsr-boot.service')], { encoding: 'utf8' });
   assert.is(verify.status, 0, verify.stderr);
   assert.is(`${verify.stdout}${verify.stderr}`.trim(), '', 'verify is clean');
@@ -442,6 +444,38 @@ chroot "$DEST" "$NODE" "$HOME_/bin/dpsr.js" status --drive "$DEV"`; // what the 
   assert.match(out, /^DPSR_DRIVE=1$/m);
   assert.match(out, /^DPSR_PAIR=itest$/m);
   assert.match(out, /itest/, `dpsr status --drive ran in the image's files alone: ${out}`);
+});
+
+test('the initramfs script runs dpsr boot on the root\'s state before the root is mounted and keeps what it said; dpsr-boot.service then only prints that, and judges when the initramfs did not', () => {
+  const root = fx.loop(16);
+  fx.mkfs(root, 'ext4');
+  const mnt = fx.mount(root);
+  fs.mkdirSync(path.join(mnt, 'var/lib/dpsr'), { recursive: true });
+  fs.writeFileSync(path.join(mnt, 'var/lib/dpsr/state.mdb'), '');
+  fx.unmount(mnt);
+  // The unit's command as systemd runs it ($$ is a $ there).
+  const execStart = fs.readFileSync(path.join(HOME, 'packaging/dpsr-boot.service'), 'utf8').match(/^ExecStart=(.*)$/m)![1].replaceAll('$$', '$');
+  // In a namespace: a private /run (the initramfs's, moved to the system), and a dpsr that says what it was run with and exits RC.
+  const script = `set -e
+mount -t tmpfs none /run; mount -t tmpfs none /usr/local/sbin
+printf '#!/bin/sh\\necho "ran: dpsr $* on $DPSR_STATE_DIR"; echo "data: resumed, no gap"; exit $RC\\n' >/usr/local/sbin/dpsr
+printf '#!/bin/sh\\n' >/usr/local/sbin/dpsr-udev-probe
+chmod 755 /usr/local/sbin/dpsr /usr/local/sbin/dpsr-udev-probe
+ROOT="$ROOTDEV" sh "$PREMOUNT"
+echo "mounted after: $(findmnt -n -o TARGET "$ROOTDEV" || true)"
+echo "-- the unit:"
+sh -c "$EXEC" || echo "exit $?"`;
+  const run = (rc: number) => execFileSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script], {
+    encoding: 'utf8', env: { PATH: process.env.PATH, RC: String(rc), ROOTDEV: root, PREMOUNT: path.join(HOME, 'packaging/initramfs-premount'), EXEC: execStart },
+  });
+  const judged = run(0).split('-- the unit:\n');
+  assert.match(judged[0], /^dpsr-initramfs: ran: dpsr boot --wait 10s on \/run\/dpsr-root\/var\/lib\/dpsr$/m, judged[0]);
+  assert.match(judged[0], /^dpsr-initramfs: data: resumed, no gap$/m);
+  assert.match(judged[0], /^mounted after: $/m, 'the root is unmounted again');
+  assert.is(judged[1], 'ran: dpsr boot --wait 10s on /run/dpsr-root/var/lib/dpsr\ndata: resumed, no gap\n', 'the unit prints what the initramfs said, and runs no dpsr');
+  const failed = run(1).split('-- the unit:\n');
+  assert.match(failed[0], /^dpsr-initramfs: ran: dpsr boot/m);
+  assert.is(failed[1], 'ran: dpsr boot on \ndata: resumed, no gap\nexit 1\n', 'dpsr boot failed in the initramfs: the unit judges');
 });
 
 // ---- the failure hook ----

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../src/base/native.js';
+import { startDaemon, statusOf, waitFor } from './helpers/daemon-child.js';
 import { Fixture, ddDirect, eachTestFreshCli, loopBackingFile, randomFill, runDpsr, runDpsrOk, sh, sha256Of } from './helpers/fixture.js';
 
 let fx: Fixture;
@@ -177,10 +178,13 @@ test('a damaged record is never trusted: a gap (unclean-shutdown), exact afterwa
   fs.fsyncSync(fd);
   fs.closeSync(fd);
   reboot(source, drive);
+  const before = [sha256Of(source), sha256Of(drive, bytes)];
   const up = json('boot').boot[0];
   assert.is(up.cause, 'unclean-shutdown');
   assert.match(up.detail, /checksum/);
-  syncJson();
+  assert.equal([sha256Of(source), sha256Of(drive, bytes)], before, 'nothing written to the source or into the image');
+  const s = syncJson();
+  assert.ok(s.comparedBytes >= bytes, 'not trusted: the whole source compared');
   assert.is(sha256Of(source), sha256Of(drive, bytes));
 });
 
@@ -194,7 +198,8 @@ test('shutdown with the source mounted read-write: no record for it, exit 1, the
   assert.match(r.stdout, /p: no shutdown record: .*mounted read-write/);
 });
 
-test('two pairs on one disk (two partitions) each resume, their records proven by the disk\'s one counter', () => {
+/** Two pairs whose sources are two partitions of one disk, synced, then written (returns what each sync must copy). */
+function twoPairsOnOneDisk(): { disk: string; parts: string[]; drives: string[]; after: Array<[number, number]> } {
   const disk = fx.loop(80);
   sh('sfdisk', ['--quiet', disk], { input: 'label: gpt\nsize=32MiB\nsize=32MiB\n' });
   sh('partx', ['-a', disk]);
@@ -203,16 +208,25 @@ test('two pairs on one disk (two partitions) each resume, their records proven b
   const drives = [fx.loop(SOURCE_MiB + 16), fx.loop(SOURCE_MiB + 16)];
   parts.forEach((part, i) => ok('pair', part, drives[i], '--name', `p${i}`, '--reserve', '8M'));
   ok('sync', '--all', '--quiet-period', '0.2');
-  const after = [ddDirect(parts[0], 96, 8), ddDirect(parts[1], 200, 16)];
-  const down = json('shutdown').shutdown;
-  assert.equal(down.map((o: { recorded: boolean }) => o.recorded), [true, true], JSON.stringify(down));
+  return { disk, parts, drives, after: [ddDirect(parts[0], 96, 8), ddDirect(parts[1], 200, 16)] };
+}
+
+/** The "reboot" of a partitioned source disk: its partitions probed again over fresh counters. */
+function rebootDisk(disk: string, drives: string[], bootName: string): void {
   native().detach(env.DPSR_BPF_DIR!);
   drives.forEach(freshLoop);
   sh('partx', ['-d', disk]);
   freshLoop(disk);
   sh('partx', ['-a', disk]);
   fx.defer(`partx -d ${disk}`, () => sh('partx', ['-d', disk])); // before the detach freshLoop deferred
-  fs.writeFileSync(env.DPSR_BOOT_ID_FILE!, 'boot-2\n');
+  fs.writeFileSync(env.DPSR_BOOT_ID_FILE!, `${bootName}\n`);
+}
+
+test('two pairs on one disk (two partitions) each resume, their records proven by the disk\'s one counter', () => {
+  const { disk, parts, drives, after } = twoPairsOnOneDisk();
+  const down = json('shutdown').shutdown;
+  assert.equal(down.map((o: { recorded: boolean }) => o.recorded), [true, true], JSON.stringify(down));
+  rebootDisk(disk, drives, 'boot-2');
   const up = json('boot').boot;
   assert.equal(up.map((o: { resumed: boolean }) => o.resumed), [true, true], JSON.stringify(up));
   const syncs = json('sync', '--all', '--quiet-period', '0.2').syncs;
@@ -221,6 +235,46 @@ test('two pairs on one disk (two partitions) each resume, their records proven b
     assert.is(r.copiedBytes, (after[i][1] - after[i][0]) * 512);
   });
   parts.forEach((part, i) => assert.is(sha256Of(part), sha256Of(drives[i], 32 << 20)));
+});
+
+test('two pairs on one disk: a write before tracking began to one partition is a gap for both (one counter cannot say where), exact afterwards', () => {
+  const { disk, parts, drives } = twoPairsOnOneDisk();
+  assert.equal(json('shutdown').shutdown.map((o: { recorded: boolean }) => o.recorded), [true, true]);
+  rebootDisk(disk, drives, 'boot-2');
+  ddDirect(parts[1], 3000, 8); // unseen: before dpsr boot
+  const images = drives.map((d) => sha256Of(d, 32 << 20));
+  const up = json('boot').boot;
+  assert.equal(up.map((o: { cause: string }) => o.cause), ['written-before-attach', 'written-before-attach'], JSON.stringify(up));
+  assert.equal(drives.map((d) => sha256Of(d, 32 << 20)), images, 'judging wrote nothing into the images');
+  const syncs = json('sync', '--all', '--quiet-period', '0.2').syncs;
+  syncs.forEach((r: { comparedBytes: number }) => assert.ok(r.comparedBytes >= 32 << 20, JSON.stringify(r)));
+  parts.forEach((part, i) => assert.is(sha256Of(part), sha256Of(drives[i], 32 << 20)));
+});
+
+test('a DPSR drive whose tail has no room for a shutdown record: said at pair time; shutdown says so, exit 1, nothing written; the reboot is a gap, exact afterwards', () => {
+  const source = fx.loop(SOURCE_MiB);
+  const drive = fx.loop(SOURCE_MiB + 1); // a 1 MiB tail: the label, and no room for the 1 MiB record area beside it
+  const bytes = SOURCE_MiB * 2 ** 20;
+  randomFill(source, 4);
+  const paired = runDpsr(env, ['pair', source, drive, '--name', 'p', '--reserve', '1M']);
+  assert.is(paired.status, 0, paired.stderr);
+  assert.match(paired.stdout + paired.stderr, /no room in its tail for a shutdown record .*every reboot compares the whole source/);
+  syncJson();
+  ddDirect(source, 1000, 8);
+  const driveHash = sha256Of(drive);
+  const down = runDpsr(env, ['shutdown']);
+  assert.is(down.status, 1, down.stderr);
+  assert.match(down.stdout, /^p: no shutdown record: the DPSR drive has no room for a shutdown record in its reserved tail; the next boot compares the whole source$/m);
+  assert.is(sha256Of(drive), driveHash, 'nothing written to the drive');
+  reboot(source, drive);
+  const sourceHash = sha256Of(source);
+  const up = json('boot').boot[0];
+  assert.is(up.cause, 'unclean-shutdown', JSON.stringify(up));
+  assert.is(sha256Of(drive), driveHash, 'dpsr boot wrote nothing to the drive');
+  assert.is(sha256Of(source), sourceHash, 'nor to the source');
+  const s = syncJson();
+  assert.ok(s.comparedBytes >= bytes, JSON.stringify(s));
+  assert.is(sha256Of(source), sha256Of(drive, bytes));
 });
 
 test('the source back under another device number after the reboot (the same file, found by a link): no identity-changed, resumed', () => {
@@ -262,25 +316,120 @@ function unplug(dev: string): () => void {
   return back;
 }
 
-test('a drive missing at shutdown: no record, the line says why, exit 1; missing at boot: a gap, compared once it is back', () => {
+/** A "reboot" with the DPSR drive left unplugged (its loop made fresh first, so its counters are those of a new boot too); returns the way to plug it back. */
+function rebootWithoutDrive(source: string, drive: string, bootName: string): () => void {
+  native().detach(env.DPSR_BPF_DIR!);
+  freshLoop(drive);
+  const replug = unplug(drive);
+  freshLoop(source);
+  fs.writeFileSync(env.DPSR_BOOT_ID_FILE!, `${bootName}\n`);
+  return replug;
+}
+
+test('a drive missing at shutdown: no record, one line says so, exit 1; the next boot is a gap that says why', () => {
   const { source, drive, bytes } = pairWritten();
-  let replug = unplug(drive);
+  const replug = unplug(drive);
   const r = runDpsr(env, ['shutdown']);
   assert.is(r.status, 1, r.stderr);
-  assert.match(r.stdout, /^p: no shutdown record: .*no such device.*the next boot compares the whole source$/m);
+  assert.match(r.stdout, new RegExp(`^p: no shutdown record: its DPSR drive ${drive} is missing \\(.*no such device\\); the next boot compares the whole source$`, 'm'));
+  assert.is(r.stdout.trim().split('\n').length, 1, r.stdout);
   replug();
-  assert.ok(json('shutdown').shutdown[0].recorded, 'back: recorded');
-  native().detach(env.DPSR_BPF_DIR!);
-  freshLoop(source);
-  replug = unplug(drive);
-  fs.writeFileSync(env.DPSR_BOOT_ID_FILE!, 'boot-2\n');
+  reboot(source, drive);
   const up = json('boot').boot[0];
   assert.is(up.cause, 'unclean-shutdown', JSON.stringify(up));
-  assert.match(up.detail, /DPSR drive could not be read/);
-  replug();
+  assert.match(up.detail, /no shutdown record: .*its DPSR drive missing at shutdown/);
   const s = syncJson();
   assert.ok(s.comparedBytes >= SOURCE_MiB * 2 ** 20);
   assert.is(sha256Of(source), sha256Of(drive, bytes));
+});
+
+test('a drive missing at boot: the pair waits (tracked, not synced, status says so), then resumes when the drive is back: compared 0, exact', () => {
+  const { source, drive, bytes, afterSync } = pairWritten();
+  assert.ok(json('shutdown').shutdown[0].recorded);
+  const replug = rebootWithoutDrive(source, drive, 'boot-2');
+  const up = json('boot').boot[0];
+  assert.ok(up.awaiting && !up.resumed && up.cause === null, JSON.stringify(up));
+  assert.match(ok('boot'), /^p: waiting for its DPSR drive .*judged when it returns/m);
+  // Written while the drive is away: tracked from the boot on, copied when it is back.
+  const later = ddDirect(source, 12000, 8);
+  const st = runDpsr(env, ['status', 'p', '--json']); // a session: it keeps the wait in the state directory
+  assert.is(st.status, 4, st.stderr);
+  const p = JSON.parse(st.stdout).pairs[0];
+  assert.is(p.state, 'awaiting-drive', JSON.stringify(p));
+  assert.ok(p.awaitingDriveSince, JSON.stringify(p));
+  assert.match(p.problem, /waiting for its DPSR drive/);
+  const sourceHash = sha256Of(source);
+  const r = runDpsr(env, ['sync', 'p']);
+  assert.is(r.status, 3, r.stderr);
+  assert.match(r.stderr, /waiting for its DPSR drive/);
+  assert.is(sha256Of(source), sourceHash, 'nothing written to the source');
+  replug();
+  const imageBefore = sha256Of(drive, bytes);
+  const back = JSON.parse(runDpsr(env, ['status', 'p', '--json']).stdout).pairs[0]; // judged by this session
+  assert.ok(back.state !== 'awaiting-drive' && !back.problem && back.suspectBytes === 0 && back.gapsSinceSync.length === 0, JSON.stringify(back));
+  assert.is(sha256Of(drive, bytes), imageBefore, 'judging writes nothing into the image');
+  const s = syncJson();
+  assert.is(s.comparedBytes, 0, JSON.stringify(s));
+  assert.is(s.copiedBytes, afterSync + (later[1] - later[0]) * 512, JSON.stringify(s));
+  assert.equal(s.gaps, [], 'no gap');
+  assert.is(sha256Of(source), sha256Of(drive, bytes));
+});
+
+test('the daemon keeps a pair whose drive was missing at boot waiting, and judges it on the tick after the drive is back: resumed, exact', async () => {
+  const { source, drive, bytes } = pairWritten();
+  assert.ok(json('shutdown').shutdown[0].recorded);
+  const replug = rebootWithoutDrive(source, drive, 'boot-2');
+  assert.ok(json('boot').boot[0].awaiting);
+  const daemon = await startDaemon(fx, env);
+  try {
+    assert.is((await statusOf(env, 'p')).state, 'awaiting-drive', daemon.output());
+    replug();
+    const judged = await waitFor('the daemon to judge the record', async () => {
+      const st = await statusOf(env, 'p');
+      return st.state !== 'awaiting-drive' && st;
+    });
+    assert.not.ok(judged.problem, JSON.stringify(judged));
+    assert.equal(judged.gapsSinceSync, [], JSON.stringify(judged));
+  } finally {
+    await daemon.stop();
+  }
+  const s = syncJson();
+  assert.is(s.comparedBytes, 0, JSON.stringify(s));
+  assert.is(sha256Of(source), sha256Of(drive, bytes));
+});
+
+test('a boot without the drive, a crash, then a boot with it: the record is from the boot before that, refused (a gap), exact afterwards', () => {
+  const { source, drive, bytes } = pairWritten();
+  assert.ok(json('shutdown').shutdown[0].recorded);
+  const replug = rebootWithoutDrive(source, drive, 'boot-2');
+  assert.ok(json('boot').boot[0].awaiting);
+  runDpsr(env, ['status', 'p']); // the system runs on: its first session saves the pair's state in this boot
+  ddDirect(source, 20000, 16); // tracked in this boot only, then lost with it
+  replug();
+  reboot(source, drive); // a crash: no dpsr shutdown
+  const up = json('boot').boot[0];
+  assert.not.ok(up.resumed, JSON.stringify(up));
+  assert.is(up.cause, 'unclean-shutdown');
+  assert.match(up.detail, /DPSR drive was missing through the last boot.*from the boot before/);
+  const s = syncJson();
+  assert.ok(s.comparedBytes >= SOURCE_MiB * 2 ** 20, JSON.stringify(s));
+  assert.is(sha256Of(source), sha256Of(drive, bytes));
+});
+
+test('a write before tracking began while the drive is missing: judged a gap (written-before-attach) when it is back, the record consumed', () => {
+  const { source, drive, bytes } = pairWritten();
+  assert.ok(json('shutdown').shutdown[0].recorded);
+  const replug = rebootWithoutDrive(source, drive, 'boot-2');
+  ddDirect(source, 5000, 8); // before dpsr boot: unseen
+  assert.ok(json('boot').boot[0].awaiting);
+  replug();
+  assert.ok(gapCauses().includes('written-before-attach'), 'the first session with the drive back judges, with what dpsr boot counted');
+  const s = syncJson();
+  assert.ok(s.comparedBytes >= SOURCE_MiB * 2 ** 20, JSON.stringify(s));
+  assert.is(sha256Of(source), sha256Of(drive, bytes));
+  reboot(source, drive);
+  const up = json('boot').boot[0];
+  assert.match(up.detail, /no shutdown record/, 'consumed when judged');
 });
 
 test.run();

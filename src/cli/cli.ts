@@ -423,7 +423,9 @@ fingerprint of the source's file-system superblocks; it reads the counter
 again afterwards and voids the record if anything wrote meanwhile. Nothing
 is released from the kernel: run again, it writes the same. One line per pair;
 exit 0 when every pair got its record, 1 otherwise (that pair is compared after
-the boot). Refused while the daemon owns tracking (stop it first).`)
+the boot: a DPSR drive missing, a tail with no room for the record, a source
+still mounted read-write, a pair still waiting for its drive since the boot).
+Refused while the daemon owns tracking (stop it first).`)
     .action(async (opts: { json?: boolean }) => {
       const { shutdownCommand } = await import('./commands/shutdown.js');
       process.exitCode = await shutdownCommand({ json: opts.json === true }, settings, log);
@@ -437,8 +439,8 @@ the boot). Refused while the daemon owns tracking (stop it first).`)
 Run by the initramfs script before the root is checked and mounted (with
 DPSR_STATE_DIR on the root mounted read-only for that moment), then by
 dpsr-boot.service (no default dependencies, before systemd-fsck-root,
-systemd-remount-fs and the local file systems), which reports what the
-initramfs judged or judges where it did not. It
+systemd-remount-fs and the local file systems), which prints what dpsr boot
+said in the initramfs or runs it where it did not run or failed there. It
 attaches the programs, tracks every pair's source, then judges: when the
 kernel counted no write to the source before tracking began, the record was
 written by the previous boot for this pair at its current generation, and the
@@ -446,7 +448,11 @@ superblock fingerprint matches, the pair resumes with the record's regions
 and no gap. Otherwise a gap with its cause: unclean-shutdown (no record, or
 one that cannot be trusted), written-before-attach, changed-offline; the
 daemon then compares in the background. Each record is erased durably as it
-is read. The state directory may be read-only: the verdicts are kept in
+is read. A DPSR drive that is missing makes the pair wait: the source is
+tracked, what was proved at that moment is kept, status says awaiting-drive,
+nothing is synced, and the record is judged with those values when the drive
+is back (the next dpsr command or the daemon's tick; dpsr boot run again).
+The state directory may be read-only: the verdicts are kept in
 /run/dpsr/boot for the daemon, which runs the same adoption itself when
 dpsr boot did not. Exit 0 whatever the verdicts.`)
     .action(async (opts: { json?: boolean; wait: string }) => {

@@ -21,7 +21,7 @@ import { History, historyPath, sampleOf } from './history.js';
 import { withSyncProgress } from './sync-progress.js';
 import { describeExtents, scrubStep, scrubWanted } from '../sync/scrub.js';
 import { closeSession, recheckSources, type Session } from '../state/session.js';
-import { openTrackingSession } from '../drive/boot-adoption.js';
+import { openTrackingSession, settleAllWaiting } from '../drive/boot-adoption.js';
 import { type SyncReport, syncPair } from '../sync/sync.js';
 import { journalCapacityOf } from '../drive/journal.js';
 import { rollbackInSession } from '../restore/rollback.js';
@@ -332,6 +332,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
     ticking = true;
     void serial(async () => {
       await recheckSources(s);
+      await settleAllWaiting(s); // a pair whose DPSR drive was missing at boot: judged once it is back
       await s.tracker.cycle();
       newGaps();
       await syncDue();

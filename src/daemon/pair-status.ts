@@ -10,7 +10,7 @@ import type { DroppedPoint, PairRecord } from '../state/records.js';
 import type { Gap, RangeState } from '../kernel/tracker.js';
 import { ExtentSet } from '../base/extents.js';
 
-export type PairState = 'copying' | 'inconsistent' | 'syncing' | 'needs-compare' | 'gap' | 'consistent' | 'crash-consistent' | 'fuzzy' | 'error';
+export type PairState = 'copying' | 'inconsistent' | 'syncing' | 'needs-compare' | 'gap' | 'consistent' | 'crash-consistent' | 'fuzzy' | 'awaiting-drive' | 'error';
 
 export interface PairStatus {
   name: string;
@@ -42,6 +42,8 @@ export interface PairStatus {
   restorePoints?: { historyBytes: number; dropped: DroppedPoint[] };
   warnings: string[];
   problem?: string;
+  /** The DPSR drive was missing when this boot judged the pair: since when it waits (the shutdown record is judged when the drive returns). */
+  awaitingDriveSince?: string;
 }
 
 /** What the daemon adds: it knows the schedule and the last failures. */
@@ -109,7 +111,7 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
   const suspect = range ? range.suspect.totalSectors * SECTOR : 0;
   // A cut that a failed or interrupted sync took and did not land is still to be copied.
   const dirty = range ? changedBytes(range) + pendingBytes(pair) : 0;
-  const state: PairState = problem ? 'error'
+  const state: PairState = pair.awaitingRecord ? 'awaiting-drive' : problem ? 'error'
     : !pair.fullCopy.complete ? 'copying'
       : pair.pending ? 'syncing'
         : pair.generation === 0 ? 'inconsistent'
@@ -176,5 +178,6 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
     ...(pair.historySectors ? { restorePoints: { historyBytes: pair.historySectors * SECTOR, dropped: pair.historyDropped ?? [] } } : {}),
     warnings,
     ...(problem ? { problem } : {}),
+    ...(pair.awaitingRecord ? { awaitingDriveSince: new Date(pair.awaitingRecord.atMs).toISOString() } : {}),
   };
 }

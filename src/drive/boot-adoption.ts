@@ -4,11 +4,15 @@
 // resumes the pair with the record's sets and no gap, or records the gap with
 // its cause. The verdict is kept in /run for the rest of the boot, so that
 // `dpsr boot`'s judgement (made before the file systems were mounted) is
-// the one later sessions apply.
+// the one later sessions apply. A DPSR drive missing then leaves the pair
+// waiting: what was proved when tracking began is kept (the pair's
+// awaitingRecord), the pair is tracked but not synced, and the record is
+// judged with those values when any session finds the drive back.
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { OWNER_RING_BYTES, type Settings } from '../base/defaults.js';
+import type { DpsrError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { writeFileAtomic } from '../base/atomic-write.js';
 import { bootId } from '../devices/boot-id.js';
@@ -20,7 +24,7 @@ import { checkTrackingSupport } from '../kernel/preflight.js';
 import { type GapCause, type RangeState, Tracker } from '../kernel/tracker.js';
 import { KernelTracking } from '../kernel/tracking.js';
 import { SECTOR } from '../base/units.js';
-import type { PairRecord } from '../state/records.js';
+import type { AwaitingRecord, PairRecord } from '../state/records.js';
 import { type RebootAdopter, type Session, openSession } from '../state/session.js';
 import { Store } from '../state/store.js';
 import { openCheckedDrive } from './paired-drive.js';
@@ -40,7 +44,22 @@ export interface BootVerdict {
   /** The record's sets when resumed (base64 of ExtentSet.toBuffer()). */
   sets: { dirty: string; suspect: string; discarded: string } | null;
   pending: { generation: number; copy: string; compare: string; discard: string } | null;
+  /** The DPSR drive was missing: nothing judged yet, and what was proved when tracking began, kept for when it returns. */
+  awaiting?: Proof | null;
 }
+
+/** What is proved when tracking begins in a boot: the values a shutdown record is judged against, then or later. */
+export interface Proof {
+  /** The boot the pair was last tracked in: the record must extend the state saved in it. */
+  savedBootId: string | null;
+  /** The kernel's count of the source's disk before tracking began. */
+  baseline: Baseline | null;
+  /** The source's file-system superblocks then. */
+  fingerprint: string;
+}
+
+/** The tracker's state a verdict gives back its past to (saved in an earlier boot). */
+type Past = Pick<RangeState, 'dirty' | 'suspect' | 'discarded' | 'unreconciled' | 'receivedSectors' | 'gaps'>;
 
 /** Where this boot's verdicts live: beside the control socket, in /run (gone at the next boot). */
 export const bootDir = (settings: Settings) => path.join(path.dirname(settings.socketPath), 'boot');
@@ -70,6 +89,11 @@ const setOf = (s: string) => ExtentSet.fromBuffer(Buffer.from(s, 'base64'));
 function distrust(rec: ShutdownRecord, pair: PairRecord, dev: BlockDevice, savedBootId: string | null): string | null {
   if (rec.pairId !== pair.id) return `the shutdown record belongs to another pairing (${rec.pairName})`;
   if (rec.bootId === bootId()) return 'the shutdown record was written in this boot, which ran on after it';
+  const waited = pair.awaitingRecord;
+  if (waited && waited.bootId !== bootId()) {
+    return `the DPSR drive was missing through the last boot (from ${new Date(waited.atMs).toISOString()}): the shutdown record on it is from the boot before`;
+  }
+  // A boot since the record saved the pair's state (a boot that went on without its drive, then crashed): the record is older than that.
   if (rec.baseBootId !== savedBootId) return 'the shutdown record is older than the state saved since (a boot in between did not end with dpsr shutdown)';
   if (rec.generation !== pair.generation || rec.journalSeq !== (pair.journalSeq ?? 0)) {
     return `the shutdown record was written at generation ${rec.generation}, the pair is at ${pair.generation}`;
@@ -78,13 +102,23 @@ function distrust(rec: ShutdownRecord, pair: PairRecord, dev: BlockDevice, saved
   return null;
 }
 
+/** The proof taken as tracking begins: the counts' starting point, and the superblocks before anything mounts them. */
+export const proofAt = (dev: BlockDevice, baseline: Baseline | null, savedBootId: string | null): Proof =>
+  ({ savedBootId, baseline, fingerprint: superblockFingerprint(dev) });
+
+/** A drive that is not there (unplugged, its export not reachable yet), as opposed to one that is there and wrong. */
+const isMissing = (err: unknown) => ['ENODEV', 'ENBDCONNECT'].includes((err as DpsrError).code);
+
 /**
- * Judges a pair across the reboot and consumes its shutdown record: `baseline`
- * is what the kernel counted on the source's disk before tracking began (no
- * write: offset 0, confirmed). The record is erased durably before the
- * verdict is kept or applied, so no later crash can take it again.
+ * Judges a pair across the reboot and consumes its shutdown record, with
+ * what was proved when tracking began (`proof`: no write counted before it,
+ * offset 0 and exact; the superblocks; the boot the state was saved in). The
+ * record is erased durably before the verdict is kept or applied, so no later
+ * crash can take it again. A missing drive judges nothing: the verdict waits
+ * (`awaiting`), keeping the proof.
  */
-export function judgeAcrossReboot(settings: Settings, pair: PairRecord, dev: BlockDevice, baseline: Baseline | null, savedBootId: string | null): BootVerdict {
+export function judgeAcrossReboot(settings: Settings, pair: PairRecord, dev: BlockDevice, proof: Proof): BootVerdict {
+  const { baseline, savedBootId } = proof;
   const gap = (cause: GapCause, detail: string): BootVerdict =>
     ({ pairId: pair.id, bootId: bootId(), atMs: Date.now(), resumed: false, cause, detail, baseline, sets: null, pending: null });
   let verdict: BootVerdict;
@@ -92,7 +126,9 @@ export function judgeAcrossReboot(settings: Settings, pair: PairRecord, dev: Blo
   try {
     checked = openCheckedDrive(pair, true);
   } catch (err) {
-    verdict = gap('unclean-shutdown', `the DPSR drive could not be read for a shutdown record (${(err as Error).message}): the whole source is compared`);
+    verdict = isMissing(err)
+      ? { ...gap('unclean-shutdown', ''), cause: null, awaiting: { savedBootId, baseline, fingerprint: proof.fingerprint }, detail: `waiting for its DPSR drive (${(err as Error).message}): its shutdown record is judged when it returns; the source is tracked meanwhile, and nothing is synced` }
+      : gap('unclean-shutdown', `the DPSR drive could not be read for a shutdown record (${(err as Error).message}): the whole source is compared`);
     writeVerdict(settings, pair.name, verdict);
     return verdict;
   }
@@ -100,7 +136,7 @@ export function judgeAcrossReboot(settings: Settings, pair: PairRecord, dev: Blo
   try {
     const read = readShutdownRecord(io, pair);
     if ('none' in read) {
-      verdict = gap('unclean-shutdown', 'no shutdown record: the last boot did not end with dpsr shutdown (a crash, a power cut, or the hook was not installed)');
+      verdict = gap('unclean-shutdown', 'no shutdown record: the last boot did not end with dpsr shutdown for this pair (a crash, a power cut, its DPSR drive missing at shutdown, or the hook not installed)');
     } else if ('invalid' in read) {
       verdict = gap('unclean-shutdown', `the shutdown record cannot be trusted: ${read.invalid}`);
     } else {
@@ -109,7 +145,7 @@ export function judgeAcrossReboot(settings: Settings, pair: PairRecord, dev: Blo
       if (why) verdict = gap('unclean-shutdown', why);
       else if (!baseline || !baseline.exact) verdict = gap('written-before-attach', `writes were in flight on ${dev.disk} when tracking began: what came before cannot be confirmed`);
       else if (baseline.offsetSectors !== 0) verdict = gap('written-before-attach', `the kernel counted ${baseline.offsetSectors} sectors written to ${dev.disk} (${formatDev(dev.diskDev)}) before tracking began in this boot`);
-      else if (superblockFingerprint(dev) !== rec.fingerprint) verdict = gap('changed-offline', `the file-system superblocks of ${pair.source.path} changed while this system was down (mounted read-write elsewhere?)`);
+      else if (proof.fingerprint !== rec.fingerprint) verdict = gap('changed-offline', `the file-system superblocks of ${pair.source.path} changed while this system was down (mounted read-write elsewhere?)`);
       else {
         verdict = {
           ...gap('unclean-shutdown', ''), resumed: true, cause: null,
@@ -146,7 +182,7 @@ function consume(io: BlockIo, pair: PairRecord): number {
  * come first and the writes since on top; otherwise the saved sets and the
  * whole range suspect, with the gap's cause.
  */
-export function applyVerdict(s: Session, pair: PairRecord, range: RangeState, saved: Omit<RangeState, 'slot'>, v: BootVerdict): void {
+export function applyVerdict(s: Session, pair: PairRecord, range: RangeState, saved: Past, v: BootVerdict): void {
   const since = { dirty: range.dirty.clone(), discarded: range.discarded.clone() };
   const base = v.resumed && v.sets
     ? { dirty: setOf(v.sets.dirty), suspect: setOf(v.sets.suspect), discarded: setOf(v.sets.discarded) }
@@ -184,6 +220,83 @@ export function voidShutdownRecords(settings: Settings, pairs: PairRecord[]): vo
   fs.rmSync(marker, { force: true });
 }
 
+const encodePast = (p: Past): AwaitingRecord['past'] => ({
+  dirty: p.dirty.toBuffer(), suspect: p.suspect.toBuffer(), discarded: p.discarded.toBuffer(), unreconciled: p.unreconciled.toBuffer(),
+  receivedSectors: p.receivedSectors, gaps: p.gaps,
+});
+const decodePast = (p: AwaitingRecord['past']): Past => ({
+  dirty: ExtentSet.fromBuffer(p.dirty), suspect: ExtentSet.fromBuffer(p.suspect), discarded: ExtentSet.fromBuffer(p.discarded),
+  unreconciled: ExtentSet.fromBuffer(p.unreconciled), receivedSectors: p.receivedSectors, gaps: p.gaps,
+});
+
+/** Why a waiting pair is not synced, rolled back or compared (the session's problem for it). */
+export const waitingProblem = (pair: PairRecord) =>
+  `pair ${pair.name}: waiting for its DPSR drive ${pair.drive.path}: the shutdown record on it is judged when it is back (any dpsr command or the daemon); nothing is synced until then`;
+
+/**
+ * A pair left waiting in an earlier boot (its drive never came back there): that boot's writes, tracked
+ * and saved, lie on top of the state it kept waiting. The record it waited for is from before that boot.
+ */
+function pastOfEarlierWait(pair: PairRecord, saved: Past): Past {
+  const w = pair.awaitingRecord;
+  if (!w || w.bootId === bootId()) return saved;
+  const past = decodePast(w.past);
+  past.dirty.subtractSet(saved.discarded);
+  past.discarded.subtractSet(saved.dirty);
+  past.dirty.addSet(saved.dirty);
+  past.discarded.addSet(saved.discarded);
+  past.suspect.addSet(saved.suspect);
+  past.unreconciled.addSet(saved.unreconciled);
+  return { ...past, receivedSectors: saved.receivedSectors, gaps: [...past.gaps, ...saved.gaps] };
+}
+
+/**
+ * Gives a pair its verdict, or keeps it waiting: the range holds what was written since tracking began, and
+ * `past` (the state saved before) waits in the pair record with the proof, durably (a state saved in this
+ * boot, so the record on the drive can never be taken by a later boot: distrust()).
+ */
+async function applyOrWait(s: Session, pair: PairRecord, range: RangeState, past: Past, v: BootVerdict): Promise<void> {
+  if (v.awaiting) {
+    const { savedBootId, baseline, fingerprint } = v.awaiting;
+    pair.awaitingRecord = { bootId: bootId(), atMs: Date.now(), savedBootId, baseline, fingerprint, past: encodePast(past) };
+    s.problems.set(pair.name, waitingProblem(pair));
+  } else {
+    applyVerdict(s, pair, range, past, v);
+    if (s.problems.get(pair.name)?.startsWith(waitingProblem(pair))) s.problems.delete(pair.name);
+    pair.awaitingRecord = null;
+  }
+  await s.store.putPairAndRange(pair, range);
+}
+
+/**
+ * A pair waiting in this boot: judged now if its DPSR drive is back, with the
+ * values proved when tracking began (a verdict already made and kept in /run
+ * is applied as it is). The daemon calls it each tick.
+ */
+export async function settleWaiting(s: Session, pair: PairRecord, range: RangeState, dev: BlockDevice): Promise<void> {
+  const w = pair.awaitingRecord;
+  if (!w || w.bootId !== bootId()) return; // from an earlier boot: its adoption across the reboot judges it
+  const earlier = readVerdict(s.settings, pair);
+  const v = earlier && !earlier.awaiting ? earlier : judgeAcrossReboot(s.settings, pair, dev, proofOf(w));
+  if (v.awaiting) s.problems.set(pair.name, waitingProblem(pair)); // still away: the wait saved stays as it is
+  else await applyOrWait(s, pair, range, decodePast(w.past), v);
+}
+
+const proofOf = (w: AwaitingRecord): Proof => ({ savedBootId: w.savedBootId, baseline: w.baseline, fingerprint: w.fingerprint });
+
+/** Every waiting pair of a session (the daemon's tick): judged once its drive is back. */
+export async function settleAllWaiting(s: Session): Promise<void> {
+  for (const [name, range] of s.ranges) {
+    const pair = s.store.pair(name);
+    if (!pair?.awaitingRecord) continue;
+    try {
+      await settleWaiting(s, pair, range, resolveBlockDevice(pair.source.path));
+    } catch (err) {
+      s.problems.set(name, `${waitingProblem(pair)} (${(err as Error).message})`);
+    }
+  }
+}
+
 /** The adoption every session of this dpsr runs for a range last saved in another boot. */
 export function rebootAdopter(settings: Settings): RebootAdopter {
   return {
@@ -191,9 +304,11 @@ export function rebootAdopter(settings: Settings): RebootAdopter {
     baselineOf: (pair) => readVerdict(settings, pair)?.baseline ?? null,
     adopt: async (s, pair, range, saved, dev, savedBootId, trackedSinceBoot) => {
       const earlier = trackedSinceBoot ? readVerdict(settings, pair) : null;
-      const v = earlier ?? judgeAcrossReboot(settings, pair, dev, range.baseline, savedBootId);
-      applyVerdict(s, pair, range, saved, v);
+      const v = earlier && !earlier.awaiting ? earlier
+        : judgeAcrossReboot(settings, pair, dev, earlier?.awaiting ?? proofAt(dev, range.baseline, savedBootId));
+      await applyOrWait(s, pair, range, pastOfEarlierWait(pair, saved), v);
     },
+    settle: settleWaiting,
   };
 }
 
@@ -205,6 +320,8 @@ export function openTrackingSession(settings: Settings, opts: { waitMs?: number 
 export interface BootOutcome {
   name: string;
   resumed: boolean;
+  /** The DPSR drive was missing: judged when it returns. */
+  awaiting: boolean;
   cause: GapCause | null;
   detail: string;
   dirtyBytes: number;
@@ -217,11 +334,26 @@ function outcomeOf(pair: PairRecord, v: BootVerdict | null, dev: BlockDevice | n
   return {
     name: pair.name,
     resumed: v?.resumed ?? false,
+    awaiting: Boolean(v?.awaiting),
     cause: v?.cause ?? null,
     detail: v ? v.detail : dev === null ? `the source ${pair.source.path} is not here: the first session that finds it compares it` : 'adopted in this boot already',
     dirtyBytes: ((sets?.dirty.totalSectors ?? 0) + (range?.dirty.totalSectors ?? 0)) * SECTOR,
-    suspectBytes: (v && !v.resumed ? pair.dataSectors : sets?.suspect.totalSectors ?? 0) * SECTOR,
+    suspectBytes: (v && !v.resumed && !v.awaiting ? pair.dataSectors : sets?.suspect.totalSectors ?? 0) * SECTOR,
   };
+}
+
+/** This boot's verdict for a pair; one that waited for its DPSR drive is judged now, with the proof kept, if the drive is back. */
+function judgeIfBack(settings: Settings, pair: PairRecord): BootVerdict | null {
+  const v = readVerdict(settings, pair);
+  const proof = v?.awaiting ?? (pair.awaitingRecord?.bootId === bootId() ? proofOf(pair.awaitingRecord) : null);
+  if (!proof) return v;
+  let dev;
+  try {
+    dev = resolveBlockDevice(pair.source.path);
+  } catch {
+    return v; // the source gone meanwhile: the session that finds it judges
+  }
+  return judgeAcrossReboot(settings, pair, dev, proof);
 }
 
 /** Waits up to `waitMs` for a device node (early in a boot udev may still be making it); null when it never came. */
@@ -249,9 +381,9 @@ export async function adoptAtBoot(settings: Settings, opts: { waitMs: number }):
   if (!store) return [];
   try {
     const pairs = store.pairs();
-    // Judged already in this boot (dpsr boot ran, or a session saved since): only reported.
+    // Judged already in this boot (dpsr boot ran, or a session saved since): only reported, or judged now if it waited for its drive.
     const todo = pairs.filter((pair) => !readVerdict(settings, pair) && store.rangeBootId(pair.name) !== bootId());
-    if (todo.length === 0) return pairs.map((pair) => outcomeOf(pair, readVerdict(settings, pair), undefined, undefined));
+    if (todo.length === 0) return pairs.map((pair) => outcomeOf(pair, judgeIfBack(settings, pair), undefined, undefined));
     checkTrackingSupport(settings.kernelBtfPath);
     const kt = KernelTracking.open({ pinDir: settings.pinDir });
     try {
@@ -265,7 +397,7 @@ export async function adoptAtBoot(settings: Settings, opts: { waitMs: number }):
         return pairs.map((pair) => {
           const dev = devs.get(pair.name);
           const range = ranges.get(pair.name);
-          const v = dev && range ? judgeAcrossReboot(settings, pair, dev, range.baseline, store.rangeBootId(pair.name)) : readVerdict(settings, pair);
+          const v = dev && range ? judgeAcrossReboot(settings, pair, dev, proofAt(dev, range.baseline, store.rangeBootId(pair.name))) : judgeIfBack(settings, pair);
           return outcomeOf(pair, v, dev, range);
         });
       } finally {

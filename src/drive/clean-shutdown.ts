@@ -46,11 +46,13 @@ interface Prepared {
 function baseOf(settings: Settings, store: Store, pair: PairRecord): { saved: Omit<RangeState, 'slot'>; baseBootId: string | null } | string {
   const saved = store.range(pair.name);
   if (!saved) return 'no tracker state was ever saved for it';
+  // Its state before this boot waits apart, with the record it was never judged against: neither may be handed on.
+  if (pair.awaitingRecord) return `it still waits for its DPSR drive ${pair.drive.path}, missing when this boot began: the record of the boot before was never judged`;
   const savedBootId = store.rangeBootId(pair.name);
   if (savedBootId === bootId()) return { saved, baseBootId: savedBootId };
   const v = readVerdict(settings, pair);
   if (!v?.resumed || !v.sets || !v.baseline) {
-    return `its history in this boot is unknown (${v ? `${v.cause}: ${v.detail}` : 'no dpsr adopted it since the boot'})`;
+    return `its history in this boot is unknown (${v ? `${v.cause ?? 'waiting'}: ${v.detail}` : 'no dpsr adopted it since the boot'})`;
   }
   const set = (s: string) => ExtentSet.fromBuffer(Buffer.from(s, 'base64'));
   return {
@@ -170,7 +172,9 @@ async function recordAll(settings: Settings, store: Store, kt: KernelTracking, t
       outcome.recorded = true;
       written.push(p);
     } catch (err) {
-      outcome.detail = `the record could not be written: ${(err as Error).message}`;
+      outcome.detail = (err as DpsrError).code === 'ENODEV'
+        ? `its DPSR drive ${pair.drive.path} is missing (${(err as Error).message})`
+        : `the record could not be written: ${(err as Error).message}`;
     }
   }
   // A write between the counts and now (other than the records themselves) voids the records of its disk.

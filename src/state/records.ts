@@ -2,6 +2,8 @@
 // and in part in the drive's label): plain types, and the one rule that
 // keeps a record's history bounded.
 import type { DeviceIdentity } from '../devices/identity.js';
+import type { Baseline } from '../kernel/reconcile.js';
+import type { Gap } from '../kernel/tracker.js';
 
 /** What the image on the drive is. */
 export type ImageState =
@@ -41,6 +43,27 @@ export interface PendingGeneration {
   discard?: Buffer;
 }
 
+/**
+ * A pair whose DPSR drive was missing when a boot judged it across the
+ * reboot (drive/boot-adoption.ts): what was proved when tracking began,
+ * judged against the drive's shutdown record when the drive returns. Until
+ * then the pair's range holds only what was written since tracking began,
+ * and its earlier state waits here.
+ */
+export interface AwaitingRecord {
+  /** The boot it waits in. */
+  bootId: string | null;
+  atMs: number;
+  /** The boot the pair was last tracked in before this one: the record must extend that boot's state. */
+  savedBootId: string | null;
+  /** The kernel's count of the source's disk when tracking began (exact and 0: nothing written before). */
+  baseline: Baseline | null;
+  /** The source's file-system superblocks when tracking began (devices/fingerprint.ts). */
+  fingerprint: string;
+  /** The tracker's state as saved in that earlier boot (sets as ExtentSet.toBuffer()). */
+  past: { dirty: Buffer; suspect: Buffer; discarded: Buffer; unreconciled: Buffer; receivedSectors: number; gaps: Gap[] };
+}
+
 /** A restore point that was dropped, and why. */
 export interface DroppedPoint { generation: number; timeMs: number | null; label: string | null; reason: string; atMs: number }
 
@@ -73,6 +96,8 @@ export interface PairRecord {
   scrub?: ScrubProgress;
   /** Freeze durations of the last syncs (ms), newest last: status shows their p99. */
   freezeHistoryMs?: number[];
+  /** Set while the boot's judgement waits for the DPSR drive: no sync, rollback or compare until it is judged. */
+  awaitingRecord?: AwaitingRecord | null;
 }
 
 /** A journal transaction being written, and the image it makes once committed (replayed from the pair record or the drive's label). */

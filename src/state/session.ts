@@ -44,6 +44,8 @@ export interface RebootAdopter {
    */
   adopt(s: Session, pair: PairRecord, range: RangeState, saved: Omit<RangeState, 'slot'>, dev: BlockDevice,
     savedBootId: string | null, trackedSinceBoot: boolean): Promise<void>;
+  /** A range saved in this boot whose pair still waits for its DPSR drive to be judged: judged if the drive is back. */
+  settle(s: Session, pair: PairRecord, range: RangeState, dev: BlockDevice): Promise<void>;
 }
 
 async function startTracker(kt: KernelTracking, settings: Settings, store: Store, waitMs: number): Promise<Tracker> {
@@ -101,6 +103,8 @@ async function adoptPair(s: Session, pair: PairRecord, opts: { inheritable?: boo
     await opts.rebooted.adopt(s, pair, range, saved, dev, savedBootId, baseline !== null && range.baseline === baseline);
   } else {
     range = await s.tracker.track(dev, pair.name, saved, opts);
+    if (pair.awaitingRecord && opts.rebooted) await opts.rebooted.settle(s, pair, range, dev);
+    else if (pair.awaitingRecord) s.problems.set(pair.name, `pair ${pair.name}: waiting for its DPSR drive to judge the shutdown record on it: not synced until then`);
   }
   await noteSourceChanges(s, pair, range, now);
   s.ranges.set(pair.name, range);

@@ -17,7 +17,8 @@ export async function bootCommand(opts: { json: boolean; waitMs: number }, setti
     for (const o of outcomes) {
       log(o.resumed
         ? `${o.name}: resumed, no gap (${formatBytes(o.dirtyBytes)} changed since the last sync)`
-        : `${o.name}: gap${o.cause ? ` (${o.cause})` : ''}: ${o.detail}`);
+        : o.awaiting ? `${o.name}: ${o.detail}`
+          : `${o.name}: gap${o.cause ? ` (${o.cause})` : ''}: ${o.detail}`);
     }
   }
   return ExitStatus.ok;

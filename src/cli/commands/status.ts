@@ -39,7 +39,7 @@ function printLong(st: PairStatus, log: (s: string) => void): void {
 
 const STATE_COLOUR: Record<PairState, 'green' | 'yellow' | 'red'> = {
   consistent: 'green', 'crash-consistent': 'yellow', fuzzy: 'yellow', copying: 'yellow', syncing: 'yellow',
-  'needs-compare': 'yellow', gap: 'yellow', inconsistent: 'red', error: 'red',
+  'needs-compare': 'yellow', gap: 'yellow', 'awaiting-drive': 'yellow', inconsistent: 'red', error: 'red',
 };
 
 /** One line per pair, aligned; colour on a terminal (not with NO_COLOR or when piped). */
