@@ -176,6 +176,16 @@ function consume(io: BlockIo, pair: PairRecord): number {
   }
 }
 
+type Changes = { dirty: ExtentSet; discarded: ExtentSet };
+
+/** Lays `older` under `newer` (into newer): the later of a write and a discard wins, as the tracker has it. */
+function layUnder(newer: Changes, older: Changes): void {
+  older.dirty.subtractSet(newer.discarded);
+  older.discarded.subtractSet(newer.dirty);
+  newer.dirty.addSet(older.dirty);
+  newer.discarded.addSet(older.discarded);
+}
+
 /**
  * Applies a verdict to a range adopted afresh in this boot (its sets hold
  * only what was written since tracking began): resumed, the record's sets
@@ -183,15 +193,10 @@ function consume(io: BlockIo, pair: PairRecord): number {
  * whole range suspect, with the gap's cause.
  */
 export function applyVerdict(s: Session, pair: PairRecord, range: RangeState, saved: Past, v: BootVerdict): void {
-  const since = { dirty: range.dirty.clone(), discarded: range.discarded.clone() };
   const base = v.resumed && v.sets
     ? { dirty: setOf(v.sets.dirty), suspect: setOf(v.sets.suspect), discarded: setOf(v.sets.discarded) }
     : { dirty: saved.dirty, suspect: saved.suspect, discarded: saved.discarded };
-  // The later of a write and a discard wins (as the tracker has it): what was written since is dirty, what was discarded since is discarded.
-  base.dirty.subtractSet(since.discarded);
-  base.discarded.subtractSet(since.dirty);
-  range.dirty.addSet(base.dirty);
-  range.discarded.addSet(base.discarded);
+  layUnder(range, base);
   range.suspect.addSet(base.suspect);
   if (!v.resumed) range.suspect.addSet(saved.unreconciled);
   range.receivedSectors = saved.receivedSectors;
@@ -241,13 +246,11 @@ function pastOfEarlierWait(pair: PairRecord, saved: Past): Past {
   const w = pair.awaitingRecord;
   if (!w || w.bootId === bootId()) return saved;
   const past = decodePast(w.past);
-  past.dirty.subtractSet(saved.discarded);
-  past.discarded.subtractSet(saved.dirty);
-  past.dirty.addSet(saved.dirty);
-  past.discarded.addSet(saved.discarded);
+  const changes = { dirty: saved.dirty.clone(), discarded: saved.discarded.clone() };
+  layUnder(changes, past);
   past.suspect.addSet(saved.suspect);
   past.unreconciled.addSet(saved.unreconciled);
-  return { ...past, receivedSectors: saved.receivedSectors, gaps: [...past.gaps, ...saved.gaps] };
+  return { ...past, ...changes, receivedSectors: saved.receivedSectors, gaps: [...past.gaps, ...saved.gaps] };
 }
 
 /**
