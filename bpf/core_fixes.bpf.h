@@ -19,7 +19,7 @@ static __always_inline struct gendisk *request_disk(struct request *rq)
 
 	if (bpf_core_field_exists(old->rq_disk))
 		return BPF_CORE_READ(old, rq_disk);
-	return BPF_CORE_READ(rq, q, disk);
+	return rq->q->disk;	/* a tp_btf argument: direct loads, no probe-read call */
 }
 
 #endif /* CORE_FIXES_BPF_H */

@@ -283,7 +283,7 @@ static __always_inline struct dpsr_disk *tracked_disk(struct request *rq, __u32 
 
 	if (!disk)
 		return NULL;
-	*dev = ((__u32)BPF_CORE_READ(disk, major) << 20) | (__u32)BPF_CORE_READ(disk, first_minor);
+	*dev = ((__u32)disk->major << 20) | (__u32)disk->first_minor;
 	return bpf_map_lookup_elem(&disks, dev);
 }
 
@@ -453,7 +453,7 @@ static long place_bio(__u32 i, struct walk_ctx *w)
  */
 static __always_inline void place_request(struct walk_ctx *w, struct request *rq, __u32 bytes)
 {
-	__u64 start = BPF_CORE_READ(rq, __sector);
+	__u64 start = rq->__sector;
 
 	if (!is_ranged_write(w->q.op)) {
 		place(&w->q, start, start + (bytes >> 9), true, 0);
@@ -462,11 +462,11 @@ static __always_inline void place_request(struct walk_ctx *w, struct request *rq
 	/* blk_rq_nr_discard_segments(); one segment: contiguous bios, if several
 	 * (ll_new_hw_segment adds none for a discard merged at its end). */
 	if ((w->q.op != REQ_OP_DISCARD && w->q.op != REQ_OP_SECURE_ERASE) ||
-	    BPF_CORE_READ(rq, nr_phys_segments) <= 1) {
+	    rq->nr_phys_segments <= 1) {
 		place(&w->q, start, start + (bytes >> 9), false, bytes >> 9);
 		return;
 	}
-	w->bio = BPF_CORE_READ(rq, bio);
+	w->bio = BPF_CORE_READ(rq, bio);	/* read as a plain value: the walk reads bios by probe */
 	w->left = bytes;
 	bpf_loop(DPSR_MAX_DISCARD_BIOS, place_bio, w, 0);
 	if (w->left)
@@ -477,7 +477,7 @@ static __always_inline bool start_request(struct walk_ctx *w, struct request *rq
 {
 	struct dpsr_disk *disk;
 
-	w->q.op = BPF_CORE_READ(rq, cmd_flags) & REQ_OP_MASK;
+	w->q.op = rq->cmd_flags & REQ_OP_MASK;
 	if (!(w->q.op & 1))		/* op_is_write() */
 		return false;
 	disk = tracked_disk(rq, &w->q.dev);
@@ -531,7 +531,7 @@ static __always_inline void log_issue(const struct req_ctx *q, struct request *r
 		e.dev = q->dev;
 		e.op = q->op;
 		e.flags = (q->op == REQ_OP_DISCARD || q->op == REQ_OP_SECURE_ERASE) &&
-			  BPF_CORE_READ(rq, nr_phys_segments) > 1 ? DPSR_ISSUED_UNPLACED : 0;
+			  rq->nr_phys_segments > 1 ? DPSR_ISSUED_UNPLACED : 0;
 		err = bpf_map_update_elem(&issued, &key, &e, BPF_NOEXIST);
 		if (!err)
 			return;
@@ -561,8 +561,8 @@ static __always_inline void log_issue(const struct req_ctx *q, struct request *r
  */
 static __always_inline bool log_continues(__u64 key, struct dpsr_issued *e, struct request *rq)
 {
-	__u64 pos = BPF_CORE_READ(rq, __sector);
-	__u64 left = BPF_CORE_READ(rq, __data_len) >> 9;
+	__u64 pos = rq->__sector;
+	__u64 left = rq->__data_len >> 9;
 	struct dpsr_issued lost;
 
 	if (pos + left != e->sector + e->sectors || pos < e->sector) {
@@ -653,9 +653,9 @@ int BPF_PROG(dpsr_issue, struct request *rq)
 
 	if (!start_request(&w, rq))
 		return 0;
-	bytes = BPF_CORE_READ(rq, __data_len);
+	bytes = rq->__data_len;
 	place_request(&w, rq, bytes);
 	if (log_issues)
-		log_issue(&w.q, rq, BPF_CORE_READ(rq, __sector), bytes);
+		log_issue(&w.q, rq, rq->__sector, bytes);
 	return 0;
 }
