@@ -13,7 +13,7 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include <vector>
+#include <cstring>
 
 #include "dpsr.h"
 #include "errors.h"
@@ -44,6 +44,11 @@ public:
 		}
 		defer_release_ = info.Length() > 5 && info[5].ToBoolean();
 		max_records_ = (size_t)max_batch;
+		// One batch memory for the reader's life, lent to the callback as a
+		// view: a copy and a Buffer per batch cost more than reading them.
+		Napi::ArrayBuffer store = Napi::ArrayBuffer::New(env, max_records_ * sizeof(struct dpsr_record));
+		store_data_ = static_cast<uint8_t *>(store.Data());
+		store_ = Napi::Persistent(store);
 		__u32 key = (__u32)index, id = 0;
 		if (bpf_map_lookup_elem((int)outer, &key, &id)) {
 			ThrowErrno(env, errno, "no consumer ring at index " + std::to_string(index));
@@ -104,11 +109,11 @@ public:
 	}
 
 private:
-	// Reads up to one batch from read_pos_; returns records taken.
+	// Reads up to one batch from read_pos_ into the batch memory; returns records taken.
 	int Fill() {
-		batch_.clear();
+		size_t n = 0;
 		unsigned long prod = __atomic_load_n(producer_pos_, __ATOMIC_ACQUIRE);
-		while (read_pos_ < prod && batch_.size() < max_records_ * sizeof(struct dpsr_record)) {
+		while (read_pos_ < prod && n < max_records_) {
 			uint32_t *hdr = reinterpret_cast<uint32_t *>(data_ + (read_pos_ & mask_));
 			uint32_t len = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
 			if (len & BPF_RINGBUF_BUSY_BIT) break;  // still being written
@@ -116,7 +121,8 @@ private:
 			if (!(len & BPF_RINGBUF_DISCARD_BIT)) {
 				if (size == sizeof(struct dpsr_record)) {
 					const uint8_t *p = reinterpret_cast<const uint8_t *>(hdr) + BPF_RINGBUF_HDR_SZ;
-					batch_.insert(batch_.end(), p, p + size);
+					memcpy(store_data_ + n * size, p, size);
+					n++;
 				} else {
 					bad_++;
 				}
@@ -124,7 +130,11 @@ private:
 			read_pos_ += (size + BPF_RINGBUF_HDR_SZ + 7) & ~7UL;
 		}
 		if (!defer_release_) __atomic_store_n(consumer_pos_, read_pos_, __ATOMIC_RELEASE);
-		return (int)(batch_.size() / sizeof(struct dpsr_record));
+		return (int)n;
+	}
+	// The first n records of the batch memory, valid until the next Fill.
+	Napi::Uint8Array Batch(Napi::Env env, int n) {
+		return Napi::Uint8Array::New(env, (size_t)n * sizeof(struct dpsr_record), store_.Value(), 0);
 	}
 
 	// From libuv: drain in batches, each a callback through MakeCallback.
@@ -134,8 +144,7 @@ private:
 		while (open_) {
 			int n = Fill();
 			if (n <= 0) break;
-			Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::Copy(env, batch_.data(), batch_.size());
-			callback_.MakeCallback(Value(), {buf}, *context_);
+			callback_.MakeCallback(Value(), {Batch(env, n)}, *context_);
 			if (env.IsExceptionPending()) {
 				napi_fatal_exception(env, env.GetAndClearPendingException().Value());
 				break;
@@ -156,7 +165,7 @@ private:
 			int n = Fill();
 			if (n == 0) break;
 			total += n;
-			callback_.Call(Value(), {Napi::Buffer<uint8_t>::Copy(env, batch_.data(), batch_.size())});
+			callback_.Call(Value(), {Batch(env, n)});
 			if (env.IsExceptionPending()) return env.Undefined();
 			if ((size_t)n < max_records_) break;
 		}
@@ -198,6 +207,8 @@ private:
 		delete context_;
 		context_ = nullptr;
 		callback_.Reset();
+		store_.Reset();
+		store_data_ = nullptr;
 		Unref();
 	}
 
@@ -224,7 +235,8 @@ private:
 	uv_timer_t *timer_ = nullptr;
 	Napi::FunctionReference callback_;
 	Napi::AsyncContext *context_ = nullptr;
-	std::vector<uint8_t> batch_;
+	Napi::Reference<Napi::ArrayBuffer> store_;
+	uint8_t *store_data_ = nullptr;
 	size_t max_records_ = 65536;
 	uint64_t bad_ = 0;
 };

@@ -52,7 +52,7 @@ export interface Native {
   ringCreate(outerFd: number, index: number, bytes: number): void;
   membarrier(): void;
   flock(fd: number, mode: 'ex' | 'sh' | 'un', wait: boolean): boolean;
-  RingReader: new (outerFd: number, index: number, onBatch: (records: Buffer) => void,
+  RingReader: new (outerFd: number, index: number, onBatch: (records: Uint8Array) => void,
     timerMs: number, maxBatchRecords: number, deferRelease?: boolean) => RingReader;
   blkGetSize64(fd: number): number;
   blkSszGet(fd: number): number;

@@ -82,7 +82,7 @@ export function u32Key(n: number): Buffer {
 }
 
 /** Calls `each` for every record of a batch, without allocating per record. */
-export function forEachRecord(batch: Buffer, each: (r: WriteRecord) => void): void {
+export function forEachRecord(batch: Uint8Array, each: (r: WriteRecord) => void): void {
   const L = Layout.record;
   const r: WriteRecord = { startSector: 0, endSector: 0, dev: 0, op: 0, flags: 0, slotMask: 0 };
   // A DataView reads each field inline; Buffer's readers are calls with bounds checks of their own.

@@ -191,7 +191,7 @@ export class Tracker {
     this.bySlot[state.slot] = undefined;
   }
 
-  private ingest(batch: Buffer): void {
+  private ingest(batch: Uint8Array): void {
     this.orphans?.push(Buffer.from(batch)); // a slot may be adopted later
     const { records, malformed } = this.ingestInto(batch, (slot) => this.bySlot[slot]);
     this.drained += records;
@@ -202,11 +202,11 @@ export class Tracker {
    * Records read from another version's ring (an upgrade), whose slot numbers
    * are its own; returns how many were malformed (that version's epochs are suspect then).
    */
-  ingestForeign(batch: Buffer, rangeOfSlot: (slot: number) => RangeState | undefined): number {
+  ingestForeign(batch: Uint8Array, rangeOfSlot: (slot: number) => RangeState | undefined): number {
     return this.ingestInto(batch, rangeOfSlot).malformed;
   }
 
-  private ingestInto(batch: Buffer, rangeOfSlot: (slot: number) => RangeState | undefined): { records: number; malformed: number } {
+  private ingestInto(batch: Uint8Array, rangeOfSlot: (slot: number) => RangeState | undefined): { records: number; malformed: number } {
     let n = 0;
     let malformed = 0;
     forEachRecord(batch, (r) => {

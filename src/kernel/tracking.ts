@@ -422,11 +422,12 @@ export class KernelTracking {
   }
 
   /**
-   * Delivers the ring's records in batches on the event loop. With
-   * `deferRelease` the records stay in the ring until release(): a process
-   * that dies before persisting them leaves them to the next one.
+   * Delivers the ring's records in batches on the event loop. A batch is
+   * lent: its memory is reused by the next one, so keep a copy, never the
+   * batch. With `deferRelease` the records stay in the ring until release():
+   * a process that dies before persisting them leaves them to the next one.
    */
-  reader(ring: number, onBatch: (records: Buffer) => void, timerMs = 50, deferRelease = false): RingReader {
+  reader(ring: number, onBatch: (records: Uint8Array) => void, timerMs = 50, deferRelease = false): RingReader {
     return new (native().RingReader)(this.maps.rings, ring, onBatch, timerMs, 65536, deferRelease);
   }
 }
