@@ -141,10 +141,11 @@ test('restore --partition N --at and --whole --at write a restore point\'s parti
   assert.is(sha256Of(disk), point1, 'the whole disk is point 1\'s image');
 });
 
-test('a full history drops the oldest points first (a labelled one with a warning), and status says so', () => {
+test('a full history drops the oldest points first (a labelled one with a warning, when_full = "drop-labelled"), and status says so', () => {
   const source = fx.loop(32);
   const drive = fx.loop(32 + 64 + 1);
   randomFill(source, 32);
+  fs.writeFileSync(env.DPSR_CONFIG!, '[pairs.p]\npolicy = "manual"\nwhen_full = "drop-labelled"\n'); // refused without it (restore-points-keep)
   ok('pair', source, drive, '--name', 'p', '--history', '1M');
   ok('sync', 'p', '--quiet-period', '0.2', '--point', 'first');
   const gens: number[] = [];
@@ -234,7 +235,7 @@ test('bad input: an unknown point, --at on a pair without history, a history too
     [['history', 'p', '--drop', '99'], 1, /no restore point of generation 99 to drop/],
     [['history', 'p', '--drop', 'x'], 2, /--drop x: a generation number/],
     [['sync', 'p', '--point', 'two words'], 2, /--point two words: a name starting with a letter/],
-    [['rollback', '--drive', drive, '--at', '1'], 2, /--at goes with a pair name/],
+    [['rollback', '--drive', drive, '--at', '99', '--yes'], 1, /no restore point of generation 99/],
     [['rollback', 'p', '--at', '99', '--yes'], 1, /no restore point of generation 99/],
     [['restore', 'p', '--whole', '--at', 'nope', '--yes'], 1, /no restore point labelled "nope"/],
   ];

@@ -13,6 +13,7 @@ import { type Fixture, ddDirect, eachTestFreshCli, randomFill, runDpsr, runDpsrK
 import { BOOTED_MARKER, SYSTEM_DISK_MiB, bootPieces, makeSystemDisk, withMounted } from './helpers/boot-image.js';
 import { bootGuest, serialTail } from './helpers/qemu.js';
 import { pointHash as pointHashOf } from './helpers/points.js';
+import { startDaemon, statusOf, waitFor } from './helpers/daemon-child.js';
 
 let fx: Fixture;
 let env: NodeJS.ProcessEnv;
@@ -101,6 +102,40 @@ test('revert, then boot the reverted DPSR drive in qemu: it comes up with the ol
   const b = await bootGuest(fx, { disks: [{ path: drive, snapshot: true }], timeoutMs: 120_000, watchFor: new RegExp(BOOTED_MARKER) });
   const state = b.serial.match(new RegExp(`${BOOTED_MARKER} state=([^\\r\\n]*)`))?.[1] ?? null;
   assert.is(state, 'v1', `the reverted drive boots with the state of point ${v1}:\n${serialTail(b.serial)}`);
+});
+
+test('a daemon with a continuous policy holds a reverted pair (status says so, no sync copies the source back) until a manual sync', async () => {
+  const source = fx.loop(32);
+  const drive = fx.loop(32 + 64 + 32);
+  const bytes = 32 << 20;
+  randomFill(source, 32);
+  ok('pair', source, drive, '--name', 'p', '--history', '32M');
+  fs.writeFileSync(env.DPSR_CONFIG!, 'tick = "200ms"\n[pairs.p]\npolicy = "continuous"\nrpo = "1s"\nmin_interval = "200ms"\n');
+  await startDaemon(fx, env);
+  changeSome(source, 1);
+  await waitFor('the daemon synced by policy', async () => sha256Of(drive, bytes) === sha256Of(source, bytes), 30_000);
+  const target = 0;
+  const point0 = await pointHash('p', String(target));
+  const r = JSON.parse(ok('revert', 'p', '--at', String(target), '--json')).revert; // through the daemon
+  assert.ok(r.warnings.some((w: string) => /the daemon's policy holds p .* until a manual dpsr sync p/.test(w)), r.warnings.join('\n'));
+  assert.is(sha256Of(drive, bytes), point0);
+  const gen = r.generation;
+  changeSome(source, 2); // more to sync: a continuous policy would within its rpo
+  const held = await waitFor('the daemon saw the new writes', async () => { const st = await statusOf(env, 'p'); return (st.dirtyBytes ?? 0) > 0 && st; });
+  assert.ok(held.warnings.some((w) => /reverted to restore point 0 .* the daemon's policy does not sync it until a manual dpsr sync p/.test(w)), held.warnings.join('\n'));
+  assert.is(held.nextSync, null, 'no sync planned while held');
+  // Five times its rpo, by its own clock: a policy that went on would have synced.
+  const since = Date.now();
+  await waitFor('five rpo periods', async () => Date.now() - since > 5000, 20_000);
+  const st = await statusOf(env, 'p');
+  assert.is(st.generation, gen, 'the daemon synced the reverted drive back');
+  assert.is(sha256Of(drive, bytes), point0, 'the reverted image was overwritten');
+  assert.is(syncGen('p'), gen + 1, 'a manual sync goes on');
+  const after = await statusOf(env, 'p');
+  assert.not.ok(after.warnings.some((w) => /reverted to restore point/.test(w)), 'the hold ends with a manual sync');
+  assert.is(await pointHash('p', String(gen)), point0, 'the reverted image is kept as a restore point');
+  changeSome(source, 3);
+  await waitFor('the policy syncs again', async () => sha256Of(drive, bytes) === sha256Of(source, bytes), 30_000);
 });
 
 test('bad input: no history, an unknown point, --at missing: one line, exit status, nothing written', () => {

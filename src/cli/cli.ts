@@ -139,7 +139,7 @@ tls-certificates=DIR; root-only files), nbd+unix:///EXPORT?socket=PATH.`)
     .option('--quiet-period <SECONDS>', 'an unmounted source must be idle this long (since the last write dpsr saw) before the final pass', '2')
     .option('--timeout <DURATION>', 'give up waiting after this long (e.g. 90s, 10m): exit 1; the DPSR drive keeps a whole image either way')
     .option('--in-place', 'write this sync in place instead of through the journal (for one too big for it): the DPSR drive is no whole image until it ends')
-    .option('--point <LABEL>', 'name the image this sync makes: a restore point found by that name (dpsr history, --at LABEL)')
+    .option('--point <LABEL>', 'name the image this sync makes: a restore point found by that name (dpsr history, --at LABEL), kept until dropped')
     .addHelpText('after', `
 Everything a sync writes goes first into the redo journal in the DPSR
 drive's reserved tail, so the drive always holds one whole image. A sync with
@@ -329,7 +329,7 @@ unchanged unless --content, which compares the bytes as well.`)
     .description('the restore points kept on the DPSR drive (earlier images): generation, time, consistency, label, space held')
     .argument('<NAME>')
     .option('--json', 'one JSON document on stdout: {name, historyBytes, usedBytes, points: [{generation, time, image, label, bytes, current}], dropped}')
-    .option('--drop <GEN>', 'drop restore point GEN, and every older one (each needs the newer ones), freeing their space')
+    .option('--drop <GEN>', 'drop restore point GEN alone; an older point keeps the blocks of it that it needs (the space they hold comes back with it)')
     .addHelpText('after', `
 A pair keeps restore points when paired with --history SIZE (or all): before
 a sync overwrites blocks of the image, their old content is saved in the
@@ -337,7 +337,13 @@ DPSR drive's history region, durably and before the first block is written.
 Point GEN is the image generation GEN made; the newest is the current image.
 restore --at and diff --at read a point read-only (the drive is not written).
 When the region is full the oldest points go first; status lists what was
-dropped. A sync written in place (--in-place) drops every point.`)
+dropped. A sync written in place (--in-place) drops every point.
+
+The configuration (/etc/dpsr/dpsr.toml, a pair's table or [default]) bounds
+what is kept: keep = "7d" drops points older than that at the next sync,
+keep_points = N keeps at most N. A point labelled by sync --point is kept by
+both until it is dropped here; a sync that would need its space is refused
+(when_full = "drop-labelled" drops it instead, and status says so).`)
     .action(async (name: string, opts: { json?: boolean; drop?: string }) => {
       const { historyCommand } = await import('./commands/history.js');
       let drop: number | undefined;
@@ -377,7 +383,9 @@ partial or none. Interrupted, the same command run again completes it.
 With --at, the source returns to a restore point: it writes what the tracker
 recorded plus every block a later sync changed, read from the point's image
 (read-only, the drive is not written); those blocks stay dirty, so the next
-sync makes that image the current one (the replaced image stays a point).`)
+sync makes that image the current one (the replaced image stays a point).
+With --drive DEV --at, the points are those the drive's label names; the
+whole source is compared with the point's image and what differs written.`)
     .action(async (name: string | undefined, opts: { yes?: boolean; dryRun?: boolean; json?: boolean; drive?: string; source?: string; at?: string }) => {
       const { rollbackCommand } = await import('./commands/rollback.js');
       await rollbackCommand({
@@ -401,7 +409,8 @@ command finishes it. The image it replaces is kept as a restore point, as every
 newer one is, unless --drop-newer (asks on a terminal, else needs --yes). The
 source is not written: those blocks are dirty, so the next sync copies the
 source again (the reverted image then stays a point); boot the DPSR drive
-before that, or keep the pair manual. Refuses (exit 3, nothing written) a pair
+before that. The daemon's policy holds the pair meanwhile: it syncs it again
+only after a manual dpsr sync NAME (status says so). Refuses (exit 3, nothing written) a pair
 without history or journal, a revert larger than the journal, a mounted drive.`)
     .action(async (name: string, opts: { at: string; dropNewer?: boolean; yes?: boolean; dryRun?: boolean; json?: boolean }) => {
       const { revertCommand } = await import('./commands/revert.js');

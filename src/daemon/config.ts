@@ -16,11 +16,15 @@
 //   min_interval = "10s"             # `min_interval`
 //   [pairs.archive]
 //   policy = "manual"                # never written behind the admin's back
+//   keep = "7d"                      # restore points (pair --history): unlabelled ones older than this are dropped,
+//   keep_points = 50                 # and beyond this many; labelled ones (sync --point) stay until removed, and
+//   when_full = "refuse"             # a sync that would drop one for space is refused ("drop-labelled": dropped, said in status)
 import fs from 'node:fs';
 import { parse } from 'smol-toml';
 import { CalendarError, parseCalendar } from './calendar.js';
 import { DpsrError } from '../base/errors.js';
 import type { Policy } from './schedule.js';
+import { DEFAULT_KEEP, type KeepPolicy } from '../drive/history-region.js';
 import { durationOf, sizeOf } from '../base/units.js';
 
 // The policies and the decisions over them live in schedule.ts; pair-status.ts still imports them from here.
@@ -37,6 +41,9 @@ export interface DaemonConfig {
   pairs: Record<string, Policy>;
   /** Pairs the file does not name. */
   defaultPolicy: Policy;
+  /** Which restore points each pair keeps (keep, keep_points, when_full in its table). */
+  keep: Record<string, KeepPolicy>;
+  defaultKeep: KeepPolicy;
 }
 
 export class ConfigError extends DpsrError {
@@ -48,7 +55,7 @@ export class ConfigError extends DpsrError {
 
 export const DEFAULT_CONFIG: DaemonConfig = {
   tickMs: 1000, compareBytesPerSec: 64 << 20, scrubEveryMs: 7 * 86_400_000, scrubBytesPerSec: 16 << 20,
-  onFailure: null, metricsFile: null, pairs: {}, defaultPolicy: { policy: 'manual' },
+  onFailure: null, metricsFile: null, pairs: {}, defaultPolicy: { policy: 'manual' }, keep: {}, defaultKeep: DEFAULT_KEEP,
 };
 const TOP_KEYS = ['tick', 'compare_bandwidth', 'scrub_every', 'scrub_bandwidth', 'on_failure', 'metrics_file', 'default', 'pairs'];
 
@@ -76,7 +83,7 @@ function stringOrNull(value: unknown, where: string): string | null {
 function policyOf(table: unknown, where: string): Policy {
   if (typeof table !== 'object' || table === null || Array.isArray(table)) throw new ConfigError(`${where}: expected a table`);
   const t = table as Record<string, unknown>;
-  const known = new Set(['policy', 'rpo', 'min_interval', 'every', 'on_calendar']);
+  const known = new Set(['policy', 'rpo', 'min_interval', 'every', 'on_calendar', ...KEEP_KEYS]);
   for (const k of Object.keys(t)) if (!known.has(k)) throw new ConfigError(`${where}.${k}: unknown key (known: ${[...known].join(', ')})`);
   switch (t.policy) {
     case 'manual':
@@ -103,6 +110,24 @@ function policyOf(table: unknown, where: string): Policy {
   }
 }
 
+const KEEP_KEYS = ['keep', 'keep_points', 'when_full'];
+
+/** The restore points a pair's table keeps (its policy keys checked by policyOf). */
+function keepOf(table: Record<string, unknown>, where: string): KeepPolicy {
+  const { keep, keep_points: points, when_full: whenFull } = table;
+  if (points !== undefined && !(typeof points === 'number' && Number.isInteger(points) && points >= 0)) {
+    throw new ConfigError(`${where}.keep_points: ${JSON.stringify(points)} is not a count of restore points (use e.g. 50)`);
+  }
+  if (whenFull !== undefined && whenFull !== 'refuse' && whenFull !== 'drop-labelled') {
+    throw new ConfigError(`${where}.when_full: ${JSON.stringify(whenFull)} (use "refuse" or "drop-labelled")`);
+  }
+  return {
+    keepMs: keep === undefined || keep === 'all' ? null : durationMs(keep, `${where}.keep`),
+    keepPoints: points === undefined ? null : points as number,
+    dropLabelledWhenFull: whenFull === 'drop-labelled',
+  };
+}
+
 export function parseConfig(text: string, file: string): DaemonConfig {
   let doc: Record<string, unknown>;
   try {
@@ -115,7 +140,11 @@ export function parseConfig(text: string, file: string): DaemonConfig {
   }
   const pairs: Record<string, Policy> = {};
   const table = (doc.pairs ?? {}) as Record<string, unknown>;
-  for (const [name, p] of Object.entries(table)) pairs[name] = policyOf(p, `${file}: pairs.${name}`);
+  const keep: Record<string, KeepPolicy> = {};
+  for (const [name, p] of Object.entries(table)) {
+    pairs[name] = policyOf(p, `${file}: pairs.${name}`);
+    keep[name] = keepOf(p as Record<string, unknown>, `${file}: pairs.${name}`);
+  }
   return {
     tickMs: doc.tick === undefined ? DEFAULT_CONFIG.tickMs : durationMs(doc.tick, `${file}: tick`),
     compareBytesPerSec: doc.compare_bandwidth === undefined ? DEFAULT_CONFIG.compareBytesPerSec : sizeBytes(doc.compare_bandwidth, `${file}: compare_bandwidth`),
@@ -126,8 +155,13 @@ export function parseConfig(text: string, file: string): DaemonConfig {
     metricsFile: stringOrNull(doc.metrics_file, `${file}: metrics_file`),
     pairs,
     defaultPolicy: doc.default === undefined ? DEFAULT_CONFIG.defaultPolicy : policyOf(doc.default, `${file}: default`),
+    keep,
+    defaultKeep: doc.default === undefined ? DEFAULT_KEEP : keepOf(doc.default as Record<string, unknown>, `${file}: default`),
   };
 }
+
+/** The restore points pair `name` keeps: its table's keys, or the default table's. */
+export const keepPolicyOf = (config: DaemonConfig, name: string): KeepPolicy => config.keep[name] ?? config.defaultKeep;
 
 /** The file's configuration; the defaults (every pair manual) when there is no file. */
 export function loadConfig(file: string): DaemonConfig {

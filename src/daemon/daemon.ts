@@ -11,7 +11,7 @@ import type { Settings } from '../base/defaults.js';
 import { DpsrError, ExitStatus } from '../base/errors.js';
 import { ControlClient, PROTOCOL_VERSION, type ProgressFrame, type Received, type Reply, type Request, frameReader, parseRequest, writeFrame } from './protocol.js';
 import { type ProgressReporter, withProgressReporter } from '../base/progress.js';
-import { type DaemonConfig, loadConfig } from './config.js';
+import { type DaemonConfig, keepPolicyOf, loadConfig } from './config.js';
 import { type Policy, decide } from './schedule.js';
 import { type Schedule, changedBytes, hasChanges, percentile, policyOf, statusOf } from './pair-status.js';
 import { type HookEventKind, runFailureHook } from './failure-hook.js';
@@ -57,13 +57,14 @@ interface SyncWatch {
   finished(name: string, startedMs: number, result: SyncReport | Error): void;
 }
 
-async function syncNames(s: Session, names: string[], opts: { freeze?: boolean; quietMs?: number; inPlace?: boolean; point?: string }, watch: SyncWatch): Promise<SyncReport[]> {
+async function syncNames(s: Session, names: string[], opts: { freeze?: boolean; quietMs?: number; inPlace?: boolean; point?: string; config: DaemonConfig }, watch: SyncWatch): Promise<SyncReport[]> {
+  const { config, ...syncOpts } = opts;
   const reports: SyncReport[] = [];
   for (const name of names) {
     const started = Date.now();
     watch.started(name);
     try {
-      const r = await withSyncProgress(name, s.ranges.get(name), () => syncPair(s, name, { ...opts, lockWaitMs: 0 }));
+      const r = await withSyncProgress(name, s.ranges.get(name), () => syncPair(s, name, { ...syncOpts, lockWaitMs: 0, keep: keepPolicyOf(config, name) }));
       watch.finished(name, started, r);
       reports.push(r);
     } catch (err) {
@@ -152,7 +153,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
         const names = req.all ? s.store.pairs().map((p) => p.name) : req.names;
         for (const n of names) if (!s.store.pair(n)) throw new DpsrError(`no pair named ${n}`, 'ENOPAIR');
         return serial(() => withProgressReporter(reportTo,
-          () => syncNames(s, names, { freeze: req.freeze, quietMs: req.quietMs ?? opts.quietMs, inPlace: req.inPlace, point: req.point }, syncWatch)));
+          () => syncNames(s, names, { freeze: req.freeze, quietMs: req.quietMs ?? opts.quietMs, inPlace: req.inPlace, point: req.point, config }, syncWatch)));
       }
       case 'rollback':
         return serial(() => withProgressReporter(reportTo, () => rollbackInSession(s, req)));
@@ -273,7 +274,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
   const syncDue = async () => {
     for (const [name, range] of s.ranges) {
       const pair = s.store.pair(name);
-      if (!pair || s.problems.has(name)) continue;
+      if (!pair || s.problems.has(name) || pair.heldAfterRevert) continue; // a reverted drive waits for a manual sync
       const r = runtimeOf(name);
       const { syncNow } = decide(policyOf(config, name), {
         changed: hasChanges(range, pair),
@@ -282,7 +283,7 @@ export async function runDaemon(settings: Settings, opts: DaemonOptions, log: (l
         lastSyncStartMs: r.lastSyncStartMs, imageTimeMs: pair.imageTimeMs, failuresInARow: r.failuresInARow,
       }, Date.now());
       if (!syncNow) continue;
-      await syncNames(s, [name], { quietMs: opts.quietMs }, syncWatch).catch(() => {}); // reported by afterSync
+      await syncNames(s, [name], { quietMs: opts.quietMs, config }, syncWatch).catch(() => {}); // reported by afterSync
     }
   };
   // Background comparison: suspect regions at the compare bandwidth, then the scrub at its own.

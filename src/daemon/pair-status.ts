@@ -139,10 +139,14 @@ export function statusOf(pair: PairRecord, range: RangeState | undefined, proble
     warnings.push(`${formatBytes(data)} changed: nearing what one sync can journal (${formatBytes(capacity)}, ${formatBytes(Math.max(0, capacity - data))} left; ` +
       `an apt upgrade changes 1-2 GiB); sync soon, or a sync with more is refused`);
   }
+  if (pair.heldAfterRevert) {
+    warnings.push(`the DPSR drive was reverted to restore point ${pair.heldAfterRevert.toGeneration} ${humanDuration(nowMs - pair.heldAfterRevert.atMs)} ago: ` +
+      `the daemon's policy does not sync it until a manual dpsr sync ${pair.name}`);
+  }
   for (const d of (pair.historyDropped ?? []).filter((x) => nowMs - x.atMs < DROPPED_WARNING_MS)) {
     warnings.push(`restore point ${d.generation}${d.label ? ` labelled "${d.label}"` : ''} was dropped ${humanDuration(nowMs - d.atMs)} ago: ${d.reason}`);
   }
-  const planned = schedule ? nextSyncMs(policy, { changed, lastSyncStartMs: schedule.lastSyncStartMs, imageTimeMs: pair.imageTimeMs }, nowMs) : null;
+  const planned = schedule && !pair.heldAfterRevert ? nextSyncMs(policy, { changed, lastSyncStartMs: schedule.lastSyncStartMs, imageTimeMs: pair.imageTimeMs }, nowMs) : null;
   // After failed syncs the daemon waits out its backoff first (as schedule.ts decides).
   const next = planned === null ? null : Math.max(planned, schedule!.lastSyncStartMs + backoffMs(schedule!.failuresInARow));
   const scrub = pair.scrub;

@@ -13,19 +13,21 @@
 //                    each: magic "DPSRHIX1", format u32 = 1, payload length u32, SHA-256 of the payload,
 //                    then the payload, UTF-8 JSON of HistoryIndex. A reader takes the valid slot of this
 //                    pair with the highest seq, so a torn write leaves the other.
-//   [128 KiB, end)   undo records, a ring: each starts where the newest ends, or at 128 KiB when it would
-//                    not fit before the end; the points it overlaps are dropped (from the index, durably)
-//                    before it is written, and with them every older point (each point needs all later
-//                    records). A record: a header block (magic "DPSRUND1", version u32 = 1, extent count u32,
+//   [128 KiB, end)   undo records, a ring: each starts where the last one written ends (the index's cursor),
+//                    or at 128 KiB when it would not fit before the end; the points whose records it overlaps
+//                    are dropped (from the index, durably) before it is written, and with them every older
+//                    point (each point needs all later records). Dropping a point that has older ones moves
+//                    its records to the next older point (`carried`): that point's image needs them, so they
+//                    stay where they are until it goes too. A record: a header block (magic "DPSRUND1", version u32 = 1, extent count u32,
 //                    transaction seq u64, generation u64, data bytes u64, SHA-256 of the extent table,
 //                    SHA-256 of the data, then headHash = SHA-256 of pair id ‖ the 104 bytes before it),
 //                    the extent table (16 bytes each: start sector u64, sectors u64; padded to 4 KiB), and
 //                    the data of the extents in table order (whole 4 KiB blocks).
 import crypto from 'node:crypto';
-import { DpsrError } from '../base/errors.js';
+import { DpsrError, RefusedError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { native } from '../base/native.js';
-import { SECTOR } from '../base/units.js';
+import { SECTOR, formatBytes } from '../base/units.js';
 import type { BlockIo } from '../io/block-io.js';
 import type { DroppedPoint, ImageState, RevertOf } from '../state/records.js';
 import type { CommittedTransaction } from './journal.js';
@@ -51,20 +53,38 @@ export interface HistoryRegion {
   pairId: string;
 }
 
-/** One restore point: the image of `generation`, held as the undo of the transaction that replaced it. */
-export interface UndoPoint {
+/** An undo record in the region: the old content of what transaction `txnSeq` wrote over the image of `generation`. */
+export interface UndoRecord {
   generation: number;
-  timeMs: number | null;
-  image: ImageState;
-  label: string | null;
   /** The journal transaction whose apply this record undoes. */
   txnSeq: number;
   offsetBytes: number; // from the region start
   bytes: number; // the record's size in the region
   dataBytes: number;
   headHash: string; // hex: binds the record to this index entry
-  savedMs: number;
 }
+
+/** One restore point: the image of `generation`, held as the undo of the transaction that replaced it. */
+export interface UndoPoint extends UndoRecord {
+  timeMs: number | null;
+  image: ImageState;
+  label: string | null;
+  savedMs: number;
+  /** Records of dropped newer points that this image (and every older one) still needs, oldest first. */
+  carried?: UndoRecord[];
+}
+
+/** What a pair keeps (dpsr.toml's keep, keep_points, when_full); labelled points are kept until removed. */
+export interface KeepPolicy {
+  /** Unlabelled points whose image is older than this are dropped at the next sync (null: no limit). */
+  keepMs: number | null;
+  /** At most this many unlabelled points (null: as many as the region holds). */
+  keepPoints: number | null;
+  /** When the region is full and the next space to reuse holds a labelled point: drop it (with a warning) instead of refusing the sync. */
+  dropLabelledWhenFull: boolean;
+}
+
+export const DEFAULT_KEEP: KeepPolicy = { keepMs: null, keepPoints: null, dropLabelledWhenFull: false };
 
 
 export interface HistoryIndex {
@@ -74,6 +94,8 @@ export interface HistoryIndex {
   undoneTxnSeq: number;
   points: UndoPoint[]; // oldest first
   dropped: DroppedPoint[]; // the latest drops, newest last
+  /** Where the last record written ends (absent in older indexes: the newest point's end). */
+  cursorBytes?: number;
 }
 
 /** The image a point holds, as the pair record or the drive label says before the transaction is applied. */
@@ -158,24 +180,69 @@ export function resetHistory(region: HistoryRegion): void {
   writeIndex(region, index);
 }
 
-/** Drops the `count` oldest points, remembering why. */
-function dropOldest(index: HistoryIndex, count: number, reason: string): DroppedPoint[] {
-  const gone = index.points.splice(0, count).map((p) => ({ generation: p.generation, timeMs: p.timeMs, label: p.label, reason, atMs: Date.now() }));
+/** The records a point's image needs of its own: its record, then those it carries for dropped newer points. */
+export function recordsOf(p: UndoPoint): UndoRecord[] {
+  return [p, ...(p.carried ?? [])];
+}
+
+/** The bytes a point's records take in the region. */
+export function heldBytes(p: UndoPoint): number {
+  return recordsOf(p).reduce((n, r) => n + r.bytes, 0);
+}
+
+const recordOnly = (r: UndoRecord): UndoRecord =>
+  ({ generation: r.generation, txnSeq: r.txnSeq, offsetBytes: r.offsetBytes, bytes: r.bytes, dataBytes: r.dataBytes, headHash: r.headHash });
+
+function remember(index: HistoryIndex, gone: DroppedPoint[]): DroppedPoint[] {
   index.dropped = [...index.dropped, ...gone].slice(-DROPPED_KEPT);
   return gone;
 }
 
+const droppedOf = (p: PointMeta, reason: string): DroppedPoint => ({ generation: p.generation, timeMs: p.timeMs, label: p.label, reason, atMs: Date.now() });
+
+/** Drops the `count` oldest points with their records (nothing older needs them), remembering why. */
+function dropOldest(index: HistoryIndex, count: number, reason: string): DroppedPoint[] {
+  return remember(index, index.points.splice(0, count).map((p) => droppedOf(p, reason)));
+}
+
 /**
- * Drops point `generation` and every older one (an older point needs every
- * later record), durably. Returns what was dropped (nothing: no such point).
+ * Drops point `i` alone; returns the bytes freed. The oldest goes with its
+ * records. A newer one hands its records to the next older point, whose
+ * image needs them (laid over oldest first, that point's own content wins
+ * where both hold a block): every other image stays exact and nothing is
+ * rewritten, so one index write drops it; the space comes back with the
+ * older point.
  */
-export function dropPoints(region: HistoryRegion, generation: number, reason: string): DroppedPoint[] {
+function dropAt(index: HistoryIndex, i: number, reason: string): number {
+  cursorOf(index); // fixed before the newest record may change hands
+  const [p] = index.points.splice(i, 1);
+  remember(index, [droppedOf(p, reason)]);
+  if (i === 0) return heldBytes(p);
+  const older = index.points[i - 1];
+  older.carried = [...(older.carried ?? []), ...recordsOf(p).map(recordOnly)];
+  return 0;
+}
+
+/** Where the next record goes: after the last one written (older indexes kept none: after the newest point). */
+function cursorOf(index: HistoryIndex): number {
+  if (index.cursorBytes === undefined) {
+    const newest = index.points[index.points.length - 1];
+    index.cursorBytes = newest ? newest.offsetBytes + newest.bytes : INDEX_AREA_BYTES;
+  }
+  return index.cursorBytes;
+}
+
+/**
+ * Drops point `generation` alone (an older point keeps what it needs of its
+ * records), durably. Null: no such point.
+ */
+export function dropPoint(region: HistoryRegion, generation: number, reason: string): { dropped: DroppedPoint; freedBytes: number } | null {
   const index = readIndex(region);
   const i = index.points.findIndex((p) => p.generation === generation);
-  if (i < 0) return [];
-  const gone = dropOldest(index, i + 1, reason);
+  if (i < 0) return null;
+  const freedBytes = dropAt(index, i, reason);
   writeIndex(region, index);
-  return gone;
+  return { dropped: index.dropped[index.dropped.length - 1], freedBytes };
 }
 
 /** Drops every point (their images can no longer be rebuilt: a sync wrote the image in place), durably. */
@@ -185,6 +252,85 @@ export function dropAllPoints(region: HistoryRegion, reason: string): DroppedPoi
   const gone = dropOldest(index, index.points.length, reason);
   writeIndex(region, index);
   return gone;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keeping: the policy, and room for the next record
+
+const pointTimeMs = (p: { timeMs: number | null; savedMs?: number }): number => p.timeMs ?? p.savedMs ?? Date.now();
+
+/** Unlabelled points the policy no longer keeps: older than keep, then the oldest beyond keep_points (`room`: points about to be added). */
+function applyKeep(index: HistoryIndex, keep: KeepPolicy, nowMs: number, room: number): DroppedPoint[] {
+  const gone: DroppedPoint[] = [];
+  const dropWhere = (pick: () => number, reason: string) => {
+    for (let i = pick(); i >= 0; i = pick()) {
+      dropAt(index, i, reason);
+      gone.push(index.dropped[index.dropped.length - 1]);
+    }
+  };
+  if (keep.keepMs !== null) {
+    const oldest = nowMs - keep.keepMs;
+    dropWhere(() => index.points.findIndex((p) => p.label === null && pointTimeMs(p) < oldest), `older than keep = ${humanKeep(keep.keepMs)}`);
+  }
+  if (keep.keepPoints !== null) {
+    const limit = Math.max(0, keep.keepPoints - room);
+    const unlabelled = () => index.points.filter((p) => p.label === null).length;
+    dropWhere(() => (unlabelled() > limit ? index.points.findIndex((p) => p.label === null) : -1), `more than keep_points = ${keep.keepPoints}`);
+  }
+  return gone;
+}
+
+function humanKeep(ms: number): string {
+  for (const [unit, n] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000]] as const) if (ms % n === 0) return `${ms / n}${unit}`;
+  return `${ms / 1000}s`;
+}
+
+/** Where a record of `bytes` goes, and how many of the oldest points must go first for it; null: it is larger than the region. */
+function placeRecord(index: HistoryIndex, bytes: number, lengthBytes: number): { at: number; drop: number } | null {
+  if (bytes > lengthBytes - INDEX_AREA_BYTES) return null;
+  let at = cursorOf(index);
+  if (at < INDEX_AREA_BYTES || at + bytes > lengthBytes) at = INDEX_AREA_BYTES;
+  const overlaps = (r: UndoRecord) => r.offsetBytes < at + bytes && at < r.offsetBytes + r.bytes;
+  const lastOverlap = index.points.reduce((last, p, i) => (recordsOf(p).some(overlaps) ? i : last), -1);
+  return { at, drop: lastOverlap + 1 };
+}
+
+/** The size of the undo record of `targets`: its extents (whole blocks within the image), table and total bytes. */
+function recordShape(targets: ExtentSet, imageSectors: number) {
+  const extents = blocksWithin(targets, roundUp(imageSectors, BLOCK / SECTOR));
+  const dataBytes = extents.totalSectors * SECTOR;
+  const tableBytes = roundUp(extents.count * EXTENT_BYTES, BLOCK);
+  return { extents, dataBytes, tableBytes, bytes: BLOCK + tableBytes + dataBytes };
+}
+
+/**
+ * What keeping point `meta`'s undo of `targets` takes, worked out on `index`
+ * (changed: the points the policy no longer keeps are dropped from it):
+ * where the record goes and how many of the oldest points must go for it
+ * (place null: larger than the region), or tooOld: the policy keeps no such point.
+ */
+function planUndo(index: HistoryIndex, lengthBytes: number, targets: ExtentSet, meta: PointMeta, imageSectors: number, keep: KeepPolicy, nowMs: number) {
+  const keptOut = applyKeep(index, keep, nowMs, meta.label === null ? 1 : 0);
+  const shape = recordShape(targets, imageSectors);
+  const tooOld = meta.label === null && keep.keepMs !== null && pointTimeMs(meta) < nowMs - keep.keepMs;
+  return { keptOut, shape, tooOld, place: placeRecord(index, shape.bytes, lengthBytes) };
+}
+
+/**
+ * Before a sync commits: refused (nothing applied, the cut kept for the next
+ * sync) when keeping its undo would drop a labelled point and the policy
+ * does not allow it. saveUndo then drops exactly what this foresaw.
+ */
+export function checkUndoRoom(region: HistoryRegion, targets: ExtentSet, meta: PointMeta, imageSectors: number, keep: KeepPolicy, pairName: string): void {
+  if (keep.dropLabelledWhenFull) return;
+  const index = readIndex(region);
+  const { shape, tooOld, place } = planUndo(index, region.lengthBytes, targets, meta, imageSectors, keep, Date.now());
+  if (tooOld && index.points.length === 0) return; // nothing saved
+  const lost = (place ? index.points.slice(0, place.drop) : index.points).filter((p) => p.label !== null);
+  if (lost.length === 0) return;
+  const names = lost.map((p) => `${p.generation} ("${p.label}")`).join(', ');
+  throw new RefusedError(`pair ${pairName}: keeping this sync's undo (${formatBytes(shape.bytes)}) needs the history space of labelled restore point${lost.length > 1 ? 's' : ''} ${names}; ` +
+    `nothing applied, the DPSR drive keeps its image (dpsr history ${pairName} --drop ${lost[0].generation} frees it, or when_full = "drop-labelled" in the configuration allows it)`, 'EHISTORYFULL');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,36 +345,39 @@ export interface UndoResult { saved: UndoPoint | null; dropped: DroppedPoint[]; 
  * transaction's undo as done, durably: call it after the commit and before
  * the first write of the apply. Idempotent per transaction: once the mark is
  * durable it does nothing, since the image may be half-applied by then.
+ * The keep policy drops what it no longer keeps in the same index write.
  */
 export async function saveUndo(region: HistoryRegion, image: BlockIo, txnSeq: number, targets: ExtentSet, meta: PointMeta,
-  imageSectors: number): Promise<UndoResult> {
+  imageSectors: number, keep: KeepPolicy = DEFAULT_KEEP): Promise<UndoResult> {
   const index = readIndex(region);
   if (index.undoneTxnSeq >= txnSeq) return { saved: null, dropped: [], already: true };
-  const extents = blocksWithin(targets, roundUp(imageSectors, BLOCK / SECTOR));
-  const dataBytes = extents.totalSectors * SECTOR;
-  const tableBytes = roundUp(extents.count * EXTENT_BYTES, BLOCK);
-  const bytes = BLOCK + tableBytes + dataBytes;
-  const dropped: DroppedPoint[] = [];
-  if (bytes > region.lengthBytes - INDEX_AREA_BYTES) {
-    dropped.push(...dropOldest(index, index.points.length, `generation ${meta.generation + 1} changed more than the history region holds`));
-    dropped.push({ ...meta, reason: `its undo (${dataBytes} bytes) is larger than the history region`, atMs: Date.now() });
-    index.dropped = [...index.dropped, dropped[dropped.length - 1]].slice(-DROPPED_KEPT);
+  const { keptOut, shape: { extents, dataBytes, tableBytes, bytes }, tooOld, place } = planUndo(index, region.lengthBytes, targets, meta, imageSectors, keep, Date.now());
+  const dropped = [...keptOut];
+  const tooOldWhy = `older than keep = ${humanKeep(keep.keepMs ?? 0)}`;
+  // Not kept: larger than the region (every older point goes too: each needs this record),
+  // or older than keep with no older point that would need its record.
+  if (!place || (tooOld && index.points.length === 0)) {
+    if (!place) dropped.push(...dropOldest(index, index.points.length, `generation ${meta.generation + 1} changed more than the history region holds`));
+    const why = place ? tooOldWhy : `its undo (${dataBytes} bytes) is larger than the history region`;
+    dropped.push(...remember(index, [droppedOf(meta, why)]));
     index.undoneTxnSeq = txnSeq;
     writeIndex(region, index);
     return { saved: null, dropped, already: false };
   }
-  const newest = index.points[index.points.length - 1];
-  let at = newest ? newest.offsetBytes + newest.bytes : INDEX_AREA_BYTES;
-  if (at + bytes > region.lengthBytes) at = INDEX_AREA_BYTES;
-  const lastOverlap = index.points.reduce((last, p, i) => (p.offsetBytes < at + bytes && at < p.offsetBytes + p.bytes ? i : last), -1);
-  if (lastOverlap >= 0) {
-    dropped.push(...dropOldest(index, lastOverlap + 1, 'the history region was full (oldest first)'));
-    writeIndex(region, index); // before their space is overwritten
-  }
+  const { at } = place;
+  if (place.drop > 0) dropped.push(...dropOldest(index, place.drop, 'the history region was full (oldest first)'));
+  if (dropped.length > 0) writeIndex(region, index); // before their space is overwritten
   const headHash = await writeRecord(region, image, at, txnSeq, meta.generation, extents, tableBytes);
-  const saved: UndoPoint = { ...meta, txnSeq, offsetBytes: at, bytes, dataBytes, headHash, savedMs: Date.now() };
+  let saved: UndoPoint | null = { ...meta, txnSeq, offsetBytes: at, bytes, dataBytes, headHash, savedMs: Date.now() };
   index.points.push(saved);
+  index.cursorBytes = at + bytes;
   index.undoneTxnSeq = txnSeq;
+  if (tooOld) {
+    // Older than keep, yet an older (labelled) point needs its record: carried by that one.
+    dropAt(index, index.points.length - 1, tooOldWhy);
+    dropped.push(index.dropped[index.dropped.length - 1]);
+    saved = null;
+  }
   writeIndex(region, index); // the mark: from here on the apply may write
   return { saved, dropped, already: false };
 }
@@ -258,11 +407,11 @@ function dropNewerBefore(region: HistoryRegion, txnSeq: number, toGeneration: nu
  * that drops the newer points, those dropped instead. Null without a history region.
  */
 export async function undoBeforeApply(drive: BlockIo, pair: { dataSectors: number; historySectors?: number }, pairId: string,
-  txn: CommittedTransaction, meta: PointMeta, revert?: RevertOf): Promise<UndoResult | null> {
+  txn: CommittedTransaction, meta: PointMeta, revert?: RevertOf, keep: KeepPolicy = DEFAULT_KEEP): Promise<UndoResult | null> {
   const region = historyRegionOf(drive, pair, pairId);
   if (!region) return null;
   if (revert && !revert.keepNewer) return dropNewerBefore(region, txn.seq, revert.toGeneration);
-  return saveUndo(region, drive, txn.seq, txn.targetExtents(), meta, pair.dataSectors);
+  return saveUndo(region, drive, txn.seq, txn.targetExtents(), meta, pair.dataSectors, keep);
 }
 
 /** Extents rounded out to whole 4 KiB blocks, within the image's blocks. */
@@ -339,7 +488,7 @@ export interface UndoExtent { startSector: number; endSector: number; driveBytes
  * The extents of a point's record, verified (header bound to the index
  * entry, the table to the header) and, with `verifyData`, its data too.
  */
-export async function readUndoExtents(region: HistoryRegion, point: UndoPoint, verifyData: boolean): Promise<UndoExtent[]> {
+export async function readUndoExtents(region: HistoryRegion, point: UndoRecord, verifyData: boolean): Promise<UndoExtent[]> {
   const head = native().alignedBuffer(BLOCK, BLOCK);
   readSync(region, head, BLOCK, point.offsetBytes);
   const bad = (why: string) => new DpsrError(`history: the undo record of generation ${point.generation} is damaged (${why}); drop it with dpsr history NAME --drop ${point.generation}`, 'EHISTORY');

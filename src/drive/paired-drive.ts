@@ -15,7 +15,7 @@ import type { RangeState } from '../kernel/tracker.js';
 import type { ImageState, PairRecord } from '../state/records.js';
 import type { Session } from '../state/session.js';
 import { type CommittedTransaction, type JournalRegion, applyTransaction, committedHeadSeq, damagedTransaction, journalPlace, readCommitted } from './journal.js';
-import { type PointMeta, dropAllPoints, historyRegionOf, undoBeforeApply } from './history-region.js';
+import { type KeepPolicy, type PointMeta, dropAllPoints, historyRegionOf, undoBeforeApply } from './history-region.js';
 import { type DriveLabel, readLabel, writeLabel } from './label.js';
 
 /** The paired DPSR drive, opened once proven to be it. */
@@ -185,7 +185,10 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
     pair.journalSeq = txn.seq;
     if (pendingTxn?.seq === txn.seq) Object.assign(pair, finishedImage(pair, pendingTxn.image, pendingTxn.imageTimeMs), { imageLabel: pendingTxn.label ?? null });
     // A revert makes a generation without a cut: the transaction names it.
-    if (pendingTxn?.seq === txn.seq && pendingTxn.revert) pair.generation = Math.max(pair.generation, pendingTxn.revert.generation);
+    if (pendingTxn?.seq === txn.seq && pendingTxn.revert) {
+      pair.generation = Math.max(pair.generation, pendingTxn.revert.generation);
+      pair.heldAfterRevert = { toGeneration: pendingTxn.revert.toGeneration, atMs: Date.now() };
+    }
     if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
     pair.pending = null;
   } else {
@@ -211,10 +214,11 @@ export function pointOf(pair: PairRecord): PointMeta {
 
 /**
  * The undo of `txn` saved in the pair's history region (when it has one) before it is applied
- * (`made`: the pending transaction it is, which says whether it is a revert); drops remembered for status.
+ * (`made`: the pending transaction it is, which says whether it is a revert; `keep`: the pair's policy, a replay
+ * keeps the defaults); drops remembered for status.
  */
-export async function saveUndoOf(pair: PairRecord, drive: BlockIo, txn: CommittedTransaction, made = pair.pendingTxn): Promise<void> {
-  const r = await undoBeforeApply(drive, pair, pair.id, txn, pointOf(pair), made?.seq === txn.seq ? made.revert : undefined);
+export async function saveUndoOf(pair: PairRecord, drive: BlockIo, txn: CommittedTransaction, made = pair.pendingTxn, keep?: KeepPolicy): Promise<void> {
+  const r = await undoBeforeApply(drive, pair, pair.id, txn, pointOf(pair), made?.seq === txn.seq ? made.revert : undefined, keep);
   if (r && r.dropped.length > 0) pair.historyDropped = [...(pair.historyDropped ?? []), ...r.dropped].slice(-20);
 }
 

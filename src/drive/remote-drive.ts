@@ -23,7 +23,7 @@ const PROBE_BYTES = 1 << 20;
 export const isRemote = (pair: Pick<PairRecord, 'drive'>): boolean => isNbdUri(pair.drive.path);
 
 /** Opens the pair's DPSR drive as it is recorded: a local device (O_DIRECT) or the NBD export. */
-export function openDriveIo(pair: Pick<PairRecord, 'drive' | 'driveInsecure'>, write: boolean): BlockIo {
+export function openDriveIo(pair: { drive: { path: string }; driveInsecure?: boolean }, write: boolean): BlockIo {
   return isNbdUri(pair.drive.path) ? openNbdDevice(pair.drive.path, { write, insecure: pair.driveInsecure }) : openLocalDevice(pair.drive.path, write);
 }
 

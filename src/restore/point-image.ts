@@ -14,10 +14,10 @@ import { DpsrError, RefusedError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { SECTOR } from '../base/units.js';
 import { openDriveIo } from '../drive/remote-drive.js';
-import { historyRegionOf, readUndoExtents } from '../drive/history-region.js';
+import { historyRegionOf, readUndoExtents, recordsOf } from '../drive/history-region.js';
 import type { PairRecord } from '../state/records.js';
 import { tracked, withDriveDevice } from './image-mount.js';
-import { type RestorePoint, choosePoint, pointsOf, readHistoryOf } from './restore-points.js';
+import { type PointsOwner, type RestorePoint, choosePoint, pointsOf, readHistoryOf } from './restore-points.js';
 import { execFileSync } from 'node:child_process';
 
 const PLUGIN = `import bisect, builtins, json, os
@@ -87,10 +87,11 @@ export interface PointOverlay {
  * every later one, verified (with `verifyData`, their data too). Call it
  * holding the drive lock (no sync may change the drive meanwhile).
  */
-export async function pointOverlay(pair: PairRecord, at: string, verifyData: boolean): Promise<PointOverlay> {
+export async function pointOverlay(pair: PointsOwner, at: string, verifyData: boolean): Promise<PointOverlay> {
   const index = readHistoryOf(pair);
   const point = choosePoint(pair, pointsOf(pair, index), at);
-  const records = index.points.filter((p) => p.generation >= point.generation); // oldest first
+  // Oldest first; each point's own record, then those it carries for dropped newer points.
+  const records = index.points.filter((p) => p.generation >= point.generation).flatMap(recordsOf);
   const drive = openDriveIo(pair, false);
   try {
     const region = historyRegionOf(drive, pair, pair.id)!;
@@ -119,7 +120,7 @@ export interface PointImage {
  * current image needs no overlay, but is served the same way. Call it
  * holding the drive lock (no sync may change the drive meanwhile).
  */
-export async function openPointImage(pair: PairRecord, at: string): Promise<PointImage> {
+export async function openPointImage(pair: PointsOwner, at: string): Promise<PointImage> {
   const { point, segments, changed } = await pointOverlay(pair, at, true);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dpsr-point-'));
   const mnt = path.join(dir, 'mnt');

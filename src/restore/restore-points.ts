@@ -4,7 +4,8 @@
 import { DpsrError, RefusedError } from '../base/errors.js';
 import { durationOf } from '../base/units.js';
 import { openDriveIo } from '../drive/remote-drive.js';
-import { type HistoryIndex, type UndoPoint, historyRegionOf, readIndex } from '../drive/history-region.js';
+import { type HistoryIndex, type UndoPoint, heldBytes, historyRegionOf, readIndex } from '../drive/history-region.js';
+import type { DriveLabel } from '../drive/label.js';
 import type { ImageState, PairRecord } from '../state/records.js';
 
 export interface RestorePoint {
@@ -12,22 +13,37 @@ export interface RestorePoint {
   timeMs: number | null;
   image: ImageState;
   label: string | null;
-  /** Bytes its undo record holds in the history region (0 for the current image). */
+  /** Bytes its undo records hold in the history region, with those it carries for dropped newer points (0 for the current image). */
   bytes: number;
   current: boolean;
   /** The undo record (absent for the current image). */
   undo?: UndoPoint;
 }
 
+/**
+ * What reading restore points needs of a pair: its record, or what a DPSR
+ * drive's own label says (rollback --drive DEV --at, without the state).
+ */
+export type PointsOwner = Pick<PairRecord, 'id' | 'name' | 'driveInsecure' | 'dataSectors' | 'historySectors' | 'generation' | 'image' | 'imageTimeMs' | 'imageLabel'>
+  & { drive: { path: string } };
+
+/** A pair as the label on its DPSR drive at `drive` describes it. */
+export function pointsOwnerOfLabel(label: DriveLabel, drivePath: string): PointsOwner {
+  return {
+    id: label.pairId, name: label.pairName, drive: { path: drivePath }, dataSectors: label.dataSectors, historySectors: label.historySectors,
+    generation: label.generation ?? 0, image: label.image, imageTimeMs: label.imageTimeMs, imageLabel: label.imageLabel ?? null,
+  };
+}
+
 /** Newest first: the current image, then the kept points. */
-export function pointsOf(pair: PairRecord, index: HistoryIndex): RestorePoint[] {
+export function pointsOf(pair: PointsOwner, index: HistoryIndex): RestorePoint[] {
   const current: RestorePoint = { generation: pair.generation, timeMs: pair.imageTimeMs, image: pair.image, label: pair.imageLabel ?? null, bytes: 0, current: true };
-  const kept = index.points.map((p): RestorePoint => ({ generation: p.generation, timeMs: p.timeMs, image: p.image, label: p.label, bytes: p.bytes, current: false, undo: p }));
+  const kept = index.points.map((p): RestorePoint => ({ generation: p.generation, timeMs: p.timeMs, image: p.image, label: p.label, bytes: heldBytes(p), current: false, undo: p }));
   return [current, ...kept.reverse()];
 }
 
 /** The pair's history index, read from its drive (which must be the paired one: the caller checked). */
-export function readHistoryOf(pair: PairRecord): HistoryIndex {
+export function readHistoryOf(pair: PointsOwner): HistoryIndex {
   if (!pair.historySectors) {
     throw new RefusedError(`pair ${pair.name} keeps no restore points: it was paired without --history (pair again with --history SIZE to keep them)`, 'ENOHISTORY');
   }
@@ -57,7 +73,7 @@ export function parseAtTime(text: string, nowMs: number): number | null {
  * The point `at` names: a generation number, a time (the newest point at or
  * before it), or a label. Unknown: ENOPOINT, naming what there is.
  */
-export function choosePoint(pair: PairRecord, points: RestorePoint[], at: string, nowMs = Date.now()): RestorePoint {
+export function choosePoint(pair: Pick<PairRecord, 'name'>, points: RestorePoint[], at: string, nowMs = Date.now()): RestorePoint {
   const list = () => points.map((p) => `${p.generation}${p.label ? ` (${p.label})` : ''}`).join(', ');
   const none = (what: string) => new DpsrError(`pair ${pair.name}: no restore point ${what}; it has ${list()} (dpsr history ${pair.name})`, 'ENOPOINT');
   if (/^\d+$/.test(at)) {

@@ -86,6 +86,7 @@ async function revertLocked(s: Session, req: RevertRequest): Promise<RevertRepor
     await applyTransaction(drive.io, committed);
     Object.assign(pair, {
       journalSeq: seq, generation: report.generation, ...finishedImage(pair, p.image, p.timeMs ?? 0), imageLabel: null, pendingTxn: null,
+      heldAfterRevert: { toGeneration: p.generation, atMs: Date.now() },
     });
     updateLabel(drive.io, pair);
     await s.store.putPairAndRange(pair, range);
@@ -100,7 +101,7 @@ function plan(pair: PairRecord, overlay: PointOverlay, req: RevertRequest, start
   const warnings: string[] = [];
   if (p.image === 'fuzzy') warnings.push(`point ${p.generation} is fuzzy (the source was written while it was copied): its file systems may need a check`);
   if (p.image === 'crash-consistent') warnings.push(`point ${p.generation} is crash-consistent (taken without a freeze): its file systems replay their journals at the next mount`);
-  if (!p.current) warnings.push(`the next sync of ${pair.name} copies the source again (the reverted image then stays a restore point): boot the DPSR drive before, or keep the pair manual`);
+  if (!p.current) warnings.push(`the daemon's policy holds ${pair.name} (no sync copies the source back) until a manual dpsr sync ${pair.name}, which keeps the reverted image as a restore point: boot the DPSR drive before`);
   const newer = p.current ? [] : [...pointsOf(pair, readHistoryOf(pair)).filter((x) => x.generation > p.generation).map((x) => x.generation)];
   return {
     name: pair.name, drive: pair.drive.path, dryRun: req.dryRun,

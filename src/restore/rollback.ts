@@ -34,7 +34,7 @@ import { applyFromDrive, committedOnDrive, imageAfter } from '../drive/recovery.
 import { isRemote } from '../drive/remote-drive.js';
 import type { RangeState } from '../kernel/tracker.js';
 import { type PointImage, openPointImage, pointOverlay } from './point-image.js';
-import type { RestorePoint } from './restore-points.js';
+import { type RestorePoint, pointsOwnerOfLabel } from './restore-points.js';
 
 // Tracked extents are small and scattered: many small I/Os in flight, as an incremental sync does.
 const SCATTERED_IO = { chunkBytes: 512 << 10, inFlight: 32, mergeGapSectors: 32 };
@@ -482,6 +482,8 @@ export interface DriveRollbackRequest {
   drive: string;
   source?: string; // else the path the label records
   name?: string; // if given, must be the label's pair
+  /** A restore point on the drive to return to (its label names the pair's points), instead of the current image. */
+  at?: string;
   dryRun: boolean;
 }
 
@@ -527,6 +529,8 @@ export async function rollbackFromDrive(req: DriveRollbackRequest): Promise<Roll
   const startedMs = Date.now();
   const driveDev = resolveBlockDevice(req.drive);
   let drive = openLocalDevice(driveDev.path, false);
+  let pointImage: PointImage | null = null;
+  let imageIo: BlockIo | null = null; // a restore point's read-only device (--at)
   try {
     const label = readLabel(drive);
     if (!label) refuse(`${noLabelReason(drive, req.drive)}; nothing written`, 'ENOLABEL');
@@ -553,6 +557,17 @@ export async function rollbackFromDrive(req: DriveRollbackRequest): Promise<Roll
       drive = openLocalDevice(driveDev.path, false);
     }
     checkWhole(l.pairName, image);
+    // --at: the point's image, read-only, as the one compared against and copied from (the label names the pair's points).
+    let point: RollbackReport['point'] = null;
+    let pointAt = { image, imageTimeMs };
+    if (req.at !== undefined) {
+      const owner = pointsOwnerOfLabel(txn && !req.dryRun ? readLabel(drive)! : l, driveDev.path);
+      const p = req.dryRun ? (await pointOverlay(owner, req.at, false)).point : (pointImage = await openPointImage(owner, req.at)).point;
+      checkWhole(l.pairName, p.image);
+      point = { generation: p.generation, label: p.label };
+      pointAt = { image: p.image, imageTimeMs: p.timeMs };
+      if (pointImage) imageIo = openLocalDevice(pointImage.device, false);
+    }
     const limit = l.dataSectors;
     const work: Work = {
       target: { write: source, exclusive: source, startSector: 0, endSector: limit, partition: null },
@@ -561,13 +576,15 @@ export async function rollbackFromDrive(req: DriveRollbackRequest): Promise<Roll
         name: l.pairName, scope: 'rollback', partition: null, source: source.path, drive: driveDev.path, dryRun: req.dryRun,
         mode: 'compare', why: `no tracker history: comparing the whole source, ${formatBytes(limit * SECTOR)}`,
         startSector: 0, endSector: limit, copyBytes: 0, compareBytes: limit * SECTOR,
-        image, imageTimeMs, point: null, journalSeq: txn?.seq ?? null, warnings,
+        ...pointAt, point, journalSeq: txn?.seq ?? null, warnings: point ? imageWarnings(pointAt.image) : warnings,
       }),
     };
     if (req.dryRun) return { ...work.report, durationMs: Date.now() - startedMs };
-    const written = await writeBack(work, drive);
+    const written = await writeBack(work, imageIo ?? drive);
     return { ...work.report, ...written, durationMs: Date.now() - startedMs, notClean: 'no tracker state was used (--drive): where tracking still runs, the next sync takes these writes for changes' };
   } finally {
+    imageIo?.close();
+    pointImage?.close();
     drive.close();
   }
 }

@@ -93,6 +93,8 @@ export interface PairRecord {
   imageLabel?: string | null;
   /** Restore points dropped lately (space, --drop, a sync in place), newest last: status says so. */
   historyDropped?: DroppedPoint[];
+  /** Set by dpsr revert: the daemon's policy does not sync the reverted drive back until a manual dpsr sync clears it. */
+  heldAfterRevert?: { toGeneration: number; atMs: number } | null;
   scrub?: ScrubProgress;
   /** Freeze durations of the last syncs (ms), newest last: status shows their p99. */
   freezeHistoryMs?: number[];

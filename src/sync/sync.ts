@@ -10,7 +10,8 @@ import { type DiskCounters, readDiskCounters, resolveBlockDevice } from '../devi
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError, errnoOf } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
-import { finishedImage, forgetPoints, journalRegionOf, openRecoveredDrive, saveUndoOf, updateLabel } from '../drive/paired-drive.js';
+import { finishedImage, forgetPoints, journalRegionOf, openRecoveredDrive, pointOf, saveUndoOf, updateLabel } from '../drive/paired-drive.js';
+import { DEFAULT_KEEP, type KeepPolicy, checkUndoRoom, historyRegionOf } from '../drive/history-region.js';
 import { type ImageState } from '../state/records.js';
 import { type JournalEntry, type JournalRegion, applyEntries, applyTransaction, entriesOverlap, journalBytesFor, journalDataCapacity, writeTransaction } from '../drive/journal.js';
 import { PassBuffers, copyEntries, differingEntries } from './pass-source.js';
@@ -319,6 +320,7 @@ interface SyncContext {
   quietMs: number;
   generation: number;
   point?: string; // the name `--point` gives the image
+  keep: KeepPolicy; // which restore points the pair keeps
 }
 
 /** After the last pass without a freeze: was it one point in time? */
@@ -439,13 +441,18 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
   // The entries stay in memory up to a bound, so the apply need not read the journal back.
   let kept: JournalEntry[] | null = [];
   let keptBytes = 0;
+  const targets = new ExtentSet();
   async function* keeping(all: AsyncIterable<JournalEntry>): AsyncGenerator<JournalEntry> {
     for await (const e of all) {
       keptBytes += e.kind === 'data' ? e.data.length : 0;
       if (keptBytes > APPLY_FROM_MEMORY_BYTES) kept = null;
       kept?.push(e);
+      targets.add(e.targetSector, e.targetSector + (e.kind === 'data' ? e.data.length / SECTOR : e.sectors));
       yield e;
     }
+    // Before the commit: a sync whose undo would cost a labelled point the policy keeps is refused here, uncommitted.
+    const history = historyRegionOf(c.drive, pair, pair.id);
+    if (history) checkUndoRoom(history, targets, pointOf(pair), pair.dataSectors, c.keep, pair.name);
   }
   let committed;
   try {
@@ -454,7 +461,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
     if (settleEpoch >= 0) await s.tracker.settle(settleEpoch);
   }
   if (!committed) throw new DpsrError(`pair ${pair.name}: journal transaction ${seq} was not committed`, 'EJOURNAL');
-  await saveUndoOf(pair, c.drive, committed); // the previous image's blocks, durable before the first write in place
+  await saveUndoOf(pair, c.drive, committed, pair.pendingTxn, c.keep); // the previous image's blocks, durable before the first write in place
   // From memory when nothing overlaps (a block written again between passes does): the order cannot matter then.
   if (kept && !entriesOverlap(kept)) await applyEntries(c.drive, kept);
   else await applyTransaction(c.drive, committed);
@@ -554,6 +561,8 @@ export interface SyncOptions {
   lockWaitMs?: number;
   /** A name for the image this sync makes, kept as a restore point (dpsr history). */
   point?: string;
+  /** Which restore points the pair keeps (the configuration's keep, keep_points, when_full); default: all the region holds, labelled ones refused to drop. */
+  keep?: KeepPolicy;
 }
 
 async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Promise<SyncReport> {
@@ -581,7 +590,7 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     const c: SyncContext = {
       s, pair, range, srcFd, source: new LocalDevice(srcFd), drive: drive.io, fileSystems,
       finalMode: fileSystems.length === 0 ? 'quiet' : opts.freeze === false ? 'none' : 'freeze',
-      quietMs: opts.quietMs ?? DEFAULT_QUIET_MS, generation: pair.generation + 1, point: opts.point,
+      quietMs: opts.quietMs ?? DEFAULT_QUIET_MS, generation: pair.generation + 1, point: opts.point, keep: opts.keep ?? DEFAULT_KEEP,
     };
     const carried = pendingCut(pair);
     // The journal must hold this generation: what is known now, with room for what comes during the passes.
@@ -617,7 +626,7 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     const durationMs = Date.now() - startedMs;
     recordFreeze(pair, r.freezeMs);
     Object.assign(pair, {
-      generation: c.generation, pending: null, ...finishedImage(pair, r.image, r.cutMs), imageLabel: opts.point ?? null,
+      generation: c.generation, pending: null, ...finishedImage(pair, r.image, r.cutMs), imageLabel: opts.point ?? null, heldAfterRevert: null,
       lastSync: {
         generation: c.generation, atMs: r.cutMs, durationMs, image: r.image, passBytes: r.passBytes, freezeMs: r.freezeMs,
         copiedBytes: r.copied, comparedBytes: r.compared + comparedFirst, repairedBytes: r.repaired, journaled,

@@ -1,10 +1,10 @@
 // dpsr history NAME [--json] [--drop GEN]: the restore points kept on the
-// DPSR drive, or one dropped (with every older one) to free its space.
+// DPSR drive, or one dropped (the older ones keep what they need of it).
 import type { Settings } from '../../base/defaults.js';
 import { DpsrError } from '../../base/errors.js';
 import { withDriveLock } from '../../base/locks.js';
 import { formatBytes, SECTOR } from '../../base/units.js';
-import { dropPoints, historyRegionOf } from '../../drive/history-region.js';
+import { dropPoint, heldBytes, historyRegionOf } from '../../drive/history-region.js';
 import { openCheckedDrive } from '../../drive/paired-drive.js';
 import { pointsOf, readHistoryOf } from '../../restore/restore-points.js';
 import { Store } from '../../state/store.js';
@@ -28,7 +28,7 @@ export async function historyCommand(opts: HistoryOptions, settings: Settings, l
   openCheckedDrive(pair, false).io.close(); // proves it is the paired drive (identity, label)
   const index = readHistoryOf(pair);
   const points = pointsOf(pair, index);
-  const usedBytes = index.points.reduce((n, p) => n + p.bytes, 0);
+  const usedBytes = index.points.reduce((n, p) => n + heldBytes(p), 0);
   const historyBytes = (pair.historySectors ?? 0) * SECTOR;
   if (opts.json) {
     process.stdout.write(`${JSON.stringify({
@@ -62,9 +62,12 @@ async function dropCommand(opts: HistoryOptions, settings: Settings, log: (s: st
     try {
       drive.io.setReadOnly(false);
       try {
-        const gone = dropPoints(historyRegionOf(drive.io, pair, pair.id)!, gen, `dropped by dpsr history --drop ${gen}`);
-        log(`${pair.name}: dropped restore point${gone.length === 1 ? '' : 's'} ${gone.map((d) => `${d.generation}${d.label ? ` (${d.label})` : ''}`).join(', ')}` +
-          (gone.length > 1 ? ` (each older point needs the newer ones)` : ''));
+        const r = dropPoint(historyRegionOf(drive.io, pair, pair.id)!, gen, `dropped by dpsr history --drop ${gen}`)!;
+        const older = index.points.filter((p) => p.generation < gen);
+        const freed = r.freedBytes > 0 ? `${formatBytes(r.freedBytes)} of history freed`
+          : `no space freed yet: restore point ${older[older.length - 1].generation} keeps the blocks of it that it needs, freed when the older points go`;
+        if (opts.json) process.stdout.write(`${JSON.stringify({ name: pair.name, dropped: r.dropped.generation, freedBytes: r.freedBytes })}\n`);
+        else log(`${pair.name}: dropped restore point ${gen}${r.dropped.label ? ` (${r.dropped.label})` : ''}; ${freed}`);
       } finally {
         drive.io.setReadOnly(true);
       }

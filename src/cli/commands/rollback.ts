@@ -114,12 +114,11 @@ export async function throughOwner(settings: Settings, req: { name: string; scop
 export async function rollbackCommand(opts: ConfirmOptions & { name?: string; drive?: string; source?: string; at?: string },
   settings: Settings, log: (s: string) => void): Promise<RollbackReport> {
   if (opts.source && !opts.drive) throw new UsageError('dpsr rollback: --source goes with --drive (the pair record names the source)');
-  if (opts.drive && opts.at !== undefined) throw new UsageError('dpsr rollback: --at goes with a pair name (the restore points are read through the pair record), not --drive');
   if (opts.drive) {
     const drive = opts.drive;
     return withOwnerLock(settings.ownerLockPath,
       () => planConfirmRun((dryRun) => withProgressReporter(opts.json ? jsonProgressLines() : null,
-        () => rollbackFromDrive({ drive, source: opts.source, name: opts.name, dryRun })), opts, log));
+        () => rollbackFromDrive({ drive, source: opts.source, name: opts.name, dryRun, at: opts.at })), opts, log));
   }
   if (!opts.name) throw new UsageError('dpsr rollback: name a pair, or give --drive DEV (without the state directory)');
   return throughOwner(settings, { name: opts.name, scope: { kind: 'rollback' }, at: opts.at }, opts, log);

@@ -2,6 +2,7 @@
 import type { Settings } from '../../base/defaults.js';
 import { DpsrError, UsageError } from '../../base/errors.js';
 import { ControlClient } from '../../daemon/protocol.js';
+import { keepPolicyOf, loadConfig } from '../../daemon/config.js';
 import type { SyncReport } from '../../sync/sync.js';
 import { formatBytes } from '../../base/units.js';
 import { jsonProgressLines, withProgressReporter } from '../../base/progress.js';
@@ -65,6 +66,7 @@ export async function syncCommand(opts: { name?: string; all: boolean; json: boo
   // Loaded only without a daemon: the store, the kernel tracking and the engine take a while to load.
   const [{ closeSession }, { openTrackingSession }, { syncPair }, { withSyncProgress }] = await Promise.all([
     import('../../state/session.js'), import('../../drive/boot-adoption.js'), import('../../sync/sync.js'), import('../../daemon/sync-progress.js')]);
+  const config = loadConfig(settings.configPath); // the restore points each pair keeps: a bad file is refused before anything
   const s = await openTrackingSession(settings);
   try {
     const names = opts.all ? s.store.pairs().map((p) => p.name) : [opts.name!];
@@ -72,7 +74,7 @@ export async function syncCommand(opts: { name?: string; all: boolean; json: boo
     const reports: SyncReport[] = [];
     for (const name of names) {
       const r = await withProgressReporter(progress,
-        () => withSyncProgress(name, s.ranges.get(name), () => syncPair(s, name, { freeze: opts.freeze, quietMs: opts.quietMs, inPlace: opts.inPlace, point: opts.point })));
+        () => withSyncProgress(name, s.ranges.get(name), () => syncPair(s, name, { freeze: opts.freeze, quietMs: opts.quietMs, inPlace: opts.inPlace, point: opts.point, keep: keepPolicyOf(config, name) })));
       reports.push(r);
       if (!opts.json) log(describeSync(r));
     }
