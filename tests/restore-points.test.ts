@@ -112,6 +112,37 @@ test('rollback --at returns an ext4 source to point 2 (fsck clean, the file at v
   assert.is(await pointHash('p', String(s.generation - 1)), current, 'the image it replaced is kept as a point');
 });
 
+test('rollback --drive DEV --at, without the state directory: the source back to a point the drive\'s label names, writing what differs, the drive unchanged', async () => {
+  const source = fx.loop(32);
+  const drive = fx.loop(32 + 64 + 32);
+  randomFill(source, 32);
+  ok('pair', source, drive, '--name', 'p', '--history', '32M');
+  const gens: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    ddDirect(source, i * 4096, 2048);
+    gens.push(JSON.parse(ok('sync', 'p', '--quiet-period', '0.2', '--json')).syncs[0].generation);
+  }
+  ddDirect(source, 40000, 2048); // never synced
+  const point = await pointHash('p', String(gens[0]));
+  const driveBefore = sha256Of(drive);
+  const rescue = { ...env, DPSR_STATE_DIR: path.join(fx.dir, 'empty-state') };
+  const plan = runDpsr(rescue, ['rollback', '--drive', drive, '--at', String(gens[0]), '--dry-run', '--json']);
+  assert.is(plan.status, 0, plan.stderr);
+  const p = JSON.parse(plan.stdout).rollback;
+  assert.equal([p.point, p.mode], [{ generation: gens[0], label: null }, 'compare']);
+  const r = runDpsr(rescue, ['rollback', '--drive', drive, '--at', String(gens[0]), '--yes', '--json']);
+  assert.is(r.status, 0, r.stderr);
+  const w = JSON.parse(r.stdout).rollback;
+  assert.is(sha256Of(source), point, 'the source is the point\'s image');
+  assert.ok(w.writtenBytes > 0 && w.writtenBytes <= 4 * (1 << 20) + (512 << 10), `wrote what differs (3 MiB changed since the point, 1 MiB never synced): ${w.writtenBytes}`);
+  assert.is(sha256Of(drive), driveBefore, 'rollback --drive --at wrote to the DPSR drive');
+  assert.not.ok(fs.existsSync(path.join(fx.dir, 'empty-state', 'state.mdb')), 'no state created');
+  const bad = runDpsr(rescue, ['rollback', '--drive', drive, '--at', 'nope', '--yes']);
+  assert.is(bad.status, 1, bad.stderr);
+  assert.match(bad.stderr, /no restore point labelled "nope"/);
+  assert.is(sha256Of(source), point, 'a refused rollback wrote');
+});
+
 test('restore --partition N --at and --whole --at write a restore point\'s partition and disk back', async () => {
   const { disk, parts } = fx.partitionedLoop(96, [40, 40]);
   const drive = fx.loop(96 + 64 + 32);

@@ -105,11 +105,11 @@ test('revert, then boot the reverted DPSR drive in qemu: it comes up with the ol
 });
 
 test('a daemon with a continuous policy holds a reverted pair (status says so, no sync copies the source back) until a manual sync', async () => {
-  const source = fx.loop(32);
-  const drive = fx.loop(32 + 64 + 32);
-  const bytes = 32 << 20;
-  randomFill(source, 32);
-  ok('pair', source, drive, '--name', 'p', '--history', '32M');
+  const source = fx.loop(64);
+  const drive = fx.loop(64 + 64 + 64);
+  const bytes = 64 << 20;
+  randomFill(source, 64);
+  ok('pair', source, drive, '--name', 'p', '--history', '64M');
   fs.writeFileSync(env.DPSR_CONFIG!, 'tick = "200ms"\n[pairs.p]\npolicy = "continuous"\nrpo = "1s"\nmin_interval = "200ms"\n');
   await startDaemon(fx, env);
   changeSome(source, 1);

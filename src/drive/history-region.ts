@@ -437,15 +437,22 @@ async function writeRecord(region: HistoryRegion, image: BlockIo, at: number, tx
   });
   const dataHash = crypto.createHash('sha256');
   let pos = region.startBytes + at + BLOCK + tableBytes;
-  const buf = native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK);
-  // The old blocks, read from the image in batches of scattered reads, written one after another.
+  // The old blocks, read from the image in batches of scattered reads into one buffer while
+  // the other's batch is written (the reads and the sequential writes overlap).
+  const bufs = [native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK), native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK)];
+  const writes: Array<Promise<void> | null> = [null, null];
+  let cur = 0;
   let ops: Array<{ bufferOffset: number; length: number; position: number }> = [];
   let fill = 0;
   const flushChunk = async () => {
     if (fill === 0) return;
-    await image.batch('read', 'DPSR drive', buf, ops);
-    dataHash.update(buf.subarray(0, fill));
-    await fullIo('write', region.drive, buf, 0, fill, pos);
+    await writes[cur]; // this buffer's last batch is on the drive
+    await image.batch('read', 'DPSR drive', bufs[cur], ops);
+    dataHash.update(bufs[cur].subarray(0, fill));
+    const written = fullIo('write', region.drive, bufs[cur], 0, fill, pos);
+    written.catch(() => {}); // awaited before the buffer is used again and at the end
+    writes[cur] = written;
+    cur ^= 1;
     pos += fill;
     ops = [];
     fill = 0;
@@ -460,6 +467,7 @@ async function writeRecord(region: HistoryRegion, image: BlockIo, at: number, tx
     }
   }
   await flushChunk();
+  await Promise.all(writes);
   const head = native().alignedBuffer(BLOCK, BLOCK);
   head.fill(0);
   RECORD_MAGIC.copy(head, 0);

@@ -17,6 +17,7 @@ import { syncCommand } from '../../src/cli/commands/sync.js';
 import { unpairCommand } from '../../src/cli/commands/unpair.js';
 import { restoreCommand } from '../../src/cli/commands/restore.js';
 import { readHistoryOf } from '../../src/restore/restore-points.js';
+import { heldBytes } from '../../src/drive/history-region.js';
 import { Store } from '../../src/state/store.js';
 import type { Settings } from '../../src/base/defaults.js';
 
@@ -128,7 +129,7 @@ async function restoreFromPoints(settings: Settings) {
   const store = Store.open(settings.stateDir);
   const pair = store.pair('rp')!;
   await store.close();
-  const usedBytes = readHistoryOf(pair).points.reduce((n, p) => n + p.bytes, 0);
+  const usedBytes = readHistoryOf(pair).points.reduce((n, p) => n + heldBytes(p), 0);
   const at = String(gens[0]);
   const restoreTo = (name: string, atPoint?: string) => restoreCommand({
     name: 'rp', paths: ['f.bin'], to: path.join(dir, name), overwrite: true, content: false, dryRun: false, force: false, json: false, at: atPoint,
