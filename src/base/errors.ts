@@ -94,7 +94,6 @@ export const ERRORS = {
   ENOPOINT: ['failure', 'no restore point matches --at (or --drop)'],
   ENOJOURNAL: ['refused', 'the pair has no journal (paired with --no-reserve): a revert needs one to be crash-safe'],
   EHISTORY: ['failure', 'an undo record of a restore point is damaged'],
-  EREMOTEPOINT: ['refused', 'a restore point of a DPSR drive on an NBD export cannot be read yet'],
   EHISTORYFULL: ['refused', 'keeping the undo would drop a labelled restore point the configuration keeps'],
   ERSYNC: ['failure', 'rsync failed'],
   // The daemon's control socket.

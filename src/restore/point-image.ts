@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { SECTOR } from '../base/units.js';
-import { isNbdUri, openDriveIo } from '../drive/remote-drive.js';
+import { openDriveIo } from '../drive/remote-drive.js';
 import { historyRegionOf, readUndoExtents, recordsOf } from '../drive/history-region.js';
 import type { PairRecord } from '../state/records.js';
 import { tracked, withDriveDevice } from './image-mount.js';
@@ -121,10 +121,6 @@ export interface PointImage {
  * holding the drive lock (no sync may change the drive meanwhile).
  */
 export async function openPointImage(pair: PointsOwner, at: string): Promise<PointImage> {
-  if (isNbdUri(pair.drive.path)) {
-    // The plugin reads the drive as a local file; an export would need its own client there.
-    throw new RefusedError(`pair ${pair.name}: its DPSR drive is an NBD export, whose restore points cannot be read yet (--at serves them from a local device); nothing written`, 'EREMOTEPOINT');
-  }
   const { point, segments, changed } = await pointOverlay(pair, at, true);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dpsr-point-'));
   const mnt = path.join(dir, 'mnt');
