@@ -5,6 +5,7 @@
  *
  *   node dist/tools/bench/tracking.js [--rounds N] [--seconds S] [--rate IOPS]
  *     [--size-mib M] [--ring-mib M] [--timer-ms T] [--retries N] [--noise-cpus C] [--nice N]
+ *     [--without-issue-log]   (diagnostic: what the issue log costs; shortfalls become whole-range gaps)
  *
  * A = nothing attached (no pin dir loaded). B = a private pin dir loaded,
  * a Tracker (this process) tracking the device. Runs alternate A B A B ...;
@@ -40,16 +41,17 @@ interface Options {
   noiseCpus: number; // CPUs busy outside the I/O path that make a run disturbed
   nice: number; // niceness of the bench process (the tracker); fio always runs at 0
   cycleMs: number; // how often the tracker cycles (persists and releases ring space) during a run: the daemon's tick
+  withoutIssueLog: boolean; // diagnostic: B loads the programs without the issue log, to see what the log costs
 }
 
 function usage(msg: string): never {
   console.error(`bench: ${msg}`);
-  console.error('usage: node dist/tools/bench/tracking.js [--rounds N] [--seconds S] [--rate IOPS] [--size-mib M] [--ring-mib M] [--timer-ms T] [--retries N] [--noise-cpus C] [--nice N]');
+  console.error('usage: node dist/tools/bench/tracking.js [--rounds N] [--seconds S] [--rate IOPS] [--size-mib M] [--ring-mib M] [--timer-ms T] [--retries N] [--noise-cpus C] [--nice N] [--without-issue-log]');
   process.exit(2);
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { rounds: 3, seconds: 10, rateCap: 50_000, sizeMiB: 1024, ringMiB: undefined, timerMs: undefined, retries: 2, noiseCpus: 0.25, nice: 0, cycleMs: 1000 };
+  const o: Options = { rounds: 3, seconds: 10, rateCap: 50_000, sizeMiB: 1024, ringMiB: undefined, timerMs: undefined, retries: 2, noiseCpus: 0.25, nice: 0, cycleMs: 1000, withoutIssueLog: false };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split('=', 2);
     const value = (): number => {
@@ -69,6 +71,7 @@ function parseOptions(argv: string[]): Options {
       case '--retries': o.retries = Number(inline ?? argv[++i]); if (!(o.retries >= 0)) usage('--retries needs a number'); break;
       case '--noise-cpus': o.noiseCpus = value(); break;
       case '--nice': o.nice = Number(inline ?? argv[++i]); if (!Number.isInteger(o.nice) || o.nice < -20 || o.nice > 19) usage('--nice needs -20..19'); break;
+      case '--without-issue-log': o.withoutIssueLog = true; break;
       case '-h': case '--help': usage('help');
       default: usage(`unknown argument ${argv[i]}`);
     }
@@ -520,7 +523,7 @@ function report(r: Run): void {
 }
 
 async function startB(dev: string, opts: Options): Promise<BState> {
-  const k = KernelTracking.open({ pinDir });
+  const k = KernelTracking.open({ pinDir, ...(opts.withoutIssueLog ? { withoutIssueLog: true } : {}) });
   kt = k;
   const state: Partial<BState> = { kt: k, records: 0 };
   const t = Tracker.start(k, {
