@@ -60,6 +60,8 @@ export interface SyncReport {
   comparedBytes: number;
   repairedBytes: number;
   durationMs: number;
+  /** Of durationMs, saving the undo of the image it replaced (restore points; 0 without a history region). */
+  undoMs: number;
   gaps: Gap[]; // recorded since the previous sync
   sourceMounted: string[];
 }
@@ -303,6 +305,7 @@ interface GenerationResult {
   compared: number;
   repaired: number;
   passBytes: number[];
+  undoMs: number;
 }
 
 /** Everything one sync needs, shared by the journaled and the direct way of writing. */
@@ -387,7 +390,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
   const limit = pair.dataSectors;
   const seq = (pair.journalSeq ?? 0) + 1;
   const counters = { bytesRead: 0, entryBytes: 0, comparedBytes: 0 };
-  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, quietSinceMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
+  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, quietSinceMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [], undoMs: 0 };
   let settleEpoch = -1;
   const buffers = new PassBuffers();
   const journaled = new ExtentSet(); // what earlier passes of this transaction wrote into it
@@ -461,7 +464,9 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
     if (settleEpoch >= 0) await s.tracker.settle(settleEpoch);
   }
   if (!committed) throw new DpsrError(`pair ${pair.name}: journal transaction ${seq} was not committed`, 'EJOURNAL');
+  const undoStartMs = performance.now();
   await saveUndoOf(pair, c.drive, committed, pair.pendingTxn, c.keep); // the previous image's blocks, durable before the first write in place
+  result.undoMs = performance.now() - undoStartMs;
   // From memory when nothing overlaps (a block written again between passes does): the order cannot matter then.
   if (kept && !entriesOverlap(kept)) await applyEntries(c.drive, kept);
   else await applyTransaction(c.drive, committed);
@@ -488,7 +493,7 @@ function markPartial(c: SyncContext): void {
 async function directGeneration(c: SyncContext, carried: Cut | null): Promise<GenerationResult> {
   const { s, pair, range } = c;
   const limitSectors = pair.dataSectors;
-  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, quietSinceMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
+  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, quietSinceMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [], undoMs: 0 };
   for (let pass = 1; ; pass++) {
     result.cutMs = Date.now();
     const cut = passCut(c, pass, carried);
@@ -636,7 +641,7 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     await s.store.putPairAndRange(pair, range);
     return {
       name, dataBytes: pair.dataSectors * SECTOR, generation: c.generation, image: r.image, imageTimeMs: r.cutMs, fullCopyBytes, durationMs, sourceMounted: mounts,
-      passBytes: r.passBytes, freezeMs: r.freezeMs, quietSinceMs: r.quietSinceMs, journaled,
+      passBytes: r.passBytes, freezeMs: r.freezeMs, quietSinceMs: r.quietSinceMs, journaled, undoMs: Math.round(r.undoMs),
       ...(r.notConsistent ? { notConsistent: r.notConsistent } : {}),
       copiedBytes: r.copied, comparedBytes: r.compared + comparedFirst, repairedBytes: r.repaired,
       gaps: range.gaps.slice(gapsBefore),
