@@ -28,7 +28,7 @@ test('every state says something: a failed sync\'s reason, a compare with its pr
   const gap = model.pairNotes(pair({ state: 'gap', gapsSinceSync: [{ cause: 'ring-drops', atMs: 1, detail: '12 records lost' }] }), {});
   assert.equal(gap.map((n: { text: string }) => n.text), ['Gap (ring-drops): 12 records lost']);
   assert.equal(model.pairNotes(pair({ state: 'error', usable: false, problem: 'pair p: /dev/sdb is gone' }), {})[0], { level: 'danger', text: 'pair p: /dev/sdb is gone' });
-  for (const state of ['consistent', 'crash-consistent', 'fuzzy', 'copying', 'syncing', 'needs-compare', 'gap', 'inconsistent', 'error']) {
+  for (const state of ['consistent', 'crash-consistent', 'fuzzy', 'copying', 'syncing', 'needs-compare', 'gap', 'awaiting-drive', 'inconsistent', 'error']) {
     assert.ok(model.describeState(state).length > state.length, state);
     assert.ok(['ok', 'warning', 'danger'].includes(model.stateLevel(state)), state);
   }

@@ -48,6 +48,7 @@ const STATE_WORDS = {
   syncing: 'syncing: a sync is running, or was interrupted and is taken again by the next one',
   'needs-compare': 'needs compare: regions that may differ unseen are being compared',
   gap: 'gap: writes may have gone unseen since the last sync',
+  'awaiting-drive': 'awaiting its DPSR drive: it was missing when this boot began; its shutdown record is judged when it is back',
   inconsistent: 'inconsistent: no whole image yet',
   error: 'error: the pair cannot be used now; the reason is below',
 };

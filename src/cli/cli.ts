@@ -61,7 +61,9 @@ runs.
 A clean reboot needs no compare: the systemd-shutdown hook runs dpsr
 shutdown, which leaves a shutdown record in each DPSR drive, and dpsr boot
 (dpsr-boot.service, before anything writes) resumes each pair from it when
-the kernel's counts prove that nothing wrote to the source meanwhile.
+the kernel's counts prove that nothing wrote to the source meanwhile; a
+DPSR drive missing then makes the pair wait, and its record is judged when
+it is back.
 
 When the system disk dies, boot the DPSR drive. When an upgrade went wrong,
 dpsr rollback writes back only the sectors changed since the image. Single
@@ -71,7 +73,7 @@ const FILES = [
   ['/etc/dpsr/dpsr.toml', 'the daemon\'s configuration (policies, scrub, failure hook, metrics file)'],
   ['/var/lib/dpsr', 'the state: pairs and tracked sectors (LMDB), drive locks, the install manifest'],
   ['/run/dpsr/dpsr.sock', 'the daemon\'s control socket (root only) and, beside it, the owner lock'],
-  ['/run/dpsr/boot', 'this boot\'s verdicts of dpsr boot (resumed, or the gap), for the daemon'],
+  ['/run/dpsr/boot', 'this boot\'s verdicts of dpsr boot (resumed, the gap, or waiting for a missing DPSR drive), for the daemon; initramfs-said: what dpsr boot said in the initramfs'],
   ['/sys/fs/bpf/dpsr', 'the pinned tracking programs and maps (they keep tracking across restarts of dpsr)'],
   ['/etc/systemd/system/dpsr.service, /etc/udev/rules.d/60-dpsr.rules', 'what dpsr install puts in place'],
   ['/etc/systemd/system/dpsr-boot.service', 'runs dpsr boot early in each boot (dpsr install)'],
@@ -172,7 +174,7 @@ the DPSR drive keeps its previous image.`)
     .option('--drive <DEV>', 'read a DPSR drive\'s own label, without the state directory')
     .addHelpText('after', `
 One line per pair: STATE (consistent, crash-consistent, fuzzy, copying, syncing,
-needs-compare, gap, inconsistent, error), AGE of the image (the RPO), DIRTY data
+needs-compare, gap, awaiting-drive, inconsistent, error), AGE of the image (the RPO), DIRTY data
 since it, LAST and NEXT SYNC, GAPS since the last sync, JOURNAL (tail: crash-safe),
 FREEZE p99 over recent syncs, POLICY; then warnings. Colour on a terminal only
 (NO_COLOR turns it off). --json: {"daemon": true|false, "pairs": [PairStatus...]},
