@@ -2,14 +2,13 @@
 // the image is committed, a kill -9 loses nothing, the socket is root only.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import { execFile } from 'node:child_process';
 import path from 'node:path';
-import { promisify } from 'node:util';
-import { AS_NOBODY, DPSR_BIN, Fixture, ddDirect, runDpsr, sh, sha256Of, eachTestFreshCli, loopBackingFile, publicCli, publicDir, randomFill, testAsNobody, writtenSectors } from './helpers/fixture.js';
+import { AS_NOBODY, Fixture, ddDirect, runDpsr, sh, sha256Of, eachTestFreshCli, loopBackingFile, publicCli, publicDir, randomFill, testAsNobody, writtenSectors } from './helpers/fixture.js';
 import { native } from '../src/base/native.js';
 import type { PairStatus } from '../src/daemon/pair-status.js';
+import { type DaemonChild, startDaemon as startDaemonChild, statusOf as daemonStatusOf, waitFor as waitUntil } from './helpers/daemon-child.js';
 import { ControlClient } from '../src/daemon/protocol.js';
 
 const MiB = 1 << 20;
@@ -19,34 +18,11 @@ eachTestFreshCli(test, (f) => ({ fx, env } = f));
 
 const dpsr = (...args: string[]) => runDpsr(env, args, 60_000);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-/** Status through the running daemon, without blocking this process (the daemon's output pipes are read here). */
-async function statusOf(name: string): Promise<PairStatus> {
-  const { stdout } = await promisify(execFile)(process.execPath, [DPSR_BIN, 'status', name, '--json'], { env }).catch((e) => e);
-  return JSON.parse(stdout).pairs[0];
-}
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(200);
-  }
-}
 const hash = sha256Of;
-
+const statusOf = (name: string): Promise<PairStatus> => daemonStatusOf(env, name);
+const waitFor = <T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 20_000) => waitUntil(what, probe, timeoutMs);
 /** A daemon, once it listens; output() is what it has printed so far. */
-async function startDaemon(...args: string[]): Promise<ChildProcess & { output(): string }> {
-  const child = spawn(process.execPath, [DPSR_BIN, 'daemon', ...args], { env });
-  fx.defer('stop daemon', () => { if (child.exitCode === null) child.kill('SIGKILL'); });
-  let out = '';
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.on('data', (d) => { out += d; if (out.includes('listening')) resolve(); });
-    child.stderr!.on('data', (d) => { out += d; });
-    child.on('exit', () => reject(new Error(`daemon exited: ${out}`)));
-  });
-  return Object.assign(child, { output: () => out });
-}
+const startDaemon = (...args: string[]): Promise<DaemonChild> => startDaemonChild(fx, env, ...args);
 
 function pairOf(mib: number, name = 'p') {
   const devices = fx.pairDevices(mib);
