@@ -74,6 +74,9 @@ export function resolveBlockDevice(devPath: string): BlockDevice {
   const diskDir = isPartition ? path.dirname(sysDir) : sysDir;
   const disk = path.basename(diskDir);
   const [dMajor, dMinor] = readSys(path.join(diskDir, 'dev')).split(':').map(Number);
+  const sizeSectors = Number(readSys(path.join(sysDir, 'size')));
+  // A detached loop device or an emptied drive keeps its node: say it went, not that it shrank.
+  if (sizeSectors === 0) throw new RefusedError(`${devPath}: no medium (the device went away: detached, unplugged or its server gone)`, 'ENODEV');
   return {
     path: devPath,
     name,
@@ -83,7 +86,7 @@ export function resolveBlockDevice(devPath: string): BlockDevice {
     diskDev: kernelDev(dMajor, dMinor),
     isPartition,
     startSector: isPartition ? Number(readSys(path.join(sysDir, 'start'))) : 0,
-    sizeSectors: Number(readSys(path.join(sysDir, 'size'))),
+    sizeSectors,
     logicalBlockBytes: Number(readSys(path.join(diskDir, 'queue/logical_block_size'))),
   };
 }

@@ -224,6 +224,14 @@ export function isReplaced(recorded: DeviceIdentity, now: DeviceIdentity): boole
     now.wwid !== recorded.wwid || now.serial !== recorded.serial;
 }
 
+/**
+ * isReplaced, but for the loop file's inode: the same file seen through a file system mounted
+ * again (FUSE, NFS) has another device number. For a DPSR drive, whose label proves it.
+ */
+export function isReplacedButForInode(recorded: DeviceIdentity, now: DeviceIdentity): boolean {
+  return isReplaced(recorded, { ...now, loopBackingInode: recorded.loopBackingInode });
+}
+
 /** Both read in the same boot (older records, without a boot id, count as the same boot: the stricter check). */
 function sameBoot(recorded: DeviceIdentity, now: DeviceIdentity): boolean {
   const a = recorded.bootId ?? null;

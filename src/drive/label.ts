@@ -63,6 +63,15 @@ function slotOffsets(driveBytes: number): [number, number] {
   return [driveBytes - LABEL_AREA_BYTES, driveBytes - LABEL_BYTES];
 }
 
+/** Reads one slot whole into `buf` (false when the drive ends first); a failed read names the drive and the offset. */
+function readSlot(drive: BlockIo, buf: Buffer, offset: number): boolean {
+  try {
+    return drive.readSync(buf, 0, LABEL_BYTES, offset) === LABEL_BYTES;
+  } catch (err) {
+    throw drive.ioError('read', 'DPSR drive label', offset, LABEL_BYTES, err as NodeJS.ErrnoException);
+  }
+}
+
 /** Reads both slots of a drive; returns the newest valid label. */
 export function readLabel(drive: BlockIo): DriveLabel | null {
   const driveBytes = drive.sizeBytes();
@@ -70,7 +79,7 @@ export function readLabel(drive: BlockIo): DriveLabel | null {
   const buf = native().alignedBuffer(LABEL_BYTES, 4096);
   let best: DriveLabel | null = null;
   for (const offset of slotOffsets(driveBytes)) {
-    if (drive.readSync(buf, 0, LABEL_BYTES, offset) !== LABEL_BYTES) continue;
+    if (!readSlot(drive, buf, offset)) continue;
     const label = decodeLabel(buf);
     if (label && (!best || label.seq > best.seq)) best = label;
   }
@@ -85,7 +94,7 @@ export function noLabelReason(drive: BlockIo, path: string): string {
   const driveBytes = drive.sizeBytes();
   const buf = native().alignedBuffer(LABEL_BYTES, 4096);
   const damaged = driveBytes < LABEL_AREA_BYTES ? 0 : slotOffsets(driveBytes).filter((offset) =>
-    drive.readSync(buf, 0, LABEL_BYTES, offset) === LABEL_BYTES && buf.subarray(0, 8).equals(MAGIC)).length;
+    readSlot(drive, buf, offset) && buf.subarray(0, 8).equals(MAGIC)).length;
   if (damaged === 0) return `${path} carries no dpsr label: not a DPSR drive`;
   return `${path} carries a dpsr label that fails its checksum (${damaged === 2 ? 'both slots' : 'its one slot'} damaged): ` +
     `which image the drive holds cannot be told; pair it again (dpsr unpair NAME, then dpsr pair SOURCE ${path} --force: a full copy)`;

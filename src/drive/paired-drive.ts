@@ -3,7 +3,7 @@
 // record, and a transaction an interrupted sync committed applied before
 // anyone reads or writes the image (invariant 5).
 import { RefusedError } from '../base/errors.js';
-import { identify, identityChanges, isReplaced, type DeviceIdentity } from '../devices/identity.js';
+import { identify, identityChanges, isReplaced, isReplacedButForInode, type DeviceIdentity } from '../devices/identity.js';
 import { resolveBlockDevice } from '../devices/devices.js';
 import { mountsOf } from '../devices/mounts.js';
 import type { BlockIo } from '../io/block-io.js';
@@ -22,34 +22,49 @@ import { type DriveLabel, readLabel, writeLabel } from './label.js';
 export interface CheckedDrive {
   io: BlockIo;
   label: DriveLabel | null;
-  changes: string[]; // how it differs from what was recorded (re-attached: its image is compared in full)
+  changes: string[]; // how it differs from what was recorded (re-attached)
   now: DeviceIdentity;
+  /** Its label is this pair's and names the image the pair record does, or a later one: a re-attach needs no compare. */
+  labelProves: boolean;
 }
 
 /**
  * Opens the pair's DPSR drive after proving it is the paired one: the same
  * device (identity), carrying this pair's label (once written), and not
- * mounted (its image could be changing). Writes nothing.
+ * mounted (its image could be changing). Writes nothing. A loop file whose
+ * inode alone changed (its file system mounted again) is the drive when its
+ * label proves it.
  */
 export function openCheckedDrive(pair: PairRecord, write: boolean): CheckedDrive {
   if (isRemote(pair)) return openCheckedExport(pair, write);
   const dev = resolveBlockDevice(pair.drive.path);
   const now = identify(dev, pair.drive);
   const changes = identityChanges(pair.drive, now);
-  if (isReplaced(pair.drive, now)) {
-    throw new RefusedError(`pair ${pair.name}: ${pair.drive.path} is not the paired DPSR drive any more (${changes.join('; ')}); nothing written`, 'EDRIVECHANGED');
-  }
+  const replaced = () => new RefusedError(`pair ${pair.name}: ${pair.drive.path} is not the paired DPSR drive any more (${changes.join('; ')}); nothing written`, 'EDRIVECHANGED');
+  if (isReplacedButForInode(pair.drive, now)) throw replaced();
   const mounts = mountsOf(dev);
   if (mounts.length > 0) {
     throw new RefusedError(`pair ${pair.name}: the DPSR drive ${dev.path} is mounted on ${mounts.join(', ')}: its image may be changing; unmount it first; nothing written`, 'EMOUNTED');
   }
   const io = openLocalDevice(dev.path, write);
   try {
-    return { io, label: checkedLabel(pair, io, dev.path), changes, now };
+    const label = checkedLabel(pair, io, dev.path);
+    const labelProves = labelNamesImageOf(label, pair);
+    if (isReplaced(pair.drive, now) && !labelProves) throw replaced();
+    return { io, label, changes, now, labelProves };
   } catch (err) {
     io.close();
     throw err;
   }
+}
+
+/**
+ * The label is this pair's (its random id) and no older than the pair record: the drive holds the
+ * image dpsr last wrote (or a committed transaction after it), not an older copy of itself.
+ */
+function labelNamesImageOf(label: DriveLabel | null, pair: PairRecord): boolean {
+  return label !== null && pair.reservedSectors > 0 && label.pairId === pair.id && label.seq >= pair.labelSeq &&
+    label.journalSeq >= (pair.journalSeq ?? 0);
 }
 
 /** The drive's label, which must be this pair's once one was written. */
@@ -69,7 +84,7 @@ function openCheckedExport(pair: PairRecord, write: boolean): CheckedDrive {
     if (sectors !== pair.drive.sizeSectors) {
       throw new RefusedError(`pair ${pair.name}: the export ${pair.drive.name} is ${sectors} sectors, not the ${pair.drive.sizeSectors} paired: not the paired DPSR drive any more; nothing written`, 'EDRIVECHANGED');
     }
-    return { io, label: checkedLabel(pair, io, pair.drive.name), changes: [], now: pair.drive };
+    return { io, label: checkedLabel(pair, io, pair.drive.name), changes: [], now: pair.drive, labelProves: true };
   } catch (err) {
     io.close();
     throw err;
@@ -85,14 +100,16 @@ export interface OpenDrive {
 
 /**
  * Opens the paired drive for writing (see openCheckedDrive). A drive that
- * changed under us (re-attached, new media) may hold anything: its whole
- * image becomes suspect.
+ * changed under us (re-attached, new media) may hold anything, unless its
+ * label proves it holds the pair's image (a drive unplugged and plugged back
+ * in: what dpsr wrote is there, and the scrub checks the rest, as for any
+ * drive): otherwise its whole image becomes suspect.
  */
 export function openPairedDrive(s: Session, pair: PairRecord, range: RangeState | undefined): OpenDrive {
-  const { io, label, changes, now } = openCheckedDrive(pair, true);
+  const { io, label, changes, now, labelProves } = openCheckedDrive(pair, true);
   try {
     if (changes.length > 0 && range) {
-      s.tracker.suspectAll(range, 'identity-changed', `the DPSR drive ${pair.drive.path} changed (${changes.join('; ')}): its image is compared in full`);
+      if (!labelProves) s.tracker.suspectAll(range, 'identity-changed', `the DPSR drive ${pair.drive.path} changed (${changes.join('; ')}): its image is compared in full`);
       pair.drive = { ...now, path: pair.drive.path };
     }
     io.setReadOnly(false);

@@ -92,7 +92,10 @@ export function ioError(kind: 'read' | 'write', side: string, fd: number, positi
   if (errno === 'EINVAL') {
     let logical = 0;
     try { logical = native().blkSszGet(fd); } catch { /* not a block device */ }
-    hint = `: direct I/O needs offset and length aligned to the logical block size${logical ? ` (${logical} bytes)` : ''}`;
+    // Aligned, yet refused: what lies beneath went away (a loop over a file whose server is gone does this).
+    const aligned = logical > 0 && position % logical === 0 && length % logical === 0;
+    hint = aligned ? ': the device refuses an aligned read or write: it may have gone away (detached, unplugged, its server gone)'
+      : `: direct I/O needs offset and length aligned to the logical block size${logical ? ` (${logical} bytes)` : ''}`;
   } else if (errno === 'EPERM' && kind === 'write') {
     hint = ': the device is read-only (BLKROSET)';
   }

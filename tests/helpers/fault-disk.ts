@@ -6,15 +6,18 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Fixture } from './fixture.js';
-import { nbdDisk, pythonPlugin } from './nbd-disk.js';
+import { type Fixture, randomFill, runDpsrOk, sh } from './fixture.js';
+import { type NbdDisk, nbdDisk, pythonPlugin } from './nbd-disk.js';
 
 // The trigger file (replaced atomically): {"read": [[start, end], ...], "write": [...],
 // "flush": true, "stallWritesAfter": N, "id": K}, byte ranges half-open; a request overlapping
 // a listed range fails with EIO, every flush when "flush". With stallWritesAfter, the writes
 // after the first N bytes written since the trigger with this id appeared wait (and
 // TRIGGER.stalled is made) until the trigger changes: a process writing through it stops at an
-// exact point. Every other write queued to the disk meanwhile, from any process, waits behind it
+// exact point (stallReadsAfter: the same for reads). With "slow": {"latencyMs": L, "bytesPerSec": R},
+// every read and write takes L ms plus its length at R bytes a second (requests are served one
+// at a time: nbdkit's python plugins serialize them), a dying disk that answers slowly.
+// Every other write queued to the disk meanwhile, from any process, waits behind a stalled one
 // (the loop device serves its queue in order; nbdkit in parallel and another blkio cgroup did
 // not change that here).
 const PLUGIN = `import builtins, errno, json, os, time
@@ -37,20 +40,26 @@ def fail(what):
     raise OSError(errno.EIO, 'injected ' + what + ' error')
 def failing(op, offset, count):
     return any(offset < end and start < offset + count for start, end in faults().get(op, []))
+def slow(length):
+    s = faults().get('slow')
+    if s: time.sleep(s['latencyMs'] / 1000 + length / s['bytesPerSec'])
 def pread(h, buf, offset, flags):
+    wait_if_stalled('stallReadsAfter', len(buf))
+    slow(len(buf))
     if failing('read', offset, len(buf)): fail('read')
     buf[:] = os.pread(h, len(buf), offset)
 stall = {'id': None, 'written': 0}
-def wait_if_stalled(length):
+def wait_if_stalled(key, length):
     f = faults()
-    if f.get('stallWritesAfter') is None: return
+    if f.get(key) is None: return
     if f.get('id') != stall['id']: stall.update(id=f.get('id'), written=0)
-    if stall['written'] >= f['stallWritesAfter']:
+    if stall['written'] >= f[key]:
         builtins.open(cfg['trigger'] + '.stalled', 'w').close()
-        while faults().get('id') == stall['id'] and faults().get('stallWritesAfter') is not None: time.sleep(0.005)
+        while faults().get('id') == stall['id'] and faults().get(key) is not None: time.sleep(0.005)
     stall['written'] += length
 def pwrite(h, buf, offset, flags):
-    wait_if_stalled(len(buf))
+    wait_if_stalled('stallWritesAfter', len(buf))
+    slow(len(buf))
     if failing('write', offset, len(buf)): fail('write')
     os.pwrite(h, buf, offset)
 def flush(h, flags):
@@ -62,6 +71,10 @@ export interface Faults {
   read?: Array<[number, number]>;
   write?: Array<[number, number]>;
   flush?: boolean;
+  /** Every read and write takes latencyMs plus its length at bytesPerSec. */
+  slow?: { latencyMs: number; bytesPerSec: number };
+  /** Once this many bytes were written (from the moment these faults are set), every further write waits. */
+  stallWritesAfter?: number;
 }
 
 /** A child process spawned by the test. */
@@ -70,18 +83,17 @@ interface Child { exitCode: number | null; signalCode: NodeJS.Signals | null }
 /** A child process run until a disk stalled its writes, then killed: see FaultDisk.killAtStall. */
 export interface KilledRun { killed: boolean; stderr: string }
 
-export interface FaultDisk {
-  dev: string;
-  /** The image nbdkit serves. */
-  image: string;
+export interface FaultDisk extends Pick<NbdDisk, 'dev' | 'image' | 'killServer' | 'replug'> {
   /** From now on, reads overlapping these byte ranges ([start, end)) fail with EIO. */
   failReads(ranges: Array<[number, number]>): void;
-  /** From now on, these reads, writes and flushes fail with EIO (and no others). */
+  /** From now on, these reads, writes and flushes fail with EIO, are slow or stall (and no others). */
   fail(faults: Faults): void;
   /** Every request succeeds again (and stalled writes go on). */
   heal(): void;
   /** From now on, once `afterBytes` more were written, every further write waits until heal(). */
   stallWrites(afterBytes: number): void;
+  /** The same for reads: once `afterBytes` more were read, every further read waits until heal(). */
+  stallReads(afterBytes: number): void;
   /** Resolves true once a write waits at the stall, false if `child` exited first. */
   untilStalled(child: Child): Promise<boolean>;
   /**
@@ -99,7 +111,7 @@ export function faultDisk(fx: Fixture, sizeMiB: number): FaultDisk {
   const name = `faults-${++disks}`;
   const plugin = pythonPlugin(fx, name, PLUGIN);
   const trigger = path.join(fx.dir, `${name}.json`);
-  const { dev, image } = nbdDisk(fx, sizeMiB, (img) => ['python', plugin, `file=${img}`, `trigger=${trigger}`]);
+  const disk = nbdDisk(fx, sizeMiB, (img) => ['python', plugin, `file=${img}`, `trigger=${trigger}`]);
   const set = (faults: object) => {
     fs.writeFileSync(`${trigger}.new`, JSON.stringify(faults));
     fs.renameSync(`${trigger}.new`, trigger); // never read half-written
@@ -107,20 +119,24 @@ export function faultDisk(fx: Fixture, sizeMiB: number): FaultDisk {
   const heal = () => fs.rmSync(trigger, { force: true });
   const stalled = `${trigger}.stalled`;
   let stalls = 0;
-  const stallWrites = (afterBytes: number) => {
+  const stall = (key: string, afterBytes: number, also: Faults = {}) => {
     fs.rmSync(stalled, { force: true });
-    set({ stallWritesAfter: afterBytes, id: ++stalls });
+    set({ ...also, [key]: afterBytes, id: ++stalls });
   };
+  const stallWrites = (afterBytes: number) => stall('stallWritesAfter', afterBytes);
   const untilStalled = async (child: Child) => {
     // No race: while it waits on the stalled write, the child cannot finish.
     while (!fs.existsSync(stalled) && child.exitCode === null && child.signalCode === null) await new Promise((r) => setTimeout(r, 5));
     return fs.existsSync(stalled);
   };
   return {
-    dev,
-    image,
+    dev: disk.dev,
+    image: disk.image,
+    killServer: disk.killServer,
+    replug: disk.replug,
+    stallReads: (afterBytes) => stall('stallReadsAfter', afterBytes),
     failReads: (ranges) => set({ read: ranges }),
-    fail: set,
+    fail: (faults) => (faults.stallWritesAfter === undefined ? set(faults) : stall('stallWritesAfter', faults.stallWritesAfter, faults)),
     heal,
     stallWrites,
     untilStalled,
@@ -137,4 +153,24 @@ export function faultDisk(fx: Fixture, sizeMiB: number): FaultDisk {
       return { killed, stderr };
     },
   };
+}
+
+/**
+ * A pair named `name` of a source of `sourceMiB` (random data) and a drive with an 8 MiB tail,
+ * synced once, the `faulty` one on a fault disk (healthy until told otherwise).
+ */
+export function faultyPair(fx: Fixture, env: NodeJS.ProcessEnv, name: string, faulty: 'source' | 'drive', sourceMiB = 16): { source: string; drive: string; disk: FaultDisk } {
+  const driveMiB = sourceMiB + 10;
+  const disk = faultDisk(fx, faulty === 'source' ? sourceMiB : driveMiB);
+  const source = faulty === 'source' ? disk.dev : fx.loop(sourceMiB);
+  const drive = faulty === 'drive' ? disk.dev : fx.loop(driveMiB);
+  randomFill(source, sourceMiB);
+  runDpsrOk(env, ['pair', source, drive, '--name', name, '--reserve', '8M']);
+  runDpsrOk(env, ['sync', name, '--quiet-period', '0.2']);
+  return { source, drive, disk };
+}
+
+/** Rewrites `mib` MiB of `dev` from `atMiB` with random data (direct I/O, 1 MiB writes). */
+export function rewrite(dev: string, atMiB: number, mib: number): void {
+  sh('dd', ['if=/dev/urandom', `of=${dev}`, 'bs=1M', `seek=${atMiB}`, `count=${mib}`, 'oflag=direct', 'status=none']);
 }

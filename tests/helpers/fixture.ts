@@ -391,6 +391,17 @@ export function runDpsr(env: NodeJS.ProcessEnv, args: string[], timeoutMs = 120_
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** Runs the CLI in a child process while the test goes on: the child, what it wrote to stderr so far, and its exit status and output once it ends. */
+export function spawnDpsr(env: NodeJS.ProcessEnv, args: string[]) {
+  const child = spawn(process.execPath, [DPSR_BIN, ...withTestReserve(args)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => { stdout += d; });
+  child.stderr.on('data', (d) => { stderr += d; });
+  const done = new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => child.on('exit', (status) => resolve({ status, stdout, stderr })));
+  return { child, done, stderr: () => stderr };
+}
+
 /** Runs the CLI and fails the test unless it exits 0; returns its stdout. */
 export function runDpsrOk(env: NodeJS.ProcessEnv, args: string[], timeoutMs?: number): string {
   const r = runDpsr(env, args, timeoutMs);

@@ -19,6 +19,17 @@ export interface NbdDisk {
   fuseFile: string;
   /** Detaches the loop device and stops nbdfuse and nbdkit (the image stays). */
   stop(): void;
+  /**
+   * The server dies (SIGKILL to nbdkit; nbdfuse goes with it): from now on every request
+   * through the loop device fails, as for a disk pulled out mid-write.
+   */
+  killServer(): void;
+  /**
+   * After killServer: the loop device is detached (once nobody holds it open) and the same image
+   * is served again and attached to the same loop node, its backing file the same FUSE file
+   * (same path, device and inode): the same disk plugged back in.
+   */
+  replug(): void;
 }
 
 const napMs = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
@@ -33,33 +44,74 @@ export function nbdDisk(fx: Fixture, sizeMiB: number, nbdkitArgs: (image: string
   const mnt = path.join(dir, 'mnt');
   fs.mkdirSync(mnt);
   const fuseFile = path.join(mnt, 'disk');
-  const pidFile = path.join(dir, 'nbdfuse.pid');
-  const server = spawn('nbdfuse', ['-P', pidFile, fuseFile, '--command', 'nbdkit', '-s', ...nbdkitArgs(image)],
-    { stdio: ['ignore', 'ignore', fs.openSync(path.join(dir, 'server.log'), 'w')] });
-  let stopped = false;
-  const stopServer = () => {
-    try { sh('fusermount3', ['-u', mnt]); } catch { server.kill('SIGKILL'); }
-  };
-  fx.defer(`stop nbdfuse ${mnt}`, () => { if (!stopped) stopServer(); });
-  for (const deadline = Date.now() + 30_000; !fs.existsSync(pidFile) || fs.statSync(pidFile).size === 0; napMs(50)) {
-    if (Date.now() > deadline || server.exitCode !== null) {
-      throw new Error(`nbdfuse over nbdkit ${nbdkitArgs(image).join(' ')} did not start: ${fs.readFileSync(path.join(dir, 'server.log'), 'utf8')}`);
-    }
-  }
+  let server = serve(fx, dir, fuseFile, nbdkitArgs(image));
   const dev = fx.attach(fuseFile);
+  const fileId = () => { const st = fs.statSync(fuseFile); return `${st.dev}:${st.ino}`; };
+  const servedFile = fileId();
+  const detach = () => {
+    sh('blockdev', ['--setrw', dev]);
+    sh('losetup', ['-d', dev]); // with an opener left, the loop goes when it closes
+    for (let i = 0; i < 500 && fs.existsSync(`/sys/block/${path.basename(dev)}/loop`); i++) napMs(20);
+  };
   return {
     dev,
     image,
     fuseFile,
     stop: () => {
-      if (stopped) return;
-      sh('blockdev', ['--setrw', dev]);
-      sh('losetup', ['-d', dev]);
-      for (let i = 0; i < 100 && fs.existsSync(`/sys/block/${path.basename(dev)}/loop`); i++) napMs(20);
-      stopServer();
-      stopped = true;
+      if (server.stopped) return;
+      detach();
+      server.stop();
+    },
+    killServer: () => {
+      const children = fs.readdirSync(`/proc/${server.pid}/task`)
+        .flatMap((t) => fs.readFileSync(`/proc/${server.pid}/task/${t}/children`, 'utf8').trim().split(/\s+/)).filter(Boolean);
+      for (const pid of children) process.kill(Number(pid), 'SIGKILL');
+    },
+    replug: () => {
+      detach();
+      // A FUSE mount's device number is the lowest free one: another mount made meanwhile
+      // on the machine can take it, and then the file would be another file to dpsr.
+      for (let attempt = 0; ; attempt++) {
+        server.stop();
+        server = serve(fx, dir, fuseFile, nbdkitArgs(image));
+        if (fileId() === servedFile) break;
+        if (attempt >= 50) throw new Error(`${fuseFile} came back as ${fileId()}, not ${servedFile}`);
+        napMs(100);
+      }
+      fx.attach(fuseFile, dev);
     },
   };
+}
+
+/** `nbdfuse FILE --command nbdkit -s ARGS`, once the file is there; stop() unmounts it (or kills nbdfuse). */
+function serve(fx: Fixture, dir: string, fuseFile: string, args: string[]): { pid: number; stopped: boolean; stop(): void } {
+  const mnt = path.dirname(fuseFile);
+  const pidFile = path.join(dir, 'nbdfuse.pid');
+  const log = path.join(dir, 'server.log');
+  fs.rmSync(pidFile, { force: true });
+  const child = spawn('nbdfuse', ['-P', pidFile, fuseFile, '--command', 'nbdkit', '-s', ...args],
+    { stdio: ['ignore', 'ignore', fs.openSync(log, 'a')] });
+  const server = {
+    pid: child.pid!,
+    stopped: false,
+    stop: () => {
+      if (server.stopped) return;
+      server.stopped = true;
+      try {
+        sh('fusermount3', ['-u', mnt]);
+      } catch {
+        child.kill('SIGKILL');
+        try { sh('fusermount3', ['-u', '-z', mnt]); } catch { /* not mounted any more */ }
+      }
+    },
+  };
+  fx.defer(`stop nbdfuse ${mnt}`, () => server.stop());
+  for (const deadline = Date.now() + 30_000; !fs.existsSync(pidFile) || fs.statSync(pidFile).size === 0; napMs(50)) {
+    if (Date.now() > deadline || child.exitCode !== null) {
+      throw new Error(`nbdfuse over nbdkit ${args.join(' ')} did not start: ${fs.readFileSync(log, 'utf8')}`);
+    }
+  }
+  return server;
 }
 
 /** Writes an nbdkit Python plugin into the fixture's directory; returns its path. */
