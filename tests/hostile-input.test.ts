@@ -8,9 +8,11 @@ import * as assert from 'uvu/assert';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
+import { open } from 'lmdb';
 import path from 'node:path';
 import { Fixture, eachTestFreshCli, randomFill, runDpsr, runDpsrOk, sh as execSh, sha256Of } from './helpers/fixture.js';
 import { mulberry32 } from './helpers/seeded-random.js';
+import { describeTally, fuzzCommandLines, newTally, runFuzzCase } from './helpers/fuzz-args.js';
 import { startDaemon } from './helpers/daemon-child.js';
 import { ControlClient, frameReader, writeFrame } from '../src/daemon/protocol.js';
 
@@ -20,11 +22,17 @@ eachTestFreshCli(test, (f) => ({ fx, env } = f));
 
 const oneLine = (stderr: string) => stderr.trim().split('\n').length === 1;
 
-test('a state database overwritten with garbage or cut short: every command says what and how out in one line, exit 1, nothing written', () => {
+/** A pair p of a 16 MiB source of random data, synced once. */
+function syncedPair(): { source: string; drive: string } {
   const { source, drive } = fx.pairDevices(16);
   randomFill(source, 16);
   runDpsrOk(env, ['pair', source, drive, '--name', 'p']);
   runDpsrOk(env, ['sync', 'p', '--quiet-period', '0.2']);
+  return { source, drive };
+}
+
+test('a state database overwritten with garbage or cut short: every command says what and how out in one line, exit 1, nothing written', () => {
+  const { source, drive } = syncedPair();
   randomFill(source, 1); // something for a sync or rollback to write
   const file = path.join(env.DPSR_STATE_DIR!, 'state.mdb');
   const good = fs.readFileSync(file);
@@ -43,13 +51,72 @@ test('a state database overwritten with garbage or cut short: every command says
   assert.is(runDpsr(env, ['status', 'p']).status, 0, 'the database back: all is well');
 });
 
+test('damaged records in a sound state database (a pair or tracker record of the wrong shape, or cut short): every command names the record and the way out in one line, exit 1 or 3, nothing written', async () => {
+  const { source, drive } = syncedPair();
+  randomFill(source, 1);
+  const file = path.join(env.DPSR_STATE_DIR!, 'state.mdb');
+  const good = fs.readFileSync(file);
+  const before = [sha256Of(source), sha256Of(drive)];
+  const db = () => open({ path: file, compression: false });
+  let d = db();
+  const pair = d.get(['pair', 'p']) as Record<string, unknown>;
+  const range = d.get(['range', 'p']) as Record<string, unknown>;
+  await d.close();
+  const damages: Array<[string, string, unknown]> = [
+    ['a pair record of garbage', 'pair', 'garbage'],
+    ['a pair record without its devices', 'pair', { ...pair, source: null, drive: 7 }],
+    ['a pair record cut short', 'pair', { name: 'p', id: pair.id }],
+    ['a tracker record whose dirty set is cut short', 'range', { ...range, dirty: (range.dirty as Buffer).subarray(0, 6) }],
+    ['a tracker record of garbage', 'range', [1, 2, 3]],
+  ];
+  for (const [what, kind, value] of damages) {
+    fs.writeFileSync(file, good);
+    d = db();
+    await d.put([kind, 'p'], value);
+    await d.close();
+    for (const args of [['status'], ['status', 'p', '--json'], ['sync', 'p'], ['verify', 'p'], ['rollback', 'p', '--yes'], ['diff', 'p'], ['unpair', 'p']]) {
+      const r = runDpsr(env, args);
+      // A command that tracks takes a pair it cannot adopt as a problem of that pair: refused, exit 3.
+      assert.ok(r.status === 1 || r.status === 3, `${what}: dpsr ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
+      assert.ok(oneLine(r.stderr), `${what}: one line: ${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`the state database ${file} holds a damaged (tracker )?record of pair p .*Move it aside`), `${what}: dpsr ${args.join(' ')}`);
+    }
+    assert.equal([sha256Of(source), sha256Of(drive)], before, `${what}: nothing written to either device`);
+  }
+  console.log(`  e.g. ${runDpsr(env, ['status']).stderr.trim()}`);
+  fs.writeFileSync(file, good);
+  assert.is(runDpsr(env, ['status', 'p']).status, 0, 'the database back: all is well');
+});
+
+test('a half-written configuration: status says what is wrong with it and how out (it said nothing), and goes on; the daemon refuses it in one line; nothing written', async () => {
+  const { source, drive } = syncedPair();
+  const whole = 'tick = "1s"\n[pairs.p]\npolicy = "continuous"\nrpo = "30s"\nmin_interval = "10s"\n';
+  const before = [sha256Of(source), sha256Of(drive)];
+  for (const cut of [whole.indexOf('continuous') + 4, whole.indexOf('[pairs.p]') + 3, whole.indexOf('30s') + 1]) {
+    fs.writeFileSync(env.DPSR_CONFIG!, whole.slice(0, cut));
+    const st = runDpsr(env, ['status', 'p']);
+    assert.is(st.status, 0, st.stderr);
+    assert.ok(oneLine(st.stderr), st.stderr);
+    assert.match(st.stderr, new RegExp(`dpsr: warning: ${env.DPSR_CONFIG}: .*fix the file`));
+    const daemon = runDpsr(env, ['daemon'], 30_000);
+    assert.is(daemon.status, 2, `the daemon refuses it: ${daemon.stderr}`);
+    assert.ok(oneLine(daemon.stderr), daemon.stderr);
+  }
+  console.log(`  ${runDpsr(env, ['status', 'p']).stderr.trim()}`);
+  assert.equal([sha256Of(source), sha256Of(drive)], before, 'nothing written');
+  fs.writeFileSync(env.DPSR_CONFIG!, whole);
+  assert.is(runDpsr(env, ['status', 'p']).stderr, '', 'a whole file: nothing said');
+});
+
 test('contradictory or empty choices are usage errors: exit 2, one line, before any device is opened', () => {
   const { source, drive } = fx.pairDevices(16);
   const before = [sha256Of(source), sha256Of(drive)];
-  // `sync --all p` exited 1 ("no pair named p"), `status p --drive` and `--timeout 0` went on to open devices.
+  // `sync --all p` exited 1 ("no pair named p"), `status p --drive` and `--timeout 0` went on to open devices,
+  // `pair --reserve 8M --no-reserve` paired without a tail (the last of the two won).
   for (const args of [['sync', '--all', 'p'], ['sync'], ['sync', 'p', '--timeout', '0'], ['status', 'p', '--drive', drive],
     ['rollback'], ['rollback', 'p', '--source', source], ['restore', 'p'], ['restore', 'p', 'x', '--whole'],
-    ['restore', 'p', '--partition', '1', '--whole'], ['restore', 'p', '--partition', '0'], ['pair', source], ['verify', 'p', 'q']]) {
+    ['restore', 'p', '--partition', '1', '--whole'], ['restore', 'p', '--partition', '0'], ['pair', source], ['verify', 'p', 'q'],
+    ['pair', source, drive, '--reserve', '8M', '--no-reserve'], ['pair', source, drive, '--no-reserve', '--reserve', '8M']]) {
     const r = runDpsr(env, args);
     assert.is(r.status, 2, `dpsr ${args.join(' ')}: ${r.stderr}`);
     assert.ok(oneLine(r.stderr), `one line: ${r.stderr}`);
@@ -57,37 +124,19 @@ test('contradictory or empty choices are usage errors: exit 2, one line, before 
   assert.equal([sha256Of(source), sha256Of(drive)], before, 'nothing written');
 });
 
-test('fuzzed command lines: one line, an exit status from the table, never a stack trace', () => {
-  const random = mulberry32(17);
-  const pick = <T>(a: readonly T[]) => a[Math.floor(random() * a.length)];
-  // Never a real block device: nothing a case runs can write one. No daemon, watch or demo: they run on.
-  const commands = ['pair', 'sync', 'status', 'verify', 'unpair', 'diff', 'restore', 'rollback', 'recover', 'udev-probe', 'install', 'uninstall', 'man', 'frob'];
-  const options = ['--name', '--force', '--reserve', '--no-reserve', '--all', '--json', '--no-freeze', '--quiet-period', '--timeout', '--in-place',
-    '-l', '--max-age', '--drive', '--source', '--yes', '--dry-run', '--to', '--overwrite', '--content', '--partition', '--whole', '--in-partition',
-    '--exit-code', '--root', '--help', '--', '-', '--bogus'];
-  const values = ['', '0', '-1', '1e309', 'NaN', '99999999999999999999', '1Q', '0x10', '3.5', '-5s', '10m', 'p', 'no-such-pair', '../../etc',
-    'ünïcödé', 'x'.repeat(5000), '/nonexistent', '/dev/null', '/dev/zero', fx.dir, `${fx.dir}/missing`, '%s%n', '$(id)', '\n'];
-  const seen = new Map<number, number>();
-  const cases = 40;
-  for (let i = 0; i < cases; i++) {
-    const args = [pick(commands)];
-    for (let n = Math.floor(random() * 5); n > 0; n--) args.push(random() < 0.5 ? pick(options) : pick(values));
-    if (args[0] === 'install' || args[0] === 'uninstall') args.push('--root', path.join(fx.dir, `root-${i}`)); // never the real system
-    const r = runDpsr(env, args, 30_000);
-    const shown = JSON.stringify(args).slice(0, 300);
-    assert.ok(r.status !== null && r.status >= 0 && r.status <= 4, `${shown}: exit ${r.status} (a signal or timeout?): ${r.stderr}`);
-    assert.not.match(r.stderr, /\n\s+at .*:\d+:\d+/, `${shown}: a stack trace: ${r.stderr}`);
-    if (r.status !== 0) assert.ok(oneLine(r.stderr), `${shown}: one line: ${r.stderr}`);
-    seen.set(r.status!, (seen.get(r.status!) ?? 0) + 1);
-  }
-  console.log(`  ${cases} command lines: ${[...seen].sort().map(([s, n]) => `exit ${s}: ${n}`).join(', ')}`);
+test('fuzzed command lines for every command, naming a real pair and its devices: an exit status from the table, one line, never a stack trace; refused ones write nothing', () => {
+  const { source, drive } = syncedPair();
+  const target = { pair: 'p', source, drive, dir: fx.dir };
+  const tally = newTally();
+  const hashes = [sha256Of(source), sha256Of(drive)];
+  for (const args of fuzzCommandLines(17, 6, target)) runFuzzCase(env, args, target, tally);
+  console.log(`  ${tally.cases} command lines: ${describeTally(tally)}`);
+  assert.equal(tally.problems, [], tally.problems.join('\n'));
+  if (!tally.byStatus.has(0) && !tally.byStatus.has(1) && !tally.byStatus.has(4)) assert.equal([sha256Of(source), sha256Of(drive)], hashes, 'nothing written');
 });
 
 test('a damaged label or journal head: one bad slot is read past, both bad say so with the way out, a torn journal head is no transaction; nothing written', () => {
-  const { source, drive } = fx.pairDevices(16);
-  randomFill(source, 16);
-  runDpsrOk(env, ['pair', source, drive, '--name', 'p']);
-  runDpsrOk(env, ['sync', 'p', '--quiet-period', '0.2']);
+  const { source, drive } = syncedPair();
   const size = Number(execSh('blockdev', ['--getsize64', drive]));
   const poke = (pos: number, bytes: Buffer) => {
     execSh('blockdev', ['--setrw', drive]);

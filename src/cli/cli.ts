@@ -94,14 +94,18 @@ function program(): Command {
 
   const log = (line: string) => console.log(line);
 
+  // --reserve and --no-reserve set one value (the last wins): which were given is seen as they are parsed.
+  const reserveChoices = new Set<string>();
   cli.command('pair')
+    .on('option:reserve', () => reserveChoices.add('--reserve'))
+    .on('option:no-reserve', () => reserveChoices.add('--no-reserve'))
     .description('check both devices, label the DPSR drive, start tracking, and copy the whole source')
     .argument('<SOURCE>', 'the disk or partition to protect')
     .argument('<DPSR_DRIVE>', 'the disk that becomes its copy (everything on it is overwritten)')
     .option('--name <NAME>', 'the pair\'s name (default: the source\'s kernel name)')
     .option('--force', 'overwrite a DPSR drive that carries a file system or partition table')
     .option('--reserve <SIZE>', 'the least room after the copy for dpsr\'s label and journal (the journal takes the whole tail; an apt upgrade changes 1-2 GiB)', DEFAULT_RESERVE)
-    .option('--no-reserve', 'no tail: for a drive exactly the source\'s size with a hardware identity (WWN/serial)')
+    .option('--no-reserve', 'no tail: for a drive exactly the source\'s size with a hardware identity (WWN/serial); not with --reserve')
     .option('--history <SIZE|all>', 'keep restore points (earlier images, dpsr history) in SIZE of the tail, or in all the space beyond the source and the reserve')
     .option('--insecure', 'allow a DPSR drive on plain nbd:// to a host that is not loopback (unencrypted)')
     .addHelpText('after', `
@@ -115,6 +119,7 @@ only, unless --insecure), nbds://HOST/EXPORT?tls-psk-file=FILE (or
 tls-certificates=DIR; root-only files), nbd+unix:///EXPORT?socket=PATH.`)
     .action(async (source: string, drive: string, opts: { name?: string; force?: boolean; reserve: string | boolean; history?: string; insecure?: boolean }) => {
       const { pairCommand } = await import('./commands/pair.js');
+      if (reserveChoices.size > 1) throw new UsageError('dpsr pair: --reserve SIZE or --no-reserve, not both');
       const noReserve = opts.reserve === false;
       await pairCommand({
         source, drive, name: opts.name, force: opts.force === true, noReserve,
@@ -179,7 +184,8 @@ since it, LAST and NEXT SYNC, GAPS since the last sync, JOURNAL (tail: crash-saf
 FREEZE p99 over recent syncs, POLICY; then warnings. Colour on a terminal only
 (NO_COLOR turns it off). --json: {"daemon": true|false, "pairs": [PairStatus...]},
 see the README; with -l each pair also has "history" (the daemon's samples).
-Exit 4 when any image is not usable or older than --max-age (for monitoring).`)
+Exit 4 when any image is not usable or older than --max-age (for monitoring).
+A configuration file the daemon cannot read is said on stderr (one warning line).`)
     .action(async (name: string | undefined, opts: { json?: boolean; long?: boolean; maxAge?: string; drive?: string }) => {
       const { statusCommand } = await import('./commands/status.js');
       process.exitCode = await statusCommand({ name, json: opts.json === true, long: opts.long === true, maxAge: opts.maxAge, drive: opts.drive }, settings, log);

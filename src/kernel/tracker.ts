@@ -461,7 +461,7 @@ export class Tracker {
     fs.closeSync(this.lockFd);
   }
 
-  /** Stops without a last cycle, as a crash would (tests): unreleased records stay in the ring. */
+  /** Stops without a last cycle, as a crash would (tests; a session that could not open): unreleased records stay in the ring. */
   abandon(): void {
     if (this.stopped) return;
     this.stopped = true;

@@ -121,3 +121,19 @@ export function recordFreeze(pair: PairRecord, freezeMs: number | null): void {
   if (freezeMs === null) return;
   pair.freezeHistoryMs = [...(pair.freezeHistoryMs ?? []), Math.round(freezeMs * 10) / 10].slice(-FREEZE_HISTORY);
 }
+
+/** Why a value read back as a pair record cannot be one (damaged, or written by hand), or null. */
+export function pairRecordProblem(v: unknown): string | null {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'not a record';
+  const p = v as Record<string, unknown>;
+  for (const k of ['name', 'id', 'image']) if (typeof p[k] !== 'string') return `its ${k} is not text`;
+  for (const k of ['createdMs', 'dataSectors', 'reservedSectors', 'labelSeq', 'generation']) {
+    if (typeof p[k] !== 'number' || !Number.isFinite(p[k])) return `its ${k} is not a number`;
+  }
+  for (const k of ['source', 'drive']) {
+    const d = p[k] as Record<string, unknown> | null;
+    if (typeof d !== 'object' || d === null || typeof d.path !== 'string' || typeof d.sizeSectors !== 'number') return `its ${k} is no device`;
+  }
+  if (typeof p.fullCopy !== 'object' || p.fullCopy === null) return 'it has no full-copy state';
+  return null;
+}

@@ -161,9 +161,10 @@ export async function openSession(settings: Settings, opts: { waitMs?: number; r
   checkTrackingSupport(settings.kernelBtfPath);
   const store = Store.open(settings.stateDir);
   let kt: KernelTracking | undefined;
+  let tracker: Tracker | undefined;
   try {
     kt = KernelTracking.open({ pinDir: settings.pinDir });
-    const tracker = await startTracker(kt, settings, store, opts.waitMs ?? 10_000);
+    tracker = await startTracker(kt, settings, store, opts.waitMs ?? 10_000);
     const s: Session = { settings, store, kt, tracker, ranges: new Map(), problems: new Map() };
     // Another version's programs still attached (an upgrade): ours are attached now, theirs hold the history since.
     const others = otherPinVersions(settings.pinDir);
@@ -185,6 +186,8 @@ export async function openSession(settings: Settings, opts: { waitMs?: number; r
     await tracker.cycle();
     return s;
   } catch (err) {
+    // What it read stays in the ring for the next owner; its timer would keep the process alive.
+    tracker?.abandon();
     kt?.close();
     await store.close();
     throw err;

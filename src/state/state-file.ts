@@ -40,7 +40,11 @@ export function stateFileProblem(file: string): string | null {
 /** Throws a one-line error naming the file, what is wrong and the way out, when stateFileProblem finds one. */
 export function checkStateFile(file: string): void {
   const problem = stateFileProblem(file);
-  if (problem === null) return;
-  throw new DpsrError(`the state database ${file} ${problem}; nothing was written. Move it aside (mv ${file} ${file}.damaged): ` +
+  if (problem !== null) throw stateDamaged(file, problem);
+}
+
+/** The state database `file` is damaged (`problem` says how): one line with the way out. */
+export function stateDamaged(file: string, problem: string): DpsrError {
+  return new DpsrError(`the state database ${file} ${problem}; nothing was written. Move it aside (mv ${file} ${file}.damaged): ` +
     'dpsr then knows no pair, each DPSR drive keeps its image and label (dpsr status --drive DEV), and dpsr pair SOURCE DRIVE --force pairs again', 'ESTATE');
 }

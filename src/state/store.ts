@@ -11,11 +11,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { type Key, open, type RootDatabase, type Transaction } from 'lmdb';
-import { checkStateFile } from './state-file.js';
+import { checkStateFile, stateDamaged } from './state-file.js';
 import { ExtentSet } from '../base/extents.js';
 import { bootId } from '../devices/boot-id.js';
 import type { Baseline } from '../kernel/reconcile.js';
-import type { PairRecord } from './records.js';
+import { type PairRecord, pairRecordProblem } from './records.js';
 import type { Gap, RangeState, TrackerStore } from '../kernel/tracker.js';
 
 interface StoredRange {
@@ -71,12 +71,13 @@ function restOf(r: Omit<RangeState, 'slot'>): Omit<StoredRange, SetName> {
 export class Store implements TrackerStore {
   private readonly snapshotted = new Map<string, Snapshotted>();
 
-  private constructor(private readonly db: RootDatabase) {}
+  private constructor(private readonly db: RootDatabase, private readonly file: string) {}
 
   static open(stateDir: string): Store {
     fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-    checkStateFile(path.join(stateDir, 'state.mdb'));
-    return new Store(open({ path: path.join(stateDir, 'state.mdb'), compression: false }));
+    const file = path.join(stateDir, 'state.mdb');
+    checkStateFile(file);
+    return new Store(open({ path: file, compression: false }), file);
   }
 
   /** Opens for reading only, also on a read-only file system (early boot, the end of shutdown); null when there is none. */
@@ -84,7 +85,7 @@ export class Store implements TrackerStore {
     const file = path.join(stateDir, 'state.mdb');
     if (!fs.existsSync(file)) return null;
     checkStateFile(file);
-    return new Store(open({ path: file, compression: false, readOnly: true }));
+    return new Store(open({ path: file, compression: false, readOnly: true }), file);
   }
 
   /**
@@ -107,13 +108,21 @@ export class Store implements TrackerStore {
   }
 
   pair(name: string): PairRecord | undefined {
-    return this.db.get(['pair', name]) as PairRecord | undefined;
+    const v = this.db.get(['pair', name]);
+    return v === undefined ? undefined : this.checkedPair(name, v);
   }
 
   pairs(): PairRecord[] {
     return [...this.db.getRange({ start: ['pair'], end: ['pair\uffff'] })]
       .filter(({ key }) => Array.isArray(key) && key[0] === 'pair')
-      .map(({ value }) => value as PairRecord);
+      .map(({ key, value }) => this.checkedPair(String((key as unknown[])[1]), value));
+  }
+
+  /** A record is trusted as far as its shape: a damaged one is said, not a TypeError somewhere later. */
+  private checkedPair(name: string, v: unknown): PairRecord {
+    const problem = pairRecordProblem(v);
+    if (problem) throw stateDamaged(this.file, `holds a damaged record of pair ${name} (${problem})`);
+    return v as PairRecord;
   }
 
   /** The boot a pair's tracker state was last saved in (null: never saved, or saved before it was kept). */
@@ -139,8 +148,17 @@ export class Store implements TrackerStore {
   }
 
   private rangeIn(name: string, transaction: Transaction): Omit<RangeState, 'slot'> | undefined {
+    try {
+      return this.decodedRange(name, transaction);
+    } catch (err) {
+      throw stateDamaged(this.file, `holds a damaged tracker record of pair ${name} (${(err as Error).message})`);
+    }
+  }
+
+  private decodedRange(name: string, transaction: Transaction): Omit<RangeState, 'slot'> | undefined {
     const s = this.db.get(['range', name], { transaction }) as StoredRange | undefined;
-    if (!s) return undefined;
+    if (s === undefined) return undefined;
+    if (typeof s !== 'object' || s === null || !(s.dirty instanceof Uint8Array)) throw new Error('not a tracker record');
     const sets: Record<SetName, ExtentSet> = {
       dirty: ExtentSet.fromBuffer(s.dirty),
       suspect: ExtentSet.fromBuffer(s.suspect),

@@ -117,6 +117,15 @@ export async function statusCommand(opts: StatusOptions, settings: Settings, log
     return ok ? ExitStatus.ok : ExitStatus.notUsable;
   }
 
+  // A configuration the daemon cannot read (half-written, a typo) is said, though status goes on.
+  let config = DEFAULT_CONFIG;
+  try {
+    config = loadConfig(settings.configPath);
+  } catch (err) {
+    process.stderr.write(`dpsr: warning: ${(err as Error).message}: a daemon does not start with it and keeps its previous configuration on reload (SIGHUP); ` +
+      'without a daemon status shows every pair as manual; fix the file\n');
+  }
+
   // A running daemon owns the live numbers and knows the schedule.
   const daemon = await ControlClient.connect(settings.socketPath);
   if (daemon) {
@@ -128,8 +137,6 @@ export async function statusCommand(opts: StatusOptions, settings: Settings, log
       daemon.close();
     }
   }
-  let config = DEFAULT_CONFIG;
-  try { config = loadConfig(settings.configPath); } catch { /* the daemon reports a bad file; status still works */ }
 
   // Owner if there is something to track and nobody else owns it (drain,
   // reconcile: live numbers); else read the store only.
