@@ -9,8 +9,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startDaemon, statusOf, waitFor } from './helpers/daemon-child.js';
-import { Fixture, ddDirect, freshCliFixture, randomFill, runDpsr, runDpsrOk, sh, sha256Of } from './helpers/fixture.js';
-import { type FaultDisk, type Faults, faultDisk } from './helpers/fault-disk.js';
+import { Fixture, ddDirect, freshCliFixture, runDpsr, runDpsrOk, sh, sha256Of } from './helpers/fixture.js';
+import { type FaultDisk, type Faults, faultDisk, faultyPair } from './helpers/fault-disk.js';
 
 const MiB = 1 << 20;
 const SOURCE_MIB = 16;
@@ -28,14 +28,9 @@ const sync = () => dpsr('sync', 'p', '--quiet-period', '0.2');
 
 /** A pair, synced, whose source or drive fails on demand; the source then changed. */
 function pairWithFaults(faulty: 'source' | 'drive'): { source: string; drive: string; disk: FaultDisk } {
-  const disk = faultDisk(fx, faulty === 'source' ? SOURCE_MIB : DRIVE_MIB);
-  const source = faulty === 'source' ? disk.dev : fx.loop(SOURCE_MIB);
-  const drive = faulty === 'drive' ? disk.dev : fx.loop(DRIVE_MIB);
-  randomFill(source, SOURCE_MIB);
-  ok('pair', source, drive, '--name', 'p', '--reserve', '8M');
-  ok('sync', 'p', '--quiet-period', '0.2');
-  for (let i = 0; i < 8; i++) ddDirect(source, i * 4096 + 64, 64);
-  return { source, drive, disk };
+  const p = faultyPair(fx, env, 'p', faulty, SOURCE_MIB);
+  for (let i = 0; i < 8; i++) ddDirect(p.source, i * 4096 + 64, 64);
+  return p;
 }
 
 interface Snapshot { image: string; generation: number; imageTime: string | null; usable: boolean; dirtyBytes: number; exit: number | null }
@@ -96,29 +91,39 @@ test('EIO writing the image in place after the commit: the sync fails; the commi
   assert.is(sha256Of(drive, SOURCE_BYTES), sha256Of(source));
 });
 
-test('a committed transaction damaged after a failed apply: status --drive and recover say the image is not usable and write nothing; status agrees; the next sync is exact', () => {
-  const { source, drive, disk } = pairWithFaults('drive');
-  failsWith(disk, { write: [[0, SOURCE_BYTES]] }, ['sync', 'p', '--quiet-period', '0.2'], /writing the DPSR drive/);
-  // Bit rot in the journal's data area (it starts a block after the head, at the image's end).
-  sh('blockdev', ['--setrw', drive]);
-  const fd = fs.openSync(drive, 'r+');
-  fs.writeSync(fd, Buffer.from('rot'), 0, 3, SOURCE_BYTES + 4096 + 100);
-  fs.closeSync(fd);
-  sh('blockdev', ['--setro', drive]);
-  const mixed = sha256Of(drive);
-  for (const args of [['status', '--drive', drive], ['recover', drive]]) {
-    const r = dpsr(...args);
-    assert.is(r.status, 4, `${args[0]}: exit 4: ${r.stderr}`);
-    assert.match(r.stderr, /journal transaction \d+ of pair p was committed, but its data no longer verifies/);
-    assert.is(r.stderr.trim().split('\n').length, 1);
+test('a committed transaction damaged after a failed apply (its data, a descriptor, a descriptor block\'s seq): status --drive and recover say the image is not usable and write nothing; status agrees; the next sync is exact', () => {
+  // The journal starts where the image ends: its head, the data area, then the descriptor blocks.
+  const spots: Array<[string, (dataBytes: number) => number]> = [
+    ['its data', () => 4096 + 100],
+    ['a descriptor\'s target sector', (dataBytes) => 4096 + Math.ceil(dataBytes / 4096) * 4096 + 64],
+    ['a descriptor block\'s seq', (dataBytes) => 4096 + Math.ceil(dataBytes / 4096) * 4096 + 16],
+  ];
+  for (const [what, at] of spots) {
+    const { source, drive, disk } = pairWithFaults('drive');
+    failsWith(disk, { write: [[0, SOURCE_BYTES]] }, ['sync', 'p', '--quiet-period', '0.2'], /writing the DPSR drive/);
+    sh('blockdev', ['--setrw', drive]);
+    const fd = fs.openSync(drive, 'r+');
+    const head = Buffer.alloc(4096);
+    fs.readSync(fd, head, 0, 4096, SOURCE_BYTES);
+    fs.writeSync(fd, Buffer.from('rot'), 0, 3, SOURCE_BYTES + at(Number(head.readBigUInt64LE(48))));
+    fs.closeSync(fd);
+    sh('blockdev', ['--setro', drive]);
+    const mixed = sha256Of(drive);
+    for (const args of [['status', '--drive', drive], ['recover', drive]]) {
+      const r = dpsr(...args);
+      assert.is(r.status, 4, `${what}: ${args[0]}: exit 4: ${r.stderr}`);
+      assert.match(r.stderr, /journal transaction \d+ of pair p was committed, but its data no longer verifies/);
+      assert.is(r.stderr.trim().split('\n').length, 1);
+    }
+    assert.is(sha256Of(drive), mixed, `${what}: nothing written`);
+    const st = dpsr('status', 'p', '--json');
+    assert.is(st.status, 4, `${what}: the pair knows its image is a mix`);
+    assert.is(JSON.parse(st.stdout).pairs[0].image, 'partial');
+    assert.is(sync().status, 0);
+    assert.is(sha256Of(drive, SOURCE_BYTES), sha256Of(source));
+    assert.is(dpsr('status', 'p').status, 0);
+    ok('unpair', 'p');
   }
-  assert.is(sha256Of(drive), mixed, 'nothing written');
-  const st = dpsr('status', 'p', '--json');
-  assert.is(st.status, 4, 'the pair knows its image is a mix');
-  assert.is(JSON.parse(st.stdout).pairs[0].image, 'partial');
-  assert.is(sync().status, 0);
-  assert.is(sha256Of(drive, SOURCE_BYTES), sha256Of(source));
-  assert.is(dpsr('status', 'p').status, 0);
 });
 
 test('EIO flushing the drive: the sync fails naming the flush; the old image stays; the next sync is exact', () => {
@@ -149,17 +154,24 @@ test('EIO reading the drive: verify and rollback fail with one line naming the d
   assert.is(sha256Of(drive, SOURCE_BYTES), sha256Of(source));
 });
 
-test('EIO reading the drive under diff and restore: one line naming the drive, the read and its offset, exit 1 (it said "no file system found", exit 3); nothing written', () => {
+/** An ext4 source holding f0..f3 (1 MiB each), paired with a drive on a fault disk and synced; `written` sees them mounted, allocated. */
+function ext4PairOnFaultyDrive(written: (mnt: string) => void = () => {}): { source: string; drive: string; disk: FaultDisk } {
   const disk = faultDisk(fx, DRIVE_MIB);
   const source = fx.loop(SOURCE_MIB);
-  const drive = disk.dev;
   fx.mkfs(source, 'ext4');
-  let mnt = fx.mount(source);
+  const mnt = fx.mount(source);
   for (let i = 0; i < 4; i++) fs.writeFileSync(path.join(mnt, `f${i}`), crypto.randomBytes(MiB));
+  sh('sync', ['-f', mnt]); // allocated: delayed allocation has no place to show yet
+  written(mnt);
   sh('umount', [mnt]);
-  ok('pair', source, drive, '--name', 'p', '--reserve', '8M');
+  ok('pair', source, disk.dev, '--name', 'p', '--reserve', '8M');
   ok('sync', 'p', '--quiet-period', '0.2');
-  mnt = fx.mount(source);
+  return { source, drive: disk.dev, disk };
+}
+
+test('EIO reading the drive under diff and restore: one line naming the drive, the read and its offset, exit 1 (it said "no file system found", exit 3); nothing written', () => {
+  const { source, drive, disk } = ext4PairOnFaultyDrive();
+  const mnt = fx.mount(source);
   fs.rmSync(path.join(mnt, 'f2'));
   sh('umount', [mnt]);
   const before = [sha256Of(source), sha256Of(drive)];
@@ -172,6 +184,33 @@ test('EIO reading the drive under diff and restore: one line naming the drive, t
   assert.not.ok(fs.existsSync(path.join(to, 'f2')), 'nothing restored');
   ok('restore', 'p', '/f2', '--to', to);
   assert.ok(fs.existsSync(path.join(to, 'f2')), 'restored once the fault cleared');
+});
+
+test('EIO reading files\' data on the drive, past the file system\'s start, under diff --content and restore: one line naming the drive and the offset; the file is not restored (not half), nothing written to either device', () => {
+  // Where f2's and f3's data lie on the source, hence on the drive's image: filefrag's physical extents (4 KiB blocks).
+  // diff --content reads f3 (unchanged: same size and time), restore reads both.
+  let extents: Array<[number, number]> = [];
+  const { source, drive, disk } = ext4PairOnFaultyDrive((m) => {
+    extents = ['f2', 'f3'].flatMap((f) => [...sh('filefrag', ['-e', '-b4096', path.join(m, f)]).matchAll(/^\s*\d+:\s+\d+\.\.\s*\d+:\s+(\d+)\.\.\s*(\d+):/gm)]
+      .map((x) => [Number(x[1]) * 4096, (Number(x[2]) + 1) * 4096] as [number, number]));
+  });
+  const mnt = fx.mount(source);
+  fs.writeFileSync(path.join(mnt, 'f2'), Buffer.alloc(MiB, 1));
+  const to = path.join(fx.dir, 'restored');
+  fs.mkdirSync(to);
+  sh('umount', [mnt]);
+  assert.ok(extents.length > 0 && extents.every(([start]) => start >= MiB), `the files lie past the first MiB: ${JSON.stringify(extents)}`);
+  const before = [sha256Of(source), sha256Of(drive)];
+  const names = new RegExp(`reading the DPSR drive ${drive} at byte (\\d+) \\(\\d+ bytes\\) failed: EIO`);
+  for (const args of [['diff', 'p', '--content'], ['restore', 'p', '/f2', '/f3', '--to', to]]) {
+    const line = failsWith(disk, { read: extents }, args, names);
+    const at = Number(names.exec(line)![1]);
+    assert.ok(extents.some(([start, end]) => at >= start && at < end), `the offset named lies in the files' data: ${at}`);
+  }
+  assert.equal([sha256Of(source), sha256Of(drive)], before, 'nothing written to either device');
+  for (const f of ['f2', 'f3']) assert.not.ok(fs.existsSync(path.join(to, f)), `${f} not restored, not even in part`);
+  ok('restore', 'p', '/f2', '--to', to);
+  assert.is(fs.statSync(path.join(to, 'f2')).size, MiB, 'restored once the fault cleared');
 });
 
 /** A failure hook appending `EVENT PAIR REASON` lines to a file, and a daemon configuration using it. */

@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { RefusedError } from '../base/errors.js';
+import { unreadableExtentOf } from './image-mount.js';
 
 export type EntryType = 'file' | 'dir' | 'symlink' | 'other';
 
@@ -88,7 +89,7 @@ function sameBytes(a: string, b: string): boolean {
   try {
     for (let pos = 0; ;) {
       const na = fs.readSync(fa, ba, 0, ba.length, pos);
-      const nb = fs.readSync(fb, bb, 0, bb.length, pos);
+      const nb = readImage(fb, b, bb, pos);
       if (na !== nb || !ba.subarray(0, na).equals(bb.subarray(0, nb))) return false;
       if (na === 0) return true;
       pos += na;
@@ -96,6 +97,15 @@ function sameBytes(a: string, b: string): boolean {
   } finally {
     fs.closeSync(fa);
     fs.closeSync(fb);
+  }
+}
+
+/** A read of the image's copy of a file; a failure names the DPSR drive and the offset beneath it. */
+function readImage(fd: number, file: string, buf: Buffer, pos: number): number {
+  try {
+    return fs.readSync(fd, buf, 0, buf.length, pos);
+  } catch (err) {
+    throw unreadableExtentOf(file, 'DPSR drive') ?? err;
   }
 }
 

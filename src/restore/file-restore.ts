@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DpsrError, RefusedError } from '../base/errors.js';
 import { type DiffEntry, type FileMeta, diffTrees, pathInside } from './file-diff.js';
+import { unreadableExtentOf } from './image-mount.js';
 
 /** One PATH to restore: `name` under `imageBase` in the image goes to `name` under `destBase`. */
 export interface RestoreItem {
@@ -85,8 +86,13 @@ function rsync(args: string[]): Promise<void> {
     child.stderr.on('data', (d) => { stderr += d; });
     child.on('error', (err) => reject(new DpsrError(`rsync: ${err.message} (install the Debian package rsync)`, 'ERSYNC')));
     child.on('exit', (code, signal) => {
-      if (code === 0) resolve();
-      else reject(new DpsrError(`rsync ${signal ? `killed by ${signal}` : `failed (exit ${code})`}: ${stderr.trim().split('\n')[0] ?? ''}`, 'ERSYNC'));
+      if (code === 0) return resolve();
+      // A file it could not read from the image: the DPSR drive's failing read, by device and offset
+      // (rsync keeps no partial file: what it could not read is not restored).
+      const unreadable = /"([^"]+)": Input\/output error/.exec(stderr)?.[1];
+      const cause = unreadable ? unreadableExtentOf(unreadable, 'DPSR drive') : null;
+      if (cause) return reject(new DpsrError(`${cause.message}, under ${unreadable} in the image: the restore stopped, that file was not restored`, cause.code));
+      reject(new DpsrError(`rsync ${signal ? `killed by ${signal}` : `failed (exit ${code})`}: ${stderr.trim().split('\n')[0] ?? ''}`, 'ERSYNC'));
     });
   });
 }

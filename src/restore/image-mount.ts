@@ -140,6 +140,48 @@ function assertReadable(device: string, range: { offsetBytes: number; sizeBytes:
 }
 
 /**
+ * After a read of `file` failed, where `file` lies in a file system mountReadOnly made: the
+ * device read beneath it that fails, as the one-line I/O error naming the device (`side`) and
+ * the byte offset; null when every extent of it reads back (the error was not the device's).
+ */
+export function unreadableExtentOf(file: string, side: string): DpsrError | null {
+  let loop: string;
+  let extents: Array<[number, number]>;
+  try {
+    loop = path.basename(run('findmnt', ['-n', '-o', 'SOURCE', '-T', file]).trim());
+    // filefrag -e: "File size of F is N (B blocks of S bytes)", then "0: 0.. 255: 34816.. 35071: 256: ..." per extent.
+    const out = run('filefrag', ['-e', file]);
+    const blockBytes = Number(/blocks of (\d+) bytes/.exec(out)?.[1] ?? 4096);
+    extents = [...out.matchAll(/^\s*\d+:\s+\d+\.\.\s*\d+:\s+(\d+)\.\.\s*(\d+):/gm)]
+      .map((m) => [Number(m[1]) * blockBytes, (Number(m[2]) + 1) * blockBytes]);
+  } catch {
+    return null;
+  }
+  const sys = `/sys/block/${loop}/loop`;
+  if (!fs.existsSync(sys)) return null;
+  const device = fs.readFileSync(path.join(sys, 'backing_file'), 'utf8').trim();
+  const offset = Number(fs.readFileSync(path.join(sys, 'offset'), 'utf8').trim());
+  const dev = openLocalDevice(device, false);
+  const [buf] = takeBuffers(1, 1 << 20);
+  try {
+    for (const [start, end] of extents) {
+      for (let pos = start; pos < end; pos += buf.length) {
+        const length = Math.min(buf.length, end - pos);
+        try {
+          dev.readSync(buf, 0, length, offset + pos);
+        } catch (err) {
+          return dev.ioError('read', side, offset + pos, length, err as NodeJS.ErrnoException);
+        }
+      }
+    }
+    return null;
+  } finally {
+    giveBuffers([buf]);
+    dev.close();
+  }
+}
+
+/**
  * Mounts the file system at [offsetBytes, offsetBytes + sizeBytes) of a
  * device through a read-only loop device: the kernel refuses any write to
  * it, whatever the file system does. `side` names the device in I/O errors.
