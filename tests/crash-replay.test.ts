@@ -1,6 +1,8 @@
 // Power cuts replayed (tests/helpers/crash-replay.ts): a full copy, two
 // journaled syncs, a rollback and an unpair recorded write by write, and a
-// fixed-seed sample of their crash states judged by the next dpsr command.
+// fixed-seed sample of their crash states judged by the next dpsr command
+// (status --drive and recover from the drive alone; for the syncs also the
+// next sync on the pair's own record).
 // The campaign, with more states: node dist/tools/faults/crash-campaign.js.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -12,9 +14,9 @@ let env: NodeJS.ProcessEnv;
 test.before.each(() => { ({ fx, env } = freshCliFixture()); });
 test.after.each(() => fx.cleanup());
 
-test('every crash state of a full copy, journaled syncs, a rollback and an unpair is the old or the new image after the next command', async () => {
-  const scenario = recordScenario(fx, env, 17);
+test('every crash state of a full copy, journaled syncs, a rollback and an unpair is the old or the new image after the next command (status --drive, recover, sync)', async () => {
   const outcomes = new Map<string, Outcomes>();
+  const scenario = await recordScenario(fx, env, 17, { subsets: 1, outcomes });
   await replayScenario(fx, fx.cliEnv(), scenario, 17, 1, outcomes);
   for (const [op, o] of outcomes) {
     console.log(`  ${op}: ${o.states} states: ${o.old} old, ${o.new} new, ${o.noImage} no image yet, ${o.noLabel} no label (${o.applied} applied by recover), ${o.mixes.length} mixes`);

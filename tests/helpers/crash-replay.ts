@@ -5,7 +5,9 @@
 // dpsr command that opens it. The drive after `status --drive` and
 // `recover` must hold exactly the old or the new image, with a label that
 // names it and no transaction left to apply; a source cut mid-rollback must
-// be exactly the image after `rollback --drive` runs again.
+// be exactly the image after `rollback --drive` runs again. A journaled
+// sync's states are also judged by the next `dpsr sync` on the pair's own
+// record (judgeBySync): it must make the drive exactly the source.
 // Shared by tests/crash-replay.test.ts (a fixed-seed subset) and
 // tools/faults/crash-campaign.ts (the campaign).
 import fs from 'node:fs';
@@ -77,7 +79,7 @@ function changeSource(dev: string, random: () => number, count: number): void {
  * with discards), a rollback of changes and an unpair, each operation's log cut out of its
  * disk's log. `env` is the CLI environment of the pair.
  */
-export function recordScenario(fx: Fixture, env: NodeJS.ProcessEnv, seed: number): Scenario {
+export async function recordScenario(fx: Fixture, env: NodeJS.ProcessEnv, seed: number, syncJudge?: SyncJudge): Promise<Scenario> {
   const random = mulberry32(seed);
   const source = recordingDisk(fx, SOURCE_MIB);
   const drive = recordingDisk(fx, DRIVE_MIB);
@@ -91,6 +93,13 @@ export function recordScenario(fx: Fixture, env: NodeJS.ProcessEnv, seed: number
     const mark = disk.mark();
     run();
     ops.push({ name, target, before, log: disk.entriesSince(mark), oldLabel, newLabel: labelOf(env, drive.dev), oldHash, newHash: sha256Of(disk.dev, SOURCE_BYTES) });
+    return ops.at(-1)!;
+  };
+  /** A journaled sync, recorded; with a sync judge, its crash states judged by the next sync on the pair's own record. */
+  const judgedSync = async (name: string) => {
+    const stateBefore = copyDir(env.DPSR_STATE_DIR!, path.join(snapshots, `state-${ops.length}`));
+    const op = record(name, drive, 'drive', sync);
+    if (syncJudge) await judgeBySync(fx, env, op, { drive, source: source.dev, stateBefore, snapshots }, mulberry32(seed ^ 0x5c), syncJudge);
   };
   const sync = () => {
     runDpsrOk(env, ['sync', 'p', '--quiet-period', '0.2']);
@@ -100,11 +109,11 @@ export function recordScenario(fx: Fixture, env: NodeJS.ProcessEnv, seed: number
   randomFill(source.dev, SOURCE_MIB);
   record('pair (full copy)', drive, 'drive', () => runDpsrOk(env, ['pair', source.dev, drive.dev, '--name', 'p', '--reserve', RESERVE]));
   changeSource(source.dev, random, 8);
-  record('journaled sync', drive, 'drive', sync);
+  await judgedSync('journaled sync');
   changeSource(source.dev, random, 4);
   const discardAt = 4096 * Math.floor(random() * (SOURCE_BYTES / 4096 - 256));
   sh('blkdiscard', ['-o', String(discardAt), '-l', String(256 * 4096), source.dev]);
-  record('journaled sync with discards', drive, 'drive', sync);
+  await judgedSync('journaled sync with discards');
   const rollbackDrive = path.join(snapshots, 'rollback-drive.img');
   fs.copyFileSync(drive.image, rollbackDrive);
   const rollbackImageHash = sha256Of(drive.dev, SOURCE_BYTES);
@@ -115,6 +124,52 @@ export function recordScenario(fx: Fixture, env: NodeJS.ProcessEnv, seed: number
   source.stop();
   drive.stop();
   return { ops, rollbackDrive, rollbackImageHash, sourceLoopFile: source.fuseFile };
+}
+
+/** Crash states judged by `dpsr sync` on the pair's own record: how many per epoch, and where the outcomes go. */
+export interface SyncJudge { subsets: number; outcomes: Map<string, Outcomes> }
+
+/** Copies a directory's files (the state directory, between commands: no process has it open). */
+function copyDir(from: string, to: string): string {
+  fs.rmSync(to, { recursive: true, force: true });
+  fs.mkdirSync(to, { recursive: true });
+  for (const f of fs.readdirSync(from)) if (fs.statSync(path.join(from, f)).isFile()) fs.copyFileSync(path.join(from, f), path.join(to, f));
+  return to;
+}
+
+/**
+ * The next sync as the judge of a journaled sync's crash states: each state is laid on the
+ * drive itself (the same device, its image file rewritten) and the state directory put back as
+ * it was before the sync (what the system disk held when the power went); `dpsr sync` must then
+ * make the drive exactly the source, with a usable image. The drive and the state directory are
+ * put back as after the sync for the scenario to go on.
+ */
+async function judgeBySync(fx: Fixture, env: NodeJS.ProcessEnv, op: RecordedOp,
+  at: { drive: RecordingDisk; source: string; stateBefore: string; snapshots: string }, random: () => number, judge: SyncJudge): Promise<void> {
+  const name = `${op.name}, judged by sync`;
+  const counts = judge.outcomes.get(name) ?? emptyOutcomes();
+  judge.outcomes.set(name, counts);
+  const stateDir = env.DPSR_STATE_DIR!;
+  const stateAfter = copyDir(stateDir, path.join(at.snapshots, 'state-after'));
+  const imageAfter = path.join(at.snapshots, 'image-after.img');
+  fs.copyFileSync(at.drive.image, imageAfter);
+  const wanted = sha256Of(at.source);
+  const lay = (image: string, state: string) => {
+    fs.copyFileSync(image, at.drive.image); // the same file nbdkit serves: the device holds it at once (direct I/O, nothing cached)
+    sh('blockdev', ['--flushbufs', at.drive.dev]);
+    copyDir(state, stateDir);
+  };
+  await replayStates(op.log, op.before, crashStates(op.log, random, judge.subsets), path.join(fx.dir, 'sync-judge.img'), async (state) => {
+    lay(path.join(fx.dir, 'sync-judge.img'), at.stateBefore);
+    counts.states++;
+    const r = runDpsr(env, ['sync', 'p', '--quiet-period', '0.2']);
+    const verdict = r.status !== 0 ? `sync: exit ${r.status}: ${r.stderr.trim()}`
+      : sha256Of(at.drive.dev, SOURCE_BYTES) !== wanted ? 'after the sync the drive is not the source'
+        : runDpsr(env, ['status', 'p']).status !== 0 ? 'after the sync status calls the image unusable' : 'new';
+    if (verdict === 'new') counts.new++;
+    else counts.mixes.push(`${name}, ${state.how}: ${verdict}`);
+  });
+  lay(imageAfter, stateAfter);
 }
 
 /** Attaches a file to a free loop device (direct I/O) for `fn`, and detaches it after. */

@@ -1,6 +1,7 @@
 // The crash-replay campaign (tests/helpers/crash-replay.ts): records the
 // scenario with each seed and replays SUBSETS random subsets per epoch of
-// every operation's writes (plus a torn one and the flush boundaries),
+// every operation's writes (plus a torn one and the flush boundaries), and
+// a quarter as many of each journaled sync's judged by the next sync,
 // then prints the states per operation and outcome, and every mix.
 // Usage (after a build, as root): node dist/tools/faults/crash-campaign.js [--seeds N] [--subsets N] [--seed S]
 // Exit 1 on any mix. It waits while /tmp/dpsr-quiet exists (someone benchmarks on this machine).
@@ -27,7 +28,7 @@ for (let seed = Number(values.seed); seed < Number(values.seed) + seeds; seed++)
   await waitWhileQuiet();
   const { fx, env } = freshCliFixture();
   try {
-    const scenario = recordScenario(fx, env, seed);
+    const scenario = await recordScenario(fx, env, seed, { subsets: Math.max(1, Math.round(subsets / 4)), outcomes });
     await replayScenario(fx, fx.cliEnv(), scenario, seed, subsets, outcomes, waitWhileQuiet);
   } finally {
     fx.cleanup();
