@@ -97,6 +97,10 @@ export async function recordScenario(fx: Fixture, env: NodeJS.ProcessEnv, seed: 
   };
   /** A journaled sync, recorded; with a sync judge, its crash states judged by the next sync on the pair's own record. */
   const judgedSync = async (name: string) => {
+    // The ring drained into the state first: the sync releases what it reads from the ring, so a state
+    // directory copied before that would miss writes that no ring holds any more (never so after a crash:
+    // records are released only once saved).
+    runDpsr(env, ['status', 'p']);
     const stateBefore = copyDir(env.DPSR_STATE_DIR!, path.join(snapshots, `state-${ops.length}`));
     const op = record(name, drive, 'drive', sync);
     if (syncJudge) await judgeBySync(fx, env, op, { drive, source: source.dev, stateBefore, snapshots }, mulberry32(seed ^ 0x5c), syncJudge);
