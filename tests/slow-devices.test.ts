@@ -30,7 +30,9 @@ async function timedStatus(): Promise<{ st: PairStatus; ms: number }> {
   const c = (await ControlClient.connect(env.DPSR_SOCKET!))!;
   try {
     const t0 = process.hrtime.bigint();
-    const [st] = await c.request({ command: 'status', name: 'p' }) as PairStatus[];
+    let timer: NodeJS.Timeout | undefined;
+    const bound = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error('status: no answer in 30 s')), 30_000); });
+    const [st] = await Promise.race([c.request({ command: 'status', name: 'p' }), bound]).finally(() => clearTimeout(timer)) as PairStatus[];
     return { st, ms: Number(process.hrtime.bigint() - t0) / 1e6 };
   } finally {
     c.close();
