@@ -60,7 +60,9 @@ export function runFuzzCase(env: NodeJS.ProcessEnv, args: string[], t: FuzzTarge
   tally.byStatus.set(r.status ?? -1, (tally.byStatus.get(r.status ?? -1) ?? 0) + 1);
   if (r.status === null || r.status < 0 || r.status > 4) return void problem('a signal, a timeout or an exit status outside the table');
   if (/\n\s+at .*:\d+:\d+/.test(r.stderr)) return void problem('a stack trace');
-  if (r.status !== 0 && r.stderr.trim().split('\n').length !== 1) return void problem('not one line');
+  // A bare `dpsr` prints its usage, as git and systemctl do: the one answer that is not one line.
+  const usage = args.length === 0 && r.status === 2 && r.stderr.startsWith('Usage: dpsr');
+  if (r.status !== 0 && !usage && r.stderr.trim().split('\n').length !== 1) return void problem('not one line');
   if ((r.status === 2 || r.status === 3) && (written[0] !== 0 || written[1] !== 0)) problem(`refused, yet ${written[0]} + ${written[1]} sectors written`);
 }
 
