@@ -69,14 +69,22 @@ export function nbdDisk(fx: Fixture, sizeMiB: number, nbdkitArgs: (image: string
     },
     replug: () => {
       detach();
-      // A FUSE mount's device number is the lowest free one: another mount made meanwhile
-      // on the machine can take it, and then the file would be another file to dpsr.
-      for (let attempt = 0; ; attempt++) {
+      // A FUSE mount takes the lowest free device number, which may be below the one the file
+      // had (and then it would be another file to dpsr): each such number is held by a small
+      // placeholder mount until the server gets the file's own number back.
+      const placeholders: Array<{ stop(): void }> = [];
+      try {
         server.stop();
-        server = serve(fx, dir, fuseFile, nbdkitArgs(image));
-        if (fileId() === servedFile) break;
-        if (attempt >= 50) throw new Error(`${fuseFile} came back as ${fileId()}, not ${servedFile}`);
-        napMs(100);
+        for (server = serve(fx, dir, fuseFile, nbdkitArgs(image)); fileId() !== servedFile; server = serve(fx, dir, fuseFile, nbdkitArgs(image))) {
+          const [got, wanted] = [fileId(), servedFile].map((id) => Number(id.split(':')[0]));
+          if (got > wanted || placeholders.length >= 50) throw new Error(`${fuseFile} came back as ${fileId()}, not ${servedFile} (taken by another mount)`);
+          server.stop();
+          const held = fs.mkdtempSync(path.join(dir, 'held-'));
+          fs.mkdirSync(path.join(held, 'mnt'));
+          placeholders.push(serve(fx, held, path.join(held, 'mnt', 'disk'), ['null', 'size=1M']));
+        }
+      } finally {
+        for (const p of placeholders) p.stop();
       }
       fx.attach(fuseFile, dev);
     },
