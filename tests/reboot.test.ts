@@ -11,6 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../src/base/native.js';
 import { startDaemon, statusOf, waitFor } from './helpers/daemon-child.js';
+import { serveNbd } from './helpers/nbd-server.js';
 import { Fixture, ddDirect, eachTestFreshCli, loopBackingFile, randomFill, runDpsr, runDpsrOk, sh, sha256Of } from './helpers/fixture.js';
 
 let fx: Fixture;
@@ -396,6 +397,30 @@ test('the daemon keeps a pair whose drive was missing at boot waiting, and judge
   const s = syncJson();
   assert.is(s.comparedBytes, 0, JSON.stringify(s));
   assert.is(sha256Of(source), sha256Of(drive, bytes));
+});
+
+test('a DPSR drive on an NBD export whose server is down at boot: the pair waits; the server back, it resumes with no gap, exact', () => {
+  const source = fx.loop(SOURCE_MiB);
+  const bytes = SOURCE_MiB * 2 ** 20;
+  randomFill(source, 4);
+  const image = fx.image('export.img', 2 * SOURCE_MiB + 64);
+  let server = serveNbd(fx, { image });
+  ok('pair', source, server.uri, '--name', 'p');
+  syncJson();
+  const after = ddDirect(source, 3000, 16);
+  assert.ok(json('shutdown').shutdown[0].recorded);
+  server.stop();
+  native().detach(env.DPSR_BPF_DIR!);
+  freshLoop(source);
+  fs.writeFileSync(env.DPSR_BOOT_ID_FILE!, 'boot-2\n');
+  const up = json('boot').boot[0];
+  assert.ok(up.awaiting, JSON.stringify(up));
+  assert.is(JSON.parse(runDpsr(env, ['status', 'p', '--json']).stdout).pairs[0].state, 'awaiting-drive');
+  server = serveNbd(fx, { image, sock: server.sock });
+  const s = syncJson();
+  assert.is(s.comparedBytes, 0, JSON.stringify(s));
+  assert.is(s.copiedBytes, (after[1] - after[0]) * 512, JSON.stringify(s));
+  assert.is(sha256Of(image, bytes), sha256Of(source, bytes));
 });
 
 test('a boot without the drive, a crash, then a boot with it: the record is from the boot before that, refused (a gap), exact afterwards', () => {
