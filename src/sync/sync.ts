@@ -29,8 +29,10 @@ import { resolveSuspect } from './scrub.js';
 
 // Progress of a full copy is saved this often (without a flush: a crash of
 // dpsr loses nothing written with O_DIRECT, and after a power loss the
-// reboot is a gap that compares everything anyway).
-const FULL_COPY_SEGMENT_SECTORS = (1 << 30) / SECTOR;
+// reboot is a gap that compares everything anyway). A copy cut short (a
+// remote drive's connection lost) resumes at the last save: at most this
+// much is sent again (tools/bench/nbd.ts measures it).
+const FULL_COPY_SEGMENT_SECTORS = (256 << 20) / SECTOR;
 // An incremental sync moves many small scattered extents: more, smaller I/Os
 // in flight (the CLI sizes libuv's pool to match), and gaps merged only when
 // reading them costs less than another I/O (about bandwidth / IOPS).
