@@ -186,14 +186,18 @@ export class Fixture {
    * is still this image's: a number freed meanwhile may be someone else's.
    */
   attach(img: string, dev?: string): string {
-    for (let i = 0; ; i++) {
+    // A just-detached loop stays bound until its last user lets go: after a kill -9 that
+    // is the dead process's io_uring teardown, which a loaded machine runs late. An upper
+    // bound only, not a timing: the attach goes on as soon as the number is free.
+    const deadline = Date.now() + 120_000;
+    for (;;) {
       try {
         const node = dev ? (sh('losetup', ['--direct-io=on', dev, img]), dev) : sh('losetup', ['-f', '--show', '--direct-io=on', img]).trim();
         this.deferDetach(node, img);
         writable(node);
         return node;
       } catch (err) {
-        if (!dev || i >= 20) throw err; // a just-detached loop can stay bound for a moment
+        if (!dev || Date.now() > deadline) throw err;
         napMs(100);
       }
     }
