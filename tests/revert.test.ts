@@ -7,12 +7,14 @@
 // points and the older ones still read right.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { type Fixture, ddDirect, eachTestFreshCli, randomFill, runDpsr, runDpsrKilledAfter, runDpsrOk, sha256Of } from './helpers/fixture.js';
+import { DPSR_BIN, type Fixture, ddDirect, eachTestFreshCli, randomFill, runDpsr, runDpsrKilledAfter, runDpsrOk, sha256Of } from './helpers/fixture.js';
 import { BOOTED_MARKER, SYSTEM_DISK_MiB, bootPieces, makeSystemDisk, withMounted } from './helpers/boot-image.js';
 import { bootGuest, serialTail } from './helpers/qemu.js';
 import { pointHash as pointHashOf } from './helpers/points.js';
+import { faultDisk } from './helpers/fault-disk.js';
 import { startDaemon, statusOf, waitFor } from './helpers/daemon-child.js';
 
 let fx: Fixture;
@@ -63,7 +65,9 @@ test('kill -9 in the journal, the undo and the apply of a revert: old or reverte
     assert.is(h, seen.get(target), 'the drive is the point it was reverted to');
     const gen = JSON.parse(dpsr('status', 'p', '--json').stdout).pairs[0].generation;
     seen.set(gen, h);
-    for (const g of seen.keys()) assert.ok(points('p').includes(g), `generation ${g} was an image and is no point after the revert`);
+    const listed = points('p');
+    assert.is(new Set(listed).size, listed.length, `a generation named twice in the history after a kill at ${k.writtenSectors} sectors: ${listed}`);
+    for (const g of seen.keys()) assert.ok(listed.includes(g), `generation ${g} was an image and is no point after the revert`);
     assert.ok(JSON.parse(dpsr('status', 'p', '--json').stdout).pairs[0].dirtyBytes > 0, 'the source differs from the reverted drive: not in sync');
     const sourceHash = sha256Of(source);
     seen.set(syncGen('p'), sha256Of(drive, bytes));
@@ -83,6 +87,47 @@ test('kill -9 in the journal, the undo and the apply of a revert: old or reverte
   assert.ok(kept.every((g) => g < target || g === kept[0]), `only older points and the current image: ${kept}`);
   assert.is(sha256Of(drive, bytes), seen.get(target));
   for (const g of kept.slice(1).filter((x) => seen.has(x))) assert.is(await pointHash('p', String(g)), seen.get(g), `older point ${g} after --drop-newer`);
+});
+
+test('a revert applied and labelled but killed before its record was saved: the next command gives it its own generation and the hold; no generation named twice, every point as it was', async () => {
+  // The crash state made exactly, whatever the machine's speed: the state directory copied while
+  // the revert's writes to the drive are stalled in its apply (its record then names the pending
+  // transaction), the revert let finish, then that copy put back. The drive's label is then ahead
+  // of the record, as after a kill between the label's last write and the record's.
+  const source = fx.loop(16);
+  const disk = faultDisk(fx, 16 + 64 + 32);
+  const bytes = 16 << 20;
+  randomFill(source, 16);
+  ok('pair', source, disk.dev, '--name', 'p', '--history', '32M');
+  const seen = new Map<number, string>();
+  for (let round = 0; round < 3; round++) {
+    if (round > 0) for (let i = 0; i < 8; i++) ddDirect(source, ((i * 7919 + round * 131) % 120) * 256, 256);
+    seen.set(syncGen('p'), sha256Of(disk.dev, bytes));
+  }
+  const target = [...seen.keys()][0];
+  const plan = JSON.parse(ok('revert', 'p', '--at', String(target), '--dry-run', '--json')).revert;
+  disk.stallWrites(Math.floor(2.5 * plan.writeBytes)); // the journal, the undo, then half the apply
+  const child = spawn(process.execPath, [DPSR_BIN, 'revert', 'p', '--at', String(target), '--json'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  fx.defer('stop revert', () => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  let out = '';
+  child.stdout!.on('data', (d) => { out += d; });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+  assert.ok(await disk.untilStalled(child), 'the revert stalled in its apply');
+  const stateDir = env.DPSR_STATE_DIR!;
+  const copy = path.join(fx.dir, 'state-mid-revert');
+  fs.mkdirSync(copy);
+  for (const f of fs.readdirSync(stateDir)) if (!f.endsWith('-lock')) fs.copyFileSync(path.join(stateDir, f), path.join(copy, f));
+  disk.heal();
+  assert.is(await exited, 0, out);
+  const done = JSON.parse(out).revert;
+  for (const f of fs.readdirSync(copy)) fs.copyFileSync(path.join(copy, f), path.join(stateDir, f));
+  const st = JSON.parse(dpsr('status', 'p', '--json').stdout).pairs[0];
+  assert.is(st.generation, done.generation, 'the reverted image has the revert\'s own generation');
+  assert.ok(st.warnings.some((w: string) => /reverted to restore point/.test(w)), `held after the revert: ${st.warnings}`);
+  const listed = points('p');
+  assert.is(new Set(listed).size, listed.length, `no generation named twice: ${listed}`);
+  assert.is(sha256Of(disk.dev, bytes), seen.get(target));
+  for (const [gen, h] of seen) assert.is(await pointHash('p', String(gen)), h, `restore point ${gen} is not the image it was`);
 });
 
 test('revert, then boot the reverted DPSR drive in qemu: it comes up with the older state', async () => {

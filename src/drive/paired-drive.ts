@@ -191,6 +191,15 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
     Object.assign(pair, { image: label.image, imageTimeMs: label.imageTimeMs, lastGoodTimeMs: label.lastGoodTimeMs, journalSeq: label.journalSeq,
       ...(label.imageLabel !== undefined ? { imageLabel: label.imageLabel } : {}) });
     if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
+    // A revert applied whose record was not saved after (killed between the label and the store):
+    // its generation and its hold, as the replay below would give them. The label's generation
+    // (kept with history) names the image too: never reuse a generation a point already has.
+    const made = pendingTxnOf(pair, label);
+    if (made?.revert && made.seq <= label.journalSeq) {
+      pair.generation = Math.max(pair.generation, made.revert.generation);
+      pair.heldAfterRevert = { toGeneration: made.revert.toGeneration, atMs: Date.now() };
+    }
+    if (label.generation !== undefined) pair.generation = Math.max(pair.generation, label.generation);
     pair.pending = null;
   }
   const applied = lastAppliedSeq(pair, label);
