@@ -7,7 +7,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import fs from 'node:fs';
 import path from 'node:path';
-import { type Fixture, freshCliFixture, runDpsr, sha256Of } from './helpers/fixture.js';
+import { type Fixture, eachTestFreshCli, runDpsrOk, sha256Of } from './helpers/fixture.js';
 import { BOOTED_MARKER, SYSTEM_DISK_MiB, type BootPieces, bootPieces, makeSystemDisk, withMounted } from './helpers/boot-image.js';
 import { bootGuest, serialTail } from './helpers/qemu.js';
 import { serveNbd } from './helpers/nbd-server.js';
@@ -20,16 +20,9 @@ let env: NodeJS.ProcessEnv;
 test.before(() => {
   pieces = bootPieces();
 });
-test.before.each(() => {
-  ({ fx, env } = freshCliFixture());
-});
-test.after.each(() => fx.cleanup());
+eachTestFreshCli(test, (f) => ({ fx, env } = f));
 
-function ok(...args: string[]): string {
-  const r = runDpsr(env, args);
-  assert.is(r.status, 0, `dpsr ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const ok = (...args: string[]): string => runDpsrOk(env, args);
 
 test('the remote copy of the system disk boots in qemu from the NBD export (snapshot=on) with the synced state; the export is unchanged', async () => {
   const sys = makeSystemDisk(fx, pieces, 'installed');
