@@ -134,7 +134,12 @@ test('bad input: a bio-based device (zram) is refused', () => {
     assert.unreachable('zram is available on this machine (modprobe zram)');
   }
   const id = fs.readFileSync('/sys/class/zram-control/hot_add', 'utf8').trim();
-  fx.defer(`remove zram${id}`, () => fs.writeFileSync('/sys/class/zram-control/hot_remove', id));
+  fx.defer(`remove zram${id}`, () => {
+    fs.writeFileSync(`/sys/block/zram${id}/reset`, '1');
+    fs.writeFileSync('/sys/class/zram-control/hot_remove', id);
+  });
+  // A zram in use has a size: one without is a device with no medium, and refused as that first.
+  fs.writeFileSync(`/sys/block/zram${id}/disksize`, String(16 << 20));
   assertRefused(runWatch([`/dev/zram${id}`]), /bio-based/);
 });
 
