@@ -191,14 +191,11 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
     Object.assign(pair, { image: label.image, imageTimeMs: label.imageTimeMs, lastGoodTimeMs: label.lastGoodTimeMs, journalSeq: label.journalSeq,
       ...(label.imageLabel !== undefined ? { imageLabel: label.imageLabel } : {}) });
     if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
-    // A revert applied whose record was not saved after (killed between the label and the store):
-    // its generation and its hold, as the replay below would give them. The label's generation
-    // (kept with history) names the image too: never reuse a generation a point already has.
+    // A revert applied whose record was not saved after (killed between the label and the store),
+    // as the replay below would finish it. The label's generation (kept with history) names the
+    // image too: never reuse a generation a point already has.
     const made = pendingTxnOf(pair, label);
-    if (made?.revert && made.seq <= label.journalSeq) {
-      pair.generation = Math.max(pair.generation, made.revert.generation);
-      pair.heldAfterRevert = { toGeneration: made.revert.toGeneration, atMs: Date.now() };
-    }
+    if (made && made.seq <= label.journalSeq) revertFinished(pair, made);
     if (label.generation !== undefined) pair.generation = Math.max(pair.generation, label.generation);
     pair.pending = null;
   }
@@ -210,11 +207,7 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
     await applyTransaction(io, txn);
     pair.journalSeq = txn.seq;
     if (pendingTxn?.seq === txn.seq) Object.assign(pair, finishedImage(pair, pendingTxn.image, pendingTxn.imageTimeMs), { imageLabel: pendingTxn.label ?? null });
-    // A revert makes a generation without a cut: the transaction names it.
-    if (pendingTxn?.seq === txn.seq && pendingTxn.revert) {
-      pair.generation = Math.max(pair.generation, pendingTxn.revert.generation);
-      pair.heldAfterRevert = { toGeneration: pendingTxn.revert.toGeneration, atMs: Date.now() };
-    }
+    if (pendingTxn?.seq === txn.seq) revertFinished(pair, pendingTxn);
     if (pair.pending) pair.generation = Math.max(pair.generation, pair.pending.generation);
     pair.pending = null;
   } else {
@@ -231,6 +224,13 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
   if (!labelSays(label, pair)) updateLabel(io, pair);
   await s.store.putPair(pair);
   return txn !== null;
+}
+
+/** A revert makes a generation without a cut (its transaction names it), and holds the pair. */
+function revertFinished(pair: PairRecord, made: NonNullable<PairRecord['pendingTxn']>): void {
+  if (!made.revert) return;
+  pair.generation = Math.max(pair.generation, made.revert.generation);
+  pair.heldAfterRevert = { toGeneration: made.revert.toGeneration, atMs: Date.now() };
 }
 
 /** The restore point the pair's image is, before a transaction replaces it. */
