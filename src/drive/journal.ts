@@ -427,23 +427,29 @@ function decodeHead(b: Buffer): Head | null {
 // Reading
 
 /**
- * The sequence number of the transaction whose head says committed, whether or not its data
- * still verifies (null when the head is not a valid commit). The commit is written only once
- * the data is durable, so a commit head whose transaction does not verify was damaged after it
- * was committed, and may have been partly applied.
+ * Why transaction `seq`, which did not verify, may still have been committed, and so maybe
+ * partly applied: 'data' when its head says committed (the commit is written only once the
+ * data is durable, so the data was damaged after), 'head' when the head itself no longer
+ * verifies while the label or record names `seq` as pending (a head write is one sector, never
+ * torn: a head that is neither zeros nor valid was damaged, perhaps after its commit); null
+ * when the head proves it never committed.
  */
-export async function committedHeadSeq(region: JournalRegion): Promise<number | null> {
+export async function unverifiedCommit(region: JournalRegion, seq: number, pendingSeq: number | null): Promise<'data' | 'head' | null> {
   checkRegion(region);
   if (region.lengthBytes < JOURNAL_BLOCK) return null;
   const block = native().alignedBuffer(JOURNAL_BLOCK, JOURNAL_BLOCK);
   await fullIo('read', region.drive, block, 0, JOURNAL_BLOCK, region.startBytes);
   const head = decodeHead(block);
-  return head && head.type === TYPE_COMMIT ? head.seq : null;
+  if (head) return head.type === TYPE_COMMIT && head.seq === seq ? 'data' : null;
+  const written = block.subarray(0, HEAD_HASHED + 32).some((b) => b !== 0);
+  return written && pendingSeq === seq ? 'head' : null;
 }
 
-/** A committed transaction whose data no longer verifies, as one line with the way out. */
-export function damagedTransaction(pairName: string, seq: number): DpsrError {
-  return new DpsrError(`journal transaction ${seq} of pair ${pairName} was committed, but its data no longer verifies (damaged on the drive): ` +
+/** A transaction that may have been committed and no longer verifies, as one line with the way out. */
+export function damagedTransaction(pairName: string, seq: number, damaged: 'data' | 'head' = 'data'): DpsrError {
+  const what = damaged === 'data' ? 'was committed, but its data no longer verifies'
+    : 'was pending, and its journal head no longer verifies: it may have been committed';
+  return new DpsrError(`journal transaction ${seq} of pair ${pairName} ${what} (damaged on the drive): ` +
     `the image may be partly applied and is not usable; nothing written. dpsr sync ${pairName} writes again what it held ` +
     `(or pair again with --force: a full copy)`, 'ENOTUSABLE');
 }

@@ -14,7 +14,7 @@ import { isRemote } from './remote-drive.js';
 import type { RangeState } from '../kernel/tracker.js';
 import type { ImageState, PairRecord } from '../state/records.js';
 import type { Session } from '../state/session.js';
-import { type CommittedTransaction, type JournalRegion, applyTransaction, committedHeadSeq, damagedTransaction, journalPlace, readCommitted } from './journal.js';
+import { type CommittedTransaction, type JournalRegion, applyTransaction, damagedTransaction, journalPlace, readCommitted, unverifiedCommit } from './journal.js';
 import { type KeepPolicy, type PointMeta, dropAllPoints, historyRegionOf, undoBeforeApply } from './history-region.js';
 import { type DriveLabel, readLabel, writeLabel } from './label.js';
 
@@ -212,10 +212,11 @@ export async function recoverJournal(s: Session, pair: PairRecord, drive: OpenDr
     pair.pending = null;
   } else {
     pair.journalSeq = applied;
-    if (await committedHeadSeq(region) === applied + 1) {
-      // Committed, so maybe partly applied, and damaged since: the image is a mix until the cut
+    const damaged = await unverifiedCommit(region, applied + 1, pendingTxn?.seq ?? null);
+    if (damaged) {
+      // Maybe committed, so maybe partly applied, and damaged since: the image is a mix until the cut
       // it carried is written again, which only the pending cut can tell (else the drive alone can't).
-      if (!pair.pending) throw damagedTransaction(pair.name, applied + 1);
+      if (!pair.pending) throw damagedTransaction(pair.name, applied + 1, damaged);
       pair.image = 'partial';
     }
   }

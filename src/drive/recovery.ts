@@ -5,14 +5,14 @@
 // the drive (invariant 5); until then the image on the drive is a mix.
 import type { BlockIo } from '../io/block-io.js';
 import { openLocalDevice } from '../io/local-device.js';
-import { type CommittedTransaction, applyTransaction, committedHeadSeq, damagedTransaction, readCommitted } from './journal.js';
+import { type CommittedTransaction, applyTransaction, damagedTransaction, unverifiedCommit, readCommitted } from './journal.js';
 import { type DriveLabel, writeLabel } from './label.js';
 import { finishedImage, journalRegionOf } from './paired-drive.js';
 import { undoBeforeApply } from './history-region.js';
 
 /**
- * The committed transaction after the one the label records as applied, if any. One committed
- * but no longer verifying (damaged after its commit) throws ENOTUSABLE: it may have been partly
+ * The committed transaction after the one the label records as applied, if any. One that may
+ * have been committed but no longer verifies (damaged after its commit) throws ENOTUSABLE: it may have been partly
  * applied, so the image may be a mix that nothing on the drive can finish.
  */
 export async function committedOnDrive(drive: BlockIo, label: DriveLabel): Promise<CommittedTransaction | null> {
@@ -21,7 +21,8 @@ export async function committedOnDrive(drive: BlockIo, label: DriveLabel): Promi
   if (!region) return null;
   const seq = label.journalSeq + 1;
   const txn = await readCommitted(region, seq);
-  if (!txn && await committedHeadSeq(region) === seq) throw damagedTransaction(label.pairName, seq);
+  const damaged = txn ? null : await unverifiedCommit(region, seq, label.pendingTxn?.seq ?? null);
+  if (damaged) throw damagedTransaction(label.pairName, seq, damaged);
   return txn;
 }
 
