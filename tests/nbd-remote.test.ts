@@ -44,8 +44,11 @@ test('a whole-disk pair on an export: diff, file restore (--at too), restore --p
 
   const d = json('diff', 'r', file);
   assert.is(d.summary.changed, 1, 'the source has version 3, the remote image version 2');
+  // Named by its URI, not by the read-only view's loop device.
+  assert.is(d.image.drive, server.uri);
+  assert.match(ok('diff', 'r', file), new RegExp(`against the DPSR drive ${server.uri.replace(/[?+.]/g, '\\$&')},`));
   const out = path.join(fx.dir, 'out');
-  ok('restore', 'r', file, '--to', path.join(out, 'now'));
+  assert.is(json('restore', 'r', file, '--to', path.join(out, 'now')).image.drive, server.uri);
   assert.is(fs.readFileSync(path.join(out, 'now', 'f.txt'), 'utf8'), 'version 2\n');
   ok('restore', 'r', file, '--at', String(g1), '--to', path.join(out, 'g1'));
   assert.is(fs.readFileSync(path.join(out, 'g1', 'f.txt'), 'utf8'), 'version 1\n');
@@ -68,6 +71,7 @@ test('a whole-disk pair on an export: diff, file restore (--at too), restore --p
 
   const whole = json('restore', 'r', '--whole', '--yes').restore;
   assert.is(whole.writtenBytes, bytes);
+  assert.is(whole.drive, server.uri);
   assert.is(sha256Of(disk), synced, 'the whole disk is the remote image');
   ddDirect(parts[0], 4096, 64);
   json('rollback', 'r', '--yes');

@@ -292,10 +292,11 @@ metadata) unless --force; and a source that is gone.`)
     .option('--content', 'also compare the bytes of files whose size and mtime are equal, and replace those that differ (finds damage that kept both; reads every such file twice)')
     .option('--dry-run', 'list what would be created or replaced (with --partition/--whole: what would be written), write nothing')
     .option('--in-partition <N>', 'a whole-disk pair: the partition whose file system PATH is in (default: the one PATH is mounted from, or the only one)')
-    .option('--force', 'restore from an image that is not one point in time (crash-consistent, fuzzy, partial)')
+    .option('--force', 'restore files from an image that is not one point in time (crash-consistent, fuzzy, partial); with --onto: overwrite a disk that carries a partition table or file system')
     .option('--json', 'one JSON document on stdout: {name, image, partition, to, dryRun, entries: [{path, action, why, newer, image, existing}], summary, durationMs}')
     .option('--partition <N>', 'device restore: write partition N of the image back to the (unmounted) source partition')
     .option('--whole', 'device restore: write the whole image back to the (unmounted) source disk')
+    .option('--onto <DEV>', 'with --whole: write the whole image onto DEV, another disk (a new one), instead of the source; DEV must be unused, big enough and blank unless --force')
     .option('--yes', 'device restore: do not ask for confirmation')
     .option('--at <POINT>', 'restore from a restore point instead of the current image (files, or with --partition/--whole the device): a generation, a time ("2h ago", ISO 8601) or a label (dpsr history)')
     .addHelpText('after', `
@@ -307,10 +308,15 @@ when anything at the destination is newer than the image's copy (naming
 each) unless --overwrite; an image that is not one point in time unless
 --force. PATH and --partition/--whole exclude each other (exit 2).
 A file whose size and modification time equal the image's copy counts as
-unchanged unless --content, which compares the bytes as well.`)
+unchanged unless --content, which compares the bytes as well.
+--whole --onto DEV writes the image (or --at a restore point) onto another
+disk, a new one when the source died: refused (exit 3, nothing written)
+when DEV is a pair's source or DPSR drive, in use, smaller than the image,
+or carries a partition table or file system (unless --force). The tracker
+is not touched; from a remote drive it reads the export, never writes it.`)
     .action(async (name: string, paths: string[], opts: {
       to?: string; overwrite?: boolean; content?: boolean; dryRun?: boolean; inPartition?: string; force?: boolean; json?: boolean;
-      partition?: string; whole?: boolean; yes?: boolean; at?: string;
+      partition?: string; whole?: boolean; yes?: boolean; at?: string; onto?: string;
     }) => {
       const device = opts.partition !== undefined || opts.whole === true;
       if (device) {
@@ -321,11 +327,12 @@ unchanged unless --content, which compares the bytes as well.`)
         const { restoreDeviceCommand } = await import('./commands/restore-device.js');
         await restoreDeviceCommand({
           name, partition: partitionNumber(opts.partition, '--partition'), whole: opts.whole === true, yes: opts.yes === true, json: opts.json === true,
-          dryRun: opts.dryRun === true, at: opts.at,
+          dryRun: opts.dryRun === true, at: opts.at, onto: opts.onto, force: opts.force,
         }, settings, log);
         return;
       }
       if (opts.yes) throw new UsageError('dpsr restore: --yes is for --partition/--whole');
+      if (opts.onto !== undefined) throw new UsageError('dpsr restore: --onto DEV goes with --whole (the whole image onto another disk)');
       const { restoreCommand } = await import('./commands/restore.js');
       process.exitCode = await restoreCommand({
         name, paths, to: opts.to, overwrite: opts.overwrite === true, content: opts.content === true, dryRun: opts.dryRun === true,

@@ -8,7 +8,8 @@ import { DpsrError, type ExitStatusValue, isErrorCode } from '../base/errors.js'
 import type { RestoreScope } from '../restore/rollback.js';
 import type { ProgressEvent } from '../base/progress.js';
 
-export const PROTOCOL_VERSION = 3; // 2: status replies are PairStatus[], rollback requests; 3: rollback to a restore point (at), revert
+// 4: restore onto another disk (scope onto): a daemon of 3 would take it for a restore of the source, so it must refuse
+export const PROTOCOL_VERSION = 4; // 2: status replies are PairStatus[], rollback requests; 3: rollback to a restore point (at), revert
 const MAX_FRAME_BYTES = 64 << 20;
 
 export interface HelloRequest { command: 'hello'; version: number }
@@ -16,7 +17,7 @@ export interface HelloRequest { command: 'hello'; version: number }
 export interface SyncRequest { command: 'sync'; names: string[]; all: boolean; freeze?: boolean; quietMs?: number; inPlace?: boolean; point?: string; progress?: boolean }
 export interface StatusRequest { command: 'status'; name?: string }
 /** Rollback or device restore by the owner; a dry run plans only (the CLI asks, then sends it again). */
-export interface RollbackRequest { command: 'rollback'; name: string; scope: RestoreScope; dryRun: boolean; at?: string; progress?: boolean }
+export interface RollbackRequest { command: 'rollback'; name: string; scope: RestoreScope; dryRun: boolean; at?: string; force?: boolean; progress?: boolean }
 /** The DPSR drive turned back to a restore point (dpsr revert). */
 export interface RevertRequest { command: 'revert'; name: string; at: string; keepNewer: boolean; dryRun: boolean }
 export type Request = HelloRequest | SyncRequest | StatusRequest | RollbackRequest | RevertRequest;
@@ -40,14 +41,15 @@ const SHAPES: Record<Request['command'], (m: Record<string, unknown>) => boolean
   sync: (m) => Array.isArray(m.names) && m.names.every(isString) && isBool(m.all) && optional(m.freeze, isBool) &&
     optional(m.quietMs, isCount) && optional(m.inPlace, isBool) && optional(m.point, isString) && optional(m.progress, isBool),
   status: (m) => optional(m.name, isString),
-  rollback: (m) => isString(m.name) && isBool(m.dryRun) && optional(m.at, isString) && optional(m.progress, isBool) && isScope(m.scope),
+  rollback: (m) => isString(m.name) && isBool(m.dryRun) && optional(m.at, isString) && optional(m.progress, isBool) && isScope(m.scope) && optional(m.force, isBool),
   revert: (m) => isString(m.name) && isString(m.at) && isBool(m.keepNewer) && isBool(m.dryRun),
 };
 
 function isScope(v: unknown): boolean {
-  const s = v as { kind?: unknown; number?: unknown } | null;
+  const s = v as { kind?: unknown; number?: unknown; device?: unknown } | null;
   if (typeof s !== 'object' || s === null) return false;
-  return s.kind === 'rollback' || s.kind === 'whole' || (s.kind === 'partition' && Number.isInteger(s.number) && (s.number as number) > 0);
+  return s.kind === 'rollback' || s.kind === 'whole' || (s.kind === 'partition' && Number.isInteger(s.number) && (s.number as number) > 0) ||
+    (s.kind === 'onto' && isString(s.device));
 }
 
 /** Checks a decoded frame; throws EPROTO (with the id it carried, if any, to answer to) when it is not a request. */

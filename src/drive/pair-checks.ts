@@ -107,7 +107,7 @@ function wipefsProbe(devPath: string): Signature[] | null {
 }
 
 /** What a device carries, described; empty when blank as far as blkid and wipefs can tell. */
-function signaturesOf(dev: BlockDevice): string[] {
+export function signaturesOf(dev: BlockDevice): string[] {
   const probe = blkidProbe(dev.path);
   let sigs = probe.sigs;
   const wipe = wipefsProbe(dev.path);

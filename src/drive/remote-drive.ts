@@ -22,6 +22,14 @@ const PROBE_BYTES = 1 << 20;
 /** Whether the pair's DPSR drive is an NBD export. */
 export const isRemote = (pair: Pick<PairRecord, 'drive'>): boolean => isNbdUri(pair.drive.path);
 
+/**
+ * The DPSR drive as messages name it: an export by its URI (without the query's key files),
+ * also while it is read through a local view (withDriveDevice keeps the record's name); a local
+ * drive by its path.
+ */
+export const driveNameOf = (pair: { drive: Pick<PairRecord['drive'], 'path' | 'name' | 'disk'> }): string =>
+  (pair.drive.disk === 'nbd' ? pair.drive.name : pair.drive.path);
+
 /** Opens the pair's DPSR drive as it is recorded: a local device (O_DIRECT) or the NBD export. */
 export function openDriveIo(pair: { drive: { path: string }; driveInsecure?: boolean }, write: boolean): BlockIo {
   return isNbdUri(pair.drive.path) ? openNbdDevice(pair.drive.path, { write, insecure: pair.driveInsecure }) : openLocalDevice(pair.drive.path, write);

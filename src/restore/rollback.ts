@@ -31,8 +31,9 @@ import type { Session } from '../state/session.js';
 import type { PairRecord } from '../state/records.js';
 import { journalRegionOf, lastAppliedSeq, openCheckedDrive, pendingTxnOf, recoverPairedDrive } from '../drive/paired-drive.js';
 import { applyFromDrive, committedOnDrive, imageAfter } from '../drive/recovery.js';
-import { isRemote } from '../drive/remote-drive.js';
+import { driveNameOf, isRemote } from '../drive/remote-drive.js';
 import type { RangeState } from '../kernel/tracker.js';
+import { checkOntoDisk } from './onto-disk.js';
 import { type PointImage, openPointImage, pointOverlay } from './point-image.js';
 import { type RestorePoint, pointsOwnerOfLabel } from './restore-points.js';
 
@@ -40,8 +41,11 @@ import { type RestorePoint, pointsOwnerOfLabel } from './restore-points.js';
 const SCATTERED_IO = { chunkBytes: 512 << 10, inFlight: 32, mergeGapSectors: 32 };
 const DRIVE_LOCK_WAIT_MS = 10_000; // a diff or restore using the drive: wait a little, then say so
 
-/** What goes back to the image: what changed since it (rollback), or a whole extent (device restore). */
-export type RestoreScope = { kind: 'rollback' } | { kind: 'whole' } | { kind: 'partition'; number: number };
+/**
+ * What goes back to the image: what changed since it (rollback), or a whole extent (device
+ * restore); onto: the whole image onto another disk than the source (a new one), the tracker untouched.
+ */
+export type RestoreScope = { kind: 'rollback' } | { kind: 'whole' } | { kind: 'partition'; number: number } | { kind: 'onto'; device: string };
 
 /**
  * tracked: the tracker's regions since the image; compare: history unknown, read both sides in
@@ -55,13 +59,15 @@ export interface RollbackRequest {
   dryRun: boolean;
   /** A restore point to return to instead of the current image (--at: a generation, a time or a label). */
   at?: string;
+  /** Scope onto: write over a disk that carries a file system or partition table. */
+  force?: boolean;
 }
 
 export interface RollbackReport {
   name: string;
   scope: RestoreScope['kind'];
   partition: number | null;
-  source: string; // the device written
+  source: string; // the device written (with scope onto: the new disk, not the pair's source)
   drive: string;
   dryRun: boolean;
   mode: RestoreMode;
@@ -138,6 +144,7 @@ interface Target {
   startSector: number; // in image (= write node) sectors
   endSector: number;
   partition: number | null;
+  warnings?: string[]; // about the target (onto a new disk)
 }
 
 interface Work {
@@ -175,8 +182,15 @@ function sourcePartition(disk: BlockDevice, n: number, extent: [number, number])
   return refuse(`${disk.path} has no partition ${n} (the kernel lists none: its partition table differs from the image's); use rollback or restore --whole; nothing written`, 'ENOPART');
 }
 
+/** What a restore writes, for a person: the pair's source, or (onto) the disk named. */
+const roleOf = (scope: RestoreScope['kind']) => (scope === 'onto' ? 'the target disk' : 'the source');
+
 /** `imagePath`: where the image returned to is (the drive, or a restore point's read-only device). */
-function targetOf(pair: PairRecord, scope: RestoreScope, imagePath: string): Target {
+function targetOf(s: Session, pair: PairRecord, scope: RestoreScope, imagePath: string, force: boolean): Target {
+  if (scope.kind === 'onto') {
+    const onto = checkOntoDisk(pair, s.store.pairs(), scope.device, force);
+    return { write: onto.device, exclusive: onto.device, startSector: 0, endSector: pair.dataSectors, partition: null, warnings: onto.warnings };
+  }
   const source = resolveBlockDevice(pair.source.path);
   if (scope.kind !== 'partition') return { write: source, exclusive: source, startSector: 0, endSector: pair.dataSectors, partition: null };
   if (pair.source.isPartition) refuse(`pair ${pair.name}: the source ${pair.source.path} is a partition: restore --whole restores it`, 'EPARTITIONPAIR');
@@ -268,7 +282,7 @@ async function writeBack(w: Work, drive: BlockIo, hooks: { before?: () => Promis
   const { target } = w;
   const through = target.write.path !== target.exclusive.path; // a partition, written through its disk
   const exclusiveFd = openExclusive(target.exclusive.path, through ? fs.constants.O_RDONLY : fs.constants.O_RDWR | fs.constants.O_DIRECT,
-    `the source ${target.exclusive.path}`);
+    `${roleOf(w.report.scope)} ${target.exclusive.path}`);
   let writeFd = exclusiveFd;
   try {
     if (through) writeFd = openDirect(target.write.path, true);
@@ -281,7 +295,7 @@ async function writeBack(w: Work, drive: BlockIo, hooks: { before?: () => Promis
     const total = bytesOf(w.copy) + bytesOf(w.compare);
     const verb = w.report.scope === 'rollback' ? 'rollback' : 'restore';
     const bar = progressBar(`${w.report.name}: ${verb}`, total);
-    const sides = { src: 'DPSR drive', dst: 'source' }; // the other way round from a sync
+    const sides = { src: 'DPSR drive', dst: w.report.scope === 'onto' ? 'target disk' : 'source' }; // the other way round from a sync
     const copied = await copyExtents(drive, dst, w.copy, { ...w.io, sides, limitSectors, onProgress: (p) => bar.update(p.doneSectors * SECTOR) });
     const compared = await compareExtents(drive, dst, w.compare, {
       ...w.io, sides, limitSectors, write: true, onProgress: (p) => bar.update(bytesOf(w.copy) + p.doneSectors * SECTOR),
@@ -394,8 +408,8 @@ async function rollbackLocked(s: Session, req: RollbackRequest): Promise<Rollbac
 /** `localDrive`: the drive's path as a local device, for sfdisk and a restore point's server (an export's read-only view). */
 async function rollbackFrom(s: Session, req: RollbackRequest, pair: PairRecord, range: RangeState, localDrive: string): Promise<RollbackReport> {
   const startedMs = Date.now();
-  let target = targetOf(pair, req.scope, localDrive);
-  checkTargetFree(target.exclusive, 'the source');
+  let target = targetOf(s, pair, req.scope, localDrive, req.force === true);
+  checkTargetFree(target.exclusive, roleOf(req.scope.kind));
   if (!pair.fullCopy.complete) checkWhole(pair.name, 'none');
   const drive = openCheckedDrive(pair, false);
   let pointImage: PointImage | null = null;
@@ -427,8 +441,8 @@ async function rollbackFrom(s: Session, req: RollbackRequest, pair: PairRecord, 
         pointImage = await openPointImage({ ...pair, drive: { ...pair.drive, path: localDrive } }, req.at);
         ({ point: p, changed } = pointImage);
         imageIo = openLocalDevice(pointImage.device, false);
-        target = targetOf(pair, req.scope, pointImage.device);
-        checkTargetFree(target.exclusive, 'the source');
+        target = targetOf(s, pair, req.scope, pointImage.device, req.force === true);
+        checkTargetFree(target.exclusive, roleOf(req.scope.kind));
       }
       checkWhole(pair.name, p.image);
       ({ image, timeMs: imageTimeMs } = p);
@@ -447,14 +461,19 @@ async function rollbackFrom(s: Session, req: RollbackRequest, pair: PairRecord, 
     const work: Work = {
       target, copy: what.copy, compare: what.compare, io: what.mode === 'tracked' ? SCATTERED_IO : {}, notImage,
       report: emptyReport({
-        name: pair.name, scope: req.scope.kind, partition: target.partition, source: target.write.path, drive: pair.drive.path,
+        name: pair.name, scope: req.scope.kind, partition: target.partition, source: target.write.path, drive: driveNameOf(pair),
         dryRun: req.dryRun, mode: what.mode, why: what.why, startSector: target.startSector, endSector: target.endSector,
         copyBytes: bytesOf(what.copy), compareBytes: bytesOf(what.compare), image, imageTimeMs, point,
-        journalSeq: txn?.seq ?? null, warnings: imageWarnings(image),
+        journalSeq: txn?.seq ?? null, warnings: [...imageWarnings(image), ...target.warnings ?? []],
       }),
     };
     if (req.dryRun) return { ...work.report, durationMs: Date.now() - startedMs };
     if (what.copy.isEmpty && what.compare.isEmpty) return { ...work.report, durationMs: Date.now() - startedMs, clean: true };
+    if (req.scope.kind === 'onto') {
+      // Not the source: the tracker has nothing to settle, and the disk written is not tracked.
+      const ontoWritten = await writeBack(work, imageIo);
+      return { ...work.report, ...ontoWritten, durationMs: Date.now() - startedMs };
+    }
     let before = { receivedSectors: 0, gaps: 0, seen: new ExtentSet() };
     let notClean: string | null = null;
     const written = await writeBack(work, imageIo, {

@@ -9,6 +9,7 @@ import { withDriveLock } from '../../base/locks.js';
 import { ExitStatus, type ExitStatusValue, RefusedError, UsageError } from '../../base/errors.js';
 import { type DiffEntry, type FileMeta, diffTrees, listBoth, pathInside } from '../../restore/file-diff.js';
 import { withImageAt } from '../../restore/point-image.js';
+import { driveNameOf } from '../../drive/remote-drive.js';
 import type { PairRecord } from '../../state/records.js';
 import { bindReadOnly, committedImage, describeFs, locate, mountReadOnly, type PrivateMount, surroundingsOf, withMounts } from '../../restore/image-mount.js';
 import { formatBytes } from '../../base/units.js';
@@ -129,7 +130,7 @@ async function diffWith(pair: PairRecord, opts: DiffOptions, log: (s: string) =>
     if (opts.json) {
       process.stdout.write(`${JSON.stringify({
         name: pair.name,
-        image: { state: pair.image, time: pair.imageTimeMs ? new Date(pair.imageTimeMs).toISOString() : null, drive: pair.drive.path, fsType: image.fsType },
+        image: { state: pair.image, time: pair.imageTimeMs ? new Date(pair.imageTimeMs).toISOString() : null, drive: driveNameOf(pair), fsType: image.fsType },
         source: { device: src.device, mountPoint: src.mount?.mountPoint ?? null },
         partition: loc.partition,
         path: `/${loc.relPath}`,
@@ -141,7 +142,7 @@ async function diffWith(pair: PairRecord, opts: DiffOptions, log: (s: string) =>
       })}\n`);
     } else {
       const where = src.mount ? `mounted on ${src.mount.mountPoint}` : 'not mounted';
-      log(`${pair.name}: ${src.device}${loc.partition !== null ? ` partition ${loc.partition}` : ''} (${where}) against the DPSR drive ${pair.drive.path}, ` +
+      log(`${pair.name}: ${src.device}${loc.partition !== null ? ` partition ${loc.partition}` : ''} (${where}) against the DPSR drive ${driveNameOf(pair)}, ` +
         `${opts.at !== undefined ? `restore point ${pair.generation}${pair.imageLabel ? ` (${pair.imageLabel})` : ''}, ` : ''}image ${pair.image}${pair.imageTimeMs ? ` of ${localTime(pair.imageTimeMs)}` : ''}; path ${path.posix.join('/', loc.relPath)}`);
       if (entries.length === 0) log('no differences');
       else {

@@ -13,6 +13,7 @@ import { committedImage, describeFs, locate, mountReadOnly, surroundingsOf, with
 import { formatBytes } from '../../base/units.js';
 import { jsonMeta, localTime } from './diff.js';
 import { withImageAt } from '../../restore/point-image.js';
+import { driveNameOf } from '../../drive/remote-drive.js';
 import type { PairRecord } from '../../state/records.js';
 
 export interface RestoreOptions {
@@ -102,7 +103,7 @@ async function restoreFrom(pair: PairRecord, opts: RestoreOptions, startedMs: nu
     if (opts.json) {
       process.stdout.write(`${JSON.stringify({
         name: pair.name,
-        image: { state: pair.image, time: pair.imageTimeMs ? new Date(pair.imageTimeMs).toISOString() : null, drive: pair.drive.path },
+        image: { state: pair.image, time: pair.imageTimeMs ? new Date(pair.imageTimeMs).toISOString() : null, drive: driveNameOf(pair) },
         partition: loc.partition, to: destRoot, dryRun: opts.dryRun,
         entries: plan.entries.map((e) => ({ path: e.dest, action: e.action, why: e.why, newer: e.newer, image: jsonMeta(e.image), existing: jsonMeta(e.existing) })),
         summary, durationMs,

@@ -19,7 +19,7 @@ export interface ConfirmOptions {
 
 /** What the rollback or restore is about to do, for a person. */
 function describePlan(p: RollbackReport): string[] {
-  const verb = p.scope === 'rollback' ? 'rollback' : p.partition !== null ? `restore of partition ${p.partition}` : 'restore';
+  const verb = p.scope === 'rollback' ? 'rollback' : p.partition !== null ? `restore of partition ${p.partition}` : p.scope === 'onto' ? 'restore of the whole image onto' : 'restore';
   const when = p.imageTimeMs ? ` of ${new Date(p.imageTimeMs).toISOString()}` : '';
   const which = p.point ? `restore point ${p.point.generation}${p.point.label ? ` (${p.point.label})` : ''}, ` : '';
   const lines = [`${p.name}: ${verb} of ${p.source} from the DPSR drive ${p.drive}: ${which}image ${p.image}${when}`];
@@ -78,7 +78,7 @@ async function planConfirmRun(run: (dryRun: boolean) => Promise<RollbackReport>,
   if (!opts.json) describePlan(plan).forEach((l) => log(l));
   if (!opts.yes) {
     if (!process.stdin.isTTY) {
-      throw new UsageError(`${plan.scope} would write to ${plan.source}: confirm on a terminal, or pass --yes; nothing written`);
+      throw new UsageError(`${key} would write to ${plan.source}: confirm on a terminal, or pass --yes; nothing written`);
     }
     if (opts.json) describePlan(plan).forEach((l) => process.stderr.write(`${l}\n`));
     const ok = await askOnTerminal(`Write to ${plan.source}? What it holds there now is lost. [y/N] `);
@@ -90,7 +90,7 @@ async function planConfirmRun(run: (dryRun: boolean) => Promise<RollbackReport>,
 }
 
 /** A rollback or restore by the owner: the daemon when one answers, else a session of our own. */
-export async function throughOwner(settings: Settings, req: { name: string; scope: RestoreScope; at?: string }, opts: ConfirmOptions,
+export async function throughOwner(settings: Settings, req: { name: string; scope: RestoreScope; at?: string; force?: boolean }, opts: ConfirmOptions,
   log: (s: string) => void): Promise<RollbackReport> {
   // --json: progress as JSON lines on stderr, from the daemon or from this process.
   const progress = opts.json ? jsonProgressLines() : null;

@@ -1,7 +1,7 @@
 // dpsr unpair NAME: stop tracking, make the drive writable again, remove its label.
 import type { Settings } from '../../base/defaults.js';
 import { DpsrError } from '../../base/errors.js';
-import { openDriveIo } from '../../drive/remote-drive.js';
+import { driveNameOf, openDriveIo } from '../../drive/remote-drive.js';
 import { eraseLabel, readLabel } from '../../drive/label.js';
 import { closeSession } from '../../state/session.js';
 import { openTrackingSession } from '../../drive/boot-adoption.js';
@@ -21,7 +21,7 @@ export async function unpairCommand(opts: { name: string }, settings: Settings, 
         // Only the drive that carries this pair's label is touched.
         const label = pair.reservedSectors > 0 ? readLabel(drive) : null;
         if (pair.reservedSectors > 0 && label?.pairId !== pair.id) {
-          log(`warning: ${pair.drive.path} does not carry this pair's label; left as it is`);
+          log(`warning: ${driveNameOf(pair)} does not carry this pair's label; left as it is`);
         } else {
           drive.setReadOnly(false);
           if (label) eraseLabel(drive);
@@ -30,10 +30,10 @@ export async function unpairCommand(opts: { name: string }, settings: Settings, 
         drive.close();
       }
     } catch (err) {
-      log(`warning: could not clear ${pair.drive.path} (${(err as Error).message}); its label may remain`);
+      log(`warning: could not clear ${driveNameOf(pair)} (${(err as Error).message}); its label may remain`);
     }
     await s.store.deletePair(opts.name);
-    log(`unpaired ${opts.name}: tracking of ${pair.source.path} stopped; ${pair.drive.path} is writable and unlabelled`);
+    log(`unpaired ${opts.name}: tracking of ${pair.source.path} stopped; ${driveNameOf(pair)} is writable and unlabelled`);
   } finally {
     await closeSession(s);
   }

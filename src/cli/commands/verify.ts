@@ -3,7 +3,7 @@ import type { Settings } from '../../base/defaults.js';
 import { DpsrError, ExitStatus, type ExitStatusValue } from '../../base/errors.js';
 import { compareExtents } from '../../io/copy.js';
 import { openLocalDevice } from '../../io/local-device.js';
-import { openDriveIo } from '../../drive/remote-drive.js';
+import { driveNameOf, openDriveIo } from '../../drive/remote-drive.js';
 import { resolveBlockDevice } from '../../devices/devices.js';
 import { ExtentSet } from '../../base/extents.js';
 import { mountsOf } from '../../devices/mounts.js';
@@ -34,7 +34,7 @@ export async function verifyCommand(opts: { name: string; json: boolean }, setti
     if (opts.json) {
       process.stdout.write(`${JSON.stringify({ name: pair.name, equal: differing.length === 0, comparedBytes: r.comparedSectors * SECTOR, differing })}\n`);
     } else if (differing.length === 0) {
-      log(`${pair.name}: ${pair.source.path} and ${pair.drive.path} are identical over ${formatBytes(pair.dataSectors * SECTOR)}`);
+      log(`${pair.name}: ${pair.source.path} and ${driveNameOf(pair)} are identical over ${formatBytes(pair.dataSectors * SECTOR)}`);
     } else {
       log(`${pair.name}: ${r.differing.totalSectors * SECTOR} bytes differ in ${differing.length} extents (512-byte sectors): ` +
         differing.slice(0, 8).map(([s, e]) => `[${s}, ${e})`).join(' ') + (differing.length > 8 ? ' …' : ''));
