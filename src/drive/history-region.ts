@@ -348,7 +348,7 @@ export interface UndoResult { saved: UndoPoint | null; dropped: DroppedPoint[]; 
  * The keep policy drops what it no longer keeps in the same index write.
  */
 export async function saveUndo(region: HistoryRegion, image: BlockIo, txnSeq: number, targets: ExtentSet, meta: PointMeta,
-  imageSectors: number, keep: KeepPolicy = DEFAULT_KEEP): Promise<UndoResult> {
+  imageSectors: number, keep: KeepPolicy = DEFAULT_KEEP, prefetch?: UndoPrefetch): Promise<UndoResult> {
   const index = readIndex(region);
   if (index.undoneTxnSeq >= txnSeq) return { saved: null, dropped: [], already: true };
   const { keptOut, shape: { extents, dataBytes, tableBytes, bytes }, tooOld, place } = planUndo(index, region.lengthBytes, targets, meta, imageSectors, keep, Date.now());
@@ -367,7 +367,7 @@ export async function saveUndo(region: HistoryRegion, image: BlockIo, txnSeq: nu
   const { at } = place;
   if (place.drop > 0) dropped.push(...dropOldest(index, place.drop, 'the history region was full (oldest first)'));
   if (dropped.length > 0) writeIndex(region, index); // before their space is overwritten
-  const headHash = await writeRecord(region, image, at, txnSeq, meta.generation, extents, tableBytes);
+  const headHash = await writeRecord(region, image, at, txnSeq, meta.generation, extents, tableBytes, prefetch);
   let saved: UndoPoint | null = { ...meta, txnSeq, offsetBytes: at, bytes, dataBytes, headHash, savedMs: Date.now() };
   index.points.push(saved);
   index.cursorBytes = at + bytes;
@@ -407,11 +407,11 @@ function dropNewerBefore(region: HistoryRegion, txnSeq: number, toGeneration: nu
  * that drops the newer points, those dropped instead. Null without a history region.
  */
 export async function undoBeforeApply(drive: BlockIo, pair: { dataSectors: number; historySectors?: number }, pairId: string,
-  txn: CommittedTransaction, meta: PointMeta, revert?: RevertOf, keep: KeepPolicy = DEFAULT_KEEP): Promise<UndoResult | null> {
+  txn: CommittedTransaction, meta: PointMeta, revert?: RevertOf, keep: KeepPolicy = DEFAULT_KEEP, prefetch?: UndoPrefetch): Promise<UndoResult | null> {
   const region = historyRegionOf(drive, pair, pairId);
   if (!region) return null;
   if (revert && !revert.keepNewer) return dropNewerBefore(region, txn.seq, revert.toGeneration);
-  return saveUndo(region, drive, txn.seq, txn.targetExtents(), meta, pair.dataSectors, keep);
+  return saveUndo(region, drive, txn.seq, txn.targetExtents(), meta, pair.dataSectors, keep, prefetch);
 }
 
 /** Extents rounded out to whole 4 KiB blocks, within the image's blocks. */
@@ -426,7 +426,7 @@ function blocksWithin(targets: ExtentSet, limitSectors: number): ExtentSet {
 }
 
 async function writeRecord(region: HistoryRegion, image: BlockIo, at: number, txnSeq: number, generation: number,
-  extents: ExtentSet, tableBytes: number): Promise<string> {
+  extents: ExtentSet, tableBytes: number, prefetch?: UndoPrefetch): Promise<string> {
   const table = native().alignedBuffer(Math.max(tableBytes, BLOCK), BLOCK);
   table.fill(0);
   let i = 0;
@@ -444,10 +444,12 @@ async function writeRecord(region: HistoryRegion, image: BlockIo, at: number, tx
   let cur = 0;
   let ops: Array<{ bufferOffset: number; length: number; position: number }> = [];
   let fill = 0;
+  let ahead: Array<{ bufferOffset: number; startSector: number; endSector: number }> = [];
   const flushChunk = async () => {
     if (fill === 0) return;
     await writes[cur]; // this buffer's last batch is on the drive
-    await image.batch('read', 'DPSR drive', bufs[cur], ops);
+    if (ops.length > 0) await image.batch('read', 'DPSR drive', bufs[cur], ops);
+    for (const x of ahead) await prefetch!.fill(bufs[cur], x.bufferOffset, x.startSector, x.endSector);
     dataHash.update(bufs[cur].subarray(0, fill));
     const written = fullIo('write', region.drive, bufs[cur], 0, fill, pos);
     written.catch(() => {}); // awaited before the buffer is used again and at the end
@@ -455,12 +457,25 @@ async function writeRecord(region: HistoryRegion, image: BlockIo, at: number, tx
     cur ^= 1;
     pos += fill;
     ops = [];
+    ahead = [];
     fill = 0;
   };
+  // Each extent in pieces read ahead (copied) or not (read now), in order.
+  const pieces: Array<[number, number, boolean]> = [];
   for (const [s, e] of extents) {
+    let at = s;
+    for (const [a, b] of prefetch ? prefetch.within(s, e) : []) {
+      if (a > at) pieces.push([at, a, false]);
+      pieces.push([a, b, true]);
+      at = b;
+    }
+    if (at < e) pieces.push([at, e, false]);
+  }
+  for (const [s, e, isAhead] of pieces) {
     for (let done = s * SECTOR; done < e * SECTOR;) {
       const n = Math.min(e * SECTOR - done, COPY_CHUNK_BYTES - fill);
-      ops.push({ bufferOffset: fill, length: n, position: done });
+      if (isAhead) ahead.push({ bufferOffset: fill, startSector: done / SECTOR, endSector: (done + n) / SECTOR });
+      else ops.push({ bufferOffset: fill, length: n, position: done });
       fill += n;
       done += n;
       if (fill === COPY_CHUNK_BYTES) await flushChunk();
@@ -484,6 +499,81 @@ async function writeRecord(region: HistoryRegion, image: BlockIo, at: number, tx
   if (tableBytes > 0) await fullIo('write', region.drive, table, 0, tableBytes, region.startBytes + at + BLOCK);
   region.drive.flushSync('the DPSR drive', 'its restore points may not be durable');
   return headHash.toString('hex');
+}
+
+/**
+ * Old content of image blocks read ahead, while a sync still writes its
+ * journal: the image does not change before the apply, so what is read here
+ * is what the undo must hold, and saveUndo then only writes it (what was not
+ * read ahead, or beyond `limitBytes`, it reads itself).
+ */
+export class UndoPrefetch {
+  private readonly held = new ExtentSet();
+  private readonly pieces: Array<{ startSector: number; endSector: number; data: Buffer; done: Promise<void> }> = [];
+  private bytes = 0;
+  private sorted = true;
+
+  constructor(private readonly image: BlockIo, private readonly imageSectors: number, private readonly limitBytes: number) {}
+
+  /** Starts reading the blocks of `targets` not read yet (none once the bound is reached). */
+  add(targets: ExtentSet): void {
+    const fresh = blocksWithin(targets, roundUp(this.imageSectors, BLOCK / SECTOR));
+    fresh.subtractSet(this.held);
+    const ops: Array<{ bufferOffset: number; length: number; position: number }> = [];
+    let length = 0;
+    for (const [a, b] of fresh) {
+      const n = (b - a) * SECTOR;
+      if (this.bytes + length + n > this.limitBytes) break;
+      ops.push({ bufferOffset: length, length: n, position: a * SECTOR });
+      length += n;
+    }
+    if (length === 0) return;
+    this.bytes += length;
+    const data = native().alignedBuffer(length, BLOCK);
+    const done = (async () => {
+      for (let i = 0; i < ops.length;) { // batches of at most COPY_CHUNK_BYTES of scattered reads
+        const batch = [];
+        for (let sum = 0; i < ops.length && (batch.length === 0 || sum + ops[i].length <= COPY_CHUNK_BYTES); i++) {
+          sum += ops[i].length;
+          batch.push(ops[i]);
+        }
+        const base = batch[0].bufferOffset;
+        const end = batch[batch.length - 1].bufferOffset + batch[batch.length - 1].length;
+        await this.image.batch('read', 'DPSR drive', data.subarray(base, end), batch.map((o) => ({ ...o, bufferOffset: o.bufferOffset - base })));
+      }
+    })();
+    done.catch(() => {}); // awaited by fill(); a failed read there is that sync's failure
+    for (const o of ops) {
+      const a = o.position / SECTOR;
+      this.held.add(a, a + o.length / SECTOR);
+      this.pieces.push({ startSector: a, endSector: a + o.length / SECTOR, data: data.subarray(o.bufferOffset, o.bufferOffset + o.length), done });
+    }
+    this.sorted = false;
+  }
+
+  /** The part of [startSector, endSector) read ahead. */
+  within(startSector: number, endSector: number): ExtentSet {
+    return this.held.intersect(startSector, endSector);
+  }
+
+  /** Copies sectors [startSector, endSector), all read ahead, into `buf` at `offset`. */
+  async fill(buf: Buffer, offset: number, startSector: number, endSector: number): Promise<void> {
+    if (!this.sorted) this.pieces.sort((x, y) => x.startSector - y.startSector); // disjoint: at most one holds a sector
+    this.sorted = true;
+    for (let at = startSector; at < endSector;) {
+      let lo = 0;
+      for (let hi = this.pieces.length - 1; lo < hi;) { // the last piece starting at or before `at`
+        const mid = (lo + hi + 1) >> 1;
+        if (this.pieces[mid].startSector <= at) lo = mid;
+        else hi = mid - 1;
+      }
+      const p = this.pieces[lo];
+      await p.done;
+      const until = Math.min(endSector, p.endSector);
+      p.data.copy(buf, offset + (at - startSector) * SECTOR, (at - p.startSector) * SECTOR, (until - p.startSector) * SECTOR);
+      at = until;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

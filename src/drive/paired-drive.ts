@@ -15,7 +15,7 @@ import type { RangeState } from '../kernel/tracker.js';
 import type { ImageState, PairRecord } from '../state/records.js';
 import type { Session } from '../state/session.js';
 import { type CommittedTransaction, type JournalRegion, applyTransaction, damagedTransaction, journalPlace, readCommitted, unverifiedCommit } from './journal.js';
-import { type KeepPolicy, type PointMeta, dropAllPoints, historyRegionOf, undoBeforeApply } from './history-region.js';
+import { type KeepPolicy, type PointMeta, type UndoPrefetch, dropAllPoints, historyRegionOf, undoBeforeApply } from './history-region.js';
 import { type DriveLabel, readLabel, writeLabel } from './label.js';
 
 /** The paired DPSR drive, opened once proven to be it. */
@@ -244,8 +244,9 @@ export function pointOf(pair: PairRecord): PointMeta {
  * (`made`: the pending transaction it is, which says whether it is a revert; `keep`: the pair's policy, a replay
  * keeps the defaults); drops remembered for status.
  */
-export async function saveUndoOf(pair: PairRecord, drive: BlockIo, txn: CommittedTransaction, made = pair.pendingTxn, keep?: KeepPolicy): Promise<void> {
-  const r = await undoBeforeApply(drive, pair, pair.id, txn, pointOf(pair), made?.seq === txn.seq ? made.revert : undefined, keep);
+export async function saveUndoOf(pair: PairRecord, drive: BlockIo, txn: CommittedTransaction, made = pair.pendingTxn, keep?: KeepPolicy,
+  prefetch?: UndoPrefetch): Promise<void> {
+  const r = await undoBeforeApply(drive, pair, pair.id, txn, pointOf(pair), made?.seq === txn.seq ? made.revert : undefined, keep, prefetch);
   if (r && r.dropped.length > 0) pair.historyDropped = [...(pair.historyDropped ?? []), ...r.dropped].slice(-20);
 }
 

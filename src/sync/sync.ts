@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError, errnoOf } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { finishedImage, forgetPoints, journalRegionOf, openRecoveredDrive, pointOf, saveUndoOf, updateLabel } from '../drive/paired-drive.js';
-import { DEFAULT_KEEP, type KeepPolicy, checkUndoRoom, historyRegionOf } from '../drive/history-region.js';
+import { DEFAULT_KEEP, type KeepPolicy, UndoPrefetch, checkUndoRoom, historyRegionOf } from '../drive/history-region.js';
 import { type ImageState } from '../state/records.js';
 import { type JournalEntry, type JournalRegion, applyEntries, applyTransaction, entriesOverlap, journalBytesFor, journalDataCapacity, writeTransaction } from '../drive/journal.js';
 import { PassBuffers, copyEntries, differingEntries } from './pass-source.js';
@@ -42,6 +42,7 @@ const MAX_PASSES = 5;
 const CONVERGED_BYTES = 4 << 20; // passes stop when this little is left: the final pass (frozen) reads it
 const FREEZE_READ_LIMIT_BYTES = 256 << 20; // what the final pass may hold in memory
 const APPLY_FROM_MEMORY_BYTES = 256 << 20; // what a journaled sync keeps to apply without reading the journal back
+const UNDO_AHEAD_BYTES = 128 << 20; // the old blocks of the image a journaled sync with history reads ahead for its undo
 const FREEZE_DEADLINE_MS = 5000; // the watchdog thaws after this
 const DEFAULT_QUIET_MS = 2000; // a raw source must be idle this long for its final pass
 const QUIET_ATTEMPTS = 3;
@@ -62,6 +63,8 @@ export interface SyncReport {
   comparedBytes: number;
   repairedBytes: number;
   durationMs: number;
+  /** Of durationMs, saving the undo of the image it replaced (restore points; 0 without a history region). */
+  undoMs: number;
   gaps: Gap[]; // recorded since the previous sync
   sourceMounted: string[];
 }
@@ -305,6 +308,7 @@ interface GenerationResult {
   compared: number;
   repaired: number;
   passBytes: number[];
+  undoMs: number;
 }
 
 /** Everything one sync needs, shared by the journaled and the direct way of writing. */
@@ -389,14 +393,19 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
   const limit = pair.dataSectors;
   const seq = (pair.journalSeq ?? 0) + 1;
   const counters = { bytesRead: 0, entryBytes: 0, comparedBytes: 0 };
-  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, quietSinceMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
+  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, quietSinceMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [], undoMs: 0 };
   let settleEpoch = -1;
   const buffers = new PassBuffers();
   const journaled = new ExtentSet(); // what earlier passes of this transaction wrote into it
+  // The undo's old blocks are read while the passes write the journal (the image is unchanged until the apply).
+  const history = historyRegionOf(c.drive, pair, pair.id);
+  const prefetch = history ? new UndoPrefetch(c.drive, limit, UNDO_AHEAD_BYTES) : null;
   async function* entries(): AsyncGenerator<JournalEntry> {
     for (let pass = 1; ; pass++) {
       result.cutMs = Date.now();
       const cut = copyWhereJournaled(passCut(c, pass, carried), journaled);
+      prefetch?.add(cut.copy);
+      prefetch?.add(cut.discard);
       journaled.addSet(blocksOf(cut.copy));
       journaled.addSet(blocksOf(cut.discard));
       await savePending(s, pair, range, c.generation, result.cutMs, cut);
@@ -420,6 +429,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
       result.quietSinceMs = f.quietSinceMs ?? null;
       settleEpoch = f.epoch;
       if (f.ok) {
+        prefetch?.add(f.cut);
         await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet(), discard: new ExtentSet() });
         for (const h of f.held) yield { kind: 'data', targetSector: h.position / SECTOR, data: h.buf.subarray(0, h.length) };
         const bytes = f.held.reduce((n, h) => n + h.length, 0);
@@ -453,7 +463,6 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
       yield e;
     }
     // Before the commit: a sync whose undo would cost a labelled point the policy keeps is refused here, uncommitted.
-    const history = historyRegionOf(c.drive, pair, pair.id);
     if (history) checkUndoRoom(history, targets, pointOf(pair), pair.dataSectors, c.keep, pair.name);
   }
   let committed;
@@ -463,7 +472,9 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
     if (settleEpoch >= 0) await s.tracker.settle(settleEpoch);
   }
   if (!committed) throw new DpsrError(`pair ${pair.name}: journal transaction ${seq} was not committed`, 'EJOURNAL');
-  await saveUndoOf(pair, c.drive, committed, pair.pendingTxn, c.keep); // the previous image's blocks, durable before the first write in place
+  const undoStartMs = performance.now();
+  await saveUndoOf(pair, c.drive, committed, pair.pendingTxn, c.keep, prefetch ?? undefined); // the previous image's blocks, durable before the first write in place
+  result.undoMs = performance.now() - undoStartMs;
   // From memory when nothing overlaps (a block written again between passes does): the order cannot matter then.
   if (kept && !entriesOverlap(kept)) await applyEntries(c.drive, kept);
   else await applyTransaction(c.drive, committed);
@@ -490,7 +501,7 @@ function markPartial(c: SyncContext): void {
 async function directGeneration(c: SyncContext, carried: Cut | null): Promise<GenerationResult> {
   const { s, pair, range } = c;
   const limitSectors = pair.dataSectors;
-  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, quietSinceMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [] };
+  const result: GenerationResult = { image: 'fuzzy', cutMs: Date.now(), freezeMs: null, quietSinceMs: null, copied: 0, compared: 0, repaired: 0, passBytes: [], undoMs: 0 };
   for (let pass = 1; ; pass++) {
     result.cutMs = Date.now();
     const cut = passCut(c, pass, carried);
@@ -638,7 +649,7 @@ async function syncPairLocked(s: Session, name: string, opts: SyncOptions): Prom
     await s.store.putPairAndRange(pair, range);
     return {
       name, dataBytes: pair.dataSectors * SECTOR, generation: c.generation, image: r.image, imageTimeMs: r.cutMs, fullCopyBytes, durationMs, sourceMounted: mounts,
-      passBytes: r.passBytes, freezeMs: r.freezeMs, quietSinceMs: r.quietSinceMs, journaled,
+      passBytes: r.passBytes, freezeMs: r.freezeMs, quietSinceMs: r.quietSinceMs, journaled, undoMs: Math.round(r.undoMs),
       ...(r.notConsistent ? { notConsistent: r.notConsistent } : {}),
       copiedBytes: r.copied, comparedBytes: r.compared + comparedFirst, repairedBytes: r.repaired,
       gaps: range.gaps.slice(gapsBefore),

@@ -62,23 +62,25 @@ async function main(): Promise<void> {
       historyBytes: p.history ? p.history * MiB : 0 }, settings, () => {});
     await syncCommand({ name, all: false, json: false, quietMs: 0 }, settings, () => {});
   }
-  const rows: Array<{ on: number; off: number; onWritten: number; offWritten: number; changed: number }> = [];
+  const rows: Array<{ on: number; off: number; onUndo: number; onWritten: number; offWritten: number; changed: number }> = [];
   for (let r = 0; r < rounds; r++) {
     const changed = change(pairs.on.source, 7000 + r);
     change(pairs.off.source, 7000 + r);
     const seconds: Record<string, number> = {};
     const written: Record<string, number> = {};
+    const undoSeconds: Record<string, number> = {};
     for (const name of r % 2 === 0 ? ['on', 'off'] : ['off', 'on']) {
       const drive = pairs[name as 'on' | 'off'].drive;
       const w0 = writtenSectors(drive);
       const t0 = now();
-      await syncCommand({ name, all: false, json: false, quietMs: 0 }, settings, () => {});
+      const [report] = await syncCommand({ name, all: false, json: false, quietMs: 0 }, settings, () => {});
       seconds[name] = (now() - t0) / 1000;
+      undoSeconds[name] = report.undoMs / 1000;
       written[name] = (writtenSectors(drive) - w0) * 512;
     }
-    rows.push({ on: seconds.on, off: seconds.off, onWritten: written.on, offWritten: written.off, changed });
+    rows.push({ on: seconds.on, off: seconds.off, onUndo: undoSeconds.on, onWritten: written.on, offWritten: written.off, changed });
     console.log(`round ${r + 1}: ${(changed / MiB).toFixed(1)} MiB changed: sync with history ${seconds.on.toFixed(2)} s, without ${seconds.off.toFixed(2)} s ` +
-      `(${(seconds.on / seconds.off).toFixed(2)}x); written to the drive ${(written.on / MiB).toFixed(1)} vs ${(written.off / MiB).toFixed(1)} MiB ` +
+      `(${(seconds.on / seconds.off).toFixed(2)}x; saving the undo ${undoSeconds.on.toFixed(2)} s of it); written to the drive ${(written.on / MiB).toFixed(1)} vs ${(written.off / MiB).toFixed(1)} MiB ` +
       `(${(written.on / changed).toFixed(2)}x vs ${(written.off / changed).toFixed(2)}x changed)`);
   }
   for (const name of Object.keys(pairs)) await unpairCommand({ name }, settings, () => {});
@@ -87,10 +89,11 @@ async function main(): Promise<void> {
   const summary = {
     sizeMiB, rounds, percent,
     timeRatioBest: best((x) => x.on) / best((x) => x.off), timeRatioMean: mean((x) => x.on / x.off),
+    undoShareMean: mean((x) => x.onUndo / x.on),
     writtenOverChangedOn: mean((x) => x.onWritten / x.changed), writtenOverChangedOff: mean((x) => x.offWritten / x.changed),
   };
   console.log(`summary: with history, sync time ${summary.timeRatioBest.toFixed(2)}x (best of each) / ${summary.timeRatioMean.toFixed(2)}x (mean of rounds) ` +
-    `of without (goal <= 1.3x); written ${summary.writtenOverChangedOn.toFixed(2)}x changed with history, ${summary.writtenOverChangedOff.toFixed(2)}x without ` +
+    `of without (goal <= 1.3x), saving the undo ${(summary.undoShareMean * 100).toFixed(0)}% of a sync with history (mean); written ${summary.writtenOverChangedOn.toFixed(2)}x changed with history, ${summary.writtenOverChangedOff.toFixed(2)}x without ` +
     `(goal with history <= 2x + the journal's own, i.e. about 3x)`);
   const restore = pointsBack > 0 ? await restoreFromPoints(settings) : null;
   console.log(`BENCH_JSON ${JSON.stringify({ ...summary, restore })}`);
