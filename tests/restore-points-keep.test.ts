@@ -4,7 +4,8 @@
 // stays; a sync that would need a labelled point's space is refused, with
 // the image and every point unchanged; dropping a middle point (by policy or
 // by dpsr history --drop, killed -9 at its one write) leaves every other
-// point's image exactly what it was (each hashed before and after).
+// point's image exactly what it was (each hashed before and after), and
+// frees its record when the older point holds its blocks already.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import fs from 'node:fs';
@@ -136,12 +137,12 @@ test('history --drop of a middle point, killed -9 at its one write: every other 
   assert.ok(after.join() === '4,3,2,1,0' || after.join() === '4,3,1,0', `after kill -9 mid-drop: ${after}`);
   console.log(`  kill -9 at the drop's index write: point 2 ${after.includes(2) ? 'kept' : 'dropped'}`);
   await exact(images, after.slice(1), 'after kill -9 mid-drop');
-  if (after.includes(2)) assert.match(ok('history', 'p', '--drop', '2'), /no space freed yet: restore point 1 keeps the blocks of it that it needs/);
+  if (after.includes(2)) assert.match(ok('history', 'p', '--drop', '2'), /no space freed: restore point 1 keeps its records \(264\.0 KiB\), which its image needs, until it goes/);
   assert.equal(generations(), [4, 3, 1, 0]);
   await exact(images, [3, 1, 0], 'after point 2 was dropped');
   const used = historyOf('p').usedBytes;
   const r = JSON.parse(ok('history', 'p', '--drop', '3', '--json'));
-  assert.equal(r, { name: 'p', dropped: 3, freedBytes: 0 }, 'the newest point: carried by point 1');
+  assert.equal(r, { name: 'p', dropped: 3, freedBytes: 0, carriedBytes: 264 * 1024, carriedBy: 1 }, 'the newest point: carried by point 1');
   await exact(images, [1, 0], 'after point 3 was dropped');
   const oldest = JSON.parse(ok('history', 'p', '--drop', '0', '--json'));
   assert.ok(oldest.freedBytes > 256 * 1024, `the oldest frees its record: ${oldest.freedBytes}`);
@@ -150,6 +151,31 @@ test('history --drop of a middle point, killed -9 at its one write: every other 
   change();
   sync();
   await exact(images, [4, 1], 'after the next sync');
+});
+
+test('history --drop of a middle point frees its record when the older point holds its blocks already, killed -9 at its one write; of one it does not, it says what the older point keeps', async () => {
+  const disk = faultDisk(fx, 32 + 64 + 32);
+  const { source, images, sync } = pairWithHistory(32, 32, disk.dev);
+  // Point g's record holds what sync g + 1 changed: point 2's ([128, 384)) lies inside point 1's ([0, 512)); point 3's does not.
+  for (const [start, sectors] of [[0, 1024], [0, 512], [128, 256], [4096, 512]]) {
+    ddDirect(source, start, sectors);
+    sync();
+  }
+  assert.equal(generations(), [4, 3, 2, 1, 0]);
+  const before = historyOf('p');
+  const bytesOf = (g: number) => before.points.find((p: { generation: number }) => p.generation === g).bytes;
+  const k = await disk.killAtStall(process.execPath, [DPSR_BIN, 'history', 'p', '--drop', '2'], env, 0);
+  assert.ok(k.killed, `killed at its index write, not after it finished: ${k.stderr}`);
+  const after = generations();
+  assert.ok(after.join() === '4,3,2,1,0' || after.join() === '4,3,1,0', `after kill -9 mid-drop: ${after}`);
+  console.log(`  kill -9 at the drop's index write: point 2 ${after.includes(2) ? 'kept' : 'dropped'}`);
+  await exact(images, after.slice(1), 'after kill -9 mid-drop');
+  if (after.includes(2)) assert.equal(JSON.parse(ok('history', 'p', '--drop', '2', '--json')), { name: 'p', dropped: 2, freedBytes: bytesOf(2), carriedBytes: 0, carriedBy: 1 });
+  assert.is(historyOf('p').usedBytes, before.usedBytes - bytesOf(2), 'point 2\'s record was freed');
+  await exact(images, [3, 1, 0], 'after point 2 was dropped');
+  assert.match(ok('history', 'p', '--drop', '3'), /dropped restore point 3; no space freed: restore point 1 keeps its records \(264\.0 KiB\), which its image needs, until it goes/);
+  assert.is(historyOf('p').usedBytes, before.usedBytes - bytesOf(2), 'point 3\'s record is kept by point 1');
+  await exact(images, [1, 0], 'after point 3 was dropped');
 });
 
 test('configuration errors for the keep keys: one line naming the file and key, exit 2, nothing synced', () => {

@@ -344,15 +344,16 @@ is not touched; from a remote drive it reads the export, never writes it.`)
     .description('the restore points kept on the DPSR drive (earlier images): generation, time, consistency, label, space held')
     .argument('<NAME>')
     .option('--json', 'one JSON document on stdout: {name, historyBytes, usedBytes, points: [{generation, time, image, label, bytes, current}], dropped}')
-    .option('--drop <GEN>', 'drop restore point GEN alone; an older point keeps the blocks of it that it needs (the space they hold comes back with it)')
+    .option('--drop <GEN>', 'drop restore point GEN alone: says what it freed and what an older point keeps because its image needs it (--json: freedBytes, carriedBytes, carriedBy)')
     .addHelpText('after', `
 A pair keeps restore points when paired with --history SIZE (or all): before
 a sync overwrites blocks of the image, their old content is saved in the
 DPSR drive's history region, durably and before the first block is written.
 Point GEN is the image generation GEN made; the newest is the current image.
 restore --at and diff --at read a point read-only (the drive is not written).
-When the region is full the oldest points go first; status lists what was
-dropped. A sync written in place (--in-place) drops every point.
+When the region (or its 64 KiB index) is full the oldest points go first;
+status lists what was dropped. A sync written in place (--in-place) drops
+every point.
 
 The configuration (/etc/dpsr/dpsr.toml, a pair's table or [default]) bounds
 what is kept: keep = "7d" drops points older than that at the next sync,

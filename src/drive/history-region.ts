@@ -12,13 +12,16 @@
 //   [0, 128 KiB)     the index: two 64 KiB slots written alternately (slot seq % 2, then fdatasync);
 //                    each: magic "DPSRHIX1", format u32 = 1, payload length u32, SHA-256 of the payload,
 //                    then the payload, UTF-8 JSON of HistoryIndex. A reader takes the valid slot of this
-//                    pair with the highest seq, so a torn write leaves the other.
+//                    pair with the highest seq, so a torn write leaves the other. A sync makes room in the index
+//                    for its point as in the ring for its record: the oldest points go, and a sync that would
+//                    drop a labelled one is refused before its commit (unless when_full allows it).
 //   [128 KiB, end)   undo records, a ring: each starts where the last one written ends (the index's cursor),
 //                    or at 128 KiB when it would not fit before the end; the points whose records it overlaps
 //                    are dropped (from the index, durably) before it is written, and with them every older
 //                    point (each point needs all later records). Dropping a point that has older ones moves
 //                    its records to the next older point (`carried`): that point's image needs them, so they
-//                    stay where they are until it goes too. A record: a header block (magic "DPSRUND1", version u32 = 1, extent count u32,
+//                    stay where they are until it goes too; those whose every block it holds already are
+//                    freed. A record: a header block (magic "DPSRUND1", version u32 = 1, extent count u32,
 //                    transaction seq u64, generation u64, data bytes u64, SHA-256 of the extent table,
 //                    SHA-256 of the data, then headHash = SHA-256 of pair id ‖ the 104 bytes before it),
 //                    the extent table (16 bytes each: start sector u64, sectors u64; padded to 4 KiB), and
@@ -45,6 +48,9 @@ const HEAD_HASHED = 104;
 const EXTENT_BYTES = 16;
 const COPY_CHUNK_BYTES = 4 << 20;
 const DROPPED_KEPT = 20;
+const INDEX_SLACK_BYTES = 256;
+const REGION_FULL = 'the history region was full (oldest first)';
+const INDEX_FULL = 'the history index was full (oldest first)';
 
 export interface HistoryRegion {
   drive: BlockIo;
@@ -148,12 +154,19 @@ function decodeIndex(b: Buffer): HistoryIndex | null {
   }
 }
 
-/** Writes the index with the next seq into the older slot, durably. Drops the oldest points if it would not fit its slot. */
+/** Whether the index fits its slot, with room for what a write adds (its seq, the cursor and the mark growing by a digit). */
+const fitsSlot = (index: HistoryIndex): boolean => INDEX_HEADER + Buffer.byteLength(JSON.stringify(index)) + INDEX_SLACK_BYTES <= INDEX_SLOT_BYTES;
+
+/**
+ * Writes the index with the next seq into the older slot, durably. Whoever
+ * adds a point makes room first (planUndo); should it still not fit, the
+ * oldest points go rather than the index.
+ */
 export function writeIndex(region: HistoryRegion, index: HistoryIndex): void {
   index.seq += 1;
   let payload = Buffer.from(JSON.stringify(index));
   while (INDEX_HEADER + payload.length > INDEX_SLOT_BYTES && index.points.length > 0) {
-    dropOldest(index, 1, 'the history index was full');
+    dropOldest(index, 1, INDEX_FULL);
     payload = Buffer.from(JSON.stringify(index));
   }
   const buf = native().alignedBuffer(INDEX_SLOT_BYTES, BLOCK);
@@ -205,22 +218,60 @@ function dropOldest(index: HistoryIndex, count: number, reason: string): Dropped
   return remember(index, index.points.splice(0, count).map((p) => droppedOf(p, reason)));
 }
 
+/** What dropping one point did to the history space. */
+export interface DropSpace {
+  /** Bytes no point holds any more (reusable by the next records). */
+  freedBytes: number;
+  /** Bytes of its records the next older point holds now: its image needs them (freed when it goes). */
+  carriedBytes: number;
+  /** That older point, or null (the oldest was dropped). */
+  carriedBy: number | null;
+}
+
 /**
- * Drops point `i` alone; returns the bytes freed. The oldest goes with its
- * records. A newer one hands its records to the next older point, whose
- * image needs them (laid over oldest first, that point's own content wins
- * where both hold a block): every other image stays exact and nothing is
- * rewritten, so one index write drops it; the space comes back with the
- * older point.
+ * Drops point `i` alone. The oldest goes with its records. A newer one
+ * hands its records to the next older point, whose image needs them (laid
+ * over oldest first, that point's own content wins where both hold a
+ * block); those of them whose every block an earlier record of that point
+ * holds are read by no image, and are freed. Every other image stays exact
+ * and nothing is rewritten, so one index write drops it.
  */
-function dropAt(index: HistoryIndex, i: number, reason: string): number {
+function dropAt(region: HistoryRegion, index: HistoryIndex, i: number, reason: string): DropSpace {
   cursorOf(index); // fixed before the newest record may change hands
   const [p] = index.points.splice(i, 1);
   remember(index, [droppedOf(p, reason)]);
-  if (i === 0) return heldBytes(p);
+  if (i === 0) return { freedBytes: heldBytes(p), carriedBytes: 0, carriedBy: null };
   const older = index.points[i - 1];
-  older.carried = [...(older.carried ?? []), ...recordsOf(p).map(recordOnly)];
-  return 0;
+  const handed = recordsOf(p).map(recordOnly);
+  older.carried = [...(older.carried ?? []), ...handed];
+  const freed = new Set(shadowedRecords(region, older));
+  older.carried = older.carried.filter((r) => !freed.has(r));
+  if (older.carried.length === 0) delete older.carried;
+  const bytesOf = (rs: UndoRecord[]) => rs.reduce((n, r) => n + r.bytes, 0);
+  return { freedBytes: bytesOf([...freed]), carriedBytes: bytesOf(handed.filter((r) => !freed.has(r))), carriedBy: older.generation };
+}
+
+/**
+ * The records `p` carries that no image reads: every block of each is held
+ * by an earlier record of `p` (an image takes a block from the first record
+ * holding it). A record whose table cannot be read is kept, and shadows nothing.
+ */
+function shadowedRecords(region: HistoryRegion, p: UndoPoint): UndoRecord[] {
+  const held = new ExtentSet();
+  const shadowed: UndoRecord[] = [];
+  for (const r of recordsOf(p)) {
+    let sectors: ExtentSet;
+    try {
+      sectors = ExtentSet.from(readRecordTable(region, r).extents.map((x) => [x.startSector, x.endSector] as const));
+    } catch {
+      continue;
+    }
+    const fresh = sectors.clone();
+    fresh.subtractSet(held);
+    if (r !== p && fresh.isEmpty) shadowed.push(r);
+    held.addSet(sectors);
+  }
+  return shadowed;
 }
 
 /** Where the next record goes: after the last one written (older indexes kept none: after the newest point). */
@@ -236,13 +287,13 @@ function cursorOf(index: HistoryIndex): number {
  * Drops point `generation` alone (an older point keeps what it needs of its
  * records), durably. Null: no such point.
  */
-export function dropPoint(region: HistoryRegion, generation: number, reason: string): { dropped: DroppedPoint; freedBytes: number } | null {
+export function dropPoint(region: HistoryRegion, generation: number, reason: string): ({ dropped: DroppedPoint } & DropSpace) | null {
   const index = readIndex(region);
   const i = index.points.findIndex((p) => p.generation === generation);
   if (i < 0) return null;
-  const freedBytes = dropAt(index, i, reason);
+  const space = dropAt(region, index, i, reason);
   writeIndex(region, index);
-  return { dropped: index.dropped[index.dropped.length - 1], freedBytes };
+  return { dropped: index.dropped[index.dropped.length - 1], ...space };
 }
 
 /** Drops every point (their images can no longer be rebuilt: a sync wrote the image in place), durably. */
@@ -260,11 +311,11 @@ export function dropAllPoints(region: HistoryRegion, reason: string): DroppedPoi
 const pointTimeMs = (p: { timeMs: number | null; savedMs?: number }): number => p.timeMs ?? p.savedMs ?? Date.now();
 
 /** Unlabelled points the policy no longer keeps: older than keep, then the oldest beyond keep_points (`room`: points about to be added). */
-function applyKeep(index: HistoryIndex, keep: KeepPolicy, nowMs: number, room: number): DroppedPoint[] {
+function applyKeep(region: HistoryRegion, index: HistoryIndex, keep: KeepPolicy, nowMs: number, room: number): DroppedPoint[] {
   const gone: DroppedPoint[] = [];
   const dropWhere = (pick: () => number, reason: string) => {
     for (let i = pick(); i >= 0; i = pick()) {
-      dropAt(index, i, reason);
+      dropAt(region, index, i, reason);
       gone.push(index.dropped[index.dropped.length - 1]);
     }
   };
@@ -285,14 +336,24 @@ function humanKeep(ms: number): string {
   return `${ms / 1000}s`;
 }
 
-/** Where a record of `bytes` goes, and how many of the oldest points must go first for it; null: it is larger than the region. */
-function placeRecord(index: HistoryIndex, bytes: number, lengthBytes: number): { at: number; drop: number } | null {
+/** Where a new record goes, and how many of the oldest points must go first: for its space, then for the index's room. */
+interface Place { at: number; drop: number; indexDrop: number }
+
+/** Where the record of point `entry` goes (its size in `entry.bytes`) and what must go for it; null: it is larger than the region. */
+function placeRecord(index: HistoryIndex, entry: UndoPoint, lengthBytes: number): Place | null {
+  const { bytes } = entry;
   if (bytes > lengthBytes - INDEX_AREA_BYTES) return null;
   let at = cursorOf(index);
   if (at < INDEX_AREA_BYTES || at + bytes > lengthBytes) at = INDEX_AREA_BYTES;
   const overlaps = (r: UndoRecord) => r.offsetBytes < at + bytes && at < r.offsetBytes + r.bytes;
-  const lastOverlap = index.points.reduce((last, p, i) => (recordsOf(p).some(overlaps) ? i : last), -1);
-  return { at, drop: lastOverlap + 1 };
+  const drop = index.points.reduce((last, p, i) => (recordsOf(p).some(overlaps) ? i : last), -1) + 1;
+  // The index must hold the new point as well (with the drops remembered): the oldest go for its room too.
+  const trial = JSON.parse(JSON.stringify(index)) as HistoryIndex;
+  dropOldest(trial, drop, REGION_FULL);
+  trial.points.push({ ...entry, offsetBytes: at });
+  let indexDrop = 0;
+  for (; !fitsSlot(trial) && trial.points.length > 1; indexDrop++) dropOldest(trial, 1, INDEX_FULL);
+  return { at, drop, indexDrop };
 }
 
 /** The size of the undo record of `targets`: its extents (whole blocks within the image), table and total bytes. */
@@ -309,11 +370,13 @@ function recordShape(targets: ExtentSet, imageSectors: number) {
  * where the record goes and how many of the oldest points must go for it
  * (place null: larger than the region), or tooOld: the policy keeps no such point.
  */
-function planUndo(index: HistoryIndex, lengthBytes: number, targets: ExtentSet, meta: PointMeta, imageSectors: number, keep: KeepPolicy, nowMs: number) {
-  const keptOut = applyKeep(index, keep, nowMs, meta.label === null ? 1 : 0);
+function planUndo(region: HistoryRegion, index: HistoryIndex, targets: ExtentSet, meta: PointMeta, imageSectors: number, keep: KeepPolicy, nowMs: number) {
+  const keptOut = applyKeep(region, index, keep, nowMs, meta.label === null ? 1 : 0);
   const shape = recordShape(targets, imageSectors);
   const tooOld = meta.label === null && keep.keepMs !== null && pointTimeMs(meta) < nowMs - keep.keepMs;
-  return { keptOut, shape, tooOld, place: placeRecord(index, shape.bytes, lengthBytes) };
+  // The entry as saveUndo makes it, its numbers at their widest: what it takes in the index.
+  const entry: UndoPoint = { ...meta, txnSeq: Number.MAX_SAFE_INTEGER, offsetBytes: 0, bytes: shape.bytes, dataBytes: shape.dataBytes, headHash: '0'.repeat(64), savedMs: nowMs };
+  return { keptOut, shape, tooOld, place: placeRecord(index, entry, region.lengthBytes) };
 }
 
 /**
@@ -324,12 +387,14 @@ function planUndo(index: HistoryIndex, lengthBytes: number, targets: ExtentSet, 
 export function checkUndoRoom(region: HistoryRegion, targets: ExtentSet, meta: PointMeta, imageSectors: number, keep: KeepPolicy, pairName: string): void {
   if (keep.dropLabelledWhenFull) return;
   const index = readIndex(region);
-  const { shape, tooOld, place } = planUndo(index, region.lengthBytes, targets, meta, imageSectors, keep, Date.now());
+  const { shape, tooOld, place } = planUndo(region, index, targets, meta, imageSectors, keep, Date.now());
   if (tooOld && index.points.length === 0) return; // nothing saved
-  const lost = (place ? index.points.slice(0, place.drop) : index.points).filter((p) => p.label !== null);
+  const lost = (place ? index.points.slice(0, place.drop + place.indexDrop) : index.points).filter((p) => p.label !== null);
   if (lost.length === 0) return;
   const names = lost.map((p) => `${p.generation} ("${p.label}")`).join(', ');
-  throw new RefusedError(`pair ${pairName}: keeping this sync's undo (${formatBytes(shape.bytes)}) needs the history space of labelled restore point${lost.length > 1 ? 's' : ''} ${names}; ` +
+  const needs = place && place.indexDrop > 0 && !index.points.slice(0, place.drop).some((p) => p.label !== null)
+    ? `a place in the history index (${INDEX_SLOT_BYTES >> 10} KiB, full) held by` : 'the history space of';
+  throw new RefusedError(`pair ${pairName}: keeping this sync's undo (${formatBytes(shape.bytes)}) needs ${needs} labelled restore point${lost.length > 1 ? 's' : ''} ${names}; ` +
     `nothing applied, the DPSR drive keeps its image (dpsr history ${pairName} --drop ${lost[0].generation} frees it, or when_full = "drop-labelled" in the configuration allows it)`, 'EHISTORYFULL');
 }
 
@@ -351,7 +416,7 @@ export async function saveUndo(region: HistoryRegion, image: BlockIo, txnSeq: nu
   imageSectors: number, keep: KeepPolicy = DEFAULT_KEEP, prefetch?: UndoPrefetch): Promise<UndoResult> {
   const index = readIndex(region);
   if (index.undoneTxnSeq >= txnSeq) return { saved: null, dropped: [], already: true };
-  const { keptOut, shape: { extents, dataBytes, tableBytes, bytes }, tooOld, place } = planUndo(index, region.lengthBytes, targets, meta, imageSectors, keep, Date.now());
+  const { keptOut, shape: { extents, dataBytes, tableBytes, bytes }, tooOld, place } = planUndo(region, index, targets, meta, imageSectors, keep, Date.now());
   const dropped = [...keptOut];
   const tooOldWhy = `older than keep = ${humanKeep(keep.keepMs ?? 0)}`;
   // Not kept: larger than the region (every older point goes too: each needs this record),
@@ -365,7 +430,8 @@ export async function saveUndo(region: HistoryRegion, image: BlockIo, txnSeq: nu
     return { saved: null, dropped, already: false };
   }
   const { at } = place;
-  if (place.drop > 0) dropped.push(...dropOldest(index, place.drop, 'the history region was full (oldest first)'));
+  if (place.drop > 0) dropped.push(...dropOldest(index, place.drop, REGION_FULL));
+  if (place.indexDrop > 0) dropped.push(...dropOldest(index, place.indexDrop, INDEX_FULL));
   if (dropped.length > 0) writeIndex(region, index); // before their space is overwritten
   const headHash = await writeRecord(region, image, at, txnSeq, meta.generation, extents, tableBytes, prefetch);
   let saved: UndoPoint | null = { ...meta, txnSeq, offsetBytes: at, bytes, dataBytes, headHash, savedMs: Date.now() };
@@ -374,7 +440,7 @@ export async function saveUndo(region: HistoryRegion, image: BlockIo, txnSeq: nu
   index.undoneTxnSeq = txnSeq;
   if (tooOld) {
     // Older than keep, yet an older (labelled) point needs its record: carried by that one.
-    dropAt(index, index.points.length - 1, tooOldWhy);
+    dropAt(region, index, index.points.length - 1, tooOldWhy);
     dropped.push(index.dropped[index.dropped.length - 1]);
     saved = null;
   }
@@ -587,9 +653,29 @@ export interface UndoExtent { startSector: number; endSector: number; driveBytes
  * entry, the table to the header) and, with `verifyData`, its data too.
  */
 export async function readUndoExtents(region: HistoryRegion, point: UndoRecord, verifyData: boolean): Promise<UndoExtent[]> {
+  const { extents, head, dataStart, dataBytes } = readRecordTable(region, point);
+  if (verifyData) {
+    const hash = crypto.createHash('sha256');
+    const buf = native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK);
+    for (let done = 0; done < dataBytes;) {
+      const n = Math.min(COPY_CHUNK_BYTES, dataBytes - done);
+      await fullIo('read', region.drive, buf, 0, n, dataStart + done);
+      hash.update(buf.subarray(0, n));
+      done += n;
+    }
+    if (!hash.digest().equals(head.subarray(72, 104))) throw damagedRecord(point, 'data checksum');
+  }
+  return extents;
+}
+
+const damagedRecord = (point: UndoRecord, why: string) =>
+  new DpsrError(`history: the undo record of generation ${point.generation} is damaged (${why}); drop it with dpsr history NAME --drop ${point.generation}`, 'EHISTORY');
+
+/** A record's header and extent table, read and verified (the header bound to the index entry, the table to the header). */
+function readRecordTable(region: HistoryRegion, point: UndoRecord): { extents: UndoExtent[]; head: Buffer; dataStart: number; dataBytes: number } {
   const head = native().alignedBuffer(BLOCK, BLOCK);
   readSync(region, head, BLOCK, point.offsetBytes);
-  const bad = (why: string) => new DpsrError(`history: the undo record of generation ${point.generation} is damaged (${why}); drop it with dpsr history NAME --drop ${point.generation}`, 'EHISTORY');
+  const bad = (why: string) => damagedRecord(point, why);
   if (!head.subarray(0, 8).equals(RECORD_MAGIC) || head.readUInt32LE(8) !== FORMAT) throw bad('no record header');
   if (headHashOf(region.pairId, head).toString('hex') !== point.headHash || head.subarray(HEAD_HASHED, HEAD_HASHED + 32).toString('hex') !== point.headHash) {
     throw bad('header checksum');
@@ -600,27 +686,16 @@ export async function readUndoExtents(region: HistoryRegion, point: UndoRecord, 
   if (tableBytes > 0) readSync(region, table, tableBytes, point.offsetBytes + BLOCK);
   if (!sha256(table.subarray(0, count * EXTENT_BYTES)).equals(head.subarray(40, 72))) throw bad('extent table checksum');
   const dataStart = region.startBytes + point.offsetBytes + BLOCK + tableBytes;
-  const out: UndoExtent[] = [];
+  const extents: UndoExtent[] = [];
   let off = 0;
   for (let i = 0; i < count; i++) {
     const s = Number(table.readBigUInt64LE(i * EXTENT_BYTES));
     const n = Number(table.readBigUInt64LE(i * EXTENT_BYTES + 8));
-    out.push({ startSector: s, endSector: s + n, driveBytes: dataStart + off });
+    extents.push({ startSector: s, endSector: s + n, driveBytes: dataStart + off });
     off += n * SECTOR;
   }
   if (off !== Number(head.readBigUInt64LE(32))) throw bad('data length');
-  if (verifyData) {
-    const hash = crypto.createHash('sha256');
-    const buf = native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK);
-    for (let done = 0; done < off;) {
-      const n = Math.min(COPY_CHUNK_BYTES, off - done);
-      await fullIo('read', region.drive, buf, 0, n, dataStart + done);
-      hash.update(buf.subarray(0, n));
-      done += n;
-    }
-    if (!hash.digest().equals(head.subarray(72, 104))) throw bad('data checksum');
-  }
-  return out;
+  return { extents, head, dataStart, dataBytes: off };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -63,11 +63,16 @@ async function dropCommand(opts: HistoryOptions, settings: Settings, log: (s: st
       drive.io.setReadOnly(false);
       try {
         const r = dropPoint(historyRegionOf(drive.io, pair, pair.id)!, gen, `dropped by dpsr history --drop ${gen}`)!;
-        const older = index.points.filter((p) => p.generation < gen);
-        const freed = r.freedBytes > 0 ? `${formatBytes(r.freedBytes)} of history freed`
-          : `no space freed yet: restore point ${older[older.length - 1].generation} keeps the blocks of it that it needs, freed when the older points go`;
-        if (opts.json) process.stdout.write(`${JSON.stringify({ name: pair.name, dropped: r.dropped.generation, freedBytes: r.freedBytes })}\n`);
-        else log(`${pair.name}: dropped restore point ${gen}${r.dropped.label ? ` (${r.dropped.label})` : ''}; ${freed}`);
+        if (opts.json) {
+          process.stdout.write(`${JSON.stringify({ name: pair.name, dropped: r.dropped.generation, freedBytes: r.freedBytes, carriedBytes: r.carriedBytes, carriedBy: r.carriedBy })}\n`);
+        } else {
+          // A middle point's records whose blocks the older point holds already are freed; it keeps the rest.
+          const freed = `${formatBytes(r.freedBytes)} of history freed`;
+          const space = r.carriedBy === null || r.carriedBytes === 0 ? freed
+            : r.freedBytes === 0 ? `no space freed: restore point ${r.carriedBy} keeps its records (${formatBytes(r.carriedBytes)}), which its image needs, until it goes`
+              : `${freed} (blocks restore point ${r.carriedBy} holds already); it keeps the other ${formatBytes(r.carriedBytes)}, which its image needs, until it goes`;
+          log(`${pair.name}: dropped restore point ${gen}${r.dropped.label ? ` (${r.dropped.label})` : ''}; ${space}`);
+        }
       } finally {
         drive.io.setReadOnly(true);
       }
