@@ -21,11 +21,13 @@
 //                    point (each point needs all later records). Dropping a point that has older ones moves
 //                    its records to the next older point (`carried`): that point's image needs them, so they
 //                    stay where they are until it goes too; those whose every block it holds already are
-//                    freed. A record: a header block (magic "DPSRUND1", version u32 = 1, extent count u32,
+//                    freed. A record: a header block (magic "DPSRUND1", version u32 = 2, extent count u32,
 //                    transaction seq u64, generation u64, data bytes u64, SHA-256 of the extent table,
-//                    SHA-256 of the data, then headHash = SHA-256 of pair id ‖ the 104 bytes before it),
-//                    the extent table (16 bytes each: start sector u64, sectors u64; padded to 4 KiB), and
-//                    the data of the extents in table order (whole 4 KiB blocks).
+//                    SHA-256 of the chunk hash table, then headHash = SHA-256 of pair id ‖ the 104 bytes
+//                    before it), the extent table (16 bytes each: start sector u64, sectors u64; padded to
+//                    4 KiB), the chunk hash table (SHA-256 of each 64 KiB of the data, the last one shorter;
+//                    padded to 4 KiB), and the data of the extents in table order (whole 4 KiB blocks).
+//                    Version 1 (still read) has no chunk hash table, and the SHA-256 of the whole data.
 import crypto from 'node:crypto';
 import { DpsrError, RefusedError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
@@ -42,7 +44,10 @@ const INDEX_AREA_BYTES = 2 * INDEX_SLOT_BYTES;
 export const MIN_HISTORY_BYTES = 1 << 20;
 const INDEX_MAGIC = Buffer.from('DPSRHIX1');
 const RECORD_MAGIC = Buffer.from('DPSRUND1');
-const FORMAT = 1;
+const FORMAT = 1; // the index's
+const RECORD_FORMAT = 2; // 1: one SHA-256 of the data, no chunk hashes (still read)
+const CHUNK_BYTES = 64 << 10; // a record's data is verified in chunks this big: a reader checks only what it reads
+const CHUNK_HASH_BYTES = 32;
 const INDEX_HEADER = 8 + 4 + 4 + 32;
 const HEAD_HASHED = 104;
 const EXTENT_BYTES = 16;
@@ -262,7 +267,7 @@ function shadowedRecords(region: HistoryRegion, p: UndoPoint): UndoRecord[] {
   for (const r of recordsOf(p)) {
     let sectors: ExtentSet;
     try {
-      sectors = ExtentSet.from(readRecordTable(region, r).extents.map((x) => [x.startSector, x.endSector] as const));
+      sectors = ExtentSet.from(readUndoLayout(region, r).extents.map((x) => [x.startSector, x.endSector] as const));
     } catch {
       continue;
     }
@@ -361,8 +366,12 @@ function recordShape(targets: ExtentSet, imageSectors: number) {
   const extents = blocksWithin(targets, roundUp(imageSectors, BLOCK / SECTOR));
   const dataBytes = extents.totalSectors * SECTOR;
   const tableBytes = roundUp(extents.count * EXTENT_BYTES, BLOCK);
-  return { extents, dataBytes, tableBytes, bytes: BLOCK + tableBytes + dataBytes };
+  const hashBytes = chunkHashBytes(dataBytes);
+  return { extents, dataBytes, tableBytes, hashBytes, bytes: BLOCK + tableBytes + hashBytes + dataBytes };
 }
+
+/** The size of a record's chunk hash table (whole blocks). */
+const chunkHashBytes = (dataBytes: number) => roundUp(Math.ceil(dataBytes / CHUNK_BYTES) * CHUNK_HASH_BYTES, BLOCK);
 
 /**
  * What keeping point `meta`'s undo of `targets` takes, worked out on `index`
@@ -416,7 +425,7 @@ export async function saveUndo(region: HistoryRegion, image: BlockIo, txnSeq: nu
   imageSectors: number, keep: KeepPolicy = DEFAULT_KEEP, prefetch?: UndoPrefetch): Promise<UndoResult> {
   const index = readIndex(region);
   if (index.undoneTxnSeq >= txnSeq) return { saved: null, dropped: [], already: true };
-  const { keptOut, shape: { extents, dataBytes, tableBytes, bytes }, tooOld, place } = planUndo(region, index, targets, meta, imageSectors, keep, Date.now());
+  const { keptOut, shape: { extents, dataBytes, tableBytes, hashBytes, bytes }, tooOld, place } = planUndo(region, index, targets, meta, imageSectors, keep, Date.now());
   const dropped = [...keptOut];
   const tooOldWhy = `older than keep = ${humanKeep(keep.keepMs ?? 0)}`;
   // Not kept: larger than the region (every older point goes too: each needs this record),
@@ -433,7 +442,7 @@ export async function saveUndo(region: HistoryRegion, image: BlockIo, txnSeq: nu
   if (place.drop > 0) dropped.push(...dropOldest(index, place.drop, REGION_FULL));
   if (place.indexDrop > 0) dropped.push(...dropOldest(index, place.indexDrop, INDEX_FULL));
   if (dropped.length > 0) writeIndex(region, index); // before their space is overwritten
-  const headHash = await writeRecord(region, image, at, txnSeq, meta.generation, extents, tableBytes, prefetch);
+  const headHash = await writeRecord(region, image, at, txnSeq, meta.generation, extents, tableBytes, hashBytes, prefetch);
   let saved: UndoPoint | null = { ...meta, txnSeq, offsetBytes: at, bytes, dataBytes, headHash, savedMs: Date.now() };
   index.points.push(saved);
   index.cursorBytes = at + bytes;
@@ -492,17 +501,21 @@ function blocksWithin(targets: ExtentSet, limitSectors: number): ExtentSet {
 }
 
 async function writeRecord(region: HistoryRegion, image: BlockIo, at: number, txnSeq: number, generation: number,
-  extents: ExtentSet, tableBytes: number, prefetch?: UndoPrefetch): Promise<string> {
-  const table = native().alignedBuffer(Math.max(tableBytes, BLOCK), BLOCK);
-  table.fill(0);
+  extents: ExtentSet, tableBytes: number, hashBytes: number, prefetch?: UndoPrefetch): Promise<string> {
+  // The header, the table and the chunk hashes lie side by side: one write after the data.
+  const front = native().alignedBuffer(BLOCK + tableBytes + hashBytes, BLOCK);
+  front.fill(0);
+  const head = front.subarray(0, BLOCK);
+  const table = front.subarray(BLOCK, BLOCK + tableBytes);
+  const hashes = front.subarray(BLOCK + tableBytes);
   let i = 0;
   extents.forEach((s, e) => {
     table.writeBigUInt64LE(BigInt(s), i * EXTENT_BYTES);
     table.writeBigUInt64LE(BigInt(e - s), i * EXTENT_BYTES + 8);
     i++;
   });
-  const dataHash = crypto.createHash('sha256');
-  let pos = region.startBytes + at + BLOCK + tableBytes;
+  let chunks = 0;
+  let pos = region.startBytes + at + BLOCK + tableBytes + hashBytes;
   // The old blocks, read from the image in batches of scattered reads into one buffer while
   // the other's batch is written (the reads and the sequential writes overlap).
   const bufs = [native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK), native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK)];
@@ -516,7 +529,8 @@ async function writeRecord(region: HistoryRegion, image: BlockIo, at: number, tx
     await writes[cur]; // this buffer's last batch is on the drive
     if (ops.length > 0) await image.batch('read', 'DPSR drive', bufs[cur], ops);
     for (const x of ahead) await prefetch!.fill(bufs[cur], x.bufferOffset, x.startSector, x.endSector);
-    dataHash.update(bufs[cur].subarray(0, fill));
+    // Every buffer but the last is full, and a whole number of chunks.
+    for (let c = 0; c < fill; c += CHUNK_BYTES) sha256(bufs[cur].subarray(c, Math.min(fill, c + CHUNK_BYTES))).copy(hashes, CHUNK_HASH_BYTES * chunks++);
     const written = fullIo('write', region.drive, bufs[cur], 0, fill, pos);
     written.catch(() => {}); // awaited before the buffer is used again and at the end
     writes[cur] = written;
@@ -549,20 +563,17 @@ async function writeRecord(region: HistoryRegion, image: BlockIo, at: number, tx
   }
   await flushChunk();
   await Promise.all(writes);
-  const head = native().alignedBuffer(BLOCK, BLOCK);
-  head.fill(0);
   RECORD_MAGIC.copy(head, 0);
-  head.writeUInt32LE(FORMAT, 8);
+  head.writeUInt32LE(RECORD_FORMAT, 8);
   head.writeUInt32LE(extents.count, 12);
   head.writeBigUInt64LE(BigInt(txnSeq), 16);
   head.writeBigUInt64LE(BigInt(generation), 24);
   head.writeBigUInt64LE(BigInt(extents.totalSectors * SECTOR), 32);
   sha256(table.subarray(0, extents.count * EXTENT_BYTES)).copy(head, 40);
-  dataHash.digest().copy(head, 72);
+  sha256(hashes.subarray(0, chunks * CHUNK_HASH_BYTES)).copy(head, 72);
   const headHash = headHashOf(region.pairId, head);
   headHash.copy(head, HEAD_HASHED);
-  await fullIo('write', region.drive, head, 0, BLOCK, region.startBytes + at);
-  if (tableBytes > 0) await fullIo('write', region.drive, table, 0, tableBytes, region.startBytes + at + BLOCK);
+  await fullIo('write', region.drive, front, 0, front.length, region.startBytes + at);
   region.drive.flushSync('the DPSR drive', 'its restore points may not be durable');
   return headHash.toString('hex');
 }
@@ -648,54 +659,107 @@ export class UndoPrefetch {
 /** An extent of a record: the image sectors [startSector, endSector) and where their old content is on the drive. */
 export interface UndoExtent { startSector: number; endSector: number; driveBytes: number }
 
+/** A record as read and verified, but for its data: its extents, where its data is on the drive, the data's chunk hashes. */
+export interface UndoLayout {
+  extents: UndoExtent[];
+  /** Drive bytes where the data starts, and its length. */
+  dataStartBytes: number;
+  dataBytes: number;
+  /** SHA-256 of each CHUNK_BYTES of data (the last one shorter); null for a record of format 1 (one hash of the whole data). */
+  chunkHashes: Buffer | null;
+  /** Format 1: the SHA-256 of the whole data. */
+  dataHash: Buffer;
+}
+
+export const UNDO_CHUNK_BYTES = CHUNK_BYTES;
+
 /**
  * The extents of a point's record, verified (header bound to the index
- * entry, the table to the header) and, with `verifyData`, its data too.
+ * entry, the table to the header) and, with `verifyData`, its data too (read whole).
  */
 export async function readUndoExtents(region: HistoryRegion, point: UndoRecord, verifyData: boolean): Promise<UndoExtent[]> {
-  const { extents, head, dataStart, dataBytes } = readRecordTable(region, point);
-  if (verifyData) {
-    const hash = crypto.createHash('sha256');
-    const buf = native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK);
-    for (let done = 0; done < dataBytes;) {
-      const n = Math.min(COPY_CHUNK_BYTES, dataBytes - done);
-      await fullIo('read', region.drive, buf, 0, n, dataStart + done);
-      hash.update(buf.subarray(0, n));
-      done += n;
+  const layout = readUndoLayout(region, point);
+  if (verifyData) await verifyUndoData(region, point, layout);
+  return layout.extents;
+}
+
+/** Reads a record's data whole and checks it against its chunk hashes (format 1: its one hash). */
+async function verifyUndoData(region: HistoryRegion, point: UndoRecord, layout: UndoLayout): Promise<void> {
+  const whole = crypto.createHash('sha256');
+  const buf = native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK);
+  for (let done = 0; done < layout.dataBytes;) {
+    const n = Math.min(COPY_CHUNK_BYTES, layout.dataBytes - done);
+    await fullIo('read', region.drive, buf, 0, n, layout.dataStartBytes + done);
+    if (!layout.chunkHashes) whole.update(buf.subarray(0, n));
+    for (let c = 0; layout.chunkHashes && c < n; c += CHUNK_BYTES) {
+      const i = (done + c) / CHUNK_BYTES;
+      if (!sha256(buf.subarray(c, Math.min(n, c + CHUNK_BYTES))).equals(layout.chunkHashes.subarray(i * CHUNK_HASH_BYTES, (i + 1) * CHUNK_HASH_BYTES))) {
+        throw damagedRecord(point, `data checksum of chunk ${i}`);
+      }
     }
-    if (!hash.digest().equals(head.subarray(72, 104))) throw damagedRecord(point, 'data checksum');
+    done += n;
   }
-  return extents;
+  if (!layout.chunkHashes && !whole.digest().equals(layout.dataHash)) throw damagedRecord(point, 'data checksum');
 }
 
 const damagedRecord = (point: UndoRecord, why: string) =>
   new DpsrError(`history: the undo record of generation ${point.generation} is damaged (${why}); drop it with dpsr history NAME --drop ${point.generation}`, 'EHISTORY');
 
-/** A record's header and extent table, read and verified (the header bound to the index entry, the table to the header). */
-function readRecordTable(region: HistoryRegion, point: UndoRecord): { extents: UndoExtent[]; head: Buffer; dataStart: number; dataBytes: number } {
+/**
+ * A record's header, extent table and chunk hashes, read and verified (the
+ * header bound to the index entry, the table and the hashes to the header);
+ * its data is not read.
+ */
+export function readUndoLayout(region: HistoryRegion, point: UndoRecord): UndoLayout {
   const head = native().alignedBuffer(BLOCK, BLOCK);
   readSync(region, head, BLOCK, point.offsetBytes);
   const bad = (why: string) => damagedRecord(point, why);
-  if (!head.subarray(0, 8).equals(RECORD_MAGIC) || head.readUInt32LE(8) !== FORMAT) throw bad('no record header');
+  const format = head.readUInt32LE(8);
+  if (!head.subarray(0, 8).equals(RECORD_MAGIC) || (format !== 1 && format !== RECORD_FORMAT)) throw bad('no record header');
   if (headHashOf(region.pairId, head).toString('hex') !== point.headHash || head.subarray(HEAD_HASHED, HEAD_HASHED + 32).toString('hex') !== point.headHash) {
     throw bad('header checksum');
   }
   const count = head.readUInt32LE(12);
+  const dataBytes = Number(head.readBigUInt64LE(32));
   const tableBytes = roundUp(count * EXTENT_BYTES, BLOCK);
   const table = native().alignedBuffer(Math.max(tableBytes, BLOCK), BLOCK);
   if (tableBytes > 0) readSync(region, table, tableBytes, point.offsetBytes + BLOCK);
   if (!sha256(table.subarray(0, count * EXTENT_BYTES)).equals(head.subarray(40, 72))) throw bad('extent table checksum');
-  const dataStart = region.startBytes + point.offsetBytes + BLOCK + tableBytes;
+  let chunkHashes: Buffer | null = null;
+  let hashBytes = 0;
+  if (format === RECORD_FORMAT) {
+    hashBytes = chunkHashBytes(dataBytes);
+    const hashes = native().alignedBuffer(Math.max(hashBytes, BLOCK), BLOCK);
+    if (hashBytes > 0) readSync(region, hashes, hashBytes, point.offsetBytes + BLOCK + tableBytes);
+    chunkHashes = Buffer.from(hashes.subarray(0, Math.ceil(dataBytes / CHUNK_BYTES) * CHUNK_HASH_BYTES));
+    if (!sha256(chunkHashes).equals(head.subarray(72, 104))) throw bad('chunk hash table checksum');
+  }
+  const dataStartBytes = region.startBytes + point.offsetBytes + BLOCK + tableBytes + hashBytes;
   const extents: UndoExtent[] = [];
   let off = 0;
   for (let i = 0; i < count; i++) {
     const s = Number(table.readBigUInt64LE(i * EXTENT_BYTES));
     const n = Number(table.readBigUInt64LE(i * EXTENT_BYTES + 8));
-    extents.push({ startSector: s, endSector: s + n, driveBytes: dataStart + off });
+    extents.push({ startSector: s, endSector: s + n, driveBytes: dataStartBytes + off });
     off += n * SECTOR;
   }
-  if (off !== Number(head.readBigUInt64LE(32))) throw bad('data length');
-  return { extents, head, dataStart, dataBytes: off };
+  if (off !== dataBytes) throw bad('data length');
+  return { extents, dataStartBytes, dataBytes, chunkHashes, dataHash: Buffer.from(head.subarray(72, 104)) };
+}
+
+/**
+ * The layouts of `records`, verified up to their data; a record without
+ * chunk hashes (format 1) has its data read and checked whole, since a
+ * reader could not check the part it reads.
+ */
+export async function readUndoLayouts(region: HistoryRegion, records: UndoRecord[]): Promise<UndoLayout[]> {
+  const out: UndoLayout[] = [];
+  for (const r of records) {
+    const layout = readUndoLayout(region, r);
+    if (!layout.chunkHashes) await verifyUndoData(region, r, layout);
+    out.push(layout);
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------

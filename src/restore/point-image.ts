@@ -3,7 +3,9 @@
 // oldest generation at or after the point that holds it), served by nbdkit
 // (a small Python plugin reading the DPSR drive through a map), exposed as a
 // file by nbdfuse, and as a read-only loop device by losetup -r: the device
-// diff and restore then mount like the drive itself. Nothing is written to
+// diff and restore then mount like the drive itself. The records' data is
+// checked as it is read, a 64 KiB chunk at a time against the record's chunk
+// hashes, so opening a point reads no record whole. Nothing is written to
 // the DPSR drive; everything is undone in close(), on exit and on signals.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -14,23 +16,40 @@ import { DpsrError, RefusedError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { SECTOR } from '../base/units.js';
 import { openDriveIo } from '../drive/remote-drive.js';
-import { historyRegionOf, readUndoExtents, recordsOf } from '../drive/history-region.js';
+import { UNDO_CHUNK_BYTES, historyRegionOf, readUndoExtents, readUndoLayouts, recordsOf } from '../drive/history-region.js';
 import type { PairRecord } from '../state/records.js';
 import { tracked, withDriveDevice } from './image-mount.js';
 import { type PointsOwner, type RestorePoint, choosePoint, pointsOf, readHistoryOf } from './restore-points.js';
 import { execFileSync } from 'node:child_process';
 
-const PLUGIN = `import bisect, builtins, json, os
+const PLUGIN = `import bisect, builtins, errno, hashlib, json, os
 import nbdkit
 API_VERSION = 2
 cfg = {}
+verified = set()
 def config(key, value): cfg[key] = value
 def config_complete():
-    global size, segs, starts
+    global size, segs, starts, chunks, chunk_starts, chunk_bytes
     with builtins.open(cfg['map']) as f:
         m = json.load(f)
     size, segs = m['sizeBytes'], m['segments']
     starts = [s[0] for s in segs]
+    chunks, chunk_bytes = m['chunks'], m['chunkBytes']
+    chunk_starts = [c[0] for c in chunks]
+def check(h, src, n):
+    # The record holding drive bytes [src, src + n): each chunk they touch, read and hashed once.
+    i = bisect.bisect_right(chunk_starts, src) - 1
+    if i < 0 or src >= chunks[i][0] + chunks[i][1]:
+        return
+    start, length, hashes = chunks[i]
+    for c in range((src - start) // chunk_bytes, (src + n - 1 - start) // chunk_bytes + 1):
+        if (i, c) in verified:
+            continue
+        at = start + c * chunk_bytes
+        if hashlib.sha256(os.pread(h, min(chunk_bytes, length - c * chunk_bytes), at)).hexdigest() != hashes[c]:
+            nbdkit.set_error(errno.EIO)
+            raise RuntimeError('undo record damaged: drive bytes %d-%d do not match their checksum' % (at, at + chunk_bytes))
+        verified.add((i, c))
 def thread_model(): return nbdkit.THREAD_MODEL_PARALLEL
 def open(readonly): return os.open(cfg['drive'], os.O_RDONLY)
 def close(h): os.close(h)
@@ -44,6 +63,7 @@ def pread(h, buf, offset, flags):
         i = bisect.bisect_right(starts, at) - 1
         if i >= 0 and at < segs[i][1]:
             take, src = min(n - pos, segs[i][1] - at), segs[i][2] + (at - segs[i][0])
+            check(h, src, take)
         else:
             end = starts[i + 1] if i + 1 < len(starts) else size
             take, src = min(n - pos, end - at), at
@@ -74,20 +94,27 @@ export function overlay(records: Array<Array<{ startSector: number; endSector: n
   return out.sort((p, q) => p[0] - q[0]);
 }
 
+/** A record's data whose reader checks it: [driveBytes, lengthBytes, SHA-256 (hex) of each UNDO_CHUNK_BYTES]. */
+export type CheckedData = [number, number, string[]];
+
 /** A point's image as a map: where each of its bytes is on the drive, and which sectors differ from the current image. */
 export interface PointOverlay {
   point: RestorePoint;
   segments: Segment[];
   /** The sectors the point's image may hold differently from the current one: every later record's extents. */
   changed: ExtentSet;
+  /** With verify 'as-read': the records' data the reader must check (by its chunk hashes) as it reads it. */
+  checkAsRead: CheckedData[];
 }
 
 /**
  * The point `at` names and its overlay, from the records of the point and
- * every later one, verified (with `verifyData`, their data too). Call it
- * holding the drive lock (no sync may change the drive meanwhile).
+ * every later one, verified up to their data; their data too, read whole
+ * ('all'), or left to the reader to check chunk by chunk ('as-read': a
+ * record without chunk hashes is read whole then). Call it holding the
+ * drive lock (no sync may change the drive meanwhile).
  */
-export async function pointOverlay(pair: PointsOwner, at: string, verifyData: boolean): Promise<PointOverlay> {
+export async function pointOverlay(pair: PointsOwner, at: string, verify: 'none' | 'as-read' | 'all'): Promise<PointOverlay> {
   const index = readHistoryOf(pair);
   const point = choosePoint(pair, pointsOf(pair, index), at);
   // Oldest first; each point's own record, then those it carries for dropped newer points.
@@ -96,11 +123,22 @@ export async function pointOverlay(pair: PointsOwner, at: string, verifyData: bo
   try {
     const region = historyRegionOf(drive, pair, pair.id)!;
     const extents = [];
-    for (const r of records) extents.push(await readUndoExtents(region, r, verifyData));
+    const checkAsRead: CheckedData[] = [];
+    if (verify === 'as-read') {
+      for (const l of await readUndoLayouts(region, records)) {
+        extents.push(l.extents);
+        if (l.chunkHashes && l.dataBytes > 0) {
+          const hashes = Array.from({ length: l.chunkHashes.length / 32 }, (_, i) => l.chunkHashes!.subarray(i * 32, i * 32 + 32).toString('hex'));
+          checkAsRead.push([l.dataStartBytes, l.dataBytes, hashes]);
+        }
+      }
+    } else {
+      for (const r of records) extents.push(await readUndoExtents(region, r, verify === 'all'));
+    }
     const segments = overlay(extents, pair.dataSectors);
     const changed = new ExtentSet();
     for (const [a, b] of segments) changed.add(a / SECTOR, b / SECTOR);
-    return { point, segments, changed };
+    return { point, segments, changed, checkAsRead: checkAsRead.sort((x, y) => x[0] - y[0]) };
   } finally {
     drive.close();
   }
@@ -121,14 +159,14 @@ export interface PointImage {
  * holding the drive lock (no sync may change the drive meanwhile).
  */
 export async function openPointImage(pair: PointsOwner, at: string): Promise<PointImage> {
-  const { point, segments, changed } = await pointOverlay(pair, at, true);
+  const { point, segments, changed, checkAsRead } = await pointOverlay(pair, at, 'as-read');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dpsr-point-'));
   const mnt = path.join(dir, 'mnt');
   const file = path.join(mnt, 'image');
   const pidFile = path.join(dir, 'nbdfuse.pid');
   fs.mkdirSync(mnt);
   fs.writeFileSync(path.join(dir, 'plugin.py'), PLUGIN);
-  fs.writeFileSync(path.join(dir, 'map.json'), JSON.stringify({ sizeBytes: pair.dataSectors * SECTOR, segments }));
+  fs.writeFileSync(path.join(dir, 'map.json'), JSON.stringify({ sizeBytes: pair.dataSectors * SECTOR, segments, chunks: checkAsRead, chunkBytes: UNDO_CHUNK_BYTES }));
   const log = fs.openSync(path.join(dir, 'server.log'), 'w');
   const server = spawn('nbdfuse', ['-r', '-P', pidFile, file, '--command', 'nbdkit', '-s', '-r', 'python', path.join(dir, 'plugin.py'),
     `map=${path.join(dir, 'map.json')}`, `drive=${pair.drive.path}`], { stdio: ['ignore', 'ignore', log] });

@@ -55,13 +55,13 @@ async function revertLocked(s: Session, req: RevertRequest): Promise<RevertRepor
   const { pair, range } = ownedPair(s, req.name);
   // Refusals (the drive, no history, no such point) before the drive is opened for writing: bad input writes nothing.
   openCheckedDrive(pair, false).io.close();
-  const first = pendingTxnOf(pair, null) ? null : await pointOverlay(pair, req.at, false); // a pending transaction's image may be the one named
-  if (req.dryRun) return plan(pair, first ?? await pointOverlay(pair, req.at, false), req, startedMs);
+  const first = pendingTxnOf(pair, null) ? null : await pointOverlay(pair, req.at, 'none'); // a pending transaction's image may be the one named
+  if (req.dryRun) return plan(pair, first ?? await pointOverlay(pair, req.at, 'none'), req, startedMs);
   const drive = await openRecoveredDrive(s, pair, range); // an interrupted sync's transaction first: its image is the one replaced
   try {
     const region = journalRegionOf(drive.io, pair, pair.id);
     if (!region) throw new RefusedError(`pair ${pair.name} has no journal (paired with --no-reserve): a revert goes through it to be crash-safe; nothing written`, 'ENOJOURNAL');
-    const overlay = await pointOverlay(pair, req.at, true);
+    const overlay = await pointOverlay(pair, req.at, 'all');
     const report = plan(pair, overlay, req, startedMs);
     if (overlay.point.current) return report;
     const entries = pieces(overlay.segments);

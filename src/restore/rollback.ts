@@ -435,7 +435,7 @@ async function rollbackFrom(s: Session, req: RollbackRequest, pair: PairRecord, 
       let p: RestorePoint;
       if (req.dryRun && txn) {
         // A committed transaction not yet applied: plan from the records' extents and its own (applied, its undo is one more record).
-        ({ point: p, changed } = await pointOverlay(pair, req.at, false));
+        ({ point: p, changed } = await pointOverlay(pair, req.at, 'none'));
         changed.addSet(txn.targetExtents());
       } else {
         pointImage = await openPointImage({ ...pair, drive: { ...pair.drive, path: localDrive } }, req.at);
@@ -581,7 +581,7 @@ export async function rollbackFromDrive(req: DriveRollbackRequest): Promise<Roll
     let pointAt = { image, imageTimeMs };
     if (req.at !== undefined) {
       const owner = pointsOwnerOfLabel(txn && !req.dryRun ? readLabel(drive)! : l, driveDev.path);
-      const p = req.dryRun ? (await pointOverlay(owner, req.at, false)).point : (pointImage = await openPointImage(owner, req.at)).point;
+      const p = req.dryRun ? (await pointOverlay(owner, req.at, 'none')).point : (pointImage = await openPointImage(owner, req.at)).point;
       checkWhole(l.pairName, p.image);
       point = { generation: p.generation, label: p.label };
       pointAt = { image: p.image, imageTimeMs: p.timeMs };
