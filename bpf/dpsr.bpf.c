@@ -33,6 +33,10 @@ const volatile __u32 malformed_every_n = 0;
 __u64 records_made = 0;
 /* Off only to stand in for a version without the issue log (tests). */
 const volatile bool log_issues = true;
+/* Entries of the tag-indexed log per disk: 0 logs every request in the hash
+ * (as v4 did; tests), fewer than DPSR_TAGS_PER_DISK sends the tags beyond to
+ * the hash (tests). */
+const volatile __u32 tags_per_disk = DPSR_TAGS_PER_DISK;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -104,6 +108,14 @@ struct {
 	__type(key, __u64);
 	__type(value, struct dpsr_issued);
 } issued SEC(".maps");
+
+/* The issue log's fast path (dpsr.h): by disk and tag, pinned from v5 on. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DPSR_MAX_SLOTS * DPSR_TAGS_PER_DISK);
+	__type(key, __u32);
+	__type(value, struct dpsr_tag_entry);
+} issued_by_tag SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -511,17 +523,101 @@ static __always_inline void log_missed(__u64 rq, const struct dpsr_issued *e)
 }
 
 /*
+ * Where a request's use is logged: its entry in `issued_by_tag` (tag), or
+ * else in `issued` under its address (key). The index is the request's tag
+ * on its hardware queue (queue_num * nr_tags + tag: unique among the disk's
+ * requests in flight), inside its disk's share of the array.
+ */
+struct log_ref {
+	struct dpsr_tag_entry *tag;
+	__u64 key;
+};
+
+static __always_inline struct log_ref log_ref_of(struct request *rq, __u32 slot_mask)
+{
+	struct log_ref ref = { .tag = NULL, .key = (__u64)rq };
+	struct blk_mq_hw_ctx *hctx = rq->mq_hctx;
+	struct blk_mq_tags *tags;
+	__u32 index;
+	int tag = rq->internal_tag;
+
+	if (!tags_per_disk || !slot_mask || !hctx)
+		return ref;
+	if (tag >= 0) {
+		tags = hctx->sched_tags;
+	} else {
+		tag = rq->tag;
+		tags = hctx->tags;
+	}
+	if (tag < 0 || !tags)
+		return ref;
+	index = hctx->queue_num * tags->nr_tags + (__u32)tag;
+	if (index >= tags_per_disk || index >= DPSR_TAGS_PER_DISK)
+		return ref;
+	index += only_bit(slot_mask & -slot_mask) * DPSR_TAGS_PER_DISK;
+	ref.tag = bpf_map_lookup_elem(&issued_by_tag, &index);
+	return ref;
+}
+
+/* The entry of this request, if logged (false: none). */
+static __always_inline bool log_get(const struct log_ref *ref, struct dpsr_issued *e)
+{
+	struct dpsr_issued *p;
+
+	if (ref->tag) {
+		if (ref->tag->rq != ref->key || !ref->tag->e.sectors)
+			return false;
+		*e = ref->tag->e;
+		return true;
+	}
+	p = bpf_map_lookup_elem(&issued, &ref->key);
+	if (!p)
+		return false;
+	*e = *p;
+	return true;
+}
+
+/* Rewrites a tag entry between two bumps of its sequence word. */
+static __always_inline void tag_write(struct dpsr_tag_entry *t, __u64 rq, const struct dpsr_issued *e)
+{
+	__u64 seq = READ_ONCE(t->seq);
+
+	WRITE_ONCE(t->seq, seq + 1);
+	asm volatile("" ::: "memory");
+	t->rq = rq;
+	t->e = *e;
+	asm volatile("" ::: "memory");
+	WRITE_ONCE(t->seq, seq + 2);
+}
+
+/* Replaces this request's entry with `e`, or removes it (NULL). */
+static __always_inline void log_put(const struct log_ref *ref, const struct dpsr_issued *e)
+{
+	struct dpsr_issued none = {};
+
+	if (ref->tag)
+		tag_write(ref->tag, e ? ref->key : 0, e ? e : &none);
+	else if (!e)
+		bpf_map_delete_elem(&issued, &ref->key);
+	else if (bpf_map_update_elem(&issued, &ref->key, e, BPF_ANY))
+		log_full();
+}
+
+/*
  * At issue: logs this use of the request, unless it has no range to place
  * (passthrough; zone append, written where the device chooses) or no data.
- * A request still logged lost the completion of its previous use (a request
+ * An entry still there lost the completion of its previous use (a request
  * is reused only once completed), unless it was requeued and is issued again
- * as it was. The common case, no entry, costs one update.
+ * as it was; a tag entry of another request lost its completion too (the
+ * tags were reallocated). The common case costs one store (a tag) or one
+ * update (the hash).
  */
 static __always_inline void log_issue(const struct req_ctx *q, struct request *rq, __u64 sector, __u32 bytes)
 {
-	__u64 key = (__u64)rq;
-	struct dpsr_issued *old, e = {}, lost;
+	struct log_ref ref = log_ref_of(rq, q->slot_mask);
+	struct dpsr_issued e = {}, lost;
 	bool loggable = q->op != REQ_OP_ZONE_APPEND && is_ranged_write(q->op) && bytes >= 512;
+	__u64 owner = ref.key;
 	long err = -EEXIST;
 
 	if (loggable) {
@@ -532,24 +628,31 @@ static __always_inline void log_issue(const struct req_ctx *q, struct request *r
 		e.op = q->op;
 		e.flags = (q->op == REQ_OP_DISCARD || q->op == REQ_OP_SECURE_ERASE) &&
 			  rq->nr_phys_segments > 1 ? DPSR_ISSUED_UNPLACED : 0;
-		err = bpf_map_update_elem(&issued, &key, &e, BPF_NOEXIST);
-		if (!err)
-			return;
+		if (!ref.tag) {
+			err = bpf_map_update_elem(&issued, &ref.key, &e, BPF_NOEXIST);
+			if (!err)
+				return;
+		}
 	}
 	if (err != -EEXIST) {
 		log_full();
 		return;
 	}
-	old = bpf_map_lookup_elem(&issued, &key);
-	if (old) {
-		lost = *old;
-		if (!(lost.flags & DPSR_ISSUED_REQUEUED) || lost.sector != sector || lost.sectors != bytes >> 9)
-			log_missed(key, &lost);
+	if (ref.tag) {
+		owner = ref.tag->rq;
+		lost = ref.tag->e;
+		if (!owner || !lost.sectors) {
+			if (loggable)
+				tag_write(ref.tag, ref.key, &e);
+			return;
+		}
+	} else if (!log_get(&ref, &lost)) {
+		lost.sectors = 0;
 	}
-	if (!loggable)
-		bpf_map_delete_elem(&issued, &key);
-	else if (bpf_map_update_elem(&issued, &key, &e, BPF_ANY))
-		log_full();
+	if (lost.sectors && (owner != ref.key || !(lost.flags & DPSR_ISSUED_REQUEUED) ||
+			     lost.sector != sector || lost.sectors != bytes >> 9))
+		log_missed(owner, &lost);
+	log_put(&ref, loggable ? &e : NULL);
 }
 
 /*
@@ -559,21 +662,21 @@ static __always_inline void log_issue(const struct req_ctx *q, struct request *r
  * as missed and removed (returns false). If it starts later, a partial
  * completion was lost: that part is logged as missed and the entry advanced.
  */
-static __always_inline bool log_continues(__u64 key, struct dpsr_issued *e, struct request *rq)
+static __always_inline bool log_continues(const struct log_ref *ref, struct dpsr_issued *e, struct request *rq)
 {
 	__u64 pos = rq->__sector;
 	__u64 left = rq->__data_len >> 9;
 	struct dpsr_issued lost;
 
 	if (pos + left != e->sector + e->sectors || pos < e->sector) {
-		log_missed(key, e);
-		bpf_map_delete_elem(&issued, &key);
+		log_missed(ref->key, e);
+		log_put(ref, NULL);
 		return false;
 	}
 	if (pos > e->sector) {
 		lost = *e;
 		lost.sectors = pos - e->sector;
-		log_missed(key, &lost);
+		log_missed(ref->key, &lost);
 		e->sector = pos;
 		e->sectors = left;
 	}
@@ -581,25 +684,23 @@ static __always_inline bool log_continues(__u64 key, struct dpsr_issued *e, stru
 }
 
 /* At completion: the last one removes the entry, a partial one advances it. */
-static __always_inline void log_complete(struct request *rq, __u32 nr_bytes)
+static __always_inline void log_complete(struct request *rq, __u32 slot_mask, __u32 nr_bytes)
 {
-	__u64 key = (__u64)rq;
-	struct dpsr_issued *p = bpf_map_lookup_elem(&issued, &key);
+	struct log_ref ref = log_ref_of(rq, slot_mask);
 	struct dpsr_issued e;
 	__u32 done = nr_bytes >> 9;
 
-	if (!p)
+	if (!log_get(&ref, &e))
 		return;
-	e = *p;
-	if (!log_continues(key, &e, rq))
+	if (!log_continues(&ref, &e, rq))
 		return;
 	if (done >= e.sectors) {
-		bpf_map_delete_elem(&issued, &key);
+		log_put(&ref, NULL);
 		return;
 	}
 	e.sector += done;
 	e.sectors -= done;
-	bpf_map_update_elem(&issued, &key, &e, BPF_EXIST);
+	log_put(&ref, &e);
 }
 
 SEC("tp_btf/block_rq_complete")
@@ -617,7 +718,7 @@ int BPF_PROG(dpsr_complete, struct request *rq, blk_status_t error, unsigned int
 	/* this completion's bytes, not the request's */
 	place_request(&w, rq, nr_bytes);
 	if (log_issues)
-		log_complete(rq, nr_bytes);
+		log_complete(rq, w.q.slot_mask, nr_bytes);
 	return 0;
 }
 
@@ -627,19 +728,18 @@ SEC("tp_btf/block_rq_requeue")
 int BPF_PROG(dpsr_requeue, struct request *rq)
 {
 	struct walk_ctx w = {};
-	struct dpsr_issued *p, e;
-	__u64 key = (__u64)rq;
+	struct log_ref ref;
+	struct dpsr_issued e;
 
 	if (!log_issues || !start_request(&w, rq))
 		return 0;
-	p = bpf_map_lookup_elem(&issued, &key);
-	if (!p)
+	ref = log_ref_of(rq, w.q.slot_mask);
+	if (!log_get(&ref, &e))
 		return 0;
-	e = *p;
-	if (!log_continues(key, &e, rq))
+	if (!log_continues(&ref, &e, rq))
 		return 0;
 	e.flags |= DPSR_ISSUED_REQUEUED;
-	bpf_map_update_elem(&issued, &key, &e, BPF_EXIST);
+	log_put(&ref, &e);
 	return 0;
 }
 

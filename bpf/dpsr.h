@@ -101,6 +101,24 @@ struct dpsr_issued {
 	__u32 pad;
 };
 
+/*
+ * The issue log's fast path (v5 on): an array indexed by the request's tag.
+ * A request is the same static object for each tag (internal_tag under an
+ * I/O scheduler, the driver tag without one) of each hardware queue, so its
+ * entry is found by index instead of hashed by address. A disk's entries are
+ * the DPSR_TAGS_PER_DISK from its lowest slot's index times that; a request
+ * whose tag lies beyond, or has none, is logged in `issued` as before. The
+ * programs bump `seq` to odd before they rewrite an entry and to even after,
+ * so user space can tell a torn copy.
+ */
+#define DPSR_TAGS_PER_DISK	1024
+
+struct dpsr_tag_entry {
+	__u64 seq;		/* odd while being rewritten */
+	__u64 rq;		/* the request's address (the `missed` key's rq); 0: empty */
+	struct dpsr_issued e;	/* as in `issued` */
+};
+
 /* One lost completion: its request, its issue, its first unseen sector
  * (a request can lose a partial completion and later its last one). */
 struct dpsr_missed_key {

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   BITMAP_WORDS, CONSUMER_OWNER, ISSUED_ENTRIES, ISSUED_REQUEUED, ISSUED_UNPLACED, Layout, MAX_RINGS, MAX_SLOTS, MISSED_ENTRIES,
-  REC_ERROR, REC_UNKNOWN, chunkShiftFor, decodeBitmap, decodeIssued, decodeMissed, forEachRecord,
+  REC_ERROR, REC_UNKNOWN, TAGS_PER_DISK, chunkShiftFor, decodeBitmap, decodeIssued, decodeMissed, decodeTagEntries, forEachRecord,
 } from '../src/kernel/kernel-abi.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -27,13 +27,14 @@ function headerFacts(): Record<string, number> {
     dpsr_issued: ['sector', 'issued_ns', 'dev', 'sectors', 'op', 'flags'],
     dpsr_missed_key: ['rq', 'issued_ns', 'sector'],
     dpsr_log_stats: ['full'],
+    dpsr_tag_entry: ['seq', 'rq', 'e'],
   };
   const lines = Object.entries(fields).flatMap(([s, fs_]) => [
     `printf("${s}=%zu\\n", sizeof(struct ${s}));`,
     ...fs_.map((f) => `printf("${s}.${f}=%zu\\n", offsetof(struct ${s}, ${f}));`),
   ]);
   const consts = ['DPSR_MAX_SLOTS', 'DPSR_MAX_RINGS', 'DPSR_BITMAP_WORDS', 'DPSR_REC_UNKNOWN', 'DPSR_REC_ERROR', 'DPSR_CONSUMER_OWNER',
-    'DPSR_ISSUED_ENTRIES', 'DPSR_MISSED_ENTRIES', 'DPSR_ISSUED_UNPLACED', 'DPSR_ISSUED_REQUEUED'];
+    'DPSR_ISSUED_ENTRIES', 'DPSR_MISSED_ENTRIES', 'DPSR_ISSUED_UNPLACED', 'DPSR_ISSUED_REQUEUED', 'DPSR_TAGS_PER_DISK'];
   const src = `#include <stddef.h>\n#include <stdio.h>\n#include <linux/types.h>\n#include "dpsr.h"\nint main(void) {\n${lines.join('\n')}\n${consts.map((c) => `printf("${c}=%d\\n", ${c});`).join('\n')}\nreturn 0; }\n`;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dpsr-abi-'));
   try {
@@ -63,6 +64,8 @@ test('every layout and constant matches bpf/dpsr.h', () => {
   check('dpsr_issued', Layout.issued, { sector: 'sector', issuedNs: 'issued_ns', dev: 'dev', sectors: 'sectors', op: 'op', flags: 'flags' });
   check('dpsr_missed_key', Layout.missedKey, { rq: 'rq', issuedNs: 'issued_ns', sector: 'sector' });
   check('dpsr_log_stats', Layout.logStats, { full: 'full' });
+  check('dpsr_tag_entry', Layout.tagEntry, { seq: 'seq', rq: 'rq', issued: 'e' });
+  assert.is(TAGS_PER_DISK, h.DPSR_TAGS_PER_DISK);
   assert.is(ISSUED_ENTRIES, h.DPSR_ISSUED_ENTRIES);
   assert.is(MISSED_ENTRIES, h.DPSR_MISSED_ENTRIES);
   assert.is(ISSUED_UNPLACED, h.DPSR_ISSUED_UNPLACED);
@@ -96,6 +99,24 @@ test('an issued entry and the same write as a lost one decode to one id', () => 
   const a = decodeIssued(rq, v), b = decodeMissed(key, v);
   assert.is(a.id, b.id);
   assert.equal([a.startSector, a.endSector, a.dev, a.op, a.issuedNs], [0x1_0000_0008, 0x1_0000_0018, (7 << 20) | 3, 1, 123_456_789_012n]);
+});
+
+test('tag entries: one two copies agree on decodes under its request\'s id; an empty, a torn or a moving one is left out', () => {
+  const T = Layout.tagEntry;
+  const entry = (seq: bigint, rq: bigint, sector: bigint, sectors: number) => {
+    const b = Buffer.alloc(T.size);
+    b.writeBigUInt64LE(seq, T.seq); b.writeBigUInt64LE(rq, T.rq);
+    b.writeBigUInt64LE(sector, T.issued + Layout.issued.sector); b.writeBigUInt64LE(99n, T.issued + Layout.issued.issuedNs);
+    b.writeUInt32LE(sectors, T.issued + Layout.issued.sectors);
+    return b;
+  };
+  const first = Buffer.concat([entry(4n, 0xffff_8880_1234_5678n, 8n, 16), entry(2n, 0n, 0n, 0), entry(7n, 0xabcdn, 64n, 8), entry(2n, 0xbeefn, 128n, 8)]);
+  const second = Buffer.concat([entry(4n, 0xffff_8880_1234_5678n, 8n, 16), entry(2n, 0n, 0n, 0), entry(7n, 0xabcdn, 64n, 8), entry(4n, 0xbeefn, 136n, 8)]);
+  const got = decodeTagEntries(first, second);
+  assert.is(got.length, 1, 'the settled entry alone');
+  const rq = Buffer.alloc(8); rq.writeBigUInt64LE(0xffff_8880_1234_5678n);
+  assert.is(got[0].id, decodeIssued(rq, first.subarray(T.issued, T.issued + Layout.issued.size)).id, 'named as in the hash and in missed');
+  assert.equal([got[0].startSector, got[0].endSector], [8, 24]);
 });
 
 test('bitmaps decode to chunk numbers; chunk size fits the range', () => {

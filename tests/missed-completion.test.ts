@@ -1,7 +1,11 @@
 // A completion the programs never saw (made on purpose by the test-only knob
 // skip_every_n) costs about what it missed: the issue log places the count's
 // shortfall at the writes issued and never seen completed, and only they are
-// compared. When the log cannot tell (full), the fallback is today's.
+// compared. When the log cannot tell (full), the fallback is today's. The log
+// keeps a request's entry by its tag (issued_by_tag) or, for a tag beyond the
+// disk's share, by its address (issued): both are tried here.
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import crypto from 'node:crypto';
@@ -10,6 +14,7 @@ import { resolveBlockDevice } from '../src/devices/devices.js';
 import { ExtentSet } from '../src/base/extents.js';
 import { native } from '../src/base/native.js';
 import { type RangeState, Tracker } from '../src/kernel/tracker.js';
+import type { KernelTracking } from '../src/kernel/tracking.js';
 import { Fixture, ddDirect, eachTestFreshCli, randomFill, runDpsrOk, sha256Of } from './helpers/fixture.js';
 
 const MiB = 1 << 20;
@@ -70,11 +75,41 @@ test('a sync after lost completions compares only the writes they lost, and the 
   assert.is(sha256Of(drive, bytes), sha256Of(source));
 });
 
-test('the shortfall is placed exactly at the lost writes, confirms the rest, and the next count is exact', async () => {
-  const dev = fx.loop(64);
-  const { tracker, range } = await tracked(dev, { skipEveryN: 5 });
-  const written = new ExtentSet();
-  for (let i = 0; i < 20; i++) written.add(...ddDirect(dev, i * 2048, 8));
+/** How many entries a pinned hash map of the log holds now (bpftool, from outside). */
+function entriesIn(kt: KernelTracking, map: 'issued' | 'issued_by_tag'): number {
+  const dump = JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', path.join(kt.pinDir, map), '--json'], { encoding: 'utf8', maxBuffer: 64 << 20 })) as Array<{ value: number[] | string[] }>;
+  if (map === 'issued') return dump.length;
+  return dump.filter((e) => e.value.slice(16, 48).some((b) => Number(b) !== 0)).length; // a logged write: its dpsr_issued part
+}
+
+/** Sets the loop device's I/O scheduler (under one, a request's tag is its internal_tag), back to none at cleanup. */
+function useScheduler(dev: string, scheduler: string): void {
+  const file = `/sys/block/${path.basename(dev)}/queue/scheduler`;
+  fs.writeFileSync(file, scheduler);
+  fx.defer('scheduler back to none', () => fs.writeFileSync(file, 'none'));
+}
+
+const LOGS = [
+  ['by tag', {}, 'none'],
+  ['by tag, under mq-deadline (the scheduler\'s tags)', {}, 'mq-deadline'],
+  ['by tag for the first 64 tags, by address beyond', { tagsPerDisk: 64 }, 'none'],
+] as const;
+for (const [how, knobs, scheduler] of LOGS) {
+  test(`the shortfall is placed exactly at the lost writes, confirms the rest, and the next count is exact (log ${how})`, async () => {
+    const dev = fx.loop(64);
+    useScheduler(dev, scheduler);
+    const { kt, tracker, range } = await tracked(dev, { skipEveryN: 5, ...knobs });
+    const written = new ExtentSet();
+    for (let i = 0; i < 20; i++) written.add(...ddDirect(dev, i * 2048, 8));
+    const [byTag, byAddress] = [entriesIn(kt, 'issued_by_tag'), entriesIn(kt, 'issued')];
+    console.log(`  log ${how}: 4 lost completions, ${byTag} logged by tag, ${byAddress} by address`);
+    assert.is(byTag + byAddress, 4, 'the 4 lost writes logged');
+    if (!('tagsPerDisk' in knobs)) assert.is(byAddress, 0, 'all by tag');
+    await placedExactly(tracker, range, written);
+  });
+}
+
+async function placedExactly(tracker: Tracker, range: RangeState, written: ExtentSet) {
   await tracker.cycle();
   const missed = unseen(written, range);
   assert.is(missed.totalSectors, 32, 'records alone miss 4 writes');
@@ -84,7 +119,7 @@ test('the shortfall is placed exactly at the lost writes, confirms the rest, and
   assert.ok(range.unreconciled.isEmpty, 'the placed count confirms the other regions');
   assert.match(range.gaps.find((g) => g.cause === 'shortfall')!.detail, /placed at 4 writes issued and never seen completed \(32 sectors\)/);
   assert.is((await tracker.reconcile()).get(range)?.kind, 'exact');
-});
+}
 
 test('a lost completion whose request is never issued again is placed from the log of writes in flight', async () => {
   const dev = fx.loop(64);
@@ -99,7 +134,7 @@ test('a lost completion whose request is never issued again is placed from the l
 
 test('a full issue log falls back to the regions written since the last exact count', async () => {
   const dev = fx.loop(64);
-  const { kt, tracker, range } = await tracked(dev, { skipEveryN: 1, issuedEntries: 2, missedEntries: 2 });
+  const { kt, tracker, range } = await tracked(dev, { skipEveryN: 1, issuedEntries: 2, missedEntries: 2, tagsPerDisk: 0 }); // the hash alone
   const written = new ExtentSet();
   for (let i = 0; i < 8; i++) written.add(...ddDirect(dev, i * 4096, 8));
   assert.ok(kt.issueLog()!.full > 0, 'the log overflowed');

@@ -65,7 +65,30 @@ function syncInherits(old: string, source: string, drive: string) {
   return report;
 }
 
-test('v3 -> v4: the old programs\' history is inherited, nothing compared; v4 pins the last write\'s time', () => {
+test('v4 -> v5: the old programs\' history is inherited, nothing compared; v5 pins the issue log by tag', () => {
+  fx.tracking({ pinDir: path.join(root, 'v4'), withoutTagLog: true });
+  const { source, drive } = syncedPairUnder('v4');
+  assert.ok(fs.existsSync(path.join(root, 'v4', 'last_write')), 'v4\'s pins have the last write\'s time');
+  assert.not.ok(fs.existsSync(path.join(root, 'v4', 'issued_by_tag')), 'but not the issue log by tag');
+  const report = syncInherits('v4', source, drive);
+  assert.not.ok(report.gaps.some((g: { cause: string }) => g.cause === 'unknown-history'), 'no gap');
+  assert.is(CURRENT, 'v5');
+  assert.ok(fs.existsSync(path.join(root, CURRENT, 'issued_by_tag')));
+});
+
+test('v4 -> v5 where v4\'s programs skipped completions: v4\'s own issue log places them, only they are compared, the drive ends exact', () => {
+  fx.tracking({ pinDir: path.join(root, 'v4'), withoutTagLog: true, skipEveryN: 5 });
+  const { source, drive } = syncedPairUnder('v4');
+  for (let i = 0; i < 20; i++) ddDirect(source, 2048 + i * 1024, 8); // v4's records miss 4; its hash log holds them
+  const r = as(CURRENT, 'sync', 'p', '--json', '--quiet-period', '0.2');
+  assert.is(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout).syncs[0];
+  assert.is(report.repairedBytes, 4 * 4096, 'exactly the 4 writes v4\'s records missed were repaired');
+  assert.not.ok(fs.existsSync(path.join(root, 'v4')), 'v4 detached');
+  assert.is(sha256Of(drive, 32 * MiB), sha256Of(source, 32 * MiB));
+});
+
+test('v3 -> current: the old programs\' history is inherited, nothing compared; current pins the last write\'s time', () => {
   fx.tracking({ pinDir: path.join(root, 'v3'), withoutLastWrite: true });
   const { source, drive } = syncedPairUnder('v3');
   assert.ok(fs.existsSync(path.join(root, 'v3', 'issued')), 'v3\'s pins have the issue log');
@@ -81,7 +104,7 @@ test('v2 -> current: the old programs\' history is inherited, nothing compared, 
   assert.not.ok(fs.existsSync(path.join(root, 'v2', 'issued')), 'v2\'s pins have no issue log');
   const report = syncInherits('v2', source, drive);
   assert.not.ok(report.gaps.some((g: { cause: string }) => g.cause === 'unknown-history'), 'no gap');
-  for (const pin of ['link_complete', 'link_requeue', 'issued', 'missed', 'log_stats', 'last_write']) assert.ok(fs.existsSync(path.join(root, CURRENT, pin)), `${CURRENT} pinned ${pin}`);
+  for (const pin of ['link_complete', 'link_requeue', 'issued', 'missed', 'log_stats', 'last_write', 'issued_by_tag']) assert.ok(fs.existsSync(path.join(root, CURRENT, pin)), `${CURRENT} pinned ${pin}`);
 });
 
 test('v1 -> current: a version skipped over is inherited the same way', () => {

@@ -25,9 +25,11 @@ namespace {
 const char *const kMapNames[] = {"disks",     "slots",       "slot_stats", "bitmaps",
 				 "control",   "ring_stats",  "epoch_drops", "rings", "consumers"};
 // Maps added after v1, absent from the pins of versions before them: the
-// issue log (v3 on), the last write's time per slot (v4 on).
+// issue log (v3 on), the last write's time per slot (v4 on), the issue
+// log's entries by tag (v5 on).
 const char *const kLogMapNames[] = {"issued", "missed", "log_stats"};
 const char *const kLaterMapNames[] = {"last_write"};
+const char *const kTagMapNames[] = {"issued_by_tag"};
 // The complete link is pinned last: its pin means the set is whole.
 const char kLinkIssue[] = "link_issue";
 const char kLinkRequeue[] = "link_requeue";
@@ -44,6 +46,7 @@ void UnpinAll(const std::string &dir) {
 	for (const char *name : kMapNames) unlink(Join(dir, name).c_str());
 	for (const char *name : kLogMapNames) unlink(Join(dir, name).c_str());
 	for (const char *name : kLaterMapNames) unlink(Join(dir, name).c_str());
+	for (const char *name : kTagMapNames) unlink(Join(dir, name).c_str());
 }
 
 // Settings applied when the programs are loaded; all but the defaults are for tests.
@@ -52,6 +55,8 @@ struct Knobs {
 	uint32_t malformed_every_n = 0;	 // emit every Nth record malformed
 	bool without_issue_log = false;	 // load as a version without the issue log would (v2)
 	bool without_last_write = false; // pin as a version without the last write's time would (v3)
+	bool without_tag_log = false;	 // log every request in the hash, pinned as v4 was
+	int64_t tags_per_disk = -1;	 // -1: the header's; fewer send the tags beyond to the hash
 	uint32_t issued_entries = 0;	 // 0: the header's sizes
 	uint32_t missed_entries = 0;
 };
@@ -85,6 +90,8 @@ int LoadAndPin(const std::string &dir, const Knobs &knobs, std::string &what) {
 	skel->rodata->skip_every_n = knobs.skip_every_n;
 	skel->rodata->malformed_every_n = knobs.malformed_every_n;
 	skel->rodata->log_issues = !knobs.without_issue_log;
+	if (knobs.without_tag_log) skel->rodata->tags_per_disk = 0;
+	else if (knobs.tags_per_disk >= 0) skel->rodata->tags_per_disk = (uint32_t)knobs.tags_per_disk;
 	if (knobs.issued_entries) bpf_map__set_max_entries(skel->maps.issued, knobs.issued_entries);
 	if (knobs.missed_entries) bpf_map__set_max_entries(skel->maps.missed, knobs.missed_entries);
 	bpf_program__set_autoload(skel->progs.dpsr_requeue, !knobs.without_issue_log);
@@ -98,6 +105,8 @@ int LoadAndPin(const std::string &dir, const Knobs &knobs, std::string &what) {
 	if (!err && !knobs.without_issue_log) err = PinMaps(skel, dir, kLogMapNames, sizeof(kLogMapNames) / sizeof(kLogMapNames[0]));
 	if (!err && !knobs.without_issue_log && !knobs.without_last_write)
 		err = PinMaps(skel, dir, kLaterMapNames, sizeof(kLaterMapNames) / sizeof(kLaterMapNames[0]));
+	if (!err && !knobs.without_issue_log && !knobs.without_last_write && !knobs.without_tag_log)
+		err = PinMaps(skel, dir, kTagMapNames, sizeof(kTagMapNames) / sizeof(kTagMapNames[0]));
 	if (err) goto cleanup;
 
 	// Requeue before issue: an issue is never logged without the requeue that clears it.
@@ -123,7 +132,8 @@ cleanup:
 	return err;
 }
 
-// Reads a knob object { skipEveryN, malformedEveryN, withoutIssueLog, withoutLastWrite, issuedEntries, missedEntries },
+// Reads a knob object { skipEveryN, malformedEveryN, withoutIssueLog, withoutLastWrite, withoutTagLog, tagsPerDisk,
+// issuedEntries, missedEntries },
 // or a number (skipEveryN: the form of dpsr before v3, while both are installed side by side).
 bool ReadKnobs(const Napi::Value &v, Knobs &k) {
 	if (v.IsNumber()) {
@@ -142,6 +152,9 @@ bool ReadKnobs(const Napi::Value &v, Knobs &k) {
 	num("missedEntries", k.missed_entries);
 	k.without_issue_log = o.Get("withoutIssueLog").ToBoolean();
 	k.without_last_write = o.Get("withoutLastWrite").ToBoolean();
+	k.without_tag_log = o.Get("withoutTagLog").ToBoolean() || k.without_last_write || k.without_issue_log;
+	Napi::Value tags = o.Get("tagsPerDisk");
+	if (tags.IsNumber()) k.tags_per_disk = tags.As<Napi::Number>().Uint32Value();
 	return true;
 }
 
@@ -196,6 +209,10 @@ Napi::Value Open(const Napi::CallbackInfo &info) {
 		if (fd >= 0) maps.Set(name, Napi::Number::New(env, fd));
 	}
 	for (const char *name : kLaterMapNames) {
+		int fd = bpf_obj_get(Join(dir, name).c_str());
+		if (fd >= 0) maps.Set(name, Napi::Number::New(env, fd));
+	}
+	for (const char *name : kTagMapNames) {
 		int fd = bpf_obj_get(Join(dir, name).c_str());
 		if (fd >= 0) maps.Set(name, Napi::Number::New(env, fd));
 	}

@@ -13,7 +13,7 @@ export interface Settings {
 }
 
 /** Where this version pins its programs: a dpsr whose maps change shape pins under a new name. */
-export const PIN_DIR = '/sys/fs/bpf/dpsr/v4';
+export const PIN_DIR = '/sys/fs/bpf/dpsr/v5';
 
 export function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
   const socketPath = env.DPSR_SOCKET ?? '/run/dpsr/dpsr.sock';

@@ -12,7 +12,7 @@ export interface OpenedTracking {
 export type MapName =
   | 'disks' | 'slots' | 'slot_stats' | 'bitmaps' | 'control'
   | 'ring_stats' | 'epoch_drops' | 'rings' | 'consumers';
-export type LogMapName = 'issued' | 'missed' | 'log_stats' | 'last_write'; // absent from some versions' pins
+export type LogMapName = 'issued' | 'missed' | 'log_stats' | 'last_write' | 'issued_by_tag'; // absent from some versions' pins
 
 /** Settings applied when the programs are loaded; all but the defaults are for tests. */
 export interface LoadKnobs {
@@ -20,6 +20,8 @@ export interface LoadKnobs {
   malformedEveryN?: number; // emit every Nth record malformed
   withoutIssueLog?: boolean; // pin as a version without the issue log (v2) would
   withoutLastWrite?: boolean; // pin as a version without the last write's time (v3) would
+  withoutTagLog?: boolean; // log every request in the hash, pinned as v4 was (without `issued_by_tag`)
+  tagsPerDisk?: number; // the tag-indexed log's entries per disk (default: bpf/dpsr.h); the tags beyond go to the hash
   issuedEntries?: number; // the issue log's sizes (default: bpf/dpsr.h)
   missedEntries?: number;
 }

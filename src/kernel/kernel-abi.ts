@@ -15,6 +15,7 @@ export const ISSUED_ENTRIES = 8192;
 export const MISSED_ENTRIES = 1024;
 export const ISSUED_UNPLACED = 1;
 export const ISSUED_REQUEUED = 2;
+export const TAGS_PER_DISK = 1024;
 
 export const Layout = {
   record: { size: 24, sector: 0, sectors: 8, dev: 12, op: 16, flags: 18, slotMask: 20 },
@@ -27,6 +28,7 @@ export const Layout = {
   control: { size: 8, epoch: 0, ownerClean: 4 },
   issued: { size: 32, sector: 0, issuedNs: 8, dev: 16, sectors: 20, op: 24, flags: 26 },
   missedKey: { size: 24, rq: 0, issuedNs: 8, sector: 16 },
+  tagEntry: { size: 48, seq: 0, rq: 8, issued: 16 },
   logStats: { size: 8, full: 0 },
 } as const;
 
@@ -246,4 +248,27 @@ export function decodeIssued(rq: Buffer, v: Buffer): LoggedWrite {
 
 export function decodeMissed(key: Buffer, v: Buffer): LoggedWrite {
   return decodeLogged(key, v);
+}
+
+/**
+ * The writes two copies of `issued_by_tag` agree on: an entry the programs
+ * were rewriting while either copy was taken (its sequence word odd, or
+ * moved) is left out. That is no write lost: a rewrite either completes the
+ * write or first moves it to `missed`, read after these copies.
+ */
+export function decodeTagEntries(first: Buffer, second: Buffer): LoggedWrite[] {
+  const T = Layout.tagEntry;
+  const out: LoggedWrite[] = [];
+  const n = Math.min(first.length, second.length) / T.size;
+  for (let i = 0; i < n; i++) {
+    const at = i * T.size;
+    const entry = first.subarray(at, at + T.size);
+    const seq = entry.readBigUInt64LE(T.seq);
+    if (seq & 1n || !entry.equals(second.subarray(at, at + T.size))) continue;
+    const rq = entry.subarray(T.rq, T.rq + 8);
+    const v = entry.subarray(T.issued, T.issued + Layout.issued.size);
+    if (rq.readBigUInt64LE(0) === 0n || v.readUInt32LE(Layout.issued.sectors) === 0) continue;
+    out.push(decodeIssued(rq, v));
+  }
+  return out;
 }

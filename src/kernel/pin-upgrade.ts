@@ -1,5 +1,5 @@
 // An upgrade whose BPF maps changed shape pins its programs under a new
-// version directory (/sys/fs/bpf/dpsr/v4 beside v3). The new programs are
+// version directory (/sys/fs/bpf/dpsr/v5 beside v4). The new programs are
 // attached first, so from then on both see every write; then what the old
 // ones hold is taken over: the owner ring's records the old owner had not
 // persisted (exact) and both epochs' bits (coarse: unreconciled, or suspect
@@ -20,11 +20,11 @@ import { KernelTracking, bitsToExtents } from './tracking.js';
  * name it was released with. A new name comes with new maps or new program
  * code (v2: multi-range discards placed per bio; v3: the issue log, its maps
  * beside the others, absent from v1's and v2's pins; v4: the time of each
- * range's last write), so that an upgrade
+ * range's last write; v5: the issue log's entries indexed by request tag), so that an upgrade
  * attaches the new programs and retires the old ones instead of leaving them
  * pinned.
  */
-const READABLE_VERSIONS = new Set(['v1', 'v2', 'v3', 'v4']);
+const READABLE_VERSIONS = new Set(['v1', 'v2', 'v3', 'v4', 'v5']);
 
 /** Other versions' pin directories beside ours that hold attached programs. */
 export function otherPinVersions(pinDir: string): string[] {

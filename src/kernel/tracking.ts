@@ -9,7 +9,7 @@ import {
   BITMAP_BITS, Layout, MAX_RINGS, MAX_SLOTS, CONSUMER_OWNER, type Consumer, type Control, type Slot,
   type SlotStats, chunkShiftFor, decodeBitmap, decodeConsumer, decodeControl, decodeDisk, decodeSlot,
   decodeSlotStats, encodeConsumer, encodeControl, encodeDisk, encodeSlot, sumPerCpu, perCpuStride, u32Key,
-  type LoggedWrite, decodeIssued, decodeMissed,
+  type LoggedWrite, decodeIssued, decodeMissed, decodeTagEntries,
 } from './kernel-abi.js';
 import { type LoadKnobs, type LogMapName, type MapName, type RingReader, native } from '../base/native.js';
 
@@ -48,6 +48,7 @@ const EXPECTED_VALUE_SIZES: Partial<Record<MapName | LogMapName, number>> = {
   missed: Layout.issued.size,
   log_stats: Layout.logStats.size,
   last_write: 8,
+  issued_by_tag: Layout.tagEntry.size,
 };
 
 /** /proc/PID/stat field 22, to tell a live consumer from a reused pid. */
@@ -391,7 +392,7 @@ export class KernelTracking {
     const full = this.issueLogFull();
     if (full === null) return null;
     // `issued` first: an entry moving to `missed` meanwhile is then seen in one of them (or both, under one id).
-    const issued = this.logged('issued', 8, decodeIssued);
+    const issued = [...this.loggedByTag(), ...this.logged('issued', 8, decodeIssued)];
     return { missed: this.missedWrites(), issued, full };
   }
 
@@ -404,6 +405,14 @@ export class KernelTracking {
   /** The lost completions the log holds. */
   missedWrites(): LoggedWrite[] {
     return this.hasIssueLog ? this.logged('missed', Layout.missedKey.size, decodeMissed) : [];
+  }
+
+  /** The tag-indexed entries (v5 on), read twice so that none is torn. */
+  private loggedByTag(): LoggedWrite[] {
+    const fd = this.maps.issued_by_tag;
+    if (fd === undefined) return [];
+    const copy = () => native().mapDump(fd, 4, Layout.tagEntry.size).values;
+    return decodeTagEntries(copy(), copy());
   }
 
   private logged(map: 'issued' | 'missed', keySize: number, decode: (k: Buffer, v: Buffer) => LoggedWrite): LoggedWrite[] {

@@ -6,6 +6,7 @@
  *   node dist/tools/bench/tracking.js [--rounds N] [--seconds S] [--rate IOPS]
  *     [--size-mib M] [--ring-mib M] [--timer-ms T] [--retries N] [--noise-cpus C] [--nice N]
  *     [--without-issue-log]   (diagnostic: what the issue log costs; shortfalls become whole-range gaps)
+ *     [--hash-log]            (diagnostic: the issue log in the hash alone, as v4 kept it, not by tag)
  *
  * A = nothing attached (no pin dir loaded). B = a private pin dir loaded,
  * a Tracker (this process) tracking the device. Runs alternate A B A B ...;
@@ -42,16 +43,17 @@ interface Options {
   nice: number; // niceness of the bench process (the tracker); fio always runs at 0
   cycleMs: number; // how often the tracker cycles (persists and releases ring space) during a run: the daemon's tick
   withoutIssueLog: boolean; // diagnostic: B loads the programs without the issue log, to see what the log costs
+  hashLog: boolean; // diagnostic: B logs every request in the hash (v4's issue log), not by tag
 }
 
 function usage(msg: string): never {
   console.error(`bench: ${msg}`);
-  console.error('usage: node dist/tools/bench/tracking.js [--rounds N] [--seconds S] [--rate IOPS] [--size-mib M] [--ring-mib M] [--timer-ms T] [--retries N] [--noise-cpus C] [--nice N] [--without-issue-log]');
+  console.error('usage: node dist/tools/bench/tracking.js [--rounds N] [--seconds S] [--rate IOPS] [--size-mib M] [--ring-mib M] [--timer-ms T] [--retries N] [--noise-cpus C] [--nice N] [--without-issue-log] [--hash-log]');
   process.exit(2);
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { rounds: 3, seconds: 10, rateCap: 50_000, sizeMiB: 1024, ringMiB: undefined, timerMs: undefined, retries: 2, noiseCpus: 0.25, nice: 0, cycleMs: 1000, withoutIssueLog: false };
+  const o: Options = { rounds: 3, seconds: 10, rateCap: 50_000, sizeMiB: 1024, ringMiB: undefined, timerMs: undefined, retries: 2, noiseCpus: 0.25, nice: 0, cycleMs: 1000, withoutIssueLog: false, hashLog: false };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split('=', 2);
     const value = (): number => {
@@ -72,6 +74,7 @@ function parseOptions(argv: string[]): Options {
       case '--noise-cpus': o.noiseCpus = value(); break;
       case '--nice': o.nice = Number(inline ?? argv[++i]); if (!Number.isInteger(o.nice) || o.nice < -20 || o.nice > 19) usage('--nice needs -20..19'); break;
       case '--without-issue-log': o.withoutIssueLog = true; break;
+      case '--hash-log': o.hashLog = true; break;
       case '-h': case '--help': usage('help');
       default: usage(`unknown argument ${argv[i]}`);
     }
@@ -523,7 +526,7 @@ function report(r: Run): void {
 }
 
 async function startB(dev: string, opts: Options): Promise<BState> {
-  const k = KernelTracking.open({ pinDir, ...(opts.withoutIssueLog ? { withoutIssueLog: true } : {}) });
+  const k = KernelTracking.open({ pinDir, ...(opts.withoutIssueLog ? { withoutIssueLog: true } : {}), ...(opts.hashLog ? { withoutTagLog: true } : {}) });
   kt = k;
   const state: Partial<BState> = { kt: k, records: 0 };
   const t = Tracker.start(k, {
