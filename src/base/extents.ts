@@ -37,7 +37,6 @@ export class ExtentSet {
   add(startSector: number, endSector: number): void {
     checkSectors(startSector, endSector);
     if (endSector <= startSector) return;
-    this.changed?.add(startSector, endSector);
     let n = this.pendingCount;
     if (n > 0) {
       // Sequential and repeated writes are common: absorb them into the previous entry.
@@ -228,6 +227,7 @@ export class ExtentSet {
    * outside those windows is as it was.
    */
   takeChanges(): ExtentSet | null {
+    this.flush(); // pending adds reach the windows when they are folded
     const was = this.changed;
     this.changed = new ExtentSet();
     return was;
@@ -238,17 +238,22 @@ export class ExtentSet {
     this.flush();
     windows.flush();
     const out = new ExtentSet();
+    out.ensureCapacity(windows.size); // most windows hold one piece (a tick's writes): grown once, not doubling
     // Windows are sorted and never touch, so the clipped pieces come out sorted and
     // apart: appended as they are, with no set made per window (a tick has thousands).
+    // Each window is found by galloping on from the last one, not by a search of the
+    // whole set: a tick's windows lie close together, and what is near stays in cache.
+    let i = 0;
     for (let w = 0; w < windows.size; w++) {
       const a = windows.starts[w];
       const b = windows.ends[w];
-      for (let i = this.firstEndAbove(a); i < this.size && this.starts[i] < b; i++) {
+      for (i = this.gallopEndAbove(a, i); i < this.size && this.starts[i] < b; i++) {
         out.ensureCapacity(out.size + 1);
         out.starts[out.size] = Math.max(this.starts[i], a);
         out.ends[out.size] = Math.min(this.ends[i], b);
         out.size++;
       }
+      if (i > 0) i--; // the last extent clipped may reach into the next window
     }
     return out;
   }
@@ -342,6 +347,8 @@ export class ExtentSet {
     const s = this.pendingStarts!.subarray(0, n);
     const e = this.pendingEnds!.subarray(0, n);
     const out = n >= NATIVE_MIN ? native().coalesceExtents(s, e, n) : coalesceBySort(s, e, n);
+    // The windows take the batch once it is sorted and coalesced, not each add (a tracker's every record).
+    this.changed?.mergeSorted(s, e, out);
     this.mergeSorted(s, e, out);
   }
 
@@ -411,10 +418,21 @@ export class ExtentSet {
     this.size = keep + n + m - write;
   }
 
-  /** The first index in [lo, hi] whose extent starts past `sector` (hi + 1 if none). */
+  /**
+   * The first index in [lo, hi] whose extent starts past `sector`, for a
+   * sector below hi's start: gallops back from hi, as a merge walking from the
+   * back meets the next incoming extent close by (and in cache) far more often
+   * than a search of the whole range would.
+   */
   private firstStartAbove(sector: number, lo: number, hi: number): number {
-    let a = lo;
-    let b = hi + 1;
+    let step = 1;
+    let top = hi; // starts[top] > sector
+    while (top - step >= lo && this.starts[top - step] > sector) {
+      top -= step;
+      step *= 2;
+    }
+    let a = Math.max(lo, top - step + 1);
+    let b = top;
     while (a < b) {
       const mid = (a + b) >>> 1;
       if (this.starts[mid] > sector) b = mid;
@@ -432,6 +450,25 @@ export class ExtentSet {
     ends.set(this.ends.subarray(0, this.size));
     this.starts = starts;
     this.ends = ends;
+  }
+
+  /** Like firstEndAbove, for a sector known to lie at or past extent `from`'s start: searches forward from there. */
+  private gallopEndAbove(sector: number, from: number): number {
+    if (from >= this.size || this.ends[from] > sector) return from;
+    let lo = from; // ends[lo] <= sector
+    let step = 1;
+    while (lo + step < this.size && this.ends[lo + step] <= sector) {
+      lo += step;
+      step *= 2;
+    }
+    let hi = Math.min(this.size, lo + step);
+    lo++;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.ends[mid] <= sector) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
   }
 
   /** Index of the first extent ending after the sector, i.e. the first that could contain it or lie beyond. */

@@ -3,6 +3,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { ExtentSet, coalesceBySort } from '../../src/base/extents.js';
 import { native } from '../../src/base/native.js';
+import { FlatExtentSet } from '../../tests/helpers/flat-extent-set.js';
 import { mulberry32 } from '../../tests/helpers/seeded-random.js';
 
 const DEVICE_SECTORS = 2 ** 31; // 1 TiB of 512-byte sectors
@@ -99,7 +100,40 @@ function benchFold(batch: number, rounds: number): void {
   );
 }
 
+/**
+ * A tracker's ticks with incremental persistence on (the daemon's case): each
+ * tick adds its records to a set that remembers its changes, then takes them
+ * and the set inside them, as the store's delta does. The set as it was before
+ * (every add also added to the changed windows, sorted again) against
+ * ExtentSet (the windows take each folded batch), alternated, CPU per record.
+ */
+function benchTicks(records: number, perTick: number, rounds: number): void {
+  const ns: Record<'old' | 'new', number[]> = { old: [], new: [] };
+  for (let r = 0; r < rounds; r++) {
+    const starts = randomAlignedStarts(records, 200 + r);
+    for (const way of r % 2 ? (['new', 'old'] as const) : (['old', 'new'] as const)) {
+      const set = (way === 'old' ? new FlatExtentSet() : new ExtentSet()) as ExtentSet;
+      set.takeChanges();
+      const t0 = process.cpuUsage();
+      for (let base = 0; base < records; base += perTick) {
+        const stop = Math.min(records, base + perTick);
+        for (let i = base; i < stop; i++) set.add(starts[i], starts[i] + RECORD_SECTORS);
+        set.within(set.takeChanges()!);
+      }
+      const t = process.cpuUsage(t0);
+      ns[way].push(((t.user + t.system) * 1000) / records);
+    }
+  }
+  const median = (v: number[]) => [...v].sort((a, b) => a - b)[v.length >> 1];
+  const [a, b] = [median(ns.old), median(ns.new)];
+  console.log(
+    `extents: a tracker's ticks with incremental persistence, ${perTick} records a tick: before ${a.toFixed(0)} ns per record, ` +
+      `now ${b.toFixed(0)} ns, ratio ${(b / a).toFixed(2)} [${records} records, median of ${rounds}, alternated, CPU time]`,
+  );
+}
+
 const gc = findGc();
+benchTicks(2_000_000, 100_000, 7);
 benchFold(65_536, 21);
 benchMemory(1_000_000, gc);
 benchIngest(10_000_000, 4096);
