@@ -526,12 +526,13 @@ async function writeRecord(region: HistoryRegion, image: BlockIo, at: number, tx
   let ahead: Array<{ bufferOffset: number; startSector: number; endSector: number }> = [];
   const flushChunk = async () => {
     if (fill === 0) return;
-    await writes[cur]; // this buffer's last batch is on the drive
+    await writes[cur]; // this buffer's last batch is on the drive, and hashed
     if (ops.length > 0) await image.batch('read', 'DPSR drive', bufs[cur], ops);
     for (const x of ahead) await prefetch!.fill(bufs[cur], x.bufferOffset, x.startSector, x.endSector);
-    // Every buffer but the last is full, and a whole number of chunks.
-    for (let c = 0; c < fill; c += CHUNK_BYTES) sha256(bufs[cur].subarray(c, Math.min(fill, c + CHUNK_BYTES))).copy(hashes, CHUNK_HASH_BYTES * chunks++);
-    const written = fullIo('write', region.drive, bufs[cur], 0, fill, pos);
+    // Hashed off the main thread while it is written. Every buffer but the last is full, and a whole number of chunks.
+    const hashed = hashChunks(bufs[cur].subarray(0, fill), hashes, chunks);
+    chunks += Math.ceil(fill / CHUNK_BYTES);
+    const written = Promise.all([fullIo('write', region.drive, bufs[cur], 0, fill, pos), hashed]).then(() => {});
     written.catch(() => {}); // awaited before the buffer is used again and at the end
     writes[cur] = written;
     cur ^= 1;
@@ -764,6 +765,13 @@ export async function readUndoLayouts(region: HistoryRegion, records: UndoRecord
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
+
+/** SHA-256 of each CHUNK_BYTES of `data`, into `hashes` from chunk `first` on; in libuv's pool (webcrypto), not on the main thread. */
+async function hashChunks(data: Buffer, hashes: Buffer, first: number): Promise<void> {
+  const digests = [];
+  for (let c = 0; c < data.length; c += CHUNK_BYTES) digests.push(crypto.webcrypto.subtle.digest('SHA-256', data.subarray(c, Math.min(data.length, c + CHUNK_BYTES))));
+  (await Promise.all(digests)).forEach((d, i) => Buffer.from(d).copy(hashes, (first + i) * CHUNK_HASH_BYTES));
+}
 
 function sha256(b: Buffer): Buffer {
   return crypto.createHash('sha256').update(b).digest();
