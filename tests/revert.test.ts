@@ -183,6 +183,27 @@ test('a daemon with a continuous policy holds a reverted pair (status says so, n
   await waitFor('the policy syncs again', async () => sha256Of(drive, bytes) === sha256Of(source, bytes), 30_000);
 });
 
+test('a revert that keeps the newer points, whose undo would need a labelled point\'s history space: refused before its commit (EHISTORYFULL), nothing written, every point kept', () => {
+  const source = fx.loop(32);
+  const drive = fx.loop(32 + 64 + 8);
+  randomFill(source, 32);
+  ok('pair', source, drive, '--name', 'p', '--history', '8M');
+  const first = syncGen('p');
+  ddDirect(source, 0, 3 * 2048); // 3 MiB: the labelled sync's undo
+  const labelled = syncGen('p', '--point', 'before-upgrade');
+  ddDirect(source, 8 * 2048, 3 * 2048); // 3 MiB more: the labelled point's own record
+  syncGen('p');
+  const before = [sha256Of(drive), points('p').join(',')];
+  // Back to the first point, keeping the newer: the replaced image's undo (6 MiB) needs the space of both older records.
+  const r = dpsr('revert', 'p', '--at', String(first));
+  assert.is(r.status, 3, `exit 3: ${r.stderr}`);
+  assert.match(r.stderr, new RegExp(`labelled restore point ${labelled} \\("before-upgrade"\\); nothing applied`));
+  assert.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+  assert.equal([sha256Of(drive), points('p').join(',')], before, 'nothing written, no point dropped');
+  const dropped = JSON.parse(ok('revert', 'p', '--at', String(first), '--drop-newer', '--yes', '--json')).revert;
+  assert.is(dropped.point.generation, first, 'dropping the newer points instead needs no room');
+});
+
 test('bad input: no history, an unknown point, --at missing: one line, exit status, nothing written', () => {
   const plain = { source: fx.loop(32), drive: fx.loop(32 + 64) };
   randomFill(plain.source, 32);

@@ -13,7 +13,8 @@ import { native } from '../base/native.js';
 import { SECTOR, formatBytes } from '../base/units.js';
 import type { BlockIo } from '../io/block-io.js';
 import { type JournalEntry, applyTransaction, journalBytesFor, journalDataCapacity, writeTransaction } from '../drive/journal.js';
-import { finishedImage, journalRegionOf, openCheckedDrive, openRecoveredDrive, pendingTxnOf, saveUndoOf, updateLabel } from '../drive/paired-drive.js';
+import { DEFAULT_KEEP, checkUndoRoom, historyRegionOf } from '../drive/history-region.js';
+import { finishedImage, journalRegionOf, openCheckedDrive, openRecoveredDrive, pendingTxnOf, pointOf, saveUndoOf, updateLabel } from '../drive/paired-drive.js';
 import type { ImageState, PairRecord } from '../state/records.js';
 import type { RangeState } from '../kernel/tracker.js';
 import type { Session } from '../state/session.js';
@@ -70,6 +71,9 @@ async function revertLocked(s: Session, req: RevertRequest): Promise<RevertRepor
       throw new RefusedError(`pair ${pair.name}: reverting to point ${overlay.point.generation} rewrites ${formatBytes(report.writeBytes)}, more than its journal holds ` +
         `(${formatBytes(journalDataCapacity(region.lengthBytes))}); nothing written (dpsr rollback ${pair.name} --at ${overlay.point.generation} returns the source instead)`, 'EJOURNALFULL');
     }
+    // Keeping the newer points keeps the replaced image as one: refused here, uncommitted, if its undo would cost a labelled point.
+    const history = req.keepNewer ? historyRegionOf(drive.io, pair, pair.id) : null;
+    if (history) checkUndoRoom(history, overlay.changed, pointOf(pair), pair.dataSectors, DEFAULT_KEEP, pair.name);
     const seq = (pair.journalSeq ?? 0) + 1;
     // Durable before the commit: the source differs from the reverted image where the point does (and a cut an interrupted sync left goes back).
     holdDirty(pair, range, overlay.changed);
