@@ -338,7 +338,7 @@ test('a drive missing at shutdown: no record, one line says so, exit 1; the next
   reboot(source, drive);
   const up = json('boot').boot[0];
   assert.is(up.cause, 'unclean-shutdown', JSON.stringify(up));
-  assert.match(up.detail, /no shutdown record: .*its DPSR drive missing at shutdown/);
+  assert.match(up.detail, /no shutdown record: .*its DPSR drive missing or unreachable at shutdown/);
   const s = syncJson();
   assert.ok(s.comparedBytes >= SOURCE_MiB * 2 ** 20);
   assert.is(sha256Of(source), sha256Of(drive, bytes));
@@ -399,14 +399,22 @@ test('the daemon keeps a pair whose drive was missing at boot waiting, and judge
   assert.is(sha256Of(source), sha256Of(drive, bytes));
 });
 
-test('a DPSR drive on an NBD export whose server is down at boot: the pair waits; the server back, it resumes with no gap, exact', () => {
+/** A pair p whose DPSR drive is an export, synced once; the server stopped again (the test serves it when it needs it, on SOCK()). */
+function remotePair(): { source: string; bytes: number; image: string } {
   const source = fx.loop(SOURCE_MiB);
-  const bytes = SOURCE_MiB * 2 ** 20;
   randomFill(source, 4);
   const image = fx.image('export.img', 2 * SOURCE_MiB + 64);
-  let server = serveNbd(fx, { image });
+  const server = serveNbd(fx, { image, sock: SOCK() });
   ok('pair', source, server.uri, '--name', 'p');
   syncJson();
+  server.stop();
+  return { source, bytes: SOURCE_MiB * 2 ** 20, image };
+}
+const SOCK = () => path.join(fx.dir, 'export.sock');
+
+test('a DPSR drive on an NBD export whose server is down at boot: the pair waits; the server back, it resumes with no gap, exact', () => {
+  const { source, bytes, image } = remotePair();
+  let server = serveNbd(fx, { image, sock: SOCK() });
   const after = ddDirect(source, 3000, 16);
   assert.ok(json('shutdown').shutdown[0].recorded);
   server.stop();
@@ -421,6 +429,43 @@ test('a DPSR drive on an NBD export whose server is down at boot: the pair waits
   assert.is(s.comparedBytes, 0, JSON.stringify(s));
   assert.is(s.copiedBytes, (after[1] - after[0]) * 512, JSON.stringify(s));
   assert.is(sha256Of(image, bytes), sha256Of(source, bytes));
+});
+
+test('a DPSR drive on an NBD export at shutdown: unreachable, or lost between its record and the confirmation: one line, exit 1; the next boot is a gap with that cause, exact after', () => {
+  const { source, bytes, image } = remotePair();
+  let server = serveNbd(fx, { image, sock: SOCK() });
+  const shutdownFails = (says: RegExp) => {
+    const r = runDpsr(env, ['shutdown']);
+    assert.is(r.status, 1, `${r.stdout}${r.stderr}`);
+    assert.is(r.stdout.trim().split('\n').length, 1, r.stdout);
+    assert.match(r.stdout.trim(), says, r.stdout);
+  };
+  const rebootJudged = (boot: string, says: RegExp) => {
+    native().detach(env.DPSR_BPF_DIR!);
+    freshLoop(source);
+    fs.writeFileSync(env.DPSR_BOOT_ID_FILE!, `${boot}\n`);
+    server = serveNbd(fx, { image, sock: server.sock });
+    const up = json('boot').boot[0];
+    assert.not.ok(up.resumed, JSON.stringify(up));
+    assert.is(up.cause, 'unclean-shutdown');
+    assert.match(up.detail, says);
+    const s = syncJson();
+    assert.ok(s.comparedBytes >= bytes, JSON.stringify(s));
+    assert.is(sha256Of(image, bytes), sha256Of(source, bytes));
+  };
+  // The network is down when the shutdown hook runs.
+  ddDirect(source, 3000, 16);
+  server.stop();
+  shutdownFails(/^p: no shutdown record: its DPSR drive nbd\+unix:\/\/\/\?socket=\S+ cannot be reached .*; the next boot compares the whole source$/);
+  rebootJudged('boot-2', /no shutdown record/);
+  // The record reaches the export; the connection is lost before its confirmation (the server killed at its 2nd write).
+  ddDirect(source, 5000, 16);
+  server.stop();
+  server = serveNbd(fx, { image, sock: server.sock, args: ['--threads=1'],
+    prefix: ['strace', '-f', '-qq', '-o', '/dev/null', '-e', 'trace=pwrite64', '-e', 'inject=pwrite64:signal=SIGKILL:when=2'] });
+  shutdownFails(/^p: no shutdown record: its DPSR drive \S+ cannot be reached .*: the record made is left unconfirmed; the next boot compares the whole source$/);
+  server.stop();
+  rebootJudged('boot-3', /the shutdown record cannot be trusted: it was made but never confirmed/);
 });
 
 test('a boot without the drive, a crash, then a boot with it: the record is from the boot before that, refused (a gap), exact afterwards', () => {

@@ -136,7 +136,7 @@ export function judgeAcrossReboot(settings: Settings, pair: PairRecord, dev: Blo
   try {
     const read = readShutdownRecord(io, pair);
     if ('none' in read) {
-      verdict = gap('unclean-shutdown', 'no shutdown record: the last boot did not end with dpsr shutdown for this pair (a crash, a power cut, its DPSR drive missing at shutdown, or the hook not installed)');
+      verdict = gap('unclean-shutdown', 'no shutdown record: the last boot did not end with dpsr shutdown for this pair (a crash, a power cut, its DPSR drive missing or unreachable at shutdown, or the hook not installed)');
     } else if ('invalid' in read) {
       verdict = gap('unclean-shutdown', `the shutdown record cannot be trusted: ${read.invalid}`);
     } else {

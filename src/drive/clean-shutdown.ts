@@ -1,6 +1,9 @@
 // The end of a clean shutdown (`dpsr shutdown`): for every pair, what the
 // tracker holds and the kernel has not handed over yet, judged against the
-// kernel's counts, written as a shutdown record into the DPSR drive's tail.
+// kernel's counts, written as a shutdown record into the DPSR drive's tail,
+// confirmed only once the source's disk is seen unwritten meanwhile (a record
+// never confirmed is never trusted: a drive lost between the two, an export
+// whose network is already down, cannot leave one that is).
 // The state directory is read-only by then (the root file system is), so
 // nothing is persisted there and nothing is released from the kernel: if
 // the system runs on after all, the next owner reads it all again and voids
@@ -22,8 +25,10 @@ import type { PairRecord } from '../state/records.js';
 import { Store } from '../state/store.js';
 import { readVerdict, shutdownMarker } from './boot-adoption.js';
 import { openCheckedDrive } from './paired-drive.js';
-import { isRemote } from './remote-drive.js';
-import { type ShutdownRecord, eraseShutdownRecord, writeShutdownRecord } from './shutdown-record.js';
+import { driveNameOf, isRemote } from './remote-drive.js';
+import { serverUnreachable } from '../io/nbd-device.js';
+import type { BlockIo } from '../io/block-io.js';
+import { type ShutdownRecord, confirmShutdownRecord, writeShutdownRecord } from './shutdown-record.js';
 
 export interface ShutdownOutcome {
   name: string;
@@ -40,6 +45,8 @@ interface Prepared {
   dev: BlockDevice;
   range: RangeState;
   baseBootId: string | null;
+  /** Once the record is written: the head that confirms it, and the drive it is confirmed through (the same connection to an export). */
+  written?: { head: Buffer; io: BlockIo };
 }
 
 /** The tracker state the record extends: saved in this boot, or the sets `dpsr boot` resumed with (no session saved since). */
@@ -111,6 +118,13 @@ export async function writeShutdownRecords(settings: Settings): Promise<Shutdown
   }
 }
 
+/** Why a pair's record was not written (or confirmed), for a person. */
+function notWritten(pair: PairRecord, err: unknown): string {
+  if ((err as DpsrError).code === 'ENODEV') return `its DPSR drive ${pair.drive.path} is missing (${(err as Error).message})`;
+  if (serverUnreachable(err)) return `its DPSR drive ${driveNameOf(pair)} cannot be reached (${(err as Error).message})`;
+  return `the record could not be written: ${(err as Error).message}`;
+}
+
 async function recordAll(settings: Settings, store: Store, kt: KernelTracking, tracker: Tracker, pairs: PairRecord[],
   none: (pair: PairRecord, detail: string) => void, outcomes: Map<string, ShutdownOutcome>): Promise<void> {
   const prepared: Prepared[] = [];
@@ -159,47 +173,47 @@ async function recordAll(settings: Settings, store: Store, kt: KernelTracking, t
     outcomes.set(pair.name, outcome);
     try {
       const { io } = openCheckedDrive(pair, true);
-      const driveDisk = isRemote(pair) ? null : resolveBlockDevice(pair.drive.path).disk; // an export's writes are not on a local disk
       try {
+        const driveDisk = isRemote(pair) ? null : resolveBlockDevice(pair.drive.path).disk; // an export's writes are not on a local disk
         io.setReadOnly(false);
         const r = writeShutdownRecord(io, pair, rec);
         io.setReadOnly(true);
         if ('why' in r) { outcome.detail = r.why; continue; }
         if (driveDisk) ownSectors.set(driveDisk, (ownSectors.get(driveDisk) ?? 0) + r.bytes / SECTOR);
+        p.written = { head: r.head, io };
       } finally {
-        io.close();
+        if (!p.written) io.close();
       }
-      outcome.recorded = true;
       written.push(p);
     } catch (err) {
-      outcome.detail = (err as DpsrError).code === 'ENODEV'
-        ? `its DPSR drive ${pair.drive.path} is missing (${(err as Error).message})`
-        : `the record could not be written: ${(err as Error).message}`;
+      outcome.detail = notWritten(pair, err);
     }
   }
-  // A write between the counts and now (other than the records themselves) voids the records of its disk.
-  for (const p of written) {
-    const was = before.get(p.dev.disk)!;
-    const now = readDiskCounters(p.dev.disk);
-    const outcome = outcomes.get(p.pair.name)!;
-    if (was.inFlightWrites === 0 && now.writtenSectors === was.writtenSectors + (ownSectors.get(p.dev.disk) ?? 0)) {
-      outcome.detail = 'recorded';
-      continue;
-    }
-    outcome.recorded = false;
-    outcome.detail = `${p.dev.disk} was written while the record was made (${now.writtenSectors - was.writtenSectors} sectors): record voided`;
-    try {
-      const { io } = openCheckedDrive(p.pair, true);
+  try {
+    // A write between the counts and now (other than the records themselves) voids the records of
+    // its disk: they stay unconfirmed. All are judged before any is confirmed (a confirmation is a write too).
+    const unvoided = written.filter((p) => {
+      const was = before.get(p.dev.disk)!;
+      const now = readDiskCounters(p.dev.disk);
+      if (was.inFlightWrites === 0 && now.writtenSectors === was.writtenSectors + (ownSectors.get(p.dev.disk) ?? 0)) return true;
+      outcomes.get(p.pair.name)!.detail = `${p.dev.disk} was written while the record was made (${now.writtenSectors - was.writtenSectors} sectors): record left unconfirmed`;
+      return false;
+    });
+    for (const p of unvoided) {
+      const outcome = outcomes.get(p.pair.name)!;
+      const { io, head } = p.written!;
       try {
         io.setReadOnly(false);
-        eraseShutdownRecord(io, p.pair);
+        confirmShutdownRecord(io, p.pair, head);
         io.setReadOnly(true);
-      } finally {
-        io.close();
+        outcome.recorded = true;
+        outcome.detail = 'recorded';
+      } catch (err) {
+        outcome.detail = `${notWritten(p.pair, err)}: the record made is left unconfirmed`;
       }
-    } catch (err) {
-      outcome.detail += ` (erasing it failed: ${(err as Error).message}: run dpsr shutdown again before the reboot)`;
     }
+  } finally {
+    for (const p of written) p.written!.io.close();
   }
   if (written.some((p) => outcomes.get(p.pair.name)!.recorded)) {
     fs.mkdirSync(path.dirname(shutdownMarker(settings)), { recursive: true, mode: 0o700 });

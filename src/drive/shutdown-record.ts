@@ -9,8 +9,13 @@
 // begins. Its first 48 bytes: magic "DPSRSHT1", format u32 LE = 1, payload
 // length u32, SHA-256 of the payload; the payload (UTF-8 JSON of
 // ShutdownRecord, extent sets as base64 of ExtentSet.toBuffer()) from byte 48.
-// Written with one write and fdatasync; erased (consumed) by zeroing its first
-// 4 KiB and fdatasync. A torn write fails the checksum: no record, a gap.
+// Written in two steps, each with fdatasync: the whole record under the magic
+// "DPSRSHTP" (made, not confirmed), then, once `dpsr shutdown` has checked that
+// nothing wrote the source meanwhile, its first 4 KiB again under "DPSRSHT1".
+// A record never confirmed (the drive gone between, an export's connection
+// lost, a write to the source) is never trusted, and nothing has to be erased
+// to void it. Erased (consumed) by zeroing its first 4 KiB and fdatasync. A
+// torn write fails the checksum: no record, a gap.
 import { ExtentSet } from '../base/extents.js';
 import { native } from '../base/native.js';
 import type { BlockIo } from '../io/block-io.js';
@@ -21,6 +26,7 @@ import { LABEL_AREA_BYTES } from './label.js';
 export const RECORD_AREA_BYTES = 1 << 20;
 const BLOCK = 4096;
 const MAGIC = Buffer.from('DPSRSHT1');
+const UNCONFIRMED = Buffer.from('DPSRSHTP');
 const FORMAT = 1;
 const HEADER = CHECKED_HEADER_BYTES;
 
@@ -90,6 +96,9 @@ function encode(rec: ShutdownRecord): Buffer | null {
 export type ReadRecord = { record: ShutdownRecord } | { none: true } | { invalid: string };
 
 function decode(head: Buffer, readMore: (length: number) => Buffer): ReadRecord {
+  if (head.subarray(0, 8).equals(UNCONFIRMED)) {
+    return { invalid: 'it was made but never confirmed: the shutdown that wrote it lost its DPSR drive, or saw the source written, before it could' };
+  }
   if (!head.subarray(0, 8).equals(MAGIC)) return { none: true };
   if (head.readUInt32LE(8) !== FORMAT) return { invalid: `format ${head.readUInt32LE(8)}, this dpsr reads ${FORMAT}` };
   const length = checkedLength(head);
@@ -126,18 +135,30 @@ export function readShutdownRecord(drive: BlockIo, pair: TailOwner): ReadRecord 
 }
 
 /**
- * Writes the record durably into a writable drive. Returns the
- * bytes written, or why it was not written (no room on the drive, or too many
- * extents for the area).
+ * Writes the record durably into a writable drive, not yet confirmed (no boot trusts it). Returns
+ * the bytes written and the head that confirmShutdownRecord writes, or why it was not written (no
+ * room on the drive, or too many extents for the area).
  */
-export function writeShutdownRecord(drive: BlockIo, pair: TailOwner, rec: ShutdownRecord): { bytes: number } | { why: string } {
+export function writeShutdownRecord(drive: BlockIo, pair: TailOwner, rec: ShutdownRecord): { bytes: number; head: Buffer } | { why: string } {
   const start = recordPlace(drive.sizeBytes(), pair);
   if (start === null) return { why: 'the DPSR drive has no room for a shutdown record in its reserved tail' };
   const b = encode(rec);
   if (b === null) return { why: `the changed regions are too many for the ${RECORD_AREA_BYTES >> 20} MiB record area` };
+  const head = native().alignedBuffer(BLOCK, BLOCK);
+  b.copy(head, 0, 0, BLOCK);
+  UNCONFIRMED.copy(b, 0);
   drive.writeSync(b, 0, b.length, start);
   drive.flushSync('the DPSR drive', 'the shutdown record may not be durable');
-  return { bytes: b.length };
+  return { bytes: b.length, head };
+}
+
+/** Confirms a record writeShutdownRecord made: its head (`head`, under the confirmed magic) written durably. Returns the bytes written. */
+export function confirmShutdownRecord(drive: BlockIo, pair: TailOwner, head: Buffer): number {
+  const start = recordPlace(drive.sizeBytes(), pair);
+  if (start === null) throw new Error('the DPSR drive has no room for a shutdown record');
+  drive.writeSync(head, 0, BLOCK, start);
+  drive.flushSync('the DPSR drive', 'the shutdown record may not be confirmed');
+  return BLOCK;
 }
 
 /** Consumes the record: zeroes its head durably, so it can never be taken again. Returns the bytes written (0: no area). */

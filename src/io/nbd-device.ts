@@ -23,8 +23,9 @@ const goneHint = (err: { code?: string }): string =>
 
 /** Whether a failure says the NBD server cannot be reached or went away (not that it refused something, or failed one I/O). */
 export function serverUnreachable(err: unknown): boolean {
-  const e = err as { code?: string; errno?: string };
-  return e.code === 'ENBDCONNECT' || GONE.has(e.errno ?? '');
+  const e = err as { code?: string; errno?: unknown };
+  // A batch's failure carries the errno's name as errno; a single read or write's, straight from the addon, as code.
+  return e.code === 'ENBDCONNECT' || GONE.has(String(e.errno)) || GONE.has(e.code ?? '');
 }
 
 export class NbdDevice implements BlockIo {
