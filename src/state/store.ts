@@ -41,9 +41,13 @@ const SET_NAMES = ['dirty', 'suspect', 'discarded', 'unreconciled'] as const;
 type SetName = typeof SET_NAMES[number];
 const MIN_DELTA_ROOM = 1 << 20; // deltas may add up to the snapshot's size, or this
 
-/** What a tick changed in a range: per set, the windows and the set inside them; and the rest of the range whole. */
+/**
+ * What a tick changed in a range: per set, the windows and the set inside
+ * them (absent: all of the windows, as when a set only grew); and the rest of
+ * the range whole.
+ */
 interface StoredDelta {
-  sets: Partial<Record<SetName, { windows: Buffer; inside: Buffer }>>;
+  sets: Partial<Record<SetName, { windows: Buffer; inside?: Buffer }>>;
   rest: Omit<StoredRange, SetName>;
 }
 
@@ -170,8 +174,9 @@ export class Store implements TrackerStore {
       for (const k of SET_NAMES) {
         const d = value.sets[k];
         if (!d) continue;
-        sets[k].subtractSet(ExtentSet.fromBuffer(d.windows));
-        sets[k].addSet(ExtentSet.fromBuffer(d.inside));
+        const windows = ExtentSet.fromBuffer(d.windows);
+        sets[k].subtractSet(windows);
+        sets[k].addSet(d.inside === undefined ? windows : ExtentSet.fromBuffer(d.inside));
       }
       rest = value.rest;
     }
@@ -216,9 +221,11 @@ export class Store implements TrackerStore {
       for (const k of SET_NAMES) {
         const windows = r[k].takeChanges()!;
         if (windows.isEmpty) continue;
-        const entry = { windows: windows.toBuffer(), inside: r[k].within(windows).toBuffer() };
+        const inside = r[k].within(windows);
+        // A set that only grew (the dirty set, most ticks) holds all of its windows: saved once.
+        const entry = inside.totalSectors === windows.totalSectors ? { windows: windows.toBuffer() } : { windows: windows.toBuffer(), inside: inside.toBuffer() };
         delta.sets[k] = entry;
-        snap.deltaBytes += entry.windows.length + entry.inside.length;
+        snap.deltaBytes += entry.windows.length + (entry.inside?.length ?? 0);
       }
       this.db.put(deltaKey(r.id, snap.nextSeq++), delta);
       return;
