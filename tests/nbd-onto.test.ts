@@ -68,6 +68,7 @@ test('from a drive on an NBD export: the whole image, and a restore point with -
   refused(['restore', 'r', '--partition', '1', '--onto', blank, '--yes'], 2, /--onto DEV goes with --whole/, blank);
   refused(['restore', 'r', '--whole', '--force', '--yes'], 2, /--force goes with --onto/, source);
   refused(['restore', 'r', '--whole', '--onto', blank], 2, /confirm on a terminal, or pass --yes; nothing written/, blank); // no terminal here
+  refused(['rollback', '--drive', server.uri, '--source', blank, '--yes'], 2, /without the state directory a rollback reads a local DPSR drive/, blank);
   assert.is(sha256Of(server.image), exportBefore, 'the refusals wrote nothing to the export');
 
   const blankBefore = sha256Of(blank);

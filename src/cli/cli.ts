@@ -383,7 +383,7 @@ both until it is dropped here; a sync that would need its space is refused
     .option('--yes', 'do not ask for confirmation (scripts)')
     .option('--dry-run', 'print what it would write, and how (tracked or compare), and write nothing')
     .option('--json', 'one JSON document on stdout: {rollback: {name, source, drive, mode, why, copyBytes, compareBytes, writtenBytes, readBytes, journalSeq, clean, ...}}')
-    .option('--drive <DEV>', 'without the state directory (a rescue system): the pair from the drive\'s label; compares the whole source')
+    .option('--drive <DEV>', 'without the state directory (a rescue system): the pair from the local drive\'s label (not an NBD export); compares the whole source')
     .option('--source <DEV>', 'with --drive: the source, if it is not at the path the label records (checked against its identity)')
     .option('--at <POINT>', 'return to a restore point instead of the current image: a generation, a time ("2h ago", ISO 8601) or a label (dpsr history)')
     .addHelpText('after', `

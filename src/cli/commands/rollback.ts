@@ -8,6 +8,7 @@ import { formatBytes } from '../../base/units.js';
 import { ControlClient } from '../../daemon/protocol.js';
 import { type RestoreScope, type RollbackReport, rollbackFromDrive, rollbackInSession, withOwnerLock } from '../../restore/rollback.js';
 import { closeSession } from '../../state/session.js';
+import { isNbdUri, redactUri } from '../../io/nbd-uri.js';
 import { openTrackingSession } from '../../drive/boot-adoption.js';
 import { jsonProgressLines, withProgressReporter } from '../../base/progress.js';
 
@@ -116,6 +117,10 @@ export async function rollbackCommand(opts: ConfirmOptions & { name?: string; dr
   if (opts.source && !opts.drive) throw new UsageError('dpsr rollback: --source goes with --drive (the pair record names the source)');
   if (opts.drive) {
     const drive = opts.drive;
+    if (isNbdUri(drive)) {
+      throw new UsageError(`dpsr rollback --drive ${redactUri(drive)}: without the state directory a rollback reads a local DPSR drive; ` +
+        'copy the export onto a disk first (nbdcopy URI /dev/sdX), or with the state: dpsr rollback NAME or dpsr restore NAME --whole --onto DEV');
+    }
     return withOwnerLock(settings.ownerLockPath,
       () => planConfirmRun((dryRun) => withProgressReporter(opts.json ? jsonProgressLines() : null,
         () => rollbackFromDrive({ drive, source: opts.source, name: opts.name, dryRun, at: opts.at })), opts, log));
