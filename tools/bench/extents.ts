@@ -3,7 +3,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { ExtentSet, coalesceBySort } from '../../src/base/extents.js';
 import { native } from '../../src/base/native.js';
-import { FlatExtentSet } from '../../tests/helpers/flat-extent-set.js';
+import { FlatExtentSet } from './flat-extent-set.js';
 import { mulberry32 } from '../../tests/helpers/seeded-random.js';
 
 const DEVICE_SECTORS = 2 ** 31; // 1 TiB of 512-byte sectors

@@ -5,7 +5,7 @@
  *   node dist/tools/bench/persist.js [--extents N] [--writes N] [--ticks N] [--only old|new]
  *
  * Two ranges of N scattered 4 KiB dirty extents (default 1,000,000), one in
- * the extent set as it was before (tests/helpers/flat-extent-set.ts: every
+ * the extent set as it was before (tools/bench/flat-extent-set.ts: every
  * add also added to the set of changed windows) and one in ExtentSet, each
  * in its own state directory. Ticks alternate between them: each adds
  * --writes new scattered writes (default 1000) and persists as the tracker
@@ -22,7 +22,7 @@ import path from 'node:path';
 import { ExtentSet } from '../../src/base/extents.js';
 import { Store } from '../../src/state/store.js';
 import type { RangeState } from '../../src/kernel/tracker.js';
-import { FlatExtentSet } from '../../tests/helpers/flat-extent-set.js';
+import { FlatExtentSet } from './flat-extent-set.js';
 
 function option(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);

@@ -1,7 +1,8 @@
 /**
  * The extent set as it was on main before issue 21's last changes (every add
- * also added to the set of changed windows): the "before" of the extents and
- * persist benches' A/B, and a reference the tests compare ExtentSet with.
+ * also added to the set of changed windows), kept frozen as the baseline of
+ * the extents and persist benches' A/B (so `duplicates` finds it beside
+ * src/base/extents.ts on purpose): never imported by the product.
  */
 import { native } from '../../src/base/native.js';
 
