@@ -17,7 +17,7 @@ const COMMANDS = ['pair', 'unpair', 'sync', 'status', 'verify', 'diff', 'restore
   'shutdown', 'udev-probe', 'install', 'uninstall', 'man', 'frob', ''];
 const OPTIONS = ['--name', '--force', '--reserve', '--no-reserve', '--history', '--insecure', '--all', '--json', '--no-freeze', '--quiet-period',
   '--timeout', '--in-place', '--point', '-l', '--long', '--max-age', '--drive', '--source', '--yes', '--dry-run', '--to', '--overwrite',
-  '--content', '--partition', '--whole', '--in-partition', '--at', '--drop', '--drop-newer', '--exit-code', '--root', '--help', '--version',
+  '--content', '--partition', '--whole', '--onto', '--in-partition', '--at', '--drop', '--drop-newer', '--exit-code', '--root', '--help', '--version',
   '--', '-', '--bogus', '-x', '--reserve=', '--timeout=-1', '--quiet-period=NaN'];
 
 function values(t: FuzzTarget): string[] {
