@@ -88,6 +88,18 @@ test('damaged records in a sound state database (a pair or tracker record of the
   console.log(`  e.g. ${runDpsr(env, ['status']).stderr.trim()}`);
   fs.writeFileSync(file, good);
   assert.is(runDpsr(env, ['status', 'p']).status, 0, 'the database back: all is well');
+  // Unpairing is the way out of a damaged tracker record: it needs none of it.
+  d = db();
+  await d.put(['range', 'p'], [1, 2, 3]);
+  await d.close();
+  const unpaired = runDpsr(env, ['unpair', 'p']);
+  assert.is(unpaired.status, 0, `unpair with a damaged tracker record: ${unpaired.stderr}`);
+  assert.is(sha256Of(source), before[0], 'unpair wrote nothing to the source');
+  const label = runDpsr(env, ['status', '--drive', drive]);
+  assert.match(label.stdout + label.stderr, /carries no dpsr label/, 'unpair erased the label');
+  const st = runDpsr(env, ['status', '--json']);
+  assert.is(st.status, 0, st.stderr);
+  assert.equal(JSON.parse(st.stdout).pairs, [], 'no pair left, and no damaged record');
 });
 
 test('a half-written configuration: status says what is wrong with it and how out (it said nothing), and goes on; the daemon refuses it in one line; nothing written', async () => {
