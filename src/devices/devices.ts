@@ -41,6 +41,11 @@ export function readSysOrNull(file: string): string | null {
 /** "major:minor", as sysfs and /proc/self/mountinfo write it. */
 export const devNumber = (dev: BlockDevice) => `${dev.major}:${dev.minor}`;
 
+/** Whether two devices share a sector of one disk (a disk and its partition, or two partitions that overlap). */
+export function devicesOverlap(a: BlockDevice, b: BlockDevice): boolean {
+  return a.diskDev === b.diskDev && a.startSector < b.startSector + b.sizeSectors && b.startSector < a.startSector + a.sizeSectors;
+}
+
 /** st_rdev (or st_dev) in glibc's encoding (sys/sysmacros.h gnu_dev_major/minor). */
 export function splitRdev(rdev: bigint): { major: number; minor: number } {
   return { major: Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn)), minor: Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn)) };

@@ -5,7 +5,7 @@
 // /proc, an exclusive open that is closed at once, blkid -p and wipefs -n.
 import { execFileSync } from 'node:child_process';
 import { systemDisks, underlyingDisks, whyInUse } from '../devices/in-use.js';
-import { checkTrackable, devNumber, readSysOrNull, resolveBlockDevice, type BlockDevice } from '../devices/devices.js';
+import { checkTrackable, devNumber, devicesOverlap, readSysOrNull, resolveBlockDevice, type BlockDevice } from '../devices/devices.js';
 import { UsageError, refuse } from '../base/errors.js';
 import { hasHardwareIdentity, identify, type DeviceIdentity } from '../devices/identity.js';
 import { labelAt } from './label.js';
@@ -187,14 +187,10 @@ export function checkPairable(req: PairRequest): PairPlan {
   if (devNumber(source) === devNumber(drive)) {
     refuse(`${S} and ${D} are the same device (${source.name}): the DPSR drive must be another disk`, 'ESAMEDEV');
   }
-  if (source.diskDev === drive.diskDev) {
-    const sEnd = source.startSector + source.sizeSectors;
-    const dEnd = drive.startSector + drive.sizeSectors;
-    if (source.startSector < dEnd && drive.startSector < sEnd) {
-      const which = !source.isPartition ? `${D} is a partition of the source disk ${S}`
-        : !drive.isPartition ? `the source ${S} is a partition of ${D}` : `${S} and ${D} overlap on ${source.disk}`;
-      refuse(`${which}: the DPSR drive must not overlap the source; use another disk`, 'EOVERLAP');
-    }
+  if (devicesOverlap(source, drive)) {
+    const which = !source.isPartition ? `${D} is a partition of the source disk ${S}`
+      : !drive.isPartition ? `the source ${S} is a partition of ${D}` : `${S} and ${D} overlap on ${source.disk}`;
+    refuse(`${which}: the DPSR drive must not overlap the source; use another disk`, 'EOVERLAP');
   }
   const driveDisks = underlyingDisks(drive.name);
   if (driveDisks.has(source.disk) && source.disk !== drive.disk) {

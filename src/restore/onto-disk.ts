@@ -2,7 +2,7 @@
 // (dpsr restore NAME --whole --onto DEV: a new disk after the old one died, or the box with it):
 // a block device nobody uses, that is no pair's source or DPSR drive, big enough for the image,
 // with the source's sector size, and blank unless --force. Reads only.
-import { type BlockDevice, resolveBlockDevice } from '../devices/devices.js';
+import { type BlockDevice, devicesOverlap, resolveBlockDevice } from '../devices/devices.js';
 import { systemDisks, whyInUse } from '../devices/in-use.js';
 import { refuse } from '../base/errors.js';
 import { formatBytes, SECTOR } from '../base/units.js';
@@ -26,23 +26,19 @@ function presentDevice(path: string): BlockDevice | null {
   }
 }
 
-function overlaps(a: BlockDevice, b: BlockDevice): boolean {
-  return a.diskDev === b.diskDev && a.startSector < b.startSector + b.sizeSectors && b.startSector < a.startSector + a.sizeSectors;
-}
-
 /** Refuses a disk the image must not go onto; else the disk and what is worth saying about it. */
 export function checkOntoDisk(pair: PairRecord, pairs: PairRecord[], devPath: string, force: boolean): OntoDisk {
   const dev = resolveBlockDevice(devPath);
   const D = dev.path;
   for (const p of pairs) {
     const source = presentDevice(p.source.path);
-    if (source && overlaps(dev, source)) {
+    if (source && devicesOverlap(dev, source)) {
       refuse(p.name === pair.name
         ? `the target disk ${D} is pair ${p.name}'s source: to write the image back onto it, leave out --onto (dpsr restore ${p.name} --whole); ${NOTHING}`
         : `the target disk ${D} is pair ${p.name}'s source: unpair it first, or choose another disk; ${NOTHING}`, 'EOVERLAP');
     }
     const drive = isRemote(p) ? null : presentDevice(p.drive.path);
-    if (drive && overlaps(dev, drive)) {
+    if (drive && devicesOverlap(dev, drive)) {
       refuse(p.name === pair.name
         ? `the target disk ${D} is pair ${p.name}'s DPSR drive, the image to restore: choose another disk; ${NOTHING}`
         : `the target disk ${D} is pair ${p.name}'s DPSR drive: unpair it first, or choose another disk; ${NOTHING}`, 'EOVERLAP');

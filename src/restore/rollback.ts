@@ -14,7 +14,7 @@ import type { BlockIo } from '../io/block-io.js';
 import { openDirect } from '../io/direct-io.js';
 import { LocalDevice, openLocalDevice } from '../io/local-device.js';
 import { systemDisks, whyInUse } from '../devices/in-use.js';
-import { type BlockDevice, readSysOrNull, resolveBlockDevice } from '../devices/devices.js';
+import { type BlockDevice, devicesOverlap, readSysOrNull, resolveBlockDevice } from '../devices/devices.js';
 import { tryLockFile, withDriveLock } from '../base/locks.js';
 import { DpsrError, RefusedError, errnoOf, refuse } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
@@ -556,8 +556,7 @@ export async function rollbackFromDrive(req: DriveRollbackRequest): Promise<Roll
     const l = label!;
     if (req.name && req.name !== l.pairName) refuse(`${req.drive} is the DPSR drive of pair ${l.pairName}, not ${req.name}; nothing written`, 'ELABEL');
     const source = labelSource(l, req.drive, req.source);
-    if (source.diskDev === driveDev.diskDev && source.startSector < driveDev.startSector + driveDev.sizeSectors &&
-      driveDev.startSector < source.startSector + source.sizeSectors) {
+    if (devicesOverlap(source, driveDev)) {
       refuse(`${source.path} overlaps the DPSR drive ${req.drive}; nothing written`, 'EOVERLAP');
     }
     checkTargetFree(source, 'the source');
