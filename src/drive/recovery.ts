@@ -5,15 +5,15 @@
 // the drive (invariant 5); until then the image on the drive is a mix.
 import type { BlockIo } from '../io/block-io.js';
 import { openLocalDevice } from '../io/local-device.js';
-import { type CommittedTransaction, applyTransaction, damagedTransaction, unverifiedCommit, readCommitted } from './journal.js';
+import { type CommittedTransaction, applyTransaction, damagedTransaction, readCommitted, unverifiedCommit } from './journal.js';
 import { type DriveLabel, writeLabel } from './label.js';
 import { finishedImage, journalRegionOf } from './paired-drive.js';
 import { undoBeforeApply } from './history-region.js';
 
 /**
  * The committed transaction after the one the label records as applied, if any. One that may
- * have been committed but no longer verifies (damaged after its commit) throws ENOTUSABLE: it may have been partly
- * applied, so the image may be a mix that nothing on the drive can finish.
+ * have been committed but no longer verifies (damaged after its commit) throws ENOTUSABLE: it
+ * may have been partly applied, so the image may be a mix that nothing on the drive can finish.
  */
 export async function committedOnDrive(drive: BlockIo, label: DriveLabel): Promise<CommittedTransaction | null> {
   if (label.journal !== 'tail') return null;
