@@ -147,6 +147,26 @@ test('a full issue log falls back to the regions written since the last exact co
   assert.ok(range.suspect.totalSectors >= 8 * 128, 'whole regions: the log could not place them');
 });
 
+test('an issue the kernel skipped (its recursion guard) since the last count makes a shortfall\'s whole range suspect', async () => {
+  const dev = fx.loop(64);
+  const { kt, tracker, range } = await tracked(dev, { skipEveryN: 5 });
+  const linkIssue = path.join(kt.pinDir, 'link_issue');
+  const bpftool = JSON.parse(execFileSync('bpftool', ['link', 'show', 'pinned', linkIssue, '--json'], { encoding: 'utf8' })) as { prog_id: number };
+  const prog = JSON.parse(execFileSync('bpftool', ['prog', 'show', 'id', String(bpftool.prog_id), '--json'], { encoding: 'utf8' })) as { recursion_misses?: number };
+  const misses = kt.recursionMisses();
+  assert.is(misses.issue, prog.recursion_misses ?? 0, 'read from bpf_prog_info, as bpftool does');
+  assert.is(range.baseline.issueSkipped, misses.issue, 'the baseline keeps the count');
+  // A recursion miss cannot be made on demand: the count the kernel would give is stood in for.
+  kt.recursionMisses = () => ({ ...misses, issue: misses.issue + 1 });
+  for (let i = 0; i < 10; i++) ddDirect(dev, i * 2048, 8); // 2 completions lost, both logged
+  await tracker.cycle();
+  const verdict = (await tracker.reconcile()).get(range);
+  assert.equal(verdict, { kind: 'shortfall', sectors: 16 });
+  assert.equal(range.suspect.toArray(), [[0, 64 * 2048]], 'the whole range: the skipped issue\'s write may be in no log, bit or record');
+  assert.match(range.gaps.find((g) => g.cause === 'shortfall')!.detail, /the kernel skipped the issue program/);
+  assert.is(range.baseline.issueSkipped, misses.issue + 1, 'judged: the next shortfall is placed again');
+});
+
 /** A store that keeps a copy of the last saved state, as the state database would. */
 function memoryStore() {
   const saved = new Map<string, Omit<RangeState, 'slot'>>();

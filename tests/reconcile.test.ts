@@ -3,7 +3,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { baselineFrom, judge, type Reading } from '../src/kernel/reconcile.js';
 import { ISSUED_UNPLACED, type LoggedWrite } from '../src/kernel/kernel-abi.js';
-import { accountable, placeShortfall, stillLogged } from '../src/kernel/missed-writes.js';
+import { accountable, issuesSkippedSince, placeShortfall, stillLogged } from '../src/kernel/missed-writes.js';
 
 const r = (kernelSectors: number, programSectors: number, inFlightWrites = 0): Reading => ({ kernelSectors, programSectors, inFlightWrites });
 
@@ -49,9 +49,19 @@ test('accountable: the disk\'s lost and logged writes issued before the reading,
     missed: [w('a', 100, 8, 10n), w('b', 200, 8, 10n, { dev: disk + 1 }), w('c', 300, 8, 10n)],
     issued: [w('a', 100, 8, 10n), w('d', 400, 8, 20n), w('e', 500, 8, 99n)],
     full: 0,
+    issueSkipped: 0,
   };
   assert.equal(accountable(log, disk, new Set(['c']), 50n).map((x) => x.id), ['a', 'd']);
   assert.equal(stillLogged(['a', 'c', 'gone'], log), ['a', 'c']);
+});
+
+test('issuesSkippedSince: a skipped issue since the last judgement, never when the kernel skipped none', () => {
+  const log = (issueSkipped: number) => ({ missed: [], issued: [], full: 0, issueSkipped });
+  assert.is(issuesSkippedSince(log(0), undefined), false, 'none ever: nothing to fear, even against a baseline saved before the count was kept');
+  assert.is(issuesSkippedSince(log(0), 3), false, 'programs reloaded, none since');
+  assert.is(issuesSkippedSince(log(2), 2), false, 'none since the last judgement');
+  assert.is(issuesSkippedSince(log(3), 2), true);
+  assert.is(issuesSkippedSince(log(1), undefined), true, 'a baseline without the count: assume the worst');
 });
 
 test('placeShortfall: placed, clipped to the range, only when the writes account for it and the log is whole', () => {

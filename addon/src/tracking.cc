@@ -257,6 +257,37 @@ Napi::Value MapInfo(const Napi::CallbackInfo &info) {
 	return o;
 }
 
+// programInfo(linkPath) -> the counters of the program a pinned link
+// attaches: recursionMisses (runs the kernel skipped because the program was
+// already running on that CPU) always, runCnt and runTimeNs while
+// kernel.bpf_stats_enabled is on.
+Napi::Value ProgramInfo(const Napi::CallbackInfo &info) {
+	Napi::Env env = info.Env();
+	if (info.Length() < 1 || !info[0].IsString()) return ThrowUsage(env, "programInfo(linkPath)");
+	std::string path = info[0].As<Napi::String>();
+	int link_fd = bpf_obj_get(path.c_str());
+	if (link_fd < 0) return ThrowErrno(env, errno, "bpf_obj_get");
+	struct bpf_link_info li = {};
+	__u32 len = sizeof(li);
+	int err = bpf_obj_get_info_by_fd(link_fd, &li, &len);
+	close(link_fd);
+	if (err) return ThrowErrno(env, -err, "bpf_obj_get_info_by_fd");
+	int prog_fd = bpf_prog_get_fd_by_id(li.prog_id);
+	if (prog_fd < 0) return ThrowErrno(env, errno, "bpf_prog_get_fd_by_id");
+	struct bpf_prog_info pi = {};
+	len = sizeof(pi);
+	err = bpf_obj_get_info_by_fd(prog_fd, &pi, &len);
+	close(prog_fd);
+	if (err) return ThrowErrno(env, -err, "bpf_obj_get_info_by_fd");
+	Napi::Object o = Napi::Object::New(env);
+	o.Set("id", pi.id);
+	o.Set("name", std::string(pi.name));
+	o.Set("runCnt", (double)pi.run_cnt);
+	o.Set("runTimeNs", (double)pi.run_time_ns);
+	o.Set("recursionMisses", (double)pi.recursion_misses);
+	return o;
+}
+
 // mapLookup(fd, key, valueSize) -> Buffer | null. For per-CPU maps the
 // caller passes round_up(value, 8) * possibleCpus().
 Napi::Value MapLookup(const Napi::CallbackInfo &info) {
@@ -403,6 +434,7 @@ void InitTracking(Napi::Env env, Napi::Object exports) {
 	exports.Set("detach", Napi::Function::New(env, Detach));
 	exports.Set("closeFd", Napi::Function::New(env, CloseFd));
 	exports.Set("mapInfo", Napi::Function::New(env, MapInfo));
+	exports.Set("programInfo", Napi::Function::New(env, ProgramInfo));
 	exports.Set("mapLookup", Napi::Function::New(env, MapLookup));
 	exports.Set("mapUpdate", Napi::Function::New(env, MapUpdate));
 	exports.Set("mapDelete", Napi::Function::New(env, MapDelete));

@@ -44,6 +44,8 @@ export interface Native {
   detach(pinDir: string): void;
   closeFd(fd: number): void;
   mapInfo(fd: number): { type: number; id: number; keySize: number; valueSize: number; maxEntries: number; name: string };
+  /** A pinned link's program: recursionMisses always, runCnt and runTimeNs while kernel.bpf_stats_enabled is on. */
+  programInfo(linkPath: string): { id: number; name: string; runCnt: number; runTimeNs: number; recursionMisses: number };
   mapLookup(fd: number, key: Buffer, valueSize: number): Buffer | null;
   mapUpdate(fd: number, key: Buffer, value: Buffer, flags?: number): void;
   mapDelete(fd: number, key: Buffer): boolean;

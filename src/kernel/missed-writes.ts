@@ -47,6 +47,16 @@ export function placeShortfall(range: { startSector: number; endSector: number }
   return { extents, writes: writes.length, sectors };
 }
 
+/**
+ * Whether the kernel skipped the issue program since `judgedSkipped` was
+ * read: a write then may be in no log entry, bit or record, so a shortfall
+ * can be placed nowhere but the whole range. Zero means never, whatever
+ * was judged (the counter starts at zero with the programs).
+ */
+export function issuesSkippedSince(log: IssueLog, judgedSkipped: number | undefined): boolean {
+  return log.issueSkipped !== 0 && log.issueSkipped !== judgedSkipped;
+}
+
 /** The ids of `taken` the log still holds: the rest are gone for good and need no remembering. */
 export function stillLogged(taken: Iterable<string>, log: IssueLog): string[] {
   const present = new Set([...log.missed, ...log.issued].map((w) => w.id));

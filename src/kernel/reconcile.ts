@@ -31,6 +31,8 @@ export interface Baseline {
   logFull?: number;
   /** Issue log entries (ids) already counted against a judgement, kept until the log forgets them. */
   logTaken?: string[];
+  /** The issue program's skipped runs (IssueLog.issueSkipped) when last judged with nothing in flight. */
+  issueSkipped?: number;
 }
 
 export function baselineFrom(first: Reading, second: Reading, countedBy?: string): Baseline {

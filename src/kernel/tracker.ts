@@ -12,7 +12,7 @@ import { tryLockFile } from '../base/locks.js';
 import { native, type RingReader } from '../base/native.js';
 import { type Baseline, type Reading, type Verdict, baselineFrom, isStable, judge } from './reconcile.js';
 import { type IssueLog, type KernelTracking, bitsToExtents } from './tracking.js';
-import { accountable, placeShortfall, stillLogged } from './missed-writes.js';
+import { accountable, issuesSkippedSince, placeShortfall, stillLogged } from './missed-writes.js';
 
 export type GapCause =
   | 'ring-drops' // the ring was full: records lost, their epoch's bits taken instead
@@ -340,13 +340,14 @@ export class Tracker {
 
   private async measureBaseline(st: RangeState): Promise<Baseline> {
     const full = this.kt.issueLogFull(); // the issue log holds every write from here, unless this moves
+    const issueSkipped = full === null ? 0 : this.kt.recursionMisses().issue; // nor this
     let base: Baseline = { offsetSectors: 0, exact: false };
     for (let attempt = 0; attempt < 5 && !base.exact; attempt++) {
       const first = this.read(st);
       await sleep(5);
       base = baselineFrom(first, this.read(st), this.kt.pinDir);
     }
-    return full === null ? base : { ...base, logFull: full };
+    return full === null ? base : { ...base, logFull: full, issueSkipped };
   }
 
   /**
@@ -419,7 +420,7 @@ export class Tracker {
         distrusted.push(st);
       }
       if (log) {
-        if (stable) st.baseline.logFull = log.full;
+        if (stable) Object.assign(st.baseline, { logFull: log.full, issueSkipped: log.issueSkipped });
         st.baseline.logTaken = stillLogged(st.baseline.logTaken ?? [], log);
       }
     }
@@ -436,6 +437,10 @@ export class Tracker {
     if (!log) return 'its regions since the last exact count are suspect (programs without an issue log)';
     const writes = accountable(log, st.diskDev, new Set(st.baseline.logTaken), readAtNs);
     this.take(st, writes.map((w) => w.id)); // counted now, whatever the outcome: the next shortfall is another one
+    if (issuesSkippedSince(log, st.baseline.issueSkipped)) {
+      this.placements.set(verdict, ExtentSet.from([[0, st.endSector - st.startSector]]));
+      return 'the whole range is suspect (the kernel skipped the issue program since the last count: a write may be in no log, bit or record)';
+    }
     const placed = placeShortfall(st, verdict.sectors, writes, log.full !== st.baseline.logFull);
     if ('why' in placed) return `its regions since the last exact count are suspect (${placed.why})`;
     this.placements.set(verdict, placed.extents);

@@ -410,7 +410,7 @@ async function measureOnce(round: number, mode: Mode, kind: Kind, dev: string, d
   const received0 = b ? b.range.receivedSectors : 0;
   const records0 = b ? b.records : 0;
   const drops0 = b ? b.kt.ringStats(0).drops : 0;
-  const progs0 = mode === 'B+stats' && b ? progStats(b.progIds) : undefined;
+  const progs0 = b ? progStats(b.progIds) : undefined; // recursion misses count with bpf_stats off too
   const foreign = foreignFio();
   const progId0 = maxProgId();
   const disk0 = diskWrites(disk);
@@ -511,8 +511,10 @@ function report(r: Run): void {
   console.log(`  ${parts.join(', ')}`);
   const others = r.systemCpuSec - r.ioPathCpuSec;
   console.log(`    outside the I/O path: ${(others / r.wallSec).toFixed(2)} CPUs busy, ${r.otherWriteIos} write I/Os on other disks, ${r.progsLoaded} BPF programs loaded by others${r.foreignFio ? `, ${r.foreignFio} fio processes of someone else` : ''}`);
-  if (r.progs) {
+  if (r.progs && r.mode === 'B+stats') {
     console.log(`    programs (bpf_stats): ${r.progs.map((p) => `${p.name} ${p.nsPerRun.toFixed(0)} ns/run x ${p.runCnt} (recursion misses ${p.recursionMisses})`).join(', ')}; kernel write I/Os ${r.kernelWriteIos}`);
+  } else if (r.progs) {
+    console.log(`    recursion misses: ${r.progs.map((p) => `${p.name} ${p.recursionMisses}`).join(', ')}; kernel write I/Os ${r.kernelWriteIos}`);
   }
   if (r.loss) {
     const l = r.loss;
@@ -647,6 +649,9 @@ function summarize(opts: Options, runs: Run[], allRuns: Run[], rate: number, bac
   const shortWithLoads = short.filter((r) => r.progsLoaded > 0).length;
   const cleanWithLoads = bRuns.filter((r) => !r.loss!.verdict.startsWith('shortfall') && r.progsLoaded > 0).length;
   const missedWrites = short.reduce((acc, r) => acc + (r.loss!.kernelSectors - r.loss!.receivedSectors) / 8, 0);
+  const recursionMisses = (name: string) => bRuns.flatMap((r) => r.progs ?? []).filter((p) => p.name === name).reduce((acc, p) => acc + p.recursionMisses, 0);
+  const completeMisses = recursionMisses('dpsr_complete');
+  const issueMisses = recursionMisses('dpsr_issue');
   const mismatches = bRuns.filter((r) => r.loss!.receivedSectors !== r.loss!.fioSectors || r.loss!.receivedSectors !== r.loss!.kernelSectors).length;
 
   const okIops = iopsRatio >= 0.98;
@@ -672,6 +677,7 @@ function summarize(opts: Options, runs: Run[], allRuns: Run[], rate: number, bac
     console.log(`  shortfalls: ${short.length} of ${bRuns.length} B runs, ${missedWrites} 4 KiB writes in all never reached the complete program (no ring drops);` +
       ` ${shortWithLoads} of those runs saw other BPF programs loaded meanwhile (runs without a shortfall: ${cleanWithLoads} did)`);
   }
+  console.log(`  recursion misses (the kernel skipped a program nested on its own CPU): dpsr_complete ${completeMisses}, dpsr_issue ${issueMisses}, in ${bRuns.length} B runs`);
   console.log(`  noise: background ${backgroundCpu.toFixed(3)} busy CPUs before the runs; during the kept fixed-rate runs ${outsideCpu.toFixed(3)} CPUs busy outside the I/O path; ${allRuns.length - runs.length} disturbed runs repeated, ${disturbedKept} disturbed runs kept${noisy ? ' (the whole-system CPU figure is not reliable)' : ''}`);
 
   const json = {
@@ -690,6 +696,7 @@ function summarize(opts: Options, runs: Run[], allRuns: Run[], rate: number, bac
     programCost: { ...progCost, nsPerWrite: progNsPerWrite },
     js: { recordsPerCpuSecond: recordsPerCpuSec, cpuShare: jsCpuShare, recordsPerSecond: recordsPerSec, usPerRecordAtRate: jsUsPerRecordRate, targetUs: 0.15, ok: okJs },
     ringDrops: { saturated: dropsSat, rate: dropsRate, ok: okDrops },
+    recursionMisses: { dpsr_complete: completeMisses, dpsr_issue: issueMisses },
     loss: { runs: bRuns.length, shortfallRuns: short.length, missedWrites, shortfallRunsWithOtherLoads: shortWithLoads, cleanRunsWithOtherLoads: cleanWithLoads, exact, gapReported: gapped, silent, verdicts, sectorMismatches: mismatches, ok: okLoss },
     noise: { backgroundCpus: backgroundCpu, outsideIoPathCpus: outsideCpu, noisy, repeated: allRuns.length - runs.length, disturbedKept },
     runs: allRuns.map((r) => ({ kept: runs.includes(r), disturbed: r.disturbed,
