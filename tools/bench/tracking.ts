@@ -7,6 +7,7 @@
  *     [--size-mib M] [--ring-mib M] [--timer-ms T] [--retries N] [--noise-cpus C] [--nice N]
  *     [--without-issue-log]   (diagnostic: what the issue log costs; shortfalls become whole-range gaps)
  *     [--hash-log]            (diagnostic: the issue log in the hash alone, as v4 kept it, not by tag)
+ *     [--perf]                (diagnostic: a saturated B+perf run under `perf record`: where the programs' ns go)
  *
  * A = nothing attached (no pin dir loaded). B = a private pin dir loaded,
  * a Tracker (this process) tracking the device. Runs alternate A B A B ...;
@@ -44,16 +45,17 @@ interface Options {
   cycleMs: number; // how often the tracker cycles (persists and releases ring space) during a run: the daemon's tick
   withoutIssueLog: boolean; // diagnostic: B loads the programs without the issue log, to see what the log costs
   hashLog: boolean; // diagnostic: B logs every request in the hash (v4's issue log), not by tag
+  perf: boolean; // diagnostic: each B turn adds a saturated run under perf record, for the programs' cost by function
 }
 
 function usage(msg: string): never {
   console.error(`bench: ${msg}`);
-  console.error('usage: node dist/tools/bench/tracking.js [--rounds N] [--seconds S] [--rate IOPS] [--size-mib M] [--ring-mib M] [--timer-ms T] [--retries N] [--noise-cpus C] [--nice N] [--without-issue-log] [--hash-log]');
+  console.error('usage: node dist/tools/bench/tracking.js [--rounds N] [--seconds S] [--rate IOPS] [--size-mib M] [--ring-mib M] [--timer-ms T] [--retries N] [--noise-cpus C] [--nice N] [--without-issue-log] [--hash-log] [--perf]');
   process.exit(2);
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { rounds: 3, seconds: 10, rateCap: 50_000, sizeMiB: 1024, ringMiB: undefined, timerMs: undefined, retries: 2, noiseCpus: 0.25, nice: 0, cycleMs: 1000, withoutIssueLog: false, hashLog: false };
+  const o: Options = { rounds: 3, seconds: 10, rateCap: 50_000, sizeMiB: 1024, ringMiB: undefined, timerMs: undefined, retries: 2, noiseCpus: 0.25, nice: 0, cycleMs: 1000, withoutIssueLog: false, hashLog: false, perf: false };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split('=', 2);
     const value = (): number => {
@@ -75,6 +77,7 @@ function parseOptions(argv: string[]): Options {
       case '--nice': o.nice = Number(inline ?? argv[++i]); if (!Number.isInteger(o.nice) || o.nice < -20 || o.nice > 19) usage('--nice needs -20..19'); break;
       case '--without-issue-log': o.withoutIssueLog = true; break;
       case '--hash-log': o.hashLog = true; break;
+      case '--perf': o.perf = true; break;
       case '-h': case '--help': usage('help');
       default: usage(`unknown argument ${argv[i]}`);
     }
@@ -345,9 +348,68 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
   process.on(sig, () => { console.error(`bench: ${sig}, cleaning up`); cleanup(); process.exit(130); });
 }
 
+// --- perf: the programs' cost by function --------------------------------
+
+/** What a leaf function under the programs is, for the breakdown. */
+function perfCategory(sym: string): string {
+  if (sym.startsWith('bpf_prog_')) return 'own instructions';
+  if (/read_tsc|ktime_get|kvm_clock|^bpf_ktime/.test(sym)) return 'clock';
+  if (/htab|lookup_nulls_elem|^memcmp$|jhash/.test(sym)) return 'hash lookups';
+  if (/ringbuf|irq_work/.test(sym)) return 'ring';
+  if (/^bpf_trace_run|rcu_read|^__bpf_trace_/.test(sym)) return 'entry';
+  return 'other';
+}
+
+interface PerfCost { nsPerWrite: number; byProgram: Record<string, number>; byCategory: Record<string, number>; samples: number; otherDpsrPrograms: number }
+
+/**
+ * perf record -a -g over a run, then the samples whose stack passes through
+ * bpf_trace_run* (the kernel's entry into a tp_btf program) and a dpsr
+ * program (anyone's: another pin dir's programs run for every write too, so
+ * the figure holds only when none is loaded), by program
+ * (bpf_trace_run1: issue, 3: completion) and by leaf function, in ns per
+ * write: the programs' cost without bpf_stats's own clock reads.
+ */
+function perfCost(file: string, writes: number): PerfCost {
+  const out = path.join(tmpDir, 'perf.txt');
+  execFileSync('sh', ['-c', `perf script -i '${file}' -F period,ip,sym > '${out}' 2>/dev/null`]);
+  const byProgram: Record<string, number> = {};
+  const byCategory: Record<string, number> = {};
+  let total = 0;
+  let samples = 0;
+  let period = -1;
+  let frames: string[] = [];
+  const flush = () => {
+    const entry = frames.find((f) => f.startsWith('bpf_trace_run'));
+    const dpsr = frames.some((f) => /^bpf_prog_\w+_dpsr_/.test(f)) || perfCategory(frames[0]) === 'entry'; // the entry's own samples name no program
+    if (period > 0 && entry && dpsr) {
+      const prog = entry === 'bpf_trace_run1' ? 'dpsr_issue' : entry === 'bpf_trace_run3' ? 'dpsr_complete' : 'other';
+      byProgram[prog] = (byProgram[prog] ?? 0) + period;
+      const cat = perfCategory(frames[0]);
+      byCategory[cat] = (byCategory[cat] ?? 0) + period;
+      total += period;
+      samples++;
+    }
+    period = -1;
+    frames = [];
+  };
+  for (const line of fs.readFileSync(out, 'utf8').split('\n')) {
+    if (!line.trim()) { flush(); continue; }
+    if (period < 0) { period = Number(line.trim().split(/\s+/)[0]); continue; }
+    frames.push(line.trim().split(/\s+/)[1] ?? '?');
+  }
+  flush();
+  fs.rmSync(out, { force: true });
+  const perWrite = (o: Record<string, number>) => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, v / writes]));
+  const otherDpsrPrograms = dpsrProgramsLoaded().length - 2; // ours: issue and complete
+  return { nsPerWrite: total / writes, byProgram: perWrite(byProgram), byCategory: perWrite(byCategory), samples, otherDpsrPrograms };
+}
+
+const fmtCost = (o: Record<string, number>) => Object.entries(o).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ');
+
 // --- the runs ------------------------------------------------------------
 
-type Mode = 'A' | 'B' | 'B+stats';
+type Mode = 'A' | 'B' | 'B+stats' | 'B+perf';
 type Kind = 'saturated' | 'rate';
 
 interface LossCheck {
@@ -382,6 +444,7 @@ interface Run {
   records?: number;
   loss?: LossCheck;
   progs?: Array<{ name: string; runCnt: number; runTimeNs: number; nsPerRun: number; recursionMisses: number }>;
+  perf?: PerfCost;
   kernelWriteIos: number;
   disturbed?: string;
 }
@@ -423,7 +486,12 @@ async function measureOnce(round: number, mode: Mode, kind: Kind, dev: string, d
 
   // The owner releases ring space only once what it read is persisted: cycle every second, as the daemon's tick does.
   const ticking = b ? setInterval(() => { void b.tracker.cycle(); }, cycleMs) : undefined;
+  const perfFile = path.join(tmpDir, 'perf.data');
+  const perf = mode === 'B+perf'
+    ? spawn('perf', ['record', '-q', '-a', '-g', '-F', '4999', '-o', perfFile, '--', 'sleep', String(seconds)], { stdio: 'ignore' })
+    : undefined;
   const fio = await runFio(fioArgs(dev, seconds, rateIops));
+  if (perf) await new Promise((resolve) => (perf.exitCode !== null ? resolve(null) : perf.on('close', resolve)));
   clearInterval(ticking);
   // The ring's tail (under one timer period) is drained by the cycle: count it in the window.
   if (b) await b.tracker.cycle();
@@ -442,6 +510,10 @@ async function measureOnce(round: number, mode: Mode, kind: Kind, dev: string, d
     foreignFio: foreign,
     kernelWriteIos: disk1.ios - disk0.ios,
   };
+  if (perf) {
+    run.perf = perfCost(perfFile, run.kernelWriteIos);
+    fs.rmSync(perfFile, { force: true });
+  }
   if (b) {
     run.records = b.records - records0;
     const verdict = await reconcileUntilJudged(b.tracker, b.range);
@@ -485,7 +557,7 @@ async function measure(opts: Options, round: number, mode: Mode, kind: Kind, dev
   for (let attempt = 0; ; attempt++) {
     const run = await measureOnce(round, mode, kind, dev, disk, opts.seconds, rateIops, b, opts.cycleMs);
     made.push(run);
-    const why = disturbance(run, opts);
+    const why = mode === 'B+perf' ? undefined : disturbance(run, opts); // perf's own CPU is outside the I/O path
     run.disturbed = why;
     if (!why || attempt >= opts.retries) {
       if (why) console.log(`    disturbed (${why}), kept after ${attempt + 1} attempts`);
@@ -511,6 +583,9 @@ function report(r: Run): void {
   console.log(`  ${parts.join(', ')}`);
   const others = r.systemCpuSec - r.ioPathCpuSec;
   console.log(`    outside the I/O path: ${(others / r.wallSec).toFixed(2)} CPUs busy, ${r.otherWriteIos} write I/Os on other disks, ${r.progsLoaded} BPF programs loaded by others${r.foreignFio ? `, ${r.foreignFio} fio processes of someone else` : ''}`);
+  if (r.perf) {
+    console.log(`    programs by perf (bpf_stats off): ${r.perf.nsPerWrite.toFixed(0)} ns per write (${fmtCost(r.perf.byProgram)}): ${fmtCost(r.perf.byCategory)}; ${r.perf.samples} samples${r.perf.otherDpsrPrograms > 0 ? `; UNRELIABLE: ${r.perf.otherDpsrPrograms} other dpsr programs loaded, their runs count in` : ''}`);
+  }
   if (r.progs && r.mode === 'B+stats') {
     console.log(`    programs (bpf_stats): ${r.progs.map((p) => `${p.name} ${p.nsPerRun.toFixed(0)} ns/run x ${p.runCnt} (recursion misses ${p.recursionMisses})`).join(', ')}; kernel write I/Os ${r.kernelWriteIos}`);
   } else if (r.progs) {
@@ -649,6 +724,15 @@ function summarize(opts: Options, runs: Run[], allRuns: Run[], rate: number, bac
   const shortWithLoads = short.filter((r) => r.progsLoaded > 0).length;
   const cleanWithLoads = bRuns.filter((r) => !r.loss!.verdict.startsWith('shortfall') && r.progsLoaded > 0).length;
   const missedWrites = short.reduce((acc, r) => acc + (r.loss!.kernelSectors - r.loss!.receivedSectors) / 8, 0);
+  const perfRuns = runs.filter((r) => r.perf);
+  const perfMean = (f: (c: PerfCost) => Record<string, number>) => {
+    const sum: Record<string, number> = {};
+    for (const r of perfRuns) for (const [k, v] of Object.entries(f(r.perf!))) sum[k] = (sum[k] ?? 0) + v / perfRuns.length;
+    return sum;
+  };
+  const perfSummary = perfRuns.length ? {
+    nsPerWrite: mean(perfRuns.map((r) => r.perf!.nsPerWrite)), byProgram: perfMean((c) => c.byProgram), byCategory: perfMean((c) => c.byCategory),
+  } : undefined;
   const recursionMisses = (name: string) => bRuns.flatMap((r) => r.progs ?? []).filter((p) => p.name === name).reduce((acc, p) => acc + p.recursionMisses, 0);
   const completeMisses = recursionMisses('dpsr_complete');
   const issueMisses = recursionMisses('dpsr_issue');
@@ -677,6 +761,9 @@ function summarize(opts: Options, runs: Run[], allRuns: Run[], rate: number, bac
     console.log(`  shortfalls: ${short.length} of ${bRuns.length} B runs, ${missedWrites} 4 KiB writes in all never reached the complete program (no ring drops);` +
       ` ${shortWithLoads} of those runs saw other BPF programs loaded meanwhile (runs without a shortfall: ${cleanWithLoads} did)`);
   }
+  if (perfSummary) {
+    console.log(`  programs by perf (saturated, bpf_stats off, mean of ${perfRuns.length} runs): ${perfSummary.nsPerWrite.toFixed(0)} ns per write (${fmtCost(perfSummary.byProgram)}): ${fmtCost(perfSummary.byCategory)}`);
+  }
   console.log(`  recursion misses (the kernel skipped a program nested on its own CPU): dpsr_complete ${completeMisses}, dpsr_issue ${issueMisses}, in ${bRuns.length} B runs`);
   console.log(`  noise: background ${backgroundCpu.toFixed(3)} busy CPUs before the runs; during the kept fixed-rate runs ${outsideCpu.toFixed(3)} CPUs busy outside the I/O path; ${allRuns.length - runs.length} disturbed runs repeated, ${disturbedKept} disturbed runs kept${noisy ? ' (the whole-system CPU figure is not reliable)' : ''}`);
 
@@ -693,7 +780,7 @@ function summarize(opts: Options, runs: Run[], allRuns: Run[], rate: number, bac
       wholeSystem: sysAdded, wholeSystemPerRound: sysPerRound, ioPath: ioAdded, ioPathPerRound: ioPerRound,
       ioPathSaturated: ioSatAdded, ioPathWithBpfStats: ioStatsAdded, target: 1, ok: okSys, okIoPath: okIo,
     },
-    programCost: { ...progCost, nsPerWrite: progNsPerWrite },
+    programCost: { ...progCost, nsPerWrite: progNsPerWrite, ...(perfSummary ? { byPerf: perfSummary } : {}) },
     js: { recordsPerCpuSecond: recordsPerCpuSec, cpuShare: jsCpuShare, recordsPerSecond: recordsPerSec, usPerRecordAtRate: jsUsPerRecordRate, targetUs: 0.15, ok: okJs },
     ringDrops: { saturated: dropsSat, rate: dropsRate, ok: okDrops },
     recursionMisses: { dpsr_complete: completeMisses, dpsr_issue: issueMisses },
@@ -712,8 +799,8 @@ function summarize(opts: Options, runs: Run[], allRuns: Run[], rate: number, bac
 async function main(): Promise<number> {
   const opts = parseOptions(process.argv.slice(2));
   if (process.getuid?.() !== 0) usage('needs root (loop devices, BPF)');
-  for (const tool of ['fio', 'bpftool', 'losetup']) {
-    try { sh('sh', ['-c', `command -v ${tool}`]); } catch { usage(`${tool} not found (apt-get install -y ${tool === 'losetup' ? 'mount' : tool})`); }
+  for (const tool of ['fio', 'bpftool', 'losetup', ...(opts.perf ? ['perf'] : [])]) {
+    try { sh('sh', ['-c', `command -v ${tool}`]); } catch { usage(`${tool} not found (apt-get install -y ${tool === 'losetup' ? 'mount' : tool === 'perf' ? 'linux-perf' : tool})`); }
   }
   if (opts.nice) {
     os.setPriority(opts.nice);
@@ -761,6 +848,7 @@ async function main(): Promise<number> {
       await measure(opts, round, 'B', 'saturated', loopDev, disk, undefined, b);
       await measure(opts, round, 'B', 'rate', loopDev, disk, rate, b);
       await measure(opts, round, 'B+stats', 'rate', loopDev, disk, rate, b);
+      if (opts.perf) await measure(opts, round, 'B+perf', 'saturated', loopDev, disk, undefined, b);
     } finally {
       await stopB(b);
     }
