@@ -381,8 +381,8 @@ function perfCost(file: string, writes: number): PerfCost {
   let frames: string[] = [];
   const flush = () => {
     const entry = frames.find((f) => f.startsWith('bpf_trace_run'));
-    const dpsr = frames.some((f) => /^bpf_prog_\w+_dpsr_/.test(f)) || perfCategory(frames[0]) === 'entry'; // the entry's own samples name no program
-    if (period > 0 && entry && dpsr) {
+    const dpsr = entry && (frames.some((f) => /^bpf_prog_\w+_dpsr_/.test(f)) || perfCategory(frames[0]) === 'entry'); // the entry's own samples name no program
+    if (period > 0 && dpsr) {
       const prog = entry === 'bpf_trace_run1' ? 'dpsr_issue' : entry === 'bpf_trace_run3' ? 'dpsr_complete' : 'other';
       byProgram[prog] = (byProgram[prog] ?? 0) + period;
       const cat = perfCategory(frames[0]);
