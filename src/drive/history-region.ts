@@ -28,6 +28,9 @@
 //                    4 KiB), the chunk hash table (SHA-256 of each 64 KiB of the data, the last one shorter;
 //                    padded to 4 KiB), and the data of the extents in table order (whole 4 KiB blocks).
 //                    Version 1 (still read) has no chunk hash table, and the SHA-256 of the whole data.
+//                    Version 3 (the index entry's format: 3), written during a sync's passes (UndoStream):
+//                    the data first, then the extent table (in the data's order), the chunk hash table and
+//                    the header, the record's last block.
 import crypto from 'node:crypto';
 import { DpsrError, RefusedError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
@@ -46,6 +49,7 @@ const INDEX_MAGIC = Buffer.from('DPSRHIX1');
 const RECORD_MAGIC = Buffer.from('DPSRUND1');
 const FORMAT = 1; // the index's
 const RECORD_FORMAT = 2; // 1: one SHA-256 of the data, no chunk hashes (still read)
+const STREAMED_FORMAT = 3; // the data first, the header last: written during a sync's passes (UndoStream)
 const CHUNK_BYTES = 64 << 10; // a record's data is verified in chunks this big: a reader checks only what it reads
 const CHUNK_HASH_BYTES = 32;
 const INDEX_HEADER = 8 + 4 + 4 + 32;
@@ -73,6 +77,8 @@ export interface UndoRecord {
   bytes: number; // the record's size in the region
   dataBytes: number;
   headHash: string; // hex: binds the record to this index entry
+  /** 3: the data first, the header in the record's last block (written during the passes); absent: the header first (formats 1 and 2). */
+  format?: 3;
 }
 
 /** One restore point: the image of `generation`, held as the undo of the transaction that replaced it. */
@@ -209,7 +215,7 @@ export function heldBytes(p: UndoPoint): number {
 }
 
 const recordOnly = (r: UndoRecord): UndoRecord =>
-  ({ generation: r.generation, txnSeq: r.txnSeq, offsetBytes: r.offsetBytes, bytes: r.bytes, dataBytes: r.dataBytes, headHash: r.headHash });
+  ({ generation: r.generation, txnSeq: r.txnSeq, offsetBytes: r.offsetBytes, bytes: r.bytes, dataBytes: r.dataBytes, headHash: r.headHash, ...(r.format ? { format: r.format } : {}) });
 
 function remember(index: HistoryIndex, gone: DroppedPoint[]): DroppedPoint[] {
   index.dropped = [...index.dropped, ...gone].slice(-DROPPED_KEPT);
@@ -344,12 +350,15 @@ function humanKeep(ms: number): string {
 /** Where a new record goes, and how many of the oldest points must go first: for its space, then for the index's room. */
 interface Place { at: number; drop: number; indexDrop: number }
 
-/** Where the record of point `entry` goes (its size in `entry.bytes`) and what must go for it; null: it is larger than the region. */
-function placeRecord(index: HistoryIndex, entry: UndoPoint, lengthBytes: number): Place | null {
+/**
+ * Where the record of point `entry` goes (its size in `entry.bytes`; `fixedAt`: written there already) and what
+ * must go for it; null: it is larger than the region.
+ */
+function placeRecord(index: HistoryIndex, entry: UndoPoint, lengthBytes: number, fixedAt?: number): Place | null {
   const { bytes } = entry;
   if (bytes > lengthBytes - INDEX_AREA_BYTES) return null;
-  let at = cursorOf(index);
-  if (at < INDEX_AREA_BYTES || at + bytes > lengthBytes) at = INDEX_AREA_BYTES;
+  let at = fixedAt ?? cursorOf(index);
+  if (fixedAt === undefined && (at < INDEX_AREA_BYTES || at + bytes > lengthBytes)) at = INDEX_AREA_BYTES;
   const overlaps = (r: UndoRecord) => r.offsetBytes < at + bytes && at < r.offsetBytes + r.bytes;
   const drop = index.points.reduce((last, p, i) => (recordsOf(p).some(overlaps) ? i : last), -1) + 1;
   // The index must hold the new point as well (with the drops remembered): the oldest go for its room too.
@@ -379,13 +388,20 @@ const chunkHashBytes = (dataBytes: number) => roundUp(Math.ceil(dataBytes / CHUN
  * where the record goes and how many of the oldest points must go for it
  * (place null: larger than the region), or tooOld: the policy keeps no such point.
  */
-function planUndo(region: HistoryRegion, index: HistoryIndex, targets: ExtentSet, meta: PointMeta, imageSectors: number, keep: KeepPolicy, nowMs: number) {
+function planUndo(region: HistoryRegion, index: HistoryIndex, targets: ExtentSet, meta: PointMeta, imageSectors: number, keep: KeepPolicy, nowMs: number,
+  streamed: StreamedRecord | null) {
   const keptOut = applyKeep(region, index, keep, nowMs, meta.label === null ? 1 : 0);
-  const shape = recordShape(targets, imageSectors);
   const tooOld = meta.label === null && keep.keepMs !== null && pointTimeMs(meta) < nowMs - keep.keepMs;
+  const classic = recordShape(targets, imageSectors);
   // The entry as saveUndo makes it, its numbers at their widest: what it takes in the index.
-  const entry: UndoPoint = { ...meta, txnSeq: Number.MAX_SAFE_INTEGER, offsetBytes: 0, bytes: shape.bytes, dataBytes: shape.dataBytes, headHash: '0'.repeat(64), savedMs: nowMs };
-  return { keptOut, shape, tooOld, place: placeRecord(index, entry, region.lengthBytes) };
+  const entryOf = (shape: { bytes: number; dataBytes: number }): UndoPoint =>
+    ({ ...meta, txnSeq: Number.MAX_SAFE_INTEGER, offsetBytes: 0, bytes: shape.bytes, dataBytes: shape.dataBytes, headHash: '0'.repeat(64), savedMs: nowMs, format: 3 });
+  if (streamed) {
+    const place = placeRecord(index, entryOf(streamed), region.lengthBytes, streamed.at);
+    // Its space was made free before it was written (UndoStream.room), so nothing is in its way; else saved anew.
+    if (place && place.drop === 0) return { keptOut, shape: { ...classic, bytes: streamed.bytes, dataBytes: streamed.dataBytes }, tooOld, place, streamed };
+  }
+  return { keptOut, shape: classic, tooOld, place: placeRecord(index, entryOf(classic), region.lengthBytes), streamed: null };
 }
 
 /**
@@ -393,10 +409,11 @@ function planUndo(region: HistoryRegion, index: HistoryIndex, targets: ExtentSet
  * sync) when keeping its undo would drop a labelled point and the policy
  * does not allow it. saveUndo then drops exactly what this foresaw.
  */
-export function checkUndoRoom(region: HistoryRegion, targets: ExtentSet, meta: PointMeta, imageSectors: number, keep: KeepPolicy, pairName: string): void {
+export function checkUndoRoom(region: HistoryRegion, targets: ExtentSet, meta: PointMeta, imageSectors: number, keep: KeepPolicy, pairName: string,
+  streamed: StreamedRecord | null = null): void {
   if (keep.dropLabelledWhenFull) return;
   const index = readIndex(region);
-  const { shape, tooOld, place } = planUndo(region, index, targets, meta, imageSectors, keep, Date.now());
+  const { shape, tooOld, place } = planUndo(region, index, targets, meta, imageSectors, keep, Date.now(), streamed);
   if (tooOld && index.points.length === 0) return; // nothing saved
   const lost = (place ? index.points.slice(0, place.drop + place.indexDrop) : index.points).filter((p) => p.label !== null);
   if (lost.length === 0) return;
@@ -420,13 +437,16 @@ export interface UndoResult { saved: UndoPoint | null; dropped: DroppedPoint[]; 
  * the first write of the apply. Idempotent per transaction: once the mark is
  * durable it does nothing, since the image may be half-applied by then.
  * The keep policy drops what it no longer keeps in the same index write.
+ * With the `stream` that wrote the record before the commit, only the index
+ * entry is written (unless the stream stopped: then the record is saved here).
  */
 export async function saveUndo(region: HistoryRegion, image: BlockIo, txnSeq: number, targets: ExtentSet, meta: PointMeta,
-  imageSectors: number, keep: KeepPolicy = DEFAULT_KEEP, prefetch?: UndoPrefetch): Promise<UndoResult> {
+  imageSectors: number, keep: KeepPolicy = DEFAULT_KEEP, stream?: UndoStream): Promise<UndoResult> {
   const index = readIndex(region);
   if (index.undoneTxnSeq >= txnSeq) return { saved: null, dropped: [], already: true };
-  const { keptOut, shape: { extents, dataBytes, tableBytes, hashBytes, bytes }, tooOld, place } = planUndo(region, index, targets, meta, imageSectors, keep, Date.now());
-  const dropped = [...keptOut];
+  const { keptOut, shape: { extents, dataBytes, tableBytes, hashBytes, bytes }, tooOld, place, streamed } =
+    planUndo(region, index, targets, meta, imageSectors, keep, Date.now(), stream?.recordFor(txnSeq, targets) ?? null);
+  const dropped = [...(stream?.dropped ?? []), ...keptOut];
   const tooOldWhy = `older than keep = ${humanKeep(keep.keepMs ?? 0)}`;
   // Not kept: larger than the region (every older point goes too: each needs this record),
   // or older than keep with no older point that would need its record.
@@ -441,9 +461,9 @@ export async function saveUndo(region: HistoryRegion, image: BlockIo, txnSeq: nu
   const { at } = place;
   if (place.drop > 0) dropped.push(...dropOldest(index, place.drop, REGION_FULL));
   if (place.indexDrop > 0) dropped.push(...dropOldest(index, place.indexDrop, INDEX_FULL));
-  if (dropped.length > 0) writeIndex(region, index); // before their space is overwritten
-  const headHash = await writeRecord(region, image, at, txnSeq, meta.generation, extents, tableBytes, hashBytes, prefetch);
-  let saved: UndoPoint | null = { ...meta, txnSeq, offsetBytes: at, bytes, dataBytes, headHash, savedMs: Date.now() };
+  if (!streamed && dropped.length > 0) writeIndex(region, index); // before their space is overwritten
+  const headHash = streamed ? streamed.headHash : await writeRecord(region, image, at, txnSeq, meta.generation, extents, tableBytes, hashBytes);
+  let saved: UndoPoint | null = { ...meta, txnSeq, offsetBytes: at, bytes, dataBytes, headHash, savedMs: Date.now(), ...(streamed ? { format: 3 as const } : {}) };
   index.points.push(saved);
   index.cursorBytes = at + bytes;
   index.undoneTxnSeq = txnSeq;
@@ -482,11 +502,11 @@ function dropNewerBefore(region: HistoryRegion, txnSeq: number, toGeneration: nu
  * that drops the newer points, those dropped instead. Null without a history region.
  */
 export async function undoBeforeApply(drive: BlockIo, pair: { dataSectors: number; historySectors?: number }, pairId: string,
-  txn: CommittedTransaction, meta: PointMeta, revert?: RevertOf, keep: KeepPolicy = DEFAULT_KEEP, prefetch?: UndoPrefetch): Promise<UndoResult | null> {
+  txn: CommittedTransaction, meta: PointMeta, revert?: RevertOf, keep: KeepPolicy = DEFAULT_KEEP, stream?: UndoStream): Promise<UndoResult | null> {
   const region = historyRegionOf(drive, pair, pairId);
   if (!region) return null;
   if (revert && !revert.keepNewer) return dropNewerBefore(region, txn.seq, revert.toGeneration);
-  return saveUndo(region, drive, txn.seq, txn.targetExtents(), meta, pair.dataSectors, keep, prefetch);
+  return saveUndo(region, drive, txn.seq, txn.targetExtents(), meta, pair.dataSectors, keep, stream);
 }
 
 /** Extents rounded out to whole 4 KiB blocks, within the image's blocks. */
@@ -500,157 +520,246 @@ function blocksWithin(targets: ExtentSet, limitSectors: number): ExtentSet {
   return out;
 }
 
+/**
+ * The old content of image blocks appended to a record's data on the drive:
+ * read in batches of scattered reads into one buffer while the other's batch
+ * is written and hashed (the reads and the sequential writes overlap). It
+ * keeps the record's extent table in data order and the chunk hashes.
+ */
+class UndoDataWriter {
+  private readonly bufs = [native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK), native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK)];
+  private readonly writes: Array<Promise<void> | null> = [null, null];
+  private cur = 0;
+  private fill = 0;
+  private ops: Array<{ bufferOffset: number; length: number; position: number }> = [];
+  private readonly digests: Buffer[] = [];
+  /** [startSector, endSector) of the image, in data order (adjacent ones merged). */
+  readonly extents: Array<[number, number]> = [];
+  /** Data bytes appended (written or still in the buffer). */
+  dataBytes = 0;
+  private writtenBytes = 0;
+
+  /** `startBytes`: where the data goes, from the region start; `room(endBytes)`: whether a write may reach that far. */
+  constructor(private readonly region: HistoryRegion, private readonly image: BlockIo, private readonly startBytes: number,
+    private readonly room: (endBytes: number) => boolean = () => true) {}
+
+  /** Appends the old content of `blocks` (whole 4 KiB blocks of the image); false when `room` said no (nothing more is written). */
+  async append(blocks: ExtentSet): Promise<boolean> {
+    for (const [s, e] of blocks) {
+      const last = this.extents[this.extents.length - 1];
+      if (last && last[1] === s) last[1] = e;
+      else this.extents.push([s, e]);
+      for (let done = s * SECTOR; done < e * SECTOR;) {
+        const n = Math.min(e * SECTOR - done, COPY_CHUNK_BYTES - this.fill);
+        this.ops.push({ bufferOffset: this.fill, length: n, position: done });
+        this.fill += n;
+        this.dataBytes += n;
+        done += n;
+        if (this.fill === COPY_CHUNK_BYTES && !(await this.writeBuffer())) return false;
+      }
+    }
+    return true;
+  }
+
+  private async writeBuffer(): Promise<boolean> {
+    if (this.fill === 0) return true;
+    if (!this.room(this.startBytes + this.writtenBytes + this.fill)) return false;
+    const buf = this.bufs[this.cur];
+    await this.writes[this.cur]; // this buffer's last batch is on the drive, and hashed
+    await this.image.batch('read', 'DPSR drive', buf, this.ops);
+    // Hashed off the main thread while it is written. Every buffer but the last is full, and a whole number of chunks.
+    const first = this.writtenBytes / CHUNK_BYTES;
+    const hashed = hashChunks(buf.subarray(0, this.fill)).then((ds) => ds.forEach((d, i) => { this.digests[first + i] = d; }));
+    const written = Promise.all([fullIo('write', this.region.drive, buf, 0, this.fill, this.region.startBytes + this.startBytes + this.writtenBytes), hashed]).then(() => {});
+    written.catch(() => {}); // awaited before the buffer is used again and at the end
+    this.writes[this.cur] = written;
+    this.cur ^= 1;
+    this.writtenBytes += this.fill;
+    this.ops = [];
+    this.fill = 0;
+    return true;
+  }
+
+  /** Writes what is left and waits for every write: the chunk hashes, or null when `room` said no. */
+  async finish(): Promise<Buffer | null> {
+    const ok = await this.writeBuffer();
+    await Promise.all(this.writes);
+    return ok ? Buffer.concat(this.digests) : null;
+  }
+
+  /** The extent table (16 bytes an extent, padded to 4 KiB) into `table`. */
+  encodeTable(table: Buffer): void {
+    this.extents.forEach(([s, e], i) => {
+      table.writeBigUInt64LE(BigInt(s), i * EXTENT_BYTES);
+      table.writeBigUInt64LE(BigInt(e - s), i * EXTENT_BYTES + 8);
+    });
+  }
+}
+
+/** A record's header block: its counts, the table's and the chunk hashes' SHA-256, and headHash (returned) binding it to the pair and the index entry. */
+function encodeHead(region: HistoryRegion, head: Buffer, format: number, txnSeq: number, generation: number, data: UndoDataWriter,
+  table: Buffer, hashes: Buffer): Buffer {
+  RECORD_MAGIC.copy(head, 0);
+  head.writeUInt32LE(format, 8);
+  head.writeUInt32LE(data.extents.length, 12);
+  head.writeBigUInt64LE(BigInt(txnSeq), 16);
+  head.writeBigUInt64LE(BigInt(generation), 24);
+  head.writeBigUInt64LE(BigInt(data.dataBytes), 32);
+  sha256(table.subarray(0, data.extents.length * EXTENT_BYTES)).copy(head, 40);
+  sha256(hashes).copy(head, 72);
+  const headHash = headHashOf(region.pairId, head);
+  headHash.copy(head, HEAD_HASHED);
+  return headHash;
+}
+
+/** Writes a record of format 2 at `at` (header, table and chunk hashes before the data), durably: after the commit. */
 async function writeRecord(region: HistoryRegion, image: BlockIo, at: number, txnSeq: number, generation: number,
-  extents: ExtentSet, tableBytes: number, hashBytes: number, prefetch?: UndoPrefetch): Promise<string> {
+  extents: ExtentSet, tableBytes: number, hashBytes: number): Promise<string> {
+  const data = new UndoDataWriter(region, image, at + BLOCK + tableBytes + hashBytes);
+  await data.append(extents);
+  const chunkHashes = (await data.finish())!;
   // The header, the table and the chunk hashes lie side by side: one write after the data.
   const front = native().alignedBuffer(BLOCK + tableBytes + hashBytes, BLOCK);
   front.fill(0);
-  const head = front.subarray(0, BLOCK);
   const table = front.subarray(BLOCK, BLOCK + tableBytes);
-  const hashes = front.subarray(BLOCK + tableBytes);
-  let i = 0;
-  extents.forEach((s, e) => {
-    table.writeBigUInt64LE(BigInt(s), i * EXTENT_BYTES);
-    table.writeBigUInt64LE(BigInt(e - s), i * EXTENT_BYTES + 8);
-    i++;
-  });
-  let chunks = 0;
-  let pos = region.startBytes + at + BLOCK + tableBytes + hashBytes;
-  // The old blocks, read from the image in batches of scattered reads into one buffer while
-  // the other's batch is written (the reads and the sequential writes overlap).
-  const bufs = [native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK), native().alignedBuffer(COPY_CHUNK_BYTES, BLOCK)];
-  const writes: Array<Promise<void> | null> = [null, null];
-  let cur = 0;
-  let ops: Array<{ bufferOffset: number; length: number; position: number }> = [];
-  let fill = 0;
-  let ahead: Array<{ bufferOffset: number; startSector: number; endSector: number }> = [];
-  const flushChunk = async () => {
-    if (fill === 0) return;
-    await writes[cur]; // this buffer's last batch is on the drive, and hashed
-    if (ops.length > 0) await image.batch('read', 'DPSR drive', bufs[cur], ops);
-    for (const x of ahead) await prefetch!.fill(bufs[cur], x.bufferOffset, x.startSector, x.endSector);
-    // Hashed off the main thread while it is written. Every buffer but the last is full, and a whole number of chunks.
-    const hashed = hashChunks(bufs[cur].subarray(0, fill), hashes, chunks);
-    chunks += Math.ceil(fill / CHUNK_BYTES);
-    const written = Promise.all([fullIo('write', region.drive, bufs[cur], 0, fill, pos), hashed]).then(() => {});
-    written.catch(() => {}); // awaited before the buffer is used again and at the end
-    writes[cur] = written;
-    cur ^= 1;
-    pos += fill;
-    ops = [];
-    ahead = [];
-    fill = 0;
-  };
-  // Each extent in pieces read ahead (copied) or not (read now), in order.
-  const pieces: Array<[number, number, boolean]> = [];
-  for (const [s, e] of extents) {
-    let at = s;
-    for (const [a, b] of prefetch ? prefetch.within(s, e) : []) {
-      if (a > at) pieces.push([at, a, false]);
-      pieces.push([a, b, true]);
-      at = b;
-    }
-    if (at < e) pieces.push([at, e, false]);
-  }
-  for (const [s, e, isAhead] of pieces) {
-    for (let done = s * SECTOR; done < e * SECTOR;) {
-      const n = Math.min(e * SECTOR - done, COPY_CHUNK_BYTES - fill);
-      if (isAhead) ahead.push({ bufferOffset: fill, startSector: done / SECTOR, endSector: (done + n) / SECTOR });
-      else ops.push({ bufferOffset: fill, length: n, position: done });
-      fill += n;
-      done += n;
-      if (fill === COPY_CHUNK_BYTES) await flushChunk();
-    }
-  }
-  await flushChunk();
-  await Promise.all(writes);
-  RECORD_MAGIC.copy(head, 0);
-  head.writeUInt32LE(RECORD_FORMAT, 8);
-  head.writeUInt32LE(extents.count, 12);
-  head.writeBigUInt64LE(BigInt(txnSeq), 16);
-  head.writeBigUInt64LE(BigInt(generation), 24);
-  head.writeBigUInt64LE(BigInt(extents.totalSectors * SECTOR), 32);
-  sha256(table.subarray(0, extents.count * EXTENT_BYTES)).copy(head, 40);
-  sha256(hashes.subarray(0, chunks * CHUNK_HASH_BYTES)).copy(head, 72);
-  const headHash = headHashOf(region.pairId, head);
-  headHash.copy(head, HEAD_HASHED);
+  data.encodeTable(table);
+  chunkHashes.copy(front, BLOCK + tableBytes);
+  const headHash = encodeHead(region, front.subarray(0, BLOCK), RECORD_FORMAT, txnSeq, generation, data, table, chunkHashes);
   await fullIo('write', region.drive, front, 0, front.length, region.startBytes + at);
   region.drive.flushSync('the DPSR drive', 'its restore points may not be durable');
   return headHash.toString('hex');
 }
 
+/** An undo record written whole before its transaction's commit (UndoStream): only its index entry is left to write. */
+export interface StreamedRecord { at: number; bytes: number; dataBytes: number; headHash: string; covers: ExtentSet; txnSeq: number }
+
 /**
- * Old content of image blocks read ahead, while a sync still writes its
- * journal: the image does not change before the apply, so what is read here
- * is what the undo must hold, and saveUndo then only writes it (what was not
- * read ahead, or beyond `limitBytes`, it reads itself).
+ * The undo of a journaled sync written during its passes, in format 3 (the
+ * data first, its extent table, chunk hashes and header after it): the
+ * image does not change before the apply, so the old content of the blocks
+ * each pass cuts is read and written into the region while the pass writes
+ * the journal. It goes where the next record would (the index's cursor), into
+ * space no point holds: the oldest points, never a labelled one unless the
+ * policy allows it, are dropped (durably, in the index) before their space is
+ * written. complete(), before the commit, writes the blocks no pass cut (a
+ * compare's repairs) and the trailer; the journal's flush before its commit
+ * makes the record durable, so after the commit saveUndo writes only the
+ * index entry. Until then the record is in space no index names: a crash
+ * leaves it unreferenced, and a replay saves the undo the classic way. When
+ * the space runs out (a labelled point, the region's end) the stream stops and
+ * saveUndo does the classic save after the commit.
  */
-export class UndoPrefetch {
+export class UndoStream {
   private readonly held = new ExtentSet();
-  private readonly pieces: Array<{ startSector: number; endSector: number; data: Buffer; done: Promise<void> }> = [];
-  private bytes = 0;
-  private sorted = true;
+  private readonly index: HistoryIndex;
+  private data: UndoDataWriter | null = null;
+  private at = -1;
+  private limit = 0; // where the space no point holds ends (from the region start)
+  private work: Promise<void> = Promise.resolve();
+  private stopped: string | null = null;
+  private record: StreamedRecord | null = null;
+  /** Points dropped for the stream's space. */
+  readonly dropped: DroppedPoint[] = [];
 
-  constructor(private readonly image: BlockIo, private readonly imageSectors: number, private readonly limitBytes: number) {}
+  constructor(private readonly region: HistoryRegion, private readonly image: BlockIo, private readonly imageSectors: number,
+    private readonly keep: KeepPolicy) {
+    this.index = readIndex(region);
+  }
 
-  /** Starts reading the blocks of `targets` not read yet (none once the bound is reached). */
+  /** Why the stream stopped (saveUndo saves the undo after the commit then), or null. */
+  get stoppedBecause(): string | null {
+    return this.stopped;
+  }
+
+  /** Starts saving the blocks of `targets` not saved yet (the image's old content: call it before anything of them is applied). */
   add(targets: ExtentSet): void {
+    if (this.stopped || this.record) return;
     const fresh = blocksWithin(targets, roundUp(this.imageSectors, BLOCK / SECTOR));
     fresh.subtractSet(this.held);
-    const ops: Array<{ bufferOffset: number; length: number; position: number }> = [];
-    let length = 0;
-    for (const [a, b] of fresh) {
-      const n = (b - a) * SECTOR;
-      if (this.bytes + length + n > this.limitBytes) break;
-      ops.push({ bufferOffset: length, length: n, position: a * SECTOR });
-      length += n;
-    }
-    if (length === 0) return;
-    this.bytes += length;
-    const data = native().alignedBuffer(length, BLOCK);
-    const done = (async () => {
-      for (let i = 0; i < ops.length;) { // batches of at most COPY_CHUNK_BYTES of scattered reads
-        const batch = [];
-        for (let sum = 0; i < ops.length && (batch.length === 0 || sum + ops[i].length <= COPY_CHUNK_BYTES); i++) {
-          sum += ops[i].length;
-          batch.push(ops[i]);
-        }
-        const base = batch[0].bufferOffset;
-        const end = batch[batch.length - 1].bufferOffset + batch[batch.length - 1].length;
-        await this.image.batch('read', 'DPSR drive', data.subarray(base, end), batch.map((o) => ({ ...o, bufferOffset: o.bufferOffset - base })));
-      }
-    })();
-    done.catch(() => {}); // awaited by fill(); a failed read there is that sync's failure
-    for (const o of ops) {
-      const a = o.position / SECTOR;
-      this.held.add(a, a + o.length / SECTOR);
-      this.pieces.push({ startSector: a, endSector: a + o.length / SECTOR, data: data.subarray(o.bufferOffset, o.bufferOffset + o.length), done });
-    }
-    this.sorted = false;
+    if (fresh.isEmpty) return;
+    this.held.addSet(fresh);
+    this.work = this.work.then(() => this.append(fresh)).catch((err) => this.stop(`writing it failed: ${(err as Error).message}`));
   }
 
-  /** The part of [startSector, endSector) read ahead. */
-  within(startSector: number, endSector: number): ExtentSet {
-    return this.held.intersect(startSector, endSector);
+  private stop(why: string): void {
+    this.stopped ??= why;
   }
 
-  /** Copies sectors [startSector, endSector), all read ahead, into `buf` at `offset`. */
-  async fill(buf: Buffer, offset: number, startSector: number, endSector: number): Promise<void> {
-    if (!this.sorted) this.pieces.sort((x, y) => x.startSector - y.startSector); // disjoint: at most one holds a sector
-    this.sorted = true;
-    for (let at = startSector; at < endSector;) {
-      let lo = 0;
-      for (let hi = this.pieces.length - 1; lo < hi;) { // the last piece starting at or before `at`
-        const mid = (lo + hi + 1) >> 1;
-        if (this.pieces[mid].startSector <= at) lo = mid;
-        else hi = mid - 1;
-      }
-      const p = this.pieces[lo];
-      await p.done;
-      const until = Math.min(endSector, p.endSector);
-      p.data.copy(buf, offset + (at - startSector) * SECTOR, (at - p.startSector) * SECTOR, (until - p.startSector) * SECTOR);
-      at = until;
+  private async append(fresh: ExtentSet): Promise<void> {
+    if (this.stopped) return;
+    if (!this.data) {
+      const bytes = recordShape(fresh, this.imageSectors).bytes;
+      let at = Math.max(cursorOf(this.index), INDEX_AREA_BYTES);
+      if (at + bytes > this.region.lengthBytes) at = INDEX_AREA_BYTES; // the ring wraps (as placeRecord does)
+      this.at = at;
+      this.limit = this.freeUntil();
+      this.data = new UndoDataWriter(this.region, this.image, at, (end) => this.room(end + this.trailerBytes()));
     }
+    if (!(await this.data.append(fresh))) this.stop('no room');
+  }
+
+  /** The end of the space no point holds from `at` on: the start of the first record at or after it, or the region's end. */
+  private freeUntil(): number {
+    let end = this.region.lengthBytes;
+    for (const r of this.index.points.flatMap(recordsOf)) if (r.offsetBytes + r.bytes > this.at) end = Math.min(end, Math.max(r.offsetBytes, this.at));
+    return end;
+  }
+
+  /** What the table, the chunk hashes and the header take after the data, with room for a few more extents. */
+  private trailerBytes(): number {
+    const d = this.data!;
+    return roundUp((d.extents.length + 256) * EXTENT_BYTES, BLOCK) + chunkHashBytes(d.dataBytes + COPY_CHUNK_BYTES) + BLOCK;
+  }
+
+  /**
+   * Whether the record may reach `endBytes` (from the region start): the
+   * oldest points whose records lie in the way are dropped first, durably,
+   * unless one is labelled and the policy keeps it, or the region ends first.
+   */
+  private room(endBytes: number): boolean {
+    if (endBytes <= this.limit) return true;
+    if (endBytes > this.region.lengthBytes) return false;
+    const overlaps = (r: UndoRecord) => r.offsetBytes < endBytes && this.at < r.offsetBytes + r.bytes;
+    const drop = this.index.points.reduce((last, p, i) => (recordsOf(p).some(overlaps) ? i : last), -1) + 1;
+    if (!this.keep.dropLabelledWhenFull && this.index.points.slice(0, drop).some((p) => p.label !== null)) return false;
+    this.dropped.push(...dropOldest(this.index, drop, REGION_FULL));
+    writeIndex(this.region, this.index); // before their space is written
+    this.limit = this.freeUntil();
+    return endBytes <= this.limit;
+  }
+
+  /**
+   * Before the commit: saves the blocks of `targets` no pass cut, then writes
+   * the record's table, chunk hashes and header after its data. Not flushed
+   * here: the journal's flush before its commit makes it durable.
+   */
+  async complete(targets: ExtentSet, txnSeq: number, generation: number): Promise<void> {
+    this.add(targets);
+    await this.work;
+    if (this.stopped || this.record || !this.data) return;
+    const data = this.data;
+    const chunkHashes = await data.finish();
+    if (!chunkHashes) return this.stop('no room');
+    const tableBytes = roundUp(data.extents.length * EXTENT_BYTES, BLOCK);
+    const hashBytes = chunkHashBytes(data.dataBytes);
+    const bytes = data.dataBytes + tableBytes + hashBytes + BLOCK;
+    if (!this.room(this.at + bytes)) return this.stop('no room');
+    const trailer = native().alignedBuffer(tableBytes + hashBytes + BLOCK, BLOCK);
+    trailer.fill(0);
+    const table = trailer.subarray(0, tableBytes);
+    data.encodeTable(table);
+    chunkHashes.copy(trailer, tableBytes);
+    const headHash = encodeHead(this.region, trailer.subarray(tableBytes + hashBytes), STREAMED_FORMAT, txnSeq, generation, data, table, chunkHashes);
+    await fullIo('write', this.region.drive, trailer, 0, trailer.length, this.region.startBytes + this.at + data.dataBytes);
+    this.record = { at: this.at, bytes, dataBytes: data.dataBytes, headHash: headHash.toString('hex'), covers: this.held, txnSeq };
+  }
+
+  /** The record written, if it is transaction `txnSeq`'s and holds every block of its `targets`. */
+  recordFor(txnSeq: number, targets: ExtentSet): StreamedRecord | null {
+    if (!this.record || this.record.txnSeq !== txnSeq) return null;
+    const missing = blocksWithin(targets, roundUp(this.imageSectors, BLOCK / SECTOR));
+    missing.subtractSet(this.record.covers);
+    return missing.isEmpty ? this.record : null;
   }
 }
 
@@ -712,30 +821,32 @@ const damagedRecord = (point: UndoRecord, why: string) =>
  * its data is not read.
  */
 export function readUndoLayout(region: HistoryRegion, point: UndoRecord): UndoLayout {
+  const streamed = point.format === STREAMED_FORMAT; // the header last, the data first
   const head = native().alignedBuffer(BLOCK, BLOCK);
-  readSync(region, head, BLOCK, point.offsetBytes);
+  readSync(region, head, BLOCK, streamed ? point.offsetBytes + point.bytes - BLOCK : point.offsetBytes);
   const bad = (why: string) => damagedRecord(point, why);
   const format = head.readUInt32LE(8);
-  if (!head.subarray(0, 8).equals(RECORD_MAGIC) || (format !== 1 && format !== RECORD_FORMAT)) throw bad('no record header');
+  if (!head.subarray(0, 8).equals(RECORD_MAGIC) || (streamed ? format !== STREAMED_FORMAT : format !== 1 && format !== RECORD_FORMAT)) throw bad('no record header');
   if (headHashOf(region.pairId, head).toString('hex') !== point.headHash || head.subarray(HEAD_HASHED, HEAD_HASHED + 32).toString('hex') !== point.headHash) {
     throw bad('header checksum');
   }
   const count = head.readUInt32LE(12);
   const dataBytes = Number(head.readBigUInt64LE(32));
   const tableBytes = roundUp(count * EXTENT_BYTES, BLOCK);
+  const hashBytes = format === 1 ? 0 : chunkHashBytes(dataBytes);
+  if (streamed && dataBytes + tableBytes + hashBytes + BLOCK !== point.bytes) throw bad('record length');
+  const tableAt = streamed ? point.offsetBytes + dataBytes : point.offsetBytes + BLOCK;
   const table = native().alignedBuffer(Math.max(tableBytes, BLOCK), BLOCK);
-  if (tableBytes > 0) readSync(region, table, tableBytes, point.offsetBytes + BLOCK);
+  if (tableBytes > 0) readSync(region, table, tableBytes, tableAt);
   if (!sha256(table.subarray(0, count * EXTENT_BYTES)).equals(head.subarray(40, 72))) throw bad('extent table checksum');
   let chunkHashes: Buffer | null = null;
-  let hashBytes = 0;
-  if (format === RECORD_FORMAT) {
-    hashBytes = chunkHashBytes(dataBytes);
+  if (format !== 1) {
     const hashes = native().alignedBuffer(Math.max(hashBytes, BLOCK), BLOCK);
-    if (hashBytes > 0) readSync(region, hashes, hashBytes, point.offsetBytes + BLOCK + tableBytes);
+    if (hashBytes > 0) readSync(region, hashes, hashBytes, tableAt + tableBytes);
     chunkHashes = Buffer.from(hashes.subarray(0, Math.ceil(dataBytes / CHUNK_BYTES) * CHUNK_HASH_BYTES));
     if (!sha256(chunkHashes).equals(head.subarray(72, 104))) throw bad('chunk hash table checksum');
   }
-  const dataStartBytes = region.startBytes + point.offsetBytes + BLOCK + tableBytes + hashBytes;
+  const dataStartBytes = region.startBytes + (streamed ? point.offsetBytes : point.offsetBytes + BLOCK + tableBytes + hashBytes);
   const extents: UndoExtent[] = [];
   let off = 0;
   for (let i = 0; i < count; i++) {
@@ -766,11 +877,11 @@ export async function readUndoLayouts(region: HistoryRegion, records: UndoRecord
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/** SHA-256 of each CHUNK_BYTES of `data`, into `hashes` from chunk `first` on; in libuv's pool (webcrypto), not on the main thread. */
-async function hashChunks(data: Buffer, hashes: Buffer, first: number): Promise<void> {
+/** SHA-256 of each CHUNK_BYTES of `data`; in libuv's pool (webcrypto), not on the main thread. */
+async function hashChunks(data: Buffer): Promise<Buffer[]> {
   const digests = [];
   for (let c = 0; c < data.length; c += CHUNK_BYTES) digests.push(crypto.webcrypto.subtle.digest('SHA-256', data.subarray(c, Math.min(data.length, c + CHUNK_BYTES))));
-  (await Promise.all(digests)).forEach((d, i) => Buffer.from(d).copy(hashes, (first + i) * CHUNK_HASH_BYTES));
+  return (await Promise.all(digests)).map((d) => Buffer.from(d));
 }
 
 function sha256(b: Buffer): Buffer {

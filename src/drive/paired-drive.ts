@@ -15,7 +15,7 @@ import type { RangeState } from '../kernel/tracker.js';
 import type { ImageState, PairRecord } from '../state/records.js';
 import type { Session } from '../state/session.js';
 import { type CommittedTransaction, type JournalRegion, applyTransaction, damagedTransaction, journalPlace, readCommitted, unverifiedCommit } from './journal.js';
-import { type KeepPolicy, type PointMeta, type UndoPrefetch, dropAllPoints, historyRegionOf, undoBeforeApply } from './history-region.js';
+import { type KeepPolicy, type PointMeta, type UndoStream, dropAllPoints, historyRegionOf, undoBeforeApply } from './history-region.js';
 import { type DriveLabel, readLabel, writeLabel } from './label.js';
 
 /** The paired DPSR drive, opened once proven to be it. */
@@ -245,8 +245,8 @@ export function pointOf(pair: PairRecord): PointMeta {
  * keeps the defaults); drops remembered for status.
  */
 export async function saveUndoOf(pair: PairRecord, drive: BlockIo, txn: CommittedTransaction, made = pair.pendingTxn, keep?: KeepPolicy,
-  prefetch?: UndoPrefetch): Promise<void> {
-  const r = await undoBeforeApply(drive, pair, pair.id, txn, pointOf(pair), made?.seq === txn.seq ? made.revert : undefined, keep, prefetch);
+  stream?: UndoStream): Promise<void> {
+  const r = await undoBeforeApply(drive, pair, pair.id, txn, pointOf(pair), made?.seq === txn.seq ? made.revert : undefined, keep, stream);
   if (r && r.dropped.length > 0) pair.historyDropped = [...(pair.historyDropped ?? []), ...r.dropped].slice(-20);
 }
 

@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DpsrError, RefusedError, errnoOf } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
 import { finishedImage, forgetPoints, journalRegionOf, openRecoveredDrive, pointOf, saveUndoOf, updateLabel } from '../drive/paired-drive.js';
-import { DEFAULT_KEEP, type KeepPolicy, UndoPrefetch, checkUndoRoom, historyRegionOf } from '../drive/history-region.js';
+import { DEFAULT_KEEP, type KeepPolicy, UndoStream, checkUndoRoom, historyRegionOf } from '../drive/history-region.js';
 import { type ImageState } from '../state/records.js';
 import { type JournalEntry, type JournalRegion, applyEntries, applyTransaction, entriesOverlap, journalBytesFor, journalDataCapacity, writeTransaction } from '../drive/journal.js';
 import { PassBuffers, copyEntries, differingEntries } from './pass-source.js';
@@ -42,7 +42,6 @@ const MAX_PASSES = 5;
 const CONVERGED_BYTES = 4 << 20; // passes stop when this little is left: the final pass (frozen) reads it
 const FREEZE_READ_LIMIT_BYTES = 256 << 20; // what the final pass may hold in memory
 const APPLY_FROM_MEMORY_BYTES = 256 << 20; // what a journaled sync keeps to apply without reading the journal back
-const UNDO_AHEAD_BYTES = 128 << 20; // the old blocks of the image a journaled sync with history reads ahead for its undo
 const FREEZE_DEADLINE_MS = 5000; // the watchdog thaws after this
 const DEFAULT_QUIET_MS = 2000; // a raw source must be idle this long for its final pass
 const QUIET_ATTEMPTS = 3;
@@ -397,15 +396,15 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
   let settleEpoch = -1;
   const buffers = new PassBuffers();
   const journaled = new ExtentSet(); // what earlier passes of this transaction wrote into it
-  // The undo's old blocks are read while the passes write the journal (the image is unchanged until the apply).
+  // The undo's old blocks are saved while the passes write the journal (the image is unchanged until the apply).
   const history = historyRegionOf(c.drive, pair, pair.id);
-  const prefetch = history ? new UndoPrefetch(c.drive, limit, UNDO_AHEAD_BYTES) : null;
+  const undo = history ? new UndoStream(history, c.drive, limit, c.keep) : null;
   async function* entries(): AsyncGenerator<JournalEntry> {
     for (let pass = 1; ; pass++) {
       result.cutMs = Date.now();
       const cut = copyWhereJournaled(passCut(c, pass, carried), journaled);
-      prefetch?.add(cut.copy);
-      prefetch?.add(cut.discard);
+      undo?.add(cut.copy);
+      undo?.add(cut.discard);
       journaled.addSet(blocksOf(cut.copy));
       journaled.addSet(blocksOf(cut.discard));
       await savePending(s, pair, range, c.generation, result.cutMs, cut);
@@ -429,7 +428,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
       result.quietSinceMs = f.quietSinceMs ?? null;
       settleEpoch = f.epoch;
       if (f.ok) {
-        prefetch?.add(f.cut);
+        undo?.add(f.cut);
         await savePending(s, pair, range, c.generation, f.cutMs, { copy: f.cut, compare: new ExtentSet(), discard: new ExtentSet() });
         for (const h of f.held) yield { kind: 'data', targetSector: h.position / SECTOR, data: h.buf.subarray(0, h.length) };
         const bytes = f.held.reduce((n, h) => n + h.length, 0);
@@ -462,8 +461,12 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
       targets.add(e.targetSector, e.targetSector + (e.kind === 'data' ? e.data.length / SECTOR : e.sectors));
       yield e;
     }
-    // Before the commit: a sync whose undo would cost a labelled point the policy keeps is refused here, uncommitted.
-    if (history) checkUndoRoom(history, targets, pointOf(pair), pair.dataSectors, c.keep, pair.name);
+    if (history && undo) {
+      // Before the commit (whose flush makes it durable): the undo record whole, but for its index entry.
+      await undo.complete(targets, seq, pair.generation);
+      // A sync whose undo would cost a labelled point the policy keeps is refused here, uncommitted.
+      checkUndoRoom(history, targets, pointOf(pair), pair.dataSectors, c.keep, pair.name, undo.recordFor(seq, targets));
+    }
   }
   let committed;
   try {
@@ -473,7 +476,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
   }
   if (!committed) throw new DpsrError(`pair ${pair.name}: journal transaction ${seq} was not committed`, 'EJOURNAL');
   const undoStartMs = performance.now();
-  await saveUndoOf(pair, c.drive, committed, pair.pendingTxn, c.keep, prefetch ?? undefined); // the previous image's blocks, durable before the first write in place
+  await saveUndoOf(pair, c.drive, committed, pair.pendingTxn, c.keep, undo ?? undefined); // the previous image's blocks, durable before the first write in place
   result.undoMs = performance.now() - undoStartMs;
   // From memory when nothing overlaps (a block written again between passes does): the order cannot matter then.
   if (kept && !entriesOverlap(kept)) await applyEntries(c.drive, kept);
