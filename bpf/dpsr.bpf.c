@@ -83,13 +83,30 @@ struct {
 
 /* When a completed write last touched each slot (bpf_ktime_get_ns, per CPU;
  * user space takes the latest): a sync's quiet period counts from it, so a
- * source idle for minutes is not waited on again. Pinned from v4 on. */
+ * source idle for minutes is not waited on again. Pinned from v4 on. The
+ * time is the clock read at the tick's first completion on that CPU
+ * (clock_cache): up to one tick early. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DPSR_MAX_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 } last_write SEC(".maps");
+
+/* The clock read once per tick and CPU, for last_write: a TSC read cost
+ * about 28 ns per write on a VM, half the programs' clock time. Not pinned:
+ * only the programs that made it use it. */
+struct clock_stamp {
+	__u64 jiffies;
+	__u64 ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct clock_stamp);
+} clock_cache SEC(".maps");
 
 /* Drops per ring and epoch (key: ring * 2 + epoch), cleared by the owner
  * once no program can still count into that epoch. */
@@ -168,6 +185,24 @@ static __always_inline __u32 current_epoch(void)
 	return ctl ? READ_ONCE(ctl->epoch) & 1 : 0;
 }
 
+/* CLOCK_MONOTONIC at this tick's first completion on this CPU. The entry is
+ * this CPU's alone, and the kernel never runs the program nested on one CPU
+ * (its recursion guard), so no run sees another's half-written stamp. */
+static __always_inline __u64 tick_time_ns(void)
+{
+	__u32 zero = 0;
+	struct clock_stamp *c = bpf_map_lookup_elem(&clock_cache, &zero);
+	__u64 j = bpf_jiffies64();
+
+	if (!c)
+		return bpf_ktime_get_ns();
+	if (c->jiffies != j) {
+		c->ns = bpf_ktime_get_ns();
+		c->jiffies = j;
+	}
+	return c->ns;
+}
+
 /* Sets the bits of [start, end) (absolute sectors, inside the slot). */
 static __always_inline void mark_chunks(const struct dpsr_slot *slot, __u32 index,
 					__u32 epoch, __u64 start, __u64 end)
@@ -217,7 +252,7 @@ struct visit_ctx {
 	__u32 epoch;
 	__u32 touched;		/* out: slots whose range the write touched */
 	__u32 ring_mask;	/* out: their consumers */
-	__u64 now_ns;		/* at completion: bpf_ktime_get_ns() */
+	__u64 now_ns;		/* at completion: when (req_ctx.now_ns) */
 	bool unknown;		/* a write without a range */
 	bool completed;		/* at completion (count), not at issue */
 };
@@ -380,6 +415,7 @@ struct req_ctx {
 	__u32 epoch;
 	bool completed;		/* at completion (count, record), not at issue */
 	bool error;
+	__u64 now_ns;		/* at completion: tick_time_ns(), once per call */
 };
 
 /*
@@ -402,8 +438,7 @@ static __always_inline void place(const struct req_ctx *q, __u64 start, __u64 en
 	v.epoch = q->epoch;
 	v.unknown = unknown;
 	v.completed = q->completed;
-	if (q->completed)
-		v.now_ns = bpf_ktime_get_ns();
+	v.now_ns = q->now_ns;
 	visit_all(&v);
 	if (!q->completed || !v.touched || (end == start && !unknown))
 		return;
@@ -715,6 +750,7 @@ int BPF_PROG(dpsr_complete, struct request *rq, blk_status_t error, unsigned int
 		return 0;
 	w.q.completed = true;
 	w.q.error = error != 0;
+	w.q.now_ns = tick_time_ns();
 	/* this completion's bytes, not the request's */
 	place_request(&w, rq, nr_bytes);
 	if (log_issues)

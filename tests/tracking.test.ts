@@ -98,6 +98,28 @@ test('discards are recorded as discarded at their ranges and counted as the kern
   assert.is((await tracker.reconcile()).get(range)?.kind, 'exact');
 });
 
+test('the last write\'s time follows each write and stays when the disk is idle (the clock read once per tick and CPU)', async () => {
+  const dev = fx.loop(64);
+  const { kt, range } = await startTracker(dev);
+  assert.is(kt.lastWriteMs(range.slot), 0, 'no write yet');
+  const writeAt = () => {
+    const before = Date.now();
+    ddDirect(dev, 0, 8);
+    const after = Date.now();
+    const at = kt.lastWriteMs(range.slot)!;
+    assert.ok(at >= before - 2 && at <= after + 12, `a write between ${before} and ${after} said at ${at}`); // clocks apart by a ms at most; a tick of slack
+    return at;
+  };
+  const first = writeAt();
+  await new Promise((r) => setTimeout(r, 300));
+  assert.ok(Math.abs(kt.lastWriteMs(range.slot)! - first) < 2, 'idle: unchanged (but for the wall clock against the monotonic one)');
+  for (let i = 0; i < 5; i++) {
+    const next = writeAt();
+    assert.ok(next >= first + 300 - 2, 'a write ticks later gets a later time: the stamp is read again');
+    await new Promise((r) => setTimeout(r, 30));
+  }
+});
+
 test('an untracked device yields nothing', async () => {
   const tracked = fx.loop(32);
   const other = fx.loop(32);

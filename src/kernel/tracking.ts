@@ -65,6 +65,9 @@ const EXPECTED_VALUE_SIZES: Partial<Record<MapName | LogMapName, number>> = {
   issued_by_tag: Layout.tagEntry.size,
 };
 
+/** The kernel's longest tick (CONFIG_HZ=100): how much later a write may be than the programs' time of it. */
+const LONGEST_TICK_MS = 10;
+
 /** /proc/PID/stat field 22, to tell a live consumer from a reused pid. */
 export function processStartTime(pid: number): number | null {
   try {
@@ -339,6 +342,8 @@ export class KernelTracking {
    * When a completed write last touched the slot, in wall-clock ms (the
    * programs keep CLOCK_MONOTONIC, as process.hrtime does): 0 when none has
    * since the slot was made; null for programs without the map (before v4).
+   * The programs read the clock once per tick and CPU, so the write may be
+   * up to a tick later than they say: a tick (10 ms at the lowest HZ) is added.
    */
   lastWriteMs(index: number): number | null {
     const fd = this.maps.last_write;
@@ -351,7 +356,7 @@ export class KernelTracking {
       const t = perCpu.readBigUInt64LE(c * 8);
       if (t > latest) latest = t;
     }
-    return latest === 0n ? 0 : nowMs - Number(nowNs - latest) / 1e6;
+    return latest === 0n ? 0 : nowMs - Number(nowNs - latest) / 1e6 + LONGEST_TICK_MS;
   }
 
   // --- epochs (owner only) ---------------------------------------------
