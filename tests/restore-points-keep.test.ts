@@ -3,9 +3,10 @@
 // unlabelled points at the next sync while a point labelled by sync --point
 // stays; a sync that would need a labelled point's space is refused, with
 // the image and every point unchanged; dropping a middle point (by policy or
-// by dpsr history --drop, killed -9 at its one write) leaves every other
-// point's image exactly what it was (each hashed before and after), and
-// frees its record when the older point holds its blocks already.
+// by dpsr history --drop, killed -9 at its first write and at its index
+// write) leaves every other point's image exactly what it was (each hashed
+// before and after), frees its record when the older point holds its blocks
+// already, and (history --drop) rewrites one it holds in part without them.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import fs from 'node:fs';
@@ -49,14 +50,17 @@ async function exact(images: Map<number, string>, gens: number[], what: string):
   for (const g of gens) assert.is(await pointHash(g), images.get(g), `${what}: restore point ${g} is not the image it was`);
 }
 
-/** history --drop `gen` killed -9 at its one write (the index's): the point dropped or not, every other one exact; the generations after. */
-async function dropKilled(disk: ReturnType<typeof faultDisk>, images: Map<number, string>, gen: number): Promise<number[]> {
+/**
+ * history --drop `gen` killed -9 at the write after `afterBytes` written (0: its first; the bytes of the records it
+ * rewrites: its index write): the point dropped or not, every other one exact; the generations after.
+ */
+async function dropKilled(disk: ReturnType<typeof faultDisk>, images: Map<number, string>, gen: number, afterBytes = 0): Promise<number[]> {
   const was = generations();
-  const k = await disk.killAtStall(process.execPath, [DPSR_BIN, 'history', 'p', '--drop', String(gen)], env, 0);
-  assert.ok(k.killed, `killed at its index write, not after it finished: ${k.stderr}`);
+  const k = await disk.killAtStall(process.execPath, [DPSR_BIN, 'history', 'p', '--drop', String(gen)], env, afterBytes);
+  assert.ok(k.killed, `killed at its write after ${afterBytes} bytes, not after it finished: ${k.stderr}`);
   const after = generations();
   assert.ok(after.join() === was.join() || after.join() === was.filter((g: number) => g !== gen).join(), `after kill -9 mid-drop: ${after}`);
-  console.log(`  kill -9 at the drop's index write: point ${gen} ${after.includes(gen) ? 'kept' : 'dropped'}`);
+  console.log(`  kill -9 at the drop's write after ${afterBytes} bytes: point ${gen} ${after.includes(gen) ? 'kept' : 'dropped'}`);
   await exact(images, after.slice(1), 'after kill -9 mid-drop');
   return after;
 }
@@ -134,7 +138,7 @@ test('a sync that needs a labelled point\'s space is refused (exit 3, one line),
   assert.ok(generations().includes(g - 1), 'the next sync keeps its point');
 });
 
-test('history --drop of a middle point, killed -9 at its one write: every other point exact, the older ones carry what they need; the oldest frees its space', async () => {
+test('history --drop of a middle point, killed -9 at its first and its index write: every other point exact, the older one carries what it needs, its records rewritten without the blocks it holds already; the oldest frees its space', async () => {
   const disk = faultDisk(fx, 32 + 64 + 32);
   const { images, change, sync } = pairWithHistory(32, 32, disk.dev);
   for (let i = 0; i < 4; i++) {
@@ -143,14 +147,19 @@ test('history --drop of a middle point, killed -9 at its one write: every other 
   }
   assert.equal(generations(), [4, 3, 2, 1, 0]);
   await exact(images, [3, 2, 1, 0], 'before the drops');
-  const after = await dropKilled(disk, images, 2);
-  if (after.includes(2)) assert.match(ok('history', 'p', '--drop', '2'), /no space freed: restore point 1 keeps its records \(268\.0 KiB\), which its image needs, until it goes/);
+  // Point g's record holds what sync g + 1 changed, 256 KiB, half of it what sync g changed: point 2's record
+  // (268 KiB with its table, hashes and header) handed to point 1 is rewritten with the half point 1 lacks.
+  assert.ok((await dropKilled(disk, images, 2)).includes(2), 'killed at its first write (the new record\'s): nothing dropped');
+  const after = await dropKilled(disk, images, 2, 140 * 1024); // the new record written: at the index write
+  if (after.includes(2)) {
+    assert.match(ok('history', 'p', '--drop', '2'), /dropped restore point 2; 128\.0 KiB of history freed \(blocks restore point 1 holds already\); it keeps the other 140\.0 KiB, which its image needs, until it goes$/m);
+  }
   assert.equal(generations(), [4, 3, 1, 0]);
   await exact(images, [3, 1, 0], 'after point 2 was dropped');
-  const used = historyOf('p').usedBytes;
   const r = JSON.parse(ok('history', 'p', '--drop', '3', '--json'));
-  assert.equal(r, { name: 'p', dropped: 3, freedBytes: 0, carriedBytes: 268 * 1024, carriedBy: 1 }, 'the newest point: carried by point 1');
+  assert.equal(r, { name: 'p', dropped: 3, freedBytes: 128 * 1024, carriedBytes: 140 * 1024, carriedBy: 1, shadowedKeptBytes: 0 }, 'the newest point: carried by point 1, rewritten');
   await exact(images, [1, 0], 'after point 3 was dropped');
+  const used = historyOf('p').usedBytes;
   const oldest = JSON.parse(ok('history', 'p', '--drop', '0', '--json'));
   assert.ok(oldest.freedBytes > 256 * 1024, `the oldest frees its record: ${oldest.freedBytes}`);
   assert.is(historyOf('p').usedBytes, used - oldest.freedBytes);
@@ -172,7 +181,7 @@ test('history --drop of a middle point frees its record when the older point hol
   const before = historyOf('p');
   const bytesOf = (g: number) => before.points.find((p: { generation: number }) => p.generation === g).bytes;
   const after = await dropKilled(disk, images, 2);
-  if (after.includes(2)) assert.equal(JSON.parse(ok('history', 'p', '--drop', '2', '--json')), { name: 'p', dropped: 2, freedBytes: bytesOf(2), carriedBytes: 0, carriedBy: 1 });
+  if (after.includes(2)) assert.equal(JSON.parse(ok('history', 'p', '--drop', '2', '--json')), { name: 'p', dropped: 2, freedBytes: bytesOf(2), carriedBytes: 0, carriedBy: 1, shadowedKeptBytes: 0 });
   assert.is(historyOf('p').usedBytes, before.usedBytes - bytesOf(2), 'point 2\'s record was freed');
   await exact(images, [3, 1, 0], 'after point 2 was dropped');
   assert.match(ok('history', 'p', '--drop', '3'), /dropped restore point 3; no space freed: restore point 1 keeps its records \(268\.0 KiB\), which its image needs, until it goes/);

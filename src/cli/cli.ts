@@ -344,7 +344,7 @@ is not touched; from a remote drive it reads the export, never writes it.`)
     .description('the restore points kept on the DPSR drive (earlier images): generation, time, consistency, label, space held')
     .argument('<NAME>')
     .option('--json', 'one JSON document on stdout: {name, historyBytes, usedBytes, points: [{generation, time, image, label, bytes, current}], dropped}')
-    .option('--drop <GEN>', 'drop restore point GEN alone: says what it freed and what an older point keeps because its image needs it (--json: freedBytes, carriedBytes, carriedBy)')
+    .option('--drop <GEN>', 'drop restore point GEN alone: says what it freed and what an older point keeps because its image needs it, its records rewritten without the blocks that point holds already (--json: freedBytes, carriedBytes, carriedBy, shadowedKeptBytes)')
     .addHelpText('after', `
 A pair keeps restore points when paired with --history SIZE (or all): before
 a sync overwrites blocks of the image, their old content is saved in the

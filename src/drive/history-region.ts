@@ -237,6 +237,8 @@ export interface DropSpace {
   carriedBytes: number;
   /** That older point, or null (the oldest was dropped). */
   carriedBy: number | null;
+  /** Of what that point holds, bytes of blocks no image reads, kept because there was no free space to rewrite their records without them. */
+  shadowedKeptBytes?: number;
 }
 
 /**
@@ -296,15 +298,90 @@ function cursorOf(index: HistoryIndex): number {
 
 /**
  * Drops point `generation` alone (an older point keeps what it needs of its
- * records), durably. Null: no such point.
+ * records, those it holds in part rewritten with only the blocks it lacks:
+ * mergeCarried), durably. Null: no such point.
  */
-export function dropPoint(region: HistoryRegion, generation: number, reason: string): ({ dropped: DroppedPoint } & DropSpace) | null {
+export async function dropPoint(region: HistoryRegion, generation: number, reason: string): Promise<({ dropped: DroppedPoint } & DropSpace) | null> {
   const index = readIndex(region);
   const i = index.points.findIndex((p) => p.generation === generation);
   if (i < 0) return null;
+  const handed = new Set(recordsOf(index.points[i]).map((r) => r.txnSeq));
   const space = dropAt(region, index, i, reason);
-  writeIndex(region, index);
+  if (space.carriedBy !== null) {
+    const older = index.points[i - 1];
+    const merged = await mergeCarried(region, index, older);
+    space.freedBytes += merged.freedBytes;
+    space.carriedBytes = (older.carried ?? []).filter((r) => handed.has(r.txnSeq)).reduce((n, r) => n + r.bytes, 0);
+    space.shadowedKeptBytes = merged.keptBytes;
+  }
+  writeIndex(region, index); // the drop and the rewritten records' swap, at once
   return { dropped: index.dropped[index.dropped.length - 1], ...space };
+}
+
+/**
+ * Rewrites each record point `q` carries that it holds in part (some of its
+ * blocks an earlier record of q's list holds, so no image reads them there)
+ * with only the blocks it lacks: a new record (format 3) in space no record
+ * holds from the cursor on, its data checked against its chunk hashes first
+ * and never copied damaged, made durable here. The caller's one index write
+ * then swaps them in (same place in q's list, so every image reads the same
+ * bytes) and frees the old ones; a crash before it leaves the new records in
+ * space no index names. Returns the bytes freed, and the bytes of shadowed
+ * blocks kept because no free space was left to rewrite their records.
+ */
+async function mergeCarried(region: HistoryRegion, index: HistoryIndex, q: UndoPoint): Promise<{ freedBytes: number; keptBytes: number }> {
+  const held = new ExtentSet();
+  let at = Math.max(cursorOf(index), INDEX_AREA_BYTES);
+  // Free in the index on the drive too: until the drop's index write lands, that one is read after a crash.
+  const limit = freeUntil(readIndex(region), at, region.lengthBytes);
+  let freedBytes = 0;
+  let keptBytes = 0;
+  for (const [k, r] of recordsOf(q).entries()) {
+    let layout: UndoLayout;
+    try {
+      layout = readUndoLayout(region, r);
+    } catch {
+      continue; // kept whole; shadows nothing (as shadowedRecords)
+    }
+    const sectors = ExtentSet.from(layout.extents.map((x) => [x.startSector, x.endSector] as const));
+    const fresh = sectors.clone();
+    fresh.subtractSet(held);
+    held.addSet(sectors);
+    if (k === 0 || fresh.isEmpty || fresh.totalSectors === sectors.totalSectors) continue; // its own, freed already, or all needed
+    const merged = await rewriteRecord(region, r, layout, fresh, at, limit);
+    if (!merged) {
+      keptBytes += (sectors.totalSectors - fresh.totalSectors) * SECTOR;
+      continue;
+    }
+    q.carried![k - 1] = merged;
+    freedBytes += r.bytes - merged.bytes;
+    at += merged.bytes;
+  }
+  if (freedBytes > 0) {
+    region.drive.flushSync('the DPSR drive', 'nothing dropped');
+    index.cursorBytes = at;
+  }
+  return { freedBytes, keptBytes };
+}
+
+/** Record `r` written anew at `at` with only its blocks in `keep` (format 3), or null: no room before `limit`, or its data is damaged. */
+async function rewriteRecord(region: HistoryRegion, r: UndoRecord, layout: UndoLayout, keep: ExtentSet, at: number, limit: number): Promise<UndoRecord | null> {
+  const pieces: Array<[number, number, number]> = [];
+  for (const x of layout.extents) { // in the record's data order
+    for (const [a, b] of keep.intersect(x.startSector, x.endSector)) pieces.push([a, b, x.driveBytes + (a - x.startSector) * SECTOR]);
+  }
+  const dataBytes = keep.totalSectors * SECTOR;
+  if (at + dataBytes + roundUp(pieces.length * EXTENT_BYTES, BLOCK) + chunkHashBytes(dataBytes) + BLOCK > limit) return null;
+  try {
+    await verifyUndoData(region, r, layout);
+  } catch {
+    return null;
+  }
+  const room = (end: number) => end <= limit;
+  const data = new UndoDataWriter(region, region.drive, at, room);
+  if (!(await data.appendPieces(pieces))) return null;
+  const written = await writeTrailer(region, at, data, r.txnSeq, r.generation, room);
+  return written ? { generation: r.generation, txnSeq: r.txnSeq, offsetBytes: at, ...written, format: STREAMED_FORMAT } : null;
 }
 
 /** Drops every point (their images can no longer be rebuilt: a sync wrote the image in place), durably. */
@@ -544,14 +621,19 @@ class UndoDataWriter {
     private readonly room: (endBytes: number) => boolean = () => true) {}
 
   /** Appends the old content of `blocks` (whole 4 KiB blocks of the image); false when `room` said no (nothing more is written). */
-  async append(blocks: ExtentSet): Promise<boolean> {
-    for (const [s, e] of blocks) {
+  append(blocks: ExtentSet): Promise<boolean> {
+    return this.appendPieces(blocks.toArray().map(([s, e]) => [s, e, s * SECTOR]));
+  }
+
+  /** Appends image sectors [start, end) read from the device at `fromBytes` (whole 4 KiB blocks), in order. */
+  async appendPieces(pieces: Array<[number, number, number]>): Promise<boolean> {
+    for (const [s, e, fromBytes] of pieces) {
       const last = this.extents[this.extents.length - 1];
       if (last && last[1] === s) last[1] = e;
       else this.extents.push([s, e]);
       for (let done = s * SECTOR; done < e * SECTOR;) {
         const n = Math.min(e * SECTOR - done, COPY_CHUNK_BYTES - this.fill);
-        this.ops.push({ bufferOffset: this.fill, length: n, position: done });
+        this.ops.push({ bufferOffset: this.fill, length: n, position: fromBytes + done - s * SECTOR });
         this.fill += n;
         this.dataBytes += n;
         done += n;
@@ -610,6 +692,35 @@ function encodeHead(region: HistoryRegion, head: Buffer, format: number, txnSeq:
   const headHash = headHashOf(region.pairId, head);
   headHash.copy(head, HEAD_HASHED);
   return headHash;
+}
+
+/**
+ * Writes a format 3 record's trailer after its data (at `at`, written by `data`): the extent
+ * table, the chunk hashes and the header. Not flushed. Null when `room` refuses its end.
+ */
+async function writeTrailer(region: HistoryRegion, at: number, data: UndoDataWriter, txnSeq: number, generation: number,
+  room: (endBytes: number) => boolean): Promise<{ bytes: number; dataBytes: number; headHash: string } | null> {
+  const chunkHashes = await data.finish();
+  if (!chunkHashes) return null;
+  const tableBytes = roundUp(data.extents.length * EXTENT_BYTES, BLOCK);
+  const hashBytes = chunkHashBytes(data.dataBytes);
+  const bytes = data.dataBytes + tableBytes + hashBytes + BLOCK;
+  if (!room(at + bytes)) return null;
+  const trailer = native().alignedBuffer(tableBytes + hashBytes + BLOCK, BLOCK);
+  trailer.fill(0);
+  const table = trailer.subarray(0, tableBytes);
+  data.encodeTable(table);
+  chunkHashes.copy(trailer, tableBytes);
+  const headHash = encodeHead(region, trailer.subarray(tableBytes + hashBytes), STREAMED_FORMAT, txnSeq, generation, data, table, chunkHashes);
+  await fullIo('write', region.drive, trailer, 0, trailer.length, region.startBytes + at + data.dataBytes);
+  return { bytes, dataBytes: data.dataBytes, headHash: headHash.toString('hex') };
+}
+
+/** The end of the space no record holds from `at` on (from the region start): the start of the first record at or after it, or the region's end. */
+function freeUntil(index: HistoryIndex, at: number, lengthBytes: number): number {
+  let end = lengthBytes;
+  for (const r of index.points.flatMap(recordsOf)) if (r.offsetBytes + r.bytes > at) end = Math.min(end, Math.max(r.offsetBytes, at));
+  return end;
 }
 
 /** Writes a record of format 2 at `at` (header, table and chunk hashes before the data), durably: after the commit. */
@@ -692,17 +803,10 @@ export class UndoStream {
       let at = Math.max(cursorOf(this.index), INDEX_AREA_BYTES);
       if (at + bytes > this.region.lengthBytes) at = INDEX_AREA_BYTES; // the ring wraps (as placeRecord does)
       this.at = at;
-      this.limit = this.freeUntil();
+      this.limit = freeUntil(this.index, at, this.region.lengthBytes);
       this.data = new UndoDataWriter(this.region, this.image, at, (end) => this.room(end + this.trailerBytes()));
     }
     if (!(await this.data.append(fresh))) this.stop('no room');
-  }
-
-  /** The end of the space no point holds from `at` on: the start of the first record at or after it, or the region's end. */
-  private freeUntil(): number {
-    let end = this.region.lengthBytes;
-    for (const r of this.index.points.flatMap(recordsOf)) if (r.offsetBytes + r.bytes > this.at) end = Math.min(end, Math.max(r.offsetBytes, this.at));
-    return end;
   }
 
   /** What the table, the chunk hashes and the header take after the data, with room for a few more extents. */
@@ -724,7 +828,7 @@ export class UndoStream {
     if (!this.keep.dropLabelledWhenFull && this.index.points.slice(0, drop).some((p) => p.label !== null)) return false;
     this.dropped.push(...dropOldest(this.index, drop, REGION_FULL));
     writeIndex(this.region, this.index); // before their space is written
-    this.limit = this.freeUntil();
+    this.limit = freeUntil(this.index, this.at, this.region.lengthBytes);
     return endBytes <= this.limit;
   }
 
@@ -737,21 +841,9 @@ export class UndoStream {
     this.add(targets);
     await this.work;
     if (this.stopped || this.record || !this.data) return;
-    const data = this.data;
-    const chunkHashes = await data.finish();
-    if (!chunkHashes) return this.stop('no room');
-    const tableBytes = roundUp(data.extents.length * EXTENT_BYTES, BLOCK);
-    const hashBytes = chunkHashBytes(data.dataBytes);
-    const bytes = data.dataBytes + tableBytes + hashBytes + BLOCK;
-    if (!this.room(this.at + bytes)) return this.stop('no room');
-    const trailer = native().alignedBuffer(tableBytes + hashBytes + BLOCK, BLOCK);
-    trailer.fill(0);
-    const table = trailer.subarray(0, tableBytes);
-    data.encodeTable(table);
-    chunkHashes.copy(trailer, tableBytes);
-    const headHash = encodeHead(this.region, trailer.subarray(tableBytes + hashBytes), STREAMED_FORMAT, txnSeq, generation, data, table, chunkHashes);
-    await fullIo('write', this.region.drive, trailer, 0, trailer.length, this.region.startBytes + this.at + data.dataBytes);
-    this.record = { at: this.at, bytes, dataBytes: data.dataBytes, headHash: headHash.toString('hex'), covers: this.held, txnSeq };
+    const written = await writeTrailer(this.region, this.at, this.data, txnSeq, generation, (end) => this.room(end));
+    if (!written) return this.stop('no room');
+    this.record = { at: this.at, ...written, covers: this.held, txnSeq };
   }
 
   /** The record written, if it is transaction `txnSeq`'s and holds every block of its `targets`. */

@@ -7,7 +7,9 @@
 // journal's own. Then a file restored from the point --points syncs back
 // against the same file from the current image (an ext4 pair of its own,
 // best of 3 each), and the history space used per MiB changed.
-// Run: node dist/tools/bench/history.js [--mib N] [--rounds N] [--percent P] [--points N (0: skip)]
+// --history-mib N makes the history region smaller than the rounds' undo (default: room for all), so
+// the ring wraps and each sync first drops the oldest points for its record's space.
+// Run: node dist/tools/bench/history.js [--mib N] [--rounds N] [--percent P] [--points N (0: skip)] [--history-mib N]
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -32,6 +34,7 @@ const rounds = arg('rounds', 4);
 const percent = arg('percent', 2);
 const pointsBack = arg('points', 10);
 const now = () => performance.now();
+const loadNow = () => os.loadavg().map((x) => x.toFixed(2)).join(' ');
 const { dir, cleanups, cleanup, attach } = scratchSpace('dpsr-bench-history-');
 
 /** Sectors the kernel counted as written to a device. */
@@ -48,7 +51,7 @@ function change(dev: string, seed: number): number {
 async function main(): Promise<void> {
   const settings = benchSettings(dir, 'history', cleanups);
   const journal = Math.max(64, Math.ceil((sizeMiB * percent) / 100) * 4);
-  const history = journal * rounds;
+  const history = arg('history-mib', journal * rounds);
   const pairs = {
     on: { source: attach('on-source.img', sizeMiB * MiB), drive: attach('on-drive.img', (sizeMiB + journal + history + 1) * MiB), history },
     off: { source: attach('off-source.img', sizeMiB * MiB), drive: attach('off-drive.img', (sizeMiB + journal + 1) * MiB), history: 0 },
@@ -56,6 +59,7 @@ async function main(): Promise<void> {
   console.log(`# dpsr history benchmark: two ${sizeMiB} MiB sources (loop over files in ${os.tmpdir()}, direct I/O), ` +
     `${percent}% changed per round in 4 KiB writes, ${rounds} rounds; journal ${journal} MiB, history ${history} MiB`);
   console.log(`# command: node ${path.relative(process.cwd(), process.argv[1])} ${process.argv.slice(2).join(' ')}`);
+  console.log(`# load at the start: ${loadNow()}`);
   const fill = (dev: string) => run('fio', ['--name=fill', `--filename=${dev}`, '--rw=write', '--bs=4M', '--direct=1', '--ioengine=libaio', '--iodepth=4',
     '--size=100%', '--refill_buffers', '--output=/dev/null']);
   for (const [name, p] of Object.entries(pairs)) {
@@ -84,7 +88,7 @@ async function main(): Promise<void> {
     }
     rows.push({ on: seconds.on, off: seconds.off, onUndo: undoSeconds.on, onWritten: written.on, offWritten: written.off, changed });
     console.log(`round ${r + 1}: ${(changed / MiB).toFixed(1)} MiB changed: sync with history ${seconds.on.toFixed(2)} s, without ${seconds.off.toFixed(2)} s ` +
-      `(${(seconds.on / seconds.off).toFixed(2)}x; saving the undo ${undoSeconds.on.toFixed(2)} s of it); written to the drive ${(written.on / MiB).toFixed(1)} vs ${(written.off / MiB).toFixed(1)} MiB ` +
+      `(${(seconds.on / seconds.off).toFixed(2)}x; the undo's index entry after the commit ${undoSeconds.on.toFixed(2)} s of it); written to the drive ${(written.on / MiB).toFixed(1)} vs ${(written.off / MiB).toFixed(1)} MiB ` +
       `(${(written.on / changed).toFixed(2)}x vs ${(written.off / changed).toFixed(2)}x changed)`);
   }
   for (const name of Object.keys(pairs)) await unpairCommand({ name }, settings, () => {});
@@ -102,8 +106,9 @@ async function main(): Promise<void> {
     writtenOverChangedOn: mean((x) => x.onWritten / x.changed), writtenOverChangedOff: mean((x) => x.offWritten / x.changed),
   };
   console.log(`summary: with history, sync time ${summary.timeRatioBest.toFixed(2)}x (best of each) / ${summary.timeRatioMedian.toFixed(2)}x (median of rounds) / ${summary.timeRatioMean.toFixed(2)}x (mean of rounds) ` +
-    `of without (goal <= 1.3x), saving the undo ${(summary.undoShareMean * 100).toFixed(0)}% of a sync with history (mean); written ${summary.writtenOverChangedOn.toFixed(2)}x changed with history, ${summary.writtenOverChangedOff.toFixed(2)}x without ` +
+    `of without (goal <= 1.3x), the undo after the commit ${(summary.undoShareMean * 100).toFixed(0)}% of a sync with history (mean); written ${summary.writtenOverChangedOn.toFixed(2)}x changed with history, ${summary.writtenOverChangedOff.toFixed(2)}x without ` +
     `(goal with history <= 2x + the journal's own, i.e. about 3x)`);
+  console.log(`# load at the end of the rounds: ${loadNow()}`);
   const restore = pointsBack > 0 ? await restoreFromPoints(settings) : null;
   console.log(`BENCH_JSON ${JSON.stringify({ ...summary, restore })}`);
 }

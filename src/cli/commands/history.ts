@@ -62,15 +62,17 @@ async function dropCommand(opts: HistoryOptions, settings: Settings, log: (s: st
     try {
       drive.io.setReadOnly(false);
       try {
-        const r = dropPoint(historyRegionOf(drive.io, pair, pair.id)!, gen, `dropped by dpsr history --drop ${gen}`)!;
+        const r = (await dropPoint(historyRegionOf(drive.io, pair, pair.id)!, gen, `dropped by dpsr history --drop ${gen}`))!;
         if (opts.json) {
-          process.stdout.write(`${JSON.stringify({ name: pair.name, dropped: r.dropped.generation, freedBytes: r.freedBytes, carriedBytes: r.carriedBytes, carriedBy: r.carriedBy })}\n`);
+          process.stdout.write(`${JSON.stringify({ name: pair.name, dropped: r.dropped.generation, freedBytes: r.freedBytes, carriedBytes: r.carriedBytes, carriedBy: r.carriedBy,
+            shadowedKeptBytes: r.shadowedKeptBytes ?? 0 })}\n`);
         } else {
-          // A middle point's records whose blocks the older point holds already are freed; it keeps the rest.
+          // A middle point's blocks that the older point holds already are freed; it keeps the rest.
           const freed = `${formatBytes(r.freedBytes)} of history freed`;
+          const kept = r.shadowedKeptBytes ? `; ${formatBytes(r.shadowedKeptBytes)} of it are blocks it holds already, kept for lack of free space to rewrite their records` : '';
           const space = r.carriedBy === null || r.carriedBytes === 0 ? freed
-            : r.freedBytes === 0 ? `no space freed: restore point ${r.carriedBy} keeps its records (${formatBytes(r.carriedBytes)}), which its image needs, until it goes`
-              : `${freed} (blocks restore point ${r.carriedBy} holds already); it keeps the other ${formatBytes(r.carriedBytes)}, which its image needs, until it goes`;
+            : r.freedBytes === 0 ? `no space freed: restore point ${r.carriedBy} keeps its records (${formatBytes(r.carriedBytes)}), which its image needs, until it goes${kept}`
+              : `${freed} (blocks restore point ${r.carriedBy} holds already); it keeps the other ${formatBytes(r.carriedBytes)}, which its image needs, until it goes${kept}`;
           log(`${pair.name}: dropped restore point ${gen}${r.dropped.label ? ` (${r.dropped.label})` : ''}; ${space}`);
         }
       } finally {
