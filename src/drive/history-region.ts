@@ -662,6 +662,11 @@ class UndoDataWriter {
     return true;
   }
 
+  /** Waits for every write in flight, whatever their outcome. */
+  async settle(): Promise<void> {
+    await Promise.allSettled(this.writes);
+  }
+
   /** Writes what is left and waits for every write: the chunk hashes, or null when `room` said no. */
   async finish(): Promise<Buffer | null> {
     const ok = await this.writeBuffer();
@@ -840,10 +845,17 @@ export class UndoStream {
   async complete(targets: ExtentSet, txnSeq: number, generation: number): Promise<void> {
     this.add(targets);
     await this.work;
+    if (this.stopped) await this.data?.settle(); // no write of it may land after the save that takes its place
     if (this.stopped || this.record || !this.data) return;
     const written = await writeTrailer(this.region, this.at, this.data, txnSeq, generation, (end) => this.room(end));
     if (!written) return this.stop('no room');
     this.record = { at: this.at, ...written, covers: this.held, txnSeq };
+  }
+
+  /** Waits until nothing of the stream is running or in flight (a sync that fails must leave none behind). */
+  async settle(): Promise<void> {
+    await this.work;
+    await this.data?.settle();
   }
 
   /** The record written, if it is transaction `txnSeq`'s and holds every block of its `targets`. */

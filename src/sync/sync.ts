@@ -472,6 +472,7 @@ async function journaledGeneration(c: SyncContext, region: JournalRegion,
   try {
     ({ committed } = await writeTransaction(region, seq, keeping(entries())));
   } finally {
+    await undo?.settle();
     if (settleEpoch >= 0) await s.tracker.settle(settleEpoch);
   }
   if (!committed) throw new DpsrError(`pair ${pair.name}: journal transaction ${seq} was not committed`, 'EJOURNAL');
