@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "dpsr",
-      "sources": ["src/addon.cc", "src/tracking.cc", "src/ring_reader.cc", "src/syscalls.cc", "src/batch_io.cc", "src/extents.cc", "src/nbd.cc"],
+      "sources": ["src/addon.cc", "src/tracking.cc", "src/ring_reader.cc", "src/syscalls.cc", "src/batch_io.cc", "src/extents.cc", "src/records.cc", "src/nbd.cc"],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
         "../build/bpf",

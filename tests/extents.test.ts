@@ -230,6 +230,58 @@ test('large batches of sector numbers up to 2^48 (the radix path) match a sorted
   });
 });
 
+test('the changed windows hold every change, and only where the set changed', () => {
+  for (let run = 0; run < RUNS / 4; run++) {
+    withSeed((BASE_SEED + run) >>> 0, (rng) => {
+      const set = new ExtentSet();
+      const model = new Bitmap();
+      set.takeChanges();
+      for (let tick = 0; tick < 6; tick++) {
+        const before = Uint8Array.from(model.bits);
+        const ops = 1 + randInt(rng, 40);
+        for (let k = 0; k < ops; k++) {
+          const [s, e] = randRange(rng);
+          const op = rng();
+          if (op < 0.5) {
+            set.add(s, e);
+            model.fill(s, e, 1);
+          } else if (op < 0.8) {
+            // A batch as the tracker adds one (addExtents, offset by its range's start), often inside the set already.
+            const n = 1 + randInt(rng, 30);
+            const base = randInt(rng, 100);
+            const starts = new Float64Array(n);
+            const ends = new Float64Array(n);
+            for (let i = 0; i < n; i++) {
+              const [a, b] = rng() < 0.5 && !set.isEmpty ? [s, Math.min(SPACE, s + 1 + randInt(rng, 4))] : randRange(rng);
+              [starts[i], ends[i]] = [a + base, Math.max(a, b) + base];
+              model.fill(a, Math.max(a, b), 1);
+            }
+            set.addExtents(starts, ends, n, base);
+          } else if (op < 0.95) {
+            set.subtract(s, e);
+            model.fill(s, e, 0);
+          } else {
+            set.clear();
+            model.bits.fill(0);
+          }
+        }
+        const windows = set.takeChanges()!;
+        const inWindow = new Bitmap();
+        windows.forEach((s, e) => inWindow.fill(s, e, 1));
+        for (let i = 0; i < SPACE; i++) {
+          if (!inWindow.bits[i]) assert.is(model.bits[i], before[i], `sector ${i} changed outside the windows`);
+        }
+        checkAgainstModel(set, model, rng);
+        // Adding what the set holds changes nothing, so leaves no window.
+        const held = set.toArray();
+        for (const [s, e] of held) set.add(s, e);
+        if (held.length > 0) set.addExtents(Float64Array.of(held[0][0] + 7), Float64Array.of(held[0][1] + 7), 1, 7);
+        assert.is(set.takeChanges()!.count, 0, 'adding what the set holds leaves no window');
+      }
+    });
+  }
+});
+
 test('adjacent ranges merge', () => {
   const set = new ExtentSet();
   set.add(0, 8);

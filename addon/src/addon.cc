@@ -8,6 +8,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
 	InitSyscalls(env, exports);
 	InitBatchIo(env, exports);
 	InitExtents(env, exports);
+	InitRecords(env, exports);
 	InitNbd(env, exports);
 	return exports;
 }

@@ -7,4 +7,5 @@ void InitRingReader(Napi::Env env, Napi::Object exports);
 void InitSyscalls(Napi::Env env, Napi::Object exports);
 void InitBatchIo(Napi::Env env, Napi::Object exports);
 void InitExtents(Napi::Env env, Napi::Object exports);
+void InitRecords(Napi::Env env, Napi::Object exports);
 void InitNbd(Napi::Env env, Napi::Object exports);

@@ -56,6 +56,27 @@ export class ExtentSet {
     this.pendingCount = n + 1;
   }
 
+  /** Adds [starts[i] - base, ends[i] - base) for i < count: a batch at once, as add() would one by one. */
+  addExtents(starts: Float64Array, ends: Float64Array, count: number, base: number): void {
+    for (let i = 0; i < count; ) {
+      if (this.pendingStarts === null || this.pendingCount === this.pendingStarts.length) this.makePendingRoom();
+      const ps = this.pendingStarts!;
+      const pe = this.pendingEnds!;
+      const stop = Math.min(count, i + ps.length - this.pendingCount);
+      let n = this.pendingCount;
+      for (; i < stop; i++) {
+        const startSector = starts[i] - base;
+        const endSector = ends[i] - base;
+        checkSectors(startSector, endSector);
+        if (endSector <= startSector) continue;
+        ps[n] = startSector;
+        pe[n] = endSector;
+        n++;
+      }
+      this.pendingCount = n;
+    }
+  }
+
   addSet(other: ExtentSet): void {
     if (other === this) return;
     this.changed?.addSet(other);
@@ -347,9 +368,55 @@ export class ExtentSet {
     const s = this.pendingStarts!.subarray(0, n);
     const e = this.pendingEnds!.subarray(0, n);
     const out = n >= NATIVE_MIN ? native().coalesceExtents(s, e, n) : coalesceBySort(s, e, n);
-    // The windows take the batch once it is sorted and coalesced, not each add (a tracker's every record).
-    this.changed?.mergeSorted(s, e, out);
-    this.mergeSorted(s, e, out);
+    if (this.size === 0) {
+      this.changed?.mergeSorted(s, e, out);
+      this.mergeSorted(s, e, out);
+      return;
+    }
+    // Most writes land where the set holds them already (blocks written again, and a dirty set
+    // that covers the hot ones): only what is new is merged, and only that is a change. The
+    // windows take the batch once it is folded, not each add (a tracker's every record).
+    const fresh = this.keepOutside(s, e, out);
+    this.changed?.mergeSorted(outsideStarts, outsideEnds, fresh);
+    this.mergeSorted(outsideStarts, outsideEnds, fresh);
+  }
+
+  /**
+   * The parts of a sorted, coalesced list that the set does not hold, into
+   * the module's scratch arrays (reused: a tick's batches would otherwise
+   * leave garbage); returns how many. The set is searched by galloping on
+   * from the last extent met, as the list is sorted.
+   */
+  private keepOutside(srcStarts: Float64Array, srcEnds: Float64Array, m: number): number {
+    // A list extent can be split by each of ours it spans, so m + size bounds the output.
+    if (outsideStarts.length < m + this.size) {
+      const capacity = Math.max(m + this.size, outsideStarts.length * 2);
+      outsideStarts = new Float64Array(capacity);
+      outsideEnds = new Float64Array(capacity);
+    }
+    const s = this.starts;
+    const e = this.ends;
+    let out = 0;
+    let i = 0;
+    for (let j = 0; j < m; j++) {
+      let a = srcStarts[j];
+      const b = srcEnds[j];
+      for (i = this.gallopEndAbove(a, i); i < this.size && s[i] < b; i++) {
+        if (s[i] > a) {
+          outsideStarts[out] = a;
+          outsideEnds[out] = s[i];
+          out++;
+        }
+        a = e[i];
+        if (a >= b) break;
+      }
+      if (a < b) {
+        outsideStarts[out] = a;
+        outsideEnds[out] = b;
+        out++;
+      }
+    }
+    return out;
   }
 
   /** Unions a sorted, coalesced list into ours in place, walking from the back so no second array is needed. */
@@ -495,6 +562,11 @@ export class ExtentSet {
   }
 }
 
+
+// Where keepOutside() puts the new parts of a batch: shared by every set (nothing keeps them
+// past a flush), so a tick's folds allocate nothing.
+let outsideStarts = new Float64Array(INITIAL_PENDING);
+let outsideEnds = new Float64Array(INITIAL_PENDING);
 
 // A batch this large is sorted and coalesced by the addon (a radix sort): a
 // tracker folds tens of thousands of records per tick, and two comparison

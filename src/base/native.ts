@@ -73,6 +73,13 @@ export interface Native {
   batchIo(fd: number, write: boolean, buffer: Buffer, ops: Float64Array, depth: number): Promise<void>;
   /** Sorts the first n extents [starts[i], ends[i]) by start and unites those that overlap or touch, in place; returns how many remain. */
   coalesceExtents(starts: Float64Array, ends: Float64Array, n: number): number;
+  /**
+   * A batch of ring records that are all writes (no discard, no unknown range) of one disk under
+   * one slot mask, as extents in starts and ends (a record starting inside the one before folded
+   * into it); summary = [dev, slotMask, sectors of all records, lowest start, highest end].
+   * Returns how many extents, or -1 for any other batch (read it record by record).
+   */
+  plainWrites(batch: Uint8Array, starts: Float64Array, ends: Float64Array, summary: Float64Array): number;
   /** Connects to an NBD export by URI (libnbd), giving up after connectTimeoutMs (0: never); throws an ErrnoError (ETIMEDOUT when it gave up). */
   NbdClient: new (uri: string, connectTimeoutMs?: number) => NbdClient;
 }

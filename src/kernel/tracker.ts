@@ -7,9 +7,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type BlockDevice, readDiskCounters } from '../devices/devices.js';
 import { DpsrError } from '../base/errors.js';
 import { ExtentSet } from '../base/extents.js';
-import { MAX_SLOTS, OWNER_RING, REC_UNKNOWN, REQ_OP_DISCARD, REQ_OP_SECURE_ERASE, forEachRecord } from './kernel-abi.js';
+import { MAX_SLOTS, OWNER_RING } from './kernel-abi.js';
+import { type Ingested, ingestBatch } from './ingest.js';
 import { tryLockFile } from '../base/locks.js';
-import { native, type RingReader } from '../base/native.js';
+import type { RingReader } from '../base/native.js';
 import { type Baseline, type Reading, type Verdict, baselineFrom, isStable, judge } from './reconcile.js';
 import { type IssueLog, type KernelTracking, bitsToExtents } from './tracking.js';
 import { accountable, issuesSkippedSince, placeShortfall, stillLogged } from './missed-writes.js';
@@ -206,38 +207,10 @@ export class Tracker {
     return this.ingestInto(batch, rangeOfSlot).malformed;
   }
 
-  private ingestInto(batch: Uint8Array, rangeOfSlot: (slot: number) => RangeState | undefined): { records: number; malformed: number } {
-    let n = 0;
-    let malformed = 0;
-    forEachRecord(batch, (r) => {
-      n++;
-      for (let mask = r.slotMask, i = 0; mask !== 0; i++, mask >>>= 1) {
-        const st = mask & 1 ? rangeOfSlot(i) : undefined;
-        if (!st) continue;
-        if (st.diskDev !== r.dev) { // not a record the programs could have made
-          malformed++;
-          continue;
-        }
-        if (r.flags & REC_UNKNOWN) {
-          this.suspectAll(st, 'unknown-write', `a write without a range (op ${r.op}) on ${st.disk}`);
-          continue;
-        }
-        const s = Math.max(r.startSector, st.startSector) - st.startSector;
-        const e = Math.min(r.endSector, st.endSector) - st.startSector;
-        if (s >= e) continue;
-        // Records come in completion order: the later of a write and a discard wins.
-        if (r.op === REQ_OP_DISCARD || r.op === REQ_OP_SECURE_ERASE) {
-          st.discarded.add(s, e);
-          if (st.dirty.overlaps(s, e)) st.dirty.subtract(s, e);
-        } else {
-          st.dirty.add(s, e);
-          if (!st.discarded.isEmpty) st.discarded.subtract(s, e);
-        }
-        st.receivedSectors += e - s;
-      }
-    });
-    this.onRecords?.(n);
-    return { records: n, malformed };
+  private ingestInto(batch: Uint8Array, rangeOfSlot: (slot: number) => RangeState | undefined): Ingested {
+    const ingested = ingestBatch(batch, rangeOfSlot, (st, op) => this.suspectAll(st, 'unknown-write', `a write without a range (op ${op}) on ${st.disk}`));
+    this.onRecords?.(ingested.records);
+    return ingested;
   }
 
   /** Consumes what the ring holds now. */

@@ -484,7 +484,15 @@ export function bitsToExtents(bits: EpochBits, slot: Slot): Array<[number, numbe
   const length = slot.endSector - slot.startSector;
   if (bits.whole) return [[0, length]];
   const size = 2 ** slot.chunkShift;
-  return bits.chunks.filter((c) => c < BITMAP_BITS).map((c) => [c * size, Math.min((c + 1) * size, length)]);
+  const extents: Array<[number, number]> = [];
+  for (const c of bits.chunks) {
+    if (c >= BITMAP_BITS) continue;
+    const [start, end] = [c * size, Math.min((c + 1) * size, length)];
+    const last = extents[extents.length - 1];
+    if (last && last[1] === start) last[1] = end; // a busy epoch sets thousands of chunks in a row: one extent
+    else extents.push([start, end]);
+  }
+  return extents;
 }
 
 /** The versioned pin dir's parent (/sys/fs/bpf/dpsr) goes when its last version does. */

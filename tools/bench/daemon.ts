@@ -2,7 +2,7 @@
  * The daemon under load, as an admin runs it (the real CLI, its own state
  * dir, socket and pin dir):
  *
- *   node dist/tools/bench/daemon.js [--seconds S] [--rate IOPS] [--rpo SECONDS] [--cost-only]
+ *   node dist/tools/bench/daemon.js [--seconds S] [--rate IOPS] [--rpo SECONDS] [--cost-only] [--nice N] [--profile DIR] [--perf FILE]
  *
  * (1) RPO over time: an ext4 source (loop over /dev/shm) with a continuous
  *     policy, fio writing files steadily (--rate IOPS of 4 KiB, direct, with
@@ -71,6 +71,21 @@ function dpsr(env: NodeJS.ProcessEnv, ...args: string[]): string {
   return r.stdout;
 }
 
+// --perf FILE: `perf record` samples the daemon (every thread, kernel time too) over B's run alone.
+const perfAt = process.argv.indexOf('--perf');
+
+/** Samples a process's CPU (perf record -g) until the returned function is called. */
+function perfRecord(pid: number): () => Promise<void> {
+  if (perfAt < 0) return async () => {};
+  const perf = spawn('perf', ['record', '-q', '-g', '-F', '4999', '-p', String(pid), '-o', path.resolve(process.argv[perfAt + 1])], { stdio: 'inherit' });
+  space.cleanups.push(() => { if (perf.exitCode === null) perf.kill('SIGKILL'); });
+  return async () => {
+    const done = new Promise((r) => perf.once('exit', r));
+    perf.kill('SIGINT');
+    await done;
+  };
+}
+
 /** --nice N: the daemon's niceness in the cost run (the systemd unit's Nice=). */
 const niceArg = () => (process.argv.includes('--nice') ? option('--nice', 10) : 0);
 
@@ -78,6 +93,7 @@ async function startDaemon(env: NodeJS.ProcessEnv, nice = 0): Promise<ChildProce
   // --profile DIR: the daemon writes a V8 CPU profile there when it stops (where its CPU per write goes).
   const profileAt = process.argv.indexOf('--profile');
   const profile = profileAt > 0 ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(process.argv[profileAt + 1])] : [];
+  if (perfAt > 0) profile.push('--perf-basic-prof'); // JS frames by name in perf's samples
   const argv = [process.execPath, ...profile, DPSR_BIN, 'daemon'];
   const child = spawn(nice ? 'nice' : argv[0], nice ? ['-n', String(nice), ...argv] : argv.slice(1), { env, stdio: ['ignore', 'pipe', 'inherit'] });
   space.cleanups.push(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
@@ -166,7 +182,9 @@ async function trackingCost(): Promise<void> {
   const pid = daemon.pid!;
   const ticks0 = cpuTicks(pid);
   const switches0 = wakeups(pid);
+  const stopPerf = perfRecord(pid);
   const b = await fio(job);
+  await stopPerf();
   const cpuS = (cpuTicks(pid) - ticks0) / CLK_TCK;
   const wakeupsPerS = (wakeups(pid) - switches0) / seconds;
   const rss = memKiB(pid, 'VmRSS');
