@@ -95,6 +95,7 @@ export interface AwaitingHistory {
 
 const DEFAULT_RING_BYTES = 8 << 20;
 const noStore: TrackerStore = { persist: async () => {} };
+const FORGET_EVERY = 16;
 
 export class Tracker {
   private readonly bySlot: Array<RangeState | undefined> = new Array(MAX_SLOTS);
@@ -104,6 +105,8 @@ export class Tracker {
   private awaitingHistory: AwaitingHistory[] = [];
   private retiredDrops = new Map<number, number>(); // epoch -> drops read at flip, cleared at settle
   private persistedDrained = 0; // `drained` when the store last persisted
+  private forgotWith: unknown[] = []; // the ranges and their taken lists when the issue log was last cleaned
+  private persistsSinceForget = 0;
   private malformedRead = 0; // records the ring gave that were not ours to read (reader and ingest)
   private malformedJudged = 0; // of those, how many a flip has made suspect
   /** Where a shortfall verdict of judge() lies, when the issue log could tell: distrust() compares only that. */
@@ -285,17 +288,28 @@ export class Tracker {
   private async persist(): Promise<void> {
     const drained = this.drained;
     const position = this.reader.position();
+    // What the ranges took from the issue log (judge() replaces the lists, never changes one).
+    const takenLists = this.ranges.flatMap((st) => [st, st.baseline.logTaken]);
     const taken = this.ranges.map((st) => ({ diskDev: st.diskDev, ids: new Set(st.baseline.logTaken ?? []) }));
     await this.store.persist(this.ranges);
     this.persistedDrained = drained;
     this.reader.release(position);
-    this.forgetTaken(taken);
+    this.forgetTaken(taken, takenLists);
   }
 
-  /** Lost writes every range of their disk has counted and saved (or of a disk no range tracks). */
-  private forgetTaken(taken: Array<{ diskDev: number; ids: Set<string> }>): void {
+  /**
+   * Lost writes every range of their disk has counted and saved (or of a disk
+   * no range tracks). Reading them costs a syscall pair each, up to 1,024 a
+   * persist: only when the ranges took some since the last look (or a range
+   * came or went), and every FORGET_EVERY persists for the disks no range tracks.
+   */
+  private forgetTaken(taken: Array<{ diskDev: number; ids: Set<string> }>, takenLists: unknown[]): void {
+    const same = takenLists.length === this.forgotWith.length && takenLists.every((x, i) => x === this.forgotWith[i]);
+    if (same && ++this.persistsSinceForget < FORGET_EVERY) return;
     const saved = this.kt.missedWrites().filter((w) => taken.filter((t) => t.diskDev === w.dev).every((t) => t.ids.has(w.id)));
     this.kt.forgetMissed(saved.map((w) => w.key));
+    this.forgotWith = takenLists;
+    this.persistsSinceForget = 0;
   }
 
   /**

@@ -95,7 +95,8 @@ async function startDaemon(env: NodeJS.ProcessEnv, nice = 0): Promise<ChildProce
   const profile = profileAt > 0 ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(process.argv[profileAt + 1])] : [];
   if (perfAt > 0) profile.push('--perf-basic-prof'); // JS frames by name in perf's samples
   const argv = [process.execPath, ...profile, DPSR_BIN, 'daemon'];
-  const child = spawn(nice ? 'nice' : argv[0], nice ? ['-n', String(nice), ...argv] : argv.slice(1), { env, stdio: ['ignore', 'pipe', 'inherit'] });
+  // In the scratch dir: what profilers leave (perf's maps, V8's logs) goes with it.
+  const child = spawn(nice ? 'nice' : argv[0], nice ? ['-n', String(nice), ...argv] : argv.slice(1), { env, cwd: space.dir, stdio: ['ignore', 'pipe', 'inherit'] });
   space.cleanups.push(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
   await new Promise<void>((resolve, reject) => {
     let out = '';
