@@ -18,7 +18,7 @@ import { mulberry32 } from './seeded-random.js';
 import { type LogEntry, type RecordingDisk, recordingDisk } from './write-log.js';
 
 const MiB = 1 << 20;
-const SOURCE_MIB = 16;
+export const SOURCE_MIB = 16;
 const RESERVE = '8M';
 const DRIVE_MIB = SOURCE_MIB + 10; // the image, the 8 MiB tail, room to spare
 const SOURCE_BYTES = SOURCE_MIB * MiB;
@@ -60,13 +60,13 @@ export interface Outcomes {
 export const emptyOutcomes = (): Outcomes => ({ states: 0, old: 0, new: 0, noImage: 0, noLabel: 0, applied: 0, mixes: [] });
 
 
-function labelOf(env: NodeJS.ProcessEnv, dev: string): Label | null {
+export function labelOf(env: NodeJS.ProcessEnv, dev: string): Label | null {
   const r = runDpsr(env, ['status', '--drive', dev, '--json']);
   return r.stdout.trim() ? JSON.parse(r.stdout).label as Label : null;
 }
 
 /** Random writes of 4 KiB to 256 KiB over the source, 4 KiB aligned. */
-function changeSource(dev: string, random: () => number, count: number): void {
+export function changeSource(dev: string, random: () => number, count: number): void {
   for (let i = 0; i < count; i++) {
     const sectors = 8 * (1 + Math.floor(random() * 64));
     const start = 8 * Math.floor(random() * ((SOURCE_BYTES / 512 - sectors) / 8));
@@ -177,7 +177,7 @@ async function judgeBySync(fx: Fixture, env: NodeJS.ProcessEnv, op: RecordedOp,
 }
 
 /** Attaches a file to a free loop device (direct I/O) for `fn`, and detaches it after. */
-async function withLoop<T>(file: string, fn: (dev: string) => Promise<T> | T): Promise<T> {
+export async function withLoop<T>(file: string, fn: (dev: string) => Promise<T> | T): Promise<T> {
   const dev = sh('losetup', ['-f', '--show', '--direct-io=on', file]).trim();
   try {
     sh('blockdev', ['--setrw', dev]); // a read-only flag left on the number by its last user
@@ -189,7 +189,7 @@ async function withLoop<T>(file: string, fn: (dev: string) => Promise<T> | T): P
 }
 
 /** Judges a drive crash state at `dev`: the next commands leave the old or the new image; returns the outcome or why it is a mix. */
-function judgeDrive(env: NodeJS.ProcessEnv, op: RecordedOp, dev: string, counts: Outcomes): string {
+export function judgeDrive(env: NodeJS.ProcessEnv, op: RecordedOp, dev: string, counts: Outcomes): string {
   const first = runDpsr(env, ['status', '--drive', dev, '--json']);
   if (!first.stdout.trim()) {
     if (!/carries no dpsr label|fails its checksum/.test(first.stderr) || first.status !== 4) return `status --drive: exit ${first.status}: ${first.stderr.trim()}`;
