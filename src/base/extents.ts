@@ -126,38 +126,11 @@ export class ExtentSet {
     const n = this.size;
     const m = other.size;
     if (n === 0 || m === 0) return;
-    const s = this.starts;
-    const e = this.ends;
-    const os = other.starts;
-    const oe = other.ends;
-    // Each subtracted extent can split at most one of ours, so n + m bounds the output.
     const outStarts = new Float64Array(n + m);
     const outEnds = new Float64Array(n + m);
-    let out = 0;
-    let j = 0;
-    for (let i = 0; i < n; i++) {
-      let start = s[i];
-      const end = e[i];
-      while (j < m && oe[j] <= start) j++;
-      while (j < m && os[j] < end) {
-        if (os[j] > start) {
-          outStarts[out] = start;
-          outEnds[out] = os[j];
-          out++;
-        }
-        start = oe[j];
-        if (start >= end) break;
-        j++; // ends inside ours, so it cannot touch the next one
-      }
-      if (start < end) {
-        outStarts[out] = start;
-        outEnds[out] = end;
-        out++;
-      }
-    }
+    this.size = subtractSorted(this.starts, this.ends, n, other.starts, other.ends, m, outStarts, outEnds);
     this.starts = outStarts;
     this.ends = outEnds;
-    this.size = out;
   }
 
   intersect(startSector: number, endSector: number): ExtentSet {
@@ -268,7 +241,7 @@ export class ExtentSet {
     for (let w = 0; w < windows.size; w++) {
       const a = windows.starts[w];
       const b = windows.ends[w];
-      for (i = this.gallopEndAbove(a, i); i < this.size && this.starts[i] < b; i++) {
+      for (i = gallopEndAbove(this.ends, this.size, a, i); i < this.size && this.starts[i] < b; i++) {
         out.ensureCapacity(out.size + 1);
         out.starts[out.size] = Math.max(this.starts[i], a);
         out.ends[out.size] = Math.min(this.ends[i], b);
@@ -388,35 +361,12 @@ export class ExtentSet {
    * from the last extent met, as the list is sorted.
    */
   private keepOutside(srcStarts: Float64Array, srcEnds: Float64Array, m: number): number {
-    // A list extent can be split by each of ours it spans, so m + size bounds the output.
     if (outsideStarts.length < m + this.size) {
       const capacity = Math.max(m + this.size, outsideStarts.length * 2);
       outsideStarts = new Float64Array(capacity);
       outsideEnds = new Float64Array(capacity);
     }
-    const s = this.starts;
-    const e = this.ends;
-    let out = 0;
-    let i = 0;
-    for (let j = 0; j < m; j++) {
-      let a = srcStarts[j];
-      const b = srcEnds[j];
-      for (i = this.gallopEndAbove(a, i); i < this.size && s[i] < b; i++) {
-        if (s[i] > a) {
-          outsideStarts[out] = a;
-          outsideEnds[out] = s[i];
-          out++;
-        }
-        a = e[i];
-        if (a >= b) break;
-      }
-      if (a < b) {
-        outsideStarts[out] = a;
-        outsideEnds[out] = b;
-        out++;
-      }
-    }
-    return out;
+    return subtractSorted(srcStarts, srcEnds, m, this.starts, this.ends, this.size, outsideStarts, outsideEnds);
   }
 
   /** Unions a sorted, coalesced list into ours in place, walking from the back so no second array is needed. */
@@ -519,25 +469,6 @@ export class ExtentSet {
     this.ends = ends;
   }
 
-  /** Like firstEndAbove, for a sector known to lie at or past extent `from`'s start: searches forward from there. */
-  private gallopEndAbove(sector: number, from: number): number {
-    if (from >= this.size || this.ends[from] > sector) return from;
-    let lo = from; // ends[lo] <= sector
-    let step = 1;
-    while (lo + step < this.size && this.ends[lo + step] <= sector) {
-      lo += step;
-      step *= 2;
-    }
-    let hi = Math.min(this.size, lo + step);
-    lo++;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.ends[mid] <= sector) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  }
-
   /** Index of the first extent ending after the sector, i.e. the first that could contain it or lie beyond. */
   private firstEndAbove(sector: number): number {
     let lo = 0;
@@ -562,6 +493,60 @@ export class ExtentSet {
   }
 }
 
+
+/**
+ * The parts of sorted, coalesced extents `a` (n of them) that `b` (m of them)
+ * does not cover, into outStarts/outEnds (room for n + m: each of b's splits
+ * at most one of a's); returns how many. b is searched by galloping on from
+ * the last extent met, as a is sorted.
+ */
+function subtractSorted(aStarts: Float64Array, aEnds: Float64Array, n: number, bStarts: Float64Array, bEnds: Float64Array, m: number,
+  outStarts: Float64Array, outEnds: Float64Array): number {
+  let out = 0;
+  let j = 0;
+  for (let i = 0; i < n; i++) {
+    let start = aStarts[i];
+    const end = aEnds[i];
+    for (j = gallopEndAbove(bEnds, m, start, j); j < m && bStarts[j] < end; j++) {
+      if (bStarts[j] > start) {
+        outStarts[out] = start;
+        outEnds[out] = bStarts[j];
+        out++;
+      }
+      start = bEnds[j];
+      if (start >= end) break; // b's extent reaches past ours: it may cover the next one too
+    }
+    if (start < end) {
+      outStarts[out] = start;
+      outEnds[out] = end;
+      out++;
+    }
+  }
+  return out;
+}
+
+/**
+ * Index of the first of `size` sorted extents ending after `sector`, for a
+ * sector known to lie at or past extent `from`'s start: searches forward
+ * from there, in steps that double.
+ */
+function gallopEndAbove(ends: Float64Array, size: number, sector: number, from: number): number {
+  if (from >= size || ends[from] > sector) return from;
+  let lo = from; // ends[lo] <= sector
+  let step = 1;
+  while (lo + step < size && ends[lo + step] <= sector) {
+    lo += step;
+    step *= 2;
+  }
+  let hi = Math.min(size, lo + step);
+  lo++;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (ends[mid] <= sector) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
 
 // Where keepOutside() puts the new parts of a batch: shared by every set (nothing keeps them
 // past a flush), so a tick's folds allocate nothing.

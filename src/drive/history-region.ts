@@ -424,6 +424,18 @@ function humanKeep(ms: number): string {
   return `${ms / 1000}s`;
 }
 
+/** Where a record of `bytes` goes next: at the cursor, or at the ring's start when it would not fit before the end. */
+function nextRecordAt(index: HistoryIndex, bytes: number, lengthBytes: number): number {
+  const at = Math.max(cursorOf(index), INDEX_AREA_BYTES);
+  return at + bytes > lengthBytes ? INDEX_AREA_BYTES : at;
+}
+
+/** How many of the oldest points must go for [at, end) to be written: up to the newest whose records lie there. */
+function pointsInTheWay(index: HistoryIndex, at: number, end: number): number {
+  const overlaps = (r: UndoRecord) => r.offsetBytes < end && at < r.offsetBytes + r.bytes;
+  return index.points.reduce((last, p, i) => (recordsOf(p).some(overlaps) ? i : last), -1) + 1;
+}
+
 /** Where a new record goes, and how many of the oldest points must go first: for its space, then for the index's room. */
 interface Place { at: number; drop: number; indexDrop: number }
 
@@ -434,10 +446,8 @@ interface Place { at: number; drop: number; indexDrop: number }
 function placeRecord(index: HistoryIndex, entry: UndoPoint, lengthBytes: number, fixedAt?: number): Place | null {
   const { bytes } = entry;
   if (bytes > lengthBytes - INDEX_AREA_BYTES) return null;
-  let at = fixedAt ?? cursorOf(index);
-  if (fixedAt === undefined && (at < INDEX_AREA_BYTES || at + bytes > lengthBytes)) at = INDEX_AREA_BYTES;
-  const overlaps = (r: UndoRecord) => r.offsetBytes < at + bytes && at < r.offsetBytes + r.bytes;
-  const drop = index.points.reduce((last, p, i) => (recordsOf(p).some(overlaps) ? i : last), -1) + 1;
+  const at = fixedAt ?? nextRecordAt(index, bytes, lengthBytes);
+  const drop = pointsInTheWay(index, at, at + bytes);
   // The index must hold the new point as well (with the drops remembered): the oldest go for its room too.
   const trial = JSON.parse(JSON.stringify(index)) as HistoryIndex;
   dropOldest(trial, drop, REGION_FULL);
@@ -805,11 +815,9 @@ export class UndoStream {
     if (this.stopped) return;
     if (!this.data) {
       const bytes = recordShape(fresh, this.imageSectors).bytes;
-      let at = Math.max(cursorOf(this.index), INDEX_AREA_BYTES);
-      if (at + bytes > this.region.lengthBytes) at = INDEX_AREA_BYTES; // the ring wraps (as placeRecord does)
-      this.at = at;
-      this.limit = freeUntil(this.index, at, this.region.lengthBytes);
-      this.data = new UndoDataWriter(this.region, this.image, at, (end) => this.room(end + this.trailerBytes()));
+      this.at = nextRecordAt(this.index, bytes, this.region.lengthBytes);
+      this.limit = freeUntil(this.index, this.at, this.region.lengthBytes);
+      this.data = new UndoDataWriter(this.region, this.image, this.at, (end) => this.room(end + this.trailerBytes()));
     }
     if (!(await this.data.append(fresh))) this.stop('no room');
   }
@@ -828,8 +836,7 @@ export class UndoStream {
   private room(endBytes: number): boolean {
     if (endBytes <= this.limit) return true;
     if (endBytes > this.region.lengthBytes) return false;
-    const overlaps = (r: UndoRecord) => r.offsetBytes < endBytes && this.at < r.offsetBytes + r.bytes;
-    const drop = this.index.points.reduce((last, p, i) => (recordsOf(p).some(overlaps) ? i : last), -1) + 1;
+    const drop = pointsInTheWay(this.index, this.at, endBytes);
     if (!this.keep.dropLabelledWhenFull && this.index.points.slice(0, drop).some((p) => p.label !== null)) return false;
     this.dropped.push(...dropOldest(this.index, drop, REGION_FULL));
     writeIndex(this.region, this.index); // before their space is written
